@@ -1,0 +1,375 @@
+"""The embedded durable store: stream manager's semantics in plain files, for running without Greengrass.
+
+Collector, anomaly and publisher run as separate processes sharing one store folder. Writers of a stream serialise
+on an ``flock`` of the stream's ``lock`` file and re-read the tail under it, so any number of processes may append.
+Readers take no lock: they only read whole frames with a valid CRC. See ``segments.py`` for the file format.
+
+Layout::
+
+    ROOT/streams/NAME/spec.json       the StreamSpec
+    ROOT/streams/NAME/counters.json   dropped and rejected counts
+    ROOT/streams/NAME/lock            flock target
+    ROOT/streams/NAME/<seq>.seg       segments
+    ROOT/positions/...                reader positions (positions.py)
+"""
+
+from __future__ import annotations
+
+import bisect
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import ConfigError, StoreWriteError, StreamError, StreamFull, StreamNotFound
+from gateway.fsutil import atomic_write
+from gateway.streams import segments as seg
+from gateway.streams.base import Persistence, StoredMessage, StrategyOnFull, StreamInfo, StreamSpec
+
+log = logging.getLogger(__name__)
+
+_POLL_MIN_S = 0.002
+_POLL_MAX_S = 0.05
+
+
+@dataclass(slots=True)
+class _Tail:
+    first_seq: int
+    fd: int
+    size: int
+    next_seq: int
+
+
+@dataclass(slots=True)
+class _Cursor:
+    seq: int
+    segment: int
+    offset: int
+
+
+class EmbeddedStore:
+    """File-backed streams shared safely between processes. See :class:`~gateway.streams.base.StreamStore`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self._streams = self.root / "streams"
+        try:
+            self._streams.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreWriteError(
+                f"cannot create the stream store at {self._streams}: {exc.strerror}",
+                fix="point the store path at a writable folder on a disk with space",
+                retryable=False,
+            ) from exc
+        self._mutex = threading.RLock()
+        self._tails: dict[str, _Tail] = {}
+        self._lock_fds: dict[str, int] = {}
+        self._specs: dict[str, tuple[float, StreamSpec]] = {}
+        self._cursors: dict[str, _Cursor] = {}
+        self._sealed_sizes: dict[tuple[str, int], int] = {}
+        self.corrupt_frames = 0
+
+    # --- definition -----------------------------------------------------------------------------------------
+    def create_stream(self, spec: StreamSpec) -> None:
+        if spec.persistence is Persistence.MEMORY:
+            raise ConfigError(
+                f"stream {spec.name!r}: persistence Memory is not available in the embedded store",
+                fix="use persistence File (the embedded store is shared between processes through files)",
+            )
+        if spec.name in (".", ".."):
+            raise ConfigError(f"stream name {spec.name!r} is reserved", fix="choose another stream name")
+        folder = self._streams / spec.name
+        folder.mkdir(exist_ok=True)
+        with self._locked(spec.name):
+            atomic_write(folder / "spec.json", spec.model_dump_json().encode())
+            if not seg.list_segments(str(folder)):
+                (folder / seg.segment_name(0)).touch()
+        self._specs.pop(spec.name, None)
+
+    def list_streams(self) -> list[str]:
+        return sorted(p.name for p in self._streams.iterdir() if (p / "spec.json").exists())
+
+    def delete_stream(self, stream: str) -> None:
+        folder = self._folder(stream)
+        with self._locked(stream):
+            tail = self._tails.pop(stream, None)
+            if tail:
+                os.close(tail.fd)
+            shutil.rmtree(folder)
+        self._forget(stream)
+
+    # --- append ---------------------------------------------------------------------------------------------
+    def append(self, stream: str, payload: bytes) -> int:
+        if len(payload) > seg.MAX_MESSAGE_BYTES:
+            raise StreamError(
+                f"message of {len(payload)} bytes for stream {stream!r} exceeds {seg.MAX_MESSAGE_BYTES} bytes",
+                fix="write smaller batches",
+            )
+        spec = self._spec(stream)
+        with self._locked(stream):
+            tail = self._refresh_tail(stream)
+            frame_len = seg.HEADER_SIZE + len(payload)
+            self._make_room(stream, spec, tail, frame_len)
+            if tail.size > 0 and tail.size + frame_len > spec.segment_size_bytes:
+                tail = self._rotate(stream, tail)
+            seq = tail.next_seq
+            frame = seg.encode_frame(seq, int(time.time() * 1000), payload)
+            try:
+                written = os.write(tail.fd, frame)
+                if written != len(frame):
+                    raise OSError(28, "short write")
+                if spec.flush_on_write:
+                    os.fdatasync(tail.fd)
+            except OSError as exc:
+                # Take back the partial frame so the stream stays readable; what was stored before is untouched.
+                try:
+                    os.ftruncate(tail.fd, tail.size)
+                except OSError:
+                    log.warning("stream %r: could not truncate a partial frame; the next writer will", stream)
+                raise StoreWriteError(
+                    f"append to stream {stream!r} failed: {exc.strerror or exc}",
+                    fix=f"free disk space or fix permissions on {self._streams / stream}; the append can be retried",
+                ) from exc
+            tail.size += len(frame)
+            tail.next_seq += 1
+            return seq
+
+    def _refresh_tail(self, stream: str) -> _Tail:
+        """Bring the cached tail up to date with what other processes appended (called under the lock)."""
+        folder = str(self._streams / stream)
+        segs = seg.list_segments(folder)
+        if not segs:
+            (self._streams / stream / seg.segment_name(0)).touch()
+            segs = [0]
+        last = segs[-1]
+        tail = self._tails.get(stream)
+        if tail is not None and tail.first_seq == last:
+            size = os.fstat(tail.fd).st_size
+            if size == tail.size:
+                return tail
+            offset, next_seq = tail.size, tail.next_seq
+        else:
+            if tail is not None:
+                os.close(tail.fd)
+            fd = os.open(os.path.join(folder, seg.segment_name(last)), os.O_RDWR | os.O_APPEND)
+            tail = _Tail(last, fd, 0, last)
+            self._tails[stream] = tail
+            size = os.fstat(fd).st_size
+            offset, next_seq = 0, last
+        end, next_seq = seg.find_end(tail.fd, offset, next_seq, size)
+        if end < size:
+            log.warning(
+                "stream %r: dropped %d bytes of an unacknowledged write at the end of segment %d "
+                "(a writer stopped mid-append)", stream, size - end, last,
+            )
+            os.ftruncate(tail.fd, end)
+        tail.size, tail.next_seq = end, next_seq
+        return tail
+
+    def _rotate(self, stream: str, tail: _Tail) -> _Tail:
+        path = self._streams / stream / seg.segment_name(tail.next_seq)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self._sealed_sizes[(stream, tail.first_seq)] = tail.size
+        os.close(tail.fd)
+        new = _Tail(tail.next_seq, fd, 0, tail.next_seq)
+        self._tails[stream] = new
+        return new
+
+    def _make_room(self, stream: str, spec: StreamSpec, tail: _Tail, frame_len: int) -> None:
+        """Apply time to live and max size before an append (called under the lock)."""
+        folder = self._streams / stream
+        segs = seg.list_segments(str(folder))
+        now = time.time()
+        if spec.ttl_s is not None:
+            while len(segs) > 1:
+                sealed = folder / seg.segment_name(segs[0])
+                if sealed.stat().st_mtime >= now - spec.ttl_s:
+                    break
+                self._drop_oldest(stream, segs, "time to live")
+        sealed_total = sum(self._sealed_size(stream, s) for s in segs[:-1])
+        if sealed_total + tail.size + frame_len <= spec.max_size_bytes:
+            return
+        if spec.strategy_on_full is StrategyOnFull.REJECT_NEW_DATA:
+            self._bump(stream, "rejected_appends", 1)
+            raise StreamFull(
+                f"stream {stream!r} is full ({sealed_total + tail.size} of {spec.max_size_bytes} bytes, "
+                "RejectNewData): append refused and counted",
+                fix="let the readers catch up (is a destination down?), or raise max_size_bytes, "
+                "or use OverwriteOldestData to keep the newest data instead",
+            )
+        while segs[:-1] and sealed_total + tail.size + frame_len > spec.max_size_bytes:
+            sealed_total -= self._sealed_size(stream, segs[0])
+            self._drop_oldest(stream, segs, "max size (OverwriteOldestData)")
+
+    def _drop_oldest(self, stream: str, segs: list[int], why: str) -> None:
+        first = segs.pop(0)
+        dropped = segs[0] - first
+        (self._streams / stream / seg.segment_name(first)).unlink()
+        self._sealed_sizes.pop((stream, first), None)
+        self._bump(stream, "dropped_messages", dropped)
+        log.warning("stream %r: dropped %d oldest messages (%s)", stream, dropped, why)
+
+    def _sealed_size(self, stream: str, first: int) -> int:
+        key = (stream, first)
+        size = self._sealed_sizes.get(key)
+        if size is None:
+            size = (self._streams / stream / seg.segment_name(first)).stat().st_size
+            self._sealed_sizes[key] = size
+        return size
+
+    # --- read -----------------------------------------------------------------------------------------------
+    def read(
+        self, stream: str, start_seq: int, *, min_count: int = 1, max_count: int = 100, timeout_s: float = 0.0
+    ) -> list[StoredMessage]:
+        folder = self._folder(stream)
+        deadline = time.monotonic() + timeout_s
+        pause = _POLL_MIN_S
+        out: list[StoredMessage] = []
+        while True:
+            nxt = out[-1].seq + 1 if out else start_seq
+            out.extend(self._read_once(stream, str(folder), nxt, max_count - len(out)))
+            if len(out) >= min_count or len(out) >= max_count:
+                return out
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return out
+            # Another process appends; there is no cross-process wake-up, so poll with a short, growing pause.
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, _POLL_MAX_S)
+
+    def _read_once(self, stream: str, folder: str, start_seq: int, max_count: int) -> list[StoredMessage]:
+        segs = seg.list_segments(folder)
+        if not segs or max_count <= 0:
+            return []
+        start_seq = max(start_seq, segs[0])
+        idx = bisect.bisect_right(segs, start_seq) - 1
+        out: list[StoredMessage] = []
+        cur = self._cursors.get(stream)
+        offset: int | None = cur.offset if cur and cur.seq == start_seq and cur.segment == segs[idx] else None
+        expected = start_seq
+        while idx < len(segs) and len(out) < max_count:
+            first = segs[idx]
+            try:
+                fd = os.open(os.path.join(folder, seg.segment_name(first)), os.O_RDONLY)
+            except FileNotFoundError:  # dropped by a writer between listing and opening: go on with the next
+                idx, offset = idx + 1, 0
+                continue
+            try:
+                size = os.fstat(fd).st_size
+                if offset is None:
+                    offset = seg.offset_of(fd, first, expected, size)
+                    if offset is None:
+                        break
+                for frame in seg.iter_frames(fd, offset, size, max_count - len(out)):
+                    offset = frame.end
+                    if not frame.valid:
+                        self._corrupt(stream, first, frame.seq)
+                        expected += 1
+                        continue
+                    out.append(StoredMessage(frame.seq, frame.ts_ms, frame.payload))
+                    expected = frame.seq + 1
+                whole = offset >= size
+            finally:
+                os.close(fd)
+            if len(out) >= max_count or idx == len(segs) - 1 or not whole:
+                break
+            idx, offset, expected = idx + 1, 0, segs[idx + 1]
+        if offset is not None and idx < len(segs):
+            self._cursors[stream] = _Cursor(expected, segs[idx], offset)
+        return out
+
+    def _corrupt(self, stream: str, segment: int, seq: int) -> None:
+        self.corrupt_frames += 1
+        if self.corrupt_frames == 1 or self.corrupt_frames % 1000 == 0:
+            log.error(
+                "stream %r: skipped a corrupt frame near seq %d in segment %d (%d so far); check the disk",
+                stream, seq, segment, self.corrupt_frames,
+            )
+
+    # --- describe -------------------------------------------------------------------------------------------
+    def describe(self, stream: str) -> StreamInfo:
+        folder = self._folder(stream)
+        spec = self._spec(stream)
+        with self._locked(stream):
+            tail = self._refresh_tail(stream)
+            segs = seg.list_segments(str(folder))
+            total = sum(self._sealed_size(stream, s) for s in segs[:-1]) + tail.size
+            counters = _read_counters(folder)
+        return StreamInfo(
+            stream, segs[0], tail.next_seq, total,
+            counters.get("dropped_messages", 0), counters.get("rejected_appends", 0), spec,
+        )
+
+    def close(self) -> None:
+        with self._mutex:
+            for tail in self._tails.values():
+                os.close(tail.fd)
+            for fd in self._lock_fds.values():
+                os.close(fd)
+            self._tails.clear()
+            self._lock_fds.clear()
+
+    # --- helpers --------------------------------------------------------------------------------------------
+    def _folder(self, stream: str) -> Path:
+        folder = self._streams / stream
+        if not (folder / "spec.json").exists():
+            known = ", ".join(self.list_streams()) or "none"
+            raise StreamNotFound(
+                f"stream {stream!r} does not exist in {self._streams} (streams: {known})",
+                fix="check the stream name in the configuration, or start the component that creates it",
+            )
+        return folder
+
+    def _spec(self, stream: str) -> StreamSpec:
+        path = self._folder(stream) / "spec.json"
+        mtime = path.stat().st_mtime
+        cached = self._specs.get(stream)
+        if cached and cached[0] == mtime:
+            return cached[1]
+        spec = StreamSpec.model_validate_json(path.read_bytes())
+        self._specs[stream] = (mtime, spec)
+        return spec
+
+    def _bump(self, stream: str, key: str, n: int) -> None:
+        folder = self._streams / stream
+        counters = _read_counters(folder)
+        counters[key] = counters.get(key, 0) + n
+        atomic_write(folder / "counters.json", json.dumps(counters).encode(), sync=False)
+
+    def _forget(self, stream: str) -> None:
+        self._specs.pop(stream, None)
+        self._cursors.pop(stream, None)
+        fd = self._lock_fds.pop(stream, None)
+        if fd is not None:
+            os.close(fd)
+        for key in [k for k in self._sealed_sizes if k[0] == stream]:
+            del self._sealed_sizes[key]
+
+    @contextmanager
+    def _locked(self, stream: str) -> Iterator[None]:
+        with self._mutex:
+            fd = self._lock_fds.get(stream)
+            if fd is None:
+                fd = os.open(self._streams / stream / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+                self._lock_fds[stream] = fd
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _read_counters(folder: Path) -> dict[str, int]:
+    try:
+        data = json.loads((folder / "counters.json").read_bytes())
+        return {k: int(v) for k, v in data.items()}
+    except (FileNotFoundError, ValueError):
+        return {}
+
