@@ -1,0 +1,358 @@
+"""A local stand-in for the Greengrass nucleus' IPC service, speaking the real wire protocol.
+
+No nucleus can run on a developer machine or in CI, so tests and ``gatewayctl dev run`` point the unmodified
+``awsiotsdk`` client at this server (``AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT`` =
+:attr:`socket_path`, ``SVCUID`` = a token from ``tokens``). It implements the operations the gateway uses:
+GetConfiguration, SubscribeToConfigurationUpdate, SubscribeToValidateConfigurationUpdates,
+SendConfigurationValidityReport, UpdateState, PublishToIoTCore, PublishToTopic and SubscribeToTopic.
+
+Authorization follows the recipe's ``accessControl`` shape. A component with no policies given is trusted with
+everything (the convenient default for tests); a component with policies gets ``UnauthorizedError`` for every
+PublishToIoTCore / PublishToTopic / SubscribeToTopic they do not allow, as the nucleus would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import inspect
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway.dev.eventstream import RpcConnection, RpcStream
+
+log = logging.getLogger(__name__)
+
+_NS = "aws.greengrass#"
+MQTT_PROXY = "aws.greengrass.ipc.mqttproxy"
+PUBSUB = "aws.greengrass.ipc.pubsub"
+_SERVICE_OF = {
+    "PublishToIoTCore": MQTT_PROXY,
+    "PublishToTopic": PUBSUB,
+    "SubscribeToTopic": PUBSUB,
+}
+
+# (topic, payload, qos) -> None, or an awaitable for an asynchronous sink.
+IotCoreSink = Callable[[str, bytes, int], "Awaitable[None] | None"]
+# component -> service -> policy id -> {"operations": [...], "resources": [...]}: the recipe's accessControl.
+AccessControl = Mapping[str, Mapping[str, Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class PublishedMessage:
+    """A PublishToIoTCore the server accepted."""
+
+    component: str
+    topic: str
+    payload: bytes
+    qos: int
+
+
+class _Fault(Exception):
+    """An error answer: the SDK raises the class named by ``model`` with this message."""
+
+    def __init__(self, model: str, message: str, **extra: str) -> None:
+        super().__init__(message)
+        self.model = model
+        self.body = {"message": message, **extra}
+
+
+def topic_matches(pattern: str, topic: str, *, glob: bool = False) -> bool:
+    """Whether ``topic`` falls under ``pattern`` (MQTT ``+``/``#``; with ``glob``, ``*`` matches any text)."""
+    if pattern in ("*", topic):
+        return True
+    if glob and "*" in pattern:
+        return re.fullmatch(".*".join(re.escape(part) for part in pattern.split("*")), topic) is not None
+    want, have = pattern.split("/"), topic.split("/")
+    for i, level in enumerate(want):
+        if level == "#":
+            return True
+        if i >= len(have) or (level != "+" and level != have[i]):
+            return False
+    return len(want) == len(have)
+
+
+def _allowed(policies: Mapping[str, Mapping[str, Any]], service: str, operation: str, resource: str) -> bool:
+    for policy in policies.get(service, {}).values():
+        operations = policy.get("operations", [])
+        if "*" not in operations and operation not in operations:
+            continue
+        if any(topic_matches(r, resource, glob=service == PUBSUB) for r in policy.get("resources", [])):
+            return True
+    return False
+
+
+def _changed_paths(old: Any, new: Any, prefix: list[str]) -> list[list[str]]:
+    """Key paths whose value differs between two configuration trees (leaves, or whole replaced subtrees)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        changed: list[list[str]] = []
+        for key in sorted(set(old) | set(new), key=str):
+            changed += _changed_paths(old.get(key), new.get(key), [*prefix, str(key)])
+        return changed
+    return [] if old == new else [prefix]
+
+
+def _lookup(tree: dict[str, Any], component: str, key_path: list[str]) -> dict[str, Any]:
+    """The value GetConfiguration answers: a subtree as is, a leaf wrapped as ``{last key: value}``."""
+    node: Any = tree
+    for key in key_path:
+        if not isinstance(node, dict) or key not in node:
+            raise _Fault(
+                _NS + "ResourceNotFoundError",
+                f"Key not found: {'/'.join(key_path)} in the configuration of {component}",
+                resourceType="Configuration",
+                resourceName="/".join(key_path),
+            )
+        node = node[key]
+    return node if isinstance(node, dict) else {key_path[-1]: node}
+
+
+class IpcServer:
+    """Greengrass IPC over a Unix socket for components run outside a nucleus.
+
+    Args:
+        socket_path: where to listen; a stale socket file there is replaced.
+        tokens: auth token (the component's ``SVCUID``) -> component name; any other token is refused.
+        access_control: per-component ``accessControl`` as written in recipes; components absent are trusted.
+        iot_core_sink: receives every accepted PublishToIoTCore (also recorded in :attr:`published`).
+    """
+
+    def __init__(
+        self,
+        socket_path: str | Path,
+        tokens: Mapping[str, str],
+        *,
+        access_control: AccessControl | None = None,
+        iot_core_sink: IotCoreSink | None = None,
+    ) -> None:
+        self.socket_path = str(socket_path)
+        self.tokens = dict(tokens)
+        self.access_control = dict(access_control or {})
+        self.iot_core_sink = iot_core_sink
+        #: Last state each component reported through UpdateState, and every report in order.
+        self.states: dict[str, str] = {}
+        self.state_history: dict[str, list[str]] = {}
+        self.published: list[PublishedMessage] = []
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._config_subs: list[tuple[str, list[str], RpcStream]] = []
+        self._validate_subs: dict[str, list[RpcStream]] = {}
+        self._topic_subs: list[tuple[str, str, bool, RpcStream]] = []
+        self._pending_reports: dict[str, tuple[str, asyncio.Future[tuple[str, str]]]] = {}
+        self._state_changed = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: dict[asyncio.Task[Any], RpcConnection] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- server-side API -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Listen on :attr:`socket_path`."""
+        self._server = await asyncio.start_unix_server(self._on_client, self.socket_path)
+
+    async def stop(self) -> None:
+        """Stop listening, drop every client connection and wait for their handlers to end."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        for connection in self._connections.values():
+            connection.close()
+        await asyncio.gather(*self._connections, *self._tasks, return_exceptions=True)
+        Path(self.socket_path).unlink(missing_ok=True)
+
+    def configuration(self, component: str) -> dict[str, Any]:
+        """A copy of the component's current configuration tree."""
+        return copy.deepcopy(self._configs.get(component, {}))
+
+    def set_configuration(self, component: str, config: dict[str, Any]) -> None:
+        """Replace a configuration without validation (like a local merge) and notify update subscribers."""
+        old, self._configs[component] = self._configs.get(component, {}), copy.deepcopy(config)
+        for path in _changed_paths(old, config, []):
+            self._spawn(self._notify_update(component, path))
+
+    async def deploy_configuration(
+        self, component: str, new_config: dict[str, Any], timeout_s: float = 20.0
+    ) -> tuple[bool, str]:
+        """Deploy a configuration the way the nucleus does: validate first, then apply.
+
+        Validation subscribers of the component get the proposed configuration. A REJECTED report leaves the
+        configuration unchanged. ACCEPTED applies it; so do no report within ``timeout_s`` and having no
+        validation subscriber (the nucleus proceeds in both cases).
+
+        Returns:
+            (applied, message): the component's message when it sent one, otherwise what happened.
+        """
+        subscribers = [s for s in self._validate_subs.get(component, []) if not s.closed]
+        if not subscribers:
+            self.set_configuration(component, new_config)
+            return True, f"{component} has no validation subscriber: configuration applied"
+        deployment_id = str(uuid.uuid4())
+        report: asyncio.Future[tuple[str, str]] = asyncio.get_running_loop().create_future()
+        self._pending_reports[deployment_id] = (component, report)
+        event = {"validateConfigurationUpdateEvent": {"configuration": new_config, "deploymentId": deployment_id}}
+        try:
+            for stream in subscribers:
+                await stream.send(_NS + "ValidateConfigurationUpdateEvents", event)
+            status, message = await asyncio.wait_for(report, timeout_s)
+        except asyncio.TimeoutError:
+            status, message = "ACCEPTED", f"no validity report from {component} within {timeout_s} s: applied"
+        finally:
+            self._pending_reports.pop(deployment_id, None)
+        if status != "ACCEPTED":
+            return False, message
+        self.set_configuration(component, new_config)
+        return True, message
+
+    async def wait_for_state(self, component: str, state: str, timeout_s: float) -> None:
+        """Wait until ``component`` last reported ``state``; raises ``TimeoutError`` after ``timeout_s``."""
+
+        async def reached() -> None:
+            while self.states.get(component) != state:
+                self._state_changed.clear()
+                await self._state_changed.wait()
+
+        await asyncio.wait_for(reached(), timeout_s)
+
+    # ---- connections and dispatch --------------------------------------------------------------------------
+
+    async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connection = RpcConnection(reader, writer, self._authenticate, self._handle)
+        task = asyncio.current_task()
+        assert task is not None  # a connection handler always runs in a task
+        self._connections[task] = connection
+        try:
+            await connection.serve()
+        finally:
+            del self._connections[task]
+
+    def _authenticate(self, connect_payload: Any) -> str | None:
+        token = connect_payload.get("authToken") if isinstance(connect_payload, dict) else None
+        component = self.tokens.get(token) if isinstance(token, str) else None
+        if component is None:
+            log.warning("IPC CONNECT refused: unknown auth token")
+        return component
+
+    async def _handle(self, connection: RpcConnection, stream: RpcStream, model: str, body: Any) -> None:
+        component = connection.identity or ""
+        name = stream.operation.removeprefix(_NS)
+        try:
+            self._authorize(component, name, body)
+            handler = getattr(self, f"_op_{name}", None)
+            if handler is None:
+                raise _Fault(_NS + "ServiceError", f"{stream.operation} is not implemented by the dev IPC server")
+            response = await handler(component, stream, body)
+        except _Fault as fault:
+            await stream.send(fault.model, fault.body, error=True, terminate=True)
+            return
+        # A malformed request: the SDK raises InvalidArgumentsError for it.
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            bad = _NS + "InvalidArgumentsError"
+            await stream.send(bad, {"message": f"bad {model}: {exc!r}"}, error=True, terminate=True)
+            return
+        # Subscriptions keep their stream open for events; every other operation ends with its response.
+        await stream.send(_NS + name + "Response", response, terminate=not name.startswith("Subscribe"))
+
+    def _authorize(self, component: str, name: str, body: Any) -> None:
+        service = _SERVICE_OF.get(name)
+        policies = self.access_control.get(component)
+        if service is None or policies is None:
+            return
+        resource = body.get("topicName") if service == MQTT_PROXY else body.get("topic")
+        if not _allowed(policies, service, _NS + name, str(resource)):
+            raise _Fault(
+                _NS + "UnauthorizedError",
+                f"Principal {component} is not authorized to perform {service}:{_NS}{name} on resource {resource}",
+            )
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- operations: each returns the response body; faults raise _Fault -----------------------------------
+
+    async def _op_GetConfiguration(self, component: str, stream: RpcStream, body: Any) -> Any:
+        target = body.get("componentName") or component
+        if target not in self._configs and target not in self.tokens.values():
+            raise _Fault(
+                _NS + "ResourceNotFoundError",
+                f"Component {target} has no configuration",
+                resourceType="Component",
+                resourceName=target,
+            )
+        value = _lookup(self._configs.get(target, {}), target, list(body.get("keyPath") or []))
+        return {"componentName": target, "value": copy.deepcopy(value)}
+
+    async def _op_SubscribeToConfigurationUpdate(self, component: str, stream: RpcStream, body: Any) -> Any:
+        entry = (body.get("componentName") or component, list(body.get("keyPath") or []), stream)
+        self._config_subs.append(entry)
+        stream.on_close.append(lambda: self._config_subs.remove(entry))
+        return {}
+
+    async def _op_SubscribeToValidateConfigurationUpdates(self, component: str, stream: RpcStream, body: Any) -> Any:
+        subscribers = self._validate_subs.setdefault(component, [])
+        subscribers.append(stream)
+        stream.on_close.append(lambda: subscribers.remove(stream))
+        return {}
+
+    async def _op_SendConfigurationValidityReport(self, component: str, stream: RpcStream, body: Any) -> Any:
+        report = body["configurationValidityReport"]
+        pending = self._pending_reports.get(report.get("deploymentId", ""))
+        if pending is None or pending[0] != component:
+            raise _Fault(
+                _NS + "InvalidArgumentsError",
+                f"Validation request either timed out or was never made (deployment {report.get('deploymentId')})",
+            )
+        if not pending[1].done():
+            pending[1].set_result((str(report["status"]), str(report.get("message") or "")))
+        return {}
+
+    async def _op_UpdateState(self, component: str, stream: RpcStream, body: Any) -> Any:
+        state = str(body["state"])
+        self.states[component] = state
+        self.state_history.setdefault(component, []).append(state)
+        self._state_changed.set()
+        return {}
+
+    async def _op_PublishToIoTCore(self, component: str, stream: RpcStream, body: Any) -> Any:
+        qos = int(body.get("qos", 0))
+        message = PublishedMessage(component, body["topicName"], base64.b64decode(body.get("payload", "")), qos)
+        if self.iot_core_sink is not None:
+            try:
+                result = self.iot_core_sink(message.topic, message.payload, qos)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:  # the sink is user code: the client must still get an answer
+                raise _Fault(_NS + "ServiceError", f"IoT Core sink failed for {message.topic}: {exc!r}") from exc
+        self.published.append(message)
+        return {}
+
+    async def _op_PublishToTopic(self, component: str, stream: RpcStream, body: Any) -> Any:
+        topic = body["topic"]
+        message = dict(body["publishMessage"])
+        kind = "binaryMessage" if "binaryMessage" in message else "jsonMessage"
+        event = {kind: {"message": message[kind]["message"], "context": {"topic": topic}}}
+        for filter_, subscriber, from_others_only, sub_stream in list(self._topic_subs):
+            if topic_matches(filter_, topic) and not (from_others_only and subscriber == component):
+                await sub_stream.send(_NS + "SubscriptionResponseMessage", event)
+        return {}
+
+    async def _op_SubscribeToTopic(self, component: str, stream: RpcStream, body: Any) -> Any:
+        others_only = body.get("receiveMode") == "RECEIVE_MESSAGES_FROM_OTHERS"
+        entry = (str(body["topic"]), component, others_only, stream)
+        self._topic_subs.append(entry)
+        stream.on_close.append(lambda: self._topic_subs.remove(entry))
+        return {"topicName": body["topic"]}
+
+    async def _notify_update(self, component: str, path: list[str]) -> None:
+        event = {"configurationUpdateEvent": {"componentName": component, "keyPath": path}}
+        for target, prefix, stream in list(self._config_subs):
+            shared = min(len(prefix), len(path))
+            if target == component and prefix[:shared] == path[:shared]:
+                await stream.send(_NS + "ConfigurationUpdateEvents", event)
