@@ -1,0 +1,341 @@
+"""All Greengrass IPC of the gateway, as an asyncio API over ``awsiotsdk``'s ``GreengrassCoreIPCClientV2``.
+
+Nothing else in the gateway imports ``awsiot``. The SDK is future/callback based and its callbacks run on the
+CRT's network thread: requests here use the SDK's ``*_async`` calls and await their futures (the event loop
+never blocks), and stream events are handed to the event loop with ``call_soon_threadsafe``, so user callbacks
+always run on the loop. SDK errors become :mod:`gateway.errors` classes whose message names the operation and
+the topic or key, and whose fix says what to change (most often the recipe's ``accessControl``).
+
+Outside Greengrass, ``gatewayctl dev run`` and the tests serve the same protocol with
+:class:`gateway.dev.ipc_server.IpcServer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from awscrt.exceptions import AwsCrtError
+from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup, SocketDomain, SocketOptions
+from awsiot import eventstreamrpc
+from awsiot.greengrasscoreipc import model
+from awsiot.greengrasscoreipc.client import GreengrassCoreIPCClient
+from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
+
+from gateway.errors import ConfigError, DestinationError, GatewayError
+
+log = logging.getLogger(__name__)
+
+SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
+TOKEN_ENV = "SVCUID"
+_RECIPE_ACL = "ComponentConfiguration.DefaultConfiguration.accessControl"
+
+#: Receives the key path that changed; re-read with :meth:`GreengrassIpc.get_configuration`.
+ConfigUpdateCallback = Callable[[list[str]], "Awaitable[None] | None"]
+#: Receives a proposed configuration; returns None to accept it or a message saying why it is rejected.
+Validator = Callable[[dict[str, Any]], "str | Awaitable[str | None] | None"]
+#: Receives (topic, payload) of a local pub/sub message.
+TopicCallback = Callable[[str, bytes], "Awaitable[None] | None"]
+
+
+def running_under_greengrass() -> bool:
+    """Whether a Greengrass nucleus (or a stand-in setting the same variables) started this process."""
+    return bool(os.environ.get(SOCKET_ENV)) and bool(os.environ.get(TOKEN_ENV))
+
+
+def _mapped(exc: BaseException, operation: str, target: str, *, destination: bool = False) -> GatewayError:
+    """Translate an SDK or transport error of ``operation`` on ``target`` (a topic or key) into our tree."""
+    detail = getattr(exc, "message", None) or repr(exc)
+    if isinstance(exc, model.UnauthorizedError):
+        service = "aws.greengrass.ipc.mqttproxy" if "IoTCore" in operation else "aws.greengrass.ipc.pubsub"
+        return ConfigError(
+            f"IPC {operation} on {target} refused: not authorized ({detail})",
+            fix=f"add aws.greengrass#{operation} for {target} to {_RECIPE_ACL}.{service} in the recipe, "
+            "then deploy again",
+        )
+    if isinstance(exc, model.ResourceNotFoundError):
+        return ConfigError(
+            f"IPC {operation}: {target} not found ({detail})",
+            fix="add the key to DefaultConfiguration in the recipe or to the deployment's merge",
+        )
+    if isinstance(exc, model.InvalidArgumentsError):
+        return GatewayError(f"IPC {operation} on {target}: invalid arguments ({detail})", fix="report this bug")
+    if isinstance(exc, model.ServiceError):
+        kind = DestinationError if destination else GatewayError
+        return kind(
+            f"IPC {operation} on {target} failed in the nucleus ({detail})",
+            fix="retried automatically; if it persists, check the nucleus log (greengrass.log)",
+            retryable=True,
+        )
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        detail = "no answer in time"
+    return GatewayError(
+        f"IPC {operation} on {target} failed: {detail}",
+        fix="the connection to the nucleus is lost or stalled; retried automatically, restart the component "
+        "if it persists",
+        retryable=True,
+    )
+
+
+class _Lifecycle(eventstreamrpc.LifecycleHandler):  # type: ignore[misc]  # the SDK is untyped
+    """Notices a lost connection (runs on the CRT thread; only logs and sets a flag)."""
+
+    def __init__(self) -> None:
+        self.disconnected: BaseException | None = None
+
+    def on_disconnect(self, reason: Exception | None) -> None:
+        if reason is not None:
+            log.warning("IPC connection to the nucleus lost: %r", reason)
+            self.disconnected = reason
+
+    def on_error(self, error: Exception) -> bool:
+        log.warning("IPC connection error: %r", error)
+        return True
+
+
+class GreengrassIpc:
+    """The gateway's Greengrass IPC connection. Create with :meth:`connect`; call :meth:`close` when done."""
+
+    def __init__(self, client: Any, socket_path: str, timeout_s: float) -> None:
+        """Use :meth:`connect`; this wraps an already connected ``GreengrassCoreIPCClientV2``."""
+        self._client = client
+        self._socket_path = socket_path
+        self._timeout_s = timeout_s
+        self._loop = asyncio.get_running_loop()
+        self._operations: list[Any] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def connect(
+        cls, *, socket_path: str | None = None, auth_token: str | None = None, timeout_s: float = 10.0
+    ) -> GreengrassIpc:
+        """Connect to the nucleus (or a stand-in) and authenticate.
+
+        Args:
+            socket_path: the IPC socket; defaults to ``$AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT``.
+            auth_token: the component's token; defaults to ``$SVCUID``.
+            timeout_s: limit for connecting and, later, for every request.
+
+        Raises:
+            ConfigError: not running under Greengrass, or the token was refused.
+            GatewayError: the socket cannot be reached in time (retryable).
+        """
+        socket_path = socket_path or os.environ.get(SOCKET_ENV)
+        auth_token = auth_token or os.environ.get(TOKEN_ENV)
+        if not socket_path or not auth_token:
+            raise ConfigError(
+                f"no Greengrass IPC: {SOCKET_ENV} and {TOKEN_ENV} must both be set",
+                fix="run the component under Greengrass, or locally with `gatewayctl dev run`",
+            )
+        options = SocketOptions()
+        options.domain = SocketDomain.Local
+        elg = EventLoopGroup(num_threads=1)
+        connection = eventstreamrpc.Connection(
+            host_name=socket_path,
+            port=0,  # unused for Unix sockets
+            bootstrap=ClientBootstrap(elg, DefaultHostResolver(elg)),
+            socket_options=options,
+            connect_message_amender=eventstreamrpc.MessageAmendment.create_static_authtoken_amender(auth_token),
+        )
+        try:
+            await asyncio.wait_for(asyncio.wrap_future(connection.connect(_Lifecycle())), timeout_s)
+        except eventstreamrpc.AccessDeniedError as exc:
+            raise ConfigError(
+                f"Greengrass IPC at {socket_path} refused the auth token",
+                fix=f"{TOKEN_ENV} is issued by the nucleus per component: do not set it by hand (with "
+                "`gatewayctl dev run`, the dev server hands each component its token)",
+            ) from exc
+        # The CRT raises RuntimeError at once for a missing socket file, AwsCrtError later for a refused one.
+        except (AwsCrtError, OSError, RuntimeError, asyncio.TimeoutError) as exc:
+            connection.close()
+            reason = getattr(exc, "name", None) or str(exc) or "timed out"
+            raise GatewayError(
+                f"cannot connect to Greengrass IPC at {socket_path}: {reason}",
+                fix="check that the nucleus (or `gatewayctl dev run`) runs and the socket path is right",
+                retryable=True,
+            ) from exc
+        # executor=None: our callbacks only hand events to the loop, so they may run on the CRT thread.
+        client = GreengrassCoreIPCClientV2(client=GreengrassCoreIPCClient(connection), executor=None)
+        return cls(client, socket_path, timeout_s)
+
+    def close(self) -> None:
+        """Close the connection; subscriptions end with it. Safe to call twice."""
+        for task in list(self._tasks):
+            task.cancel()
+        self._client.close()
+
+    # ---- requests ------------------------------------------------------------------------------------------
+
+    async def _call(self, operation: str, target: str, start: Callable[[], Any], *, destination: bool = False) -> Any:
+        try:
+            future: concurrent.futures.Future[Any] = start()
+            return await asyncio.wait_for(asyncio.wrap_future(future), self._timeout_s)
+        except (
+            model.GreengrassCoreIPCError,
+            eventstreamrpc.EventStreamError,
+            eventstreamrpc.ConnectionClosedError,
+            eventstreamrpc.StreamClosedError,
+            AwsCrtError,
+            asyncio.TimeoutError,
+        ) as exc:
+            raise _mapped(exc, operation, target, destination=destination) from exc
+
+    async def get_configuration(
+        self, key_path: list[str] | None = None, component: str | None = None
+    ) -> dict[str, Any]:
+        """The configuration under ``key_path`` (all of it by default) of this or another component.
+
+        A key path naming a single value gives ``{last key: value}``, as the nucleus answers.
+        """
+        target = f"{component or 'own configuration'} key /{'/'.join(key_path or [])}"
+        response = await self._call(
+            "GetConfiguration",
+            target,
+            lambda: self._client.get_configuration_async(component_name=component, key_path=key_path or []),
+        )
+        return dict(response.value or {})
+
+    async def update_state(self, state: Literal["RUNNING", "ERRORED"]) -> None:
+        """Report the component's state to the nucleus (shown by ``greengrass-cli component list``)."""
+        await self._call("UpdateState", state, lambda: self._client.update_state_async(state=state))
+
+    async def publish_to_iot_core(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        """Publish to AWS IoT Core through the nucleus' MQTT connection (QoS 0 is dropped while offline)."""
+        if qos not in (0, 1):
+            raise ConfigError(f"qos {qos} for IoT Core topic {topic} is not supported", fix="use qos 0 or 1")
+        await self._call(
+            "PublishToIoTCore",
+            f"topic {topic}",
+            lambda: self._client.publish_to_iot_core_async(topic_name=topic, qos=str(qos), payload=payload),
+            destination=True,
+        )
+
+    async def publish_to_topic(self, topic: str, payload: bytes) -> None:
+        """Publish a binary message on the nucleus' local pub/sub."""
+        message = model.PublishMessage(binary_message=model.BinaryMessage(message=payload))
+        await self._call(
+            "PublishToTopic",
+            f"topic {topic}",
+            lambda: self._client.publish_to_topic_async(topic=topic, publish_message=message),
+        )
+
+    # ---- subscriptions: SDK callbacks run on the CRT thread and only hand over to the loop -----------------
+
+    def _on_loop(self, fn: Callable[..., object], *args: object) -> None:
+        # A closed loop means the component is shutting down and nobody waits for this event.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _run(self, result: object) -> None:
+        """Keep an awaitable returned by a user callback running as a task (a plain value needs nothing)."""
+        if inspect.isawaitable(result):
+            task = asyncio.ensure_future(result)
+            self._tasks.add(task)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("IPC callback failed", exc_info=task.exception())
+
+    def _on_stream_error(self, what: str) -> Callable[[Exception], bool]:
+        def on_error(error: Exception) -> bool:
+            log.warning("IPC subscription %s ended with an error: %r", what, error)
+            return True
+
+        return on_error
+
+    async def _subscribe(self, operation: str, target: str, start: Callable[[], tuple[Any, Any]]) -> None:
+        def begin() -> Any:
+            future, stream = start()
+            self._operations.append(stream)
+            return future
+
+        await self._call(operation, target, begin)
+
+    async def subscribe_configuration_updates(
+        self, callback: ConfigUpdateCallback, key_path: list[str] | None = None, component: str | None = None
+    ) -> None:
+        """Call ``callback(changed key path)`` on the loop for every change under ``key_path``."""
+
+        def on_event(event: Any) -> None:
+            self._on_loop(lambda path: self._run(callback(path)), list(event.configuration_update_event.key_path))
+
+        await self._subscribe(
+            "SubscribeToConfigurationUpdate",
+            f"key /{'/'.join(key_path or [])}",
+            lambda: self._client.subscribe_to_configuration_update_async(
+                component_name=component,
+                key_path=key_path or [],
+                on_stream_event=on_event,
+                on_stream_error=self._on_stream_error("to configuration updates"),
+            ),
+        )
+
+    async def subscribe_validate_configuration(self, validator: Validator) -> None:
+        """Have ``validator`` accept or reject each deployment's configuration before the nucleus applies it.
+
+        The validator returns None to accept or a message to reject; a GatewayError or ValueError it raises (a
+        pydantic ValidationError is one) rejects with the error's text. The report goes back to the nucleus.
+        """
+
+        def on_event(event: Any) -> None:
+            proposal = event.validate_configuration_update_event
+            self._on_loop(lambda: self._run(self._validate(validator, proposal.configuration, proposal.deployment_id)))
+
+        await self._subscribe(
+            "SubscribeToValidateConfigurationUpdates",
+            "configuration validation",
+            lambda: self._client.subscribe_to_validate_configuration_updates_async(
+                on_stream_event=on_event, on_stream_error=self._on_stream_error("to configuration validation")
+            ),
+        )
+
+    async def _validate(self, validator: Validator, configuration: dict[str, Any], deployment_id: str) -> None:
+        try:
+            verdict = validator(dict(configuration or {}))
+            problem = await verdict if inspect.isawaitable(verdict) else verdict
+        except (GatewayError, ValueError) as exc:
+            problem = str(exc)
+        statuses = model.ConfigurationValidityStatus
+        status = statuses.ACCEPTED if problem is None else statuses.REJECTED
+        if problem is not None:
+            log.warning("configuration of deployment %s rejected: %s", deployment_id, problem)
+        report = model.ConfigurationValidityReport(status=status, deployment_id=deployment_id, message=problem)
+        try:
+            await self._call(
+                "SendConfigurationValidityReport",
+                f"deployment {deployment_id}",
+                lambda: self._client.send_configuration_validity_report_async(configuration_validity_report=report),
+            )
+        except GatewayError as exc:  # the nucleus stopped waiting (timeout): it decides without our report
+            log.warning("%s", exc)
+
+    async def subscribe_to_topic(self, topic: str, callback: TopicCallback) -> None:
+        """Call ``callback(topic, payload)`` on the loop for local pub/sub messages matching ``topic``.
+
+        JSON messages from other publishers arrive as their JSON text encoded in UTF-8.
+        """
+
+        def on_event(event: Any) -> None:
+            message = event.binary_message or event.json_message
+            payload = message.message if event.binary_message else json.dumps(message.message).encode()
+            received = message.context.topic if message.context else topic
+            self._on_loop(lambda: self._run(callback(received, payload)))
+
+        await self._subscribe(
+            "SubscribeToTopic",
+            f"topic {topic}",
+            lambda: self._client.subscribe_to_topic_async(
+                topic=topic,
+                on_stream_event=on_event,
+                on_stream_error=self._on_stream_error(f"to topic {topic}"),
+            ),
+        )
