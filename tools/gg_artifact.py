@@ -1,0 +1,247 @@
+"""What goes into each component's artifact zip, and building it.
+
+The one table :data:`COMPONENTS` says, per Greengrass component, which entry point it runs, which pinned
+third-party distributions it needs (names only: versions always come from ``pyproject.toml``) and which optional
+``gateway`` subpackages it ships. Everything else about a zip follows from it.
+
+A zip holds, at its root (Greengrass unpacks ``X.zip`` into ``{artifacts:decompressedPath}/X/``):
+``gateway/`` (without ``dev/`` and ``cli/`` unless asked for), ``components/__init__.py``,
+``components/<dir>/``, ``requirements.txt``, ``install.sh`` and, with offline wheels, ``wheels/``.
+Entries are sorted and time-stamped 1980-01-01 so that the same sources give the same bytes.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+# Every component imports the gateway package, whose core needs these (config models, codec, streams, IPC).
+COMMON = ("pydantic", "PyYAML", "cbor2", "stream-manager", "awsiotsdk", "awscrt")
+# Parts of the gateway package that only development tools use; shipped only to components that list them.
+OPTIONAL_GATEWAY_PARTS = ("dev", "cli")
+EXCLUDED_NAMES = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
+EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One Greengrass component: its entry point and what its zip needs."""
+
+    entry_dir: str
+    requires: tuple[str, ...]
+    gateway_parts: tuple[str, ...] = ()
+
+
+COMPONENTS: dict[str, Component] = {
+    "factoryedge.OpcUaCollector": Component("opcua_collector", (*COMMON, "asyncua")),
+    "factoryedge.ModbusCollector": Component("modbus_collector", (*COMMON, "pymodbus")),
+    "factoryedge.OpcDaCollector": Component("opcda_collector", (*COMMON, "OpenOPC-Python3x", "Pyro4")),
+    "factoryedge.AnomalyDetector": Component("anomaly_detector", (*COMMON, "numpy", "krcf", "rrcf")),
+    "factoryedge.Publisher": Component("publisher", (*COMMON, "paho-mqtt", "boto3")),
+}
+
+
+class BuildError(Exception):
+    """The build cannot produce a correct component; the message names the file, the key and the fix."""
+
+
+def normalize(name: str) -> str:
+    """PEP 503 normalised distribution name (``OpenOPC_Python3x`` and ``openopc-python3x`` are one)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def project_pins(pyproject_text: str) -> dict[str, str]:
+    """Return ``{normalised name: "Name==version"}`` for ``[project].dependencies`` of ``pyproject.toml``.
+
+    Parsed with a regex rather than ``tomllib`` because GDK runs the build with whatever ``python3`` is on
+    PATH, which may be 3.10. Raises BuildError on a dependency that is not an exact pin.
+    """
+    block = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", pyproject_text, re.S | re.M)
+    if block is None:
+        raise BuildError("pyproject.toml: no [project] dependencies list found")
+    pins: dict[str, str] = {}
+    for spec in re.findall(r'^\s*"([^"]+)"', block.group(1), re.M):
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)", spec.strip())
+        if match is None:
+            raise BuildError(f"pyproject.toml: dependency {spec!r} is not an exact pin (name==version)")
+        pins[normalize(match.group(1))] = f"{match.group(1)}=={match.group(2)}"
+    return pins
+
+
+def project_version(pyproject_text: str) -> str:
+    """The ``[project] version`` of ``pyproject.toml``: the one version of every component."""
+    project = re.search(r"^\[project\]\s*$(.*?)(?=^\[|\Z)", pyproject_text, re.S | re.M)
+    version = re.search(r'^version\s*=\s*"([^"]+)"', project.group(1), re.M) if project else None
+    if version is None:
+        raise BuildError("pyproject.toml: no version in [project]")
+    return version.group(1)
+
+
+def requirements_for(name: str, pins: dict[str, str]) -> list[str]:
+    """The pinned requirement lines of one component, in table order."""
+    lines = []
+    for dist in COMPONENTS[name].requires:
+        pin = pins.get(normalize(dist))
+        if pin is None:
+            raise BuildError(
+                f"tools/gg_artifact.py: {name} needs {dist!r}, which is not pinned in pyproject.toml: "
+                "pin it there (name==version) or drop it from COMPONENTS"
+            )
+        lines.append(pin)
+    return lines
+
+
+def unused_pins(pins: dict[str, str]) -> list[str]:
+    """Pinned runtime dependencies that no component ships (worth a warning: dead weight or a missing entry)."""
+    used = {normalize(dist) for comp in COMPONENTS.values() for dist in comp.requires}
+    return sorted(pin for key, pin in pins.items() if key not in used)
+
+
+def _files_under(directory: Path) -> list[Path]:
+    return sorted(
+        path
+        for path in directory.rglob("*")
+        if path.is_file()
+        and not any(part in EXCLUDED_NAMES or part.startswith(".") for part in path.relative_to(directory).parts)
+        and path.suffix not in EXCLUDED_SUFFIXES
+    )
+
+
+def source_files(project: Path, name: str) -> dict[str, Path | None]:
+    """Map each archive path of a component's zip to its source file (None: an empty file)."""
+    comp = COMPONENTS[name]
+    entry = project / "components" / comp.entry_dir / "main.py"
+    if not entry.is_file():
+        raise BuildError(
+            f"{entry.relative_to(project)} is missing: {name} has no entry point; write it, or fix entry_dir "
+            "in tools/gg_artifact.py COMPONENTS"
+        )
+    files: dict[str, Path | None] = {}
+    gateway = project / "gateway"
+    skipped = {part for part in OPTIONAL_GATEWAY_PARTS if part not in comp.gateway_parts}
+    for path in _files_under(gateway):
+        rel = path.relative_to(gateway)
+        if rel.parts[0] not in skipped:
+            files[f"gateway/{rel.as_posix()}"] = path
+    init = project / "components" / "__init__.py"
+    files["components/__init__.py"] = init if init.is_file() else None
+    entry_root = entry.parent
+    for path in _files_under(entry_root):
+        files[f"components/{comp.entry_dir}/{path.relative_to(entry_root).as_posix()}"] = path
+    return files
+
+
+def _add(archive: zipfile.ZipFile, arcname: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(arcname, date_time=ZIP_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16
+    archive.writestr(info, data)
+
+
+def write_zip(
+    zip_path: Path,
+    files: dict[str, Path | None],
+    extra: dict[str, bytes],
+    wheels: list[Path],
+) -> None:
+    """Write the artifact zip: source files, generated files (requirements, install script) and wheels."""
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, bytes] = {arc: (src.read_bytes() if src else b"") for arc, src in files.items()}
+    entries.update(extra)
+    with zipfile.ZipFile(zip_path, "w") as archive:
+        for arcname in sorted(entries):
+            _add(archive, arcname, entries[arcname])
+        for wheel in sorted(wheels):
+            # Wheels are already compressed: store them.
+            info = zipfile.ZipInfo(f"wheels/{wheel.name}", date_time=ZIP_DATE)
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, wheel.read_bytes())
+
+
+def _pip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def _binary_args(platform: str, python_version: str) -> list[str]:
+    return [
+        "--only-binary=:all:",
+        "--platform",
+        platform,
+        "--python-version",
+        python_version,
+        "--implementation",
+        "cp",
+    ]
+
+
+def _build_pure_wheel(req: str, platform: str, pure_dir: Path) -> None:
+    key = normalize(req.split("==")[0])
+    built = [w for w in pure_dir.glob("*.whl") if normalize(w.name.split("-")[0]) == key]
+    if not built:
+        result = _pip("wheel", "--no-deps", "-q", "-w", str(pure_dir), req)
+        if result.returncode != 0:
+            raise BuildError(f"{req}: no wheel for {platform} on the index and 'pip wheel' failed:\n{result.stderr}")
+        built = [w for w in pure_dir.glob("*.whl") if normalize(w.name.split("-")[0]) == key]
+    for wheel in built:
+        if not wheel.name.endswith("-none-any.whl"):
+            raise BuildError(
+                f"{req}: no wheel for {platform} on the index and it is not pure Python ({wheel.name}); "
+                f"build that wheel on a {platform} machine"
+            )
+
+
+def download_wheels(
+    requirements: list[str], platforms: list[str], python_version: str, dest: Path, pure_dir: Path
+) -> list[Path]:
+    """Download every wheel the requirements need on each target platform into ``dest``.
+
+    A pin published only as an sdist (rrcf, OpenOPC-Python3x) is built once here with ``pip wheel`` into
+    ``pure_dir``; that is correct only for pure-Python packages, so any other result is an error.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    pure_dir.mkdir(parents=True, exist_ok=True)
+    for platform in platforms:
+        for req in requirements:
+            with tempfile.TemporaryDirectory(prefix="gg-probe-") as probe_dir:
+                probe = _pip(
+                    "download", "--no-deps", "-q", "-d", probe_dir, *_binary_args(platform, python_version), req
+                )
+            if probe.returncode == 0:
+                continue
+            _build_pure_wheel(req, platform, pure_dir)
+        result = _pip(
+            "download",
+            "-q",
+            "-d",
+            str(dest),
+            "--find-links",
+            str(pure_dir),
+            *_binary_args(platform, python_version),
+            *requirements,
+        )
+        if result.returncode != 0:
+            raise BuildError(f"pip download for {platform} (Python {python_version}) failed:\n{result.stderr}")
+    return sorted(dest.glob("*.whl"))
+
+
+def platform_architecture(platform: str) -> str:
+    """Greengrass ``architecture`` of a wheel platform tag (``manylinux_2_28_x86_64`` -> ``amd64``)."""
+    if platform.endswith("_x86_64"):
+        return "amd64"
+    if platform.endswith("_aarch64"):
+        return "aarch64"
+    raise BuildError(
+        f"--offline-wheels {platform}: unsupported platform; use a manylinux tag ending in _x86_64 or _aarch64 "
+        "(e.g. manylinux_2_28_x86_64)"
+    )
