@@ -85,15 +85,11 @@ def _mapped(exc: BaseException, operation: str, target: str, *, destination: boo
 
 
 class _Lifecycle(eventstreamrpc.LifecycleHandler):  # type: ignore[misc]  # the SDK is untyped
-    """Notices a lost connection (runs on the CRT thread; only logs and sets a flag)."""
-
-    def __init__(self) -> None:
-        self.disconnected: BaseException | None = None
+    """Logs a lost connection (runs on the CRT thread); later calls fail with a retryable GatewayError."""
 
     def on_disconnect(self, reason: Exception | None) -> None:
         if reason is not None:
             log.warning("IPC connection to the nucleus lost: %r", reason)
-            self.disconnected = reason
 
     def on_error(self, error: Exception) -> bool:
         log.warning("IPC connection error: %r", error)
@@ -109,6 +105,7 @@ class GreengrassIpc:
         self._socket_path = socket_path
         self._timeout_s = timeout_s
         self._loop = asyncio.get_running_loop()
+        # The SDK's operation objects own their native streams: keep them alive as long as the subscription.
         self._operations: list[Any] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -283,7 +280,8 @@ class GreengrassIpc:
         """Have ``validator`` accept or reject each deployment's configuration before the nucleus applies it.
 
         The validator returns None to accept or a message to reject; a GatewayError or ValueError it raises (a
-        pydantic ValidationError is one) rejects with the error's text. The report goes back to the nucleus.
+        pydantic ValidationError is one) rejects with the error's text, and any other exception rejects too
+        (logged with its traceback), since a nucleus that gets no report applies the configuration.
         """
 
         def on_event(event: Any) -> None:
@@ -304,6 +302,9 @@ class GreengrassIpc:
             problem = await verdict if inspect.isawaitable(verdict) else verdict
         except (GatewayError, ValueError) as exc:
             problem = str(exc)
+        except Exception as exc:  # a crashing validator must reject: silence would let the nucleus apply
+            log.exception("configuration validator failed on deployment %s", deployment_id)
+            problem = f"configuration validator failed: {exc!r}"
         statuses = model.ConfigurationValidityStatus
         status = statuses.ACCEPTED if problem is None else statuses.REJECTED
         if problem is not None:
