@@ -130,6 +130,51 @@ def test_deployment_accepted_by_validator_is_applied_and_announced(socket_path: 
     run(body())
 
 
+def test_deployment_without_validity_report_is_applied_after_timeout(socket_path: Path) -> None:
+    async def body() -> None:
+        never = asyncio.Event()
+
+        async def stalled(proposed: dict[str, Any]) -> str | None:
+            await never.wait()
+            return "too late"
+
+        async with serving(socket_path) as (server, ipc):
+            await ipc.subscribe_validate_configuration(stalled)
+            applied, message = await server.deploy_configuration(COLLECTOR, {"interval": 9.0}, timeout_s=0.2)
+            assert applied, message
+            assert "no validity report" in message
+            assert server.configuration(COLLECTOR) == {"interval": 9.0}
+
+    run(body())
+
+
+def test_crashing_validator_rejects_the_deployment(socket_path: Path) -> None:
+    def crashing(proposed: dict[str, Any]) -> str | None:
+        return str(proposed["missing"])
+
+    async def body() -> None:
+        async with serving(socket_path) as (server, ipc):
+            await ipc.subscribe_validate_configuration(crashing)
+            applied, message = await server.deploy_configuration(COLLECTOR, {"interval": 9.0}, 5.0)
+            assert not applied
+            assert "KeyError" in message
+            assert server.configuration(COLLECTOR) == CONFIG
+
+    run(body())
+
+
+def test_calls_after_the_server_went_away_fail_retryable(socket_path: Path) -> None:
+    async def body() -> None:
+        async with serving(socket_path) as (server, ipc):
+            await ipc.update_state("RUNNING")
+            await server.stop()
+            with pytest.raises(GatewayError, match="UpdateState") as lost:
+                await ipc.update_state("ERRORED")
+            assert lost.value.retryable
+
+    run(body())
+
+
 def test_update_state_is_recorded_with_history(socket_path: Path) -> None:
     async def body() -> None:
         async with serving(socket_path) as (server, ipc):
@@ -200,6 +245,8 @@ def test_unauthorized_publish_raises_config_error_naming_the_recipe_fix(socket_p
             assert "aws.greengrass#PublishToIoTCore for topic factory/line1/alarms" in refused.value.fix
             assert "accessControl.aws.greengrass.ipc.mqttproxy" in refused.value.fix
 
+            with pytest.raises(ConfigError, match="SubscribeToTopic"):
+                await ipc.subscribe_to_topic("local/records/+", lambda topic, payload: None)
             await ipc.publish_to_topic("local/records/line1", b"ok")
             with pytest.raises(ConfigError, match="other/topic") as refused:
                 await ipc.publish_to_topic("other/topic", b"no")
