@@ -99,10 +99,9 @@ class _Lifecycle(eventstreamrpc.LifecycleHandler):  # type: ignore[misc]  # the 
 class GreengrassIpc:
     """The gateway's Greengrass IPC connection. Create with :meth:`connect`; call :meth:`close` when done."""
 
-    def __init__(self, client: Any, socket_path: str, timeout_s: float) -> None:
+    def __init__(self, client: Any, timeout_s: float) -> None:
         """Use :meth:`connect`; this wraps an already connected ``GreengrassCoreIPCClientV2``."""
         self._client = client
-        self._socket_path = socket_path
         self._timeout_s = timeout_s
         self._loop = asyncio.get_running_loop()
         # The SDK's operation objects own their native streams: keep them alive as long as the subscription.
@@ -160,7 +159,7 @@ class GreengrassIpc:
             ) from exc
         # executor=None: our callbacks only hand events to the loop, so they may run on the CRT thread.
         client = GreengrassCoreIPCClientV2(client=GreengrassCoreIPCClient(connection), executor=None)
-        return cls(client, socket_path, timeout_s)
+        return cls(client, timeout_s)
 
     def close(self) -> None:
         """Close the connection; subscriptions end with it. Safe to call twice."""
