@@ -1,0 +1,151 @@
+"""``python -m simulator``: serve the TEP over OPC UA, Modbus TCP and OPC DA, or control a running simulator.
+
+Serve (default)::
+
+    python -m simulator --speed 10 --seed 7 --idv 6@8h --endpoints opcua,modbus
+
+Control a running simulator through its OPC UA endpoint (``gatewayctl sim`` forwards here)::
+
+    python -m simulator idv 6 on --opcua opc.tcp://127.0.0.1:4840
+    python -m simulator reset --seed 3
+    python -m simulator status
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from simulator import control
+from simulator.app import AppConfig, Endpoint, build_simulation, serve_forever
+from simulator.runtime import Simulation, parse_idv_schedule
+
+ENDPOINTS = ("opcua", "modbus", "opcda")
+CONTROL_COMMANDS = ("idv", "clear", "reset", "status")
+
+
+def _serve_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m simulator", description="Tennessee Eastman process simulator.",
+        epilog=f"Control a running simulator: python -m simulator {{{','.join(CONTROL_COMMANDS)}}} -h",
+    )
+    p.add_argument("--plant", choices=("tep", "synthetic"), default="tep",
+                   help="tep: the real closed-loop model (needs tep-studio); synthetic: base case with noise")
+    p.add_argument("--seed", type=int, default=1, help="measurement noise seed (default 1)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="simulated seconds per wall second: 1 = real time, 0 = as fast as possible")
+    p.add_argument("--idv", action="append", default=[], metavar="N[@START[-STOP]]",
+                   help="disturbance schedule, repeatable: 6 (from the start), 6@8h, 1@30m-2h")
+    p.add_argument("--host", default="127.0.0.1", help="interface every endpoint binds (default 127.0.0.1)")
+    p.add_argument("--endpoints", default=",".join(ENDPOINTS), help="comma-separated subset of opcua,modbus,opcda")
+    p.add_argument("--opcua-port", type=int, default=4840)
+    p.add_argument("--opcua-security", choices=("none", "sign", "encrypt", "all"), default="none",
+                   help="Basic256Sha256 Sign / SignAndEncrypt with a generated self-signed certificate")
+    p.add_argument("--opcua-cert-dir", type=Path, default=Path(".sim-certs"))
+    p.add_argument("--modbus-port", type=int, default=5020)
+    p.add_argument("--modbus-unit", type=int, default=1)
+    p.add_argument("--modbus-order", choices=("ABCD", "CDAB", "BADC", "DCBA"), default="ABCD")
+    p.add_argument("--modbus-unit2", type=int, default=2, help="second unit id: same plant, other order")
+    p.add_argument("--modbus-order2", choices=("ABCD", "CDAB", "BADC", "DCBA"), default="CDAB")
+    p.add_argument("--opcda-port", type=int, default=7766)
+    p.add_argument("--opcda-advertise-host", default=None, help="host put in proxies when --host is 0.0.0.0")
+    p.add_argument("--opcda-tls-cert", type=Path, default=None, help="PEM certificate: enables Pyro TLS")
+    p.add_argument("--opcda-tls-key", type=Path, default=None)
+    p.add_argument("--opcda-tls-ca", type=Path, default=None, help="CA bundle: require client certificates")
+    p.add_argument("--status-every", type=float, default=5.0, help="wall seconds between status lines (0: none)")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def _control_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m simulator", description="Control a running simulator.")
+    p.add_argument("--opcua", default=control.DEFAULT_URL, help=f"its OPC UA endpoint (default {control.DEFAULT_URL})")
+    sub = p.add_subparsers(dest="command", required=True)
+    idv = sub.add_parser("idv", help="switch a disturbance: idv 6 on")
+    idv.add_argument("number", type=int)
+    idv.add_argument("state", choices=("on", "off"))
+    sub.add_parser("clear", help="switch every disturbance off")
+    reset = sub.add_parser("reset", help="restart from the base case (clears a trip)")
+    reset.add_argument("--seed", type=int, default=None, help="new seed (default: keep)")
+    sub.add_parser("status", help="simulated time, seed, disturbances, trip state")
+    for child in sub.choices.values():  # accept --opcua after the subcommand too
+        child.add_argument("--opcua", default=argparse.SUPPRESS)
+    return p
+
+
+def build_endpoints(args: argparse.Namespace, sim: Simulation) -> list[Endpoint]:
+    """The endpoints ``--endpoints`` asks for; imported lazily so each works without the others' libraries."""
+    wanted = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+    unknown = sorted(set(wanted) - set(ENDPOINTS))
+    if unknown or not wanted:
+        raise ValueError(f"--endpoints {args.endpoints!r}: use a comma-separated subset of {','.join(ENDPOINTS)}")
+    endpoints: list[Endpoint] = []
+    if "opcua" in wanted:
+        from simulator.opcua_server import OpcUaConfig, OpcUaEndpoint
+
+        endpoints.append(OpcUaEndpoint(sim, OpcUaConfig(args.host, args.opcua_port, args.opcua_security,
+                                                        args.opcua_cert_dir)))
+    if "modbus" in wanted:
+        from simulator.modbus_server import ModbusConfig, ModbusEndpoint
+
+        endpoints.append(ModbusEndpoint(sim, ModbusConfig(args.host, args.modbus_port, args.modbus_unit,
+                                                          args.modbus_order, args.modbus_unit2, args.modbus_order2)))
+    if "opcda" in wanted:
+        from simulator.opcda_server import OpcDaConfig, OpcDaEndpoint
+
+        endpoints.append(OpcDaEndpoint(sim, OpcDaConfig(args.host, args.opcda_port, args.opcda_advertise_host,
+                                                         args.opcda_tls_cert, args.opcda_tls_key, args.opcda_tls_ca)))
+    return endpoints
+
+
+def _serve(argv: list[str]) -> int:
+    parser = _serve_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        schedule = parse_idv_schedule(args.idv)
+        if args.speed < 0:
+            raise ValueError(f"--speed {args.speed}: must be >= 0 (0 = as fast as possible)")
+        config = AppConfig(args.plant, args.seed, args.speed, schedule, args.status_every)
+        sim = build_simulation(config)
+        config.endpoints = build_endpoints(args, sim)
+    except (ValueError, RuntimeError) as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(serve_forever(config, sim))
+    except OSError as exc:  # typically a port in use
+        print(f"error: {exc}; pick another port (--opcua-port/--modbus-port/--opcda-port)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _control(argv: list[str]) -> int:
+    args = _control_parser().parse_args(argv)
+    url = args.opcua
+    try:
+        if args.command == "idv":
+            asyncio.run(control.set_idv(url, args.number, args.state == "on"))
+            print(f"IDV {args.number} {args.state}")
+        elif args.command == "clear":
+            asyncio.run(control.clear_idvs(url))
+            print("all disturbances off")
+        elif args.command == "reset":
+            asyncio.run(control.reset(url, args.seed))
+            print("plant reset")
+        else:
+            print(asyncio.run(control.status(url)).line())
+    except control.ControlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m simulator`` and ``gatewayctl sim``; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if any(a in CONTROL_COMMANDS for a in args):  # no serve option takes these words as a value
+        return _control(args)
+    return _serve(args)

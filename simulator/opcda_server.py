@@ -1,0 +1,353 @@
+"""OPC DA endpoint: a Pyro4 daemon speaking the OpenOPC Gateway Service interface.
+
+The unmodified ``OpenOPC.open_client(host, port)`` works against it: object ``opc`` hands out a per-client object
+whose ``read``/``write``/``list``/``properties``/``info``/``servers``/``ping``/``close`` return what the real
+gateway returns (quality strings, ``str(datetime)`` timestamps, ``Error`` quality with value and timestamp None
+for unknown items). Item ids are tag paths with dots: ``Reactor.Pressure``, ``Disturbances.IDV06``.
+
+Pyro has no authentication: the daemon warns at start unless TLS is configured. Pickle is never accepted.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import Pyro4
+
+from simulator.plant import IDV_NUMBERS
+from simulator.runtime import Simulation, Snapshot
+from simulator.tags import IDV_PATHS, PROCESS_TAGS, STATUS_TAGS
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "FactoryEdge.TEP.1"
+_SAFE_SERIALIZERS = {"serpent", "json", "marshal"}
+_UNKNOWN_ITEM = "The item ID is not defined in the server address space."
+_READ_ONLY = "The item's access rights do not allow the operation."
+_BAD_VALUE = "The value could not be converted to the item's type."
+_START = datetime.now(timezone.utc)
+
+_PROCESS_INDEX = {t.path.replace("/", "."): i for i, t in enumerate(PROCESS_TAGS)}
+_STATUS_IDS = {path.replace("/", "."): kind for path, kind, _d in STATUS_TAGS}
+_IDV_IDS = {path.replace("/", "."): n for n, path in zip(IDV_NUMBERS, IDV_PATHS, strict=True)}
+ITEM_IDS: tuple[str, ...] = (*_PROCESS_INDEX, *_STATUS_IDS, *_IDV_IDS)
+
+
+def _opc_error(text: str) -> Exception:
+    """The exception the real gateway raises (OpenOPC.OPCError), or RuntimeError if OpenOPC is missing."""
+    try:
+        from OpenOPC import OPCError
+
+        return OPCError(text)  # type: ignore[no-any-return]
+    except ImportError:  # pragma: no cover
+        return RuntimeError(text)
+
+
+def item_value(snap: Snapshot, item: str) -> tuple[Any, str, str] | None:
+    """``(value, quality, timestamp)`` of ``item`` in ``snap`` as the gateway returns it, None if unknown."""
+    now = str(datetime.now(timezone.utc))
+    if item in _PROCESS_INDEX:
+        i = _PROCESS_INDEX[item]
+        return snap.values[i], "Bad" if snap.shutdown else "Good", str(snap.stamps[i])
+    if item in _IDV_IDS:
+        return _IDV_IDS[item] in snap.active_idvs, "Good", now
+    status: dict[str, Any] = {
+        "Simulator.SimulatedTime": snap.t_s, "Simulator.Seed": snap.seed,
+        "Simulator.ActiveDisturbances": snap.idv_text, "Simulator.Shutdown": snap.shutdown,
+        "Simulator.ShutdownReason": snap.shutdown_reason or "",
+    }
+    if item in status:
+        return status[item], "Good", now
+    return None
+
+
+def _to_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("1", "0", "true", "false", "on", "off"):
+        return value.strip().lower() in ("1", "true", "on")
+    return None
+
+
+@Pyro4.expose
+class DaClient:
+    """One OpenOPC client session (what ``OpenOPC.client`` is inside the real gateway)."""
+
+    def __init__(self, gateway: OpcGateway) -> None:
+        self._gateway = gateway
+        self._sim = gateway.sim
+        self._guid = str(uuid.uuid4())
+        self._groups: dict[str, list[str]] = {}
+        self.opc_server: str | None = None
+        self.opc_host: str | None = None
+
+    def GUID(self) -> str:
+        return self._guid
+
+    def connect(self, opc_server: str | None = None, opc_host: str = "localhost") -> None:
+        names = (opc_server or SERVER_NAME).split(";")
+        if SERVER_NAME not in names:
+            raise _opc_error("Connect: Cannot connect to any of the servers in the OPC_SERVER list")
+        self.opc_server, self.opc_host = SERVER_NAME, opc_host
+
+    def close(self, del_object: bool = True) -> None:
+        self._groups.clear()
+        if del_object:
+            self._gateway.release_client(self)
+
+    def read(self, tags: Any = None, group: str | None = None, size: Any = None, pause: Any = 0,
+             source: str = "hybrid", update: Any = -1, timeout: Any = 5000, sync: bool = False,
+             include_error: bool = False, rebuild: bool = False) -> Any:
+        single = isinstance(tags, str)
+        names: list[str] = [tags] if single else list(tags or [])
+        if group is not None:
+            if names:
+                self._groups[group] = names
+            elif group in self._groups:
+                names = self._groups[group]
+            else:
+                raise _opc_error(f"read: group {group!r} does not exist; pass tags to create it")
+        if any(not isinstance(t, str) for t in names):
+            raise TypeError("read(): 'tags' parameter must be a string or a list of strings")
+        snap = self._sim.snapshot
+        rows: list[tuple[Any, ...]] = []
+        for tag in names:
+            found = item_value(snap, tag)
+            value, quality, stamp = found if found is not None else (None, "Error", None)
+            error = "" if found is not None else _UNKNOWN_ITEM
+            row: tuple[Any, ...] = (value, quality, stamp, error) if include_error else (value, quality, stamp)
+            rows.append(row if single else (tag, *row))
+        return rows[0] if single else rows
+
+    def write(self, tag_value_pairs: Any, size: Any = None, pause: Any = 0, include_error: bool = False) -> Any:
+        single = not isinstance(tag_value_pairs[0], (list, tuple))
+        pairs = [tag_value_pairs] if single else list(tag_value_pairs)
+        out: list[Any] = []
+        for pair in pairs:
+            if not isinstance(pair, (list, tuple)) or len(pair) < 2 or not isinstance(pair[0], str):
+                raise TypeError("write(): 'tag_value_pairs' parameter must be a (tag, value) tuple or a list of "
+                                "(tag,value) tuples")
+            tag, value = pair[0], pair[1]
+            error = self._write_one(tag, value)
+            status = "Error" if error else "Success"
+            if single:
+                out.append((status, error or "The operation completed successfully.") if include_error else status)
+            else:
+                out.append((tag, status, error or "The operation completed successfully.") if include_error
+                           else (tag, status))
+        return out[0] if single else out
+
+    def _write_one(self, tag: str, value: Any) -> str | None:
+        if tag in _IDV_IDS:
+            on = _to_bool(value)
+            if on is None:
+                return _BAD_VALUE
+            self._sim.set_idv(_IDV_IDS[tag], on)
+            return None
+        if tag in _PROCESS_INDEX or tag in _STATUS_IDS:
+            return _READ_ONLY
+        return _UNKNOWN_ITEM
+
+    def groups(self) -> list[str]:
+        return list(self._groups)
+
+    def remove(self, groups: Any) -> None:
+        for group in [groups] if isinstance(groups, str) else list(groups):
+            self._groups.pop(group, None)
+
+    def list(self, paths: Any = "*", recursive: bool = False, flat: bool = False,
+             include_type: bool = False) -> list[Any]:
+        patterns = [paths] if isinstance(paths, str) else list(paths or ["*"])
+        seen: dict[Any, None] = {}
+        for path in patterns:
+            for node in _browse(path, recursive, flat):
+                seen.setdefault((node, "Leaf" if node in _ALL_ITEMS else "Branch") if include_type else node)
+        return list(seen)
+
+    def properties(self, tags: Any, id: Any = None) -> Any:
+        single_tag = isinstance(tags, str)
+        names = [tags] if single_tag else list(tags)
+        ids = list(id) if isinstance(id, (list, tuple)) else ([] if id is None else [id])
+        include_name = 0 in ids
+        ids = [i for i in ids if i != 0]
+        out: list[Any] = []
+        for tag in names:
+            props = _properties(self._sim.snapshot, tag)
+            if props is None:
+                raise _opc_error(f"properties: {_UNKNOWN_ITEM} ({tag})")
+            if id is None:
+                rows: list[Any] = [(0, "Item ID (virtual property)", tag), *props]
+            elif not isinstance(id, (list, tuple)):
+                rows = [p[2] for p in props if p[0] == id]
+            else:
+                rows = [(p[0], p[2]) for p in props if p[0] in ids]
+            if include_name:
+                rows.insert(0, (0, tag))
+            out.extend(rows if single_tag else [(tag, *(r if isinstance(r, tuple) else (r,))) for r in rows])
+        single = single_tag and id is not None and not isinstance(id, (list, tuple))
+        return out[0] if single and out else out
+
+    def info(self) -> builtins.list[tuple[str, str]]:
+        return [
+            ("Protocol", "DCOM"), ("Class", "Graybox.OPC.DAWrapper"), ("Client Name", "OpenOPC"),
+            ("OPC Host", self.opc_host or "localhost"), ("OPC Server", SERVER_NAME), ("State", "Running"),
+            ("Version", "1.0 (Build 1)"), ("Browser", "Hierarchical"), ("Start Time", str(_START)),
+            ("Current Time", str(datetime.now(timezone.utc))), ("Vendor", "factory-edge-gateway TEP simulator"),
+        ]
+
+    def servers(self, opc_host: str = "localhost") -> builtins.list[str]:
+        return [SERVER_NAME]
+
+    def ping(self) -> bool:
+        return True
+
+
+_ALL_ITEMS = frozenset(ITEM_IDS)
+_BRANCHES: dict[str, list[str]] = {}
+for _item in ITEM_IDS:
+    _BRANCHES.setdefault(_item.split(".", 1)[0], []).append(_item)
+
+
+def _glob(pattern: str) -> re.Pattern[str]:
+    return re.compile("^" + re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".") + "$", re.IGNORECASE)
+
+
+def _browse(path: str, recursive: bool, flat: bool) -> Iterator[str]:
+    """OpenOPC ``list`` semantics on a two-level tree: branches are plant units, leaves item ids."""
+    if flat:
+        pattern = _glob(path)
+        yield from (i for i in ITEM_IDS if pattern.match(i))
+        return
+    parts = [p for p in path.replace("/", ".").split(".") if p]
+    if not parts or (len(parts) == 1 and "*" in parts[0]):
+        pattern = _glob(parts[0] if parts else "*")
+        branches = [b for b in _BRANCHES if pattern.match(b)]
+        if recursive:
+            for branch in branches:
+                yield from _BRANCHES[branch]
+        else:
+            yield from branches
+        return
+    unit = next((b for b in _BRANCHES if b.lower() == parts[0].lower()), None)
+    if unit is None:
+        return
+    pattern = _glob(".".join([unit, *parts[1:]]) if len(parts) > 1 else unit + ".*")
+    yield from (i for i in _BRANCHES[unit] if pattern.match(i))
+
+
+def _properties(snap: Snapshot, tag: str) -> list[tuple[int, str, Any]] | None:
+    found = item_value(snap, tag)
+    if found is None:
+        return None
+    value, quality, stamp = found
+    vtype = {bool: "VT_BOOL", int: "VT_I8", str: "VT_BSTR"}.get(type(value), "VT_R8")
+    props: list[tuple[int, str, Any]] = [
+        (1, "Item Canonical DataType", vtype), (2, "Item Value", value), (3, "Item Quality", quality),
+        (4, "Item Timestamp", stamp), (5, "Item Access Rights", "Read/Write" if tag in _IDV_IDS else "Read"),
+        (6, "Server Scan Rate", 100.0),
+    ]
+    if tag in _PROCESS_INDEX:
+        meta = PROCESS_TAGS[_PROCESS_INDEX[tag]]
+        props += [(100, "EU Units", meta.unit), (101, "Item Description", meta.description),
+                  (102, "High EU", meta.high), (103, "Low EU", meta.low)]
+    return props
+
+
+@Pyro4.expose
+class OpcGateway:
+    """The ``opc`` object of the OpenOPC Gateway Service."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self._clients: dict[str, DaClient] = {}
+        self._lock = threading.Lock()
+
+    def create_client(self) -> DaClient:
+        client = DaClient(self)
+        self._pyroDaemon.register(client)  # type: ignore[attr-defined]  # set by Pyro on registered objects
+        with self._lock:
+            self._clients[client.GUID()] = client
+        return client
+
+    def release_client(self, client: Any) -> None:
+        guid = client.GUID()
+        with self._lock:
+            local = self._clients.pop(guid, None)
+        if local is not None:
+            self._pyroDaemon.unregister(local)  # type: ignore[attr-defined]
+
+    def get_clients(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return [(guid, c.opc_host or "") for guid, c in self._clients.items()]
+
+
+@dataclass
+class OpcDaConfig:
+    """Where the OPC DA gateway listens.
+
+    Attributes:
+        host: interface to bind.
+        port: TCP port (7766, the OpenOPC gateway's).
+        advertise_host: host name put into the proxies handed to clients when binding all interfaces.
+        tls_cert: server certificate (PEM) enabling TLS through Pyro's SSL settings.
+        tls_key: its private key.
+        tls_ca: CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 7766
+    advertise_host: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+
+class OpcDaEndpoint:
+    """Runs the Pyro4 daemon in a background thread."""
+
+    name = "opcda"
+
+    def __init__(self, sim: Simulation, config: OpcDaConfig) -> None:
+        self.sim = sim
+        self.config = config
+        self.daemon: Any = None
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        config = Pyro4.config
+        config.SERIALIZERS_ACCEPTED = _SAFE_SERIALIZERS  # never pickle: it would execute code sent by clients
+        if self.config.tls_cert is not None:
+            config.SSL = True
+            config.SSL_SERVERCERT = str(self.config.tls_cert)
+            config.SSL_SERVERKEY = str(self.config.tls_key or "")
+            if self.config.tls_ca is not None:
+                config.SSL_REQUIRECLIENTCERT = True
+                config.SSL_CACERTS = str(self.config.tls_ca)
+        if not config.SSL:
+            log.warning("OPC DA gateway on %s:%d has NO authentication and NO encryption (Pyro has none); pass "
+                        "--opcda-tls-cert/--opcda-tls-key (and --opcda-tls-ca) outside a test bench",
+                        self.config.host, self.config.port)
+        nathost = self.config.advertise_host if self.config.host in ("0.0.0.0", "::", "") else None
+        self.daemon = Pyro4.Daemon(host=self.config.host, port=self.config.port, nathost=nathost)
+        self.daemon.register(OpcGateway(self.sim), "opc")
+        self._thread = threading.Thread(target=self.daemon.requestLoop, name="opcda-daemon", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.daemon is not None:
+            self.daemon.close()
