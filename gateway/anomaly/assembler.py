@@ -1,0 +1,140 @@
+"""Turn a stream of per-tag records into the vectors a group scores.
+
+The assembler keeps the latest value of each member tag. In ``cadence`` mode :meth:`VectorAssembler.poll` emits one
+vector per elapsed cadence tick, built from the latest values; in ``on_sample`` mode a vector is due whenever a
+member delivers a *new* value (sample-and-hold analyzers repeat the held value between samples; a repeat is not a
+sample). A vector is invalid when a member is missing, BAD/UNCERTAIN, non-numeric, NaN or older than ``max_age_s``:
+it is counted under its reason and never scored, because a forest fed with a frozen or fake value either alarms
+for the wrong reason or, worse, learns it as normal.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, deque
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gateway.anomaly.config import TagGroup
+from gateway.record import Kind, Quality, Record
+
+Array = NDArray[np.float64]
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Vector:
+    """One valid assembled vector: values in the group's tag order, at ``ts_ns``."""
+
+    ts_ns: int
+    values: Array
+
+
+@dataclass(slots=True)
+class _Latest:
+    value: float
+    good: bool
+    ts_ns: int
+
+
+class VectorAssembler:
+    """Assemble a group's vectors from records. Not thread-safe; one per group.
+
+    Call :meth:`offer` for every record (records of other tags are ignored), then :meth:`poll` with the current
+    time to collect the vectors that became due. ``invalid`` counts dropped vectors by reason
+    (``missing:<tag>``, ``bad:<tag>``, ``stale:<tag>``).
+    """
+
+    def __init__(self, group: TagGroup) -> None:
+        self.group = group
+        self._index = {t: i for i, t in enumerate(group.tags)}
+        self._latest: dict[str, _Latest] = {}
+        self._next_tick_ns: int | None = None
+        self._sample_due_ns: int | None = None
+        self.invalid: Counter[str] = Counter()
+        self.emitted = 0
+
+    def offer(self, record: Record) -> None:
+        """Take a record; only VALUE records of member tags matter."""
+        if record.kind != Kind.VALUE or record.tag not in self._index:
+            return
+        value = record.value
+        number = float(value) if isinstance(value, int | float) else math.nan
+        good = record.quality == Quality.GOOD and math.isfinite(number)
+        prev = self._latest.get(record.tag)
+        if prev is not None and record.source_ts_ns < prev.ts_ns:
+            return  # late or replayed: the newer value stands
+        self._latest[record.tag] = _Latest(number, good, record.source_ts_ns)
+        if self.group.mode == "on_sample" and (prev is None or prev.value != number or prev.good != good):
+            self._sample_due_ns = max(self._sample_due_ns or 0, record.source_ts_ns)
+
+    def poll(self, now_ns: int) -> list[Vector]:
+        """Vectors due at ``now_ns`` (at most one per cadence tick, ticks aligned to whole multiples)."""
+        if self.group.mode == "on_sample":
+            if self._sample_due_ns is None:
+                return []
+            due, self._sample_due_ns = self._sample_due_ns, None
+            return self._assemble([due])
+        step = int(self.group.cadence_s * NS)
+        if self._next_tick_ns is None:
+            self._next_tick_ns = (now_ns // step) * step
+        ticks: list[int] = []
+        while self._next_tick_ns <= now_ns:
+            ticks.append(self._next_tick_ns)
+            self._next_tick_ns += step
+        # After a long pause only the newest tick can be built from current values; older ones are not invented.
+        return self._assemble(ticks[-1:]) if ticks else []
+
+    def _assemble(self, ticks: list[int]) -> list[Vector]:
+        out: list[Vector] = []
+        max_age = int(self.group.max_age_s * NS)
+        for tick in ticks:
+            values = np.empty(len(self._index))
+            reason = None
+            for tag, i in self._index.items():
+                latest = self._latest.get(tag)
+                if latest is None:
+                    reason = f"missing:{tag}"
+                elif not latest.good:
+                    reason = f"bad:{tag}"
+                elif tick - latest.ts_ns > max_age:
+                    reason = f"stale:{tag}"
+                else:
+                    values[i] = latest.value
+                    continue
+                break
+            if reason is not None:
+                self.invalid[reason] += 1
+            else:
+                out.append(Vector(tick, values))
+                self.emitted += 1
+        return out
+
+    def missing_tags(self) -> list[str]:
+        """Member tags that never delivered a record (reported so a typo in the config is visible)."""
+        return [t for t in self.group.tags if t not in self._latest]
+
+
+class Shingler:
+    """Concatenate the last ``size`` vectors, newest last. Full only after ``size`` vectors."""
+
+    def __init__(self, size: int, history: list[list[float]] | None = None) -> None:
+        self.size = size
+        self._buf: deque[Array] = deque((np.asarray(h, dtype=np.float64) for h in history or []), maxlen=size)
+
+    def push(self, x: Array) -> Array | None:
+        """Add a vector; return the shingled point once ``size`` vectors were seen, else None."""
+        self._buf.append(x)
+        if len(self._buf) < self.size:
+            return None
+        return np.concatenate(list(self._buf))
+
+    def reset(self) -> None:
+        """Forget history (after a gap: a shingle must hold consecutive vectors)."""
+        self._buf.clear()
+
+    def state(self) -> list[list[float]]:
+        """Saved with the model so a restart continues the shingle."""
+        return [b.tolist() for b in self._buf]

@@ -1,0 +1,118 @@
+"""Configuration models of the anomaly library: tag groups, forest settings, the detector.
+
+One :class:`TagGroup` is one random cut forest scoring one vector of tags. The models are the single source of
+truth: the CLI, the component and the docs read them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.errors import ConfigError
+
+
+class ForestSettings(BaseModel):
+    """Random cut forest settings of one group."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["krcf", "rrcf"] = Field(
+        "krcf", description="krcf (AWS's Rust RCF, default) or rrcf (pure Python, ~150x slower)."
+    )
+    trees: int = Field(50, ge=1, le=1000, description="Number of trees; cost is linear in trees.")
+    samples_per_tree: int = Field(256, ge=16, le=8192, description="Points kept by each tree's sampler.")
+    seed: int = Field(42, ge=0, description="Random seed, so that a fit is reproducible.")
+
+
+class TagGroup(BaseModel):
+    """A set of tags scored together by one forest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        description="Group name; used in output tag and column names (score_<name>).",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+    )
+    tags: list[str] = Field(min_length=1, description="Member tags (record tag names, or CSV column names).")
+    shingle: int = Field(1, ge=1, le=64, description="Consecutive vectors concatenated into one forest point.")
+    forest: ForestSettings = Field(default_factory=ForestSettings, description="Forest settings.")
+    mode: Literal["cadence", "on_sample"] = Field(
+        "cadence",
+        description="cadence: assemble every cadence_s from the latest good values; on_sample: assemble when a "
+        "member delivers a new value (sample-and-hold analyzers).",
+    )
+    cadence_s: float = Field(1.0, gt=0, description="Seconds between vectors in cadence mode.")
+    max_age_s: float = Field(
+        5.0, gt=0, description="A member value older than this makes the vector invalid (stale): counted, not scored."
+    )
+    false_alarm_rate: float = Field(
+        0.005, gt=0, lt=0.5, description="Share of normal calibration points allowed in alarm; sets the threshold."
+    )
+    raise_after: int = Field(3, ge=1, description="Consecutive anomalous points that raise the alarm.")
+    clear_after: int = Field(5, ge=1, description="Consecutive normal points that clear the alarm.")
+    training_points: int = Field(
+        1000, ge=50, description="Vectors collected from the live stream before fitting (learning window)."
+    )
+    calibration_share: float = Field(
+        0.33, gt=0.05, lt=0.9, description="Tail share of the training window scored to calibrate the threshold."
+    )
+    eigen_floor: float = Field(
+        1e-3,
+        gt=0,
+        lt=1,
+        description="Smallest eigenvalue used in whitening, relative to the largest; keeps constant or collinear "
+        "tags from dividing by zero.",
+    )
+    top_tags: int = Field(3, ge=1, le=20, description="Tags named in an alarm's attribution.")
+
+    @field_validator("tags")
+    @classmethod
+    def _unique_tags(cls, tags: list[str]) -> list[str]:
+        seen = {t for t in tags if tags.count(t) > 1}
+        if seen:
+            raise ValueError(f"tags listed twice: {sorted(seen)}")
+        return tags
+
+    def fingerprint(self) -> dict[str, object]:
+        """What a saved model depends on; a change means the saved model no longer fits this group."""
+        return {"tags": list(self.tags), "shingle": self.shingle, "forest": self.forest.model_dump()}
+
+
+class AnomalyConfig(BaseModel):
+    """All groups of one detector, plus persistence settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    groups: list[TagGroup] = Field(min_length=1, description="Tag groups, each scored by its own forest.")
+    save_interval_s: float = Field(300.0, gt=0, description="Seconds between periodic model saves.")
+    output_prefix: str = Field("anomaly", description="Prefix of output tags: <prefix>/<group>/score, /alarm, /state.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AnomalyConfig:
+        names = [g.name for g in self.groups]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"group names used twice: {dupes}")
+        return self
+
+
+def load_config(path: str | Path) -> AnomalyConfig:
+    """Read a groups YAML (or JSON) file.
+
+    Raises:
+        ConfigError: unreadable file or invalid content, one line per bad field.
+    """
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read anomaly config {p}: {exc}", fix="check the path and YAML syntax") from exc
+    try:
+        return AnomalyConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(f"invalid anomaly config {p}", problems=problems, fix="correct the fields listed") from exc

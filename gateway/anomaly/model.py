@@ -1,0 +1,221 @@
+"""One group's model: learning window, whitening, forest, threshold, gated updates, alarm hysteresis, attribution.
+
+Lifecycle: LEARNING (collect ``training_points`` valid vectors from the live stream, or get them from
+:meth:`GroupModel.fit`) -> SCORING. Fitting splits the window in time: the head fits the whitening transform and
+feeds the forest, the tail (``calibration_share``) is scored out of sample to calibrate the threshold as the
+``1 - false_alarm_rate`` quantile. Scores are reported divided by that threshold, so 1.0 is the alarm line for every
+group and backend.
+
+Scoring a point: score first, then update the forest only if the point is below the threshold *and* no alarm is
+raised (gated updates): a forest that keeps learning during a fault absorbs it (NOTES 11). ``updates="frozen"``
+never updates (offline evaluation of a fixed model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gateway.anomaly.assembler import NS, Shingler, Vector
+from gateway.anomaly.backends import Forest, load_forest, make_forest
+from gateway.anomaly.config import TagGroup
+from gateway.anomaly.transform import Whitener
+from gateway.errors import ConfigError
+
+Array = NDArray[np.float64]
+Updates = Literal["gated", "frozen"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """Outcome of scoring one vector.
+
+    Attributes:
+        ts_ns: time of the vector.
+        score: forest score divided by the threshold (1.0 = threshold).
+        anomalous: score above the threshold.
+        alarm: alarm state after this point (hysteresis applied).
+        changed: the alarm was raised or cleared by this point.
+        top_tags: (tag, share of contribution) of the most contributing tags, for anomalous points.
+    """
+
+    ts_ns: int
+    score: float
+    anomalous: bool
+    alarm: bool
+    changed: bool
+    top_tags: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass
+class AlarmState:
+    """Hysteresis: raise after ``raise_after`` anomalous points in a row, clear after ``clear_after`` normal."""
+
+    active: bool = False
+    run: int = 0  # consecutive points disagreeing with the current state
+
+    def feed(self, anomalous: bool, raise_after: int, clear_after: int) -> bool:
+        """Feed one point; return True when the state changed."""
+        if anomalous != self.active:
+            self.run += 1
+            if self.run >= (raise_after if anomalous else clear_after):
+                self.active, self.run = anomalous, 0
+                return True
+        else:
+            self.run = 0
+        return False
+
+
+@dataclass
+class GroupModel:
+    """Everything one group needs to score, and everything a restart must restore."""
+
+    group: TagGroup
+    whitener: Whitener | None = None
+    forest: Forest | None = None
+    threshold: float = 0.0
+    alarm: AlarmState = field(default_factory=AlarmState)
+    learning: list[list[float]] = field(default_factory=list)
+    last_ts_ns: int | None = None
+    counters: dict[str, int] = field(default_factory=lambda: {"scored": 0, "anomalous": 0, "updates": 0})
+    shingler: Shingler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.shingler = Shingler(self.group.shingle)
+
+    @property
+    def state(self) -> str:
+        """``learning`` until fitted, then ``scoring``."""
+        return "scoring" if self.forest is not None else "learning"
+
+    def fit(self, segments: list[Array]) -> None:
+        """Fit on normal data: one or more time-contiguous segments (rows = vectors in tag order).
+
+        Raises:
+            ConfigError: too little data for the transform, the forest and the calibration.
+        """
+        g = self.group
+        segments = [np.asarray(s, dtype=np.float64) for s in segments if len(s)]
+        total = sum(len(s) for s in segments)
+        need = max(2 * len(g.tags) + 10, 50) + 20 * g.shingle
+        if total < need:
+            raise ConfigError(
+                f"training window too short for group {g.name!r}: {total} vectors, need at least {need}",
+                fix="supply more normal data (or lower shingle / fewer tags)",
+            )
+        fit_parts, cal_parts = _split(segments, g.calibration_share)
+        self.whitener = Whitener.fit(np.vstack(fit_parts), g.eigen_floor)
+        dims = self.whitener.dims * g.shingle
+        self.forest = make_forest(g.forest, dims)
+        for seg in fit_parts:
+            for p in self._shingled(seg):
+                self.forest.update(p)
+        scores: list[float] = []
+        for seg in cal_parts:
+            for p in self._shingled(seg):
+                scores.append(self.forest.score(p))
+                self.forest.update(p)
+        if len(scores) < 20:
+            raise ConfigError(
+                f"calibration window too short for group {g.name!r}: {len(scores)} points",
+                fix="supply more normal data or raise calibration_share",
+            )
+        self.threshold = max(float(np.quantile(scores, 1.0 - g.false_alarm_rate)), 1e-12)
+        self.learning = []
+        self.shingler.reset()
+        self.alarm = AlarmState()
+        self.last_ts_ns = None
+
+    def _shingled(self, seg: Array) -> list[Array]:
+        assert self.whitener is not None
+        w = self.whitener.apply(seg)
+        s = Shingler(self.group.shingle)
+        return [p for p in (s.push(row) for row in w) if p is not None]
+
+    def step(self, vec: Vector, updates: Updates = "gated") -> StepResult | None:
+        """Learn from or score one vector. None while learning or while the shingle fills."""
+        g = self.group
+        if self.forest is None or self.whitener is None:
+            self.learning.append(vec.values.tolist())
+            if len(self.learning) >= g.training_points:
+                self.fit([np.asarray(self.learning)])
+            return None
+        if g.mode == "cadence" and self.last_ts_ns is not None and vec.ts_ns - self.last_ts_ns > 1.5 * g.cadence_s * NS:
+            self.shingler.reset()  # a gap: the shingle must hold consecutive vectors
+        self.last_ts_ns = vec.ts_ns
+        point = self.shingler.push(self.whitener.apply(vec.values))
+        if point is None:
+            return None
+        raw = self.forest.score(point)
+        score = raw / self.threshold
+        anomalous = score > 1.0
+        if updates == "gated" and not anomalous and not self.alarm.active:
+            self.forest.update(point)
+            self.counters["updates"] += 1
+        changed = self.alarm.feed(anomalous, g.raise_after, g.clear_after)
+        self.counters["scored"] += 1
+        self.counters["anomalous"] += int(anomalous)
+        top = self.attribute(vec.values) if anomalous or self.alarm.active else ()
+        return StepResult(vec.ts_ns, score, anomalous, self.alarm.active, changed, top)
+
+    def attribute(self, values: Array) -> tuple[tuple[str, float], ...]:
+        """The ``top_tags`` tags contributing most to the whitened distance of ``values``, with their shares."""
+        assert self.whitener is not None
+        c = self.whitener.contributions(values)
+        total = float(c.sum()) or 1.0
+        order = np.argsort(c)[::-1][: self.group.top_tags]
+        return tuple((self.group.tags[i], round(float(c[i]) / total, 4)) for i in order)
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-able state; the forest goes separately as bytes (see :meth:`forest_bytes`)."""
+        return {
+            "fingerprint": self.group.fingerprint(),
+            "whitener": self.whitener.to_state() if self.whitener else None,
+            "backend": self.forest.backend if self.forest else None,
+            "threshold": self.threshold,
+            "alarm": {"active": self.alarm.active, "run": self.alarm.run},
+            "learning": self.learning,
+            "shingle": self.shingler.state(),
+            "last_ts_ns": self.last_ts_ns,
+            "counters": dict(self.counters),
+        }
+
+    def forest_bytes(self) -> bytes | None:
+        """The forest snapshot, or None while learning."""
+        return self.forest.to_bytes() if self.forest else None
+
+    @classmethod
+    def from_state(cls, group: TagGroup, state: dict[str, Any], forest: bytes | None) -> GroupModel:
+        """Rebuild a model saved by :meth:`to_state` / :meth:`forest_bytes`."""
+        m = cls(group)
+        if state.get("whitener") is not None and forest is not None:
+            m.whitener = Whitener.from_state(state["whitener"])
+            m.forest = load_forest(str(state["backend"]), forest)
+        m.threshold = float(state["threshold"])
+        m.alarm = AlarmState(bool(state["alarm"]["active"]), int(state["alarm"]["run"]))
+        m.learning = [list(map(float, r)) for r in state["learning"]]
+        m.shingler = Shingler(group.shingle, state["shingle"])
+        m.last_ts_ns = state["last_ts_ns"]
+        m.counters.update({k: int(v) for k, v in state["counters"].items()})
+        return m
+
+
+def _split(segments: list[Array], tail_share: float) -> tuple[list[Array], list[Array]]:
+    """Split contiguous segments in time: the last ``tail_share`` of all rows goes to calibration."""
+    total = sum(len(s) for s in segments)
+    keep = total - round(total * tail_share)
+    head: list[Array] = []
+    tail: list[Array] = []
+    for seg in segments:
+        if keep >= len(seg):
+            head.append(seg)
+        elif keep > 0:
+            head.append(seg[:keep])
+            tail.append(seg[keep:])
+        else:
+            tail.append(seg)
+        keep -= len(seg)
+    return head, tail
