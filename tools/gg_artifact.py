@@ -173,11 +173,24 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def platform_tags(platform: str) -> list[str]:
+    """Every wheel platform tag a device of ``platform`` runs.
+
+    pip does not widen an explicit ``--platform``: ``manylinux_2_28_x86_64`` alone would reject the many wheels
+    tagged only ``manylinux2014`` (= ``manylinux_2_17``), so list every glibc from the given one down to 2.17.
+    """
+    match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
+    if match is None:
+        return [platform]
+    glibc, arch = int(match.group(1)), match.group(2)
+    return [*(f"manylinux_2_{minor}_{arch}" for minor in range(glibc, 16, -1)), f"manylinux2014_{arch}"]
+
+
 def _binary_args(platform: str, python_version: str) -> list[str]:
+    platforms = [arg for tag in platform_tags(platform) for arg in ("--platform", tag)]
     return [
         "--only-binary=:all:",
-        "--platform",
-        platform,
+        *platforms,
         "--python-version",
         python_version,
         "--implementation",
@@ -219,6 +232,8 @@ def download_wheels(
                 )
             if probe.returncode == 0:
                 continue
+            if "No matching distribution" not in probe.stderr:
+                raise BuildError(f"pip download {req} for {platform} failed:\n{probe.stderr}")
             _build_pure_wheel(req, platform, pure_dir)
         result = _pip(
             "download",

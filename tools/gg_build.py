@@ -100,6 +100,9 @@ def _load_hook(project: Path) -> Hook | None:
     try:
         module = importlib.import_module("gateway.componentconfig")
     except ImportError as exc:
+        if (exc.name or "").split(".")[0] == "gateway":
+            # Our own code is broken, not the interpreter: another python would not help.
+            raise art.BuildError(f"gateway/componentconfig.py cannot be imported: {exc}") from exc
         _reexec_in_venv(project, f"gateway.componentconfig cannot be imported ({exc})")
     hook = getattr(module, "default_configuration", None)
     if hook is None:

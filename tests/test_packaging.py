@@ -1,0 +1,344 @@
+"""Greengrass packaging: runs the build exactly as GDK does, in a copy of the project, and checks its output.
+
+GDK itself is not installable here (not on PyPI), but for ``build_system: custom`` it only runs the command of
+gdk-config.json in the project root, so running that command is the real build.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import gg_artifact  # noqa: E402
+import gg_recipe  # noqa: E402
+
+VERSION = gg_artifact.project_version((ROOT / "pyproject.toml").read_text())
+BUNDLE = "factoryedge.Gateway"
+PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+ENTRY_DIRS = {
+    "factoryedge.OpcUaCollector": "opcua_collector",
+    "factoryedge.ModbusCollector": "modbus_collector",
+    "factoryedge.OpcDaCollector": "opcda_collector",
+    "factoryedge.AnomalyDetector": "anomaly_detector",
+    "factoryedge.Publisher": "publisher",
+}
+COLLECTORS = ("factoryedge.OpcUaCollector", "factoryedge.ModbusCollector", "factoryedge.OpcDaCollector")
+
+
+def make_project(dest: Path) -> Path:
+    """Copy what the build reads into ``dest``; stub entry points that other engineers have not written yet."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("gateway", "tools", "recipes"):
+        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
+    if (ROOT / "components").is_dir():
+        shutil.copytree(ROOT / "components", dest / "components", ignore=ignore)
+    for name in ("recipe.yaml", "gdk-config.json", "pyproject.toml"):
+        shutil.copy(ROOT / name, dest / name)
+    for extra in ("simulator", "tests"):  # present in a real checkout: the build must leave them out
+        (dest / extra).mkdir(exist_ok=True)
+        (dest / extra / "__init__.py").write_text("")
+    for entry_dir in ENTRY_DIRS.values():
+        main = dest / "components" / entry_dir / "main.py"
+        if not main.exists():
+            main.parent.mkdir(parents=True, exist_ok=True)
+            main.write_text("import gateway\n")
+    if (ROOT / ".venv").is_dir():  # the build re-executes with .venv/bin/python when python3 lacks PyYAML
+        (dest / ".venv").symlink_to(ROOT / ".venv")
+    return dest
+
+
+def gdk_build(project: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """Run the custom build command of gdk-config.json in ``project``, as ``gdk component build`` does."""
+    config = json.loads((project / "gdk-config.json").read_text())
+    command = config["component"][BUNDLE]["build"]["custom_build_command"]
+    env = {k: v for k, v in os.environ.items() if k != "GG_BUILD_REEXECUTED"}
+    return subprocess.run(
+        [*command, *extra], cwd=project, capture_output=True, text=True, timeout=600, check=False, env=env
+    )
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    project = make_project(tmp_path_factory.mktemp("project"))
+    result = gdk_build(project)
+    assert result.returncode == 0, result.stderr
+    return project / "greengrass-build"
+
+
+def recipe_of(build: Path, name: str) -> dict[str, Any]:
+    data = yaml.safe_load((build / "recipes" / f"{name}-{VERSION}.yaml").read_text())
+    assert isinstance(data, dict)
+    return data
+
+
+def zip_of(build: Path, name: str) -> Path:
+    return build / "artifacts" / name / VERSION / f"{name}.zip"
+
+
+def members(build: Path, name: str) -> set[str]:
+    with zipfile.ZipFile(zip_of(build, name)) as archive:
+        return set(archive.namelist())
+
+
+def test_build_writes_one_recipe_per_component_and_the_bundle(built: Path) -> None:
+    written = sorted(p.name for p in (built / "recipes").iterdir())
+    assert written == sorted(f"{n}-{VERSION}.yaml" for n in [*ENTRY_DIRS, BUNDLE])
+    for name in [*ENTRY_DIRS, BUNDLE]:
+        recipe = recipe_of(built, name)
+        assert recipe["ComponentName"] == name
+        assert recipe["ComponentVersion"] == VERSION
+        assert recipe["ComponentPublisher"] == "factoryedge"
+    for name in ENTRY_DIRS:
+        assert zip_of(built, name).is_file()
+
+
+@pytest.mark.parametrize("name", [*ENTRY_DIRS, BUNDLE])
+def test_produced_recipe_passes_our_validation(built: Path, name: str) -> None:
+    path = built / "recipes" / f"{name}-{VERSION}.yaml"
+    text = path.read_text()
+    archives = {zip_of(built, name).name: members(built, name)} if name in ENTRY_DIRS else {}
+    assert gg_recipe.validate(yaml.safe_load(text), text, VERSION, archives) == []
+    assert len(text.encode()) <= gg_recipe.MAX_RECIPE_BYTES
+    assert not gg_recipe.PLACEHOLDER.search(text)
+
+
+@pytest.mark.parametrize("name", ENTRY_DIRS)
+def test_lifecycle_runs_only_what_the_zip_holds(built: Path, name: str) -> None:
+    recipe, files = recipe_of(built, name), members(built, name)
+    architectures = [m["Platform"]["architecture"] for m in recipe["Manifests"]]
+    assert architectures == ["amd64", "aarch64"]
+    for manifest in recipe["Manifests"]:
+        (artifact,) = manifest["Artifacts"]
+        assert artifact == {"URI": f"s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/{name}.zip", "Unarchive": "ZIP"}
+        lifecycle = manifest["Lifecycle"]
+        assert lifecycle["Install"]["Timeout"] >= 600
+        assert f"{{artifacts:decompressedPath}}/{name}/install.sh" in lifecycle["Install"]["Script"]
+        assert lifecycle["Run"]["Setenv"]["PYTHONPATH"] == f"{{artifacts:decompressedPath}}/{name}"
+        module = re.search(r"-m (\S+)", lifecycle["Run"]["Script"])
+        assert module is not None
+        assert module.group(1) == f"components.{ENTRY_DIRS[name]}.main"
+        assert lifecycle["Run"]["Script"].startswith('exec "{work:path}/venv/bin/python"')
+    assert {"install.sh", "requirements.txt", "components/__init__.py", "gateway/__init__.py"} <= files
+    assert f"components/{ENTRY_DIRS[name]}/main.py" in files
+
+
+@pytest.mark.parametrize("name", ENTRY_DIRS)
+def test_zip_holds_only_what_the_component_needs(built: Path, name: str) -> None:
+    files = members(built, name)
+    tops = {f.split("/")[0] for f in files}
+    assert tops == {"gateway", "components", "install.sh", "requirements.txt"}
+    assert {f.split("/")[1] for f in files if f.startswith("components/") and f.count("/") > 1} == {ENTRY_DIRS[name]}
+    forbidden = re.compile(r"(^|/)(simulator|tests|tep_studio|tep-studio|__pycache__)(/|$)|\.pyc$|^gateway/(dev|cli)/")
+    assert [f for f in files if forbidden.search(f)] == []
+
+
+def test_requirements_follow_the_one_table_and_the_pyproject_pins(built: Path) -> None:
+    pins = gg_artifact.project_pins((ROOT / "pyproject.toml").read_text())
+
+    def reqs(name: str) -> set[str]:
+        with zipfile.ZipFile(zip_of(built, name)) as archive:
+            lines = archive.read("requirements.txt").decode().split()
+        assert all(line in pins.values() for line in lines), lines
+        return {gg_artifact.normalize(line.split("==")[0]) for line in lines}
+
+    for name in COLLECTORS:
+        assert reqs(name).isdisjoint({"krcf", "rrcf", "numpy", "boto3", "paho-mqtt"})
+    assert {"asyncua"} <= reqs("factoryedge.OpcUaCollector")
+    assert {"pymodbus"} <= reqs("factoryedge.ModbusCollector")
+    assert {"openopc-python3x", "pyro4"} <= reqs("factoryedge.OpcDaCollector")
+    assert reqs("factoryedge.AnomalyDetector").isdisjoint({"asyncua", "pymodbus", "openopc-python3x", "pyro4"})
+    assert {"krcf", "rrcf", "numpy"} <= reqs("factoryedge.AnomalyDetector")
+    assert {"paho-mqtt", "boto3", "awsiotsdk", "stream-manager"} <= reqs("factoryedge.Publisher")
+
+
+def test_bundle_depends_on_all_five_at_the_built_version(built: Path) -> None:
+    bundle = recipe_of(built, BUNDLE)
+    assert bundle["ComponentDependencies"] == {
+        name: {"VersionRequirement": f"={VERSION}", "DependencyType": "HARD"} for name in ENTRY_DIRS
+    }
+    assert all("Artifacts" not in m for m in bundle["Manifests"])
+    assert not (built / "artifacts" / BUNDLE).exists() or not any((built / "artifacts" / BUNDLE).rglob("*.zip"))
+
+
+def test_access_control_is_least_privilege_with_unique_policy_ids(built: Path) -> None:
+    def acl(name: str) -> dict[str, Any]:
+        value = recipe_of(built, name)["ComponentConfiguration"]["DefaultConfiguration"]["accessControl"]
+        assert isinstance(value, dict)
+        return value
+
+    def operations(name: str) -> dict[str, set[str]]:
+        return {
+            service: {op for policy in policies.values() for op in policy["operations"]}
+            for service, policies in acl(name).items()
+        }
+
+    for name in COLLECTORS:
+        assert acl(name) == {}
+    assert operations("factoryedge.Publisher") == {"aws.greengrass.ipc.mqttproxy": {"aws.greengrass#PublishToIoTCore"}}
+    assert operations("factoryedge.AnomalyDetector") == {
+        "aws.greengrass.ipc.mqttproxy": {"aws.greengrass#PublishToIoTCore"},
+        "aws.greengrass.ipc.pubsub": {"aws.greengrass#PublishToTopic"},
+    }
+    ids = [policy for name in ENTRY_DIRS for policy in gg_recipe.policy_ids(recipe_of(built, name))]
+    assert ids and len(ids) == len(set(ids))
+    deps = recipe_of(built, "factoryedge.Publisher")["ComponentDependencies"]
+    assert {"aws.greengrass.StreamManager", "aws.greengrass.TokenExchangeService"} <= set(deps)
+
+
+def test_same_sources_give_the_same_zip_bytes(built: Path, tmp_path: Path) -> None:
+    project = built.parent
+    result = gdk_build(project, "--output-dir", str(tmp_path / "again"))
+    assert result.returncode == 0, result.stderr
+    for name in ENTRY_DIRS:
+        again = tmp_path / "again" / "artifacts" / name / VERSION / f"{name}.zip"
+        assert again.read_bytes() == zip_of(built, name).read_bytes(), name
+
+
+def test_unfilled_placeholder_fails_naming_recipe_and_key(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    template = project / "recipes" / "factoryedge.ModbusCollector.yaml"
+    template.write_text(template.read_text().replace('ComponentDescription: "', 'ComponentDescription: "{SITE_NAME} '))
+    result = gdk_build(project)
+    assert result.returncode == 1
+    assert "recipes/factoryedge.ModbusCollector.yaml: ComponentDescription: placeholder {SITE_NAME}" in result.stderr
+    assert not (project / "greengrass-build" / "recipes").exists()
+
+
+def test_lifecycle_path_missing_from_zip_fails_the_build(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    template = project / "recipes" / "factoryedge.Publisher.yaml"
+    template.write_text(template.read_text().replace("components.publisher.main", "components.publisher.nope"))
+    result = gdk_build(project)
+    assert result.returncode == 1
+    assert "recipes/factoryedge.Publisher.yaml: Manifests[0].Lifecycle.Run.Script: module" in result.stderr
+
+
+def test_generated_default_configuration_is_merged(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    (project / "gateway" / "componentconfig.py").write_text(
+        "def default_configuration(component_name):\n"
+        "    return {'component': component_name, 'streams': {'maxSizeBytes': 1024}}\n"
+    )
+    result = gdk_build(project)
+    assert result.returncode == 0, result.stderr
+    for name in ENTRY_DIRS:
+        config = recipe_of(project / "greengrass-build", name)["ComponentConfiguration"]["DefaultConfiguration"]
+        assert config["component"] == name
+        assert config["streams"] == {"maxSizeBytes": 1024}
+        assert "accessControl" in config
+
+
+def test_generated_configuration_may_not_grant_ipc_permissions(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    (project / "gateway" / "componentconfig.py").write_text(
+        "def default_configuration(component_name):\n    return {'accessControl': {}}\n"
+    )
+    result = gdk_build(project)
+    assert result.returncode == 1
+    assert "returned accessControl" in result.stderr
+
+
+def test_gdk_config_names_one_component_with_an_array_build_command() -> None:
+    config = json.loads((ROOT / "gdk-config.json").read_text())
+    assert list(config["component"]) == [BUNDLE]
+    settings = config["component"][BUNDLE]
+    assert settings["version"] == VERSION
+    assert settings["build"]["build_system"] == "custom"
+    command = settings["build"]["custom_build_command"]
+    assert isinstance(command, list) and all(isinstance(part, str) for part in command)
+    assert (ROOT / command[-1]).is_file()
+    assert {"bucket", "region"} <= set(settings["publish"])
+    assert re.fullmatch(r"\d+\.\d+\.\d+", config["gdk_version"])
+
+
+def _tiny_wheel(directory: Path) -> None:
+    """A real (minimal) wheel, so that install.sh's offline path runs pip for real without the network."""
+    files = {
+        "fegtiny/__init__.py": b"VALUE = 42\n",
+        "fegtiny-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: fegtiny\nVersion: 1.0\n",
+        "fegtiny-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = ""
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{path},sha256={digest},{len(data)}\n"
+    record += "fegtiny-1.0.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(directory / "fegtiny-1.0-py3-none-any.whl", "w") as wheel:
+        for path, data in files.items():
+            wheel.writestr(path, data)
+        wheel.writestr("fegtiny-1.0.dist-info/RECORD", record)
+
+
+def test_install_script_is_idempotent_and_installs_offline(tmp_path: Path) -> None:
+    artifact = tmp_path / "artifact"
+    (artifact / "wheels").mkdir(parents=True)
+    shutil.copy(ROOT / "tools" / "gg_install.sh", artifact / "install.sh")
+    (artifact / "requirements.txt").write_text("fegtiny==1.0\n")
+    (artifact / "wheels" / "PYTHON_VERSION").write_text(f"{PYTHON}\n")
+    _tiny_wheel(artifact / "wheels")
+    venv = tmp_path / "work" / "venv"
+    env = {**os.environ, "FACTORYEDGE_PYTHON": sys.executable}
+
+    def install() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["sh", str(artifact / "install.sh"), str(venv)], capture_output=True, text=True, env=env, check=False
+        )
+
+    first = install()
+    assert first.returncode == 0, first.stderr
+    assert "creating venv" in first.stdout and "installed" in first.stdout
+    value = subprocess.run([venv / "bin" / "python", "-c", "import fegtiny; print(fegtiny.VALUE)"], capture_output=True)
+    assert value.stdout.strip() == b"42"
+    second = install()  # what every nucleus restart does
+    assert second.returncode == 0, second.stderr
+    assert "nothing to install" in second.stdout and "creating venv" not in second.stdout
+
+    (artifact / "requirements.txt").write_text("fegtiny==1.0\n# changed pins\n")
+    (artifact / "wheels" / "PYTHON_VERSION").write_text("2.7\n")
+    mismatch = install()
+    assert mismatch.returncode == 1
+    assert "wheels were built for Python 2.7" in mismatch.stderr
+
+
+@pytest.mark.slow
+def test_offline_wheels_install_without_an_index(tmp_path: Path) -> None:
+    """Air-gapped path end to end: download wheels from PyPI at build time, then install with --no-index."""
+    project = make_project(tmp_path / "project")
+    name = "factoryedge.ModbusCollector"
+    result = gdk_build(
+        project, "--component", name, "--offline-wheels", "manylinux_2_28_x86_64", "--python-version", PYTHON
+    )
+    assert result.returncode == 0, result.stderr
+    build = project / "greengrass-build"
+    assert [m["Platform"]["architecture"] for m in recipe_of(build, name)["Manifests"]] == ["amd64"]
+    files = members(build, name)
+    assert any(f.startswith("wheels/pymodbus-") for f in files)
+    unpacked = tmp_path / "decompressed" / name
+    with zipfile.ZipFile(zip_of(build, name)) as archive:
+        archive.extractall(unpacked)
+    venv = tmp_path / "work" / "venv"
+    # No index and no pip configuration (which may add find-links of this machine): only the zip's wheels/.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(FACTORYEDGE_PYTHON=sys.executable, PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/")
+    install = subprocess.run(
+        ["sh", str(unpacked / "install.sh"), str(venv)], capture_output=True, text=True, env=env, check=False
+    )
+    assert install.returncode == 0, install.stderr
+    check = "import pymodbus, pydantic, yaml, cbor2, stream_manager, awsiot; print('ok')"
+    ran = subprocess.run([venv / "bin" / "python", "-c", check], capture_output=True, text=True, check=False)
+    assert ran.stdout.strip() == "ok", ran.stderr
