@@ -1,0 +1,27 @@
+# The two commands a new user needs: `make demo` and `make test`. Everything else is for developers.
+PY := .venv/bin/python
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup test check demo bench build clean
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+check: setup
+	.venv/bin/ruff check gateway simulator components tests bench tools
+	.venv/bin/mypy
+
+demo: setup
+	$(PY) scripts/demo.py
+
+bench: setup
+	$(PY) bench/run.py
+
+build: setup
+	$(PY) tools/gg_build.py
+
+clean:
+	rm -rf greengrass-build .run bench/results.json

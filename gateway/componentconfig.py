@@ -1,0 +1,58 @@
+"""The configuration model of every component: one place, used by the components, recipes, docs and gatewayctl."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.destinations.file import FileDestination
+from gateway.destinations.mqtt import MqttDestination
+from gateway.sources.opcua import OpcUaConnection
+from gateway.streams import StoreConfig, StreamSpec
+
+
+class _Component(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Where streams and reader positions live.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    status_interval_s: float = Field(default=2.0, gt=0, description="How often counters are written for gatewayctl.")
+
+
+class OpcUaCollectorConfig(_Component):
+    """factoryedge.OpcUaCollector."""
+
+    stream: StreamSpec = Field(
+        default_factory=lambda: StreamSpec(name="factoryedge-opcua"), description="Stream the values are written to."
+    )
+    connections: list[OpcUaConnection] = Field(default_factory=list, description="OPC UA servers to read.")
+
+
+Destination = Annotated[FileDestination | MqttDestination, Field(discriminator="type")]
+
+
+def _default_destinations() -> list[Destination]:
+    return [FileDestination(name="local-file")]
+
+
+class PublisherConfig(_Component):
+    """factoryedge.Publisher."""
+
+    destinations: list[Destination] = Field(
+        default_factory=lambda: _default_destinations(),
+        description="Where records go; each has its own position in every stream it reads.",
+    )
+    dead_letter_stream: str = Field(
+        default="factoryedge-deadletter", description="Stream for records a destination refused for good."
+    )
+    metrics_stream: str = Field(
+        default="factoryedge-metrics", description="Stream the publisher writes its own counters to, as records."
+    )
+    metrics_interval_s: float = Field(default=60.0, gt=0, description="How often counters are published as records.")
+
+
+COMPONENTS: dict[str, type[BaseModel]] = {
+    "factoryedge.OpcUaCollector": OpcUaCollectorConfig,
+    "factoryedge.Publisher": PublisherConfig,
+}

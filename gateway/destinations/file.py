@@ -1,0 +1,69 @@
+"""File destination: rotating JSON lines, the embedded default when no broker or cloud is configured."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from gateway.destinations.base import DestinationBase, SendResult, dumps, record_json
+from gateway.errors import DestinationError
+from gateway.record import Record
+from gateway.streams.aio import Offload
+
+
+class FileDestination(DestinationBase):
+    """Write records as JSON lines to rotating files."""
+
+    type: Literal["file"] = Field(default="file", description="Destination type.")
+    path: str = Field(default="out/records.jsonl", description="File to write; rotated files get a numeric suffix.")
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Rotate when the file reaches this size.")
+    keep: int = Field(default=5, ge=1, description="Rotated files to keep (oldest deleted).")
+    fsync: bool = Field(default=True, description="fsync after every batch before the position moves on.")
+
+
+class FileSink:
+    def __init__(self, cfg: FileDestination) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.path = Path(cfg.path)
+        self._offload = Offload(f"file-{cfg.name}")
+
+    async def start(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DestinationError(f"file destination {self.name}: cannot create {self.path.parent}: {exc}",
+                                   fix="set path to a writable location", retryable=True) from exc
+
+    async def send(self, records: list[Record]) -> SendResult:
+        data = b"".join(dumps(record_json(r)) + b"\n" for r in records)
+        await self._offload(self._write, data)
+        return SendResult(bytes_sent=len(data))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            if self.path.exists() and self.path.stat().st_size + len(data) > self.cfg.max_bytes:
+                self._rotate()
+            with open(self.path, "ab") as f:
+                f.write(data)
+                if self.cfg.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
+        except OSError as exc:
+            raise DestinationError(f"file destination {self.name}: cannot write {self.path}: {exc.strerror}",
+                                   fix="free disk space or fix permissions; the batch will be retried",
+                                   retryable=True) from exc
+
+    def _rotate(self) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.path.rename(self.path.with_name(f"{self.path.name}.{stamp}.{time.time_ns() % 1_000_000:06d}"))
+        rotated = sorted(self.path.parent.glob(f"{self.path.name}.*"))
+        for old in rotated[: max(0, len(rotated) - self.cfg.keep)]:
+            old.unlink()
+
+    async def close(self) -> None:
+        self._offload.close()

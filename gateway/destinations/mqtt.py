@@ -1,0 +1,166 @@
+"""MQTT destination (paho-mqtt): any broker (plant SCADA, a local mosquitto), or AWS IoT Core outside Greengrass.
+
+Records are batched into JSON messages up to ``max_message_bytes`` (IoT Core's limit is 128 KB) on topics from a
+template, published with QoS 1, and a send returns only when every message was acknowledged (PUBACK). While the
+broker is unreachable a send fails fast and the stream keeps the data; paho's own queue is memory only and is not
+relied on.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections import defaultdict
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from gateway.destinations.base import DestinationBase, SendResult, dumps, record_json
+from gateway.errors import DestinationError
+from gateway.record import Record
+from gateway.streams.aio import Offload
+
+log = logging.getLogger(__name__)
+
+
+class MqttTls(BaseModel):
+    """Mutual TLS settings (AWS IoT Core: port 8883, or 443 with ALPN x-amzn-mqtt-ca)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ca_file: str = Field(description="CA certificate(s) that signed the broker's certificate (PEM).")
+    cert_file: str | None = Field(default=None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: str | None = Field(default=None, description="Client private key (PEM) for mutual TLS.")
+    alpn: list[str] = Field(default_factory=list, description="ALPN protocols, e.g. ['x-amzn-mqtt-ca'] on port 443.")
+
+
+class MqttDestination(DestinationBase):
+    """Publish records to an MQTT broker."""
+
+    type: Literal["mqtt"] = Field(default="mqtt", description="Destination type.")
+    host: str = Field(description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 or 443 for TLS).")
+    client_id: str = Field(default="factoryedge-publisher", description="MQTT client id (IoT Core: the thing name).")
+    username: str | None = Field(default=None, description="User name, if the broker wants one.")
+    password: SecretStr | None = Field(default=None, description="Password; never logged.")
+    tls: MqttTls | None = Field(default=None, description="TLS settings; null for plain TCP.")
+    topic: str = Field(
+        default="factoryedge/{source}/{kind}",
+        description="Topic template; fields {source}, {kind}, {tag} and any key of topic_vars (e.g. {site}).",
+    )
+    topic_vars: dict[str, str] = Field(default_factory=dict, description="Extra template fields, e.g. site, line.")
+    qos: Literal[0, 1] = Field(default=1, description="QoS; 1 (acknowledged) unless the data may be lost.")
+    max_message_bytes: int = Field(default=128 * 1024, ge=1024, description="Largest message (IoT Core: 128 KB).")
+    ack_timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for acknowledgements.")
+    keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive.")
+
+
+class MqttSink:
+    def __init__(self, cfg: MqttDestination) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self._offload = Offload(f"mqtt-{cfg.name}")
+        self._connected = threading.Event()
+        self._last_error = "not connected yet"
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=True)
+        self._client.max_inflight_messages_set(1000)
+        self._client.reconnect_delay_set(1, 30)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        if cfg.username:
+            self._client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+        if cfg.tls:
+            self._client.tls_set_context(self._tls_context(cfg.tls))
+
+    def _tls_context(self, tls: MqttTls) -> ssl.SSLContext:
+        try:
+            ctx = ssl.create_default_context(cafile=tls.ca_file)
+            if tls.cert_file:
+                ctx.load_cert_chain(tls.cert_file, tls.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise DestinationError(f"mqtt destination {self.name}: cannot load TLS files: {exc}",
+                                   fix="check tls.ca_file, tls.cert_file and tls.key_file") from exc
+        if tls.alpn:
+            ctx.set_alpn_protocols(tls.alpn)
+        return ctx
+
+    async def start(self) -> None:
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
+        self._client.loop_start()
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self._set_error(f"broker refused the connection: {reason}")
+            return
+        log.info("mqtt destination %s: connected to %s:%d", self.name, self.cfg.host, self.cfg.port)
+        self._last_error = ""
+        self._connected.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if self._connected.is_set():
+            log.warning("mqtt destination %s: disconnected (%s)", self.name, reason)
+        self._connected.clear()
+        self._set_error(f"disconnected: {reason}")
+
+    def _set_error(self, text: str) -> None:
+        if text != self._last_error:
+            log.warning("mqtt destination %s: %s", self.name, text)
+        self._last_error = text
+
+    def messages(self, records: list[Record]) -> tuple[list[tuple[str, bytes]], list[tuple[Record, str]]]:
+        """Group records by topic and pack them into messages under the size limit; return (messages, too large)."""
+        by_topic: dict[str, list[bytes]] = defaultdict(list)
+        too_large: list[tuple[Record, str]] = []
+        limit = self.cfg.max_message_bytes - 16
+        for r in records:
+            item = dumps(record_json(r))
+            if len(item) > limit:
+                too_large.append((r, f"record of {len(item)} bytes exceeds max_message_bytes {limit + 16}"))
+                continue
+            fields = {**self.cfg.topic_vars, "source": r.source, "kind": r.kind.name.lower(), "tag": r.tag.strip("/")}
+            by_topic[self.cfg.topic.format(**fields)].append(item)
+        out = []
+        for topic, items in by_topic.items():
+            chunk: list[bytes] = []
+            size = 0
+            for item in items:
+                if chunk and size + len(item) + 1 > limit:
+                    out.append((topic, b'{"records":[' + b",".join(chunk) + b"]}"))
+                    chunk, size = [], 0
+                chunk.append(item)
+                size += len(item) + 1
+            if chunk:
+                out.append((topic, b'{"records":[' + b",".join(chunk) + b"]}"))
+        return out, too_large
+
+    async def send(self, records: list[Record]) -> SendResult:
+        messages, rejected = self.messages(records)
+        await self._offload(self._publish_all, messages)
+        return SendResult(rejected=rejected, bytes_sent=sum(len(p) for _, p in messages))
+
+    def _publish_all(self, messages: list[tuple[str, bytes]]) -> None:
+        if not self._connected.is_set():
+            raise DestinationError(f"mqtt destination {self.name}: broker {self.cfg.host}:{self.cfg.port} not "
+                                   f"connected ({self._last_error})",
+                                   fix="check the broker, network, certificates and client id; data stays buffered",
+                                   retryable=True)
+        infos = [self._client.publish(topic, payload, qos=self.cfg.qos) for topic, payload in messages]
+        deadline = time.monotonic() + self.cfg.ack_timeout_s
+        for info in infos:
+            try:
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            except (RuntimeError, ValueError) as exc:
+                raise DestinationError(f"mqtt destination {self.name}: publish failed: {exc}",
+                                       fix="the batch will be retried", retryable=True) from exc
+            if not info.is_published():
+                raise DestinationError(f"mqtt destination {self.name}: no acknowledgement within "
+                                       f"{self.cfg.ack_timeout_s} s", fix="the batch will be retried", retryable=True)
+
+    async def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._offload.close()

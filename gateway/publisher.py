@@ -1,0 +1,233 @@
+"""The publisher engine: every destination drains every stream it routes from its own durable position.
+
+One pump per (destination, stream). A pump reads a batch, keeps the records its route wants, delivers them and
+commits the position only after the destination accepted them, so the stream is the offline buffer and a
+destination that is down holds back nobody else. Retryable failures are retried forever with backoff and jitter;
+records a destination refuses for good go to the dead-letter stream, counted. A batch that fails for a
+non-retryable reason is split in halves until the poison record is isolated, so one bad record never blocks a
+destination and never takes good records with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.destinations.base import Destination, DestinationBase, Router, SendResult
+from gateway.errors import DestinationError, StreamNotFound
+from gateway.fsutil import atomic_write
+from gateway.record import Kind, Quality, Record, now_ns
+from gateway.sources.common import Backoff
+from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec, StreamStore
+from gateway.streams.aio import Offload
+
+log = logging.getLogger(__name__)
+COMPONENT = "factoryedge.Publisher"
+
+
+@dataclass
+class DestinationCounters:
+    records_sent: int = 0
+    bytes_sent: int = 0
+    retries: int = 0
+    dead_lettered: int = 0
+    lost_messages: int = 0
+    corrupt_messages: int = 0
+    backlog_messages: int = 0
+    oldest_unsent_age_s: float = 0.0
+    last_success_ns: int = 0
+    last_error: str = ""
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Publisher:
+    """Runs the pumps, the dead-letter writer, the metrics records and the status file."""
+
+    def __init__(
+        self,
+        store: StreamStore,
+        positions: PositionStore,
+        destinations: Mapping[str, tuple[DestinationBase, Destination]],
+        *,
+        dead_letter_stream: str,
+        metrics_stream: str,
+        metrics_interval_s: float = 60.0,
+        status_dir: Path | None = None,
+        status_interval_s: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.positions = positions
+        self.destinations = dict(destinations)
+        self.counters = {name: DestinationCounters() for name in self.destinations}
+        self.dead_letter_stream = dead_letter_stream
+        self.metrics_stream = metrics_stream
+        self.metrics_interval_s = metrics_interval_s
+        self.status_dir = status_dir
+        self.status_interval_s = status_interval_s
+        self._readers: dict[tuple[str, str], RecordReader] = {}
+        self._aux = Offload("publisher-aux")
+        self._seq = time.time_ns() // 1000
+        self._started_ns = time.time_ns()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        for name in (self.dead_letter_stream, self.metrics_stream):
+            await self._aux(self.store.create_stream, StreamSpec(name=name))
+        pumps = []
+        for name, (cfg, sink) in self.destinations.items():
+            await sink.start()
+            for stream in cfg.route.streams:
+                pumps.append(asyncio.create_task(self._pump(name, cfg, sink, stream, stop), name=f"{name}:{stream}"))
+        loops = [asyncio.create_task(self._status_loop(stop)), asyncio.create_task(self._metrics_loop(stop))]
+        await stop.wait()
+        await asyncio.gather(*pumps, *loops)
+        for _cfg, sink in self.destinations.values():
+            await sink.close()
+        self._write_status()
+        self._aux.close()
+
+    async def _pump(self, name: str, cfg: DestinationBase, sink: Destination, stream: str, stop: asyncio.Event) -> None:
+        offload = Offload(f"read-{name}-{stream}")
+        counters = self.counters[name]
+        reader = await self._open_reader(offload, name, stream, stop)
+        if reader is None:
+            offload.close()
+            return
+        router = Router(cfg.route)
+        backoff = Backoff(cfg.retry_min_s, cfg.retry_max_s)
+        try:
+            while not stop.is_set():
+                batch = await offload(reader.poll, max_messages=cfg.batch_messages, timeout_s=0.5)
+                counters.lost_messages, counters.corrupt_messages = reader.lost_messages, reader.corrupt_messages
+                if not batch.messages:
+                    continue
+                wanted = [r for r in batch.records if router.wants(r)]
+                t0 = time.monotonic()
+                while True:
+                    try:
+                        result = await self._deliver(sink, wanted)
+                        break
+                    except DestinationError as exc:
+                        counters.retries += 1
+                        if str(exc) != counters.last_error:
+                            log.warning("destination %s: %s (retrying)", name, exc)
+                        counters.last_error = str(exc)
+                        if await _wait(stop, backoff.next_delay()):
+                            reader.rewind()  # not delivered: read again after a restart
+                            return
+                backoff.reset()
+                if result.rejected:
+                    await self._dead_letter(name, result.rejected)
+                await offload(reader.commit, batch.next_seq)
+                counters.records_sent += len(wanted) - len(result.rejected)
+                counters.bytes_sent += result.bytes_sent
+                counters.last_success_ns = now_ns()
+                counters.last_error = ""
+                if cfg.max_records_per_s and wanted:
+                    await _wait(stop, len(wanted) / cfg.max_records_per_s - (time.monotonic() - t0))
+        finally:
+            offload.close()
+
+    async def _open_reader(self, offload: Offload, name: str, stream: str, stop: asyncio.Event) -> RecordReader | None:
+        announced = False
+        while not stop.is_set():
+            try:
+                reader = await offload(RecordReader, self.store, stream, name, self.positions)
+                self._readers[(name, stream)] = reader
+                return reader
+            except StreamNotFound:
+                if not announced:
+                    log.info("destination %s: waiting for stream %s to be created", name, stream)
+                    announced = True
+                if await _wait(stop, 2.0):
+                    return None
+        return None
+
+    async def _deliver(self, sink: Destination, records: list[Record]) -> SendResult:
+        """Send; on a non-retryable failure split the batch to isolate the records that cause it."""
+        if not records:
+            return SendResult()
+        try:
+            return await sink.send(records)
+        except DestinationError as exc:
+            if exc.retryable:
+                raise
+            if len(records) == 1:
+                return SendResult(rejected=[(records[0], str(exc))])
+            mid = len(records) // 2
+            first, second = await self._deliver(sink, records[:mid]), await self._deliver(sink, records[mid:])
+            return SendResult(first.rejected + second.rejected, first.bytes_sent + second.bytes_sent)
+
+    async def _dead_letter(self, name: str, rejected: list[tuple[Record, str]]) -> None:
+        counters = self.counters[name]
+        for _record, reason in rejected:
+            key = reason[:120]
+            if key not in counters.dead_letter_reasons:
+                log.error("destination %s: dead-lettered a record: %s", name, reason)
+            counters.dead_letter_reasons[key] = counters.dead_letter_reasons.get(key, 0) + 1
+        counters.dead_lettered += len(rejected)
+        writer = RecordWriter(self.store, self.dead_letter_stream)
+        await self._aux(writer.write, [r for r, _ in rejected])
+
+    async def refresh_backlog(self) -> None:
+        """Backlog depth and age of the oldest unsent record, per destination (worst stream)."""
+        for name, counters in self.counters.items():
+            depth, age = 0, 0.0
+            for (dest, stream), reader in list(self._readers.items()):
+                if dest != name:
+                    continue
+                depth += await self._aux(reader.backlog)
+                head = await self._aux(self.store.read, stream, reader.committed, max_count=1)
+                if head:
+                    age = max(age, time.time() - head[0].ts_ms / 1000)
+            counters.backlog_messages, counters.oldest_unsent_age_s = depth, round(age, 3)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "component": COMPONENT,
+            "pid": os.getpid(),
+            "started_ns": self._started_ns,
+            "updated_ns": time.time_ns(),
+            "destinations": {n: asdict(c) for n, c in self.counters.items()},
+        }
+
+    def _write_status(self) -> None:
+        if self.status_dir is not None:
+            self.status_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.status_dir / f"{COMPONENT}.json", json.dumps(self.status()).encode(), sync=False)
+
+    async def _status_loop(self, stop: asyncio.Event) -> None:
+        while True:
+            await self.refresh_backlog()
+            self._write_status()
+            if await _wait(stop, self.status_interval_s):
+                return
+
+    async def _metrics_loop(self, stop: asyncio.Event) -> None:
+        writer = RecordWriter(self.store, self.metrics_stream)
+        while not await _wait(stop, self.metrics_interval_s):
+            ts = now_ns()
+            records = []
+            for name, c in self.counters.items():
+                for key in ("records_sent", "bytes_sent", "retries", "dead_lettered", "backlog_messages",
+                            "oldest_unsent_age_s"):
+                    self._seq += 1
+                    records.append(Record(COMPONENT, f"publisher/{name}/{key}", float(getattr(c, key)),
+                                          Quality.GOOD, ts, ts, self._seq, Kind.METRIC))
+            await self._aux(writer.write, records)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to ``seconds`` unless stopped; return True if stopping."""
+    if seconds > 0:
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+    return stop.is_set()

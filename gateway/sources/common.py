@@ -1,0 +1,168 @@
+"""What every collector connection shares: settings, deadband, tag mapping, counters and the record emitter.
+
+A protocol module (opcua.py, modbus.py, opcda.py) only talks to its peer and calls :meth:`Emitter.emit` for every
+value it reads; everything after that (mapping, deadband, record ids, batching into the stream) is here, once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.record import Quality, Record, Value, now_ns
+
+
+class Deadband(BaseModel):
+    """Report-by-exception: suppress values that moved less than the deadband, but never for longer than heartbeat."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    absolute: float | None = Field(
+        default=None, ge=0, description="Suppress a numeric value within this absolute distance of the last sent."
+    )
+    percent: float | None = Field(
+        default=None, ge=0, le=100, description="Suppress a numeric value within this percentage of the last sent."
+    )
+    heartbeat_s: float = Field(
+        default=60.0, gt=0, description="Send a value at least this often even if it did not change."
+    )
+
+
+class ConnectionBase(BaseModel):
+    """Settings common to every collector connection."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        description="Connection name; it is the records' source, so keep it stable (record ids depend on it).",
+    )
+    enabled: bool = Field(default=True, description="Set false to stop this connection without removing it.")
+    deadband: Deadband = Field(default_factory=Deadband, description="Report-by-exception settings.")
+    tag_map: dict[str, str] = Field(
+        default_factory=dict,
+        description="Source tag -> published name, e.g. a SiteWise property alias /site/area/line/machine/tag.",
+    )
+    tag_prefix: str = Field(default="", description="Prefix for source tags not in tag_map, e.g. /site/line1/.")
+    reconnect_min_s: float = Field(default=1.0, gt=0, description="First reconnect delay (doubles, with jitter).")
+    reconnect_max_s: float = Field(default=60.0, gt=0, description="Longest reconnect delay; retries never stop.")
+    flush_interval_s: float = Field(
+        default=0.2, gt=0, description="How often read values are written to the stream as one message."
+    )
+
+
+@dataclass
+class Counters:
+    """Per-connection counters, written to the status file and shown by ``gatewayctl status``."""
+
+    values_read: int = 0
+    values_written: int = 0
+    values_suppressed: int = 0
+    values_bad: int = 0
+    read_errors: int = 0
+    reconnects: int = 0
+    connected: bool = False
+    last_good_read_ns: int = 0
+    last_error: str = ""
+    append_latency_ms_last: float = 0.0
+    append_latency_ms_max: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Backoff:
+    """Exponential backoff with full jitter; never gives up (a collector that stops for good is a bug)."""
+
+    def __init__(self, first_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self.first_s, self.max_s = first_s, max_s
+        self._attempt = 0
+        self._rng = rng or random.Random()
+
+    def next_delay(self) -> float:
+        ceiling = min(self.max_s, self.first_s * (2**self._attempt))
+        self._attempt = min(self._attempt + 1, 30)
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+class DeadbandFilter:
+    """Decides per tag whether a value is worth sending."""
+
+    def __init__(self, cfg: Deadband) -> None:
+        self.cfg = cfg
+        self._last: dict[str, tuple[Value, Quality, int]] = {}
+
+    def accept(self, tag: str, value: Value, quality: Quality, ts_ns: int) -> bool:
+        last = self._last.get(tag)
+        if last is None or last[1] != quality or ts_ns - last[2] >= self.cfg.heartbeat_s * 1e9:
+            self._last[tag] = (value, quality, ts_ns)
+            return True
+        prev = last[0]
+        if _numeric(value) and _numeric(prev):
+            delta = abs(float(value) - float(prev))  # type: ignore[arg-type]
+            within = delta == 0
+            if self.cfg.absolute is not None:
+                within = within or delta <= self.cfg.absolute
+            if self.cfg.percent is not None:
+                within = within or delta <= abs(float(prev)) * self.cfg.percent / 100  # type: ignore[arg-type]
+        else:
+            within = value == prev
+        if within:
+            return False
+        self._last[tag] = (value, quality, ts_ns)
+        return True
+
+
+def _numeric(v: Value) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class Emitter:
+    """Turns values read by a protocol module into records for one connection, buffered until the next flush.
+
+    The per-source sequence starts from the start time in microseconds, so it grows across restarts and two
+    readings with equal timestamps still get distinct record ids.
+    """
+
+    def __init__(self, cfg: ConnectionBase, counters: Counters) -> None:
+        self.cfg = cfg
+        self.counters = counters
+        self.deadband = DeadbandFilter(cfg.deadband)
+        self._seq = time.time_ns() // 1000
+        self.pending: list[Record] = []
+
+    def name_of(self, source_tag: str) -> str:
+        return self.cfg.tag_map.get(source_tag) or f"{self.cfg.tag_prefix}{source_tag}"
+
+    def emit(self, source_tag: str, value: Value, quality: Quality, source_ts_ns: int | None = None) -> None:
+        """Accept one value read from the peer (call from the event loop)."""
+        gw = now_ns()
+        self.counters.values_read += 1
+        if isinstance(value, float) and not math.isfinite(value):
+            value, quality = None, Quality.BAD
+        if value is None and quality == Quality.GOOD:
+            quality = Quality.BAD
+        if quality == Quality.GOOD:
+            self.counters.last_good_read_ns = gw
+        else:
+            self.counters.values_bad += 1
+        tag = self.name_of(source_tag)
+        if not self.deadband.accept(tag, value, quality, gw):
+            self.counters.values_suppressed += 1
+            return
+        self._seq += 1
+        ts = source_ts_ns if source_ts_ns else gw
+        self.pending.append(Record(self.cfg.name, tag, value, quality, ts, gw, self._seq))
+
+    def take(self) -> list[Record]:
+        out, self.pending = self.pending, []
+        return out

@@ -1,0 +1,36 @@
+"""Shared fixtures: real peers started per test session and stopped by PID."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.dev.peers import Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    yield broker
+    broker.stop()
+
+
+def start_simulator(folder: Path, *, speed: float = 10, extra: list[str] | None = None) -> tuple[Proc, int]:
+    """The simulator's OPC UA endpoint on the synthetic plant (fast to start, no TEP compile needed)."""
+    port = free_port()
+    proc = start([sys.executable, "-m", "simulator", "--plant", "synthetic", "--endpoints", "opcua",
+                  "--opcua-port", str(port), "--speed", str(speed), "--status-every", "0", *(extra or [])],
+                 folder / "simulator.log")
+    wait_for(lambda: port_open(port) or proc.popen.poll() is not None, 60, "the simulator's OPC UA endpoint")
+    assert proc.popen.poll() is None, proc.output()
+    return proc, port
+
+
+@pytest.fixture
+def simulator(tmp_path: Path) -> Iterator[int]:
+    proc, port = start_simulator(tmp_path)
+    yield port
+    proc.stop()
