@@ -102,6 +102,7 @@ class StreamManagerServer:
         self.host = host
         self.auth_token = auth_token
         self.held_responses = 0  # responses sent late by the test hook, see hold_responses()
+        self.waiting_reads = 0  # reads parked until enough messages arrive or their timeout passes
         self._port = port
         self._workers = workers
         self._server: asyncio.Server | None = None
@@ -311,10 +312,13 @@ class StreamManagerServer:
             if remaining <= 0:
                 raise _Refused(Status.NotEnoughMessages,
                                f"{len(found)} of at least {least} messages available in stream {name!r}")
+            self.waiting_reads += 1
             try:
                 await asyncio.wait_for(appended.wait(), min(remaining, _POLL_S))
             except asyncio.TimeoutError:
                 pass
+            finally:
+                self.waiting_reads -= 1
 
     async def _list(self, request: Any) -> dict[str, Any]:
         return {"streams": await self._run(self._db.list_streams)}
