@@ -13,7 +13,7 @@ scale of 1 (their standard deviation is 0).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,7 @@ class Whitener:
     scale: Array
     rotation: Array
     eigenvalues: Array
+    _m: Array | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def fit(cls, data: Array, eigen_floor: float) -> Whitener:
@@ -85,10 +86,16 @@ class Whitener:
         correlated with others, which is what an operator needs to be told.
         """
         z = (x - self.mean) / self.scale
-        m = (self.rotation / self.eigenvalues) @ self.rotation.T
+        m = self._precision()
         mz = m @ z
         out: Array = mz**2 / np.diag(m)
         return out
+
+    def _precision(self) -> Array:
+        """``R diag(1/eig) R'``, computed once (the inverse of the floored covariance)."""
+        if self._m is None:
+            self._m = (self.rotation / self.eigenvalues) @ self.rotation.T
+        return self._m
 
     def to_state(self) -> dict[str, Any]:
         """Plain lists for the model manifest."""

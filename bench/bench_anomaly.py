@@ -1,0 +1,106 @@
+"""Anomaly scoring speed, memory and restore time; detection figures from the TEP evaluation's cache.
+
+Per backend, one group of 8 tags x shingle 4 (d = 32), 50 trees, 256 samples a tree, fitted on synthetic
+correlated data, then timed point by point through ``GroupModel.step`` (whitening, shingling, score, gated update:
+the component's path). Each backend runs in its own process so RSS figures do not mix. Targets for the default
+backend: >= 5,000 points/s on one core, p99 <= 1 ms, <= 20 MB a forest. Step times are the thread's CPU time
+(``time.thread_time_ns``), so that other processes on a shared machine do not inflate them; they measure the cost
+of a point on one core, not the wall-clock latency under load.
+
+Detection figures (``anomaly.eval.*``, streaming mode) come from ``bench/data/anomaly/results.json`` written by
+``bench/anomaly_eval.py``; they are omitted when that file does not exist (the evaluation takes minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from gateway.anomaly import AnomalyConfig, Detector, GroupModel, TagGroup, Vector  # noqa: E402
+
+RESULTS = ROOT / "bench" / "data" / "anomaly" / "results.json"
+POINTS = {"krcf": 5000, "rrcf": 150}
+NS = 1_000_000_000
+
+
+def _group(backend: str) -> TagGroup:
+    return TagGroup(
+        name="d32",
+        tags=[f"t{i}" for i in range(8)],
+        shingle=4,
+        forest={"backend": backend, "trees": 50, "samples_per_tree": 256},
+        cadence_s=1.0,
+        training_points=600,
+    )
+
+
+def _data(n: int, seed: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+    rng = np.random.default_rng(seed)
+    latent = rng.normal(size=(n, 3))
+    return np.asarray(latent @ rng.normal(size=(3, 8)) + 0.2 * rng.normal(size=(n, 8)), dtype=np.float64)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _measure(backend: str) -> dict[str, float]:
+    """Runs in a child process: fit, then time ``POINTS`` steps."""
+    model = GroupModel(_group(backend))
+    train = _data(600, 1)
+    before = _rss_mb()
+    model.fit([train])
+    rss = _rss_mb() - before
+    points = _data(POINTS[backend], 2)
+    times = np.empty(len(points))
+    for k, row in enumerate(points):
+        t = time.thread_time_ns()
+        model.step(Vector((k + 1) * NS, row))
+        times[k] = time.thread_time_ns() - t
+    prefix = f"anomaly.{backend}.d32"
+    out: dict[str, float] = {
+        f"{prefix}.points_per_s": len(times) / (times.sum() / 1e9),
+        f"{prefix}.p99_us": float(np.percentile(times, 99)) / 1e3,
+        f"{prefix}.rss_mb": rss,
+    }
+    if backend == "krcf":
+        with tempfile.TemporaryDirectory() as tmp:
+            det = Detector(AnomalyConfig(groups=[model.group]), tmp)
+            det.models["d32"] = model
+            det.save()
+            t0 = time.perf_counter()
+            fresh = Detector(AnomalyConfig(groups=[model.group]), tmp)
+            fresh.restore()
+            out["anomaly.restore_ms"] = (time.perf_counter() - t0) * 1e3
+    return out
+
+
+def run() -> dict[str, float]:
+    """All figures; see the module docstring."""
+    out: dict[str, float] = {}
+    ctx = multiprocessing.get_context("spawn")
+    for backend in ("krcf", "rrcf"):
+        with ctx.Pool(1) as pool:
+            out.update(pool.apply(_measure, (backend,)))
+    if RESULTS.exists():
+        streaming = json.loads(RESULTS.read_text())["streaming"]
+        out["anomaly.eval.avg_detection_rate"] = streaming["avg_detection_rate"]
+        out["anomaly.eval.false_alarm_rate"] = streaming["false_alarm_rate"]
+        out["anomaly.eval.median_delay_min"] = streaming["median_delay_min"]
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=2))
