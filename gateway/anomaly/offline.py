@@ -136,7 +136,7 @@ def fit(
     return det
 
 
-def load_detector(model_dir: str | Path, updates: Updates = "frozen") -> Detector:
+def load_detector(model_dir: str | Path, updates: Updates = "gated") -> Detector:
     """A detector restored from a fitted model directory (config saved next to the model by :func:`fit`)."""
     cfg_path = Path(model_dir) / CONFIG_FILE
     if not cfg_path.exists():
@@ -153,7 +153,7 @@ def score(
     data: str | Path,
     out: str | Path | None,
     *,
-    updates: Updates = "frozen",
+    updates: Updates = "gated",
     interval_s: float | None = None,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
