@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 
@@ -49,10 +49,6 @@ class Served:
     opcua_url: str
     modbus_port: int
     opcda_port: int
-
-    def run(self, coro: Any, timeout: float = 30.0) -> Any:
-        """Run a coroutine on the server's event loop thread... or a client coroutine on its own loop."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
 
 @pytest.fixture(scope="package")
