@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.destinations.base import Destination, DestinationBase, Router, SendResult
-from gateway.errors import DestinationError, StreamNotFound
+from gateway.errors import DestinationError, StreamError, StreamNotFound
 from gateway.fsutil import atomic_write
 from gateway.record import Kind, Quality, Record, now_ns
 from gateway.sources.common import Backoff
@@ -103,7 +103,15 @@ class Publisher:
         backoff = Backoff(cfg.retry_min_s, cfg.retry_max_s)
         try:
             while not stop.is_set():
-                batch = await offload(reader.poll, max_messages=cfg.batch_messages, timeout_s=0.5)
+                try:
+                    batch = await offload(reader.poll, max_messages=cfg.batch_messages, timeout_s=0.5)
+                except StreamError as exc:  # stream manager restarting, a stream deleted: wait, never crash
+                    if str(exc) != counters.last_error:
+                        log.warning("destination %s: reading %s failed: %s", name, stream, exc)
+                    counters.last_error = str(exc)
+                    if await _wait(stop, backoff.next_delay()):
+                        return
+                    continue
                 counters.lost_messages, counters.corrupt_messages = reader.lost_messages, reader.corrupt_messages
                 if not batch.messages:
                     continue
@@ -138,6 +146,7 @@ class Publisher:
         announced = False
         while not stop.is_set():
             try:
+                await offload(self.store.describe, stream)  # exists? (a reader alone does not ask)
                 reader = await offload(RecordReader, self.store, stream, name, self.positions)
                 self._readers[(name, stream)] = reader
                 return reader

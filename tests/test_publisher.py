@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.destinations.base import DestinationBase, Route, SendResult

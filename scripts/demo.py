@@ -1,0 +1,10 @@
+"""`make demo`: see gateway/dev/demo.py."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gateway.dev.demo import main  # noqa: E402
+
+sys.exit(main())
