@@ -227,19 +227,15 @@ class StreamManagerServer:
         request_cls = getattr(smd, f"{operation.name}Request")
         response_cls = getattr(smd, f"{operation.name}Response")
         response_op = Op[f"{operation.name}Response"].value
-        handler = self._handlers[operation]
         try:
             request = _parse(request_cls, body)
-        except _Refused:
+            fields = await self._handlers[operation](request)
+            response = response_cls(request_id=request.request_id, status=Status.Success, **fields)
+        except _Refused as exc:
             request_id = _request_id(body)
             if request_id is None:
                 return  # nothing to answer to
-            request = request_cls(request_id=request_id)
-        try:
-            fields = await handler(request)
-            response = response_cls(request_id=request.request_id, status=Status.Success, **fields)
-        except _Refused as exc:
-            response = response_cls(request_id=request.request_id, status=exc.status, error_message=exc.message)
+            response = response_cls(request_id=request_id, status=exc.status, error_message=exc.message)
         held = await self._hold(op)
         await _send(writer, response_op, response)
         if held:
@@ -345,9 +341,6 @@ class StreamManagerServer:
     def _spec(self, definition: Any) -> StreamSpec:
         if definition is None:
             raise _Refused(Status.InvalidRequest, "the request has no stream definition")
-        invalid = UtilInternal.is_invalid(definition)
-        if invalid:
-            raise _Refused(Status.InvalidRequest, str(invalid))
         try:
             spec = definition_to_spec(definition)
         except (ConfigError, ValidationError) as exc:
@@ -404,10 +397,15 @@ async def _send(writer: asyncio.StreamWriter, op: int, message: Any) -> None:
 
 
 def _parse(cls: Any, body: bytes) -> Any:
+    """Decode and validate a request as the SDK defines it; refuse it as InvalidRequest otherwise."""
     try:
-        return cls.from_dict(cbor2.loads(body))
+        request = cls.from_dict(cbor2.loads(body))
     except (ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:  # CBORDecodeError is a ValueError
         raise _Refused(Status.InvalidRequest, f"malformed {cls.__name__}: {exc}") from exc
+    invalid = UtilInternal.is_invalid(request)
+    if invalid:
+        raise _Refused(Status.InvalidRequest, f"invalid {cls.__name__}: {invalid}")
+    return request
 
 
 def _request_id(body: bytes) -> str | None:

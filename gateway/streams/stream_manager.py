@@ -51,7 +51,18 @@ from gateway.errors import ConfigError, StreamError, StreamFull, StreamNotFound,
 from gateway.streams.base import Persistence, StoredMessage, StrategyOnFull, StreamInfo, StreamSpec
 
 log = logging.getLogger(__name__)
+
+
+class _QuietConnectErrors(logging.Filter):
+    """The SDK logs every failed connection attempt as an error; the adapter reports the connection state itself
+    (once while waiting at start-up, then as StreamUnavailable), so a core that boots slowly logs no error storm."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Connection error while connecting")
+
+
 _SDK_LOG = logging.getLogger(__name__ + ".sdk")
+_SDK_LOG.addFilter(_QuietConnectErrors())
 
 T = TypeVar("T")
 
