@@ -89,6 +89,7 @@ class Publisher:
         await asyncio.gather(*pumps, *loops)
         for _cfg, sink in self.destinations.values():
             await sink.close()
+        await self.refresh_backlog()  # the last status must tell what is left to send
         self._write_status()
         self._aux.close()
 

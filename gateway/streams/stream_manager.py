@@ -386,7 +386,9 @@ class StreamManagerStore:
 
 def _says_full(exc: BaseException | None) -> bool:
     """Whether the server refused an append because the stream is full (it has no status code of its own)."""
-    return isinstance(exc, StreamManagerException) and "full" in str(exc.message or "").lower()
+    # Match the phrase, not a word: a stream or path name may contain "full" (a test's temp folder did).
+    return (isinstance(exc, StreamManagerException) and not isinstance(exc, ResourceNotFoundException)
+            and " is full (" in str(exc.message or ""))
 
 
 def _name(exc: BaseException) -> str:
