@@ -5,6 +5,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.dev.demo import main  # noqa: E402
+from gateway.dev.demo import main
 
 sys.exit(main())

@@ -40,7 +40,7 @@ def _store(args: argparse.Namespace) -> EmbeddedStore:
 
 def cmd_streams(args: argparse.Namespace) -> int:
     store = _store(args)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in store.list_streams():
         info = store.describe(name)
         rows.append({"stream": name, "messages": info.message_count, "oldest_seq": info.oldest_seq,

@@ -35,7 +35,9 @@ def _configs(run: Path, opcua_port: int, broker: Mosquitto | None) -> tuple[Path
             "publishing_interval_ms": 500, "tag_prefix": "/demo-site/area1/tep/",
         }],
     }
-    destinations: list[dict[str, Any]] = [{"type": "file", "name": "local-file", "path": str(run / "out/records.jsonl")}]
+    destinations: list[dict[str, Any]] = [
+        {"type": "file", "name": "local-file", "path": str(run / "out/records.jsonl")}
+    ]
     if broker is not None:
         destinations.append({
             "type": "mqtt", "name": "mosquitto", "host": "127.0.0.1", "port": broker.tls_port,
@@ -73,7 +75,8 @@ def _screen(run: Path, t0: float, last: dict[str, float]) -> str:
     for name in store.list_streams():
         info = store.describe(name)
         lines.append(f"    {name:24}{info.message_count:>10}{info.total_bytes:>12}{info.dropped_messages:>9}")
-    lines += ["", f"{'OUT destination':28}{'sent':>10}{'/s':>8}{'backlog':>9}{'oldest s':>10}{'retries':>9}  last error"]
+    header = f"{'OUT destination':28}{'sent':>10}{'/s':>8}{'backlog':>9}{'oldest s':>10}{'retries':>9}  last error"
+    lines += ["", header]
     for name, d in pub.items():
         rate = d["records_sent"] - last.get(f"out:{name}", d["records_sent"])
         last[f"out:{name}"] = d["records_sent"]
@@ -106,7 +109,7 @@ def main() -> int:
                        run / "publisher.log", env=env))
     print(f"demo: simulator ({plant} plant, 10x real time) on opc.tcp://127.0.0.1:{port}; logs in {run}")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    t0, last = time.time(), {}
+    t0, last = time.time(), dict[str, float]()
     try:
         while True:
             for p in procs:
