@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import signal
 import sys
 import time
@@ -28,7 +29,7 @@ DEMO_TAGS = [
 def _configs(run: Path, opcua_port: int, broker: Mosquitto | None) -> tuple[Path, Path]:
     store = {"kind": "embedded", "path": str(run / "data")}
     collector = {
-        "store": store,
+        "store": store, "status_interval_s": 1,
         "connections": [{
             "name": "tep-opcua", "endpoint": f"opc.tcp://127.0.0.1:{opcua_port}",
             "namespace_uri": "urn:factoryedge:tep", "nodes": ["s=" + t for t in DEMO_TAGS],
@@ -46,7 +47,7 @@ def _configs(run: Path, opcua_port: int, broker: Mosquitto | None) -> tuple[Path
                     "key_file": str(broker.pki.client_key)},
             "topic": "factoryedge/{site}/{source}/{kind}", "topic_vars": {"site": "demo-site"},
         })
-    publisher = {"store": store, "destinations": destinations, "metrics_interval_s": 10}
+    publisher = {"store": store, "destinations": destinations, "metrics_interval_s": 10, "status_interval_s": 1}
     paths = run / "collector.yaml", run / "publisher.yaml"
     for path, cfg in zip(paths, (collector, publisher), strict=True):
         path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -67,7 +68,7 @@ def _screen(run: Path, t0: float, last: dict[str, float]) -> str:
     lines = [f"factory-edge-gateway demo — {time.time() - t0:6.0f} s — Ctrl-C to stop", ""]
     lines.append(f"{'IN  connection':28}{'connected':>10}{'read':>10}{'written':>10}{'/s':>8}{'errors':>8}")
     for name, c in col.items():
-        rate = c["values_written"] - last.get(f"in:{name}", c["values_written"])
+        rate = max(0, c["values_written"] - last.get(f"in:{name}", c["values_written"]))
         last[f"in:{name}"] = c["values_written"]
         lines.append(f"    {name:24}{c['connected']!s:>10}{c['values_read']:>10}{c['values_written']:>10}"
                      f"{rate:>8}{c['read_errors']:>8}")
@@ -78,7 +79,7 @@ def _screen(run: Path, t0: float, last: dict[str, float]) -> str:
     header = f"{'OUT destination':28}{'sent':>10}{'/s':>8}{'backlog':>9}{'oldest s':>10}{'retries':>9}  last error"
     lines += ["", header]
     for name, d in pub.items():
-        rate = d["records_sent"] - last.get(f"out:{name}", d["records_sent"])
+        rate = max(0, d["records_sent"] - last.get(f"out:{name}", d["records_sent"]))
         last[f"out:{name}"] = d["records_sent"]
         lines.append(f"    {name:24}{d['records_sent']:>10}{rate:>8}{d['backlog_messages']:>9}"
                      f"{d['oldest_unsent_age_s']:>10.1f}{d['retries']:>9}  {d['last_error'][:40]}")
@@ -88,6 +89,7 @@ def _screen(run: Path, t0: float, last: dict[str, float]) -> str:
 
 def main() -> int:
     run = ROOT / ".run" / "demo"
+    shutil.rmtree(run / "data", ignore_errors=True)  # each demo starts from an empty store
     run.mkdir(parents=True, exist_ok=True)
     procs: list[Proc] = []
     broker = None
@@ -122,6 +124,7 @@ def main() -> int:
         print("\ndemo: stopping")
         return 0
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave processes behind
         for p in reversed(procs):
             p.stop()
         if broker:
