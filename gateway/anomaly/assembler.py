@@ -138,3 +138,26 @@ class Shingler:
     def state(self) -> list[list[float]]:
         """Saved with the model so a restart continues the shingle."""
         return [b.tolist() for b in self._buf]
+
+
+class Smoother:
+    """Moving average of the last ``size`` vectors (``size`` 1: the vector itself). Full only after ``size`` vectors."""
+
+    def __init__(self, size: int, history: list[list[float]] | None = None) -> None:
+        self.size = size
+        self._buf: deque[Array] = deque((np.asarray(h, dtype=np.float64) for h in history or []), maxlen=size)
+
+    def push(self, x: Array) -> Array | None:
+        """Add a vector; return the mean of the window once it is full, else None."""
+        self._buf.append(x)
+        if len(self._buf) < self.size:
+            return None
+        return x if self.size == 1 else np.mean(np.stack(list(self._buf)), axis=0)
+
+    def reset(self) -> None:
+        """Forget history (after a gap)."""
+        self._buf.clear()
+
+    def state(self) -> list[list[float]]:
+        """Saved with the model so a restart continues the window."""
+        return [b.tolist() for b in self._buf]

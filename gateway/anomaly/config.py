@@ -39,6 +39,13 @@ class TagGroup(BaseModel):
     )
     tags: list[str] = Field(min_length=1, description="Member tags (record tag names, or CSV column names).")
     shingle: int = Field(1, ge=1, le=64, description="Consecutive vectors concatenated into one forest point.")
+    smoothing: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="Moving average over this many consecutive vectors before whitening; above 1 it lifts small "
+        "persistent shifts out of sample noise, at the cost of about half a window of delay.",
+    )
     forest: ForestSettings = Field(default_factory=ForestSettings, description="Forest settings.")
     mode: Literal["cadence", "on_sample"] = Field(
         "cadence",
@@ -79,7 +86,12 @@ class TagGroup(BaseModel):
 
     def fingerprint(self) -> dict[str, object]:
         """What a saved model depends on; a change means the saved model no longer fits this group."""
-        return {"tags": list(self.tags), "shingle": self.shingle, "forest": self.forest.model_dump()}
+        return {
+            "tags": list(self.tags),
+            "shingle": self.shingle,
+            "smoothing": self.smoothing,
+            "forest": self.forest.model_dump(),
+        }
 
 
 class AnomalyConfig(BaseModel):

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from gateway.anomaly.assembler import NS, Shingler, Vector
+from gateway.anomaly.assembler import NS, Shingler, Smoother, Vector
 from gateway.anomaly.backends import Forest, load_forest, make_forest
 from gateway.anomaly.config import TagGroup
 from gateway.anomaly.transform import Whitener
@@ -82,9 +82,11 @@ class GroupModel:
     last_ts_ns: int | None = None
     counters: dict[str, int] = field(default_factory=lambda: {"scored": 0, "anomalous": 0, "updates": 0})
     shingler: Shingler = field(init=False)
+    smoother: Smoother = field(init=False)
 
     def __post_init__(self) -> None:
         self.shingler = Shingler(self.group.shingle)
+        self.smoother = Smoother(self.group.smoothing)
 
     @property
     def state(self) -> str:
@@ -98,9 +100,10 @@ class GroupModel:
             ConfigError: too little data for the transform, the forest and the calibration.
         """
         g = self.group
-        segments = [np.asarray(s, dtype=np.float64) for s in segments if len(s)]
+        segments = [_moving_average(np.asarray(s, dtype=np.float64), g.smoothing) for s in segments]
+        segments = [s for s in segments if len(s)]
         total = sum(len(s) for s in segments)
-        need = max(2 * len(g.tags) + 10, 50) + 20 * g.shingle
+        need = max(2 * len(g.tags) + 10, 50) + 20 * g.shingle + g.smoothing
         if total < need:
             raise ConfigError(
                 f"training window too short for group {g.name!r}: {total} vectors, need at least {need}",
@@ -126,6 +129,7 @@ class GroupModel:
         self.threshold = max(float(np.quantile(scores, 1.0 - g.false_alarm_rate)), 1e-12)
         self.learning = []
         self.shingler.reset()
+        self.smoother.reset()
         self.alarm = AlarmState()
         self.last_ts_ns = None
 
@@ -144,9 +148,13 @@ class GroupModel:
                 self.fit([np.asarray(self.learning)])
             return None
         if g.mode == "cadence" and self.last_ts_ns is not None and vec.ts_ns - self.last_ts_ns > 1.5 * g.cadence_s * NS:
-            self.shingler.reset()  # a gap: the shingle must hold consecutive vectors
+            self.shingler.reset()  # a gap: shingle and average must hold consecutive vectors
+            self.smoother.reset()
         self.last_ts_ns = vec.ts_ns
-        point = self.shingler.push(self.whitener.apply(vec.values))
+        values = self.smoother.push(vec.values)
+        if values is None:
+            return None
+        point = self.shingler.push(self.whitener.apply(values))
         if point is None:
             return None
         raw = self.forest.score(point)
@@ -158,7 +166,7 @@ class GroupModel:
         changed = self.alarm.feed(anomalous, g.raise_after, g.clear_after)
         self.counters["scored"] += 1
         self.counters["anomalous"] += int(anomalous)
-        top = self.attribute(vec.values) if anomalous or self.alarm.active else ()
+        top = self.attribute(values) if anomalous or self.alarm.active else ()
         return StepResult(vec.ts_ns, score, anomalous, self.alarm.active, changed, top)
 
     def attribute(self, values: Array) -> tuple[tuple[str, float], ...]:
@@ -179,6 +187,7 @@ class GroupModel:
             "alarm": {"active": self.alarm.active, "run": self.alarm.run},
             "learning": self.learning,
             "shingle": self.shingler.state(),
+            "smoothing": self.smoother.state(),
             "last_ts_ns": self.last_ts_ns,
             "counters": dict(self.counters),
         }
@@ -198,6 +207,7 @@ class GroupModel:
         m.alarm = AlarmState(bool(state["alarm"]["active"]), int(state["alarm"]["run"]))
         m.learning = [list(map(float, r)) for r in state["learning"]]
         m.shingler = Shingler(group.shingle, state["shingle"])
+        m.smoother = Smoother(group.smoothing, state["smoothing"])
         m.last_ts_ns = state["last_ts_ns"]
         m.counters.update({k: int(v) for k, v in state["counters"].items()})
         return m
@@ -219,3 +229,12 @@ def _split(segments: list[Array], tail_share: float) -> tuple[list[Array], list[
             tail.append(seg)
         keep -= len(seg)
     return head, tail
+
+
+def _moving_average(seg: Array, window: int) -> Array:
+    """Rows ``window - 1`` onwards of the trailing moving average (what :class:`Smoother` yields in streaming)."""
+    if window <= 1 or len(seg) < window:
+        return seg if window <= 1 else seg[:0]
+    c = np.cumsum(np.vstack([np.zeros((1, seg.shape[1])), seg]), axis=0)
+    out: Array = (c[window:] - c[:-window]) / window
+    return out

@@ -115,3 +115,24 @@ def test_live_learning_fits_after_training_points_then_scores() -> None:
     _run(model, data[299:300])
     assert model.state == "scoring"
     assert len(_run(model, data[300:], T0 + 300 * NS)) == 20 - 1  # first point refills the 2-shingle
+
+
+def test_smoothing_lifts_a_small_persistent_shift_out_of_the_noise() -> None:
+    rates = {}
+    for window in (1, 6):
+        model = GroupModel(group(smoothing=window, shingle=1, false_alarm_rate=0.02))
+        model.fit([synthetic(3000, seed=15)])
+        # 'temp' moves by twice its independent noise: invisible point by point, clear in a 6-point average
+        out = _run(model, synthetic(300, seed=16, shift={"temp": 0.2}))
+        rates[window] = np.mean([a for _, a, _ in out])
+    assert rates[1] < 0.2 < 0.5 < rates[6]
+
+
+def test_smoother_is_a_trailing_moving_average_that_survives_a_restart() -> None:
+    from gateway.anomaly.assembler import Smoother
+
+    s = Smoother(3)
+    assert s.push(np.array([3.0])) is None
+    assert s.push(np.array([6.0])) is None
+    np.testing.assert_allclose(s.push(np.array([9.0])), [6.0])  # type: ignore[arg-type]
+    np.testing.assert_allclose(Smoother(3, s.state()).push(np.array([12.0])), [9.0])  # type: ignore[arg-type]
