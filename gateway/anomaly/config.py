@@ -59,6 +59,13 @@ class TagGroup(BaseModel):
     false_alarm_rate: float = Field(
         0.005, gt=0, lt=0.5, description="Share of normal calibration points allowed in alarm; sets the threshold."
     )
+    update_below: float = Field(
+        1.0,
+        gt=0,
+        le=1.0,
+        description="Gated updates: the forest learns a point only when its score is below this fraction of the "
+        "threshold (and no alarm is raised); below 1.0 a slowly growing fault is not learned on its way up.",
+    )
     raise_after: int = Field(3, ge=1, description="Consecutive anomalous points that raise the alarm.")
     clear_after: int = Field(5, ge=1, description="Consecutive normal points that clear the alarm.")
     training_points: int = Field(

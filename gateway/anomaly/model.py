@@ -160,7 +160,7 @@ class GroupModel:
         raw = self.forest.score(point)
         score = raw / self.threshold
         anomalous = score > 1.0
-        if updates == "gated" and not anomalous and not self.alarm.active:
+        if updates == "gated" and score < g.update_below and not self.alarm.active:
             self.forest.update(point)
             self.counters["updates"] += 1
         changed = self.alarm.feed(anomalous, g.raise_after, g.clear_after)

@@ -200,7 +200,7 @@ def status(model_dir: str | Path) -> dict[str, Any]:
         out[name] = {
             "state": "scoring" if name in forests else "learning",
             "backend": g["backend"],
-            "tags": g["fingerprint"]["tags"],
+            "tags": len(g["fingerprint"]["tags"]),
             "threshold": g["threshold"],
             "alarm": g["alarm"]["active"],
             "learning_vectors": len(g["learning"]),

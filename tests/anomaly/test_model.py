@@ -136,3 +136,15 @@ def test_smoother_is_a_trailing_moving_average_that_survives_a_restart() -> None
     assert s.push(np.array([6.0])) is None
     np.testing.assert_allclose(s.push(np.array([9.0])), [6.0])  # type: ignore[arg-type]
     np.testing.assert_allclose(Smoother(3, s.state()).push(np.array([12.0])), [9.0])  # type: ignore[arg-type]
+
+
+def test_update_below_keeps_near_threshold_points_out_of_the_forest() -> None:
+    learned = {}
+    for fraction in (1.0, 0.5):
+        model = GroupModel(group(shingle=1, update_below=fraction))
+        model.fit([synthetic(400, seed=18)])
+        out = _run(model, synthetic(200, seed=19))
+        below = sum(1 for s, _, _ in out if s < fraction)
+        assert model.counters["updates"] == below
+        learned[fraction] = model.counters["updates"]
+    assert learned[0.5] < learned[1.0]
