@@ -91,6 +91,16 @@ class TagGroup(BaseModel):
             raise ValueError(f"tags listed twice: {sorted(seen)}")
         return tags
 
+    @model_validator(mode="after")
+    def _enough_training(self) -> TagGroup:
+        need = min_training_vectors(self)
+        if self.training_points < need:
+            raise ValueError(
+                f"training_points {self.training_points} is too few for {len(self.tags)} tags, shingle "
+                f"{self.shingle}, smoothing {self.smoothing}: use at least {need}"
+            )
+        return self
+
     def fingerprint(self) -> dict[str, object]:
         """What a saved model depends on; a change means the saved model no longer fits this group."""
         return {
@@ -117,6 +127,13 @@ class AnomalyConfig(BaseModel):
         if dupes:
             raise ValueError(f"group names used twice: {dupes}")
         return self
+
+
+def min_training_vectors(group: TagGroup) -> int:
+    """Valid vectors a fit needs: the transform wants 2 per tag in the head, the threshold 20 scored in the tail."""
+    head = max(2 * len(group.tags) + 10, 30) + group.shingle + group.smoothing
+    tail = 20 + group.shingle + group.smoothing
+    return max(int(head / (1 - group.calibration_share)) + 1, int(tail / group.calibration_share) + 1)
 
 
 def load_config(path: str | Path) -> AnomalyConfig:

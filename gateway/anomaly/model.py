@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from gateway.anomaly.assembler import NS, Shingler, Smoother, Vector
 from gateway.anomaly.backends import Forest, load_forest, make_forest
-from gateway.anomaly.config import TagGroup
+from gateway.anomaly.config import TagGroup, min_training_vectors
 from gateway.anomaly.transform import Whitener
 from gateway.errors import ConfigError
 
@@ -103,7 +103,7 @@ class GroupModel:
         segments = [_moving_average(np.asarray(s, dtype=np.float64), g.smoothing) for s in segments]
         segments = [s for s in segments if len(s)]
         total = sum(len(s) for s in segments)
-        need = max(2 * len(g.tags) + 10, 50) + 20 * g.shingle + g.smoothing
+        need = min_training_vectors(g)
         if total < need:
             raise ConfigError(
                 f"training window too short for group {g.name!r}: {total} vectors, need at least {need}",

@@ -135,3 +135,12 @@ def test_nan_values_are_invalid_not_scored(tmp_path: Path) -> None:
     out = _feed(det, data, 0)
     assert det.status()["unit"]["invalid"] == {"bad:pressure": 5}
     assert all(np.isfinite(_scores(out)))
+
+
+def test_periodic_save_follows_the_interval(tmp_path: Path) -> None:
+    det = Detector(config(training_points=300).model_copy(update={"save_interval_s": 60.0}), tmp_path)
+    assert det.maybe_save(T0) is False  # first call starts the clock
+    assert det.maybe_save(T0 + 59 * NS) is False
+    assert det.maybe_save(T0 + 60 * NS) is True
+    assert persist.model_path(tmp_path).exists()
+    assert det.maybe_save(T0 + 61 * NS) is False
