@@ -19,6 +19,7 @@ learning again, announcing ``state=learning``. A model of another format version
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -67,27 +68,38 @@ class Detector:
             return "fresh"
         try:
             manifest, forests = persist.load(self.model_dir)
+            restored = self._restore_groups(manifest, forests)
         except FileNotFoundError:
             return "fresh"
         except persist.ModelCorrupt as exc:
             aside = persist.set_aside(self.model_dir)
             log.error("anomaly model corrupt, kept as %s; ALL GROUPS RELEARN from the live stream: %s", aside, exc)
             return "relearning"
-        saved: dict[str, Any] = manifest["groups"]
-        for name, model in self.models.items():
-            state = saved.get(name)
-            if state is None:
-                log.warning("anomaly group %r is not in the saved model: it learns from the live stream", name)
-            elif state["fingerprint"] != model.group.fingerprint():
-                log.warning(
-                    "anomaly group %r changed (tags, shingle or forest) since the model was saved: relearning", name
-                )
-            else:
-                self.models[name] = GroupModel.from_state(model.group, state, forests.get(name))
-        for name in set(saved) - set(self.models):
-            log.warning("saved anomaly group %r is no longer configured: ignored", name)
+        self.models.update(restored)
         self._states_at_save = {n: m.state for n, m in self.models.items()}
         return "restored"
+
+    def _restore_groups(self, manifest: dict[str, Any], forests: dict[str, bytes]) -> dict[str, GroupModel]:
+        """Rebuild every configured group the file holds; any inconsistency makes the whole file corrupt."""
+        out: dict[str, GroupModel] = {}
+        try:
+            saved: dict[str, Any] = manifest["groups"]
+            for name, model in self.models.items():
+                state = saved.get(name)
+                if state is None:
+                    log.warning("anomaly group %r is not in the saved model: it learns from the live stream", name)
+                elif state["fingerprint"] != model.group.fingerprint():
+                    log.warning(
+                        "anomaly group %r changed (tags, shingle or forest) since the model was saved: relearning", name
+                    )
+                else:
+                    out[name] = GroupModel.from_state(model.group, state, forests.get(name))
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError, zlib.error) as exc:
+            # a CRC-valid file whose content does not fit (e.g. a hand-edited manifest, a forest the library rejects)
+            raise persist.ModelCorrupt(f"model content is inconsistent: {exc!r}", fix="re-fit or relearn") from exc
+        for name in set(saved) - set(self.models):
+            log.warning("saved anomaly group %r is no longer configured: ignored", name)
+        return out
 
     def offer(self, record: Record) -> None:
         """Feed one collector record to every group's assembler."""

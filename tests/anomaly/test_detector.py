@@ -144,3 +144,35 @@ def test_periodic_save_follows_the_interval(tmp_path: Path) -> None:
     assert det.maybe_save(T0 + 60 * NS) is True
     assert persist.model_path(tmp_path).exists()
     assert det.maybe_save(T0 + 61 * NS) is False
+
+
+def test_a_well_formed_file_with_a_broken_forest_is_corrupt_too(tmp_path: Path) -> None:
+    det = Detector(config(training_points=300), tmp_path)
+    _feed(det, synthetic(300, seed=11), 0)
+    path = det.save()
+    assert path is not None
+    with zipfile.ZipFile(path) as zf:
+        manifest = zf.read("manifest.json")
+    with zipfile.ZipFile(path, "w") as zf:  # valid zip and CRCs, but the forest snapshot is garbage
+        zf.writestr("manifest.json", manifest)
+        zf.writestr("forest/unit.bin", b"not a forest")
+    again = Detector(config(training_points=300), tmp_path)
+    assert again.restore() == "relearning"
+    assert again.models["unit"].state == "learning"
+
+
+def test_a_group_whose_tags_changed_relearns_while_others_are_restored(tmp_path: Path) -> None:
+    from gateway.anomaly import AnomalyConfig
+    from tests.anomaly.conftest import group
+
+    two = AnomalyConfig(groups=[group(training_points=300), group(name="other", training_points=300)])
+    det = Detector(two, tmp_path)
+    _feed(det, synthetic(300, seed=12), 0)
+    det.save()
+    changed = AnomalyConfig(
+        groups=[group(training_points=300), group(name="other", tags=["flow", "temp"], training_points=300)]
+    )
+    again = Detector(changed, tmp_path)
+    assert again.restore() == "restored"
+    assert again.models["unit"].state == "scoring"
+    assert again.models["other"].state == "learning"
