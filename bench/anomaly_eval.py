@@ -82,7 +82,7 @@ def groups_config() -> dict[str, Any]:
     return {
         "save_interval_s": 600,
         "groups": [
-            {"name": "plant", "tags": COLUMNS, "false_alarm_rate": 0.005, **common},
+            {"name": "plant", "tags": COLUMNS, "false_alarm_rate": 0.003, **common},
             {
                 "name": "condenser",
                 "tags": condenser,
