@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: real peers for the tests (pinned to the versions the tests were written against).
-APT_PKGS=(mosquitto=2.0.11-1.2+deb12u2)
+# libmodbus: the independent Modbus server the collector tests build; tmux: the terminal test of `status --watch`.
+APT_PKGS=(mosquitto=2.0.11-1.2+deb12u2 libmodbus-dev=3.1.6-2.1+deb12u1 pkg-config=1.8.1-1 tmux=3.3a-3)
+# Node.js runs the npm peers (node-opcua, kinesalite); Debian's is used only when the machine has none.
+command -v node >/dev/null 2>&1 || APT_PKGS+=(nodejs npm)
 missing=()
 for pkg in "${APT_PKGS[@]}"; do
   name=${pkg%%=*}; want=${pkg#*=}
