@@ -1,7 +1,9 @@
 """`make bench`: run every bench/bench_*.py and write bench/results.json.
 
-Each module has ``run() -> dict[str, float]``. The result is one flat object of metric name -> number, plus a
-``machine`` entry (cores, Python, load average before and after) so figures can be read against the load.
+Each module has ``run() -> dict[str, float]``. The result is one flat object of metric name -> number, including
+``machine.*`` numbers (cores, 1-minute load average before and after) so figures can be read against the load, and
+``collector.rss_mb``: the largest steady-state RSS of the three collector processes (each bench reports its own
+``collector.<protocol>.rss_mb``).
 Usage: ``bench/run.py [--only NAME ...]`` (NAME = module suffix, e.g. streams).
 """
 
@@ -45,12 +47,15 @@ def main() -> int:
             print(f"  {key} = {value}")
         results.update(figures)
         print(f"bench: {name} done in {time.time() - t0:.0f} s", flush=True)
-    results["machine"] = {
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "loadavg_before": [round(x, 2) for x in load_before],
-        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-    }
+    results.pop("machine", None)  # an old nested entry from before the file was flat
+    collector_rss = [float(v) for k, v in results.items()  # type: ignore[arg-type]
+                     if k.startswith("collector.") and k.endswith(".rss_mb") and k != "collector.rss_mb"]
+    if collector_rss:
+        results["collector.rss_mb"] = max(collector_rss)
+    results["machine.cores"] = os.cpu_count() or 0
+    results["machine.load1_before"] = round(load_before[0], 2)
+    results["machine.load1_after"] = round(os.getloadavg()[0], 2)
+    print(f"bench: Python {platform.python_version()}, load {load_before[0]:.2f} -> {os.getloadavg()[0]:.2f}")
     out_path.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
     print(f"bench: wrote {out_path}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
