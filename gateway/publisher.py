@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.destinations.base import Destination, DestinationBase, Router, SendResult
-from gateway.errors import DestinationError, StreamError, StreamNotFound
+from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
 from gateway.fsutil import atomic_write
 from gateway.record import Kind, Quality, Record, now_ns
 from gateway.sources.common import Backoff
@@ -30,6 +31,10 @@ from gateway.streams.aio import Offload
 
 log = logging.getLogger(__name__)
 COMPONENT = "factoryedge.Publisher"
+_DIGITS = re.compile(r"\d+")
+_MAX_REASONS = 50
+_METRICS = ("records_sent", "bytes_sent", "retries", "dead_lettered", "backlog_messages", "oldest_unsent_age_s",
+            "last_success_age_s", "lost_messages", "corrupt_messages")
 
 
 @dataclass
@@ -43,6 +48,7 @@ class DestinationCounters:
     backlog_messages: int = 0
     oldest_unsent_age_s: float = 0.0
     last_success_ns: int = 0
+    last_success_age_s: float = -1.0  # -1: never
     last_error: str = ""
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -113,35 +119,65 @@ class Publisher:
                     if await _wait(stop, backoff.next_delay()):
                         return
                     continue
-                counters.lost_messages, counters.corrupt_messages = reader.lost_messages, reader.corrupt_messages
                 if not batch.messages:
                     continue
                 wanted = [r for r in batch.records if router.wants(r)]
                 t0 = time.monotonic()
-                while True:
-                    try:
-                        result = await self._deliver(sink, wanted)
-                        break
-                    except DestinationError as exc:
-                        counters.retries += 1
-                        if str(exc) != counters.last_error:
-                            log.warning("destination %s: %s (retrying)", name, exc)
-                        counters.last_error = str(exc)
-                        if await _wait(stop, backoff.next_delay()):
-                            reader.rewind()  # not delivered: read again after a restart
-                            return
-                backoff.reset()
-                if result.rejected:
-                    await self._dead_letter(name, result.rejected)
+                if not await self._deliver_all(name, sink, wanted, backoff, stop):
+                    reader.rewind()  # not all delivered: read again after a restart
+                    return
                 await offload(reader.commit, batch.next_seq)
-                counters.records_sent += len(wanted) - len(result.rejected)
-                counters.bytes_sent += result.bytes_sent
-                counters.last_success_ns = now_ns()
-                counters.last_error = ""
                 if cfg.max_records_per_s and wanted:
                     await _wait(stop, len(wanted) / cfg.max_records_per_s - (time.monotonic() - t0))
         finally:
             offload.close()
+
+    async def _deliver_all(
+        self, name: str, sink: Destination, records: list[Record], backoff: Backoff, stop: asyncio.Event
+    ) -> bool:
+        """Deliver until every record was accepted or dead-lettered; resend only what the service refused for now.
+
+        Returns False when stopped first (the caller must not commit).
+        """
+        counters = self.counters[name]
+        pending = records
+        while pending:
+            try:
+                result = await self._deliver(sink, pending)
+            except GatewayError as exc:  # a DestinationError, or e.g. IPC refused: retry, never crash the pump
+                self._retrying(name, str(exc))
+                if await _wait(stop, backoff.next_delay()):
+                    return False
+                continue
+            except Exception as exc:  # a bug in a destination must not stop the others or crash-loop the component
+                if counters.last_error != repr(exc):
+                    log.exception("destination %s: unexpected failure (a bug: please report it); retrying", name)
+                self._retrying(name, repr(exc))
+                if await _wait(stop, backoff.next_delay()):
+                    return False
+                continue
+            if result.rejected:
+                await self._dead_letter(name, result.rejected)
+            counters.records_sent += len(pending) - len(result.rejected) - len(result.retry)
+            counters.bytes_sent += result.bytes_sent
+            if len(result.retry) < len(pending):
+                counters.last_success_ns = now_ns()
+            pending = result.retry
+            if pending:
+                self._retrying(name, f"{len(pending)} records refused for now: {result.retry_reason}")
+                if await _wait(stop, backoff.next_delay()):
+                    return False
+        backoff.reset()
+        counters.last_error = ""
+        return True
+
+    def _retrying(self, name: str, error: str) -> None:
+        """Count a retry; log only when the reason changes (a long outage is one line, not one per attempt)."""
+        counters = self.counters[name]
+        counters.retries += 1
+        if error != counters.last_error:
+            log.warning("destination %s: %s (retrying with backoff; the data stays in the stream)", name, error)
+        counters.last_error = error
 
     async def _open_reader(self, offload: Offload, name: str, stream: str, stop: asyncio.Event) -> RecordReader | None:
         announced = False
@@ -170,16 +206,25 @@ class Publisher:
                 raise
             if len(records) == 1:
                 return SendResult(rejected=[(records[0], str(exc))])
-            mid = len(records) // 2
-            first, second = await self._deliver(sink, records[:mid]), await self._deliver(sink, records[mid:])
-            return SendResult(first.rejected + second.rejected, first.bytes_sent + second.bytes_sent)
+        mid = len(records) // 2
+        first = await self._deliver(sink, records[:mid])
+        try:
+            second = await self._deliver(sink, records[mid:])
+        except DestinationError as exc:  # retryable: keep what the first half achieved, resend only the rest
+            second = SendResult(retry=records[mid:], retry_reason=str(exc))
+        return SendResult(first.rejected + second.rejected, first.bytes_sent + second.bytes_sent,
+                          first.retry + second.retry, first.retry_reason or second.retry_reason)
 
     async def _dead_letter(self, name: str, rejected: list[tuple[Record, str]]) -> None:
         counters = self.counters[name]
         for _record, reason in rejected:
-            key = reason[:120]
+            # Numbers (sizes, timestamps) vary per record: one log line per kind of problem, not per record.
+            key = _DIGITS.sub("N", reason)[:160]
+            if key not in counters.dead_letter_reasons and len(counters.dead_letter_reasons) >= _MAX_REASONS:
+                key = "other reasons"
             if key not in counters.dead_letter_reasons:
-                log.error("destination %s: dead-lettered a record: %s", name, reason)
+                log.error("destination %s: dead-lettered a record (further ones like it are only counted): %s",
+                          name, reason)
             counters.dead_letter_reasons[key] = counters.dead_letter_reasons.get(key, 0) + 1
         counters.dead_lettered += len(rejected)
         writer = RecordWriter(self.store, self.dead_letter_stream)
@@ -188,15 +233,19 @@ class Publisher:
     async def refresh_backlog(self) -> None:
         """Backlog depth and age of the oldest unsent record, per destination (worst stream)."""
         for name, counters in self.counters.items():
-            depth, age = 0, 0.0
+            depth, age, lost, corrupt = 0, 0.0, 0, 0
             for (dest, stream), reader in list(self._readers.items()):
                 if dest != name:
                     continue
+                lost, corrupt = lost + reader.lost_messages, corrupt + reader.corrupt_messages
                 depth += await self._aux(reader.backlog)
                 head = await self._aux(self.store.read, stream, reader.committed, max_count=1)
                 if head:
                     age = max(age, time.time() - head[0].ts_ms / 1000)
             counters.backlog_messages, counters.oldest_unsent_age_s = depth, round(age, 3)
+            counters.lost_messages, counters.corrupt_messages = lost, corrupt
+            if counters.last_success_ns:
+                counters.last_success_age_s = round((time.time_ns() - counters.last_success_ns) / 1e9, 3)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -225,8 +274,7 @@ class Publisher:
             ts = now_ns()
             records = []
             for name, c in self.counters.items():
-                for key in ("records_sent", "bytes_sent", "retries", "dead_lettered", "backlog_messages",
-                            "oldest_unsent_age_s"):
+                for key in _METRICS:
                     self._seq += 1
                     records.append(Record(COMPONENT, f"publisher/{name}/{key}", float(getattr(c, key)),
                                           Quality.GOOD, ts, ts, self._seq, Kind.METRIC))

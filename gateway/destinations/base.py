@@ -3,11 +3,16 @@
 Contract (the publisher calls; a destination implements):
 
 - ``start()`` once before the first send; ``close()`` once after the last send returned.
-- ``send(records)`` delivers the records and returns only when the service accepted them (the publisher then
-  commits the stream position). It raises a retryable :class:`~gateway.errors.DestinationError` when nothing can be
-  known to have arrived (the publisher retries the whole batch with backoff: at-least-once), and returns the
-  records the service refused for good in ``SendResult.rejected`` (the publisher dead-letters them). A destination
-  never drops a record silently.
+- ``send(records)`` delivers the records and returns only when the service answered (the publisher then
+  commits the stream position once nothing is left to retry). It raises a retryable
+  :class:`~gateway.errors.DestinationError` when nothing can be known to have arrived (the publisher retries the
+  whole batch with backoff: at-least-once), returns the records the service refused for good in
+  ``SendResult.rejected`` (the publisher dead-letters them) and those it refused for now in ``SendResult.retry``
+  (the publisher resends just those after a backoff). A non-retryable error raised by ``send`` means "something in
+  this batch is poison": the publisher bisects the batch to find it. A destination never drops a record silently.
+- ``send`` is never called concurrently for one destination instance by one pump; a destination reading several
+  streams gets one call per stream at a time, so its client must tolerate that (they all do: calls run on one
+  worker thread or are awaited on the loop).
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ class Route(BaseModel):
     kinds: list[KindName] = Field(
         default_factory=lambda: list(_ALL_KINDS), description="Record kinds to send."
     )
+    exclude_tags: list[str] = Field(
+        default_factory=list, description="Tag patterns never sent here, even when they match tags."
+    )
+    sources: list[str] = Field(
+        default_factory=lambda: ["*"], description="Source patterns (connection or component names) to send."
+    )
 
 
 class DestinationBase(BaseModel):
@@ -60,24 +71,44 @@ class DestinationBase(BaseModel):
     )
 
 
+def _patterns(patterns: list[str]) -> re.Pattern[str] | None:
+    """One regex for shell-style patterns; None when they match everything (the fast path)."""
+    if "*" in patterns:
+        return None
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns) or "(?!)")
+
+
 class Router:
-    """Compiled routing of one destination."""
+    """Compiled routing of one destination: kind, then source, then tag patterns minus the excluded ones."""
 
     def __init__(self, route: Route) -> None:
         self._kinds = {_KINDS[k] for k in route.kinds}
-        self._all_tags = route.tags == ["*"]
-        self._tags = re.compile("|".join(fnmatch.translate(p) for p in route.tags))
+        self._tags = _patterns(route.tags)
+        self._sources = _patterns(route.sources)
+        self._excluded = re.compile("|".join(fnmatch.translate(p) for p in route.exclude_tags)) \
+            if route.exclude_tags else None
 
     def wants(self, record: Record) -> bool:
-        return record.kind in self._kinds and (self._all_tags or self._tags.match(record.tag) is not None)
+        return (
+            record.kind in self._kinds
+            and (self._sources is None or self._sources.match(record.source) is not None)
+            and (self._tags is None or self._tags.match(record.tag) is not None)
+            and (self._excluded is None or self._excluded.match(record.tag) is None)
+        )
 
 
 @dataclass
 class SendResult:
-    """What a send achieved: everything not in ``rejected`` was accepted."""
+    """What a send achieved: everything in neither ``rejected`` nor ``retry`` was accepted.
+
+    ``retry`` holds records the service refused for now (throttling, a per-entry internal error, a partial
+    failure): the publisher resends only those, after a backoff, before it moves its position on.
+    """
 
     rejected: list[tuple[Record, str]] = field(default_factory=list)
     bytes_sent: int = 0
+    retry: list[Record] = field(default_factory=list)
+    retry_reason: str = ""
 
 
 class Destination(Protocol):
@@ -113,3 +144,74 @@ def record_json(r: Record) -> dict[str, Any]:
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def topic_fields(r: Record, extra: dict[str, str]) -> dict[str, str]:
+    """Fields a topic template may use: ``topic_vars`` (site, line...) and the record's source, kind, tag, group.
+
+    ``group`` is the tag's parent path (``Reactor`` for ``Reactor/Pressure``, ``anomaly/plant`` for an anomaly
+    score), so one topic per equipment or anomaly group needs no per-tag configuration.
+    """
+    tag = r.tag.strip("/")
+    return {**extra, "source": r.source, "kind": r.kind.name.lower(), "tag": tag, "group": tag.rpartition("/")[0]}
+
+
+def pack_json(items: list[bytes], limit: int) -> list[list[bytes]]:
+    """Split JSON items into chunks whose ``{"records":[...]}`` envelope stays within ``limit`` bytes."""
+    chunks: list[list[bytes]] = []
+    chunk: list[bytes] = []
+    size = len(ENVELOPE_OVERHEAD)
+    for item in items:
+        if chunk and size + len(item) + 1 > limit:
+            chunks.append(chunk)
+            chunk, size = [], len(ENVELOPE_OVERHEAD)
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        chunks.append(chunk)
+    return chunks
+
+
+ENVELOPE_OVERHEAD = b'{"records":[]}'
+
+
+def envelope(chunk: list[bytes]) -> bytes:
+    """The message body every batching destination sends: ``{"records":[record_json, ...]}``."""
+    return b'{"records":[' + b",".join(chunk) + b"]}"
+
+
+def pack_by_topic(
+    records: list[Record], template: str, extra: dict[str, str], limit: int, check_topic: Any = None
+) -> tuple[list[tuple[str, bytes, list[Record]]], list[tuple[Record, str]]]:
+    """Group records by their topic and pack them into messages of at most ``limit`` bytes, order kept per topic.
+
+    Returns (messages as (topic, payload, records), refused records with the reason): a record larger than a
+    message, or one whose topic ``check_topic`` (returns a problem or None) refuses.
+    """
+    by_topic: dict[str, list[tuple[bytes, Record]]] = {}
+    refused: list[tuple[Record, str]] = []
+    room = limit - len(ENVELOPE_OVERHEAD)
+    for r in records:
+        item = dumps(record_json(r))
+        if len(item) > room:
+            refused.append((r, f"record of {len(item)} bytes does not fit a message of {limit} bytes "
+                               "(max_message_bytes): shorten the value or raise max_message_bytes"))
+            continue
+        try:
+            topic = template.format(**topic_fields(r, extra))
+        except (KeyError, IndexError, ValueError) as exc:
+            refused.append((r, f"topic template {template!r} cannot be filled: {exc!r}; use only "
+                               "{source} {kind} {tag} {group} and keys of topic_vars"))
+            continue
+        problem = check_topic(topic) if check_topic else None
+        if problem:
+            refused.append((r, problem))
+            continue
+        by_topic.setdefault(topic, []).append((item, r))
+    out = []
+    for topic, pairs in by_topic.items():
+        start = 0
+        for chunk in pack_json([p[0] for p in pairs], limit):
+            out.append((topic, envelope(chunk), [p[1] for p in pairs[start : start + len(chunk)]]))
+            start += len(chunk)
+    return out, refused

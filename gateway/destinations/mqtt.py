@@ -12,19 +12,27 @@ import logging
 import ssl
 import threading
 import time
-from collections import defaultdict
 from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from gateway.destinations.base import DestinationBase, SendResult, dumps, record_json
+from gateway.destinations.base import DestinationBase, SendResult, pack_by_topic
 from gateway.errors import DestinationError
 from gateway.record import Record
 from gateway.streams.aio import Offload
 
 log = logging.getLogger(__name__)
+
+
+def check_mqtt_topic(topic: str) -> str | None:
+    """Why ``topic`` cannot be published to (wildcards, empty levels at the ends, too long), or None."""
+    if not topic or "+" in topic or "#" in topic or "\0" in topic:
+        return f"topic {topic!r} is empty or holds a wildcard (+ #): fix the topic template or the tag names"
+    if len(topic.encode()) > 65535:
+        return f"topic of {len(topic.encode())} bytes is longer than MQTT allows: shorten the topic template"
+    return None
 
 
 class MqttTls(BaseModel):
@@ -112,30 +120,10 @@ class MqttSink:
         self._last_error = text
 
     def messages(self, records: list[Record]) -> tuple[list[tuple[str, bytes]], list[tuple[Record, str]]]:
-        """Group records by topic and pack them into messages under the size limit; return (messages, too large)."""
-        by_topic: dict[str, list[bytes]] = defaultdict(list)
-        too_large: list[tuple[Record, str]] = []
-        limit = self.cfg.max_message_bytes - 16
-        for r in records:
-            item = dumps(record_json(r))
-            if len(item) > limit:
-                too_large.append((r, f"record of {len(item)} bytes exceeds max_message_bytes {limit + 16}"))
-                continue
-            fields = {**self.cfg.topic_vars, "source": r.source, "kind": r.kind.name.lower(), "tag": r.tag.strip("/")}
-            by_topic[self.cfg.topic.format(**fields)].append(item)
-        out = []
-        for topic, items in by_topic.items():
-            chunk: list[bytes] = []
-            size = 0
-            for item in items:
-                if chunk and size + len(item) + 1 > limit:
-                    out.append((topic, b'{"records":[' + b",".join(chunk) + b"]}"))
-                    chunk, size = [], 0
-                chunk.append(item)
-                size += len(item) + 1
-            if chunk:
-                out.append((topic, b'{"records":[' + b",".join(chunk) + b"]}"))
-        return out, too_large
+        """Group records by topic and pack them into messages under the size limit; return (messages, refused)."""
+        packed, refused = pack_by_topic(records, self.cfg.topic, self.cfg.topic_vars, self.cfg.max_message_bytes,
+                                        check_mqtt_topic)
+        return [(topic, payload) for topic, payload, _ in packed], refused
 
     async def send(self, records: list[Record]) -> SendResult:
         messages, rejected = self.messages(records)
