@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,3 +57,20 @@ COMPONENTS: dict[str, type[BaseModel]] = {
     "factoryedge.OpcUaCollector": OpcUaCollectorConfig,
     "factoryedge.Publisher": PublisherConfig,
 }
+
+
+def default_configuration(component: str) -> dict[str, Any]:
+    """The model's defaults in the JSON shape of a deployment: the recipe's ``DefaultConfiguration``.
+
+    ``tools/gg_build.py`` merges this into every recipe, so the models stay the single source of defaults.
+    ``accessControl`` is never part of it: IPC permissions stay in the recipe templates. Null defaults are left
+    out: a missing key validates to the same None, and the recipe carries no nulls for the nucleus to interpret.
+
+    Raises:
+        KeyError: ``component`` has no configuration model in :data:`COMPONENTS`.
+    """
+    model = COMPONENTS.get(component)
+    if model is None:
+        raise KeyError(f"{component}: no configuration model in gateway.componentconfig.COMPONENTS; add it there")
+    data: dict[str, Any] = json.loads(model().model_dump_json(exclude_none=True))
+    return data
