@@ -243,6 +243,31 @@ def test_generated_default_configuration_is_merged(tmp_path: Path) -> None:
         assert "accessControl" in config
 
 
+@pytest.mark.parametrize("name", ENTRY_DIRS)
+def test_default_configuration_is_exactly_the_models_defaults(built: Path, name: str) -> None:
+    """Drift guard: every default the model has is in the built recipe, and nothing else is (accessControl aside)."""
+    from gateway.componentconfig import COMPONENTS, default_configuration
+
+    if name not in COMPONENTS:
+        pytest.skip(f"{name} has no configuration model yet (gateway.componentconfig.COMPONENTS)")
+    config = dict(recipe_of(built, name)["ComponentConfiguration"]["DefaultConfiguration"])
+    config.pop("accessControl")
+    assert config == default_configuration(name)
+    assert COMPONENTS[name].model_validate(config) == COMPONENTS[name]()
+
+
+def test_a_default_written_by_hand_in_a_template_fails_the_build(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    template = project / "recipes" / "factoryedge.OpcUaCollector.yaml"
+    text = template.read_text().replace("  DefaultConfiguration:\n", "  DefaultConfiguration:\n    pollRate: 5\n", 1)
+    template.write_text(text)
+    result = gdk_build(project)
+    assert result.returncode == 1
+    assert "recipes/factoryedge.OpcUaCollector.yaml: ComponentConfiguration.DefaultConfiguration.pollRate" in (
+        result.stderr
+    )
+
+
 def test_generated_configuration_may_not_grant_ipc_permissions(tmp_path: Path) -> None:
     project = make_project(tmp_path)
     (project / "gateway" / "componentconfig.py").write_text(

@@ -178,7 +178,8 @@ class Build:
             members = set(archive.namelist())
         self.summary.append((name, zip_path.stat().st_size))
         recipe = self._fill(_load_template(self.project / source, self.project), name)
-        recipe = rcp.apply_default_configuration(recipe, name, hook, source)
+        recipe, problems = rcp.apply_default_configuration(recipe, name, hook, source)
+        self.problems.extend(f"{source}: {p}" for p in problems)
         recipe = _keep_architectures(recipe, self.platforms)
         self._check(source, name, recipe, {zip_path.name: members})
         return recipe

@@ -9,6 +9,7 @@ Every problem is reported as ``<recipe file>: <key path>: <what is wrong>``.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -75,15 +76,22 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def apply_default_configuration(
     recipe: dict[str, Any], name: str, hook: Callable[[str], dict[str, Any]] | None, recipe_file: str
-) -> dict[str, Any]:
-    """Merge ``hook(name)`` into ``ComponentConfiguration.DefaultConfiguration``.
+) -> tuple[dict[str, Any], list[str]]:
+    """Merge ``hook(name)`` into ``ComponentConfiguration.DefaultConfiguration``; return it with its problems.
 
-    The hook is ``gateway.componentconfig.default_configuration``, generated from the pydantic config models.
-    ``accessControl`` stays owned by the recipe template, so that permissions are reviewed in one place.
+    The hook is ``gateway.componentconfig.default_configuration``, generated from the pydantic config models, so
+    the models are the only source of defaults: a key the template writes by hand besides ``accessControl`` is a
+    problem (``<key path>: not in the generated configuration``), whether the model lacks it or the template just
+    repeats it. ``accessControl`` stays owned by the template, so that permissions are reviewed in one place. A
+    component without a model (the hook raises KeyError) keeps the template's configuration, with a warning.
     """
     if hook is None:
-        return recipe
-    generated = hook(name)
+        return recipe, []
+    try:
+        generated = hook(name)
+    except KeyError as exc:
+        print(f"gg_build: {recipe_file}: DefaultConfiguration not generated: {exc.args[0]}", file=sys.stderr)
+        return recipe, []
     if not isinstance(generated, dict):
         raise ValueError(
             f"{recipe_file}: gateway.componentconfig.default_configuration({name!r}) returned "
@@ -95,8 +103,15 @@ def apply_default_configuration(
             "IPC permissions belong in the recipe template, remove them from the generated configuration"
         )
     config = dict(recipe.get("ComponentConfiguration") or {})
-    config["DefaultConfiguration"] = merge(config.get("DefaultConfiguration") or {}, generated)
-    return {**recipe, "ComponentConfiguration": config}
+    written = dict(config.get("DefaultConfiguration") or {})
+    problems = [
+        f"ComponentConfiguration.DefaultConfiguration.{key}: written in the template, but defaults come from the "
+        "configuration model (gateway/componentconfig.py): remove it from the template, or add the field to the model"
+        for key in written
+        if key != ACCESS_CONTROL
+    ]
+    config["DefaultConfiguration"] = merge(written, generated)
+    return {**recipe, "ComponentConfiguration": config}, problems
 
 
 class _Dumper(yaml.SafeDumper):
