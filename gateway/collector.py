@@ -104,6 +104,7 @@ class Collector:
         self._offload = Offload(f"{component}-stream")
         self._writer = RecordWriter(store, stream.name)
         self._started_ns = time.time_ns()
+        self._rates: dict[str, tuple[int, float]] = {}
 
     async def run(self, connections: Sequence[ConnectionBase], stop: asyncio.Event) -> None:
         await self._offload(self.store.create_stream, self.stream)
@@ -207,6 +208,10 @@ class Collector:
                 pass
 
     def status(self) -> dict[str, Any]:
+        connections = {}
+        for n, c in self.connections.items():
+            connections[n] = c.counters.as_dict()
+            connections[n]["values_per_s"] = self._rate(n, c.counters.values_read)
         return {
             "component": self.component,
             "pid": os.getpid(),
@@ -214,8 +219,15 @@ class Collector:
             "updated_ns": time.time_ns(),
             "stream": self.stream.name,
             "dropped_pending": self.dropped_pending,
-            "connections": {n: c.counters.as_dict() for n, c in self.connections.items()},
+            "connections": connections,
         }
+
+    def _rate(self, name: str, count: int) -> float:
+        """Values read per second since the previous status (what `gatewayctl status` shows as live rate)."""
+        now = time.monotonic()
+        prev = self._rates.get(name)
+        self._rates[name] = (count, now)
+        return round((count - prev[0]) / (now - prev[1]), 2) if prev and now > prev[1] else 0.0
 
     def _write_status(self) -> None:
         if self.status_dir is None:

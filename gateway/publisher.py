@@ -81,6 +81,7 @@ class Publisher:
         self._aux = Offload("publisher-aux")
         self._seq = time.time_ns() // 1000
         self._started_ns = time.time_ns()
+        self._rates: dict[str, tuple[int, float]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         for name in (self.dead_letter_stream, self.metrics_stream):
@@ -253,8 +254,16 @@ class Publisher:
             "pid": os.getpid(),
             "started_ns": self._started_ns,
             "updated_ns": time.time_ns(),
-            "destinations": {n: asdict(c) for n, c in self.counters.items()},
+            "destinations": {n: {**asdict(c), "records_per_s": self._rate(n, c.records_sent)}
+                             for n, c in self.counters.items()},
         }
+
+    def _rate(self, name: str, count: int) -> float:
+        """Records sent per second since the previous status (what `gatewayctl status` shows as live rate)."""
+        now = time.monotonic()
+        prev = self._rates.get(name)
+        self._rates[name] = (count, now)
+        return round((count - prev[0]) / (now - prev[1]), 2) if prev and now > prev[1] else 0.0
 
     def _write_status(self) -> None:
         if self.status_dir is not None:
