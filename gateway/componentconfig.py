@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.destinations.file import FileDestination
 from gateway.destinations.mqtt import MqttDestination
+from gateway.sources.modbus import ModbusConnection
 from gateway.sources.opcua import OpcUaConnection
 from gateway.streams import StoreConfig, StreamSpec
 
@@ -37,6 +38,15 @@ def _default_destinations() -> list[Destination]:
     return [FileDestination(name="local-file")]
 
 
+class ModbusCollectorConfig(_Component):
+    """factoryedge.ModbusCollector."""
+
+    stream: StreamSpec = Field(
+        default_factory=lambda: StreamSpec(name="factoryedge-modbus"), description="Stream the values are written to."
+    )
+    connections: list[ModbusConnection] = Field(default_factory=list, description="Modbus TCP servers to read.")
+
+
 class PublisherConfig(_Component):
     """factoryedge.Publisher."""
 
@@ -55,6 +65,7 @@ class PublisherConfig(_Component):
 
 COMPONENTS: dict[str, type[BaseModel]] = {
     "factoryedge.OpcUaCollector": OpcUaCollectorConfig,
+    "factoryedge.ModbusCollector": ModbusCollectorConfig,
     "factoryedge.Publisher": PublisherConfig,
 }
 

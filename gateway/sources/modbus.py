@@ -1,0 +1,347 @@
+"""Modbus TCP collector connection (pymodbus): coalesced polling of register maps on several unit ids.
+
+Every scan reads the planned requests (see :mod:`gateway.sources.modbus_codec`) one after the other. A request that
+fails (a Modbus exception, a timeout) makes exactly its tags BAD; the reason is counted and logged when it first
+appears and when it clears, and the other requests keep flowing. Only a dead link (connection lost, or no answer at
+all during a whole scan) ends :meth:`ModbusSource.run`, after marking every tag BAD once; the collector
+runtime then reconnects with backoff, forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ModbusPDU
+
+from gateway.diagnostics import Finding, failed, passed, warning
+from gateway.errors import SourceError
+from gateway.record import Quality
+from gateway.sources.common import ConnectionBase, Emitter
+from gateway.sources.modbus_codec import (
+    EXCEPTIONS,
+    MAX_ADDRESS,
+    MAX_BITS,
+    MAX_REGISTERS,
+    ORDERS,
+    TABLES,
+    Decoder,
+    ModbusTag,
+    Order,
+    Request,
+    decode_value,
+    plan,
+    plausible,
+)
+
+log = logging.getLogger(__name__)
+
+Data = Sequence[int] | Sequence[bool]  # what a read returned: registers or bits
+
+NEVER = 1_000_000_000  # pymodbus closes the link after this many unanswered requests; we decide that ourselves
+
+
+class ModbusUnit(BaseModel):
+    """One unit id (slave id) behind the connection and its register map."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    unit_id: int = Field(description="Unit id 0-255 (1-247 on serial devices behind a gateway; 255 or 1 on most "
+                         "TCP devices).")
+    order: Order = Field(default="ABCD", description="Byte/word order of this unit's multi-register values: ABCD big "
+                         "endian, CDAB word swap, BADC byte swap, DCBA little endian (`gatewayctl modbus read` shows "
+                         "all four).")
+    tags: list[ModbusTag] = Field(min_length=1, description="The values to read from this unit.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusUnit:
+        if not 0 <= self.unit_id <= 255:
+            raise ValueError(f"unit_id {self.unit_id} is outside 0-255: use the unit (slave) id set on the device")
+        return self
+
+
+class ModbusConnection(ConnectionBase):
+    """One Modbus TCP server (a device or a gateway to serial devices)."""
+
+    type: Literal["modbus"] = Field(default="modbus", description="Connection type.")
+    host: str = Field(min_length=1, description="Device or gateway host name or IP address.")
+    port: int = Field(default=502, ge=1, le=65535, description="TCP port (502 is the Modbus standard).")
+    timeout_s: float = Field(default=2.0, gt=0, description="Time to wait for one answer before its tags go BAD.")
+    scan_interval_s: float = Field(
+        default=1.0, ge=0, description="Read every tag this often; 0 reads continuously, as fast as the device answers."
+    )
+    address_base: Literal[0, 1] = Field(
+        default=0, description="0 if addresses are protocol addresses (0-65535), 1 if the device manual counts from 1 "
+        "(register 1 is protocol address 0).",
+    )
+    max_gap: int = Field(
+        default=8, ge=0, description="Largest run of unconfigured registers (bits for coils/inputs) read to merge two "
+        "tags into one request; 0 merges only adjacent tags.",
+    )
+    max_registers: int = Field(
+        default=MAX_REGISTERS, ge=1, le=MAX_REGISTERS,
+        description="Most registers per request (some devices take fewer)."
+    )
+    max_bits: int = Field(default=MAX_BITS, ge=1, le=MAX_BITS, description="Most coils/inputs per request.")
+    units: list[ModbusUnit] = Field(min_length=1, description="Unit ids to read and their register maps.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModbusConnection:
+        problems: list[str] = []
+        names: dict[str, int] = {}
+        ids: set[int] = set()
+        for u in self.units:
+            if u.unit_id in ids:
+                problems.append(f"unit_id {u.unit_id} appears twice: merge its tags into one unit entry")
+            ids.add(u.unit_id)
+            spans: list[tuple[int, int, int, ModbusTag]] = []
+            for t in u.tags:
+                if t.name in names:
+                    problems.append(f"tag name {t.name!r} is used twice (units {names[t.name]} and {u.unit_id}): "
+                                    "tag names become record tags, make them unique")
+                names[t.name] = u.unit_id
+                start = t.address - self.address_base
+                if start < 0:
+                    problems.append(f"unit {u.unit_id} tag {t.name!r}: address 0 with address_base 1: with one-based "
+                                    "addressing the first register is 1 (or set address_base: 0)")
+                if start + t.width - 1 > MAX_ADDRESS:
+                    problems.append(f"unit {u.unit_id} tag {t.name!r}: {t.type} at address {t.address} ends at "
+                                    f"protocol address {start + t.width - 1} > {MAX_ADDRESS}: check the address "
+                                    "(a Modicon 4xxxxx/3xxxxx number? drop the leading digit, fc gives the table)")
+                spans.append((t.fc, start, start + t.width, t))
+            problems.extend(_overlaps(u.unit_id, spans))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def requests(self) -> list[Request]:
+        """The coalesced reads of one scan, unit by unit."""
+        return [r for u in self.units for r in plan(u.unit_id, u.tags, base=self.address_base, max_gap=self.max_gap,
+                                                      max_registers=self.max_registers, max_bits=self.max_bits)]
+
+
+def _overlaps(unit: int, spans: list[tuple[int, int, int, ModbusTag]]) -> list[str]:
+    out = []
+    spans.sort(key=lambda s: (s[0], s[1]))
+    reach: dict[int, tuple[int, ModbusTag]] = {}  # per table: the tag reaching furthest so far and its end
+    for fc, start, end, b in spans:
+        if fc in reach and start < reach[fc][0]:
+            a = reach[fc][1]
+            if not (a.bit is not None and b.bit is not None and a.address == b.address and a.bit != b.bit):
+                out.append(f"unit {unit} {TABLES[fc]}: tags {a.name!r} ({a.type} at {a.address}) and {b.name!r} "
+                           f"({b.type} at {b.address}) overlap: fix one address (a {a.type} takes {a.width} "
+                           f"{'bits' if fc in (1, 2) else 'registers'})")
+        if fc not in reach or end > reach[fc][0]:
+            reach[fc] = (end, b)
+    return out
+
+
+def describe(pdu: ModbusPDU) -> str:
+    code = int(getattr(pdu, "exception_code", 0))
+    return f"exception {code} ({EXCEPTIONS.get(code, 'unknown')})"
+
+
+def client_for(host: str, port: int, timeout_s: float) -> AsyncModbusTcpClient:
+    """A pymodbus client that neither retries nor reconnects by itself: both are our decisions."""
+    client = AsyncModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+    client.set_max_no_responses(NEVER)
+    return client
+
+
+async def read(client: AsyncModbusTcpClient, req: Request) -> ModbusPDU:
+    """Send one read request; errors come back as PDUs (``isError()``), timeouts as ModbusIOException."""
+    if req.fc == 1:
+        return await client.read_coils(req.address, count=req.count, device_id=req.unit)
+    if req.fc == 2:
+        return await client.read_discrete_inputs(req.address, count=req.count, device_id=req.unit)
+    if req.fc == 3:
+        return await client.read_holding_registers(req.address, count=req.count, device_id=req.unit)
+    return await client.read_input_registers(req.address, count=req.count, device_id=req.unit)
+
+
+class ModbusSource:
+    """Polls one Modbus TCP server; see the module docstring."""
+
+    def __init__(self, cfg: ModbusConnection) -> None:
+        self.cfg = cfg
+        orders = {u.unit_id: u.order for u in cfg.units}
+        self.decoders = [Decoder(r, orders[r.unit]) for r in cfg.requests()]
+        self._failing: dict[str, str] = {}  # request label -> reason it currently fails
+
+    async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
+        cfg = self.cfg
+        client = client_for(cfg.host, cfg.port, cfg.timeout_s)
+        try:
+            if not await client.connect():
+                raise SourceError(f"modbus {cfg.host}:{cfg.port}: cannot connect",
+                                  fix="check host, port, the network and that the device accepts another client",
+                                  retryable=True)
+            on_connected()
+            await self._poll(client, emitter)
+        except asyncio.CancelledError:
+            raise  # stopped or reconfigured: not a failure of the device's data
+        except BaseException:
+            if emitter.counters.connected:  # the link died: every tag is BAD until it is back
+                for dec in self.decoders:
+                    self._emit_bad(emitter, dec.request)
+            raise
+        finally:
+            client.close()
+
+    async def _poll(self, client: AsyncModbusTcpClient, emitter: Emitter) -> None:
+        while True:
+            t0 = time.monotonic()
+            answered = 0
+            for dec in self.decoders:
+                answered += await self._read_one(client, dec, emitter)
+            if not answered:
+                # One silent request may be a unit behind a gateway that is down; a scan with no answer at all is
+                # a dead link (e.g. a cut that leaves the TCP connection open), so reconnect.
+                raise SourceError(f"modbus {self.cfg.host}:{self.cfg.port}: no answer to any of the "
+                                  f"{len(self.decoders)} requests of a scan: link presumed dead", retryable=True)
+            await asyncio.sleep(max(0.0, self.cfg.scan_interval_s - (time.monotonic() - t0)))
+
+    async def _read_one(self, client: AsyncModbusTcpClient, dec: Decoder, emitter: Emitter) -> bool:
+        """Read and emit one request; return False when the server did not answer at all."""
+        req = dec.request
+        try:
+            pdu = await read(client, req)
+        except ConnectionException as exc:
+            raise SourceError(f"modbus {self.cfg.host}:{self.cfg.port}: connection lost ({exc})",
+                              retryable=True) from exc
+        except ModbusIOException:
+            if not client.connected:
+                raise SourceError(f"modbus {self.cfg.host}:{self.cfg.port}: connection lost", retryable=True) from None
+            self._fail(emitter, req, f"no answer within {self.cfg.timeout_s} s")
+            return False
+        except ModbusException as exc:  # a malformed or mismatched answer: this request only
+            self._fail(emitter, req, f"bad answer: {exc}")
+            return True
+        if pdu.isError():
+            self._fail(emitter, req, describe(pdu))
+            return True
+        data = pdu.bits if req.fc in (1, 2) else pdu.registers
+        if req.label in self._failing:
+            log.info("connection %s: %s reads again", self.cfg.name, req.label)
+            del self._failing[req.label]
+        for name, value in dec.decode(data):
+            emitter.emit(name, value, Quality.GOOD)
+        return True
+
+    def _fail(self, emitter: Emitter, req: Request, reason: str) -> None:
+        emitter.counters.read_errors += 1
+        errors: dict[str, int] = emitter.counters.extra.setdefault("errors", {})
+        errors[reason] = errors.get(reason, 0) + 1
+        emitter.counters.last_error = f"{req.label}: {reason}"
+        if self._failing.get(req.label) != reason:
+            self._failing[req.label] = reason
+            log.warning("connection %s: %s: %s; its %d tag(s) are BAD until it reads again (%s)", self.cfg.name,
+                        req.label, reason, len(req.tags), _hint(reason))
+        self._emit_bad(emitter, req)
+
+    @staticmethod
+    def _emit_bad(emitter: Emitter, req: Request) -> None:
+        for tag, _ in req.tags:
+            emitter.emit(tag.name, None, Quality.BAD)
+
+
+def _hint(reason: str) -> str:
+    if reason.startswith("exception 2"):
+        return "fix the addresses or lower max_gap so the request skips registers the device refuses"
+    if reason.startswith(("exception 10", "exception 11")) or reason.startswith("no answer"):
+        return "check the unit id and that the device behind the gateway is powered and wired"
+    if reason.startswith("exception 1"):
+        return "the device does not support this function code: check fc"
+    return "check the register map against the device manual"
+
+
+async def diagnose(cfg: ModbusConnection, timeout_s: float) -> list[Finding]:
+    """Host reachable, each unit id answers every planned request, float tags plausible in the configured order."""
+    where = f"modbus {cfg.host}:{cfg.port}"
+    client = client_for(cfg.host, cfg.port, min(cfg.timeout_s, timeout_s))
+    try:
+        if not await asyncio.wait_for(client.connect(), timeout_s):
+            return [failed(where, "cannot connect", "check host, port, firewall, and that the device runs and "
+                           "accepts another client (many allow only a few)")]
+    except asyncio.TimeoutError:
+        return [failed(where, f"no TCP connection within {timeout_s} s", "check host, port and the network path")]
+    findings = [passed(where, "reachable")]
+    try:
+        orders = {u.unit_id: u.order for u in cfg.units}
+        reads: dict[int, list[tuple[Request, Data | None, str]]] = {}
+        for req in cfg.requests():
+            try:
+                pdu = await read(client, req)
+                result = (req, None, describe(pdu)) if pdu.isError() else (
+                    req, pdu.bits if req.fc in (1, 2) else pdu.registers, "")
+            except ModbusException as exc:
+                result = (req, None, f"no answer ({type(exc).__name__})")
+            reads.setdefault(req.unit, []).append(result)
+        for unit, results in reads.items():
+            findings.extend(_unit_findings(unit, orders[unit], results))
+    finally:
+        client.close()
+    return findings
+
+
+def _unit_findings(unit: int, order: Order, results: list[tuple[Request, Data | None, str]],
+                   ) -> list[Finding]:
+    check = f"modbus unit {unit}"
+    errors = [(req, why) for req, data, why in results if data is None]
+    if len(errors) == len(results):
+        reason = errors[0][1]
+        return [failed(check, f"does not answer: {reason} for {errors[0][0].label}",
+                       "check the unit id (exception 11 or no answer: nothing with that id behind this address)"
+                       if not reason.startswith("exception 2") else
+                       "check the register addresses and address_base against the device manual")]
+    out = [failed(check, f"{req.label}: {why}", _hint(why)) for req, why in errors]
+    if not errors:
+        out.append(passed(check, f"answers all {len(results)} request(s)"))
+    out.extend(_order_findings(unit, order, results))
+    return out
+
+
+def _order_findings(unit: int, order: Order, results: list[tuple[Request, Data | None, str]],
+                    ) -> list[Finding]:
+    """The classic on-site question: is the byte order right? Look at what every order makes of the float tags."""
+    wrong: list[tuple[str, float, dict[str, float]]] = []
+    floats = 0
+    for req, data, _ in results:
+        if data is None or req.fc in (1, 2):
+            continue
+        for tag, offset in req.tags:
+            if tag.type not in ("float32", "float64"):
+                continue
+            floats += 1
+            regs = [int(r) for r in data[offset : offset + tag.width]]
+            mine = tag.order or order
+            value = decode_value(regs, tag.type, mine)
+            if not plausible(value):
+                others = {o: decode_value(regs, tag.type, o) for o in ORDERS if o != mine}
+                wrong.append((tag.name, float(value or 0.0), {o: float(v or 0.0) for o, v in others.items()
+                                                             if plausible(v)}))
+    check = f"modbus unit {unit} byte order"
+    if not floats:
+        return []
+    if not wrong:
+        return [passed(check, f"{floats} float tag(s) read plausible values in {order}")]
+    votes: dict[str, int] = {}
+    for _, _, alts in wrong:
+        for o in alts:
+            votes[o] = votes.get(o, 0) + 1
+    name, value, _ = wrong[0]
+    if not votes:
+        return [warning(check, f"{len(wrong)} of {floats} float tag(s) read implausible values in every order "
+                        f"(e.g. {name} = {value:g})", "check the addresses, address_base and type of these tags")]
+    best = max(votes, key=lambda o: votes[o])
+    example = next((n, alts[best]) for n, _, alts in wrong if best in alts)
+    return [failed(check, f"{len(wrong)} of {floats} float tag(s) read implausible values in {order} (e.g. {name} = "
+                   f"{value:g}); {best} gives plausible values for {votes[best]} of them (e.g. {example[0]} = "
+                   f"{example[1]:g})", f"set order: {best} for unit {unit} (compare all orders with "
+                   "`gatewayctl modbus read HOST ADDR --type float32`)")]
