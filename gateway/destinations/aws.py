@@ -1,0 +1,176 @@
+"""What the AWS destinations (SiteWise, Kinesis) share: the client, credentials, error policy and checks.
+
+Clients are plain botocore clients (boto3 adds nothing we use and costs memory), created on first use so that a
+gateway without AWS destinations never loads botocore. Credentials come from the standard chain: on a device, the
+Greengrass token exchange service through ``AWS_CONTAINER_CREDENTIALS_FULL_URI`` (botocore refreshes them before
+they expire); elsewhere the environment, a profile or an instance role. SDK retries are off: the publisher retries
+with its own backoff and counts every attempt. Nothing here ever logs or returns a credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.diagnostics import Finding, failed, passed, warning
+from gateway.errors import DestinationError
+
+CREDENTIALS_FIX = (
+    "under Greengrass, deploy aws.greengrass.TokenExchangeService and give the device's token exchange role the "
+    "IAM permission for this service; elsewhere set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY. "
+    "Sending resumes by itself once credentials work"
+)
+#: Error codes that mean "the credentials are missing, wrong or expired", not "the data is bad".
+CREDENTIAL_CODES = frozenset({
+    "ExpiredTokenException", "ExpiredToken", "UnrecognizedClientException", "InvalidSignatureException",
+    "InvalidClientTokenId", "IncompleteSignature", "MissingAuthenticationToken", "RequestExpired",
+    "AccessDeniedException", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId",
+})
+#: Error codes that a later retry can fix.
+RETRYABLE_CODES = frozenset({
+    "ThrottlingException", "Throttling", "ThrottledException", "InternalFailureException", "InternalFailure",
+    "InternalServerError", "ServiceUnavailableException", "ServiceUnavailable", "LimitExceededException",
+    "ProvisionedThroughputExceededException", "KMSThrottlingException", "ConflictingOperationException",
+    "RequestTimeout", "RequestTimeoutException", "SlowDown",
+})
+
+
+class AwsSettings(BaseModel):
+    """Where and how an AWS destination connects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    region: str | None = Field(
+        default=None, description="AWS region; null takes AWS_REGION (set by Greengrass) or AWS_DEFAULT_REGION."
+    )
+    endpoint_url: str | None = Field(
+        default=None, description="Service endpoint; null for AWS's own (set it for a VPC endpoint or a test peer)."
+    )
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect timeout of one call.")
+    read_timeout_s: float = Field(default=30.0, gt=0, description="How long one call may wait for its answer.")
+
+
+_SESSION_LOCK = threading.Lock()
+
+
+def make_client(service: str, aws: AwsSettings, what: str, pool: int = 4) -> Any:
+    """A botocore client with our timeouts and no SDK retries. Raises a retryable DestinationError without region."""
+    import botocore.config
+    import botocore.session
+
+    region = aws.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        raise DestinationError(f"{what}: no AWS region", fix="set region in the destination, or AWS_REGION",
+                               retryable=True)
+    config = botocore.config.Config(
+        connect_timeout=aws.connect_timeout_s, read_timeout=aws.read_timeout_s,
+        retries={"total_max_attempts": 1}, max_pool_connections=pool,
+        # Data-plane calls (SiteWise) prefix the host with "data."; a local endpoint has no such name.
+        inject_host_prefix=aws.endpoint_url is None,
+    )
+    with _SESSION_LOCK:  # creating sessions and clients is not thread-safe in botocore
+        session = botocore.session.get_session()
+        return session.create_client(service, region_name=region, endpoint_url=aws.endpoint_url, config=config)
+
+
+def error_code(exc: BaseException) -> str:
+    """The service's error code of a botocore ClientError ('' for other errors)."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def classify(exc: Exception, what: str) -> DestinationError:
+    """Turn a botocore failure of a whole call into our error: credentials and transport are retried, others not.
+
+    A non-retryable result makes the publisher bisect the batch to find the record that causes it.
+    """
+    import botocore.exceptions as bx
+
+    code = error_code(exc)
+    if isinstance(exc, bx.NoCredentialsError | bx.CredentialRetrievalError | bx.NoRegionError) \
+            or code in CREDENTIAL_CODES:
+        reason = code or type(exc).__name__
+        return DestinationError(f"{what}: AWS refused or found no credentials ({reason})", fix=CREDENTIALS_FIX,
+                                retryable=True)
+    if code in RETRYABLE_CODES:
+        return DestinationError(f"{what}: {code}", fix="retried with backoff; raise the quota if it persists",
+                                retryable=True)
+    if isinstance(exc, bx.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        message = exc.response.get("Error", {}).get("Message", "")
+        return DestinationError(f"{what}: {code or 'error'} (HTTP {status}): {message}",
+                                fix="the service refused the request; see the message",
+                                retryable=int(status) >= 500)
+    if isinstance(exc, bx.ParamValidationError):
+        return DestinationError(f"{what}: request refused by the SDK: {exc}", fix="report this bug with the record",
+                                retryable=False)
+    # EndpointConnectionError, timeouts, closed connections, proxy errors: the network or the service is down.
+    return DestinationError(f"{what}: {type(exc).__name__}: {exc}",
+                            fix="check the network, DNS and endpoint; the data stays buffered", retryable=True)
+
+
+def endpoint_of(service_prefix: str, aws: AwsSettings) -> tuple[str, int]:
+    """Host and port the client will connect to."""
+    if aws.endpoint_url:
+        url = urlparse(aws.endpoint_url)
+        return url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    region = aws.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return f"{service_prefix}.{region}.amazonaws.com", 443
+
+
+async def diagnose_aws(service_prefix: str, aws: AwsSettings, timeout_s: float) -> list[Finding]:
+    """Credentials resolvable (never shown), region set, endpoint reachable over TCP."""
+    findings: list[Finding] = []
+    region = aws.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    findings.append(passed("aws region", region) if region
+                    else failed("aws region", "no region configured", "set region in the destination or AWS_REGION"))
+
+    def resolve() -> tuple[str, str]:
+        import botocore.session
+
+        creds = botocore.session.get_session().get_credentials()
+        if creds is None:
+            return "", ""
+        method = str(getattr(creds, "method", "") or "unknown")
+        expiry = getattr(creds, "_expiry_time", None)
+        creds.get_frozen_credentials()  # refreshes container credentials now: fails here if the TES is down
+        return method, f" (expires {expiry.isoformat()})" if expiry is not None else ""
+
+    import botocore.exceptions
+
+    try:
+        method, expiry = await asyncio.wait_for(asyncio.to_thread(resolve), timeout_s)
+    except (botocore.exceptions.BotoCoreError, OSError, ValueError, asyncio.TimeoutError) as exc:
+        findings.append(failed("aws credentials", f"resolving credentials failed: {type(exc).__name__}",
+                               CREDENTIALS_FIX))
+    else:
+        if method:
+            findings.append(passed("aws credentials", f"found via {method}{expiry}"))
+        else:
+            findings.append(failed("aws credentials", "no credentials in the standard chain", CREDENTIALS_FIX))
+    host, port = endpoint_of(service_prefix, aws)
+    t0 = time.monotonic()
+    try:
+        await asyncio.wait_for(asyncio.to_thread(_tcp_check, host, port, timeout_s), timeout_s + 1)
+    except (OSError, asyncio.TimeoutError) as exc:
+        findings.append(failed("endpoint", f"{host}:{port} not reachable: {exc!r}",
+                               "check DNS, firewall, proxy and endpoint_url"))
+    else:
+        findings.append(passed("endpoint", f"{host}:{port} reachable in {1000 * (time.monotonic() - t0):.0f} ms"))
+    if aws.endpoint_url and urlparse(aws.endpoint_url).scheme == "http":
+        findings.append(warning("endpoint", f"{aws.endpoint_url} is plain HTTP", "use https outside tests"))
+    return findings
+
+
+def _tcp_check(host: str, port: int, timeout_s: float) -> None:
+    with socket.create_connection((host, port), timeout=timeout_s):
+        pass
