@@ -1,24 +1,43 @@
-"""Configuration from a Greengrass deployment: read at start, validated before every new deployment applies."""
+"""Configuration from a Greengrass deployment: read at start, validated before every new deployment applies.
+
+Validation of a proposed deployment (``SubscribeToValidateConfigurationUpdates``) rejects, naming the field:
+
+- anything the component's pydantic model refuses: an unknown key, a wrong type, a value out of range, and the
+  cross-field checks the models make (a tag group naming a tag no connection reads, ...);
+- an **unreachable endpoint**, but only one the deployment *adds or changes*: every ``host``/``port`` pair and
+  every ``endpoint``/``url`` of an enabled part of the configuration gets a TCP connect with a
+  :data:`PROBE_TIMEOUT_S` timeout, all in parallel. Endpoints the running configuration already has are not
+  probed, so a device that is down for maintenance never blocks an unrelated change (the collector keeps
+  reconnecting to it). Only reachability is checked; protocol and credentials are the running component's job.
+
+The nucleus waits for the report (its ``configurationValidationPolicy`` timeout, 20 s by default), so probes are
+kept well under that.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
 from gateway.config import validate
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.ipc import GreengrassIpc
 from gateway.runtime import Context
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
 
+PROBE_TIMEOUT_S = 3.0
+_DEFAULT_PORTS = {"opc.tcp": 4840, "mqtt": 1883, "mqtts": 8883, "tcp": 502, "http": 80, "https": 443}
+
 
 def load_deployed(model: type[M], *, origin: str) -> M:
-    """Read this component's configuration from the nucleus and validate it."""
+    """Read this component's configuration from the nucleus and validate it (synchronous; outside a loop)."""
 
     async def fetch() -> dict[str, Any]:
         ipc = await GreengrassIpc.connect()
@@ -30,27 +49,120 @@ def load_deployed(model: type[M], *, origin: str) -> M:
     return validate(model, asyncio.run(fetch()), origin=origin)
 
 
-async def watch_deployments(ctx: Context[M], model: type[M]) -> GreengrassIpc:
-    """Reject bad deployments before they apply; queue accepted ones on ``ctx.updates``; report RUNNING."""
-    ipc = await GreengrassIpc.connect()
+def endpoints(config: BaseModel, prefix: str = "") -> Iterator[tuple[str, str, int]]:
+    """Every network endpoint of an enabled part of ``config``: ``(field path, host, port)``.
 
-    def check(proposed: dict[str, Any]) -> str | None:
+    A model with ``host`` and ``port`` fields gives one (path of ``host``); a string field named ``endpoint`` or
+    ``url`` with a ``scheme://host[:port]`` gives one (the scheme's usual port when none is written). Parts whose
+    ``enabled`` is false are skipped.
+    """
+    if getattr(config, "enabled", True) is False:
+        return
+    host, port = getattr(config, "host", None), getattr(config, "port", None)
+    if isinstance(host, str) and host and isinstance(port, int):
+        yield f"{prefix}host", host, port
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if name in ("endpoint", "url") and isinstance(value, str) and "://" in value:
+            parts = urlsplit(value)
+            try:
+                found = parts.port or _DEFAULT_PORTS.get(parts.scheme)
+            except ValueError:  # a port that is not a number: the model should have refused it
+                found = None
+            if parts.hostname and found:
+                yield f"{prefix}{name}", parts.hostname, found
+        for path, item in _children(value, f"{prefix}{name}"):
+            yield from endpoints(item, f"{path}.")
+
+
+def _children(value: Any, path: str) -> Iterator[tuple[str, BaseModel]]:
+    if isinstance(value, BaseModel):
+        yield path, value
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _children(item, f"{path}.{index}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _children(item, f"{path}.{key}")
+
+
+async def _probe(path: str, host: str, port: int) -> str | None:
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        reason = f"no answer within {PROBE_TIMEOUT_S:g} s"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    else:
+        writer.close()
+        return None
+    return (f"{path}: {host}:{port} is unreachable from this gateway ({reason}). Fix: correct the address, open the "
+            "firewall, or start the peer before deploying")
+
+
+async def unreachable_endpoints(new: BaseModel, running: BaseModel | None) -> list[str]:
+    """One line per endpoint that ``new`` adds or changes and that does not accept a TCP connection."""
+    known = {(host, port) for _path, host, port in endpoints(running)} if running is not None else set()
+    fresh = [(path, host, port) for path, host, port in endpoints(new) if (host, port) not in known]
+    results = await asyncio.gather(*(_probe(*endpoint) for endpoint in fresh))
+    return [problem for problem in results if problem is not None]
+
+
+async def check_deployment(model: type[M], proposed: dict[str, Any], running: M | None, origin: str) -> M:
+    """Validate a proposed configuration as a deployment would apply it; raise ConfigError naming each field."""
+    new = validate(model, proposed, origin=origin)
+    problems = await unreachable_endpoints(new, running)
+    if problems:
+        raise ConfigError(f"{origin}: {len(problems)} endpoint(s) unreachable", problems=problems)
+    return new
+
+
+async def connect_deployment(
+    name: str, model: type[M], accepted: Callable[[M], None], running: Callable[[], M | None]
+) -> tuple[GreengrassIpc, M | None]:
+    """Connect to the nucleus, read and validate the configuration, subscribe to validation and updates.
+
+    Returns the connection and the validated configuration, or None when the deployed one is invalid (logged with
+    every problem; the caller reports ERRORED and waits for a valid deployment). Every configuration that passes
+    validation after a change is handed to ``accepted``.
+    """
+    ipc = await GreengrassIpc.connect()
+    origin = f"{name} deployment"
+    last: list[M] = []
+
+    async def check(proposed: dict[str, Any]) -> str | None:
         try:
-            validate(model, proposed, origin=f"{ctx.name} deployment")
+            await check_deployment(model, proposed, running(), origin)
         except ConfigError as exc:
-            log.error("%s: rejected a deployment:\n%s", ctx.name, exc)
+            log.error("%s: rejected a deployment:\n%s", name, exc)
             return str(exc)
         return None
 
     async def changed(_key_path: list[str]) -> None:
         try:
-            new = validate(model, await ipc.get_configuration(), origin=f"{ctx.name} deployment")
+            new = validate(model, await ipc.get_configuration(), origin=origin)
         except ConfigError as exc:  # validation should have stopped it; keep running the old configuration
-            log.error("%s: deployed configuration is invalid, keeping the running one:\n%s", ctx.name, exc)
+            log.error("%s: deployed configuration is invalid, keeping the running one:\n%s", name, exc)
             return
-        ctx.updates.put_nowait(new)
+        except GatewayError as exc:
+            log.error("%s: cannot read the new configuration: %s", name, exc)
+            return
+        if new != (last[0] if last else running()):  # a deployment notifies once per changed key: hand it over once
+            last[:] = [new]
+            accepted(new)
 
     await ipc.subscribe_validate_configuration(check)
     await ipc.subscribe_configuration_updates(changed)
+    try:
+        config: M | None = validate(model, await ipc.get_configuration(), origin=origin)
+    except ConfigError as exc:
+        log.error("%s:\n%s", name, exc)
+        config = None
+    return ipc, config
+
+
+async def watch_deployments(ctx: Context[M], model: type[M]) -> GreengrassIpc:
+    """Reject bad deployments before they apply; queue accepted ones on ``ctx.updates``; report RUNNING."""
+    ipc, _config = await connect_deployment(ctx.name, model, ctx.updates.put_nowait, lambda: ctx.config)
     await ipc.update_state("RUNNING")
     return ipc

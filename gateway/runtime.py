@@ -1,32 +1,69 @@
-"""What every component entry point shares: arguments, logging, configuration, signals, reloads.
+"""What every component entry point shares: arguments, logging, configuration, signals, reloads, health.
 
-Configuration comes from ``--config FILE`` outside Greengrass and from the deployment (IPC) under it. A bad
-configuration stops the start with one line per problem (exit code 2); nothing starts half-configured. A running
-component takes new configurations from SIGHUP (file re-read) or from IPC updates, validated before they apply.
+Configuration comes from ``--config FILE`` outside Greengrass and from the deployment (IPC) under it. A bad file
+stops the start with one line per problem (exit code 2). A running component takes new configurations from SIGHUP
+(file re-read) or from IPC deployments, which are validated before they apply (:mod:`gateway.ipc_config`).
+
+**Applying a new configuration.** The runtime offers it on ``ctx.updates``. A component that applies changes
+live takes it from the queue (the collectors do); one that has not taken it within :data:`TAKE_LIVE_S` is
+restarted *inside the process*: its ``ctx.stop`` is set, its ``run`` returns, and ``run`` starts again with the
+new configuration. Either way the process, its IPC connection and its validation subscription stay.
+
+**Configuration revision.** :func:`revision_of` is the first 12 hex digits of the SHA-256 of the validated
+configuration in canonical JSON (defaults filled in, keys sorted), so the same settings give the same revision on
+every device, whatever their source or number formatting. Each applied revision is logged once and written to
+the component's status file ``<store.path>/status/<component>.json`` under ``config_revision`` (with
+``config_state``, ``config_error`` and ``config_applied_ns``; status writers add :func:`status_fields`).
+
+**Health.** Under Greengrass the runtime reports ``RUNNING`` through ``UpdateState`` once ``run`` started, and
+``ERRORED`` when the component cannot run its configuration (``run`` raised, or the deployed configuration is
+invalid at start). It then stays up and retries with backoff, or at once when a new configuration is deployed, so
+a fix needs a deployment, not a nucleus restart.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
+import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
 from gateway.config import load_file
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
+from gateway.fsutil import atomic_write
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2
+#: How long a component has to take a new configuration from ``ctx.updates`` before it is restarted in-process.
+TAKE_LIVE_S = 3.0
+RETRY_FIRST_S, RETRY_MAX_S = 2.0, 60.0
+State = Literal["RUNNING", "ERRORED"]
+
+
+class _Updates(asyncio.Queue[M]):
+    """The updates queue; remembers that the component took an item (it applies changes live)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken = asyncio.Event()
+
+    def _get(self) -> M:
+        self.taken.set()
+        return super()._get()  # type: ignore[misc, no-any-return]  # typeshed leaves Queue._get out
 
 
 @dataclass
@@ -36,7 +73,35 @@ class Context(Generic[M]):
     name: str
     config: M
     stop: asyncio.Event
-    updates: asyncio.Queue[M] = field(default_factory=asyncio.Queue)
+    updates: asyncio.Queue[M] = field(default_factory=_Updates)
+    revision: str = ""
+
+
+@dataclass
+class _Applied:
+    revision: str = ""
+    state: str = "STARTING"
+    error: str = ""
+    applied_ns: int = 0
+
+
+_applied = _Applied()  # one component per process
+
+
+def revision_of(config: BaseModel) -> str:
+    """The configuration revision: 12 hex digits of the SHA-256 of the canonical JSON of ``config``."""
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def status_fields() -> dict[str, Any]:
+    """The configuration keys every status file carries: revision applied, state, last error, when applied."""
+    return {
+        "config_revision": _applied.revision,
+        "config_state": _applied.state,
+        "config_error": _applied.error,
+        "config_applied_ns": _applied.applied_ns,
+    }
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -62,55 +127,192 @@ def component_main(
     parser.add_argument("--log-level", default=os.environ.get("FEG_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
-    try:
-        config = _initial_config(name, model, args.config)
-    except ConfigError as exc:
-        print(f"{name}: configuration rejected\n{exc}", file=sys.stderr)
+    config: M | None = None
+    if args.config is not None:
+        try:
+            config = load_file(model, args.config)
+        except ConfigError as exc:
+            print(f"{name}: configuration rejected\n{exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    elif not os.environ.get("SVCUID"):
+        print(f"{name}: no configuration. Fix: pass --config FILE (see `gatewayctl config defaults`), or run the "
+              "component under Greengrass (or `gatewayctl dev run`)", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        asyncio.run(_serve(name, model, config, args.config, run))
+        asyncio.run(_Runner(name, model, run, args.config).serve(config))
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     return 0
 
 
-def _initial_config(name: str, model: type[M], path: Path | None) -> M:
-    if path is not None:
-        return load_file(model, path)
-    if os.environ.get("SVCUID"):
-        from gateway.ipc_config import load_deployed
+class _Runner(Generic[M]):
+    """Runs a component's ``run`` through configuration changes, failures and the final stop."""
 
-        return load_deployed(model, origin=f"{name} deployment")
-    raise ConfigError(
-        f"{name}: no configuration",
-        fix="pass --config FILE (see `gatewayctl config defaults`), or run the component under Greengrass",
-    )
+    def __init__(
+        self, name: str, model: type[M], run: Callable[[Context[M]], Awaitable[None]], path: Path | None
+    ) -> None:
+        self.name, self.model, self.run, self.path = name, model, run, path
+        self.shutdown = asyncio.Event()
+        self.pending: asyncio.Queue[M] = asyncio.Queue()
+        self.config: M | None = None
+        self.ipc: Any = None
+
+    async def serve(self, config: M | None) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.shutdown.set)
+        loop.add_signal_handler(signal.SIGINT, self.shutdown.set)
+        if self.path is not None:
+            loop.add_signal_handler(signal.SIGHUP, self._reload)
+        else:
+            from gateway.ipc_config import connect_deployment
+
+            self.ipc, config = await connect_deployment(self.name, self.model, self.pending.put_nowait,
+                                                        lambda: self.config)
+        self.config = config
+        log.info("%s: started (pid %d)", self.name, os.getpid())
+        try:
+            await self._loop()
+        finally:
+            if self.ipc is not None:
+                self.ipc.close()
+        log.info("%s: stopped", self.name)
+
+    async def _loop(self) -> None:
+        backoff_s = RETRY_FIRST_S
+        while not self.shutdown.is_set():
+            if self.config is None:  # the deployed configuration is invalid: wait for a valid one
+                await self._failed("the deployed configuration is invalid (see the log); waiting for a new deployment")
+                if not await self._next_config(None):
+                    return
+                continue
+            ctx: Context[M] = Context(self.name, self.config, asyncio.Event(), revision=revision_of(self.config))
+            self._applied(ctx.revision)
+            task: asyncio.Task[None] = asyncio.ensure_future(self.run(ctx))
+            await self.report("RUNNING")
+            failure = await self._drive(ctx, task)
+            if failure is None:
+                backoff_s = RETRY_FIRST_S
+                continue
+            if self.ipc is None:  # outside Greengrass, fail loudly: whoever started us decides about restarts
+                raise failure
+            await self._failed(_describe(failure))
+            if not await self._next_config(backoff_s):
+                return
+            backoff_s = min(backoff_s * 2, RETRY_MAX_S)
+
+    async def _drive(self, ctx: Context[M], task: asyncio.Task[None]) -> BaseException | None:
+        """Feed accepted configurations to a running ``run``. Returns why it failed, or None once it stopped."""
+        stopping = asyncio.create_task(self.shutdown.wait())
+        try:
+            while True:
+                incoming = asyncio.create_task(self.pending.get())
+                await asyncio.wait({task, stopping, incoming}, return_when=asyncio.FIRST_COMPLETED)
+                if not incoming.done():
+                    incoming.cancel()
+                elif not await self._offer(ctx, task, incoming.result()):
+                    await self._end(ctx, task, "restart")
+                    return None
+                if task.done():
+                    if task.cancelled() or task.exception() is None:
+                        self.shutdown.set()  # run returned on its own: the component finished
+                        return None
+                    return task.exception()
+                if stopping.done():
+                    await self._end(ctx, task, "stop")
+                    return None
+        finally:
+            stopping.cancel()
+
+    async def _offer(self, ctx: Context[M], task: asyncio.Task[None], new: M) -> bool:
+        """Hand ``new`` to the running component; True when it took it live, False when a restart must apply it."""
+        updates = ctx.updates
+        taken = updates.taken if isinstance(updates, _Updates) else asyncio.Event()
+        taken.clear()
+        updates.put_nowait(new)
+        took = asyncio.create_task(taken.wait())
+        await asyncio.wait({took, task}, timeout=TAKE_LIVE_S)
+        took.cancel()
+        self.config = new
+        if taken.is_set():
+            ctx.config, ctx.revision = new, revision_of(new)
+            self._applied(ctx.revision, how="live")
+            return True
+        with contextlib.suppress(asyncio.QueueEmpty):
+            updates.get_nowait()  # not taken: withdraw it, the restart brings it
+        log.info("%s: restarting in-process to apply the new configuration", self.name)
+        return False
+
+    async def _end(self, ctx: Context[M], task: asyncio.Task[None], why: str) -> None:
+        ctx.stop.set()
+        try:
+            await task
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a component failing while it stops must not stop the runtime
+            log.warning("%s: failed while stopping for a %s: %s", self.name, why, _describe(exc))
+        return None
+
+    async def _next_config(self, wait_s: float | None) -> bool:
+        """Wait for a new configuration, for ``wait_s`` (a retry), or for the stop. False when stopping."""
+        incoming = asyncio.create_task(self.pending.get())
+        stopping = asyncio.create_task(self.shutdown.wait())
+        await asyncio.wait({incoming, stopping}, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if incoming.done():
+            self.config = incoming.result()
+        else:
+            incoming.cancel()
+        return not self.shutdown.is_set()
+
+    async def _failed(self, reason: str) -> None:
+        log.error("%s: cannot run configuration revision %s: %s", self.name, _applied.revision or "(none)", reason)
+        _applied.state, _applied.error = "ERRORED", reason
+        self._write_status()
+        await self.report("ERRORED")
+
+    def _applied(self, revision: str, how: str = "start") -> None:
+        if revision != _applied.revision or _applied.state != "RUNNING":
+            log.info("%s: applied configuration revision %s (%s)", self.name, revision, how)
+        _applied.revision, _applied.state, _applied.error = revision, "RUNNING", ""
+        _applied.applied_ns = time.time_ns()
+        self._write_status()
+
+    async def report(self, state: State) -> None:
+        """Report the state to the nucleus (nothing outside Greengrass)."""
+        if self.ipc is None:
+            return
+        try:
+            await self.ipc.update_state(state)
+        except GatewayError as exc:
+            log.warning("%s: could not report %s: %s", self.name, state, exc)
+
+    def _write_status(self) -> None:
+        """Merge the configuration keys into the status file (the component's own writer keeps them there)."""
+        store = getattr(self.config, "store", None)
+        folder = Path(str(getattr(store, "path", "data"))) / "status"
+        path = folder / f"{self.name}.json"
+        try:
+            status = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, ValueError):
+            status = {}
+        status.update(component=self.name, pid=os.getpid(), updated_ns=time.time_ns(), **status_fields())
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(status).encode(), sync=False)
+        except OSError as exc:
+            log.warning("%s: cannot write status file %s: %s", self.name, path, exc)
+
+    def _reload(self) -> None:
+        assert self.path is not None
+        try:
+            new = load_file(self.model, self.path)
+        except ConfigError as exc:
+            log.error("%s: new configuration rejected, the running one stays:\n%s", self.name, exc)
+            return
+        log.info("%s: configuration reloaded from %s", self.name, self.path)
+        self.pending.put_nowait(new)
 
 
-async def _serve(
-    name: str, model: type[M], config: M, path: Path | None, run: Callable[[Context[M]], Awaitable[None]]
-) -> None:
-    ctx: Context[M] = Context(name, config, asyncio.Event())
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, ctx.stop.set)
-    loop.add_signal_handler(signal.SIGINT, ctx.stop.set)
-    if path is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(ctx, model, path))
-    elif os.environ.get("SVCUID"):
-        from gateway.ipc_config import watch_deployments
-
-        await watch_deployments(ctx, model)
-    log.info("%s: started (pid %d)", name, os.getpid())
-    await run(ctx)
-    log.info("%s: stopped", name)
-
-
-def _reload(ctx: Context[M], model: type[M], path: Path) -> None:
-    try:
-        new = load_file(model, path)
-    except ConfigError as exc:
-        log.error("%s: new configuration rejected, the running one stays:\n%s", ctx.name, exc)
-        return
-    log.info("%s: configuration reloaded from %s", ctx.name, path)
-    ctx.updates.put_nowait(new)
+def _describe(exc: BaseException | None) -> str:
+    return str(exc) if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
