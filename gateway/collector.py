@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from gateway.errors import GatewayError, StreamError
 from gateway.fsutil import atomic_write
 from gateway.record import Record
-from gateway.runtime import Context
+from gateway.runtime import Context, status_fields
 from gateway.sources.common import Backoff, ConnectionBase, Counters, Emitter
 from gateway.streams import RecordWriter, StreamSpec, StreamStore
 from gateway.streams.aio import Offload
@@ -214,6 +214,7 @@ class Collector:
             connections[n]["values_per_s"] = self._rate(n, c.counters.values_read)
         return {
             "component": self.component,
+            **status_fields(),  # configuration revision and state, kept by gateway.runtime
             "pid": os.getpid(),
             "started_ns": self._started_ns,
             "updated_ns": time.time_ns(),

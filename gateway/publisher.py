@@ -25,6 +25,7 @@ from gateway.destinations.base import Destination, DestinationBase, Router, Send
 from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
 from gateway.fsutil import atomic_write
 from gateway.record import Kind, Quality, Record, now_ns
+from gateway.runtime import status_fields
 from gateway.sources.common import Backoff
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec, StreamStore
 from gateway.streams.aio import Offload
@@ -251,6 +252,7 @@ class Publisher:
     def status(self) -> dict[str, Any]:
         return {
             "component": COMPONENT,
+            **status_fields(),  # configuration revision and state, kept by gateway.runtime
             "pid": os.getpid(),
             "started_ns": self._started_ns,
             "updated_ns": time.time_ns(),
