@@ -25,29 +25,27 @@ restart of the server. Differences from the real server, on purpose:
   status for it is not documented; the adapter keys on the message);
 - no export statuses are reported.
 
-Run it alone with ``python -m gateway.dev.stream_manager_server --port 8088 --store DIR``.
+The command line and the long-running service (``gatewayctl dev run`` runs one) are in
+:mod:`gateway.dev.stream_manager_service`: ``python -m gateway.dev.stream_manager_service --port 8088 --store DIR``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import hmac
 import logging
-import signal
-import struct
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import cbor2
 from pydantic import ValidationError
 from stream_manager import data as smd
-from stream_manager.utilinternal import UtilInternal
 
+from gateway.dev import stream_manager_wire as _wire
+from gateway.dev.stream_manager_wire import Refused
 from gateway.errors import ConfigError, StreamError, StreamFull, StreamNotFound
 from gateway.streams import segments as seg
 from gateway.streams.base import Persistence, StreamSpec
@@ -63,18 +61,7 @@ Status = smd.ResponseStatusCode
 CONNECT_VERSION = 1
 PROTOCOL_VERSIONS = (smd.VersionInfo.PROTOCOL_VERSION.value, "1.0.0")
 SERVER_VERSION = "factory-edge-gateway-dev"
-_FRAME_HEAD = struct.Struct(">iB")
-_MAX_FRAME = 1 << 30  # the SDK's own limit
 _POLL_S = 0.1  # appends by other processes sharing the store have no wake-up; waiting reads look this often
-
-
-class _Refused(Exception):
-    """A request answered with an error status."""
-
-    def __init__(self, status: Any, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class StreamManagerServer:
@@ -86,7 +73,7 @@ class StreamManagerServer:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        auth_token: str | None = None,
+        auth_token: str | Iterable[str] | None = None,
         workers: int = 8,
     ) -> None:
         """Configure; nothing runs before :meth:`start`.
@@ -95,12 +82,15 @@ class StreamManagerServer:
             store_root: folder of the embedded store holding the streams.
             host: address to listen on.
             port: port to listen on; 0 picks a free one (see :attr:`port`). A restart reuses the bound port.
-            auth_token: when set, a Connect with another token is refused (Unauthorized), as under Greengrass.
+            auth_token: when set, a Connect with another token is refused (Unauthorized), as under Greengrass;
+                several tokens (one per component, as the nucleus hands out) may be given.
             workers: threads for blocking store calls.
         """
         self.store_root = Path(store_root)
         self.host = host
-        self.auth_token = auth_token
+        self.auth_tokens: frozenset[str] | None = (
+            None if auth_token is None else frozenset([auth_token] if isinstance(auth_token, str) else auth_token)
+        )
         self.held_responses = 0  # responses sent late by the test hook, see hold_responses()
         self.waiting_reads = 0  # reads parked until enough messages arrive or their timeout passes
         self._port = port
@@ -168,11 +158,11 @@ class StreamManagerServer:
             if not await self._handshake(reader, writer):
                 return
             while True:
-                op, body = await _read_frame(reader)
+                op, body = await _wire.read_frame(reader)
                 request = asyncio.create_task(self._answer(op, body, writer))
                 requests.add(request)
                 request.add_done_callback(requests.discard)
-        except (asyncio.IncompleteReadError, ConnectionError, _Refused):
+        except (asyncio.IncompleteReadError, ConnectionError, Refused):
             pass  # the client hung up or broke the framing: drop the connection, as the real server does
         finally:
             for request in requests:
@@ -183,8 +173,8 @@ class StreamManagerServer:
 
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         version = (await reader.readexactly(1))[0]
-        op, body = await _read_frame(reader)
-        request = _parse(smd.ConnectRequest, body) if op == Op.Connect.value else None
+        op, body = await _wire.read_frame(reader)
+        request = _wire.parse(smd.ConnectRequest, body) if op == Op.Connect.value else None
         status, message = self._check_connect(version, request)
         if status != Status.Success:
             log.warning("stream manager server: refused a client: %s", message)
@@ -197,7 +187,7 @@ class StreamManagerServer:
             server_version=SERVER_VERSION,
         )
         writer.write(bytes([CONNECT_VERSION]))
-        await _send(writer, Op.ConnectResponse.value, response)
+        await _wire.send(writer, Op.ConnectResponse.value, response)
         return bool(status == Status.Success)
 
     def _check_connect(self, version: int, request: Any) -> tuple[Any, str]:
@@ -208,8 +198,9 @@ class StreamManagerServer:
         offered = {request.protocol_version, *(request.other_supported_protocol_versions or [])}
         if not offered & set(PROTOCOL_VERSIONS):
             return Status.UnsupportedProtocolVersion, f"protocol versions {sorted(offered)} are not supported"
-        if self.auth_token is not None and not hmac.compare_digest(
-            (request.auth_token or "").encode(), self.auth_token.encode()
+        offered_token = (request.auth_token or "").encode()
+        if self.auth_tokens is not None and not any(
+            hmac.compare_digest(offered_token, token.encode()) for token in self.auth_tokens
         ):
             return Status.Unauthorized, "wrong or missing auth token"
         return Status.Success, ""
@@ -217,27 +208,27 @@ class StreamManagerServer:
     async def _answer(self, op: int, body: bytes, writer: asyncio.StreamWriter) -> None:
         operation = next((o for o in self._handlers if o.value == op), None)
         if operation is None:
-            request_id = _request_id(body)
+            request_id = _wire.request_id(body)
             log.warning("stream manager server: unknown operation %d (request %s)", op, request_id)
             response: Any = smd.UnknownOperationError(
                 request_id=request_id, status=Status.UnknownOperation, error_message=f"unknown operation {op}"
             )
-            await _send(writer, Op.UnknownOperationError.value, response)
+            await _wire.send(writer, Op.UnknownOperationError.value, response)
             return
         request_cls = getattr(smd, f"{operation.name}Request")
         response_cls = getattr(smd, f"{operation.name}Response")
         response_op = Op[f"{operation.name}Response"].value
         try:
-            request = _parse(request_cls, body)
+            request = _wire.parse(request_cls, body)
             fields = await self._handlers[operation](request)
             response = response_cls(request_id=request.request_id, status=Status.Success, **fields)
-        except _Refused as exc:
-            request_id = _request_id(body)
+        except Refused as exc:
+            request_id = _wire.request_id(body)
             if request_id is None:
                 return  # nothing to answer to
             response = response_cls(request_id=request_id, status=exc.status, error_message=exc.message)
         held = await self._hold(op)
-        await _send(writer, response_op, response)
+        await _wire.send(writer, response_op, response)
         if held:
             with self._holds_lock:
                 self.held_responses += 1
@@ -257,7 +248,7 @@ class StreamManagerServer:
 
         def create() -> None:
             if spec.name in self._db.list_streams():
-                raise _Refused(Status.InvalidRequest, f"stream {spec.name!r} already exists")
+                raise Refused(Status.InvalidRequest, f"stream {spec.name!r} already exists")
             self._db.create_stream(spec)
 
         await self._run(create)
@@ -280,7 +271,7 @@ class StreamManagerServer:
 
     async def _append(self, request: Any) -> dict[str, Any]:
         if len(request.payload) > seg.MAX_MESSAGE_BYTES:
-            raise _Refused(Status.RequestPayloadTooLarge,
+            raise Refused(Status.RequestPayloadTooLarge,
                            f"message of {len(request.payload)} bytes exceeds {seg.MAX_MESSAGE_BYTES} bytes")
         seq = await self._run(self._db.append, request.name, request.payload)
         self._wake(request.name)
@@ -293,7 +284,7 @@ class StreamManagerServer:
         least = options.min_message_count or 1
         most = options.max_message_count if options.max_message_count is not None else least
         if least > most:
-            raise _Refused(Status.InvalidRequest, "minMessageCount is greater than maxMessageCount")
+            raise Refused(Status.InvalidRequest, "minMessageCount is greater than maxMessageCount")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (options.read_timeout_millis or 0) / 1000
         while True:
@@ -306,7 +297,7 @@ class StreamManagerServer:
                 ]}
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise _Refused(Status.NotEnoughMessages,
+                raise Refused(Status.NotEnoughMessages,
                                f"{len(found)} of at least {least} messages available in stream {name!r}")
             self.waiting_reads += 1
             try:
@@ -340,11 +331,11 @@ class StreamManagerServer:
 
     def _spec(self, definition: Any) -> StreamSpec:
         if definition is None:
-            raise _Refused(Status.InvalidRequest, "the request has no stream definition")
+            raise Refused(Status.InvalidRequest, "the request has no stream definition")
         try:
             spec = definition_to_spec(definition)
         except (ConfigError, ValidationError) as exc:
-            raise _Refused(Status.InvalidRequest, str(exc)) from exc
+            raise Refused(Status.InvalidRequest, str(exc)) from exc
         export = definition.export_definition
         if export is not None and any(export.as_dict().values()):
             self._warn_once(spec.name, "export", "export definitions are ignored by the development server")
@@ -369,77 +360,16 @@ class StreamManagerServer:
         try:
             return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
         except StreamNotFound as exc:
-            raise _Refused(Status.ResourceNotFound, exc.message) from exc
+            raise Refused(Status.ResourceNotFound, exc.message) from exc
         except StreamFull as exc:
-            raise _Refused(Status.UnknownFailure, exc.message) from exc
+            raise Refused(Status.UnknownFailure, exc.message) from exc
         except ConfigError as exc:
-            raise _Refused(Status.InvalidRequest, exc.message) from exc
+            raise Refused(Status.InvalidRequest, exc.message) from exc
         except (StreamError, OSError) as exc:
-            raise _Refused(Status.UnknownFailure, str(exc)) from exc
+            raise Refused(Status.UnknownFailure, str(exc)) from exc
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    length, op = _FRAME_HEAD.unpack(await reader.readexactly(_FRAME_HEAD.size))
-    if not 1 <= length <= _MAX_FRAME:
-        raise _Refused(Status.InvalidRequest, f"bad frame length {length}")
-    return op, await reader.readexactly(length - 1)
+if __name__ == "__main__":  # the command line lives in the service module; kept here for old scripts
+    from gateway.dev.stream_manager_service import main
 
-
-async def _send(writer: asyncio.StreamWriter, op: int, message: Any) -> None:
-    if writer.is_closing():
-        return
-    body = cbor2.dumps(message.as_dict())
-    writer.write(_FRAME_HEAD.pack(len(body) + 1, op) + body)  # one write: frames of concurrent answers never mix
-    try:
-        await writer.drain()
-    except ConnectionError:
-        pass  # the client is gone; its connection task cleans up
-
-
-def _parse(cls: Any, body: bytes) -> Any:
-    """Decode and validate a request as the SDK defines it; refuse it as InvalidRequest otherwise."""
-    try:
-        request = cls.from_dict(cbor2.loads(body))
-    except (ValueError, TypeError, KeyError, AttributeError, EOFError) as exc:  # CBORDecodeError is a ValueError
-        raise _Refused(Status.InvalidRequest, f"malformed {cls.__name__}: {exc}") from exc
-    invalid = UtilInternal.is_invalid(request)
-    if invalid:
-        raise _Refused(Status.InvalidRequest, f"invalid {cls.__name__}: {invalid}")
-    return request
-
-
-def _request_id(body: bytes) -> str | None:
-    try:
-        decoded = cbor2.loads(body)
-    except (ValueError, EOFError):
-        return None
-    request_id = decoded.get("requestId") if isinstance(decoded, dict) else None
-    return request_id if isinstance(request_id, str) else None
-
-
-async def _serve(args: argparse.Namespace) -> None:
-    server = StreamManagerServer(args.store, host=args.host, port=args.port, auth_token=args.auth_token)
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Stream manager protocol server backed by the embedded store.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8088, help="port to listen on; 0 picks a free one")
-    parser.add_argument("--store", required=True, help="folder of the streams")
-    parser.add_argument("--auth-token", default=None, help="refuse clients whose AWS_CONTAINER_AUTHORIZATION_TOKEN "
-                        "differs (default: accept any)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(_serve(args))
-
-
-if __name__ == "__main__":
     main()
