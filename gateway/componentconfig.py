@@ -8,7 +8,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.destinations.file import FileDestination
+from gateway.destinations.iotcore import IotCoreDestination
+from gateway.destinations.kinesis import KinesisDestination
 from gateway.destinations.mqtt import MqttDestination
+from gateway.destinations.sitewise import SiteWiseDestination
 from gateway.sources.modbus import ModbusConnection
 from gateway.sources.opcua import OpcUaConnection
 from gateway.streams import StoreConfig, StreamSpec
@@ -31,7 +34,10 @@ class OpcUaCollectorConfig(_Component):
     connections: list[OpcUaConnection] = Field(default_factory=list, description="OPC UA servers to read.")
 
 
-Destination = Annotated[FileDestination | MqttDestination, Field(discriminator="type")]
+Destination = Annotated[
+    FileDestination | MqttDestination | IotCoreDestination | SiteWiseDestination | KinesisDestination,
+    Field(discriminator="type"),
+]
 
 
 def _default_destinations() -> list[Destination]:

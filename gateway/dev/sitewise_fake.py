@@ -211,7 +211,7 @@ def _handler(fake: SiteWiseFake) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as botocore's connection pool expects
 
-        def do_POST(self) -> None:  # noqa: N802  (http.server's naming)
+        def do_POST(self) -> None:  # http.server calls it by this name
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             if self.path.split("?")[0] != "/properties":
                 self._answer(404, {"message": f"{self.path} is not implemented by the fake"},
@@ -232,7 +232,7 @@ def _handler(fake: SiteWiseFake) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (quiet: tests read counters)
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: tests read counters
             pass
 
     return Handler

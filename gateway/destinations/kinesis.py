@@ -1,0 +1,176 @@
+"""Kinesis Data Streams destination: ``PutRecords``, only the failed records of a partial failure resent.
+
+Records are aggregated per partition key (the tag, or the source) into Kinesis records holding
+``{"records": [...]}``, the same body as the MQTT destinations, up to ``records_per_kinesis_record`` records and
+1 MiB each. Calls carry at most 500 Kinesis records and 5 MiB.
+
+Order per partition key survives partial failures because a call never holds two Kinesis records of one key: the
+key's next aggregate goes in a later round, after the previous one was accepted, and a key whose record failed
+sends nothing more in this batch (its records are resent, in order, after the backoff). Throughput comes from
+aggregation, so this costs nothing in practice. A gateway record larger than a Kinesis record can hold is
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from pydantic import Field
+
+from gateway.destinations.aws import AwsSettings, classify, diagnose_aws, error_code, make_client
+from gateway.destinations.base import ENVELOPE_OVERHEAD, DestinationBase, SendResult, dumps, envelope, record_json
+from gateway.diagnostics import Finding
+from gateway.errors import DestinationError
+from gateway.record import Record
+
+MAX_RECORD_BYTES = 1024 * 1024  # data + partition key
+MAX_CALL_BYTES = 5 * 1024 * 1024
+MAX_CALL_RECORDS = 500
+#: Whole-call errors about the stream, not the data: retry (after the fix), never bisect the batch.
+_STREAM_CODES = {
+    "ResourceNotFoundException": "create the Kinesis stream (or fix stream_name / region)",
+    "ResourceInUseException": "wait until the stream is ACTIVE",
+    "KMSDisabledException": "enable the stream's KMS key",
+    "KMSInvalidStateException": "fix the state of the stream's KMS key",
+    "KMSNotFoundException": "the stream's KMS key is gone: re-encrypt the stream with an existing key",
+    "KMSAccessDeniedException": "allow kms:GenerateDataKey on the stream's key to the device's role",
+    "KMSOptInRequired": "opt in to KMS for the account",
+}
+
+
+class KinesisDestination(DestinationBase):
+    """Put records to a Kinesis data stream."""
+
+    type: Literal["kinesis"] = Field(default="kinesis", description="Destination type.")
+    stream_name: str = Field(min_length=1, max_length=128, description="Kinesis data stream to put records to.")
+    aws: AwsSettings = Field(default_factory=AwsSettings, description="Region, endpoint and timeouts.")
+    partition_key: Literal["tag", "source"] = Field(
+        default="tag", description="Partition key: per tag (spreads load, order per tag) or per source."
+    )
+    records_per_kinesis_record: int = Field(
+        default=500, ge=1, le=10_000,
+        description="Gateway records aggregated into one Kinesis record ({\"records\": [...]}); 1 for none.",
+    )
+    max_record_bytes: int = Field(
+        default=MAX_RECORD_BYTES, ge=1024, le=MAX_RECORD_BYTES, description="Largest Kinesis record (key + data)."
+    )
+    concurrent_calls: int = Field(default=4, ge=1, le=32, description="PutRecords calls in flight at once.")
+
+
+class KinesisSink:
+    def __init__(self, cfg: KinesisDestination) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.what = f"kinesis destination {cfg.name} (stream {cfg.stream_name})"
+        self._client: Any = None
+        self._pool = ThreadPoolExecutor(cfg.concurrent_calls, thread_name_prefix=f"kinesis-{cfg.name}")
+
+    async def start(self) -> None:
+        """Nothing: the client is made by the first send, so a missing region or credential is a retry."""
+
+    def aggregates(
+        self, records: list[Record]
+    ) -> tuple[dict[str, list[tuple[bytes, list[Record]]]], list[tuple[Record, str]]]:
+        """Per partition key, in order: (Kinesis record data, the gateway records in it); and what cannot fit."""
+        keyed: dict[str, list[tuple[bytes, Record]]] = {}
+        refused: list[tuple[Record, str]] = []
+        for r in records:
+            key = (r.tag if self.cfg.partition_key == "tag" else r.source)[:256] or "-"
+            item = dumps(record_json(r))
+            if len(item) + len(ENVELOPE_OVERHEAD) + len(key.encode()) > self.cfg.max_record_bytes:
+                refused.append((r, f"record of {len(item)} bytes exceeds the Kinesis record limit of "
+                                   f"{self.cfg.max_record_bytes} bytes: shorten the value at the source"))
+                continue
+            keyed.setdefault(key, []).append((item, r))
+        out: dict[str, list[tuple[bytes, list[Record]]]] = {}
+        for key, items in keyed.items():
+            room = self.cfg.max_record_bytes - len(key.encode())
+            chunks = out.setdefault(key, [])
+            chunk: list[tuple[bytes, Record]] = []
+            size = len(ENVELOPE_OVERHEAD)
+            for item, r in items:
+                if chunk and (size + len(item) + 1 > room or len(chunk) >= self.cfg.records_per_kinesis_record):
+                    chunks.append((envelope([c[0] for c in chunk]), [c[1] for c in chunk]))
+                    chunk, size = [], len(ENVELOPE_OVERHEAD)
+                chunk.append((item, r))
+                size += len(item) + 1
+            if chunk:
+                chunks.append((envelope([c[0] for c in chunk]), [c[1] for c in chunk]))
+        return out, refused
+
+    async def send(self, records: list[Record]) -> SendResult:
+        queues, refused = self.aggregates(records)
+        result = SendResult(rejected=refused)
+        if not queues:
+            return result
+        loop = asyncio.get_running_loop()
+        if self._client is None:
+            self._client = await loop.run_in_executor(
+                self._pool, make_client, "kinesis", self.cfg.aws, self.what, self.cfg.concurrent_calls)
+        accepted_any = False
+        while queues:
+            # One round: the head aggregate of every key, so no call holds two records of one key.
+            heads = [(key, q[0]) for key, q in queues.items()]
+            calls = _calls(heads)
+            outcomes = await asyncio.gather(*(loop.run_in_executor(self._pool, self._put, c) for c in calls),
+                                            return_exceptions=True)
+            for call, outcome in zip(calls, outcomes, strict=True):
+                failed_keys: list[str] = []
+                if isinstance(outcome, DestinationError):
+                    if not accepted_any and len(calls) == 1:
+                        raise outcome  # nothing accepted yet: retry, or bisect when the data is at fault
+                    failed_keys = [key for key, _ in call]
+                    result.retry_reason = result.retry_reason or str(outcome)
+                elif isinstance(outcome, BaseException):
+                    raise outcome  # a bug: the publisher logs it with its traceback
+                else:
+                    for (key, (data, _)), code in zip(call, outcome, strict=True):
+                        if code:
+                            failed_keys.append(key)
+                            result.retry_reason = result.retry_reason or f"{self.what}: {code} (partial failure)"
+                        else:
+                            accepted_any = True
+                            result.bytes_sent += len(data)
+                            queues[key].pop(0)
+                            if not queues[key]:
+                                del queues[key]
+                for key in failed_keys:  # this key waits for the backoff: its records go back, in order
+                    result.retry += [r for _, recs in queues.pop(key) for r in recs]
+        return result
+
+    def _put(self, call: list[tuple[str, tuple[bytes, list[Record]]]]) -> list[str]:
+        """One PutRecords; returns the error code per record ('' for accepted)."""
+        entries = [{"Data": data, "PartitionKey": key} for key, (data, _) in call]
+        try:
+            answer = self._client.put_records(StreamName=self.cfg.stream_name, Records=entries)
+        except Exception as exc:  # botocore's error tree: classified into retry / refuse below
+            code = error_code(exc)
+            if code in _STREAM_CODES or code.startswith("KMS"):
+                raise DestinationError(f"{self.what}: {code}", fix=_STREAM_CODES.get(code, "check the stream"),
+                                       retryable=True) from exc
+            raise classify(exc, self.what) from exc
+        return [str(r.get("ErrorCode") or "") for r in answer["Records"]]
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _calls(heads: list[tuple[str, tuple[bytes, list[Record]]]]) -> list[list[tuple[str, tuple[bytes, list[Record]]]]]:
+    """Split a round into calls of at most 500 records and 5 MiB."""
+    calls: list[list[tuple[str, tuple[bytes, list[Record]]]]] = [[]]
+    size = 0
+    for key, agg in heads:
+        n = len(agg[0]) + len(key.encode())
+        if calls[-1] and (len(calls[-1]) >= MAX_CALL_RECORDS or size + n > MAX_CALL_BYTES):
+            calls.append([])
+            size = 0
+        calls[-1].append((key, agg))
+        size += n
+    return calls
+
+
+async def diagnose(cfg: KinesisDestination, timeout_s: float) -> list[Finding]:
+    """Credentials, region and the Kinesis endpoint."""
+    return await diagnose_aws("kinesis", cfg.aws, timeout_s)
