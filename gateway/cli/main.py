@@ -1,170 +1,134 @@
-"""gatewayctl: the on-site troubleshooting CLI.
+"""gatewayctl: the on-site troubleshooting CLI. Is it running, is data coming in, is it going out, and if not, why.
 
 Exit codes: 0 ok, 1 the thing checked is unhealthy or failed, 2 bad usage or configuration.
 
 Examples:
+  gatewayctl doctor                               every check in order, each with its fix
+  gatewayctl --config collector.yaml --config publisher.yaml doctor
+  gatewayctl status --watch                       live pipeline, refreshed like top (q quits)
   gatewayctl streams --store /var/lib/factoryedge/data
   gatewayctl tail factoryedge-opcua --tag 'Reactor/*' --follow
-  gatewayctl status
-  gatewayctl config check publisher.yaml --component factoryedge.Publisher
-  gatewayctl config defaults factoryedge.OpcUaCollector
+  gatewayctl buffer                               backlog per destination and stream
+  gatewayctl replay factoryedge-opcua --from -2h --to -1h --destination cloud
+  gatewayctl config check publisher.yaml
+  gatewayctl config explain factoryedge.Publisher destinations.mqtt.port
   gatewayctl sim --speed 10
   gatewayctl anomaly fit --config groups.yaml --data normal.csv --model model/
+
+Common options (--store, --json, --config, --config-dir, --deployed) go before or after the command.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
-import json
+import importlib
 import sys
-import time
-from pathlib import Path
-from typing import Any
-
-import yaml
-
-from gateway.componentconfig import COMPONENTS
-from gateway.config import load_file
-from gateway.destinations.base import record_json
-from gateway.errors import ConfigError, GatewayError
-from gateway.streams import PositionStore, RecordReader
-from gateway.streams.embedded import EmbeddedStore
+from collections.abc import Sequence
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
 
+# One line per command group: (its command names, the module whose `register(subparsers)` adds them). A module is
+# imported only when one of its commands runs (all of them for --help), so gatewayctl starts fast.
+COMMANDS: list[tuple[tuple[str, ...], str]] = [
+    (("doctor",), "gateway.cli.doctor"),
+    (("status",), "gateway.cli.status"),
+    (("streams", "tail", "buffer"), "gateway.cli.streamscmd"),
+    (("replay",), "gateway.cli.replay"),
+    (("config",), "gateway.cli.configcmd"),
+    (("sim",), "gateway.cli.simcmd"),
+    (("modbus",), "gateway.cli.modbus"),
+    (("anomaly",), "gateway.anomaly.cli"),
+]
 
-def _store(args: argparse.Namespace) -> EmbeddedStore:
-    return EmbeddedStore(args.store)
-
-
-def cmd_streams(args: argparse.Namespace) -> int:
-    store = _store(args)
-    rows: list[dict[str, Any]] = []
-    for name in store.list_streams():
-        info = store.describe(name)
-        rows.append({"stream": name, "messages": info.message_count, "oldest_seq": info.oldest_seq,
-                     "next_seq": info.next_seq, "bytes": info.total_bytes, "max_bytes": info.spec.max_size_bytes,
-                     "dropped": info.dropped_messages, "rejected": info.rejected_appends})
-    if args.json:
-        print(json.dumps(rows))
-    else:
-        print(f"{'stream':28}{'messages':>10}{'bytes':>14}{'full %':>8}{'dropped':>9}{'rejected':>9}")
-        for r in rows:
-            full = 100 * r["bytes"] / r["max_bytes"]
-            print(f"{r['stream']:28}{r['messages']:>10}{r['bytes']:>14}{full:>8.1f}{r['dropped']:>9}{r['rejected']:>9}")
-    return EXIT_OK
-
-
-def cmd_tail(args: argparse.Namespace) -> int:
-    store = _store(args)
-    start = max(0, store.describe(args.stream).next_seq - args.messages)
-    reader = RecordReader(store, args.stream, "gatewayctl-tail", PositionStore(Path(args.store) / ".tail"))
-    reader.position = start  # never committed: tail leaves no position behind
-    while True:
-        batch = reader.poll(max_messages=1000, timeout_s=1.0 if args.follow else 0)
-        for r in batch.records:
-            if args.tag and not fnmatch.fnmatch(r.tag, args.tag):
-                continue
-            rec = record_json(r)
-            print(json.dumps(rec) if args.json else
-                  f"{rec['sourceTs']}  {r.source:14} {r.tag:40} {r.value!s:>14} {r.quality.name:9} {rec['kind']}")
-        sys.stdout.flush()
-        if not args.follow and not batch.messages:
-            return EXIT_OK
+# Options every command understands, wherever they are written; (flags, keyword arguments).
+_COMMON: list[tuple[tuple[str, ...], dict[str, object]]] = [
+    (("--store",), {"metavar": "DIR", "help": "embedded store folder (the components' store.path); default: from "
+                    "the configuration, else ./data"}),
+    (("--json",), {"action": "store_true", "help": "machine-readable output"}),
+    (("--config",), {"action": "append", "metavar": "[COMPONENT=]FILE", "dest": "config_files",
+                     "help": "a component's configuration file (repeat for each component); the component is "
+                     "recognised from the file name or content, or given as COMPONENT=FILE"}),
+    (("--config-dir",), {"metavar": "DIR", "help": "every *.yaml, *.yml and *.json in DIR is a configuration file"}),
+    (("--deployed",), {"action": "store_true", "help": "read configurations from the Greengrass deployment (IPC)"}),
+    (("--stream-manager",), {"metavar": "HOST:PORT", "help": "read streams from stream manager instead of the "
+                             "embedded store"}),
+    (("--greengrass-root",), {"metavar": "DIR", "default": "/greengrass/v2",
+                              "help": "Greengrass root, for greengrass-cli and components' work folders"}),
+]
+_VALUE_OPTIONS = {f for flags, kw in _COMMON if kw.get("action") != "store_true" for f in flags}
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    folder = Path(args.store) / "status"
-    statuses = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
-    if args.json:
-        print(json.dumps(statuses))
-        return EXIT_OK if statuses else EXIT_UNHEALTHY
-    if not statuses:
-        print(f"no component status in {folder}: is the gateway running with store path {args.store}?")
-        return EXIT_UNHEALTHY
-    now = time.time_ns()
-    for s in statuses:
-        age = (now - s["updated_ns"]) / 1e9
-        print(f"{s['component']}  pid {s['pid']}  updated {age:.1f} s ago{'  (STALE)' if age > 30 else ''}")
-        for name, c in s.get("connections", {}).items():
-            last = (now - c["last_good_read_ns"]) / 1e9 if c["last_good_read_ns"] else float("inf")
-            print(f"  in  {name:22} connected={c['connected']!s:5} written={c['values_written']:<9} "
-                  f"last good {last:.1f} s ago  errors={c['read_errors']} {c['last_error'][:50]}")
-        for name, d in s.get("destinations", {}).items():
-            print(f"  out {name:22} sent={d['records_sent']:<9} backlog={d['backlog_messages']:<6} "
-                  f"oldest unsent {d['oldest_unsent_age_s']:.1f} s  retries={d['retries']} "
-                  f"dead-lettered={d['dead_lettered']} {d['last_error'][:50]}")
-    return EXIT_OK
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    for flags, kw in _COMMON:
+        if any(f in parser._option_string_actions for f in flags):  # the command has its own meaning for it
+            continue
+        options = dict(kw)
+        if not top:  # absent after the command: keep what was given before it
+            options["default"] = argparse.SUPPRESS
+        parser.add_argument(*flags, **options)  # type: ignore[arg-type]
 
 
-def cmd_config_check(args: argparse.Namespace) -> int:
-    try:
-        load_file(COMPONENTS[args.component], args.file)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
-    print(f"{args.file}: valid {args.component} configuration")
-    return EXIT_OK
+def _subparsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every parser below ``parser`` (argparse keeps them in its private subparsers action)."""
+    found: list[argparse.ArgumentParser] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += [child, *_subparsers(child)]
+    return found
 
 
-def cmd_config_defaults(args: argparse.Namespace) -> int:
-    model = COMPONENTS[args.component]
-    data: Any = json.loads(model().model_dump_json())
-    print(json.dumps(data, indent=1) if args.json else yaml.safe_dump(data, sort_keys=False), end="")
-    return EXIT_OK
+def _wanted(argv: Sequence[str]) -> list[str]:
+    """The modules to load: the one owning the command in ``argv``, or all (help, typos)."""
+    names = {n: module for group, module in COMMANDS for n in group}
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in _VALUE_OPTIONS:
+            skip = True
+        elif not token.startswith("-"):
+            return [names[token]] if token in names else [m for _, m in COMMANDS]
+    return [m for _, m in COMMANDS]
 
 
-def cmd_sim(args: argparse.Namespace) -> int:
-    from simulator.cli import main as sim_main
-
-    return int(sim_main(args.rest))
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatewayctl", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store", default="data", help="embedded store folder (the components' store.path)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("streams", help="list streams with depth, size and drops").set_defaults(fn=cmd_streams)
-    tail = sub.add_parser("tail", help="show decoded records of a stream")
-    tail.add_argument("stream")
-    tail.add_argument("--tag", help="tag pattern, e.g. 'Reactor/*'")
-    tail.add_argument("-n", "--messages", type=int, default=10, help="start this many messages from the end")
-    tail.add_argument("-f", "--follow", action="store_true")
-    tail.set_defaults(fn=cmd_tail)
-    sub.add_parser("status", help="one screen of the live pipeline").set_defaults(fn=cmd_status)
-    config = sub.add_parser("config", help="check configurations, show defaults").add_subparsers(required=True)
-    check = config.add_parser("check", help="validate a configuration file")
-    check.add_argument("file", type=Path)
-    check.add_argument("--component", choices=sorted(COMPONENTS), required=True)
-    check.set_defaults(fn=cmd_config_check)
-    defaults = config.add_parser("defaults", help="print a component's default configuration")
-    defaults.add_argument("component", choices=sorted(COMPONENTS))
-    defaults.set_defaults(fn=cmd_config_defaults)
-    sim = sub.add_parser("sim", help="run or control the TEP simulator (see `gatewayctl sim -- --help`)",
-                         add_help=False)
-    sim.add_argument("rest", nargs=argparse.REMAINDER)
-    sim.set_defaults(fn=cmd_sim)
-    try:
-        from gateway.anomaly.cli import register
-    except ImportError:  # pragma: no cover - anomaly extra missing
-        pass
-    else:
+    _add_common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in dict.fromkeys(_wanted(argv)):
+        try:
+            register = importlib.import_module(module).register
+        except ImportError as exc:  # an optional extra (e.g. anomaly) is not installed: its commands are absent
+            if module.startswith("gateway.cli.") and getattr(exc, "name", None) != module:
+                raise
+            if "-h" in argv or "--help" in argv:
+                print(f"gatewayctl: {module} unavailable ({exc})", file=sys.stderr)
+            continue
         register(sub)
+    for child in _subparsers(parser):
+        if child.add_help:  # parsers without help pass their arguments through (sim)
+            _add_common(child, top=False)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(args_list).parse_args(args_list)
+    from gateway.errors import ConfigError, GatewayError
+
     try:
-        handler = getattr(args, "fn", None) or args.func  # the anomaly subcommands register `func`
-        return int(handler(args))
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"gatewayctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except GatewayError as exc:
         print(f"gatewayctl: {exc}", file=sys.stderr)
         return EXIT_UNHEALTHY
     except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # `gatewayctl tail ... | head`
         return EXIT_OK
 
 

@@ -1,0 +1,175 @@
+"""What the gatewayctl commands share: the store, the components' status files, time arguments and output.
+
+Status files are the components' counters, written every ``status_interval_s`` to ``<store>/status/<component>.json``
+(atomically). Under Greengrass each component has its own work folder, so the status folders of
+``<greengrass root>/work/*/<store>/status`` are read too. Nothing here imports the protocol SDKs: gatewayctl must
+start fast on a small gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    from gateway.streams.base import StreamStore
+
+EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE = 0, 1, 2
+DEFAULT_STORE = "data"
+SELF_READERS = ("gatewayctl-tail", "gatewayctl-replay")  # never committed; hidden from backlog views
+
+
+def store_dir(args: argparse.Namespace) -> Path:
+    """The embedded store folder: ``--store``, else the first loaded configuration's ``store.path``, else ./data."""
+    given = getattr(args, "store", None)
+    if given:
+        return Path(given)
+    configs = getattr(args, "loaded_configs", None) or []
+    for loaded in configs:
+        if loaded.config is not None:
+            return Path(loaded.base_dir) / str(loaded.config.store.path)
+    return Path(DEFAULT_STORE)
+
+
+def open_store(args: argparse.Namespace, *, connect_timeout_s: float = 3.0) -> StreamStore:
+    """The stream store gatewayctl reads: stream manager with ``--stream-manager``, the embedded store otherwise."""
+    target = getattr(args, "stream_manager", None)
+    if target:
+        from gateway.streams.stream_manager import StreamManagerStore
+
+        host, _, port = target.rpartition(":")
+        if not port.isdigit():
+            raise ConfigError(f"--stream-manager {target!r} is not HOST:PORT",
+                              fix="e.g. --stream-manager 127.0.0.1:8088")
+        return StreamManagerStore(host or "127.0.0.1", int(port), connect_timeout_s=connect_timeout_s)
+    from gateway.streams.embedded import EmbeddedStore
+
+    folder = store_dir(args)
+    if not (folder / "streams").is_dir():
+        raise ConfigError(f"no embedded store at {folder} (no streams folder)",
+                          fix="pass --store with the components' store.path, or --config with their configuration")
+    return EmbeddedStore(folder)
+
+
+def status_dirs(args: argparse.Namespace) -> list[Path]:
+    dirs = [store_dir(args) / "status"]
+    work = Path(getattr(args, "greengrass_root", None) or "/greengrass/v2") / "work"
+    if work.is_dir():
+        dirs += sorted(work.glob("*/*/status"))
+    return [d for d in dict.fromkeys(d.resolve() for d in dirs) if d.is_dir()]
+
+
+def read_statuses(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """component name -> its last status (the newest when several folders have one)."""
+    found: dict[str, dict[str, Any]] = {}
+    for folder in status_dirs(args):
+        for path in sorted(folder.glob("*.json")):
+            try:
+                data = json.loads(path.read_bytes())
+            except (OSError, ValueError):
+                continue  # replaced atomically, so only a foreign file can be unreadable
+            if not isinstance(data, dict):
+                continue
+            name = str(data.get("component") or path.stem)
+            data["_path"] = str(path)
+            if name not in found or data.get("updated_ns", 0) > found[name].get("updated_ns", 0):
+                found[name] = data
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (the status file's writer, if on this machine)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user (ggc_user)
+        return True
+    return True
+
+
+def age_s(ts_ns: int | float | None, now_ns: int | None = None) -> float | None:
+    """Seconds since ``ts_ns`` (None when the event never happened: 0 or missing)."""
+    if not ts_ns:
+        return None
+    return ((now_ns or time.time_ns()) - ts_ns) / 1e9
+
+
+def fmt_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 0:
+        return f"in {fmt_age(-seconds)}"
+    if seconds < 90:
+        return f"{seconds:.1f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} d ago"
+
+
+def fmt_duration(seconds: float) -> str:
+    return fmt_age(seconds).removesuffix(" ago")
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)\s*(s|m|min|h|d)$")
+_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def parse_time(text: str, now_ns: int | None = None) -> int:
+    """A time argument in ns since the epoch: ISO 8601 (UTC unless it says otherwise), epoch seconds, ``now`` or
+    relative ``-10m``, ``-2h``, ``-1d``."""
+    now_ns = now_ns or time.time_ns()
+    text = text.strip()
+    if text == "now":
+        return now_ns
+    rel = _RELATIVE.match(text)
+    if rel:
+        return now_ns - int(float(rel.group(1)) * _UNITS[rel.group(2)] * 1e9)
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConfigError(f"time {text!r} is not understood",
+                          fix="use ISO 8601 (2026-11-22T05:00:00Z), epoch seconds, now, or -10m / -2h / -1d") from exc
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1e9)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, default=str))
+
+
+def table(rows: list[list[str]], header: list[str], right: set[int] | None = None) -> str:
+    """A plain text table; ``right`` are the indexes of right-aligned (numeric) columns."""
+    right = right or set()
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(row, widths,
+                                                                                                     strict=False))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)

@@ -1,0 +1,203 @@
+"""``gatewayctl status [--watch]``: one screen of the live pipeline, from the components' status files and the store.
+
+Per component: running or not (pid alive, status fresh). Per connection: values/s and last good read. Per stream:
+depth and how full. Per destination: rate, backlog and oldest unsent age. Per anomaly group: score, threshold and
+alarm. ``--watch`` redraws it like ``top`` on the terminal's alternate screen; q or Ctrl-C quits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import shutil
+import sys
+import time
+from typing import Any
+
+from gateway.cli.common import (
+    EXIT_OK,
+    EXIT_UNHEALTHY,
+    age_s,
+    fmt_age,
+    fmt_bytes,
+    open_store,
+    pid_alive,
+    print_json,
+    read_statuses,
+    store_dir,
+)
+
+STALE_S = 30.0  # a status older than this means the component stopped writing it (it writes every ~2 s)
+
+
+def register(subparsers: Any) -> None:
+    status = subparsers.add_parser(
+        "status", help="one screen of the live pipeline (--watch refreshes it like top)",
+        description="Examples:\n  gatewayctl status\n  gatewayctl status --watch --interval 1\n"
+        "  gatewayctl --json status\nExit code 1 when no component is running or one stopped.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    status.add_argument("-w", "--watch", action="store_true", help="refresh until q or Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh interval (default 2 s)")
+    status.add_argument("--stale-after", type=float, default=STALE_S, metavar="S",
+                        help=f"a status older than this is stale (default {STALE_S:.0f} s)")
+    status.set_defaults(func=cmd_status)
+
+
+def _rate(entry: dict[str, Any], key: str, counter: str, prev: dict[str, Any] | None, dt: float) -> float | None:
+    if key in entry:
+        return float(entry[key])
+    if prev is not None and dt > 0 and counter in prev:
+        return float(entry.get(counter, 0) - prev[counter]) / dt
+    return None
+
+
+def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, store: Any = None) -> dict[str, Any]:
+    """Everything the screen shows, as data (the ``--json`` output)."""
+    now = time.time_ns()
+    statuses = read_statuses(args)
+    out: dict[str, Any] = {"store": str(store_dir(args)), "time_ns": now, "components": [], "connections": [],
+                           "streams": [], "destinations": [], "anomaly": []}
+    prev_dt = (now - previous["time_ns"]) / 1e9 if previous else 0.0
+    prev_conn = {(c["component"], c["name"]): c for c in (previous or {}).get("connections", [])}
+    prev_dest = {d["name"]: d for d in (previous or {}).get("destinations", [])}
+    for name, s in sorted(statuses.items()):
+        age = age_s(s.get("updated_ns"), now)
+        alive = pid_alive(int(s.get("pid") or 0))
+        out["components"].append({"component": name, "pid": s.get("pid"), "alive": alive,
+                                  "status_age_s": None if age is None else round(age, 3),
+                                  "running": alive and age is not None and age <= args.stale_after,
+                                  "config_revision": s.get("config_revision")})
+        for conn, c in (s.get("connections") or {}).items():
+            row = {"component": name, "name": conn, "connected": c.get("connected"),
+                   "values_read": c.get("values_read", 0), "values_bad": c.get("values_bad", 0),
+                   "last_good_read_age_s": age_s(c.get("last_good_read_ns"), now),
+                   "read_errors": c.get("read_errors", 0), "last_error": c.get("last_error", "")}
+            row["values_per_s"] = _rate(c, "values_per_s", "values_read", prev_conn.get((name, conn)), prev_dt)
+            out["connections"].append(row)
+        for dest, d in (s.get("destinations") or {}).items():
+            row = {"name": dest, "records_sent": d.get("records_sent", 0),
+                   "backlog_messages": d.get("backlog_messages", 0),
+                   "oldest_unsent_age_s": d.get("oldest_unsent_age_s", 0.0),
+                   "last_success_age_s": age_s(d.get("last_success_ns"), now), "retries": d.get("retries", 0),
+                   "dead_lettered": d.get("dead_lettered", 0), "last_error": d.get("last_error", "")}
+            row["records_per_s"] = _rate(d, "records_per_s", "records_sent", prev_dest.get(dest), prev_dt)
+            out["destinations"].append(row)
+        groups = s.get("groups") or {}
+        items = groups.items() if isinstance(groups, dict) else ((g.get("name", "?"), g) for g in groups)
+        for group, g in items:
+            out["anomaly"].append({"group": group, "state": g.get("state"), "score": g.get("score"),
+                                   "threshold": g.get("threshold"), "alarm": bool(g.get("alarm"))})
+    try:
+        from gateway.cli.streamscmd import stream_rows
+
+        own = store is None
+        store = store or open_store(args)
+        out["streams"] = stream_rows(store)
+        if own:
+            store.close()
+    except Exception as exc:  # noqa: BLE001 - an unreachable store is one line of the screen, not a crash
+        out["store_error"] = str(exc)
+    return out
+
+
+def _num(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def render(data: dict[str, Any]) -> list[str]:
+    clock = time.strftime("%H:%M:%S", time.localtime(data["time_ns"] / 1e9))
+    lines = [f"gatewayctl status   store {data['store']}   {clock}"]
+    if not data["components"]:
+        lines.append(f"no component status in {data['store']}/status: is the gateway running with this store path?")
+    for c in data["components"]:
+        state = "running" if c["running"] else ("STOPPED (pid gone)" if not c["alive"] else "STALE status")
+        lines.append(f"  {c['component']:32} pid {c['pid']!s:>7}  {state:18} status {fmt_age(c['status_age_s'])}")
+    lines += ["", f"{'CONNECTION':24}{'conn':>5}{'values/s':>10}{'last good read':>16}{'bad':>8}{'errors':>8}"
+              "  last error"]
+    for c in data["connections"]:
+        lines.append(f"{c['name'][:23]:24}{'yes' if c['connected'] else 'NO':>5}{_num(c['values_per_s']):>10}"
+                     f"{fmt_age(c['last_good_read_age_s']):>16}{c['values_bad']:>8}{c['read_errors']:>8}  "
+                     f"{c['last_error'][:60]}")
+    lines += ["", f"{'STREAM':28}{'messages':>10}{'size':>12}{'full %':>8}{'dropped':>9}{'rejected':>9}"]
+    if "store_error" in data:
+        lines.append(f"  store unreachable: {data['store_error'][:100]}")
+    for s in data["streams"]:
+        lines.append(f"{s['stream'][:27]:28}{s['messages']:>10}{fmt_bytes(s['bytes']):>12}{s['full_pct']:>8.1f}"
+                     f"{s['dropped']:>9}{s['rejected']:>9}")
+    lines += ["", f"{'DESTINATION':24}{'rec/s':>9}{'backlog':>9}{'oldest unsent':>15}{'last success':>15}  last error"]
+    for d in data["destinations"]:
+        lines.append(f"{d['name'][:23]:24}{_num(d['records_per_s']):>9}{d['backlog_messages']:>9}"
+                     f"{_num(d['oldest_unsent_age_s'], '{:.1f} s'):>15}{fmt_age(d['last_success_age_s']):>15}  "
+                     f"{d['last_error'][:60]}")
+    if data["anomaly"]:
+        lines += ["", f"{'ANOMALY GROUP':24}{'state':>10}{'score':>10}{'threshold':>11}  alarm"]
+        for g in data["anomaly"]:
+            lines.append(f"{g['group'][:23]:24}{g['state'] or '-':>10}{_num(g['score'], '{:.3g}'):>10}"
+                         f"{_num(g['threshold'], '{:.3g}'):>11}  {'ALARM' if g['alarm'] else '-'}")
+    return lines
+
+
+def _healthy(data: dict[str, Any]) -> bool:
+    return bool(data["components"]) and all(c["running"] for c in data["components"])
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    if args.watch:
+        return watch(args)
+    data = collect(args)
+    if args.json:
+        print_json(data)
+    else:
+        print("\n".join(render(data)))
+    return EXIT_OK if _healthy(data) else EXIT_UNHEALTHY
+
+
+def watch(args: argparse.Namespace) -> int:
+    """Redraw every ``--interval`` seconds on the alternate screen until q, Ctrl-C or end of input."""
+    fd = sys.stdin.fileno()
+    interactive = os.isatty(fd)
+    saved = None
+    if interactive:
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(fd)
+        tty.setcbreak(fd)  # keys arrive one by one, unechoed; Ctrl-C still raises KeyboardInterrupt
+    out = sys.stdout
+    out.write("\x1b[?1049h\x1b[?25l")  # alternate screen, cursor hidden: the shell's screen comes back after
+    previous: dict[str, Any] | None = None
+    try:
+        while True:
+            data = collect(args, previous)
+            previous = data
+            size = shutil.get_terminal_size()
+            lines = [*render(data)[: size.lines - 3], "", "q quits"]
+            out.write("\x1b[H" + "".join(line[: size.columns] + "\x1b[K\n" for line in lines) + "\x1b[J")
+            out.flush()
+            if _wait_for_quit(fd if interactive else None, args.interval):
+                return EXIT_OK
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        out.write("\x1b[?25h\x1b[?1049l")
+        out.flush()
+        if saved is not None:
+            import termios
+
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _wait_for_quit(fd: int | None, seconds: float) -> bool:
+    """Wait up to ``seconds``; True when q was pressed (or input ended)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if fd is None:
+            time.sleep(left)  # no keyboard: the interval is the only event
+            return False
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            key = os.read(fd, 32)
+            if not key or b"q" in key.lower():
+                return True
+    return False

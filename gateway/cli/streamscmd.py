@@ -1,0 +1,163 @@
+"""``gatewayctl streams | tail | buffer``: what the streams hold and who is behind on them.
+
+Everything here reads; nothing commits a reader position (``tail`` reads with a reader that never commits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from gateway.cli.common import (
+    EXIT_OK,
+    EXIT_UNHEALTHY,
+    SELF_READERS,
+    fmt_bytes,
+    fmt_duration,
+    open_store,
+    print_json,
+    store_dir,
+    table,
+)
+
+if TYPE_CHECKING:
+    from gateway.streams.base import StreamStore
+
+
+def register(subparsers: Any) -> None:
+    streams = subparsers.add_parser("streams", help="list streams with depth, size and drops",
+                                    description="Example: gatewayctl streams --store /var/lib/factoryedge/data")
+    streams.set_defaults(func=cmd_streams)
+    tail = subparsers.add_parser(
+        "tail", help="show decoded records of a stream",
+        description="Examples:\n  gatewayctl tail factoryedge-opcua -n 50\n"
+        "  gatewayctl tail factoryedge-opcua --tag 'Reactor/*' --follow",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tail.add_argument("stream")
+    tail.add_argument("--tag", action="append", help="tag pattern, e.g. 'Reactor/*' (repeat for several)")
+    tail.add_argument("-n", "--messages", type=int, default=10, help="start this many messages from the end")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records (Ctrl-C stops)")
+    tail.set_defaults(func=cmd_tail)
+    buffer = subparsers.add_parser(
+        "buffer", help="backlog per destination and stream: unsent messages and oldest unsent age",
+        description="Exit code 1 when a reader's backlog is older than --max-age.")
+    buffer.add_argument("--max-age", type=float, default=300.0, metavar="S",
+                        help="flag backlogs whose oldest unsent message is older than this (default 300 s)")
+    buffer.set_defaults(func=cmd_buffer)
+
+
+def stream_rows(store: StreamStore) -> list[dict[str, Any]]:
+    rows = []
+    for name in store.list_streams():
+        info = store.describe(name)
+        rows.append({"stream": name, "messages": info.message_count, "oldest_seq": info.oldest_seq,
+                     "next_seq": info.next_seq, "bytes": info.total_bytes, "max_bytes": info.spec.max_size_bytes,
+                     "full_pct": round(100 * info.total_bytes / info.spec.max_size_bytes, 1),
+                     "strategy_on_full": info.spec.strategy_on_full.value,
+                     "dropped": info.dropped_messages, "rejected": info.rejected_appends})
+    return rows
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    try:
+        rows = stream_rows(store)
+    finally:
+        store.close()
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    print(table([[r["stream"], r["messages"], fmt_bytes(r["bytes"]), f"{r['full_pct']:.1f}", r["dropped"],
+                  r["rejected"]] for r in rows],
+                ["stream", "messages", "size", "full %", "dropped", "rejected"], right={1, 2, 3, 4, 5}))
+    return EXIT_OK
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from gateway.destinations.base import record_json
+    from gateway.errors import CodecError
+
+    store = open_store(args)
+    position = max(0, store.describe(args.stream).next_seq - args.messages)
+    patterns = args.tag or []
+    try:
+        while True:
+            messages = store.read(args.stream, position, max_count=500, timeout_s=1.0 if args.follow else 0)
+            for msg in messages:
+                position = msg.seq + 1
+                try:
+                    from gateway.codec import decode_batch
+
+                    records = decode_batch(msg.payload)
+                except CodecError as exc:
+                    print(f"message {msg.seq}: cannot decode ({exc})", file=sys.stderr)
+                    continue
+                for r in records:
+                    if patterns and not any(fnmatch.fnmatchcase(r.tag, p) for p in patterns):
+                        continue
+                    rec = record_json(r)
+                    print(json.dumps(rec) if args.json else
+                          f"{rec['sourceTs']}  {r.source:14} {r.tag:40} {r.value!s:>14} {r.quality.name:9} "
+                          f"{rec['kind']}")
+            sys.stdout.flush()
+            if not args.follow and not messages:
+                return EXIT_OK
+    finally:
+        store.close()
+
+
+def backlog_rows(store: StreamStore, positions: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """One row per (reader, stream): committed position vs the stream's tail, and the age of the oldest unsent."""
+    rows = []
+    now = time.time()
+    infos: dict[str, Any] = {}
+    for reader, streams in sorted(positions.items()):
+        if reader in SELF_READERS:
+            continue
+        for stream, committed in sorted(streams.items()):
+            if stream not in infos:
+                try:
+                    infos[stream] = store.describe(stream)
+                except Exception:  # noqa: BLE001 - a deleted stream leaves positions behind; show it, do not stop
+                    infos[stream] = None
+            info = infos[stream]
+            if info is None:
+                rows.append({"reader": reader, "stream": stream, "committed": committed, "backlog": None,
+                             "oldest_unsent_age_s": None, "lost": 0, "note": "stream no longer exists"})
+                continue
+            start = max(committed, info.oldest_seq)
+            backlog = max(0, info.next_seq - start)
+            age = None
+            if backlog:
+                head = store.read(stream, start, max_count=1)
+                age = round(now - head[0].ts_ms / 1000, 3) if head else None
+            rows.append({"reader": reader, "stream": stream, "committed": committed, "next_seq": info.next_seq,
+                         "backlog": backlog, "oldest_unsent_age_s": age,
+                         "lost": max(0, info.oldest_seq - committed), "note": ""})
+    return rows
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
+    from gateway.streams.positions import PositionStore
+
+    store = open_store(args)
+    try:
+        folder = store_dir(args) / "positions"
+        rows = backlog_rows(store, PositionStore(folder).all() if folder.is_dir() else {})
+    finally:
+        store.close()
+    late = [r for r in rows if (r["oldest_unsent_age_s"] or 0) > args.max_age]
+    if args.json:
+        print_json(rows)
+    elif not rows:
+        print(f"no reader positions under {store_dir(args) / 'positions'}: no destination has sent anything yet")
+    else:
+        print(table([[r["reader"], r["stream"], "-" if r["backlog"] is None else r["backlog"],
+                      "-" if r["oldest_unsent_age_s"] is None else fmt_duration(r["oldest_unsent_age_s"]),
+                      r["lost"] or "", ("LATE " if r in late else "") + r["note"]] for r in rows],
+                    ["reader", "stream", "backlog msgs", "oldest unsent", "lost", ""], right={2, 3, 4}))
+    return EXIT_UNHEALTHY if late else EXIT_OK
