@@ -55,6 +55,14 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--opcda-tls-cert", type=Path, default=None, help="PEM certificate: enables Pyro TLS")
     p.add_argument("--opcda-tls-key", type=Path, default=None)
     p.add_argument("--opcda-tls-ca", type=Path, default=None, help="CA bundle: require client certificates")
+    p.add_argument("--opcda-tls-dir", type=Path, default=None,
+                   help="generate a CA, server and client certificates here (once) and serve mutual TLS")
+    p.add_argument("--opcda-time-format", choices=("modern", "legacy"), default="modern",
+                   help="timestamp text: modern pywin32 '2024-05-01 10:00:00.123000+00:00' or legacy "
+                        "'05/01/24 10:00:00' (UTC)")
+    p.add_argument("--opcda-report-host", default=None,
+                   help="host put in client proxies whatever --host is; 0.0.0.0 acts like a gateway bound to all "
+                        "interfaces (clients must rewrite it)")
     p.add_argument("--status-every", type=float, default=5.0, help="wall seconds between status lines (0: none)")
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -97,7 +105,9 @@ def build_endpoints(args: argparse.Namespace, sim: Simulation) -> list[Endpoint]
         from simulator.opcda_server import OpcDaConfig, OpcDaEndpoint
 
         endpoints.append(OpcDaEndpoint(sim, OpcDaConfig(args.host, args.opcda_port, args.opcda_advertise_host,
-                                                         args.opcda_tls_cert, args.opcda_tls_key, args.opcda_tls_ca)))
+                                                         args.opcda_tls_cert, args.opcda_tls_key, args.opcda_tls_ca,
+                                                         args.opcda_time_format, args.opcda_report_host,
+                                                         args.opcda_tls_dir)))
     return endpoints
 
 

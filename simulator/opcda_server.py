@@ -5,12 +5,22 @@ whose ``read``/``write``/``list``/``properties``/``info``/``servers``/``ping``/`
 gateway returns (quality strings, ``str(datetime)`` timestamps, ``Error`` quality with value and timestamp None
 for unknown items). Item ids are tag paths with dots: ``Reactor.Pressure``, ``Disturbances.IDV06``.
 
-Pyro has no authentication: the daemon warns at start unless TLS is configured. Pickle is never accepted.
+Two things real gateways vary in are selectable, so clients can be tested against both: the timestamp text (modern
+pywin32 ``2024-05-01 10:00:00.123000+00:00`` or old pywin32 ``05/01/24 10:00:00``, UTC) and the host written into
+the per-client proxies (``report_host="0.0.0.0"`` reproduces a gateway bound to all interfaces while listening on
+127.0.0.1 only). Named groups behave as in OpenOPC: the first read with a group name fixes its items; later reads
+of that group ignore the tags passed unless ``rebuild=True``.
+
+Pyro has no authentication: the daemon warns at start unless TLS is configured (certificates given, or generated
+into ``tls_dir``: a CA, a server certificate for localhost/127.0.0.1 and a client certificate for mutual TLS).
+Pickle is never accepted.
 """
 
 from __future__ import annotations
 
 import builtins
+import datetime as dt
+import ipaddress
 import logging
 import re
 import threading
@@ -19,7 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import Pyro4
 
@@ -31,10 +41,12 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "FactoryEdge.TEP.1"
 _SAFE_SERIALIZERS = {"serpent", "json", "marshal"}
+_OK = "The operation completed successfully."
 _UNKNOWN_ITEM = "The item ID is not defined in the server address space."
 _READ_ONLY = "The item's access rights do not allow the operation."
 _BAD_VALUE = "The value could not be converted to the item's type."
 _START = datetime.now(timezone.utc)
+TimeFormat = Literal["modern", "legacy"]
 
 _PROCESS_INDEX = {t.path.replace("/", "."): i for i, t in enumerate(PROCESS_TAGS)}
 _STATUS_IDS = {path.replace("/", "."): kind for path, kind, _d in STATUS_TAGS}
@@ -52,12 +64,19 @@ def _opc_error(text: str) -> Exception:
         return RuntimeError(text)
 
 
-def item_value(snap: Snapshot, item: str) -> tuple[Any, str, str] | None:
+def format_stamp(stamp: datetime, time_format: TimeFormat = "modern") -> str:
+    """A timestamp as the gateway sends it: ``str()`` of a modern pywin32 time, or the old pywin32 text (UTC)."""
+    if time_format == "legacy":
+        return stamp.astimezone(timezone.utc).strftime("%m/%d/%y %H:%M:%S")
+    return str(stamp)
+
+
+def item_value(snap: Snapshot, item: str, time_format: TimeFormat = "modern") -> tuple[Any, str, str] | None:
     """``(value, quality, timestamp)`` of ``item`` in ``snap`` as the gateway returns it, None if unknown."""
-    now = str(datetime.now(timezone.utc))
+    now = format_stamp(datetime.now(timezone.utc), time_format)
     if item in _PROCESS_INDEX:
         i = _PROCESS_INDEX[item]
-        return snap.values[i], "Bad" if snap.shutdown else "Good", str(snap.stamps[i])
+        return snap.values[i], "Bad" if snap.shutdown else "Good", format_stamp(snap.stamps[i], time_format)
     if item in _IDV_IDS:
         return _IDV_IDS[item] in snap.active_idvs, "Good", now
     status: dict[str, Any] = {
@@ -111,21 +130,20 @@ class DaClient:
              include_error: bool = False, rebuild: bool = False) -> Any:
         single = isinstance(tags, str)
         names: list[str] = [tags] if single else list(tags or [])
-        if group is not None:
-            if names:
-                self._groups[group] = names
-            elif group in self._groups:
-                names = self._groups[group]
-            else:
-                raise _opc_error(f"read: group {group!r} does not exist; pass tags to create it")
         if any(not isinstance(t, str) for t in names):
             raise TypeError("read(): 'tags' parameter must be a string or a list of strings")
+        if group is not None:  # as OpenOPC: an existing group keeps its items unless rebuilt
+            if group in self._groups and not rebuild:
+                names = self._groups[group]
+            else:
+                self._groups[group] = names
         snap = self._sim.snapshot
+        time_format = self._gateway.time_format
         rows: list[tuple[Any, ...]] = []
         for tag in names:
-            found = item_value(snap, tag)
+            found = item_value(snap, tag, time_format)
             value, quality, stamp = found if found is not None else (None, "Error", None)
-            error = "" if found is not None else _UNKNOWN_ITEM
+            error = _OK if found is not None else _UNKNOWN_ITEM
             row: tuple[Any, ...] = (value, quality, stamp, error) if include_error else (value, quality, stamp)
             rows.append(row if single else (tag, *row))
         return rows[0] if single else rows
@@ -142,10 +160,9 @@ class DaClient:
             error = self._write_one(tag, value)
             status = "Error" if error else "Success"
             if single:
-                out.append((status, error or "The operation completed successfully.") if include_error else status)
+                out.append((status, error or _OK) if include_error else status)
             else:
-                out.append((tag, status, error or "The operation completed successfully.") if include_error
-                           else (tag, status))
+                out.append((tag, status, error or _OK) if include_error else (tag, status))
         return out[0] if single else out
 
     def _write_one(self, tag: str, value: Any) -> str | None:
@@ -183,7 +200,7 @@ class DaClient:
         ids = [i for i in ids if i != 0]
         out: list[Any] = []
         for tag in names:
-            props = _properties(self._sim.snapshot, tag)
+            props = _properties(self._sim.snapshot, tag, self._gateway.time_format)
             if props is None:
                 raise _opc_error(f"properties: {_UNKNOWN_ITEM} ({tag})")
             if id is None:
@@ -199,11 +216,13 @@ class DaClient:
         return out[0] if single and out else out
 
     def info(self) -> builtins.list[tuple[str, str]]:
+        fmt = self._gateway.time_format
         return [
             ("Protocol", "DCOM"), ("Class", "Graybox.OPC.DAWrapper"), ("Client Name", "OpenOPC"),
             ("OPC Host", self.opc_host or "localhost"), ("OPC Server", SERVER_NAME), ("State", "Running"),
-            ("Version", "1.0 (Build 1)"), ("Browser", "Hierarchical"), ("Start Time", str(_START)),
-            ("Current Time", str(datetime.now(timezone.utc))), ("Vendor", "factory-edge-gateway TEP simulator"),
+            ("Version", "1.0 (Build 1)"), ("Browser", "Hierarchical"), ("Start Time", format_stamp(_START, fmt)),
+            ("Current Time", format_stamp(datetime.now(timezone.utc), fmt)),
+            ("Vendor", "factory-edge-gateway TEP simulator"),
         ]
 
     def servers(self, opc_host: str = "localhost") -> builtins.list[str]:
@@ -246,8 +265,8 @@ def _browse(path: str, recursive: bool, flat: bool) -> Iterator[str]:
     yield from (i for i in _BRANCHES[unit] if pattern.match(i))
 
 
-def _properties(snap: Snapshot, tag: str) -> list[tuple[int, str, Any]] | None:
-    found = item_value(snap, tag)
+def _properties(snap: Snapshot, tag: str, time_format: TimeFormat) -> list[tuple[int, str, Any]] | None:
+    found = item_value(snap, tag, time_format)
     if found is None:
         return None
     value, quality, stamp = found
@@ -268,8 +287,9 @@ def _properties(snap: Snapshot, tag: str) -> list[tuple[int, str, Any]] | None:
 class OpcGateway:
     """The ``opc`` object of the OpenOPC Gateway Service."""
 
-    def __init__(self, sim: Simulation) -> None:
+    def __init__(self, sim: Simulation, time_format: TimeFormat = "modern") -> None:
         self.sim = sim
+        self.time_format: TimeFormat = time_format
         self._clients: dict[str, DaClient] = {}
         self._lock = threading.Lock()
 
@@ -294,7 +314,7 @@ class OpcGateway:
 
 @dataclass
 class OpcDaConfig:
-    """Where the OPC DA gateway listens.
+    """Where the OPC DA gateway listens and how it answers.
 
     Attributes:
         host: interface to bind.
@@ -303,6 +323,11 @@ class OpcDaConfig:
         tls_cert: server certificate (PEM) enabling TLS through Pyro's SSL settings.
         tls_key: its private key.
         tls_ca: CA bundle; when set, clients must present a certificate it signed (mutual TLS).
+        time_format: ``modern`` or ``legacy`` pywin32 timestamp text (see the module docstring).
+        report_host: host put into the per-client proxies whatever the bound interface; ``0.0.0.0`` reproduces a
+            real gateway bound to all interfaces (clients must rewrite it).
+        tls_dir: generate a CA, server and client certificates here (once) and serve mutual TLS with them, unless
+            ``tls_cert`` is given.
     """
 
     host: str = "127.0.0.1"
@@ -311,6 +336,54 @@ class OpcDaConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    time_format: TimeFormat = "modern"
+    report_host: str | None = None
+    tls_dir: Path | None = None
+
+
+def ensure_tls_files(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
+    """Generate (once) ``ca.pem``, ``server.pem``/``server.key`` and ``client.pem``/``client.key`` in ``folder``.
+
+    The server certificate names localhost, 127.0.0.1 and ``host``: Python's TLS client checks the host name. The
+    CA key is not kept: these certificates are for test benches. Returns ``(server cert, server key, CA)``.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    names = {f: folder / f for f in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+    if all(p.exists() for p in names.values()):
+        return names["server.pem"], names["server.key"], names["ca.pem"]
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(timezone.utc)
+
+    def build(cn: str, key: Any, issuer: Any, sign_key: Any, ca: bool, sans: list[x509.GeneralName]) -> Any:
+        b = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+             .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return b.sign(sign_key, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "TEP simulator OPC DA test CA")])
+    ca = build("TEP simulator OPC DA test CA", ca_key, ca_name, ca_key, True, [])
+    sans: list[x509.GeneralName] = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    if host not in ("localhost", "127.0.0.1", "0.0.0.0", "::", ""):
+        sans.append(x509.IPAddress(ipaddress.ip_address(host)) if host[0].isdigit() else x509.DNSName(host))
+    files = {"ca.pem": ca.public_bytes(serialization.Encoding.PEM)}
+    for role, role_sans in (("server", sans), ("client", [])):
+        key = ec.generate_private_key(ec.SECP256R1())
+        files[f"{role}.pem"] = build(f"tep-simulator-{role}", key, ca_name, ca_key, False, role_sans).public_bytes(
+            serialization.Encoding.PEM)
+        files[f"{role}.key"] = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption())
+    for name, data in files.items():
+        names[name].write_bytes(data)
+        names[name].chmod(0o600)
+    return names["server.pem"], names["server.key"], names["ca.pem"]
 
 
 class OpcDaEndpoint:
@@ -325,22 +398,29 @@ class OpcDaEndpoint:
         self._thread: threading.Thread | None = None
 
     async def start(self) -> None:
+        cfg = self.config
         config = Pyro4.config
         config.SERIALIZERS_ACCEPTED = _SAFE_SERIALIZERS  # never pickle: it would execute code sent by clients
-        if self.config.tls_cert is not None:
+        if cfg.tls_cert is None and cfg.tls_dir is not None:
+            cfg.tls_cert, cfg.tls_key, cfg.tls_ca = ensure_tls_files(cfg.tls_dir, cfg.host)
+            log.info("OPC DA gateway: mutual TLS with certificates in %s (clients use ca.pem, client.pem, "
+                     "client.key)", cfg.tls_dir)
+        if cfg.tls_cert is not None:
             config.SSL = True
-            config.SSL_SERVERCERT = str(self.config.tls_cert)
-            config.SSL_SERVERKEY = str(self.config.tls_key or "")
-            if self.config.tls_ca is not None:
+            config.SSL_SERVERCERT = str(cfg.tls_cert)
+            config.SSL_SERVERKEY = str(cfg.tls_key or "")
+            if cfg.tls_ca is not None:
                 config.SSL_REQUIRECLIENTCERT = True
-                config.SSL_CACERTS = str(self.config.tls_ca)
+                config.SSL_CACERTS = str(cfg.tls_ca)
         if not config.SSL:
             log.warning("OPC DA gateway on %s:%d has NO authentication and NO encryption (Pyro has none); pass "
-                        "--opcda-tls-cert/--opcda-tls-key (and --opcda-tls-ca) outside a test bench",
-                        self.config.host, self.config.port)
-        nathost = self.config.advertise_host if self.config.host in ("0.0.0.0", "::", "") else None
-        self.daemon = Pyro4.Daemon(host=self.config.host, port=self.config.port, nathost=nathost)
-        self.daemon.register(OpcGateway(self.sim), "opc")
+                        "--opcda-tls-dir, or --opcda-tls-cert/--opcda-tls-key (and --opcda-tls-ca), outside a "
+                        "test bench", cfg.host, cfg.port)
+        bound_all = cfg.host in ("0.0.0.0", "::", "")
+        nathost = cfg.report_host or (cfg.advertise_host if bound_all else None)
+        self.daemon = Pyro4.Daemon(host=cfg.host, port=cfg.port, nathost=nathost,
+                                   natport=0 if nathost else None)
+        self.daemon.register(OpcGateway(self.sim, cfg.time_format), "opc")
         self._thread = threading.Thread(target=self.daemon.requestLoop, name="opcda-daemon", daemon=True)
         self._thread.start()
 

@@ -29,6 +29,18 @@ def start_simulator(folder: Path, *, speed: float = 10, extra: list[str] | None 
     return proc, port
 
 
+def start_opcda_simulator(folder: Path, *, port: int | None = None, speed: float = 1,
+                          extra: list[str] | None = None) -> tuple[Proc, int]:
+    """The simulator's OPC DA endpoint (an OpenOPC gateway over Pyro4) on the synthetic plant; ``port`` to restart."""
+    port = port or free_port()
+    proc = start([sys.executable, "-m", "simulator", "--plant", "synthetic", "--endpoints", "opcda",
+                  "--opcda-port", str(port), "--speed", str(speed), "--status-every", "0", *(extra or [])],
+                 folder / "simulator-opcda.log")
+    wait_for(lambda: port_open(port) or proc.popen.poll() is not None, 60, "the simulator's OPC DA endpoint")
+    assert proc.popen.poll() is None, proc.output()
+    return proc, port
+
+
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[int]:
     proc, port = start_simulator(tmp_path)
