@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
@@ -59,11 +59,12 @@ class ModbusUnit(BaseModel):
                          "all four).")
     tags: list[ModbusTag] = Field(min_length=1, description="The values to read from this unit.")
 
-    @model_validator(mode="after")
-    def _check(self) -> ModbusUnit:
-        if not 0 <= self.unit_id <= 255:
-            raise ValueError(f"unit_id {self.unit_id} is outside 0-255: use the unit (slave) id set on the device")
-        return self
+    @field_validator("unit_id")
+    @classmethod
+    def _unit_id(cls, v: int) -> int:
+        if not 0 <= v <= 255:
+            raise ValueError(f"unit_id {v} is outside 0-255: use the unit (slave) id set on the device")
+        return v
 
 
 class ModbusConnection(ConnectionBase):
