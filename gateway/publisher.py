@@ -166,19 +166,21 @@ class Publisher:
                 counters.last_success_ns = now_ns()
             pending = result.retry
             if pending:
-                self._retrying(name, f"{len(pending)} records refused for now: {result.retry_reason}")
+                self._retrying(name, result.retry_reason, len(pending))
                 if await _wait(stop, backoff.next_delay()):
                     return False
         backoff.reset()
         counters.last_error = ""
         return True
 
-    def _retrying(self, name: str, error: str) -> None:
+    def _retrying(self, name: str, error: str, pending: int | None = None) -> None:
         """Count a retry; log only when the reason changes (a long outage is one line, not one per attempt)."""
         counters = self.counters[name]
         counters.retries += 1
-        if error != counters.last_error:
-            log.warning("destination %s: %s (retrying with backoff; the data stays in the stream)", name, error)
+        if _DIGITS.sub("N", error) != _DIGITS.sub("N", counters.last_error):
+            what = f"{pending} records refused for now: " if pending is not None else ""
+            log.warning("destination %s: %s%s (retrying with backoff; the data stays in the stream)",
+                        name, what, error)
         counters.last_error = error
 
     async def _open_reader(self, offload: Offload, name: str, stream: str, stop: asyncio.Event) -> RecordReader | None:

@@ -167,7 +167,7 @@ async def diagnose_aws(service_prefix: str, aws: AwsSettings, timeout_s: float) 
     else:
         findings.append(passed("endpoint", f"{host}:{port} reachable in {1000 * (time.monotonic() - t0):.0f} ms"))
     if aws.endpoint_url and urlparse(aws.endpoint_url).scheme == "http":
-        findings.append(warning("endpoint", f"{aws.endpoint_url} is plain HTTP", "use https outside tests"))
+        findings.append(warning("endpoint security", f"{aws.endpoint_url} is plain HTTP", "use https outside tests"))
     return findings
 
 

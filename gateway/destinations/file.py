@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -10,6 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from gateway.destinations.base import DestinationBase, SendResult, dumps, record_json
+from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import DestinationError
 from gateway.record import Record
 from gateway.streams.aio import Offload
@@ -67,3 +69,25 @@ class FileSink:
 
     async def close(self) -> None:
         self._offload.close()
+
+
+async def diagnose(cfg: FileDestination, timeout_s: float) -> list[Finding]:
+    """The folder exists (or can be made) and is writable, and how much disk is left for it."""
+    folder = Path(cfg.path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".doctor-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as exc:
+        return [failed("file folder", f"{folder} is not writable: {exc.strerror}",
+                       "set path to a writable location or fix the folder's permissions")]
+    free = shutil.disk_usage(folder).free
+    findings = [passed("file folder", f"{folder} writable")]
+    need = cfg.max_bytes * (cfg.keep + 1)
+    if free < need:
+        findings.append(warning("disk space", f"{free // 2**20} MiB free, rotation may need {need // 2**20} MiB",
+                                "free disk space or lower max_bytes / keep"))
+    else:
+        findings.append(passed("disk space", f"{free // 2**20} MiB free"))
+    return findings

@@ -8,7 +8,9 @@ relied on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import ssl
 import threading
 import time
@@ -19,6 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.destinations.base import DestinationBase, SendResult, pack_by_topic
+from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
 from gateway.record import Record
 from gateway.streams.aio import Offload
@@ -152,3 +155,65 @@ class MqttSink:
         self._client.disconnect()
         self._client.loop_stop()
         self._offload.close()
+
+
+async def diagnose(cfg: MqttDestination, timeout_s: float) -> list[Finding]:
+    """TCP reachability, the TLS handshake (when configured) and the broker's CONNACK, each its own finding."""
+    return await asyncio.to_thread(_diagnose, cfg, timeout_s)
+
+
+def _diagnose(cfg: MqttDestination, timeout_s: float) -> list[Finding]:
+    where = f"{cfg.host}:{cfg.port}"
+    try:
+        raw = socket.create_connection((cfg.host, cfg.port), timeout=timeout_s)
+    except OSError as exc:
+        return [failed("tcp", f"{where} not reachable: {exc}", "check host, port, firewall and that the broker runs")]
+    findings = [passed("tcp", f"{where} accepts connections")]
+    ctx: ssl.SSLContext | None = None
+    with raw:
+        if cfg.tls:
+            try:
+                ctx = MqttSink(cfg)._tls_context(cfg.tls)
+                with ctx.wrap_socket(raw, server_hostname=cfg.host) as tls:
+                    peer: Any = tls.getpeercert() or {}
+                    cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), "?")
+                    findings.append(passed("tls", f"{tls.version()} handshake, broker certificate CN={cn}"))
+            except (DestinationError, ssl.SSLError, OSError) as exc:
+                findings.append(failed("tls", f"handshake with {where} failed: {exc}",
+                                       "check tls.ca_file (it must have signed the broker's certificate, which must "
+                                       "name the host), the client certificate and key, and the port"))
+                return findings
+    findings.append(_connack(cfg, ctx, timeout_s))
+    return findings
+
+
+def _connack(cfg: MqttDestination, ctx: ssl.SSLContext | None, timeout_s: float) -> Finding:
+    # Another client id: reusing the publisher's would disconnect the running component.
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{cfg.client_id}-doctor", clean_session=True)
+    outcome: list[str] = []
+    client.on_connect = lambda c, u, f, reason, p: outcome.append(str(reason) if reason.is_failure else "ok")
+    client.on_disconnect = lambda *a: outcome.append("closed")
+    if cfg.username:
+        client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
+    if ctx is not None:
+        client.tls_set_context(ctx)
+    deadline = time.monotonic() + timeout_s
+    try:
+        client.connect(cfg.host, cfg.port, keepalive=max(5, int(timeout_s) + 5))
+        while not outcome and time.monotonic() < deadline:
+            client.loop(timeout=0.1)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        outcome.append(f"closed ({exc})")
+    finally:
+        client.disconnect()
+    result = outcome[0] if outcome else "no answer"
+    if result == "ok":
+        return passed("mqtt connect", f"CONNACK accepted (client id {cfg.client_id}-doctor)")
+    if result.startswith("closed"):
+        return failed("mqtt connect", f"the broker closed the connection without CONNACK {result[6:]}".strip(),
+                      "with mutual TLS this is a refused or missing client certificate (tls.cert_file/key_file; on "
+                      "IoT Core also an inactive certificate or a policy that denies iot:Connect)")
+    if result == "no answer":
+        return failed("mqtt connect", f"no CONNACK within {timeout_s} s", "check that the port speaks MQTT")
+    return failed("mqtt connect", f"broker refused the connection: {result}",
+                  "check username/password, client id and the broker's access rules")
