@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.dev.kinesis_peer import Kinesalite, start_kinesalite
 from gateway.dev.peers import Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for
 
 
@@ -16,6 +17,14 @@ def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     broker = start_mosquitto(tmp_path_factory.mktemp("mosquitto"))
     yield broker
     broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kinesalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kinesalite]:
+    """kinesalite (npm) on 127.0.0.1: a real Kinesis implementation; each test creates its own stream."""
+    peer = start_kinesalite(tmp_path_factory.mktemp("kinesalite"))
+    yield peer
+    peer.stop()
 
 
 def start_simulator(folder: Path, *, speed: float = 10, extra: list[str] | None = None) -> tuple[Proc, int]:
