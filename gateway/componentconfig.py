@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.anomaly.config import AlarmEvents, AnomalyConfig, TagGroup
 from gateway.destinations.file import FileDestination
 from gateway.destinations.iotcore import IotCoreDestination
 from gateway.destinations.kinesis import KinesisDestination
@@ -69,10 +70,60 @@ class PublisherConfig(_Component):
     metrics_interval_s: float = Field(default=60.0, gt=0, description="How often counters are published as records.")
 
 
+class AnomalyDetectorConfig(_Component):
+    """factoryedge.AnomalyDetector (tag groups: :class:`gateway.anomaly.config.TagGroup`, docs/anomaly.md)."""
+
+    input_streams: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_ ,.\-]{1,255}$")]] = Field(
+        default_factory=lambda: ["factoryedge-opcua", "factoryedge-modbus", "factoryedge-opcda"],
+        description="Collector streams to read, each from this component's own durable position; a stream that "
+        "does not exist yet is waited for.",
+    )
+    output_stream: StreamSpec = Field(
+        default_factory=lambda: StreamSpec(name="factoryedge-anomaly"),
+        description="Stream the score, alarm, attribution and state records are written to.",
+    )
+    start_from: Literal["latest", "oldest"] = Field(
+        default="latest",
+        description="Where a stream this component never read is started: latest (learn from the live data after "
+        "deployment) or oldest (also learn from what the stream retains).",
+    )
+    model_dir: str = Field(
+        default="anomaly-model",
+        description="Folder of the saved model (model.zip), relative to the working directory (the component's "
+        "work path under Greengrass); `gatewayctl anomaly fit --model` writes one to start already scoring.",
+    )
+    groups: list[TagGroup] = Field(default_factory=list, description="Tag groups, each scored by its own forest.")
+    save_interval_s: float = Field(default=300.0, gt=0, description="Seconds between periodic model saves.")
+    output_prefix: str = Field(
+        default="anomaly", description="Prefix of output tags: <prefix>/<group>/score, /alarm, /attribution, /state."
+    )
+    late_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="When no new records arrive, the detector's clock keeps moving this many seconds behind the "
+        "wall clock, so that members that stopped are reported stale.",
+    )
+    alarms: AlarmEvents = Field(default_factory=AlarmEvents, description="Alarm events over Greengrass IPC.")
+
+    def detector_config(self) -> AnomalyConfig | None:
+        """The library configuration of the groups, or None when no group is configured."""
+        if not self.groups:
+            return None
+        return AnomalyConfig(
+            groups=self.groups, save_interval_s=self.save_interval_s, output_prefix=self.output_prefix
+        )
+
+    @model_validator(mode="after")
+    def _valid_groups(self) -> AnomalyDetectorConfig:
+        self.detector_config()  # group names used twice fail here, as in a groups file
+        return self
+
+
 COMPONENTS: dict[str, type[BaseModel]] = {
     "factoryedge.OpcUaCollector": OpcUaCollectorConfig,
     "factoryedge.ModbusCollector": ModbusCollectorConfig,
     "factoryedge.Publisher": PublisherConfig,
+    "factoryedge.AnomalyDetector": AnomalyDetectorConfig,
 }
 
 

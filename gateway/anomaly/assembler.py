@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -111,6 +112,31 @@ class VectorAssembler:
                 out.append(Vector(tick, values))
                 self.emitted += 1
         return out
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-able state (latest values, next tick, counters), saved with the model so that a restart assembles
+        the next vector exactly as an uninterrupted run would."""
+        return {
+            "latest": {
+                t: [v.value if math.isfinite(v.value) else None, v.good, v.ts_ns] for t, v in self._latest.items()
+            },
+            "next_tick_ns": self._next_tick_ns,
+            "sample_due_ns": self._sample_due_ns,
+            "invalid": dict(self.invalid),
+            "emitted": self.emitted,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`to_state` (values of tags no longer in the group are dropped)."""
+        self._latest = {
+            t: _Latest(math.nan if v is None else float(v), bool(good), int(ts))
+            for t, (v, good, ts) in state["latest"].items()
+            if t in self._index
+        }
+        self._next_tick_ns = None if state["next_tick_ns"] is None else int(state["next_tick_ns"])
+        self._sample_due_ns = None if state["sample_due_ns"] is None else int(state["sample_due_ns"])
+        self.invalid = Counter({str(k): int(n) for k, n in state["invalid"].items()})
+        self.emitted = int(state["emitted"])
 
     def missing_tags(self) -> list[str]:
         """Member tags that never delivered a record (reported so a typo in the config is visible)."""

@@ -1,7 +1,15 @@
-"""``gatewayctl anomaly fit | score | status``: the offline replay from the command line.
+"""``gatewayctl anomaly fit | score | status``: the offline replay, and the running component's state.
 
 ``gatewayctl`` calls :func:`register` with its subparsers; each command sets ``func`` to a handler taking the parsed
-namespace and returning the exit code (0 ok, 2 error with the message and fix on stderr).
+namespace and returning the exit code (0 ok, 1 unhealthy, 2 error with the message and fix on stderr).
+
+Examples::
+
+    gatewayctl anomaly status                       # the running component: groups, scores, alarms, problems
+    gatewayctl anomaly status --store /var/lib/factoryedge/data --json
+    gatewayctl anomaly status --model model/        # what a model folder holds
+    gatewayctl anomaly fit --config groups.yaml --data normal.csv --model model/
+    gatewayctl anomaly score --model model/ --data history.csv --out scores.csv --plot scores.png
 """
 
 from __future__ import annotations
@@ -15,12 +23,18 @@ from typing import Any, TextIO
 
 from gateway.anomaly import offline
 from gateway.anomaly.config import load_config
+from gateway.anomaly.livestatus import live_status
 from gateway.errors import GatewayError
 
 
 def register(subparsers: Any) -> None:
     """Add the ``anomaly`` command group to ``gatewayctl``'s subparsers."""
-    parser = subparsers.add_parser("anomaly", help="fit, score and inspect anomaly models on CSV history")
+    parser = subparsers.add_parser(
+        "anomaly",
+        help="the anomaly component's status; fit, score and inspect models on CSV history",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="anomaly_command", required=True)
 
     fit = sub.add_parser("fit", help="learn normal behaviour from CSV history and write a model directory")
@@ -45,8 +59,14 @@ def register(subparsers: Any) -> None:
     _common(score)
     score.set_defaults(func=_score)
 
-    status = sub.add_parser("status", help="show what a model directory holds")
-    status.add_argument("--model", required=True, type=Path, help="model directory")
+    status = sub.add_parser(
+        "status",
+        help="the running component's groups (state, score, alarm, invalid vectors), or with --model what a model "
+        "directory holds; exit 1 when a group has tags that never arrive or the status is stale",
+    )
+    status.add_argument("--model", type=Path, help="show this model directory instead of the running component")
+    status.add_argument("--store", default=argparse.SUPPRESS, help="the component's store.path (default ./data)")
+    status.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     status.set_defaults(func=_status)
 
 
@@ -82,6 +102,8 @@ def _score(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.model is None:
+        return live_status(args)
     try:
         info = offline.status(args.model)
     except FileNotFoundError:
@@ -89,7 +111,7 @@ def _status(args: argparse.Namespace) -> int:
         return 2
     except GatewayError as exc:
         return _fail(exc)
-    print(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2 if not getattr(args, "json", False) else None))
     return 0
 
 

@@ -102,12 +102,22 @@ class TagGroup(BaseModel):
         return self
 
     def fingerprint(self) -> dict[str, object]:
-        """What a saved model depends on; a change means the saved model no longer fits this group."""
+        """What a fitted model depends on; a change means the group must learn again.
+
+        The other settings (``max_age_s``, ``update_below``, ``raise_after``, ``clear_after``, ``top_tags``) act at
+        scoring time: changing them keeps the model.
+        """
         return {
             "tags": list(self.tags),
             "shingle": self.shingle,
             "smoothing": self.smoothing,
             "forest": self.forest.model_dump(),
+            "mode": self.mode,
+            "cadence_s": self.cadence_s,
+            "false_alarm_rate": self.false_alarm_rate,
+            "training_points": self.training_points,
+            "calibration_share": self.calibration_share,
+            "eigen_floor": self.eigen_floor,
         }
 
 
@@ -127,6 +137,39 @@ class AnomalyConfig(BaseModel):
         if dupes:
             raise ValueError(f"group names used twice: {dupes}")
         return self
+
+
+class AlarmEvents(BaseModel):
+    """Where the component publishes alarm raise/clear events (JSON) when it runs under Greengrass.
+
+    Topics may use ``{thing}`` (the Greengrass thing name, ``AWS_IOT_THING_NAME``) and ``{group}``. The recipe's
+    ``accessControl`` must allow them (PublishToIoTCore under ``aws.greengrass.ipc.mqttproxy``, PublishToTopic
+    under ``aws.greengrass.ipc.pubsub``). The alarm records in the output stream are the durable copy; these events
+    are the fast path for local consumers and the cloud.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    iot_core_topic: str | None = Field(
+        "factoryedge/{thing}/alarms/{group}",
+        description="AWS IoT Core topic of alarm events; null publishes none to IoT Core.",
+    )
+    iot_core_qos: Literal[0, 1] = Field(1, description="MQTT QoS of the IoT Core events (QoS 0 is dropped offline).")
+    local_topic: str | None = Field(
+        "factoryedge/alarms/{group}", description="Local pub/sub topic of alarm events; null publishes none locally."
+    )
+
+    @field_validator("iot_core_topic", "local_topic")
+    @classmethod
+    def _placeholders(cls, topic: str | None) -> str | None:
+        if topic is not None:
+            try:
+                topic.format(thing="t", group="g")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ValueError(f"topic {topic!r}: only {{thing}} and {{group}} may be used ({exc!r})") from exc
+            if not topic or any(c in topic for c in "+#"):
+                raise ValueError(f"topic {topic!r} must be non-empty and free of MQTT wildcards (+, #)")
+        return topic
 
 
 def min_training_vectors(group: TagGroup) -> int:

@@ -130,6 +130,7 @@ def fit(
                 segments[name][-1].extend(v.values for v in a.poll(ts))
     for name, model in det.models.items():
         model.fit([np.asarray(s) for s in segments[name] if s])
+    det.assemblers = {g.name: VectorAssembler(g) for g in config.groups}  # the CSV's timeline is not the plant's
     Path(model_dir).mkdir(parents=True, exist_ok=True)
     (Path(model_dir) / CONFIG_FILE).write_text(config.model_dump_json(indent=2), encoding="utf-8")
     det.save()
@@ -145,6 +146,12 @@ def load_detector(model_dir: str | Path, updates: Updates = "gated") -> Detector
     det = Detector(config, model_dir, updates=updates)
     if det.restore() != "restored":
         raise persist.ModelCorrupt(f"no usable model in {model_dir}", fix="fit again with gatewayctl anomaly fit")
+    # a model saved by the component carries its live assembly state (latest values, next tick): a CSV starts anew
+    det.assemblers = {g.name: VectorAssembler(g) for g in config.groups}
+    for m in det.models.values():
+        m.shingler.reset()
+        m.smoother.reset()
+        m.last_ts_ns = None
     return det
 
 

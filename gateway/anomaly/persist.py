@@ -2,7 +2,8 @@
 
 Layout of ``<model_dir>/model.zip``::
 
-    manifest.json        {"format": "factoryedge-anomaly-model", "format_version": 1, "saved_ns": ..., "groups": {...}}
+    manifest.json        {"format": "factoryedge-anomaly-model", "format_version": 1, "saved_ns": ..., "groups": {...},
+                          "assemblers": {...}, "context": {...}}   (the last two optional: added within version 1)
     forest/<group>.bin   the forest snapshot of each fitted group
 
 Zip entries carry CRC-32, so a truncated or bit-flipped file is detected on load (:class:`ModelCorrupt`). A file of
@@ -43,11 +44,22 @@ def model_path(model_dir: str | Path) -> Path:
     return Path(model_dir) / MODEL_FILE
 
 
-def save(model_dir: str | Path, groups: dict[str, dict[str, Any]], forests: dict[str, bytes]) -> Path:
-    """Write the model atomically; returns the file path."""
+def save(
+    model_dir: str | Path,
+    groups: dict[str, dict[str, Any]],
+    forests: dict[str, bytes],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write the model atomically; returns the file path. ``extra`` adds JSON-able top-level manifest entries."""
     path = model_path(model_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "saved_ns": time.time_ns(), "groups": groups}
+    manifest = {
+        **(extra or {}),
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "saved_ns": time.time_ns(),
+        "groups": groups,
+    }
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as fh:
@@ -100,10 +112,10 @@ def load(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
     return manifest, forests
 
 
-def set_aside(model_dir: str | Path) -> Path:
-    """Rename a bad model file to ``model.zip.corrupt-<unix time>`` (kept for diagnosis); returns the new path."""
+def set_aside(model_dir: str | Path, reason: str = "corrupt") -> Path:
+    """Rename a model file to ``model.zip.<reason>-<unix time>`` (kept for diagnosis); returns the new path."""
     path = model_path(model_dir)
-    target = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+    target = path.with_name(f"{path.name}.{reason}-{int(time.time())}")
     os.replace(path, target)
     return target
 

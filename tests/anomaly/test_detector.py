@@ -28,7 +28,7 @@ def _scores(out: list[Record]) -> list[float]:
     return [float(r.value) for r in out if r.kind == Kind.SCORE]  # type: ignore[arg-type]
 
 
-def test_learns_from_the_stream_then_emits_scores_alarms_and_top_tags(tmp_path: Path) -> None:
+def test_learns_from_the_stream_then_emits_scores_alarms_and_attribution(tmp_path: Path) -> None:
     det = Detector(config(training_points=300), tmp_path)
     assert det.restore() == "fresh"
     learning = _feed(det, synthetic(300, seed=1), 0)
@@ -39,7 +39,7 @@ def test_learns_from_the_stream_then_emits_scores_alarms_and_top_tags(tmp_path: 
     assert det.maybe_save(T0 + 300 * NS)  # just fitted: saved at once, so a restart does not relearn
     out = _feed(det, synthetic(40, seed=2, shift={"valve": 4.0}, start=20), 300)
     alarms = [r for r in out if r.kind == Kind.ALARM]
-    assert [r.tag for r in alarms] == ["anomaly/unit/alarm", "anomaly/unit/top_tags"]
+    assert [r.tag for r in alarms] == ["anomaly/unit/alarm", "anomaly/unit/attribution"]
     assert alarms[0].value is True
     assert str(alarms[1].value).startswith("valve:")
     assert len(_scores(out)) == 39

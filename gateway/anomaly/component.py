@@ -1,0 +1,179 @@
+"""factoryedge.AnomalyDetector: the asyncio wiring of :class:`gateway.anomaly.engine.Engine`.
+
+The engine (reading, scoring, writing, saving) runs in one worker thread; the event loop runs the alarm events
+(:mod:`gateway.anomaly.events`), configuration updates and the status file. Restart and replay semantics are in
+:mod:`gateway.anomaly.engine`.
+
+Configuration updates (``ctx.updates``: a Greengrass deployment or SIGHUP) apply without a restart: a change of
+groups, intervals, prefix or alarm topics keeps the model of every group whose fingerprint did not change (others
+learn again); a change of ``store``, ``model_dir``, ``input_streams``, ``output_stream`` or ``start_from`` saves the
+model and reopens the engine in-process. With no group configured the component waits for a deployment that adds
+one (WARNING once, and the status says so).
+
+Status file ``<store.path>/status/factoryedge.AnomalyDetector.json``, rewritten every ``status_interval_s``::
+
+    {
+      "component": "factoryedge.AnomalyDetector", "pid": 123, "started_ns": ..., "updated_ns": ...,
+      "problem": null | "no groups configured",
+      "model_dir": "anomaly-model", "restore": "fresh" | "restored" | "relearning", "last_save_ns": ... | null,
+      "clock_ns": ... | null,                       # detector clock (newest source time read)
+      "inputs": {"factoryedge-opcua": {"state": "reading" | "waiting" | "error", "position": 812, "committed": 790,
+                  "backlog_messages": 3, "records_read": 81200, "lost_messages": 0, "corrupt_messages": 0}, ...},
+      "output_stream": "factoryedge-anomaly", "pending_outputs": 0,
+      "counters": {"records_read": .., "written": .., "suppressed": .., "future": .., "saves": .., "save_errors": ..},
+      "errors": {"<stream>" | "output" | "save": "last error text"},
+      "groups": {"reactor": {
+          "state": "learning" | "scoring", "learning_progress": "412/1000", "learning_share": 0.412,
+          "score": 0.42 | null, "last_scored_ns": ... | null,   # score relative to the threshold: 1.0 = alarm line
+          "threshold": 7.93,                                    # calibrated forest-score threshold (0 while learning)
+          "alarm": false, "backend": "krcf",
+          "counters": {"scored": .., "anomalous": .., "updates": ..},
+          "invalid": {"missing:XMEAS99": 10, "stale:XMV10": 2, "bad:XMEAS7": 1},
+          "missing_tags": ["XMEAS99"]}},
+      "events": {"enabled": true, "iot_core_topic": "...", "local_topic": "...", "queued": 0, "published": 4,
+                 "failed": 0, "dropped": 0, "last_error": ""}
+    }
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.anomaly.engine import COMPONENT, Engine
+from gateway.anomaly.events import AlarmPublisher
+from gateway.componentconfig import AnomalyDetectorConfig
+from gateway.fsutil import atomic_write
+from gateway.runtime import Context
+from gateway.streams import PositionStore, StreamStore, open_store
+from gateway.streams.aio import Offload
+
+log = logging.getLogger(__name__)
+
+IDLE_S = 0.25  # pause when no input stream had anything new
+_REOPEN_FIELDS = ("store", "model_dir", "input_streams", "output_stream", "start_from")
+
+
+class AnomalyComponent:
+    """Runs the engine until stopped; applies configuration updates; writes the status file."""
+
+    def __init__(self, cfg: AnomalyDetectorConfig, *, name: str = COMPONENT) -> None:
+        self.cfg = cfg
+        self.name = name
+        self.engine: Engine | None = None
+        self.store: StreamStore | None = None
+        self.positions: PositionStore | None = None
+        self.events = AlarmPublisher(cfg.alarms)
+        self._offload = Offload("anomaly")
+        self._started_ns = time.time_ns()
+        self._status_due = 0.0
+
+    async def serve(self, ctx: Context[AnomalyDetectorConfig]) -> None:
+        """Run until ``ctx.stop``; take every accepted new configuration from ``ctx.updates``."""
+        publisher = asyncio.create_task(self.events.run(ctx.stop))
+        try:
+            await self._start()
+            while not ctx.stop.is_set():
+                while not ctx.updates.empty():
+                    await self.apply(ctx.updates.get_nowait())
+                busy = await self._step()
+                await self._maybe_status()
+                if not busy:
+                    await _wait(ctx.stop, IDLE_S)
+        finally:
+            await self._stop_engine()
+            await self._write_status()
+            await publisher
+            self.events.close()
+            if self.store is not None:
+                await self._offload(self.store.close)
+            self._offload.close()
+
+    async def _step(self) -> bool:
+        if self.engine is None:
+            return False
+        out = await self._offload(self.engine.step)
+        if out.events:
+            self.events.push([e.as_json(self.name) for e in out.events])
+            for e in out.events:
+                log.info("anomaly group %r alarm %s (score %.2f of threshold, top %s)", e.group,
+                         "RAISED" if e.raised else "cleared", e.score, e.top_tags)
+        await self._offload(self.engine.maybe_save)
+        return out.messages > 0
+
+    async def apply(self, new: AnomalyDetectorConfig) -> None:
+        """Apply a new configuration without a restart (see the module docstring)."""
+        old, self.cfg = self.cfg, new
+        self.events.cfg = new.alarms
+        reopen = any(getattr(old, f) != getattr(new, f) for f in _REOPEN_FIELDS)
+        if self.engine is not None and not reopen and new.groups:
+            outcome = await self._offload(self.engine.reconfigure, new)
+            log.info("%s: configuration applied; groups %s", self.name, outcome)
+            return
+        await self._stop_engine()
+        if old.store != new.store and self.store is not None:
+            await self._offload(self.store.close)
+            self.store = None
+        await self._start()
+        log.info("%s: configuration applied (engine reopened)", self.name)
+
+    async def _start(self) -> None:
+        logging.getLogger("gateway").setLevel(self.cfg.log_level)
+        if self.cfg.detector_config() is None:
+            log.warning("%s: no groups configured: nothing is scored until a deployment adds groups", self.name)
+            return
+        if self.store is None:
+            self.store, self.positions = await self._offload(open_store, self.cfg.store)
+        assert self.store is not None and self.positions is not None
+        engine = Engine(self.cfg, self.store, self.positions, name=self.name)
+        await self._offload(engine.open)
+        self.engine = engine
+        self._status_due = 0.0
+
+    async def _stop_engine(self) -> None:
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            await self._offload(engine.close)
+
+    async def _maybe_status(self) -> None:
+        if time.monotonic() >= self._status_due:
+            self._status_due = time.monotonic() + self.cfg.status_interval_s
+            await self._write_status()
+
+    def status_path(self) -> Path:
+        """Where the status file is written."""
+        return Path(self.cfg.store.path) / "status" / f"{self.name}.json"
+
+    async def _write_status(self) -> None:
+        engine_status: dict[str, Any] = (
+            await self._offload(self.engine.status) if self.engine is not None else {"groups": {}}
+        )
+        status = {
+            "component": self.name,
+            "pid": os.getpid(),
+            "started_ns": self._started_ns,
+            "updated_ns": time.time_ns(),
+            "problem": None if self.cfg.groups else "no groups configured",
+            **engine_status,
+            "events": self.events.status(),
+        }
+        path = self.status_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, json.dumps(status).encode(), sync=False)
+
+
+async def run(ctx: Context[AnomalyDetectorConfig]) -> None:
+    """The component's ``run`` for :func:`gateway.runtime.component_main`."""
+    await AnomalyComponent(ctx.config, name=ctx.name).serve(ctx)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
