@@ -14,6 +14,7 @@ from gateway.destinations.kinesis import KinesisDestination
 from gateway.destinations.mqtt import MqttDestination
 from gateway.destinations.sitewise import SiteWiseDestination
 from gateway.sources.modbus import ModbusConnection
+from gateway.sources.opcda import OpcDaConnection
 from gateway.sources.opcua import OpcUaConnection
 from gateway.streams import StoreConfig, StreamSpec
 
@@ -52,6 +53,17 @@ class ModbusCollectorConfig(_Component):
         default_factory=lambda: StreamSpec(name="factoryedge-modbus"), description="Stream the values are written to."
     )
     connections: list[ModbusConnection] = Field(default_factory=list, description="Modbus TCP servers to read.")
+
+
+class OpcDaCollectorConfig(_Component):
+    """factoryedge.OpcDaCollector."""
+
+    stream: StreamSpec = Field(
+        default_factory=lambda: StreamSpec(name="factoryedge-opcda"), description="Stream the values are written to."
+    )
+    connections: list[OpcDaConnection] = Field(
+        default_factory=list, description="OPC DA servers to read, each through its OpenOPC gateway service."
+    )
 
 
 class PublisherConfig(_Component):
@@ -122,6 +134,7 @@ class AnomalyDetectorConfig(_Component):
 COMPONENTS: dict[str, type[BaseModel]] = {
     "factoryedge.OpcUaCollector": OpcUaCollectorConfig,
     "factoryedge.ModbusCollector": ModbusCollectorConfig,
+    "factoryedge.OpcDaCollector": OpcDaCollectorConfig,
     "factoryedge.Publisher": PublisherConfig,
     "factoryedge.AnomalyDetector": AnomalyDetectorConfig,
 }

@@ -1,0 +1,288 @@
+"""The OPC DA collector against the simulator's OpenOPC gateway (Pyro4), through OpenOPC's own client classes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import OpenOPC
+import Pyro4
+import pytest
+
+from gateway.collector import Collector
+from gateway.componentconfig import OpcDaCollectorConfig
+from gateway.config import validate
+from gateway.dev.faultproxy import FaultProxy
+from gateway.dev.peers import Proc, free_port
+from gateway.errors import ConfigError
+from gateway.record import Quality, Record
+from gateway.sources.opcda import OpcDaConnection, OpcDaSource, diagnose, parse_timestamp, quality_of
+from gateway.streams import PositionStore, RecordReader, StreamSpec
+from gateway.streams.embedded import EmbeddedStore
+from tests.conftest import start_opcda_simulator
+
+SERVER = "FactoryEdge.TEP.1"
+FAST = {"scan_interval_s": 0.05, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "timeout_s": 1.0,
+        "connect_timeout_s": 1.0}
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """One simulator OPC DA endpoint for the tests that only read."""
+    proc, port = start_opcda_simulator(tmp_path_factory.mktemp("opcda-sim"))
+    yield port
+    proc.stop()
+
+
+def _conn(port: int, **kw: Any) -> OpcDaConnection:
+    return OpcDaConnection(**{"name": "da", "host": "127.0.0.1", "port": port, "server": SERVER, **FAST, **kw})
+
+
+class Run:
+    """A collector running in this process's event loop; ``until`` waits on its counters with a deadline."""
+
+    def __init__(self, tmp: Path, conns: list[OpcDaConnection]) -> None:
+        self.tmp = tmp
+        self.collector = Collector("test", EmbeddedStore(tmp / "store"), StreamSpec(name="opcda"), OpcDaSource)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.collector.run(conns, self.stop))
+
+    def counters(self, name: str = "da") -> Any:
+        conn = self.collector.connections.get(name)
+        return conn.counters if conn else None
+
+    async def until(self, cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not cond():
+            assert loop.time() < deadline, f"timed out waiting for {what}: {self.collector.status()}"
+            assert not self.task.done(), self.task.exception()
+            await asyncio.sleep(0.02)
+
+    async def written(self, n: int, name: str = "da") -> None:
+        await self.until(lambda: (c := self.counters(name)) is not None and c.values_written >= n, f"{n} written")
+
+    async def more(self, n: int, name: str = "da") -> None:
+        """Wait until connection ``name`` is connected and wrote ``n`` more values than now."""
+        start = self.counters(name).values_written
+        await self.until(lambda: self.counters(name).connected and self.counters(name).values_written >= start + n,
+                         f"{n} more values from {name}")
+
+    async def finish(self) -> list[Record]:
+        self.stop.set()
+        await self.task
+        reader = RecordReader(EmbeddedStore(self.tmp / "store"), "opcda", "t", PositionStore(self.tmp / "pos"))
+        return reader.poll(max_messages=100_000, timeout_s=0).records
+
+
+def test_values_qualities_timestamps_and_mapping(tmp_path: Path, gateway: int,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "gateway.sources.opcda")
+    conn = _conn(gateway, items=["Reactor.Pressure"], browse=["Separator.*"],
+                 tag_map={"Reactor.Pressure": "/site/area1/tep/reactor/pressure"}, tag_prefix="tep/")
+    Pyro4.config.COMMTIMEOUT = 10
+    direct = OpenOPC.open_client("127.0.0.1", gateway)
+    direct.connect(SERVER)
+
+    async def body() -> tuple[list[Record], list[tuple[float, str]]]:
+        run = Run(tmp_path, [conn])
+        await run.written(20)
+        # what the gateway says right now must arrive as it is: same value, same source timestamp (three tries:
+        # the plant may step between our read and the collector's next scan)
+        seen = []
+        for _ in range(3):
+            seen.append(tuple(direct.read("Reactor.Pressure"))[::2])
+            await run.more(2)
+        return await run.finish(), seen
+
+    records, seen = asyncio.run(body())
+    direct.close()
+    by_tag: dict[str, list[Record]] = {}
+    for r in records:
+        by_tag.setdefault(r.tag, []).append(r)
+    assert "/site/area1/tep/reactor/pressure" in by_tag and "tep/Separator.Pressure" in by_tag, sorted(by_tag)
+    assert all(t == "/site/area1/tep/reactor/pressure" or t.startswith("tep/Separator.") for t in by_tag)
+    pressures = by_tag["/site/area1/tep/reactor/pressure"]
+    assert all(isinstance(r.value, float) and 2600 < r.value < 2800 for r in pressures)
+    assert all(r.quality == Quality.GOOD and r.source == "da" for r in records)
+    assert all(0 <= r.gateway_ts_ns - r.source_ts_ns < 60e9 for r in records)
+    stamps = {r.source_ts_ns for r in pressures}
+    assert any(parse_timestamp(stamp) in stamps for _, stamp in seen), (seen, sorted(stamps)[-3:])
+    unencrypted = [m for m in caplog.messages if "UNENCRYPTED and UNAUTHENTICATED" in m]
+    assert len(unencrypted) <= 1  # once per process and gateway, not per reconnect (it may have gone earlier)
+
+
+def test_unknown_items_go_bad_alone_and_the_rest_flows(tmp_path: Path, gateway: int,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "gateway.sources.opcda")
+    conn = _conn(gateway, name="unknown", items=["Reactor.Pressure", "Reactor.NoSuchItem", "Reactor.Temperature"],
+                 deadband={"heartbeat_s": 0.01})
+
+    async def body() -> tuple[list[Record], dict[str, Any]]:
+        run = Run(tmp_path, [conn])
+        await run.written(30, "unknown")
+        return await run.finish(), run.collector.status()["connections"]["unknown"]
+
+    records, status = asyncio.run(body())
+    bad = [r for r in records if r.tag == "Reactor.NoSuchItem"]
+    assert bad and all(r.quality == Quality.BAD and r.value is None for r in bad)
+    good = [r for r in records if r.tag != "Reactor.NoSuchItem"]
+    assert len(good) >= 10 and all(r.quality == Quality.GOOD for r in good)
+    assert status["extra"]["unknown_items"] == ["Reactor.NoSuchItem"] and status["reconnects"] == 0
+    assert any("Reactor.NoSuchItem (The item ID is not defined" in m for m in caplog.messages)
+
+
+def test_legacy_timestamps_and_host_rewrite_through_a_cut_network(tmp_path: Path) -> None:
+    """Old pywin32 timestamps, a gateway handing out 0.0.0.0 proxies, then blackhole and reset on the link."""
+    proc, port = start_opcda_simulator(tmp_path, extra=["--opcda-time-format", "legacy",
+                                                        "--opcda-report-host", "0.0.0.0"])
+    proxy = FaultProxy(port).start()
+    cut = _conn(proxy.port, name="cut", items=["Reactor.Pressure", "Reactor.Level"], deadband={"heartbeat_s": 0.01})
+    direct = _conn(port, name="direct", items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01})
+
+    async def body() -> tuple[list[Record], dict[str, Any]]:
+        run = Run(tmp_path, [cut, direct])
+        await run.written(10, "cut")
+        assert run.counters("cut").extra["proxy_location"] == f"0.0.0.0:{port}"
+        assert proxy.connections_accepted >= 2  # the per-client proxy was rewritten to go through our link too
+        for fault in (proxy.blackhole, proxy.reset):
+            fault()
+            await run.until(lambda: not run.counters("cut").connected, f"{fault.__name__} noticed")
+            await run.more(5, "direct")  # the other connection keeps flowing meanwhile
+            proxy.pass_through()
+            await run.more(5, "cut")
+        return await run.finish(), run.collector.status()["connections"]
+
+    try:
+        records, status = asyncio.run(body())
+    finally:
+        proxy.stop()
+        proc.stop()
+    cut_records = [r for r in records if r.source == "cut"]
+    good = [r for r in cut_records if r.quality == Quality.GOOD]
+    assert good and all(r.source_ts_ns % 1_000_000_000 == 0 for r in good)  # whole seconds: the text was parsed
+    assert all(abs(r.gateway_ts_ns - r.source_ts_ns) < 120e9 for r in good)  # read as UTC
+    assert sum(r.quality == Quality.BAD and r.value is None for r in cut_records) >= 4  # each cut: every tag BAD
+    assert status["cut"]["reconnects"] >= 2 and status["direct"]["reconnects"] == 0
+
+
+def test_gateway_restart_gets_a_new_client_and_data_resumes(tmp_path: Path) -> None:
+    port = free_port()
+    procs: list[Proc] = [start_opcda_simulator(tmp_path / "first", port=port)[0]]
+    conn = _conn(port, items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01})
+
+    async def body() -> list[Record]:
+        run = Run(tmp_path, [conn])
+        await run.written(5)
+        procs[0].stop()
+        await run.until(lambda: not run.counters().connected, "the gateway going away")
+        procs.append((await asyncio.to_thread(start_opcda_simulator, tmp_path / "second", port=port))[0])
+        await run.more(5)  # from the restarted gateway
+        sessions = await asyncio.to_thread(OpenOPC.get_sessions, "127.0.0.1", port)
+        assert len(sessions) == 1  # our new client, created on the new gateway process
+        return await run.finish()
+
+    try:
+        records = asyncio.run(body())
+    finally:
+        for proc in procs:
+            proc.stop()
+    qualities = [r.quality for r in records]
+    first_bad = qualities.index(Quality.BAD)
+    assert Quality.GOOD in qualities[:first_bad] and Quality.GOOD in qualities[first_bad:]
+
+
+def test_mutual_tls_and_the_plain_link_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "gateway.sources.opcda")
+    certs = tmp_path / "certs"
+    proc, port = start_opcda_simulator(tmp_path, extra=["--opcda-tls-dir", str(certs)])
+    tls = {"ca_file": certs / "ca.pem", "cert_file": certs / "client.pem", "key_file": certs / "client.key"}
+    secure = _conn(port, name="secure", items=["Reactor.Pressure"], tls=tls)
+    plain = _conn(port, name="plain", items=["Reactor.Pressure"])
+
+    async def body() -> dict[str, Any]:
+        run = Run(tmp_path, [secure, plain])
+        await run.written(3, "secure")
+        await run.until(lambda: run.counters("plain").reconnects >= 1, "the plain connection to be refused")
+        await run.finish()
+        status: dict[str, Any] = run.collector.status()["connections"]
+        return status
+
+    try:
+        status = asyncio.run(body())
+        findings = asyncio.run(diagnose(secure, 5))
+    finally:
+        proc.stop()
+    assert status["secure"]["connected"] and status["secure"]["read_errors"] == 0
+    assert not status["plain"]["connected"] and status["plain"]["values_written"] == 0
+    assert Pyro4.config.SSL is False  # TLS settings are applied while connecting only
+    warned = [m for m in caplog.messages if "UNENCRYPTED and UNAUTHENTICATED" in m]
+    assert len(warned) == 1 and "connection plain" in warned[0]
+    assert {f.check: f.ok for f in findings}["opcda tls"] is True
+    assert all(f.ok is not False for f in findings), findings
+
+
+def test_changed_connection_restarts_alone(tmp_path: Path, gateway: int) -> None:
+    a = _conn(gateway, name="a", items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01})
+    b = _conn(gateway, name="b", items=["Reactor.Temperature"], deadband={"heartbeat_s": 0.01})
+
+    async def body() -> list[Record]:
+        run = Run(tmp_path, [a, b])
+        await run.written(5, "a")
+        await run.written(5, "b")
+        task_b = run.collector.connections["b"].task
+        await run.collector.apply([a.model_copy(update={"items": ["Reactor.Pressure", "Reactor.Level"]}), b])
+        await run.until(lambda: run.counters("a").values_written >= 10, "the changed connection")
+        assert run.collector.connections["b"].task is task_b and run.counters("b").reconnects == 0
+        return await run.finish()
+
+    records = asyncio.run(body())
+    assert any(r.source == "a" and r.tag == "Reactor.Level" for r in records)
+
+
+def test_diagnose_names_unknown_items_and_an_unreachable_gateway(gateway: int) -> None:
+    findings = asyncio.run(diagnose(_conn(gateway, items=["Reactor.Pressure", "Reactor.NoSuchItem"]), 5))
+    verdicts = {f.check: f for f in findings}
+    assert verdicts["opcda gateway reachable"].ok and verdicts["opcda pyro ping"].ok
+    assert verdicts["opcda tls"].ok is None and "PYRO_SSL" in verdicts["opcda tls"].fix
+    assert verdicts["opcda server"].ok and verdicts["opcda first read"].ok
+    unknown = verdicts["opcda unknown items"]
+    assert unknown.ok is False and "Reactor.NoSuchItem" in unknown.detail
+    wrong_server = asyncio.run(diagnose(_conn(gateway, items=["X"], server="Matrikon.OPC.Simulation.1"), 5))
+    assert wrong_server[-1].ok is False and SERVER in wrong_server[-1].detail  # the offered servers are named
+    down = asyncio.run(diagnose(_conn(free_port(), items=["X"]), 2))
+    assert len(down) == 1 and down[0].ok is False and "OpenOPC Gateway Service" in down[0].fix
+
+
+def test_config_errors_name_the_field() -> None:
+    data = {"connections": [
+        {"name": "ok", "host": "h", "server": "S", "items": ["A"]},
+        {"name": "bad", "host": "h", "server": "S", "port": 0, "items": ["A"], "naive_timestamp_tz": "Mars/Base",
+         "tls": {"ca_file": "ca.pem", "cert_file": "c.pem"}, "timeout_s": 0},
+        {"name": "empty", "host": "h", "server": "S"},
+    ]}
+    with pytest.raises(ConfigError) as err:
+        validate(OpcDaCollectorConfig, data, origin="opcda.yaml")
+    text = str(err.value)
+    for field in ("connections.1.port", "connections.1.naive_timestamp_tz", "connections.1.tls",
+                  "connections.1.timeout_s", "connections.2"):
+        assert field in text, text
+    assert "Mars/Base" in text and "key_file" in text and "browse" in text
+    assert OpcDaCollectorConfig().stream.name == "factoryedge-opcda"
+
+
+def test_timestamp_and_quality_mapping() -> None:
+    utc = datetime(2024, 5, 1, 10, 0, 0, 123000, tzinfo=timezone.utc)
+    ns = 1714557600_123_000_000
+    assert int(utc.timestamp()) * 10**9 + 123_000_000 == ns
+    assert parse_timestamp("2024-05-01 10:00:00.123000+00:00") == ns
+    assert parse_timestamp("2024-05-01 12:00:00.123000+02:00") == ns
+    assert parse_timestamp("05/01/24 10:00:00") == ns - 123_000_000
+    assert parse_timestamp("05/01/2024 10:00:00") == ns - 123_000_000
+    assert parse_timestamp(None) is None and parse_timestamp("yesterday") is None
+    assert [quality_of(q) for q in ("Good", "Uncertain", "Bad", "Unknown", "Error", None)] == [
+        Quality.GOOD, Quality.UNCERTAIN, Quality.BAD, Quality.BAD, Quality.BAD, Quality.BAD]
