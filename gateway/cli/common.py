@@ -32,10 +32,10 @@ def store_dir(args: argparse.Namespace) -> Path:
     given = getattr(args, "store", None)
     if given:
         return Path(given)
-    configs = getattr(args, "loaded_configs", None) or []
+    configs: list[Any] = getattr(args, "loaded_configs", None) or []
     for loaded in configs:
-        if loaded.config is not None:
-            return Path(loaded.base_dir) / str(loaded.config.store.path)
+        if loaded.store_path:
+            return Path(loaded.base_dir) / str(loaded.store_path)
     return Path(DEFAULT_STORE)
 
 
@@ -131,13 +131,13 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-_RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)\s*(s|m|min|h|d)$")
+_RELATIVE = re.compile(r"^(?:now)?-(\d+(?:\.\d+)?)\s*(s|m|min|h|d)$")
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
 
 
 def parse_time(text: str, now_ns: int | None = None) -> int:
     """A time argument in ns since the epoch: ISO 8601 (UTC unless it says otherwise), epoch seconds, ``now`` or
-    relative ``-10m``, ``-2h``, ``-1d``."""
+    relative ``now-10m``, ``now-2h``, ``now-1d`` (``-2h`` too, written ``--from=-2h`` for argparse)."""
     now_ns = now_ns or time.time_ns()
     text = text.strip()
     if text == "now":
@@ -153,7 +153,8 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ConfigError(f"time {text!r} is not understood",
-                          fix="use ISO 8601 (2026-11-22T05:00:00Z), epoch seconds, now, or -10m / -2h / -1d") from exc
+                          fix="use ISO 8601 (2026-11-22T05:00:00Z), epoch seconds, now, or now-10m / now-2h / now-1d",
+                          ) from exc
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return int(dt.timestamp() * 1e9)

@@ -96,8 +96,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{component} {info['key'] or '(top level)'}")
     for label in ("description", "type", "default", "constraints", "allowed", "fields"):
-        value = info.get(label)
-        if value in (None, "", [], {}):
+        value: Any = info.get(label)
+        if label == "default" and "type" in info:
+            value = json.dumps(value)
+        elif value in (None, "", [], {}):
             continue
         if label == "fields":
             print("  fields:")

@@ -31,6 +31,15 @@ class LoadedConfig:
     config: Any = None  # the validated model instance
     problems: list[str] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path)  # relative paths in the configuration are relative to this
+    raw: Any = None  # the data as read, so an invalid configuration still names its store
+
+    @property
+    def store_path(self) -> str | None:
+        if self.config is not None:
+            return str(self.config.store.path)
+        store = self.raw.get("store") if isinstance(self.raw, dict) else None
+        path = store.get("path") if isinstance(store, dict) else None
+        return path if isinstance(path, str) else None
 
     @property
     def ok(self) -> bool:
@@ -95,8 +104,8 @@ def load_file_for(spec: str, component: str | None = None) -> LoadedConfig:
     try:
         config = validate(components()[name], data, origin=str(path))
     except ConfigError as exc:
-        return LoadedConfig(name, str(path), problems=exc.problems or [str(exc)])
-    return LoadedConfig(name, str(path), config)
+        return LoadedConfig(name, str(path), problems=exc.problems or [str(exc)], raw=data)
+    return LoadedConfig(name, str(path), config, raw=data)
 
 
 def _resolve_name(name: str) -> str:

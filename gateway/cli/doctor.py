@@ -131,7 +131,7 @@ def _stream_manager_target(args: argparse.Namespace, loaded: list[configs.Loaded
 def check_store(args: argparse.Namespace, loaded: list[configs.LoadedConfig]) -> tuple[list[Finding], Any]:
     """Reachable, per-stream fill and loss, free disk. Returns the findings and the open store (or None)."""
     from gateway.cli.common import open_store
-    from gateway.cli.streamscmd import backlog_rows, stream_rows
+    from gateway.cli.streamscmd import backlog_rows, reader_positions, stream_rows
 
     target = _stream_manager_target(args, loaded)
     if target:
@@ -145,11 +145,7 @@ def check_store(args: argparse.Namespace, loaded: list[configs.LoadedConfig]) ->
                if target else "pass --store with the components' store.path (or --config)")
         return [failed("store", f"{where} unreachable: {exc}", fix)], None
     folder = store_dir(args)
-    positions: dict[str, dict[str, int]] = {}
-    if (folder / "positions").is_dir():
-        from gateway.streams.positions import PositionStore
-
-        positions = PositionStore(folder / "positions").all()
+    positions = reader_positions(args, store)
     total = sum(r["bytes"] for r in rows)
     out = [passed("store", f"{'stream manager ' + target if target else folder}: {len(rows)} streams, "
                   f"{fmt_bytes(total)} stored")]

@@ -9,7 +9,7 @@ Examples:
   gatewayctl streams --store /var/lib/factoryedge/data
   gatewayctl tail factoryedge-opcua --tag 'Reactor/*' --follow
   gatewayctl buffer                               backlog per destination and stream
-  gatewayctl replay factoryedge-opcua --from -2h --to -1h --destination cloud
+  gatewayctl replay factoryedge-opcua --from now-2h --to now-1h --destination cloud
   gatewayctl config check publisher.yaml
   gatewayctl config explain factoryedge.Publisher destinations.mqtt.port
   gatewayctl sim --speed 10
@@ -38,6 +38,7 @@ COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("sim",), "gateway.cli.simcmd"),
     (("modbus",), "gateway.cli.modbus"),
     (("anomaly",), "gateway.anomaly.cli"),
+    (("dev",), "gateway.cli.dev"),
 ]
 
 # Options every command understands, wherever they are written; (flags, keyword arguments).

@@ -26,9 +26,10 @@ CLOCK_MARGIN_MS = 10 * 60 * 1000
 def register(subparsers: Any) -> None:
     replay = subparsers.add_parser(
         "replay", help="re-send a time range of a stream to one destination (positions untouched)",
-        description="Examples:\n  gatewayctl replay factoryedge-opcua --from -2h --to -1h --destination cloud\n"
+        description="Examples:\n  gatewayctl replay factoryedge-opcua --from now-2h --to now-1h --destination cloud\n"
         "  gatewayctl replay factoryedge-opcua --from 2026-11-22T01:00:00Z --to 2026-11-22T02:00:00Z "
-        "--destination plant-broker --json\nTimes: ISO 8601 (UTC unless given), epoch seconds, now, -10m, -2h, -1d.",
+        "--destination plant-broker --json\n"
+        "Times: ISO 8601 (UTC unless given), epoch seconds, now, now-10m, now-2h, now-1d.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     replay.add_argument("stream")
     replay.add_argument("--from", dest="start", required=True, metavar="T", help="first source timestamp to send")

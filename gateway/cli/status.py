@@ -118,7 +118,7 @@ def render(data: dict[str, Any]) -> list[str]:
     for c in data["connections"]:
         lines.append(f"{c['name'][:23]:24}{'yes' if c['connected'] else 'NO':>5}{_num(c['values_per_s']):>10}"
                      f"{fmt_age(c['last_good_read_age_s']):>16}{c['values_bad']:>8}{c['read_errors']:>8}  "
-                     f"{c['last_error'][:60]}")
+                     f"{c['last_error'][:60] if not c['connected'] or c['values_bad'] else ''}")
     lines += ["", f"{'STREAM':28}{'messages':>10}{'size':>12}{'full %':>8}{'dropped':>9}{'rejected':>9}"]
     if "store_error" in data:
         lines.append(f"  store unreachable: {data['store_error'][:100]}")

@@ -51,7 +51,7 @@ def register(subparsers: Any) -> None:
 
 
 def stream_rows(store: StreamStore) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in store.list_streams():
         info = store.describe(name)
         rows.append({"stream": name, "messages": info.message_count, "oldest_seq": info.oldest_seq,
@@ -110,9 +110,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
         store.close()
 
 
-def backlog_rows(store: StreamStore, positions: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
-    """One row per (reader, stream): committed position vs the stream's tail, and the age of the oldest unsent."""
-    rows = []
+def backlog_rows(store: StreamStore, positions: dict[str, dict[str, int | None]]) -> list[dict[str, Any]]:
+    """One row per (reader, stream): committed position vs the stream's tail, and the age of the oldest unsent.
+
+    A position of None is a reader that never committed: it starts at the oldest message."""
+    rows: list[dict[str, Any]] = []
     now = time.time()
     infos: dict[str, Any] = {}
     for reader, streams in sorted(positions.items()):
@@ -129,7 +131,7 @@ def backlog_rows(store: StreamStore, positions: dict[str, dict[str, int]]) -> li
                 rows.append({"reader": reader, "stream": stream, "committed": committed, "backlog": None,
                              "oldest_unsent_age_s": None, "lost": 0, "note": "stream no longer exists"})
                 continue
-            start = max(committed, info.oldest_seq)
+            start = info.oldest_seq if committed is None else max(committed, info.oldest_seq)
             backlog = max(0, info.next_seq - start)
             age = None
             if backlog:
@@ -137,17 +139,36 @@ def backlog_rows(store: StreamStore, positions: dict[str, dict[str, int]]) -> li
                 age = round(now - head[0].ts_ms / 1000, 3) if head else None
             rows.append({"reader": reader, "stream": stream, "committed": committed, "next_seq": info.next_seq,
                          "backlog": backlog, "oldest_unsent_age_s": age,
-                         "lost": max(0, info.oldest_seq - committed), "note": ""})
+                         "lost": 0 if committed is None else max(0, info.oldest_seq - committed),
+                         "note": "nothing sent yet" if committed is None else ""})
     return rows
 
 
-def cmd_buffer(args: argparse.Namespace) -> int:
+def reader_positions(args: argparse.Namespace, store: StreamStore) -> dict[str, dict[str, int | None]]:
+    """Committed positions, plus every configured destination's streams it never committed on (None)."""
+    from gateway.cli import configs
     from gateway.streams.positions import PositionStore
 
+    out: dict[str, dict[str, int | None]] = {}
+    loaded = getattr(args, "loaded_configs", None)
+    if loaded is None:
+        loaded, _ = configs.gather(args)
+    existing = set(store.list_streams())
+    for c in loaded:
+        for d in getattr(c.config, "destinations", None) or []:
+            for stream in d.route.streams if d.enabled else []:
+                if stream in existing:
+                    out.setdefault(d.name, {})[stream] = None
+    folder = store_dir(args) / "positions"
+    for reader, streams in (PositionStore(folder).all() if folder.is_dir() else {}).items():
+        out.setdefault(reader, {}).update(streams)
+    return out
+
+
+def cmd_buffer(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
-        folder = store_dir(args) / "positions"
-        rows = backlog_rows(store, PositionStore(folder).all() if folder.is_dir() else {})
+        rows = backlog_rows(store, reader_positions(args, store))
     finally:
         store.close()
     late = [r for r in rows if (r["oldest_unsent_age_s"] or 0) > args.max_age]
