@@ -1,10 +1,16 @@
-"""OPC UA collector connection (asyncua): subscription or polling.
+"""OPC UA collector connection (asyncua): subscription or polling, secured or not, tags listed or browsed.
 
-After every (re)connect the namespace index and the node ids are resolved again and the monitored items are
-created again: servers renumber namespaces after restarts, and a subscription that is not rebuilt is the classic
-"connected but no data". One subscription per session (asyncua keeps one publish request in flight per session,
-NOTES 4), monitored items created in batches. A watchdog compares what the subscription delivered with what a read
-returns; a subscription that went silent while values moved is rebuilt.
+After every (re)connect the namespace indexes, the node ids and the browse patterns are resolved again and the
+monitored items are created again: servers renumber namespaces after restarts, and a subscription that is not
+rebuilt is the classic "connected but no data". One subscription per session (asyncua keeps one publish request in
+flight per session, NOTES 4), monitored items created in batches, notifications taken from the subscription's queue
+(a full queue forces a reconnect instead of silently dropping, NOTES 4). asyncua's supervisor reads the server
+state every ``keepalive_s``; a link that stops answering ends the session and the collector reconnects with
+backoff. A watchdog compares what the subscription delivered with what a read returns; a subscription that went
+silent while values moved is deleted and created again on the same session.
+
+Security, certificates and identities live in :mod:`gateway.sources.opcua_security`, browsing in
+:mod:`gateway.sources.opcua_browse`, the checks of ``gatewayctl doctor`` in :mod:`gateway.sources.opcua_diagnose`.
 """
 
 from __future__ import annotations
@@ -14,22 +20,30 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
+from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent, Subscription
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from gateway.errors import SourceError
 from gateway.record import Quality, Value
 from gateway.sources.common import ConnectionBase, Emitter
+from gateway.sources.opcua_browse import browse_patterns
+from gateway.sources.opcua_security import OpcUaSecurity, secure
+
+if TYPE_CHECKING:
+    from gateway.diagnostics import Finding
 
 log = logging.getLogger(__name__)
 
-BATCH = 1000  # monitored items created per CreateMonitoredItems call
+BATCH = 1000  # monitored items per CreateMonitoredItems call, nodes per Read call
+QUEUE = 200_000  # notifications buffered between asyncua's publish loop and the emitter
 
 
 class OpcUaConnection(ConnectionBase):
@@ -42,8 +56,15 @@ class OpcUaConnection(ConnectionBase):
         description="Namespace URI for node ids written without ns= (e.g. 's=Reactor/Pressure'); resolved to an "
         "index after every connect, because servers renumber namespaces.",
     )
+    browse: list[str] = Field(
+        default_factory=list,
+        description="Browse patterns discovering tags after every connect, e.g. 'Objects/Reactor/*' or "
+        "'Objects/**/Level'; segments are browse names, '**' spans levels. Tags are named by their path below "
+        "Objects.",
+    )
     nodes: list[str] = Field(
-        min_length=1,
+        default_factory=list,
+        validate_default=True,  # so that 'neither nodes nor browse' is reported at nodes
         description="Node ids: 'ns=2;s=Tag', 'nsu=urn:x;s=Tag', or 's=Tag' / 'i=1001' with namespace_uri.",
     )
     mode: Literal["subscription", "polling"] = Field(
@@ -51,11 +72,40 @@ class OpcUaConnection(ConnectionBase):
     )
     publishing_interval_ms: float = Field(default=1000, gt=0, description="Subscription publishing interval.")
     sampling_interval_ms: float = Field(default=0, ge=0, description="Server sampling interval (0: fastest).")
+    queue_size: int = Field(default=1, ge=1, description="Server-side queue per monitored item (1: latest only).")
     scan_interval_s: float = Field(default=1.0, gt=0, description="Polling interval in polling mode.")
     watchdog_s: float = Field(
         default=30.0, gt=0, description="Check a quiet subscription against a read this often; rebuild if silent."
     )
+    keepalive_s: float = Field(
+        default=5.0, gt=0, description="Read the server state this often; a link that does not answer within it is "
+        "treated as lost and reconnected.",
+    )
+    session_timeout_s: float = Field(
+        default=60.0, gt=0, description="Session timeout asked of the server: how long a session orphaned by a "
+        "network cut lingers there (short avoids BadTooManySessions after many cuts).",
+    )
     timeout_s: float = Field(default=10.0, gt=0, description="Request timeout.")
+    security: OpcUaSecurity = Field(default_factory=OpcUaSecurity, description="Security policy, certificates and "
+                                    "identity.")
+
+    @field_validator("nodes")
+    @classmethod
+    def _parseable(cls, nodes: list[str], info: ValidationInfo) -> list[str]:
+        if not nodes and not info.data.get("browse"):
+            raise PydanticCustomError("missing", "Field required: list node ids here, or browse patterns such as "
+                                      "'Objects/Reactor/*' in browse")
+        bad = []
+        for nid in nodes:
+            text = nid.split(";", 1)[1] if nid.startswith("nsu=") and ";" in nid else nid
+            try:
+                ua.NodeId.from_string(text)
+            except (ValueError, UaError, IndexError):
+                bad.append(nid)
+        if bad:
+            raise ValueError(f"node ids {bad} cannot be parsed: write them like 'ns=2;s=Reactor/Pressure', "
+                             "'nsu=urn:site:plant;s=Tag' or 'i=1001'")
+        return nodes
 
 
 def _quality(dv: ua.DataValue) -> Quality:
@@ -83,6 +133,73 @@ def tag_of(node_id: str) -> str:
     return ident[2:] if ident[:2] in ("s=", "i=", "g=", "b=") else ident
 
 
+async def resolve_nodes(client: Client, cfg: OpcUaConnection) -> tuple[dict[str, Node], dict[str, str]]:
+    """Configured node ids and browsed variables as nodes by tag, plus tags that cannot resolve (with why)."""
+    namespaces = await client.get_namespace_array()
+    default_ns: int | None = None
+    if cfg.namespace_uri:
+        if cfg.namespace_uri not in namespaces:
+            raise SourceError(
+                f"{cfg.endpoint}: namespace {cfg.namespace_uri!r} is not on the server (it has {namespaces})",
+                fix="check namespace_uri against the server's NamespaceArray (gatewayctl opcua read URL i=2255)",
+            )
+        default_ns = namespaces.index(cfg.namespace_uri)
+    nodes: dict[str, Node] = {}
+    unresolved: dict[str, str] = {}
+    for nid in cfg.nodes:
+        text = nid
+        if nid.startswith("nsu="):
+            uri, _, rest = nid[4:].partition(";")
+            if uri not in namespaces:
+                unresolved[tag_of(nid)] = f"namespace {uri} is not on the server"
+                continue
+            text = f"ns={namespaces.index(uri)};{rest}"
+        elif not nid.startswith("ns=") and default_ns is not None:
+            text = f"ns={default_ns};{nid}"
+        nodes[tag_of(nid)] = client.get_node(text)
+    if cfg.browse:
+        for tag, node in (await browse_patterns(client, cfg.browse)).items():
+            nodes.setdefault(tag, node)
+    return nodes, unresolved
+
+
+async def connect(cfg: OpcUaConnection) -> Client:
+    """A connected, secured client for one connection (raises SourceError naming the fix)."""
+    client = Client(cfg.endpoint, timeout=cfg.timeout_s, watchdog_intervall=cfg.keepalive_s)
+    client.session_timeout = int(cfg.session_timeout_s * 1000)
+    client.name = client.description = "factoryedge gateway"
+    try:
+        await secure(client, cfg.security, cfg.endpoint, cfg.timeout_s)
+        await client.connect()
+    except SourceError:
+        raise
+    except (OSError, asyncio.TimeoutError) as exc:
+        raise SourceError(f"{cfg.endpoint}: cannot connect ({type(exc).__name__}: {exc})",
+                          fix="check the endpoint, the network and that the server runs", retryable=True) from exc
+    except (UaError, AssertionError, ValueError) as exc:
+        raise SourceError(f"{cfg.endpoint}: the server refused the session ({type(exc).__name__}: {exc})",
+                          fix=_refusal_fix(exc, cfg.security), retryable=True) from exc
+    return client
+
+
+def _refusal_fix(exc: BaseException, sec: OpcUaSecurity) -> str:
+    text = f"{type(exc).__name__} {exc}"
+    if "Identity" in text or "User" in text:
+        return "check security.username/password or the user certificate, and that the server accepts that identity"
+    if sec.secure:
+        return ("the server may not trust the gateway's certificate: copy "
+                f"{sec.certificate or sec.pki_dir + '/own/cert.der'} into the server's trusted certificates, "
+                "and check that policy and mode match an endpoint the server offers")
+    return "check the server's log for why it refused the session"
+
+
+async def disconnect(client: Client) -> None:
+    try:
+        await asyncio.wait_for(client.disconnect(), timeout=2)
+    except (OSError, asyncio.TimeoutError, UaError, RuntimeError, AttributeError, ConnectionError):
+        client.disconnect_socket()  # the link is already gone; nothing to close cleanly
+
+
 class OpcUaSource:
     """Reads one OPC UA server; see the module docstring."""
 
@@ -91,84 +208,103 @@ class OpcUaSource:
         self._last_notified: dict[str, int] = {}
 
     async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
-        client = Client(self.cfg.endpoint, timeout=self.cfg.timeout_s)
+        client = await connect(self.cfg)
         try:
-            await client.connect()
-        except (OSError, asyncio.TimeoutError, UaError) as exc:
-            raise SourceError(f"{self.cfg.endpoint}: cannot connect ({type(exc).__name__}: {exc})",
-                              fix="check the endpoint, the network and that the server runs", retryable=True) from exc
-        try:
-            nodes = await self._resolve(client, emitter)
+            nodes, unresolved = await resolve_nodes(client, self.cfg)
+            for tag, why in unresolved.items():
+                self._bad(emitter, tag, why)
+            emitter.counters.extra["tags"] = len(nodes)
             on_connected()
             if self.cfg.mode == "polling":
                 await self._poll(client, nodes, emitter)
             else:
                 await self._subscribe(client, nodes, emitter)
+        except (OSError, asyncio.TimeoutError, ConnectionError, UaError) as exc:
+            raise SourceError(f"{self.cfg.endpoint}: link lost ({type(exc).__name__}: {exc})",
+                              retryable=True) from exc
         finally:
-            try:
-                await asyncio.wait_for(client.disconnect(), timeout=2)
-            except (OSError, asyncio.TimeoutError, UaError, RuntimeError, AttributeError):
-                pass  # the link is already gone; nothing to close cleanly
+            await disconnect(client)
 
-    async def _resolve(self, client: Client, emitter: Emitter) -> dict[str, Node]:
-        ns_index: int | None = None
-        if self.cfg.namespace_uri:
-            try:
-                ns_index = await client.get_namespace_index(self.cfg.namespace_uri)
-            except ValueError as exc:
-                raise SourceError(
-                    f"{self.cfg.endpoint}: namespace {self.cfg.namespace_uri!r} is not on the server",
-                    fix="check namespace_uri against the server's NamespaceArray (gatewayctl opcua browse)",
-                ) from exc
-        nodes: dict[str, Node] = {}
-        for nid in self.cfg.nodes:
-            text = nid if nid.startswith(("ns=", "nsu=")) or ns_index is None else f"ns={ns_index};{nid}"
-            nodes[tag_of(nid)] = client.get_node(text)
-        return nodes
+    def _bad(self, emitter: Emitter, tag: str, why: str) -> None:
+        emitter.emit(tag, None, Quality.BAD)
+        emitter.counters.read_errors += 1
+        log.warning("connection %s: tag %s is BAD: %s (fix the node id; `gatewayctl doctor` suggests close "
+                    "matches)", self.cfg.name, tag, why)
+
+    async def _read(self, client: Client, nodes: list[Node]) -> list[ua.DataValue]:
+        out: list[ua.DataValue] = []
+        for start in range(0, len(nodes), BATCH):
+            out.extend(await client.read_attributes(nodes[start : start + BATCH], AttributeIds.Value))
+        return out
 
     async def _poll(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> None:
         tags, node_list = list(nodes), list(nodes.values())
         while True:
             t0 = time.monotonic()
-            values = await client.read_attributes(node_list, AttributeIds.Value)
-            for tag, dv in zip(tags, values, strict=True):
+            for tag, dv in zip(tags, await self._read(client, node_list), strict=True):
                 self._emit(emitter, tag, dv)
             await asyncio.sleep(max(0.0, self.cfg.scan_interval_s - (time.monotonic() - t0)))
 
-    async def _subscribe(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> None:
-        handler = _Handler(self, emitter, {n.nodeid: t for t, n in nodes.items()})
-        sub = await client.create_subscription(self.cfg.publishing_interval_ms, handler)
-        node_list = list(nodes.values())
-        tags = list(nodes)
+    async def _create(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> Subscription:
+        params = ua.CreateSubscriptionParameters(
+            RequestedPublishingInterval=self.cfg.publishing_interval_ms,
+            RequestedLifetimeCount=10000,
+            RequestedMaxKeepAliveCount=client.get_keepalive_count(self.cfg.publishing_interval_ms),
+            MaxNotificationsPerPublish=10000, PublishingEnabled=True, Priority=0)
+        # DISCONNECT: a consumer that falls behind ends the session visibly instead of dropping values silently
+        sub = await client.create_subscription(params, None, queue_maxsize=QUEUE, overflow=OverflowPolicy.DISCONNECT)
+        tags, node_list = list(nodes), list(nodes.values())
         for start in range(0, len(node_list), BATCH):
             results = await sub.subscribe_data_change(
-                node_list[start : start + BATCH], sampling_interval=ua.Double(self.cfg.sampling_interval_ms)
-            )
+                node_list[start : start + BATCH], queuesize=self.cfg.queue_size,
+                sampling_interval=ua.Double(self.cfg.sampling_interval_ms))
             for tag, res in zip(tags[start : start + BATCH], results, strict=True):
                 if isinstance(res, ua.StatusCode):
-                    emitter.emit(tag, None, Quality.BAD)
-                    emitter.counters.read_errors += 1
-                    log.warning("connection %s: node for tag %s rejected by the server: %s (fix the node id)",
-                                self.cfg.name, tag, res.name)
-        while True:
-            await asyncio.sleep(self.cfg.watchdog_s)
-            if handler.error is not None:
-                raise SourceError(f"{self.cfg.endpoint}: subscription failed: {handler.error}", retryable=True)
-            await self._watchdog(client, nodes)
+                    self._bad(emitter, tag, f"the server rejected the monitored item: {res.name}")
+        return sub
 
-    async def _watchdog(self, client: Client, nodes: dict[str, Node]) -> None:
-        """Raise if values moved on the server without reaching us through the subscription (silent)."""
+    async def _subscribe(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> None:
+        by_id = {n.nodeid: t for t, n in nodes.items()}
+        sub = await self._create(client, nodes, emitter)
+        loop = asyncio.get_running_loop()
+        next_check = loop.time() + self.cfg.watchdog_s
+        while True:
+            ev = await sub.next_event(timeout=max(0.01, next_check - loop.time()))
+            if isinstance(ev, DataChangeEvent):
+                tag = by_id.get(ev.node.nodeid)
+                if tag is not None:
+                    self._emit(emitter, tag, ev.data.monitored_item.Value)
+            elif isinstance(ev, StatusChangeEvent):
+                raise SourceError(f"{self.cfg.endpoint}: subscription ended by status "
+                                  f"{ev.notification.Status.name}", retryable=True)
+            if loop.time() < next_check:
+                continue
+            silent = await self._silent(client, nodes)
+            if silent:
+                emitter.counters.extra["subscription_rebuilds"] = \
+                    int(emitter.counters.extra.get("subscription_rebuilds", 0)) + 1
+                log.warning("connection %s: subscription went silent (%s); rebuilding it", self.cfg.name, silent)
+                try:
+                    await asyncio.wait_for(sub.delete(), self.cfg.timeout_s)
+                except (UaError, asyncio.TimeoutError):
+                    pass  # the server may have dropped it already; the new one replaces it either way
+                self._last_notified.clear()
+                sub = await self._create(client, nodes, emitter)
+            next_check = loop.time() + self.cfg.watchdog_s
+
+    async def _silent(self, client: Client, nodes: dict[str, Node]) -> str:
+        """Why the subscription looks silent ('' if not): a value moved on the server long after its last
+        notification reached us."""
         tags, node_list = list(nodes), list(nodes.values())
-        values = await client.read_attributes(node_list, AttributeIds.Value)  # also proves the session lives
-        slack_ns = int((self.cfg.publishing_interval_ms / 1000 + self.cfg.watchdog_s / 2) * 1e9)
+        values = await self._read(client, node_list)  # also proves the session lives
+        slack_ns = int((max(self.cfg.watchdog_s, 2 * self.cfg.publishing_interval_ms / 1000)
+                        + self.cfg.publishing_interval_ms / 1000) * 1e9)
         for tag, dv in zip(tags, values, strict=True):
             ts = _ts_ns(dv.SourceTimestamp)
             seen = self._last_notified.get(tag)
             if ts is not None and seen is not None and ts - seen > slack_ns and _quality(dv) == Quality.GOOD:
-                raise SourceError(
-                    f"{self.cfg.endpoint}: subscription went silent (tag {tag} changed on the server "
-                    f"{(ts - seen) / 1e9:.0f} s after its last notification); rebuilding it", retryable=True,
-                )
+                return f"tag {tag} changed on the server {(ts - seen) / 1e9:.1f} s after its last notification"
+        return ""
 
     def _emit(self, emitter: Emitter, tag: str, dv: ua.DataValue) -> None:
         value, ok = _value(dv.Value.Value if dv.Value is not None else None)
@@ -179,19 +315,8 @@ class OpcUaSource:
         emitter.emit(tag, value, quality, ts)
 
 
-class _Handler:
-    """asyncua calls this from its own task for every notification."""
+async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:
+    """The checks of ``gatewayctl doctor`` for one connection (see :mod:`gateway.diagnostics`)."""
+    from gateway.sources.opcua_diagnose import diagnose as run
 
-    def __init__(self, source: OpcUaSource, emitter: Emitter, tags: dict[ua.NodeId, str]) -> None:
-        self.source = source
-        self.emitter = emitter
-        self.tags = tags
-        self.error: str | None = None
-
-    def datachange_notification(self, node: Node, val: Any, data: Any) -> None:
-        tag = self.tags.get(node.nodeid)
-        if tag is not None:
-            self.source._emit(self.emitter, tag, data.monitored_item.Value)
-
-    def status_change_notification(self, status: Any) -> None:
-        self.error = f"status change {status}"
+    return await run(cfg, timeout_s)

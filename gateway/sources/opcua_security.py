@@ -1,0 +1,275 @@
+"""OPC UA security for the collector and the CLI: policy and mode, the client certificate, the server trust list and
+the user identity.
+
+The client certificate is generated once into ``pki_dir`` (kept across restarts, regenerated only when missing,
+expired or not matching the application URI) or provided as files. Server certificates are trusted by putting them
+into ``trust_dir`` (``gatewayctl opcua trust URL --accept`` does it); a server whose certificate is not there, or is
+expired, is refused with that fix in the message. Passwords are :class:`~pydantic.SecretStr` and never logged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.crypto import cert_gen
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+from gateway.errors import SourceError
+
+POLICY_URIS = {
+    "None": "http://opcfoundation.org/UA/SecurityPolicy#None",
+    "Basic256Sha256": SecurityPolicyBasic256Sha256.URI,
+}
+
+
+class OpcUaSecurity(BaseModel):
+    """How the gateway authenticates the server and itself."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["None", "Basic256Sha256"] = Field(default="None", description="Security policy.")
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = Field(
+        default="None", description="Message security mode; Sign or SignAndEncrypt need policy Basic256Sha256."
+    )
+    pki_dir: str = Field(
+        default="opcua-pki",
+        description="Folder of the gateway's own generated certificate (own/) and, by default, of the trust list "
+        "(trusted/); relative paths are under the component's working directory, which survives restarts.",
+    )
+    trust_dir: str | None = Field(
+        default=None,
+        description="Folder of trusted server certificates (DER or PEM); default <pki_dir>/trusted. "
+        "Add one with `gatewayctl opcua trust URL --accept --trust-dir DIR`.",
+    )
+    certificate: str | None = Field(
+        default=None, description="Provided client certificate file (DER or PEM); generated when unset."
+    )
+    private_key: str | None = Field(default=None, description="Private key file of the provided certificate.")
+    application_uri: str | None = Field(
+        default=None,
+        description="Application URI of the gateway; must match the certificate's URI. Default: taken from a "
+        "provided certificate, else urn:<hostname>:factoryedge:gateway.",
+    )
+    username: str | None = Field(default=None, description="User name identity (with password).")
+    password: SecretStr | None = Field(default=None, description="Password of the user name identity; never logged.")
+    user_certificate: str | None = Field(default=None, description="Certificate identity: user certificate file.")
+    user_private_key: str | None = Field(default=None, description="Certificate identity: its private key file.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OpcUaSecurity:
+        problems: list[str] = []
+        if self.mode != "None" and self.policy == "None":
+            problems.append(f"security.mode is {self.mode} but security.policy is None: set policy: Basic256Sha256")
+        if self.policy != "None" and self.mode == "None":
+            problems.append(f"security.policy is {self.policy} but security.mode is None: set mode: Sign or "
+                            "SignAndEncrypt")
+        if self.password is not None and not self.username:
+            problems.append("security.password is set without security.username: add the username")
+        if self.username and self.password is None:
+            problems.append("security.username is set without security.password: add the password")
+        if self.username and self.user_certificate:
+            problems.append("security.username and security.user_certificate are both set: choose one identity")
+        for cert, key, what in (("certificate", "private_key", "client"),
+                                ("user_certificate", "user_private_key", "user")):
+            if bool(getattr(self, cert)) != bool(getattr(self, key)):
+                problems.append(f"security.{cert} and security.{key} go together ({what} certificate and its key)")
+            for f in (cert, key):
+                value = getattr(self, f)
+                if value and not Path(value).is_file():
+                    problems.append(f"security.{f}: file {value} does not exist: fix the path or copy the file there")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def secure(self) -> bool:
+        return self.mode != "None"
+
+    def trust_path(self) -> Path:
+        return Path(self.trust_dir) if self.trust_dir else Path(self.pki_dir) / "trusted"
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What an engineer needs to decide whether to trust a certificate."""
+
+    subject: str
+    thumbprint: str  # SHA-1 of the DER, hex, the way OPC UA tools show it
+    not_before: dt.datetime
+    not_after: dt.datetime
+    application_uri: str | None
+
+    @property
+    def expired(self) -> bool:
+        now = dt.datetime.now(dt.timezone.utc)
+        return not self.not_before <= now <= self.not_after
+
+    def as_dict(self) -> dict[str, str | bool | None]:
+        return {"subject": self.subject, "thumbprint": self.thumbprint, "not_before": self.not_before.isoformat(),
+                "not_after": self.not_after.isoformat(), "application_uri": self.application_uri,
+                "expired": self.expired}
+
+
+def cert_info(der: bytes) -> CertInfo:
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    except x509.ExtensionNotFound:
+        uris = []
+    return CertInfo(cert.subject.rfc4514_string(), hashlib.sha1(der).hexdigest(),
+                    cert.not_valid_before_utc, cert.not_valid_after_utc, uris[0] if uris else None)
+
+
+def load_der(path: Path) -> bytes:
+    """A certificate file (DER or PEM) as DER bytes."""
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"-----BEGIN"):
+        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+    return data
+
+
+def trusted_thumbprints(trust_dir: Path) -> set[str]:
+    """Thumbprints of every readable certificate in the trust folder (unreadable files are skipped)."""
+    found: set[str] = set()
+    if trust_dir.is_dir():
+        for p in trust_dir.iterdir():
+            if p.is_file() and p.suffix.lower() in (".der", ".pem", ".crt", ".cer"):
+                try:
+                    found.add(hashlib.sha1(load_der(p)).hexdigest())
+                except ValueError:
+                    continue
+    return found
+
+
+def trust(der: bytes, trust_dir: Path) -> Path:
+    """Put a server certificate into the trust list; returns the file written."""
+    info = cert_info(der)
+    trust_dir.mkdir(parents=True, exist_ok=True)
+    cn = info.subject.split(",")[0].split("=")[-1]
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cn)[:40] or "server"
+    path = trust_dir / f"{safe}[{info.thumbprint}].der"
+    path.write_bytes(der)
+    return path
+
+
+def check_server_certificate(der: bytes, sec: OpcUaSecurity, url: str) -> CertInfo:
+    """Refuse an expired or untrusted server certificate with the fix in the message."""
+    info = cert_info(der)
+    if info.expired:
+        raise SourceError(
+            f"{url}: the server certificate {info.subject} (thumbprint {info.thumbprint}) is not valid now "
+            f"(valid {info.not_before:%Y-%m-%d} to {info.not_after:%Y-%m-%d})",
+            fix="renew the server's certificate on the server, then trust the new one with "
+            f"`gatewayctl opcua trust {url} --accept --trust-dir {sec.trust_path()}`",
+        )
+    if info.thumbprint not in trusted_thumbprints(sec.trust_path()):
+        raise SourceError(
+            f"{url}: the server certificate {info.subject} (thumbprint {info.thumbprint}) is not in the trust "
+            f"list {sec.trust_path()}",
+            fix=f"check it and trust it with `gatewayctl opcua trust {url} --accept --trust-dir {sec.trust_path()}`",
+        )
+    return info
+
+
+def default_application_uri() -> str:
+    return f"urn:{socket.gethostname()}:factoryedge:gateway"
+
+
+async def client_certificate(sec: OpcUaSecurity) -> tuple[Path, Path, str]:
+    """The client certificate, key and application URI to use: provided, or generated once into pki_dir/own."""
+    if sec.certificate and sec.private_key:
+        info = cert_info(load_der(Path(sec.certificate)))
+        if info.expired:
+            raise SourceError(
+                f"client certificate {sec.certificate} ({info.subject}) is not valid now "
+                f"(valid {info.not_before:%Y-%m-%d} to {info.not_after:%Y-%m-%d})",
+                fix="issue a new certificate, or remove security.certificate to let the gateway generate one",
+            )
+        uri = sec.application_uri or info.application_uri or default_application_uri()
+        if info.application_uri and uri != info.application_uri:
+            raise SourceError(
+                f"security.application_uri {uri} does not match the certificate's URI {info.application_uri}",
+                fix="set security.application_uri to the certificate's URI, or remove it",
+            )
+        return Path(sec.certificate), Path(sec.private_key), uri
+    uri = sec.application_uri or default_application_uri()
+    own = Path(sec.pki_dir) / "own"
+    own.mkdir(parents=True, exist_ok=True)
+    cert, key = own / "cert.der", own / "key.pem"
+    # regenerates only when missing, expired or for another URI: the server keeps trusting the same certificate
+    await cert_gen.setup_self_signed_certificate(key, cert, uri, socket.gethostname(),
+                                                 [ExtendedKeyUsageOID.CLIENT_AUTH],
+                                                 {"organizationName": "factoryedge"})
+    return cert, key, uri
+
+
+def _endpoint(endpoints: list[ua.EndpointDescription], sec: OpcUaSecurity, url: str) -> ua.EndpointDescription:
+    mode = ua.MessageSecurityMode[sec.mode]
+    for ep in endpoints:
+        if ep.SecurityMode == mode and ep.SecurityPolicyUri == POLICY_URIS[sec.policy]:
+            return ep
+    offered = ", ".join(sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}"
+                                for e in endpoints}))
+    raise SourceError(f"{url}: the server offers no endpoint with {sec.policy}/{sec.mode} (it offers {offered})",
+                      fix="set security.policy and security.mode to one the server offers, or enable it on the server")
+
+
+async def server_certificate(url: str, timeout_s: float) -> tuple[list[ua.EndpointDescription], bytes]:
+    """The server's endpoints and certificate (DER), read over an unsecured discovery channel."""
+    probe = Client(url, timeout=timeout_s)
+    endpoints = list(await probe.connect_and_get_server_endpoints())
+    der = b""
+    for ep in endpoints:
+        if ep.ServerCertificate:
+            der = first_cert(ep.ServerCertificate)
+            break
+    return endpoints, der
+
+
+def first_cert(blob: bytes) -> bytes:
+    """A ServerCertificate field may hold a chain; the leaf is the first DER sequence."""
+    if len(blob) < 4 or blob[0] != 0x30:
+        return blob
+    if blob[1] & 0x80:
+        n = blob[1] & 0x7F
+        length = int.from_bytes(blob[2 : 2 + n], "big") + 2 + n
+    else:
+        length = blob[1] + 2
+    return blob[:length]
+
+
+async def secure(client: Client, sec: OpcUaSecurity, url: str, timeout_s: float) -> None:
+    """Apply policy, mode, certificates and identity to a client before ``connect``."""
+    cert, key, uri = await client_certificate(sec) if sec.secure or sec.user_certificate else (None, None, "")
+    if uri:
+        client.application_uri = uri
+    if sec.secure:
+        assert cert is not None and key is not None
+        endpoints, _ = await server_certificate(url, timeout_s)
+        ep = _endpoint(endpoints, sec, url)
+        der = first_cert(ep.ServerCertificate)
+        check_server_certificate(der, sec, url)
+        await client.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key), server_certificate=der,
+                                  mode=ua.MessageSecurityMode[sec.mode])
+    if sec.username and sec.password is not None:
+        client.set_user(sec.username)
+        client.set_password(sec.password.get_secret_value())
+    elif sec.user_certificate and sec.user_private_key:
+        info = cert_info(load_der(Path(sec.user_certificate)))
+        if info.expired:
+            raise SourceError(f"user certificate {sec.user_certificate} ({info.subject}) is not valid now "
+                              f"(valid until {info.not_after:%Y-%m-%d})", fix="issue a new user certificate")
+        await client.load_client_certificate(sec.user_certificate)
+        await client.load_private_key(Path(sec.user_private_key))

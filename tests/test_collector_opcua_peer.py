@@ -1,0 +1,197 @@
+"""The OPC UA collector against an independent server (node-opcua, tests/peers/opcua_server.js).
+
+Also holds the helpers the other ``test_collector_opcua_*`` files use to start that server and run a collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.collector import Collector
+from gateway.dev.peers import ROOT, Proc, free_port, start, wait_for
+from gateway.record import Quality, Record
+from gateway.sources.opcua import OpcUaConnection, OpcUaSource
+from gateway.streams import PositionStore, RecordReader, StreamSpec
+from gateway.streams.embedded import EmbeddedStore
+
+SCRIPT = ROOT / "tests" / "peers" / "opcua_server.js"
+URI = "urn:factoryedge:test"
+
+
+@dataclass
+class NodeOpcUa:
+    """A running node-opcua peer; ``restart`` keeps the port and the PKI (so its certificate stays the same)."""
+
+    folder: Path
+    port: int
+    options: dict[str, Any]
+    proc: Proc | None = None
+    ns: int = 0
+    cert: Path = field(default_factory=Path)
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}"
+
+    @property
+    def pki(self) -> Path:
+        return self.folder / "pki"
+
+    def start(self) -> NodeOpcUa:
+        o = self.options
+        cmd = ["node", str(SCRIPT), "--port", str(self.port), "--pki", str(self.pki),
+               "--variables", str(o.get("variables", 10)), "--rate", str(o.get("rate", 10)),
+               "--security", o.get("security", "none"), "--namespaces-before", str(o.get("namespaces_before", 0))]
+        if o.get("user"):
+            cmd += ["--user", o["user"]]
+        if o.get("auto_accept"):
+            cmd.append("--auto-accept")
+        if o.get("anonymous") is False:
+            cmd.append("--no-anonymous")
+        self.starts += 1
+        log = self.folder / f"server-{self.starts}.log"
+        self.proc = proc = start(cmd, log)
+        wait_for(lambda: "READY" in proc.output() or proc.popen.poll() is not None, 60, "node-opcua READY")
+        m = re.search(r"READY port=\d+ ns=(\d+) uri=\S+ cert=(\S+)", proc.output())
+        assert m, proc.output()
+        self.ns, self.cert = int(m.group(1)), Path(m.group(2))
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+            self.proc = None
+
+    def restart(self, **changes: Any) -> NodeOpcUa:
+        self.stop()
+        self.options.update(changes)
+        return self.start()
+
+    def trust_client(self, cert: Path, user: bool = False) -> None:
+        """Put a client (or user) certificate into the server's trust list (before it starts)."""
+        folder = self.pki / ("user/trusted/certs" if user else "trusted/certs")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cert, folder / (cert.stem + ".der"))
+
+
+def start_node_opcua(folder: Path, **options: Any) -> NodeOpcUa:
+    if shutil.which("node") is None or not (SCRIPT.parent / "node_modules" / "node-opcua").exists():
+        pytest.skip("node-opcua not installed: run scripts/setup.sh")
+    folder.mkdir(parents=True, exist_ok=True)
+    return NodeOpcUa(folder, options.pop("port", None) or free_port(), options).start()
+
+
+def conn(server: NodeOpcUa, **kw: Any) -> OpcUaConnection:
+    base: dict[str, Any] = {"name": "peer", "endpoint": server.url, "namespace_uri": URI,
+                            "nodes": ["s=Reactor/Pressure", "s=Reactor/Temperature"], "publishing_interval_ms": 100,
+                            "reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "timeout_s": 3, "keepalive_s": 1}
+    base.update(kw)
+    return OpcUaConnection(**base)
+
+
+async def collect(tmp: Path, conns: list[OpcUaConnection], done: Callable[[Collector], bool],
+                  during: Callable[[Collector], Any] | None = None, timeout: float = 60) -> Collector:
+    """Run a collector until ``done``; ``during`` may return a coroutine (awaited once, after the first check)."""
+    store = EmbeddedStore(tmp / "store")
+    collector = Collector("test", store, StreamSpec(name="opcua"), OpcUaSource, status_dir=tmp / "status")
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(conns, stop))
+    await until(collector, task, done, timeout)
+    stop.set()
+    await task
+    store.close()
+    return collector
+
+
+async def until(collector: Collector, task: asyncio.Task[None], done: Callable[[Collector], bool],
+                timeout: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not done(collector):
+        assert loop.time() < deadline, {n: c.counters for n, c in collector.connections.items()}
+        assert not task.done(), task.exception()
+        await asyncio.sleep(0.05)
+
+
+def records(tmp: Path) -> list[Record]:
+    store = EmbeddedStore(tmp / "store")
+    reader = RecordReader(store, "opcua", "t", PositionStore(tmp / "pos"))
+    out = reader.poll(max_messages=100_000, timeout_s=0).records
+    store.close()
+    return out
+
+
+def written(name: str, n: int) -> Callable[[Collector], bool]:
+    return lambda c: name in c.connections and c.connections[name].counters.values_written >= n
+
+
+def counters(c: Collector, name: str = "peer") -> Any:
+    return c.connections[name].counters
+
+
+@pytest.fixture
+def node_opcua(tmp_path: Path) -> Any:
+    server = start_node_opcua(tmp_path / "peer", variables=20, rate=10, namespaces_before=1)
+    yield server
+    server.stop()
+
+
+def test_subscription_reads_values_and_types(tmp_path: Path, node_opcua: NodeOpcUa) -> None:
+    nodes = ["s=Reactor/Pressure", "s=Reactor/Running", "s=Reactor/Batch", "s=Reactor/Count", "s=Tank/Level"]
+    c = conn(node_opcua, nodes=nodes, tag_map={"Reactor/Pressure": "/site/area/line/reactor/pressure"})
+
+    def done(col: Collector) -> bool:
+        return written("peer", 60)(col)
+
+    asyncio.run(collect(tmp_path, [c], done))
+    recs = records(tmp_path)
+    by_tag: dict[str, list[Any]] = {}
+    for r in recs:
+        by_tag.setdefault(r.tag, []).append(r.value)
+    assert set(by_tag) == {"/site/area/line/reactor/pressure", "Reactor/Running", "Reactor/Batch", "Reactor/Count",
+                           "Tank/Level"}
+    assert all(isinstance(v, float) and 2700 <= v < 2710 for v in by_tag["/site/area/line/reactor/pressure"])
+    assert all(isinstance(v, bool) for v in by_tag["Reactor/Running"])
+    assert all(isinstance(v, str) and v.startswith("B") for v in by_tag["Reactor/Batch"])
+    assert all(isinstance(v, int) and not isinstance(v, bool) for v in by_tag["Reactor/Count"])
+    assert len(set(by_tag["Reactor/Count"])) > 3  # values change, each change delivered
+    assert all(r.quality == Quality.GOOD and r.source == "peer" for r in recs)
+    assert all(abs(r.gateway_ts_ns - r.source_ts_ns) < 30e9 for r in recs)
+
+
+def test_polling_mode(tmp_path: Path, node_opcua: NodeOpcUa) -> None:
+    c = conn(node_opcua, mode="polling", scan_interval_s=0.1, nodes=["s=Reactor/Count", "ns=0;i=2258"])
+    asyncio.run(collect(tmp_path, [c], written("peer", 20)))
+    recs = records(tmp_path)
+    counts = [r.value for r in recs if r.tag == "Reactor/Count" and isinstance(r.value, int)]
+    assert len(counts) >= 5 and counts == sorted(counts)
+    assert any(r.tag == "2258" and isinstance(r.value, str) for r in recs)  # Server CurrentTime, a datetime
+
+
+def test_browse_patterns_discover_tags(tmp_path: Path, node_opcua: NodeOpcUa) -> None:
+    c = conn(node_opcua, nodes=[], browse=["Objects/Reactor/*", "Objects/**/Level"])
+    col = asyncio.run(collect(tmp_path, [c], written("peer", 30)))
+    tags = {r.tag for r in records(tmp_path)}
+    assert tags == {"Reactor/Pressure", "Reactor/Temperature", "Reactor/Running", "Reactor/Batch", "Reactor/Count",
+                    "Tank/Level"}
+    assert counters(col).extra["tags"] == 6
+
+
+def test_unknown_node_ids_bad_while_the_rest_flows(tmp_path: Path, node_opcua: NodeOpcUa) -> None:
+    c = conn(node_opcua, nodes=["s=Reactor/Pressure", "s=Reactor/Presure", "nsu=urn:nowhere;s=X"])
+    col = asyncio.run(collect(tmp_path, [c], written("peer", 20)))
+    recs = records(tmp_path)
+    for tag in ("Reactor/Presure", "X"):
+        bad = [r for r in recs if r.tag == tag]
+        assert bad and all(r.quality == Quality.BAD and r.value is None for r in bad), tag
+    assert sum(r.tag == "Reactor/Pressure" and r.quality == Quality.GOOD for r in recs) >= 10
+    assert counters(col).read_errors >= 2 and counters(col).connected
