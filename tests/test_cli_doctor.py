@@ -1,15 +1,20 @@
 """gatewayctl doctor diagnoses what goes wrong on site: wrong node id, destination down with a growing backlog,
-full stream, stopped component, invalid configuration. Real processes, real peers."""
+full stream, stopped component, invalid configuration, Modbus byte order. Real processes, real peers."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from gateway.dev.peers import Proc, free_port, wait_for
+from gateway.dev.peers import Proc, free_port, port_open, start, wait_for
 from gateway.errors import StreamFull
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec
@@ -96,3 +101,46 @@ def test_full_stream_and_invalid_config(tmp_path: Path, capsys: pytest.CaptureFi
     assert config["ok"] is False and "scan_intervl_s" in config["detail"]
     code, _ = cli(capsys, "config", "check", str(bad))
     assert code == 2
+
+
+def test_modbus_wrong_byte_order_names_the_right_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The simulator's unit 2 serves floats word-swapped (CDAB); configured as ABCD, doctor says which order fits."""
+    port = free_port()
+    sim = start([sys.executable, "-m", "simulator", "--plant", "synthetic", "--endpoints", "modbus", "--modbus-port",
+                 str(port), "--speed", "10", "--status-every", "0"], tmp_path / "simulator.log")
+    try:
+        wait_for(lambda: port_open(port) or sim.popen.poll() is not None, 60, "the simulator's Modbus endpoint")
+        cfg = tmp_path / "modbus_collector.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "store": {"kind": "embedded", "path": str(tmp_path / "data")},
+            "connections": [{"name": "plc", "host": "127.0.0.1", "port": port, "units": [{
+                "unit_id": 2, "order": "ABCD", "tags": [
+                    {"name": "Reactor/Pressure", "fc": 4, "address": 12, "type": "float32"},
+                    {"name": "Reactor/Temperature", "fc": 4, "address": 16, "type": "float32"}]}]}]}))
+        code, out = cli(capsys, "--json", "doctor", "--config", str(cfg))
+        checks = findings(out)
+        order = checks["source plc (modbus)/modbus unit 2 byte order"]
+        assert code == 1 and order["ok"] is False and "CDAB" in order["fix"]
+    finally:
+        sim.stop()
+
+
+def test_anomaly_groups_in_status_and_doctor(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The anomaly component's status file (format in gateway/anomaly/component.py), written here by the test."""
+    status = tmp_path / "data" / "status"
+    status.mkdir(parents=True)
+    (status / "factoryedge.AnomalyDetector.json").write_text(json.dumps({
+        "component": "factoryedge.AnomalyDetector", "pid": os.getpid(), "updated_ns": time.time_ns(),
+        "problem": None, "errors": {},
+        "groups": {"reactor": {"state": "scoring", "score": 1.7, "threshold": 7.9, "alarm": True, "missing_tags": []},
+                   "stripper": {"state": "learning", "learning_share": 0.41, "score": None, "threshold": 0,
+                                "alarm": False, "missing_tags": []}}}))
+    code, out = cli(capsys, "--json", "status", "--store", str(tmp_path / "data"))
+    groups = {g["group"]: g for g in json.loads(out)["anomaly"]}
+    assert code == 0 and groups["reactor"]["alarm"] is True and groups["reactor"]["score"] == 1.7
+    assert groups["stripper"]["state"] == "learning 41%"
+    code, text = cli(capsys, "status", "--store", str(tmp_path / "data"))
+    assert "ANOMALY GROUP" in text and "ALARM" in text
+    code, out = cli(capsys, "--json", "doctor", "--store", str(tmp_path / "data"))
+    alarm = findings(out)["anomaly/group reactor"]
+    assert alarm["ok"] is None and "ALARM" in alarm["detail"]

@@ -218,6 +218,28 @@ async def _peer_checks(args: argparse.Namespace, loaded: list[configs.LoadedConf
     return sections
 
 
+def check_anomaly(statuses: dict[str, dict[str, Any]]) -> list[Finding]:
+    """The anomaly component's own problems and the groups in alarm (an alarm is news, not a gateway fault)."""
+    s = statuses.get("factoryedge.AnomalyDetector")
+    if s is None:
+        return []
+    out = []
+    if s.get("problem"):
+        out.append(warning("anomaly", str(s["problem"]), "add groups to the factoryedge.AnomalyDetector configuration"))
+    for where, error in (s.get("errors") or {}).items():
+        out.append(warning(f"anomaly {where}", str(error)[:200], "see the component's log"))
+    for name, g in (s.get("groups") or {}).items():
+        missing = g.get("missing_tags") or []
+        if missing:
+            out.append(warning(f"group {name}", f"tags never arrived: {', '.join(missing[:5])}",
+                               "check the group's tag names against gatewayctl tail STREAM"))
+        elif g.get("alarm"):
+            out.append(warning(f"group {name}", f"in ALARM (score {g.get('score')} of threshold 1.0)"))
+        else:
+            out.append(passed(f"group {name}", f"{g.get('state')}, score {g.get('score')}"))
+    return out
+
+
 def check_clock(args: argparse.Namespace, loaded: list[configs.LoadedConfig], statuses: dict[str, dict[str, Any]],
                 store: Any) -> list[Finding]:
     out = [checks.clock_vs_ntp(args.ntp, min(args.timeout, 3.0))] if args.ntp else []
@@ -248,6 +270,9 @@ def run(args: argparse.Namespace) -> list[Section]:
     store_findings, store = check_store(args, loaded)
     sections.append(("store", store_findings))
     sections += asyncio.run(_peer_checks(args, loaded, statuses, now))
+    anomaly = check_anomaly(statuses)
+    if anomaly:
+        sections.append(("anomaly", anomaly))
     try:
         sections.append(("clock", check_clock(args, loaded, statuses, store)))
     finally:

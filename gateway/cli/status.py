@@ -86,7 +86,10 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
         groups = s.get("groups") or {}
         items = groups.items() if isinstance(groups, dict) else ((g.get("name", "?"), g) for g in groups)
         for group, g in items:
-            out["anomaly"].append({"group": group, "state": g.get("state"), "score": g.get("score"),
+            state = g.get("state")
+            if state == "learning" and g.get("learning_share") is not None:
+                state = f"learning {float(g['learning_share']):.0%}"
+            out["anomaly"].append({"group": group, "state": state, "score": g.get("score"),
                                    "threshold": g.get("threshold"), "alarm": bool(g.get("alarm"))})
     try:
         from gateway.cli.streamscmd import stream_rows
@@ -131,10 +134,11 @@ def render(data: dict[str, Any]) -> list[str]:
                      f"{_num(d['oldest_unsent_age_s'], '{:.1f} s'):>15}{fmt_age(d['last_success_age_s']):>15}  "
                      f"{d['last_error'][:60]}")
     if data["anomaly"]:
-        lines += ["", f"{'ANOMALY GROUP':24}{'state':>10}{'score':>10}{'threshold':>11}  alarm"]
+        lines += ["", f"{'ANOMALY GROUP':24}{'state':>14}{'score':>10}{'threshold':>11}  alarm"]
         for g in data["anomaly"]:
-            lines.append(f"{g['group'][:23]:24}{g['state'] or '-':>10}{_num(g['score'], '{:.3g}'):>10}"
+            lines.append(f"{g['group'][:23]:24}{g['state'] or '-':>14}{_num(g['score'], '{:.3g}'):>10}"
                          f"{_num(g['threshold'], '{:.3g}'):>11}  {'ALARM' if g['alarm'] else '-'}")
+        lines.append("  (score is relative to the group's threshold: 1.0 is the alarm line)")
     return lines
 
 
