@@ -144,3 +144,29 @@ def test_anomaly_groups_in_status_and_doctor(tmp_path: Path, capsys: pytest.Capt
     code, out = cli(capsys, "--json", "doctor", "--store", str(tmp_path / "data"))
     alarm = findings(out)["anomaly/group reactor"]
     assert alarm["ok"] is None and "ALARM" in alarm["detail"]
+
+
+def test_store_through_stream_manager(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Under Greengrass the streams are in stream manager: doctor and streams connect to it (the real SDK against the
+    dev server), and an unreachable stream manager is a failed check with the fix."""
+    from tests.streams.sm_fixture import ServerThread
+
+    server = ServerThread(tmp_path / "sm")
+    port = server.start()
+    try:
+        store = EmbeddedStore(tmp_path / "sm")
+        store.create_stream(StreamSpec(name="factoryedge-opcua"))
+        RecordWriter(store, "factoryedge-opcua").write([make_record("plc", "Reactor/Pressure", 1.0, seq=1)])
+        code, out = cli(capsys, "--json", "--stream-manager", f"127.0.0.1:{port}", "streams")
+        assert code == 0 and [r["messages"] for r in json.loads(out) if r["stream"] == "factoryedge-opcua"] == [1]
+        code, out = cli(capsys, "--json", "--store", str(tmp_path / "none"), "--stream-manager",
+                        f"127.0.0.1:{port}", "doctor", "--timeout", "2")
+        checks = findings(out)
+        assert checks["store/store"]["ok"] is True and "stream manager" in checks["store/store"]["detail"]
+        assert checks["store/stream factoryedge-opcua"]["ok"] is True
+    finally:
+        server.close()
+    code, out = cli(capsys, "--json", "--store", str(tmp_path / "none"), "--stream-manager", f"127.0.0.1:{port}",
+                    "doctor", "--timeout", "1")
+    unreachable = findings(out)["store/store"]
+    assert code == 1 and unreachable["ok"] is False and "StreamManager" in unreachable["fix"]
