@@ -77,11 +77,15 @@ class MqttSink:
         self._offload = Offload(f"mqtt-{cfg.name}")
         self._connected = threading.Event()
         self._last_error = "not connected yet"
+        self._closing = False
+        self._settled = threading.Event()  # the first connection attempt succeeded or failed
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=True)
         self._client.max_inflight_messages_set(1000)
-        self._client.reconnect_delay_set(1, 30)
+        # Reconnect as fast as the destination retries: a link that comes back is used at once.
+        self._client.reconnect_delay_set(max(1, round(cfg.retry_min_s)), max(1, round(min(cfg.retry_max_s, 30))))
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_connect_fail = lambda client, userdata: self._settled.set()
         if cfg.username:
             self._client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
         if cfg.tls:
@@ -104,6 +108,7 @@ class MqttSink:
         self._client.loop_start()
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._settled.set()
         if reason.is_failure:
             self._set_error(f"broker refused the connection: {reason}")
             return
@@ -112,6 +117,9 @@ class MqttSink:
         self._connected.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        self._settled.set()
+        if self._closing:
+            return
         if self._connected.is_set():
             log.warning("mqtt destination %s: disconnected (%s)", self.name, reason)
         self._connected.clear()
@@ -134,6 +142,9 @@ class MqttSink:
         return SendResult(rejected=rejected, bytes_sent=sum(len(p) for _, p in messages))
 
     def _publish_all(self, messages: list[tuple[str, bytes]]) -> None:
+        # At start-up the CONNACK is usually a moment away: wait for the first attempt's outcome rather than log
+        # a failure that is not one.
+        self._settled.wait(min(self.cfg.ack_timeout_s, 5.0))
         if not self._connected.is_set():
             raise DestinationError(f"mqtt destination {self.name}: broker {self.cfg.host}:{self.cfg.port} not "
                                    f"connected ({self._last_error})",
@@ -152,6 +163,7 @@ class MqttSink:
                                        f"{self.cfg.ack_timeout_s} s", fix="the batch will be retried", retryable=True)
 
     async def close(self) -> None:
+        self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
         self._offload.close()
