@@ -201,6 +201,8 @@ class ModbusSource:
             answered = 0
             for dec in self.decoders:
                 answered += await self._read_one(client, dec, emitter)
+                if _cancel_requested():
+                    raise asyncio.CancelledError
             if not answered:
                 # One silent request may be a unit behind a gateway that is down; a scan with no answer at all is
                 # a dead link (e.g. a cut that leaves the TCP connection open), so reconnect.
@@ -250,6 +252,17 @@ class ModbusSource:
     def _emit_bad(emitter: Emitter, req: Request) -> None:
         for tag, _ in req.tags:
             emitter.emit(tag.name, None, Quality.BAD)
+
+
+def _cancel_requested() -> bool:
+    """True when this task was cancelled but the cancellation got lost.
+
+    Python 3.11's ``asyncio.wait_for`` (which pymodbus awaits every answer with) returns the result instead of
+    raising when the cancel arrives just as the answer does; a continuous scan hits that race often enough to
+    make a stop or a reconfiguration hang. ``Task.cancelling()`` still counts the request.
+    """
+    task = asyncio.current_task()
+    return bool(task is not None and getattr(task, "cancelling", lambda: 0)())
 
 
 def _hint(reason: str) -> str:
