@@ -170,3 +170,22 @@ def test_store_through_stream_manager(tmp_path: Path, capsys: pytest.CaptureFixt
                     "doctor", "--timeout", "1")
     unreachable = findings(out)["store/store"]
     assert code == 1 and unreachable["ok"] is False and "StreamManager" in unreachable["fix"]
+
+
+def test_untrusted_server_certificate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Sign endpoint whose certificate is not in the gateway's trust list: doctor says so and how to trust it."""
+    proc, port = start_simulator(tmp_path, extra=["--opcua-security", "sign", "--opcua-cert-dir",
+                                                  str(tmp_path / "server-pki")])
+    try:
+        cfg = tmp_path / "opcua_collector.yaml"
+        cfg.write_text(yaml.safe_dump({
+            "store": {"kind": "embedded", "path": str(tmp_path / "data")},
+            "connections": [{"name": "tep", "endpoint": f"opc.tcp://127.0.0.1:{port}", "nodes": ["ns=2;s=X"],
+                             "security": {"policy": "Basic256Sha256", "mode": "Sign",
+                                          "pki_dir": str(tmp_path / "gateway-pki")}}]}))
+        code, out = cli(capsys, "--json", "doctor", "--config", str(cfg))
+        trust = findings(out)["source tep (opcua)/opcua tep: server certificate trusted"]
+        assert code == 1 and trust["ok"] is False and "not in the trust list" in trust["detail"]
+        assert "gatewayctl opcua trust" in trust["fix"]
+    finally:
+        proc.stop()
