@@ -83,9 +83,13 @@ class NodeOpcUa:
         shutil.copy(cert, folder / (cert.stem + ".der"))
 
 
-def start_node_opcua(folder: Path, **options: Any) -> NodeOpcUa:
+def require_node() -> None:
     if shutil.which("node") is None or not (SCRIPT.parent / "node_modules" / "node-opcua").exists():
         pytest.skip("node-opcua not installed: run scripts/setup.sh")
+
+
+def start_node_opcua(folder: Path, **options: Any) -> NodeOpcUa:
+    require_node()
     folder.mkdir(parents=True, exist_ok=True)
     return NodeOpcUa(folder, options.pop("port", None) or free_port(), options).start()
 

@@ -37,6 +37,7 @@ COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("config",), "gateway.cli.configcmd"),
     (("sim",), "gateway.cli.simcmd"),
     (("modbus",), "gateway.cli.modbus"),
+    (("opcua",), "gateway.cli.opcua"),
     (("anomaly",), "gateway.anomaly.cli"),
     (("dev",), "gateway.cli.dev"),
 ]

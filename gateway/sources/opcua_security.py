@@ -23,7 +23,7 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from gateway.errors import SourceError
 
@@ -55,42 +55,61 @@ class OpcUaSecurity(BaseModel):
     certificate: str | None = Field(
         default=None, description="Provided client certificate file (DER or PEM); generated when unset."
     )
-    private_key: str | None = Field(default=None, description="Private key file of the provided certificate.")
+    private_key: str | None = Field(default=None, validate_default=True,
+                                    description="Private key file of the provided certificate.")
     application_uri: str | None = Field(
         default=None,
         description="Application URI of the gateway; must match the certificate's URI. Default: taken from a "
         "provided certificate, else urn:<hostname>:factoryedge:gateway.",
     )
-    username: str | None = Field(default=None, description="User name identity (with password).")
+    # password is declared before username, and every check is a field validator, so that no error message ever
+    # echoes the security section with the password in it
     password: SecretStr | None = Field(default=None, description="Password of the user name identity; never logged.")
+    username: str | None = Field(default=None, validate_default=True, description="User name identity (with "
+                                 "password).")
     user_certificate: str | None = Field(default=None, description="Certificate identity: user certificate file.")
-    user_private_key: str | None = Field(default=None, description="Certificate identity: its private key file.")
+    user_private_key: str | None = Field(default=None, validate_default=True,
+                                         description="Certificate identity: its private key file.")
 
-    @model_validator(mode="after")
-    def _consistent(self) -> OpcUaSecurity:
-        problems: list[str] = []
-        if self.mode != "None" and self.policy == "None":
-            problems.append(f"security.mode is {self.mode} but security.policy is None: set policy: Basic256Sha256")
-        if self.policy != "None" and self.mode == "None":
-            problems.append(f"security.policy is {self.policy} but security.mode is None: set mode: Sign or "
-                            "SignAndEncrypt")
-        if self.password is not None and not self.username:
-            problems.append("security.password is set without security.username: add the username")
-        if self.username and self.password is None:
-            problems.append("security.username is set without security.password: add the password")
-        if self.username and self.user_certificate:
-            problems.append("security.username and security.user_certificate are both set: choose one identity")
-        for cert, key, what in (("certificate", "private_key", "client"),
-                                ("user_certificate", "user_private_key", "user")):
-            if bool(getattr(self, cert)) != bool(getattr(self, key)):
-                problems.append(f"security.{cert} and security.{key} go together ({what} certificate and its key)")
-            for f in (cert, key):
-                value = getattr(self, f)
-                if value and not Path(value).is_file():
-                    problems.append(f"security.{f}: file {value} does not exist: fix the path or copy the file there")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+    @field_validator("mode")
+    @classmethod
+    def _mode_needs_policy(cls, mode: str, info: ValidationInfo) -> str:
+        policy = info.data.get("policy", "None")
+        if mode != "None" and policy == "None":
+            raise ValueError(f"mode {mode} needs a policy: set security.policy: Basic256Sha256")
+        if policy != "None" and mode == "None":
+            raise ValueError(f"policy {policy} needs a mode: set security.mode: Sign or SignAndEncrypt")
+        return mode
+
+    @field_validator("certificate", "private_key", "user_certificate")
+    @classmethod
+    def _exists(cls, path: str | None, info: ValidationInfo) -> str | None:
+        if path and not Path(path).is_file():
+            raise ValueError(f"file {path} does not exist: fix the path or copy the file there")
+        if info.field_name == "private_key" and bool(path) != bool(info.data.get("certificate")):
+            raise ValueError("certificate and private_key go together: set both (or neither, to generate one)")
+        return path
+
+    @field_validator("username")
+    @classmethod
+    def _user_and_password(cls, username: str | None, info: ValidationInfo) -> str | None:
+        has_password = info.data.get("password") is not None
+        if has_password and not username:
+            raise ValueError("a password is set without username: add security.username")
+        if username and not has_password and "password" in info.data:
+            raise ValueError("username needs a password: add security.password")
+        return username
+
+    @field_validator("user_private_key")
+    @classmethod
+    def _user_key(cls, key: str | None, info: ValidationInfo) -> str | None:
+        if key and not Path(key).is_file():
+            raise ValueError(f"file {key} does not exist: fix the path or copy the file there")
+        if bool(key) != bool(info.data.get("user_certificate")):
+            raise ValueError("user_certificate and user_private_key go together: set both")
+        if key and info.data.get("username"):
+            raise ValueError("username and user_certificate are both set: choose one identity")
+        return key
 
     @property
     def secure(self) -> bool:
