@@ -156,12 +156,13 @@ def test_requirements_follow_the_one_table_and_the_pyproject_pins(built: Path) -
         assert all(line in pins.values() for line in lines), lines
         return {gg_artifact.normalize(line.split("==")[0]) for line in lines}
 
+    # Every component ships what gateway.componentconfig imports (gg_artifact.SHARED_MODELS); the rest stays apart.
     for name in COLLECTORS:
-        assert reqs(name).isdisjoint({"krcf", "rrcf", "numpy", "boto3", "paho-mqtt"})
+        assert reqs(name).isdisjoint({"krcf", "rrcf", "boto3"})
     assert {"asyncua"} <= reqs("factoryedge.OpcUaCollector")
     assert {"pymodbus"} <= reqs("factoryedge.ModbusCollector")
     assert {"openopc-python3x", "pyro4"} <= reqs("factoryedge.OpcDaCollector")
-    assert reqs("factoryedge.AnomalyDetector").isdisjoint({"asyncua", "pymodbus", "openopc-python3x", "pyro4"})
+    assert "boto3" not in reqs("factoryedge.AnomalyDetector")
     assert {"krcf", "rrcf", "numpy"} <= reqs("factoryedge.AnomalyDetector")
     assert {"paho-mqtt", "boto3", "awsiotsdk", "stream-manager"} <= reqs("factoryedge.Publisher")
 
@@ -219,6 +220,16 @@ def test_unfilled_placeholder_fails_naming_recipe_and_key(tmp_path: Path) -> Non
     assert not (project / "greengrass-build" / "recipes").exists()
 
 
+def test_an_import_the_component_does_not_ship_fails_the_build(tmp_path: Path) -> None:
+    """A module-level import of a library outside the component's requirements would crash-loop on the device."""
+    project = make_project(tmp_path)
+    main = project / "components" / "opcua_collector" / "main.py"
+    main.write_text(main.read_text() + "\nimport krcf  # only the anomaly detector ships it\n")
+    result = gdk_build(project, "--component", "factoryedge.OpcUaCollector")
+    assert result.returncode == 1
+    assert "recipes/factoryedge.OpcUaCollector.yaml: components.opcua_collector.main: imports krcf" in result.stderr
+
+
 def test_lifecycle_path_missing_from_zip_fails_the_build(tmp_path: Path) -> None:
     project = make_project(tmp_path)
     template = project / "recipes" / "factoryedge.Publisher.yaml"
@@ -230,13 +241,14 @@ def test_lifecycle_path_missing_from_zip_fails_the_build(tmp_path: Path) -> None
 
 def test_generated_default_configuration_is_merged(tmp_path: Path) -> None:
     project = make_project(tmp_path)
-    (project / "gateway" / "componentconfig.py").write_text(
-        "def default_configuration(component_name):\n"
+    config = project / "gateway" / "componentconfig.py"  # the last definition wins; the models stay importable
+    config.write_text(
+        config.read_text() + "\n\ndef default_configuration(component_name):\n"
         "    return {'component': component_name, 'streams': {'maxSizeBytes': 1024}}\n"
     )
-    result = gdk_build(project)
+    result = gdk_build(project, "--component", "factoryedge.Publisher", "--component", "factoryedge.OpcUaCollector")
     assert result.returncode == 0, result.stderr
-    for name in ENTRY_DIRS:
+    for name in ("factoryedge.Publisher", "factoryedge.OpcUaCollector"):
         config = recipe_of(project / "greengrass-build", name)["ComponentConfiguration"]["DefaultConfiguration"]
         assert config["component"] == name
         assert config["streams"] == {"maxSizeBytes": 1024}

@@ -12,6 +12,8 @@ Entries are sorted and time-stamped 1980-01-01 so that the same sources give the
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -22,6 +24,11 @@ from pathlib import Path
 
 # Every component imports the gateway package, whose core needs these (config models, codec, streams, IPC).
 COMMON = ("pydantic", "PyYAML", "cbor2", "stream-manager", "awsiotsdk", "awscrt")
+# gateway.componentconfig imports every component's config model, and the modules holding those models import their
+# protocol library at module level (asyncua, pymodbus, OpenOPC/Pyro4, paho, numpy through gateway.anomaly). Until
+# they import lazily, every component ships these. import_problems() fails the build when a component lacks one it
+# imports, so removing an entry here is safe to try: the build says whether some component still needs it.
+SHARED_MODELS = ("asyncua", "pymodbus", "OpenOPC-Python3x", "Pyro4", "paho-mqtt", "numpy")
 # Parts of the gateway package that only development tools use; shipped only to components that list them.
 OPTIONAL_GATEWAY_PARTS = ("dev", "cli")
 EXCLUDED_NAMES = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
@@ -39,11 +46,11 @@ class Component:
 
 
 COMPONENTS: dict[str, Component] = {
-    "factoryedge.OpcUaCollector": Component("opcua_collector", (*COMMON, "asyncua")),
-    "factoryedge.ModbusCollector": Component("modbus_collector", (*COMMON, "pymodbus")),
-    "factoryedge.OpcDaCollector": Component("opcda_collector", (*COMMON, "OpenOPC-Python3x", "Pyro4")),
-    "factoryedge.AnomalyDetector": Component("anomaly_detector", (*COMMON, "numpy", "krcf", "rrcf")),
-    "factoryedge.Publisher": Component("publisher", (*COMMON, "paho-mqtt", "boto3")),
+    "factoryedge.OpcUaCollector": Component("opcua_collector", (*COMMON, *SHARED_MODELS)),
+    "factoryedge.ModbusCollector": Component("modbus_collector", (*COMMON, *SHARED_MODELS)),
+    "factoryedge.OpcDaCollector": Component("opcda_collector", (*COMMON, *SHARED_MODELS)),
+    "factoryedge.AnomalyDetector": Component("anomaly_detector", (*COMMON, *SHARED_MODELS, "krcf", "rrcf")),
+    "factoryedge.Publisher": Component("publisher", (*COMMON, *SHARED_MODELS, "boto3")),
 }
 
 
@@ -260,3 +267,66 @@ def platform_architecture(platform: str) -> str:
         f"--offline-wheels {platform}: unsupported platform; use a manylinux tag ending in _x86_64 or _aarch64 "
         "(e.g. manylinux_2_28_x86_64)"
     )
+
+
+# Runs in a child interpreter: imports the entry module from the unpacked zip while every pinned distribution the
+# component does not ship is blocked, and prints the offending import chain on failure.
+_IMPORT_CHECK = r"""
+import importlib, importlib.abc, importlib.metadata, json, sys, traceback
+root, module, blocked = sys.argv[1], sys.argv[2], set(json.loads(sys.argv[3]))
+owners = importlib.metadata.packages_distributions()
+names = {top for top, dists in owners.items() if any(d.lower().replace("_", "-") in blocked for d in dists)}
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in names:
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+sys.meta_path.insert(0, Block())
+import os
+project = os.path.realpath(sys.argv[4])  # an editable install of the project must not hide what the zip lacks
+sys.path[:] = [root] + [p for p in sys.path if p and os.path.realpath(p) != project]
+try:
+    importlib.import_module(module)
+except ImportError as exc:
+    chain = [f.filename[len(root) + 1:] for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(root)]
+    print(json.dumps({"missing": exc.name, "chain": chain}))
+    sys.exit(1)
+"""
+
+
+def import_problems(name: str, zip_path: Path, module: str, pins: dict[str, str], project: Path) -> list[str]:
+    """Import ``module`` from the zip with only the component's requirements: one line per missing dependency.
+
+    Catches a shared module importing a heavy dependency at module level (numpy in every collector, say), which a
+    device would only discover at start-up as a crash loop.
+    """
+    shipped = {normalize(dist) for dist in COMPONENTS[name].requires}
+    blocked = sorted(key for key in pins if key not in shipped)
+    # Zips are reproducible, so a zip and blocked list that passed once pass again: remember them (builds in a row,
+    # the tests) instead of starting an interpreter that imports asyncua and numpy every time.
+    key = hashlib.sha256(zip_path.read_bytes() + json.dumps([module, blocked, sys.version]).encode()).hexdigest()
+    passed = Path(tempfile.gettempdir()) / "factoryedge-gg-import-ok" / key
+    if passed.exists():
+        return []
+    with tempfile.TemporaryDirectory(prefix="gg-import-") as root:
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(root)
+        result = subprocess.run(
+            [sys.executable, "-c", _IMPORT_CHECK, root, module, json.dumps(blocked), str(project)],
+            capture_output=True, text=True, check=False, cwd=root,
+        )
+    if result.returncode == 0:
+        passed.parent.mkdir(parents=True, exist_ok=True)
+        passed.touch()
+        return []
+    try:
+        found = json.loads(result.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return [f"{module}: importing it from {zip_path.name} failed:\n{result.stderr.strip()[-2000:]}"]
+    chain = " -> ".join(found["chain"]) or module
+    return [
+        f"{module}: imports {found['missing']} ({chain}), which {name} does not ship: add it to the component's "
+        "requires in tools/gg_artifact.py COMPONENTS, or import it only where it is used"
+    ]

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,19 @@ class Build:
         self.problems: list[str] = []
         self.recipes: dict[str, str] = {}
         self.summary: list[tuple[str, int]] = []
+        self.import_checks: list[tuple[str, str, Path]] = []
+
+    def check_imports(self) -> None:
+        """Import every entry point from its zip with only its requirements (in parallel: each is a child python)."""
+
+        def check(job: tuple[str, str, Path]) -> list[str]:
+            source, name, zip_path = job
+            module = f"components.{art.COMPONENTS[name].entry_dir}.main"
+            return [f"{source}: {p}" for p in art.import_problems(name, zip_path, module, self.pins, self.project)]
+
+        with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+            for problems in pool.map(check, self.import_checks):
+                self.problems.extend(problems)
 
     def _fill(self, template: dict[str, Any], name: str) -> dict[str, Any]:
         values = {"COMPONENT_NAME": name, "COMPONENT_VERSION": self.version, "COMPONENT_PUBLISHER": self.publisher}
@@ -177,6 +191,7 @@ class Build:
         with zipfile.ZipFile(zip_path) as archive:
             members = set(archive.namelist())
         self.summary.append((name, zip_path.stat().st_size))
+        self.import_checks.append((source, name, zip_path))
         recipe = self._fill(_load_template(self.project / source, self.project), name)
         recipe, problems = rcp.apply_default_configuration(recipe, name, hook, source)
         self.problems.extend(f"{source}: {p}" for p in problems)
@@ -218,6 +233,7 @@ class Build:
                             f"recipes/{name}.yaml: accessControl policy id {policy!r} already used by {ids[policy]}"
                         )
                     ids[policy] = name
+        self.check_imports()
         if not self.only:
             self.bundle_recipe()
         if self.problems:
