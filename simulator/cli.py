@@ -21,6 +21,7 @@ from pathlib import Path
 
 from simulator import control
 from simulator.app import AppConfig, Endpoint, build_simulation, serve_forever
+from simulator.opcua_security import SECURITY_MODES
 from simulator.runtime import Simulation, parse_idv_schedule
 
 ENDPOINTS = ("opcua", "modbus", "opcda")
@@ -42,9 +43,14 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="interface every endpoint binds (default 127.0.0.1)")
     p.add_argument("--endpoints", default=",".join(ENDPOINTS), help="comma-separated subset of opcua,modbus,opcda")
     p.add_argument("--opcua-port", type=int, default=4840)
-    p.add_argument("--opcua-security", choices=("none", "sign", "encrypt", "all"), default="none",
-                   help="Basic256Sha256 Sign / SignAndEncrypt with a generated self-signed certificate")
-    p.add_argument("--opcua-cert-dir", type=Path, default=Path(".sim-certs"))
+    p.add_argument("--opcua-security", choices=SECURITY_MODES, default="none",
+                   help="Basic256Sha256 with a generated self-signed certificate: sign, encrypt (SignAndEncrypt), "
+                        "secure (both, no unsecured endpoint) or all (both plus None)")
+    p.add_argument("--opcua-cert-dir", type=Path, default=Path(".sim-certs"),
+                   help="where the server certificate is generated (once) when --opcua-security is not none")
+    p.add_argument("--opcua-trust-dir", type=Path, default=None,
+                   help="folder of trusted client certificates (DER/PEM); others are refused with "
+                        "BadCertificateUntrusted and saved in <cert-dir>/rejected (default: accept any)")
     p.add_argument("--modbus-port", type=int, default=5020)
     p.add_argument("--modbus-unit", type=int, default=1)
     p.add_argument("--modbus-order", choices=("ABCD", "CDAB", "BADC", "DCBA"), default="ABCD")
@@ -95,7 +101,7 @@ def build_endpoints(args: argparse.Namespace, sim: Simulation) -> list[Endpoint]
         from simulator.opcua_server import OpcUaConfig, OpcUaEndpoint
 
         endpoints.append(OpcUaEndpoint(sim, OpcUaConfig(args.host, args.opcua_port, args.opcua_security,
-                                                        args.opcua_cert_dir)))
+                                                        args.opcua_cert_dir, args.opcua_trust_dir)))
     if "modbus" in wanted:
         from simulator.modbus_server import ModbusConfig, ModbusEndpoint
 

@@ -5,12 +5,17 @@ variable whose string node id is its path (``ns=2;s=Reactor/Pressure``) with ``E
 properties; ``Simulator/...`` status variables; writable Boolean ``Disturbances/IDVnn`` switches; methods
 ``Simulator/SetDisturbance(n, on)``, ``Simulator/ClearDisturbances()`` and ``Simulator/Reset(seed)`` (seed < 0
 keeps the current seed). After a trip every process value carries ``BadOutOfService``.
+
+Process and status values are not copied into the address space at every plant step (at ``--speed 0`` that
+copying cost more than the plant itself): a read asks the latest snapshot through a value callback, and only
+nodes somebody monitors are written, so subscriptions see every change. Security: :mod:`simulator.opcua_security`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,12 +24,14 @@ from typing import Any
 from asyncua import ua as _ua
 from asyncua.server.server import Server
 
+from simulator.opcua_security import APPLICATION_URI, ensure_certificate, setup_security
 from simulator.plant import IDV_NUMBERS
 from simulator.runtime import Simulation, Snapshot
 from simulator.tags import DISTURBANCE_FOLDER, FOLDERS, IDV_PATHS, PROCESS_TAGS, STATUS_FOLDER, STATUS_TAGS, Tag
 
+__all__ = ["APPLICATION_URI", "NAMESPACE_URI", "OpcUaConfig", "OpcUaEndpoint", "ensure_certificate"]
+
 NAMESPACE_URI = "urn:factoryedge:tep"
-APPLICATION_URI = "urn:factoryedge:tep:simulator"
 log = logging.getLogger(__name__)
 # asyncua's NewType-based annotations (Int16, String, DateTime...) reject the plain ints, strings and datetimes
 # its own runtime accepts everywhere; the tests exercise this module against a real client instead.
@@ -35,6 +42,16 @@ _VARIANT = {"float": ua.VariantType.Double, "int": ua.VariantType.Int64, "str": 
             "bool": ua.VariantType.Boolean}
 _BAD = ua.StatusCode(ua.StatusCodes.BadOutOfService)
 _GOOD = ua.StatusCode(ua.StatusCodes.Good)
+_N_PROCESS = len(PROCESS_TAGS)
+
+#: Status values from a snapshot, in STATUS_TAGS order.
+_STATUS_VALUES: dict[str, Callable[[Snapshot], Any]] = {
+    "SimulatedTime": lambda s: s.t_s,
+    "Seed": lambda s: s.seed,
+    "ActiveDisturbances": lambda s: s.idv_text,
+    "Shutdown": lambda s: s.shutdown,
+    "ShutdownReason": lambda s: s.shutdown_reason or "",
+}
 
 
 def engineering_units(unit: str) -> ua.EUInformation:
@@ -60,14 +77,16 @@ class OpcUaConfig:
     Attributes:
         host: interface to bind.
         port: TCP port (4840 by default).
-        security: ``"none"``, ``"sign"``, ``"encrypt"`` (Basic256Sha256 SignAndEncrypt) or ``"all"``.
-        cert_dir: where generated self-signed certificates live (needed unless security is ``"none"``).
+        security: ``"none"``, ``"sign"``, ``"encrypt"`` (Basic256Sha256 SignAndEncrypt) or ``"all"`` (the three).
+        cert_dir: where the generated self-signed server certificate lives (needed unless security is ``"none"``).
+        trust_dir: folder of trusted client certificates; None accepts any client certificate.
     """
 
     host: str = "127.0.0.1"
     port: int = 4840
     security: str = "none"
     cert_dir: Path | None = None
+    trust_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -75,7 +94,11 @@ class OpcUaConfig:
 
 
 class OpcUaEndpoint:
-    """Serves a :class:`Simulation` over OPC UA; values are written whenever the simulation changes."""
+    """Serves a :class:`Simulation` over OPC UA.
+
+    Value nodes are indexed 0..52 (process tags in PROCESS_TAGS order) then the status tags in STATUS_TAGS order;
+    a read builds a node's DataValue from the latest snapshot, at most once per snapshot.
+    """
 
     name = "opcua"
 
@@ -87,10 +110,14 @@ class OpcUaEndpoint:
         self._dirty = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._last: Snapshot | None = None
-        self._value_ids: list[ua.NodeId] = []
-        self._status_ids: dict[str, ua.NodeId] = {}
+        self._value_ids: list[ua.NodeId] = []  # process tags, then status tags
+        self._value_attrs: list[Any] = []  # their Value AttributeValue: who monitors them
         self._idv_ids: list[ua.NodeId] = []
+        self._cache_seq = -1
+        self._cache: dict[int, ua.DataValue] = {}
+        self._cache_now = datetime.now(timezone.utc)
+        self._written: Snapshot | None = None  # the snapshot last pushed to monitored nodes
+        self._idvs_written: frozenset[int] | None = None
 
     async def start(self) -> None:
         """Build the address space and start listening."""
@@ -101,36 +128,19 @@ class OpcUaEndpoint:
         server.set_server_name("factory-edge-gateway TEP simulator")
         server.allow_remote_admin(False)  # nobody may write read-only tags by logging in as "admin"
         await server.set_application_uri(APPLICATION_URI)
-        await self._setup_security()
+        await setup_security(server, self.config.security, self.config.host, self.config.cert_dir,
+                             self.config.trust_dir)
         self.ns = await server.register_namespace(NAMESPACE_URI)
         await self._build()
         self.sim.add_listener(self._on_change)
         await server.start()
-        await self._write(self.sim.snapshot)
+        await self._write_idvs(self.sim.snapshot)
         self._writer = asyncio.create_task(self._write_loop(), name="opcua-writer")
 
     async def stop(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
         await self.server.stop()
-
-    async def _setup_security(self) -> None:
-        mode = self.config.security
-        policies = {
-            "none": [ua.SecurityPolicyType.NoSecurity],
-            "sign": [ua.SecurityPolicyType.Basic256Sha256_Sign],
-            "encrypt": [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt],
-            "all": [ua.SecurityPolicyType.NoSecurity, ua.SecurityPolicyType.Basic256Sha256_Sign,
-                    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt],
-        }
-        if mode not in policies:
-            raise ValueError(f"OPC UA security {mode!r} unknown: use none, sign, encrypt or all")
-        self.server.set_security_policy(policies[mode])
-        if mode == "none":
-            return
-        cert_file, key_file = await ensure_certificate(self.config.cert_dir, self.config.host)
-        await self.server.load_certificate(str(cert_file))
-        await self.server.load_private_key(str(key_file))
 
     async def _build(self) -> None:
         ns, objects = self.ns, self.server.nodes.objects
@@ -139,11 +149,17 @@ class OpcUaEndpoint:
             self._value_ids.append(await self._add_tag(folders[tag.folder], tag))
         for path, kind, _description in STATUS_TAGS:
             name = path.split("/", 1)[1]
-            initial: Any = {"float": 0.0, "int": 0, "str": "", "bool": False}[kind]
             node = await folders[STATUS_FOLDER].add_variable(
-                ua.NodeId(path, ns), ua.QualifiedName(name, ns), initial, _VARIANT[kind]
+                ua.NodeId(path, ns), ua.QualifiedName(name, ns), _STATUS_VALUES[name](self.sim.snapshot),
+                _VARIANT[kind],
             )
-            self._status_ids[name] = node.nodeid
+            self._value_ids.append(node.nodeid)
+        aspace = self.server.iserver.aspace
+        for index, node_id in enumerate(self._value_ids):
+            self.server.set_attribute_value_callback(node_id, self._reader(index))
+            # A setter keeps asyncua from dropping the callback when we push a value to subscribers.
+            self.server.set_attribute_value_setter(node_id, _keep_callback)
+            self._value_attrs.append(aspace[node_id].attributes[ua.AttributeIds.Value])
         for n, path in zip(IDV_NUMBERS, IDV_PATHS, strict=True):
             node = await folders[DISTURBANCE_FOLDER].add_variable(
                 ua.NodeId(path, ns), ua.QualifiedName(path.split("/", 1)[1], ns), False, ua.VariantType.Boolean
@@ -182,6 +198,79 @@ class OpcUaEndpoint:
             ua.LocalizedText(f"{tag.description} [{tag.kind.upper()} {tag.number}]"))))
         return node.nodeid  # type: ignore[no-any-return]
 
+    # ------------------------------------------------------------ values
+    def _reader(self, index: int) -> Callable[[ua.NodeId, ua.AttributeIds], ua.DataValue]:
+        def read(_node_id: ua.NodeId, _attr: ua.AttributeIds) -> ua.DataValue:
+            return self._value(index, self.sim.snapshot)
+
+        return read
+
+    def _value(self, index: int, snap: Snapshot) -> ua.DataValue:
+        """DataValue of value node ``index`` in ``snap``, built once per snapshot."""
+        if snap.seq != self._cache_seq:
+            self._cache.clear()
+            self._cache_seq = snap.seq
+            self._cache_now = datetime.now(timezone.utc)
+        dv = self._cache.get(index)
+        if dv is None:
+            dv = self._cache[index] = self._make(index, snap, self._cache_now)
+        return dv
+
+    @staticmethod
+    def _make(index: int, snap: Snapshot, now: datetime) -> ua.DataValue:
+        if index < _N_PROCESS:
+            if snap.shutdown:
+                return ua.DataValue(None, _BAD, snap.stamps[index], now)
+            return ua.DataValue(ua.Variant(snap.values[index], ua.VariantType.Double), _GOOD, snap.stamps[index], now)
+        path, kind, _description = STATUS_TAGS[index - _N_PROCESS]
+        value = _STATUS_VALUES[path.split("/", 1)[1]](snap)
+        return ua.DataValue(ua.Variant(value, _VARIANT[kind]), _GOOD, now, now)
+
+    def _on_change(self, _snap: Snapshot) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._dirty.set()
+        else:
+            loop.call_soon_threadsafe(self._dirty.set)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            snap = self.sim.snapshot
+            await self._write_idvs(snap)
+            await self._push_monitored(snap)
+
+    async def _write_idvs(self, snap: Snapshot) -> None:
+        """Disturbance switches are plain writable nodes: written when the active set changes (rarely)."""
+        if self._idvs_written == snap.active_idvs:
+            return
+        now = datetime.now(timezone.utc)
+        for n, node_id in zip(IDV_NUMBERS, self._idv_ids, strict=True):
+            dv = ua.DataValue(ua.Variant(n in snap.active_idvs, ua.VariantType.Boolean), _GOOD, now, now)
+            await self.server.write_attribute_value(node_id, dv)
+        self._idvs_written = snap.active_idvs
+
+    async def _push_monitored(self, snap: Snapshot) -> None:
+        """Hand monitored nodes whose value changed since the last push to their subscriptions."""
+        last, write = self._written, self.server.write_attribute_value
+        self._written = snap
+        state_changed = last is None or last.shutdown != snap.shutdown
+        for index, attr in enumerate(self._value_attrs):
+            if not attr.datachange_callbacks:
+                continue
+            if index < _N_PROCESS and not state_changed and last is not None and (
+                    snap.values[index] == last.values[index]):
+                continue
+            await write(self._value_ids[index], self._value(index, snap))
+
+    # ------------------------------------------------------------ control
     def _idv_setter(self, n: int) -> Any:
         def setter(node: Any, attr: ua.AttributeIds, value: ua.DataValue) -> None:
             node.attributes[attr].value = value
@@ -208,65 +297,6 @@ class OpcUaEndpoint:
         self.sim.reset(None if value < 0 else value)
         return []
 
-    def _on_change(self, _snap: Snapshot) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is loop:
-            self._dirty.set()
-        else:
-            loop.call_soon_threadsafe(self._dirty.set)
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            await self._write(self.sim.snapshot)
-
-    async def _write(self, snap: Snapshot) -> None:
-        """Write what changed since the last write; SimulatedTime last, so a reader that sees it sees the rest."""
-        last, write = self._last, self.server.write_attribute_value
-        now = datetime.now(timezone.utc)
-        status = _BAD if snap.shutdown else _GOOD
-        state_changed = last is None or last.shutdown != snap.shutdown
-        for i, node_id in enumerate(self._value_ids):
-            value = snap.values[i]
-            if state_changed or last is None or value != last.values[i]:
-                variant = None if snap.shutdown else ua.Variant(value, ua.VariantType.Double)
-                await write(node_id, ua.DataValue(variant, status, snap.stamps[i], now))
-        if last is None or last.active_idvs != snap.active_idvs:
-            for n, node_id in zip(IDV_NUMBERS, self._idv_ids, strict=True):
-                await write(node_id, _dv(n in snap.active_idvs, ua.VariantType.Boolean, now))
-            await write(self._status_ids["ActiveDisturbances"], _dv(snap.idv_text, ua.VariantType.String, now))
-        if state_changed or last is None or last.shutdown_reason != snap.shutdown_reason:
-            await write(self._status_ids["Shutdown"], _dv(snap.shutdown, ua.VariantType.Boolean, now))
-            await write(self._status_ids["ShutdownReason"],
-                        _dv(snap.shutdown_reason or "", ua.VariantType.String, now))
-        if last is None or last.seed != snap.seed:
-            await write(self._status_ids["Seed"], _dv(snap.seed, ua.VariantType.Int64, now))
-        await write(self._status_ids["SimulatedTime"], _dv(snap.t_s, ua.VariantType.Double, now))
-        self._last = snap
-
-
-def _dv(value: Any, vtype: ua.VariantType, now: datetime) -> ua.DataValue:
-    return ua.DataValue(ua.Variant(value, vtype), _GOOD, now, now)
-
-
-async def ensure_certificate(cert_dir: Path | None, host: str) -> tuple[Path, Path]:
-    """Generate (once) a self-signed server certificate whose application URI matches the server's."""
-    from asyncua.crypto.cert_gen import setup_self_signed_certificate
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    if cert_dir is None:
-        raise ValueError("OPC UA security needs a certificate directory: pass --opcua-cert-dir")
-    cert_dir.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = cert_dir / "server-cert.der", cert_dir / "server-key.pem"
-    await setup_self_signed_certificate(
-        key_file, cert_file, APPLICATION_URI, host, [ExtendedKeyUsageOID.SERVER_AUTH],
-        {"countryName": "DE", "organizationName": "factory-edge-gateway", "commonName": "TEP simulator"},
-    )
-    return cert_file, key_file
+def _keep_callback(node: Any, attr: Any, value: Any) -> None:
+    """Value setter of callback-backed nodes: the value lives in the snapshot, nothing to store."""
