@@ -49,15 +49,26 @@ def decode32(registers: tuple[int, int] | list[int], order: str) -> bytes:
     return bytes(x[index.index(i)] for i in range(4))
 
 
+#: Where bytes A B C D of a big-endian 32-bit value go, per order: output byte i = input byte _SOURCE[order][i].
+_SOURCE = {"ABCD": (0, 1, 2, 3), "CDAB": (2, 3, 0, 1), "BADC": (1, 0, 3, 2), "DCBA": (3, 2, 1, 0)}
+
+
+def _to_registers(raw: bytes, order: str) -> list[int]:
+    """Big-endian 32-bit values (``raw``, a multiple of 4 bytes) as registers in ``order``, all at once."""
+    if order != "ABCD":
+        out = bytearray(len(raw))
+        for i, source in enumerate(_SOURCE[order]):
+            out[i::4] = raw[source::4]
+        raw = bytes(out)
+    return list(struct.unpack(f">{len(raw) // 2}H", raw))
+
+
 def float_registers(values: list[float] | tuple[float, ...], order: str) -> list[int]:
-    out: list[int] = []
-    for value in values:
-        out.extend(encode32(struct.pack(">f", value), order))
-    return out
+    return _to_registers(struct.pack(f">{len(values)}f", *values), order)
 
 
 def uint32_registers(value: int, order: str) -> list[int]:
-    return list(encode32(struct.pack(">I", value & 0xFFFFFFFF), order))
+    return _to_registers(struct.pack(">I", value & 0xFFFFFFFF), order)
 
 
 @dataclass
@@ -107,32 +118,36 @@ class _StrictCore(SimCore):
 
 
 class _Registers:
-    """Per-order cache of the snapshot encoded as registers."""
+    """Per-order cache of the snapshot encoded as registers; each table is encoded when first read."""
 
     def __init__(self, order: str) -> None:
         self.order = order
         self.seq = -1
-        self.ir: list[int] = []
-        self.status: list[int] = []
-        self.hr: list[int] = []
-        self.coils: list[int] = []
-        self.di: list[int] = []
+        self._tables: dict[int, list[int]] = {}
 
-    def refresh(self, snap: Snapshot) -> None:
-        if snap.seq == self.seq:
-            return
+    def table(self, snap: Snapshot, function_code: int) -> list[int]:
+        """Registers (or bit-packed registers) of the table ``function_code`` reads, from ``snap``."""
+        if snap.seq != self.seq:
+            self._tables.clear()
+            self.seq = snap.seq
+        table = self._tables.get(function_code)
+        if table is None:
+            table = self._tables[function_code] = self._encode(snap, function_code)
+        return table
+
+    def _encode(self, snap: Snapshot, function_code: int) -> list[int]:
         order = self.order
-        mask = sum(1 << (n - 1) for n in snap.active_idvs)
-        self.ir = float_registers(snap.values[:N_XMEAS], order)
-        self.status = (
-            uint32_registers(int(snap.t_s), order) + uint32_registers(snap.seed, order)
-            + uint32_registers(mask, order) + [int(snap.shutdown)]
-        )
-        self.hr = float_registers(snap.values[N_XMEAS:], order)
-        bits = [n in snap.active_idvs for n in IDV_NUMBERS]
-        self.coils = SimUtils.bitsToRegisters(bits + [False] * (_COIL_BITS - len(bits)))
-        self.di = SimUtils.bitsToRegisters([snap.shutdown] + [False] * 15)
-        self.seq = snap.seq
+        if function_code == 4:  # XMEAS, then the status block at IR_STATUS
+            mask = sum(1 << (n - 1) for n in snap.active_idvs)
+            status = struct.pack(">III", int(snap.t_s) & 0xFFFFFFFF, snap.seed & 0xFFFFFFFF, mask)
+            return (float_registers(snap.values[:N_XMEAS], order) + [0] * (IR_STATUS - 2 * N_XMEAS)
+                    + _to_registers(status, order) + [int(snap.shutdown)])
+        if function_code == 3:
+            return float_registers(snap.values[N_XMEAS:], order)
+        if function_code == 1:
+            bits = [n in snap.active_idvs for n in IDV_NUMBERS]
+            return SimUtils.bitsToRegisters(bits + [False] * (_COIL_BITS - len(bits)))
+        return SimUtils.bitsToRegisters([snap.shutdown] + [False] * 15)
 
 
 class ModbusEndpoint:
@@ -185,17 +200,11 @@ class ModbusEndpoint:
         """Fill the block from the latest snapshot before a read; apply coil writes to the plant."""
         if set_values is not None and function_code in (5, 15):
             return self._write_coils(address, [bool(v) for v in set_values])
-        cache.refresh(self.sim.snapshot)
-        if function_code == 4:
-            registers[0 : len(cache.ir)] = cache.ir
-            status_at = IR_STATUS - start_address
-            registers[status_at : status_at + len(cache.status)] = cache.status
-        elif function_code == 3:
-            registers[0 : len(cache.hr)] = cache.hr
-        elif function_code == 1:
-            registers[0 : len(cache.coils)] = cache.coils
-        elif function_code == 2:
-            registers[0 : len(cache.di)] = cache.di
+        if function_code in (1, 2, 3, 4):
+            table = cache.table(self.sim.snapshot, function_code)
+            # pymodbus hands us its whole block (it starts at start_address); overwrite it in place, same length.
+            part = table[start_address : start_address + len(registers)]
+            registers[: len(part)] = part
         return None
 
     def _write_coils(self, address: int, values: list[bool]) -> ExcCodes | None:
