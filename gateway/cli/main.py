@@ -38,6 +38,7 @@ COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("sim",), "gateway.cli.simcmd"),
     (("modbus",), "gateway.cli.modbus"),
     (("opcua",), "gateway.cli.opcua"),
+    (("opcda",), "gateway.cli.opcda"),
     (("anomaly",), "gateway.anomaly.cli"),
     (("dev",), "gateway.cli.dev"),
 ]

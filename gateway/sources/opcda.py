@@ -218,7 +218,12 @@ class Session:
         self._naive_tz = zone_of(cfg.naive_timestamp_tz)
 
     def open(self) -> None:
-        """Create a client on the gateway (as ``open_client`` does, with timeouts) and connect it to the server."""
+        """Create a client on the gateway and connect it to the OPC DA server."""
+        self.open_client()
+        self.client.connect(self.cfg.server, self.cfg.opc_host)
+
+    def open_client(self) -> None:
+        """Create a client on the gateway: what ``OpenOPC.open_client`` does, with timeouts, rewrite and TLS."""
         cfg = self.cfg
         gateway = Pyro4.Proxy(f"PYRO:opc@{cfg.host}:{cfg.port}")
         gateway._pyroTimeout = cfg.connect_timeout_s
@@ -237,7 +242,6 @@ class Session:
             gateway._pyroRelease()
         self.client = client
         client._pyroTimeout = cfg.timeout_s
-        client.connect(cfg.server, cfg.opc_host)
 
     def resolve(self) -> list[str]:
         """The item list: configured items plus what the browse patterns match now, in order, without repeats."""
