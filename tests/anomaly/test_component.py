@@ -328,3 +328,31 @@ def test_entry_point_scores_saves_on_sigterm_and_gatewayctl_shows_it(
     assert manifest["context"]["positions"][IN] == 500
     assert "alarm events are not published over IPC" in proc.output()
     assert gatewayctl(["anomaly", "status", "--store", str(tmp_path / "nowhere")]) == 1
+
+
+def test_without_groups_the_component_waits_for_a_deployment_that_adds_them(tmp_path: Path) -> None:
+    status_file = tmp_path / "data" / "status" / f"{COMPONENT}.json"
+
+    async def scenario() -> None:
+        cfg = _cfg(tmp_path, groups=[])
+        ctx = Context(COMPONENT, cfg, asyncio.Event())
+        component = AnomalyComponent(cfg)
+        task = asyncio.create_task(component.serve(ctx))
+        try:
+            deadline = asyncio.get_running_loop().time() + 20
+            while not status_file.exists():
+                assert asyncio.get_running_loop().time() < deadline, "no status file"
+                await asyncio.sleep(0.02)
+            first = json.loads(status_file.read_text())
+            assert first["problem"] == "no groups configured" and first["groups"] == {}
+            ctx.updates.put_nowait(_cfg(tmp_path))
+            while json.loads(status_file.read_text()).get("groups", {}).get("unit", {}).get("state") != "learning":
+                assert asyncio.get_running_loop().time() < deadline, "the deployed group did not start"
+                await asyncio.sleep(0.02)
+            assert json.loads(status_file.read_text())["problem"] is None
+        finally:
+            ctx.stop.set()
+            await asyncio.wait_for(task, 20)
+
+    asyncio.run(scenario())
+    assert persist.model_path(tmp_path / "model").exists()  # saved on shutdown, learning progress included
