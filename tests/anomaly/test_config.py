@@ -32,8 +32,21 @@ def test_unknown_fields_and_duplicates_are_refused(tmp_path: Path) -> None:
 
 
 def test_every_field_is_described() -> None:
-    from gateway.anomaly.config import ForestSettings
+    from gateway.anomaly.config import AlarmEvents, ForestSettings
+    from gateway.componentconfig import AnomalyDetectorConfig
 
-    for model in (AnomalyConfig, TagGroup, ForestSettings):
+    for model in (AnomalyConfig, TagGroup, ForestSettings, AlarmEvents, AnomalyDetectorConfig):
         undocumented = [n for n, f in model.model_fields.items() if not f.description]
         assert undocumented == [], model.__name__
+
+
+def test_component_config_refuses_bad_topics_and_duplicate_groups() -> None:
+    from gateway.componentconfig import AnomalyDetectorConfig
+
+    with pytest.raises(ValidationError, match=r"only \{thing\} and \{group\}"):
+        AnomalyDetectorConfig.model_validate({"alarms": {"local_topic": "alarms/{site}"}})
+    with pytest.raises(ValidationError, match="wildcards"):
+        AnomalyDetectorConfig.model_validate({"alarms": {"iot_core_topic": "factoryedge/+/alarms"}})
+    with pytest.raises(ValidationError, match="used twice"):
+        AnomalyDetectorConfig.model_validate({"groups": [{"name": "g", "tags": ["a"]}, {"name": "g", "tags": ["b"]}]})
+    assert AnomalyDetectorConfig().detector_config() is None  # the default: waits for a deployment with groups
