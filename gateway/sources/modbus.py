@@ -230,7 +230,7 @@ class ModbusSource:
             self._fail(emitter, req, describe(pdu))
             return True
         data = pdu.bits if req.fc in (1, 2) else pdu.registers
-        if req.label in self._failing:
+        if self._failing and req.label in self._failing:
             log.info("connection %s: %s reads again", self.cfg.name, req.label)
             del self._failing[req.label]
         for name, value in dec.decode(data):
