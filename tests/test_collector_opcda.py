@@ -17,7 +17,7 @@ from gateway.collector import Collector
 from gateway.componentconfig import OpcDaCollectorConfig
 from gateway.config import validate
 from gateway.dev.faultproxy import FaultProxy
-from gateway.dev.peers import Proc, free_port
+from gateway.dev.peers import Proc, free_port, wait_for
 from gateway.errors import ConfigError
 from gateway.record import Quality, Record
 from gateway.sources.opcda import OpcDaConnection, OpcDaSource, diagnose, parse_timestamp, quality_of
@@ -238,7 +238,16 @@ def test_changed_connection_restarts_alone(tmp_path: Path, gateway: int) -> None
         await run.collector.apply([a.model_copy(update={"items": ["Reactor.Pressure", "Reactor.Level"]}), b])
         await run.until(lambda: run.counters("a").values_written >= 10, "the changed connection")
         assert run.collector.connections["b"].task is task_b and run.counters("b").reconnects == 0
-        return await run.finish()
+        sessions: list[Any] = []
+
+        def two_sessions() -> bool:  # the old client of "a" was closed on the gateway: no session leak
+            sessions[:] = OpenOPC.get_sessions("127.0.0.1", gateway)
+            return len(sessions) == 2
+
+        await asyncio.to_thread(wait_for, two_sessions, 10, "the old session to be closed on the gateway")
+        records = await run.finish()
+        await asyncio.to_thread(wait_for, lambda: not OpenOPC.get_sessions("127.0.0.1", gateway), 10, "no session")
+        return records
 
     records = asyncio.run(body())
     assert any(r.source == "a" and r.tag == "Reactor.Level" for r in records)

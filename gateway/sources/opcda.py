@@ -292,11 +292,12 @@ class Session:
         """Release the client on the gateway (no session leak), then the socket; quietly, the link may be gone."""
         if self.client is None:
             return
-        try:
-            self.client._pyroTimeout = min(self.cfg.timeout_s, 2.0)
-            self.client.close()
-        except Exception:  # noqa: BLE001 - best effort on a link that may be broken; the gateway expires it
-            pass
+        if self.client._pyroConnection is not None:  # a broken link is already released: never reconnect for this
+            try:
+                self.client._pyroTimeout = min(self.cfg.timeout_s, 2.0)
+                self.client.close()
+            except Exception:  # noqa: BLE001 - best effort on a link that may be broken; the gateway expires it
+                pass
         self.client._pyroRelease()
 
 
