@@ -1,0 +1,220 @@
+"""The built components, run as deployed: tools/gg_build.py, then ``gatewayctl dev run`` against the simulator.
+
+Each component installs into its own venv from its zip (install.sh, as on a device), takes its configuration over
+IPC, writes through our stream manager, and the publisher delivers to a file and, through PublishToIoTCore, to
+mosquitto (the dev run's IoT Core stand-in). Then configuration changes go through deployment validation: a good one
+is applied (the revision in the status file changes to the one expected), bad ones are rejected naming the field
+and the running revision stays.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.componentconfig import PublisherConfig
+from gateway.dev.peers import ROOT, Mosquitto, Proc, start, wait_for
+from gateway.runtime import revision_of
+from tests.conftest import start_simulator
+
+COLLECTOR, PUBLISHER, ANOMALY = "factoryedge.OpcUaCollector", "factoryedge.Publisher", "factoryedge.AnomalyDetector"
+TAGS = ["Reactor/Pressure", "Reactor/Temperature"]
+HAS_ANOMALY = (ROOT / "components" / "anomaly_detector" / "main.py").is_file()
+START_S = 300  # first run: three venvs installed from PyPI (pip's cache makes later runs fast)
+
+
+@dataclass
+class DevRun:
+    proc: Proc
+    root: Path
+    out: Path
+    published: list[dict[str, Any]]
+    lock: threading.Lock
+
+    def status(self, component: str) -> dict[str, Any]:
+        path = self.root / "work" / component / "data" / "status" / f"{component}.json"
+        try:
+            return dict(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.out.exists():
+            return []
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+
+    def gatewayctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.cli.main", "dev", *args, "--root", str(self.root)],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+
+
+def _overrides(opcua_port: int, out: Path) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        COLLECTOR: {"status_interval_s": 0.5, "connections": [{
+            "name": "tep", "endpoint": f"opc.tcp://127.0.0.1:{opcua_port}", "namespace_uri": "urn:factoryedge:tep",
+            "nodes": [f"s={t}" for t in TAGS], "publishing_interval_ms": 100, "flush_interval_s": 0.1}]},
+        PUBLISHER: {"status_interval_s": 0.5, "metrics_interval_s": 3600, "destinations": [
+            {"type": "file", "name": "file", "path": str(out), "fsync": False},
+            {"type": "iotcore", "name": "cloud", "route": {"streams": ["factoryedge-opcua"]}},
+        ]},
+    }
+    if HAS_ANOMALY:
+        config[ANOMALY] = {"status_interval_s": 0.5, "input_streams": ["factoryedge-opcua"], "groups": [{
+            "name": "reactor", "tags": TAGS, "cadence_s": 0.1, "training_points": 80}]}
+    return config
+
+
+@pytest.fixture(scope="module")
+def devrun(tmp_path_factory: pytest.TempPathFactory, mosquitto: Mosquitto) -> Iterator[DevRun]:
+    folder = tmp_path_factory.mktemp("devrun")
+    build = folder / "greengrass-build"
+    built = subprocess.run([sys.executable, "tools/gg_build.py", "--output-dir", str(build)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, built.stderr
+    sim, opcua_port = start_simulator(folder)
+    out = folder / "records.jsonl"
+    overrides = folder / "overrides.yaml"
+    overrides.write_text(yaml.safe_dump(_overrides(opcua_port, out)))
+
+    published: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    subscribed = threading.Event()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="devrun-test-sub")
+    sub.on_connect = lambda c, *_: c.subscribe("factoryedge/#", qos=1)
+    sub.on_subscribe = lambda *_: subscribed.set()
+
+    def on_message(_c: Any, _u: Any, msg: Any) -> None:
+        with lock:
+            published.append({"topic": msg.topic, "payload": json.loads(msg.payload)})
+
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.loop_start()
+    assert subscribed.wait(10)
+
+    components = [c for c in (COLLECTOR, PUBLISHER, ANOMALY) if c != ANOMALY or HAS_ANOMALY]
+    root = folder / "root"
+    # FACTORYEDGE_PYTHON: the venvs are made from this interpreter; PIP_NO_COMPILE: no .pyc pass over numpy & co.
+    env = {"FACTORYEDGE_PYTHON": sys.executable, "PIP_NO_COMPILE": "1", "PYTHONPATH": str(ROOT)}
+    proc = start([sys.executable, "-m", "gateway.cli.main", "dev", "run", "--build", str(build), "--root", str(root),
+                  "--config", str(overrides), "--mqtt", f"127.0.0.1:{mosquitto.port}", "--thing-name", "line1-gw",
+                  "--stream-manager-port", "0", *(a for c in components for a in ("--component", c))],
+                 folder / "devrun.log", env=env)
+    run = DevRun(proc, root, out, published, lock)
+    try:
+        yield run
+    finally:
+        proc.stop(signal.SIGTERM, timeout=60)
+        sub.loop_stop()
+        sim.stop()
+
+
+def _explain(run: DevRun) -> str:
+    logs = "\n".join(f"== {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in (run.root / "logs").glob("*"))
+    return f"{run.proc.output()[-3000:]}\n{logs}"
+
+
+def test_data_arrives_through_the_deployed_components(devrun: DevRun) -> None:
+    def arrived() -> bool:
+        assert devrun.proc.popen.poll() is None, _explain(devrun)
+        with devrun.lock:
+            cloud = [m for m in devrun.published if "/telemetry/" in m["topic"]]
+        return bool(cloud) and {r["tag"] for r in devrun.records()} >= set(TAGS)
+
+    try:
+        wait_for(arrived, START_S, "records at the file destination and at the IoT Core stand-in", interval=0.5)
+    except TimeoutError as exc:
+        raise AssertionError(_explain(devrun)) from exc
+    with devrun.lock:
+        message = next(m for m in devrun.published if "/telemetry/" in m["topic"])
+    # {thing} in the publisher's topic template is the dev run's thing name (AWS_IOT_THING_NAME).
+    assert message["topic"].startswith("factoryedge/line1-gw/telemetry/")
+    assert {r["tag"] for r in message["payload"]["records"]} <= set(TAGS)
+    status = devrun.gatewayctl("status", "--json")
+    components = json.loads(status.stdout)["components"]
+    assert {c["state"] for c in components.values()} == {"RUNNING"}, status.stdout
+    assert {c["reported_state"] for c in components.values()} == {"RUNNING"}, status.stdout
+    assert devrun.status(PUBLISHER)["config_state"] == "RUNNING"
+
+
+@pytest.mark.skipif(not HAS_ANOMALY, reason="components/anomaly_detector is not in the tree yet")
+def test_anomaly_scores_arrive(devrun: DevRun) -> None:
+    def scored() -> bool:
+        assert devrun.proc.popen.poll() is None, _explain(devrun)
+        return any(r["kind"] == "score" for r in devrun.records())
+
+    try:
+        wait_for(scored, START_S, "anomaly scores at the file destination", interval=0.5)
+    except TimeoutError as exc:
+        raise AssertionError(_explain(devrun)) from exc
+    assert any(r["tag"].startswith("anomaly/reactor/") for r in devrun.records() if r["kind"] == "score")
+
+
+def test_configuration_changes_are_validated_then_applied(devrun: DevRun) -> None:
+    wait_for(lambda: bool(devrun.status(PUBLISHER).get("config_revision")), START_S, "the publisher's first revision",
+             interval=0.5)
+    before = devrun.status(PUBLISHER)["config_revision"]
+
+    bad_key = devrun.root.parent / "bad-key.yaml"
+    bad_key.write_text(yaml.safe_dump({"metrics_interval_s": 30, "colour": "red"}))
+    rejected = devrun.gatewayctl("config", PUBLISHER, str(bad_key))
+    assert rejected.returncode == 1, rejected.stdout + rejected.stderr
+    assert "REJECTED" in rejected.stdout and "colour: Extra inputs are not permitted" in rejected.stdout
+
+    wrong_type = devrun.root.parent / "wrong-type.yaml"
+    wrong_type.write_text(yaml.safe_dump({"metrics_interval_s": "often"}))
+    rejected = devrun.gatewayctl("config", PUBLISHER, str(wrong_type))
+    assert rejected.returncode == 1 and "metrics_interval_s" in rejected.stdout, rejected.stdout
+
+    unreachable = devrun.root.parent / "unreachable.yaml"
+    unreachable.write_text(yaml.safe_dump({"connections": [{
+        "name": "far", "endpoint": "opc.tcp://127.0.0.1:9", "namespace_uri": "urn:factoryedge:tep",
+        "nodes": ["s=Reactor/Pressure"]}]}))
+    rejected = devrun.gatewayctl("config", COLLECTOR, str(unreachable))
+    assert rejected.returncode == 1, rejected.stdout
+    assert "connections.0.endpoint: 127.0.0.1:9 is unreachable" in rejected.stdout
+    assert devrun.status(PUBLISHER)["config_revision"] == before
+
+    good = devrun.root.parent / "good.yaml"
+    good.write_text(yaml.safe_dump({"metrics_interval_s": 1800}))
+    applied = devrun.gatewayctl("config", PUBLISHER, str(good), "--json")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    deployed = json.loads(applied.stdout)["configuration"]
+    expected = revision_of(PublisherConfig.model_validate({k: v for k, v in deployed.items() if k != "accessControl"}))
+    assert expected != before
+    wait_for(lambda: devrun.status(PUBLISHER).get("config_revision") == expected, 60,
+             f"the publisher to report revision {expected}", interval=0.2)
+    count = len(devrun.records())
+    wait_for(lambda: len(devrun.records()) > count, 60, "records after the change", interval=0.5)
+
+
+def test_stop_ends_every_component_process(devrun: DevRun) -> None:
+    status = json.loads(devrun.gatewayctl("status", "--json").stdout)
+    pids = [c["pid"] for c in status["components"].values() if c["pid"]]
+    assert pids
+    stopped = devrun.gatewayctl("stop")
+    assert stopped.returncode == 0
+    devrun.proc.popen.wait(60)
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    assert all(gone(pid) for pid in pids)
+    assert not (devrun.root / "devrun.json").exists()
