@@ -134,8 +134,11 @@ def test_oversized_record_dead_lettered_missing_stream_waited_for(
     assert [g["seq"] for g in gateway_records(kinesalite.endpoint_url, name)] == list(range(10))
 
 
-def test_diagnose(kinesalite: Kinesalite) -> None:
-    findings = {f.check: f for f in asyncio.run(diagnose(_cfg(kinesalite.endpoint_url, "x"), 2.0))}
+def test_diagnose(kinesalite: Kinesalite, stream: str) -> None:
+    findings = {f.check: f for f in asyncio.run(diagnose(_cfg(kinesalite.endpoint_url, stream), 2.0))}
+    assert findings["stream"].ok is True and "ACTIVE" in findings["stream"].detail
+    missing = {f.check: f for f in asyncio.run(diagnose(_cfg(kinesalite.endpoint_url, "no-such-stream"), 2.0))}
+    assert missing["stream"].ok is False and "create the Kinesis stream" in missing["stream"].fix
     assert findings["aws credentials"].ok is True and "env" in findings["aws credentials"].detail
     assert TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in json.dumps([f.as_dict() for f in findings.values()])
     assert findings["endpoint"].ok is True and findings["aws region"].ok is True

@@ -106,6 +106,7 @@ class IotCoreSink:
         self.cfg = cfg
         self.name = cfg.name
         self._ipc: GreengrassIpc | None = None
+        self._connecting = asyncio.Lock()
         self._limiter = RateLimiter(cfg.max_messages_per_s, cfg.max_bytes_per_s)
         self._fields = {"thing": thing_name(), **cfg.topic_vars}
 
@@ -113,15 +114,16 @@ class IotCoreSink:
         """Nothing to do: the IPC connection is opened by the first send, so a missing nucleus is a retry."""
 
     async def _connection(self) -> GreengrassIpc:
-        if self._ipc is None:
-            from gateway.ipc import GreengrassIpc  # awscrt is heavy: loaded only when this destination is used
+        async with self._connecting:  # pumps of several streams share one connection
+            if self._ipc is None:
+                from gateway.ipc import GreengrassIpc  # awscrt is heavy: loaded only when this destination is used
 
-            try:
-                self._ipc = await GreengrassIpc.connect(timeout_s=self.cfg.request_timeout_s)
-            except ConfigError as exc:  # not under Greengrass or token refused: waiting is all we can do
-                raise DestinationError(f"iotcore destination {self.name}: {exc.message}", fix=exc.fix,
-                                       retryable=True) from exc
-        return self._ipc
+                try:
+                    self._ipc = await GreengrassIpc.connect(timeout_s=self.cfg.request_timeout_s)
+                except ConfigError as exc:  # not under Greengrass or token refused: waiting is all we can do
+                    raise DestinationError(f"iotcore destination {self.name}: {exc.message}", fix=exc.fix,
+                                           retryable=True) from exc
+            return self._ipc
 
     def messages(self, records: list[Record]) -> tuple[list[tuple[str, bytes, list[Record]]], list[tuple[Record, str]]]:
         return pack_by_topic(records, self.cfg.topic, self._fields, self.cfg.max_message_bytes, check_iot_topic)

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from gateway.destinations.aws import AwsSettings, classify, diagnose_aws, error_code, make_client
 from gateway.destinations.base import ENVELOPE_OVERHEAD, DestinationBase, SendResult, dumps, envelope, record_json
-from gateway.diagnostics import Finding
+from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
 from gateway.record import Record
 
@@ -172,5 +172,32 @@ def _calls(heads: list[tuple[str, tuple[bytes, list[Record]]]]) -> list[list[tup
 
 
 async def diagnose(cfg: KinesisDestination, timeout_s: float) -> list[Finding]:
-    """Credentials, region and the Kinesis endpoint."""
-    return await diagnose_aws("kinesis", cfg.aws, timeout_s)
+    """Credentials, region, the Kinesis endpoint, and the stream: it exists and is ACTIVE."""
+    findings = await diagnose_aws("kinesis", cfg.aws, timeout_s)
+    if not all(f.ok is not False for f in findings):
+        return findings  # the stream cannot be asked about without credentials and an endpoint
+    aws = cfg.aws.model_copy(update={"connect_timeout_s": timeout_s, "read_timeout_s": timeout_s})
+
+    def describe() -> str:
+        client = make_client("kinesis", aws, f"kinesis destination {cfg.name}", pool=1)
+        return str(client.describe_stream_summary(StreamName=cfg.stream_name)
+                   ["StreamDescriptionSummary"]["StreamStatus"])
+
+    import botocore.exceptions
+
+    try:
+        status = await asyncio.wait_for(asyncio.to_thread(describe), timeout_s + 1)
+    except asyncio.TimeoutError:
+        findings.append(failed("stream", f"no answer about stream {cfg.stream_name} within {timeout_s} s",
+                               "check the endpoint and network"))
+        return findings
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, DestinationError) as exc:
+        code = error_code(exc) or type(exc).__name__
+        findings.append(failed("stream", f"stream {cfg.stream_name}: {code}",
+                               _STREAM_CODES.get(code, "check stream_name, region and the IAM permissions "
+                                                       "(kinesis:DescribeStreamSummary, kinesis:PutRecords)")))
+        return findings
+    ok = status in ("ACTIVE", "UPDATING")
+    findings.append(passed("stream", f"{cfg.stream_name} is {status}") if ok else
+                    failed("stream", f"{cfg.stream_name} is {status}", "wait until the stream is ACTIVE"))
+    return findings
