@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,22 @@ async def collect(tmp: Path, conns: list[OpcUaConnection], done: Callable[[Colle
     await task
     store.close()
     return collector
+
+
+@asynccontextmanager
+async def running(tmp: Path, conns: list[OpcUaConnection]) -> AsyncIterator[tuple[Collector, asyncio.Task[None]]]:
+    """A collector running in the background for scenarios that act on peers while it runs."""
+    store = EmbeddedStore(tmp / "store")
+    collector = Collector("test", store, StreamSpec(name="opcua"), OpcUaSource, status_dir=tmp / "status")
+    stop = asyncio.Event()
+    task = asyncio.create_task(collector.run(conns, stop))
+    try:
+        await until(collector, task, lambda col: all(c.name in col.connections for c in conns))
+        yield collector, task
+    finally:
+        stop.set()
+        await task
+        store.close()
 
 
 async def until(collector: Collector, task: asyncio.Task[None], done: Callable[[Collector], bool],

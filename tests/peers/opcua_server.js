@@ -124,9 +124,9 @@ async function main() {
 
     process.on("SIGUSR1", () => {
         let n = 0;
-        for (const session of server.engine.getSessions ? server.engine.getSessions() : []) {
-            for (const sub of session.publishEngine.subscriptions) {
-                for (const item of Object.values(sub.monitoredItems)) {
+        for (const session of Object.values(server.engine._sessions)) {
+            for (const sub of Object.values(session.publishEngine._subscriptions)) {
+                for (const item of sub.monitoredItems.values()) {
                     item.setMonitoringMode(MonitoringMode.Disabled);
                     n += 1;
                 }
@@ -135,7 +135,8 @@ async function main() {
         console.log(`MUTED ${n} monitored items`);
     });
     process.on("SIGUSR2", () => console.log(`CHANGES ${changes} sessions=${server.currentSessionCount}`));
-    const stop = async () => { await server.shutdown(0); process.exit(0); };
+    // a restart in a test must be quick: close sessions, but never wait more than a second for them
+    const stop = async () => { setTimeout(() => process.exit(0), 1000); await server.shutdown(0); process.exit(0); };
     process.on("SIGTERM", stop);
     process.on("SIGINT", stop);
 
