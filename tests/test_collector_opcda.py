@@ -253,6 +253,22 @@ def test_changed_connection_restarts_alone(tmp_path: Path, gateway: int) -> None
     assert any(r.source == "a" and r.tag == "Reactor.Level" for r in records)
 
 
+def test_a_server_the_gateway_cannot_open_is_retried_without_leaking_clients(tmp_path: Path, gateway: int) -> None:
+    conn = _conn(gateway, name="wrong", server="Matrikon.OPC.Simulation.1", items=["Random.Real8"])
+
+    async def body() -> tuple[dict[str, Any], list[Any]]:
+        run = Run(tmp_path, [conn])
+        await run.until(lambda: (c := run.counters("wrong")) is not None and c.reconnects >= 3, "three attempts")
+        sessions = await asyncio.to_thread(OpenOPC.get_sessions, "127.0.0.1", gateway)
+        await run.finish()
+        return run.collector.status()["connections"]["wrong"], sessions
+
+    status, sessions = asyncio.run(body())
+    assert not status["connected"] and "Matrikon.OPC.Simulation.1" in status["last_error"]
+    assert "Cannot connect" in status["last_error"]  # the gateway's OPCError text, not a SerializeError
+    assert len(sessions) <= 1  # each failed attempt closed its client; at most the one in flight remains
+
+
 def test_diagnose_names_unknown_items_and_an_unreachable_gateway(gateway: int) -> None:
     findings = asyncio.run(diagnose(_conn(gateway, items=["Reactor.Pressure", "Reactor.NoSuchItem"]), 5))
     verdicts = {f.check: f for f in findings}

@@ -313,7 +313,6 @@ class OpcDaSource:
         pool = ThreadPoolExecutor(1, thread_name_prefix=f"opcda-{cfg.name}")
         loop = asyncio.get_running_loop()
         session = Session(cfg)
-        opened = False
 
         async def call(fn: Callable[[], Any]) -> Any:
             try:
@@ -325,7 +324,6 @@ class OpcDaSource:
 
         try:
             await call(session.open)
-            opened = True
             await call(session.resolve)
             rows = await call(session.first_read)
             self._report_unknown(session, emitter)
@@ -342,8 +340,8 @@ class OpcDaSource:
                         emitter.emit(item, None, Quality.BAD)
                     raise
         finally:
-            if opened:
-                pool.submit(session.close)  # runs after any call still in flight, never on the loop
+            # also after a failed connect(): the client exists on the gateway and must not leak
+            pool.submit(session.close)  # runs after any call still in flight, never on the loop
             pool.shutdown(wait=False)
 
     def _report_unknown(self, session: Session, emitter: Emitter) -> None:
