@@ -279,6 +279,9 @@ def test_diagnose_names_unknown_items_and_an_unreachable_gateway(gateway: int) -
     assert unknown.ok is False and "Reactor.NoSuchItem" in unknown.detail
     wrong_server = asyncio.run(diagnose(_conn(gateway, items=["X"], server="Matrikon.OPC.Simulation.1"), 5))
     assert wrong_server[-1].ok is False and SERVER in wrong_server[-1].detail  # the offered servers are named
+    no_match = {f.check: f for f in asyncio.run(diagnose(_conn(gateway, browse=["Nothing.*"]), 5))}
+    assert no_match["opcda server"].ok and no_match["opcda first read"].ok is False
+    assert "Nothing.*" in no_match["opcda first read"].detail
     down = asyncio.run(diagnose(_conn(free_port(), items=["X"]), 2))
     assert len(down) == 1 and down[0].ok is False and "OpenOPC Gateway Service" in down[0].fix
 

@@ -401,7 +401,7 @@ def _diagnose(cfg: OpcDaConnection) -> list[Finding]:
                if cfg.tls else
                warning("opcda tls", "link is unencrypted and unauthenticated (Pyro4 has no authentication)",
                        "run the gateway with PYRO_SSL=1 and a certificate, and set tls on this connection"))
-    session = Session(cfg)
+    session, check = Session(cfg), "opcda server"
     try:
         session.open()
         if session.reported_location.split(":")[0] in UNSPECIFIED_HOSTS:
@@ -409,13 +409,14 @@ def _diagnose(cfg: OpcDaConnection) -> list[Finding]:
                                f"rewritten to {where}" if cfg.rewrite_proxy_host != "never" else
                                "not rewritten (rewrite_proxy_host: never)",
                                "bind the gateway to its address, or keep rewrite_proxy_host at unspecified"))
-        out.append(passed("opcda server", f"connected to {cfg.server} via {where}"))
+        out.append(passed(check, f"connected to {cfg.server} via {where}"))
+        check = "opcda first read"
         session.resolve()
         rows = session.first_read()
-    except Exception as exc:  # noqa: BLE001
-        servers = _servers(session)
-        return [*out, failed("opcda server", describe_error(exc, cfg) + (f"; the gateway offers {servers}"
-                             if servers else ""), "check server (the ProgID), opc_host and items/browse")]
+    except Exception as exc:  # noqa: BLE001 - any failure here is the finding
+        servers = _servers(session) if check == "opcda server" else []
+        return [*out, failed(check, describe_error(exc, cfg) + (f"; the gateway offers {servers}" if servers
+                             else ""), "check server (the ProgID), opc_host and items/browse")]
     finally:
         session.close()
     good = sum(q == Quality.GOOD for _, _, q, _ in rows)
