@@ -4,4 +4,5 @@ import sys
 
 from simulator.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # the plant process is spawned and imports this module under another name
+    sys.exit(main())

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Protocol, TextIO
 
 from simulator.plant import IdvEvent, make_plant
-from simulator.runtime import Simulation, Snapshot, run_clock
+from simulator.plantproc import RemoteSimulation
+from simulator.runtime import Simulation, SimulationView, Snapshot, run_clock
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class AppConfig:
     schedule: Sequence[IdvEvent] = ()
     status_every_s: float = 5.0
     endpoints: list[Endpoint] = field(default_factory=list)
+    #: run the plant in its own process (the default of ``python -m simulator``; see simulator.plantproc)
+    plant_process: bool = False
 
 
 def status_line(snap: Snapshot) -> str:
@@ -53,9 +56,12 @@ def status_line(snap: Snapshot) -> str:
 
 
 async def run_app(
-    config: AppConfig, sim: Simulation, stop: asyncio.Event, out: TextIO = sys.stdout
+    config: AppConfig, sim: Simulation | RemoteSimulation, stop: asyncio.Event, out: TextIO = sys.stdout
 ) -> None:
-    """Start the endpoints, run the clock until ``stop`` is set, then stop everything."""
+    """Start the endpoints, run the clock until ``stop`` is set, then stop everything.
+
+    With a :class:`RemoteSimulation` the clock runs in the plant process; here its changes are watched.
+    """
     started: list[Endpoint] = []
     try:
         for endpoint in config.endpoints:
@@ -63,7 +69,10 @@ async def run_app(
             started.append(endpoint)
             print(f"READY {endpoint.name} {_where(endpoint)}", file=out, flush=True)
         print(f"RUNNING plant={config.plant} seed={config.seed} speed={config.speed:g}", file=out, flush=True)
-        clock = asyncio.create_task(run_clock(sim, config.speed, stop), name="clock")
+        if isinstance(sim, RemoteSimulation):
+            clock = asyncio.create_task(sim.watch(stop), name="watch")
+        else:
+            clock = asyncio.create_task(run_clock(sim, config.speed, stop), name="clock")
         status = asyncio.create_task(_status_loop(sim, config.status_every_s, stop, out), name="status")
         await stop.wait()
         for task in (clock, status):
@@ -86,7 +95,7 @@ def _where(endpoint: Endpoint) -> str:
     return f"{getattr(config, 'host', '?')}:{getattr(config, 'port', '?')}"
 
 
-async def _status_loop(sim: Simulation, every_s: float, stop: asyncio.Event, out: TextIO) -> None:
+async def _status_loop(sim: SimulationView, every_s: float, stop: asyncio.Event, out: TextIO) -> None:
     if every_s <= 0:
         return
     while not stop.is_set():
@@ -95,7 +104,7 @@ async def _status_loop(sim: Simulation, every_s: float, stop: asyncio.Event, out
         print(status_line(sim.snapshot), file=out, flush=True)
 
 
-async def serve_forever(config: AppConfig, sim: Simulation) -> None:
+async def serve_forever(config: AppConfig, sim: Simulation | RemoteSimulation) -> None:
     """Run the app until SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -105,5 +114,10 @@ async def serve_forever(config: AppConfig, sim: Simulation) -> None:
     await run_app(config, sim, stop)
 
 
-def build_simulation(config: AppConfig) -> Simulation:
+def build_simulation(config: AppConfig) -> Simulation | RemoteSimulation:
+    """The simulation ``config`` asks for; a :class:`RemoteSimulation` is started (call ``close()`` after)."""
+    if config.plant_process:
+        remote = RemoteSimulation(config.plant, config.seed, config.schedule, config.speed)
+        remote.start()
+        return remote
     return Simulation(make_plant(config.plant), config.seed, config.schedule)

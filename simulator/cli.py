@@ -18,11 +18,13 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
+from typing import cast
 
 from simulator import control
 from simulator.app import AppConfig, Endpoint, build_simulation, serve_forever
 from simulator.opcua_security import SECURITY_MODES
-from simulator.runtime import Simulation, parse_idv_schedule
+from simulator.plantproc import RemoteSimulation
+from simulator.runtime import Simulation, SimulationView, parse_idv_schedule
 
 ENDPOINTS = ("opcua", "modbus", "opcda")
 CONTROL_COMMANDS = ("idv", "clear", "reset", "status")
@@ -70,6 +72,9 @@ def _serve_parser() -> argparse.ArgumentParser:
                    help="host put in client proxies whatever --host is; 0.0.0.0 acts like a gateway bound to all "
                         "interfaces (clients must rewrite it)")
     p.add_argument("--status-every", type=float, default=5.0, help="wall seconds between status lines (0: none)")
+    p.add_argument("--in-process", action="store_true",
+                   help="step the plant in the endpoints' process instead of its own (one process; under client "
+                        "load the clock and the endpoints then compete for one interpreter)")
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -90,12 +95,17 @@ def _control_parser() -> argparse.ArgumentParser:
     return p
 
 
-def build_endpoints(args: argparse.Namespace, sim: Simulation) -> list[Endpoint]:
-    """The endpoints ``--endpoints`` asks for; imported lazily so each works without the others' libraries."""
-    wanted = [e.strip() for e in args.endpoints.split(",") if e.strip()]
+def _check_endpoints(spec: str) -> list[str]:
+    wanted = [e.strip() for e in spec.split(",") if e.strip()]
     unknown = sorted(set(wanted) - set(ENDPOINTS))
     if unknown or not wanted:
-        raise ValueError(f"--endpoints {args.endpoints!r}: use a comma-separated subset of {','.join(ENDPOINTS)}")
+        raise ValueError(f"--endpoints {spec!r}: use a comma-separated subset of {','.join(ENDPOINTS)}")
+    return wanted
+
+
+def build_endpoints(args: argparse.Namespace, sim: SimulationView) -> list[Endpoint]:
+    """The endpoints ``--endpoints`` asks for; imported lazily so each works without the others' libraries."""
+    wanted = _check_endpoints(args.endpoints)
     endpoints: list[Endpoint] = []
     if "opcua" in wanted:
         from simulator.opcua_server import OpcUaConfig, OpcUaEndpoint
@@ -110,10 +120,10 @@ def build_endpoints(args: argparse.Namespace, sim: Simulation) -> list[Endpoint]
     if "opcda" in wanted:
         from simulator.opcda_server import OpcDaConfig, OpcDaEndpoint
 
-        endpoints.append(OpcDaEndpoint(sim, OpcDaConfig(args.host, args.opcda_port, args.opcda_advertise_host,
-                                                         args.opcda_tls_cert, args.opcda_tls_key, args.opcda_tls_ca,
-                                                         args.opcda_time_format, args.opcda_report_host,
-                                                         args.opcda_tls_dir)))
+        # OpcDaEndpoint is typed for the in-process Simulation but uses only what SimulationView offers.
+        endpoints.append(OpcDaEndpoint(cast(Simulation, sim), OpcDaConfig(
+            args.host, args.opcda_port, args.opcda_advertise_host, args.opcda_tls_cert, args.opcda_tls_key,
+            args.opcda_tls_ca, args.opcda_time_format, args.opcda_report_host, args.opcda_tls_dir)))
     return endpoints
 
 
@@ -125,16 +135,24 @@ def _serve(argv: list[str]) -> int:
         schedule = parse_idv_schedule(args.idv)
         if args.speed < 0:
             raise ValueError(f"--speed {args.speed}: must be >= 0 (0 = as fast as possible)")
-        config = AppConfig(args.plant, args.seed, args.speed, schedule, args.status_every)
+        _check_endpoints(args.endpoints)
+        config = AppConfig(args.plant, args.seed, args.speed, schedule, args.status_every,
+                           plant_process=not args.in_process)
         sim = build_simulation(config)
-        config.endpoints = build_endpoints(args, sim)
     except (ValueError, RuntimeError) as exc:
         parser.error(str(exc))
     try:
+        config.endpoints = build_endpoints(args, sim)
         asyncio.run(serve_forever(config, sim))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # typically a port in use
         print(f"error: {exc}; pick another port (--opcua-port/--modbus-port/--opcda-port)", file=sys.stderr)
         return 1
+    finally:
+        if isinstance(sim, RemoteSimulation):
+            sim.close()
     return 0
 
 

@@ -20,7 +20,7 @@ from pymodbus.simulator.simcore import SimCore
 from pymodbus.simulator.simutils import SimUtils
 
 from simulator.plant import BASE_XMEAS, BASE_XMV, IDV_NUMBERS
-from simulator.runtime import Simulation, Snapshot
+from simulator.runtime import SimulationView, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -151,11 +151,11 @@ class _Registers:
 
 
 class ModbusEndpoint:
-    """Serves a :class:`Simulation` over Modbus TCP on two unit ids."""
+    """Serves a simulation over Modbus TCP on two unit ids."""
 
     name = "modbus"
 
-    def __init__(self, sim: Simulation, config: ModbusConfig) -> None:
+    def __init__(self, sim: SimulationView, config: ModbusConfig) -> None:
         self.sim = sim
         self.config = config
         self.server: ModbusTcpServer | None = None

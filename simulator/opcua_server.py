@@ -26,7 +26,7 @@ from asyncua.server.server import Server
 
 from simulator.opcua_security import APPLICATION_URI, ensure_certificate, setup_security
 from simulator.plant import IDV_NUMBERS
-from simulator.runtime import Simulation, Snapshot
+from simulator.runtime import SimulationView, Snapshot
 from simulator.tags import DISTURBANCE_FOLDER, FOLDERS, IDV_PATHS, PROCESS_TAGS, STATUS_FOLDER, STATUS_TAGS, Tag
 
 __all__ = ["APPLICATION_URI", "NAMESPACE_URI", "OpcUaConfig", "OpcUaEndpoint", "ensure_certificate"]
@@ -94,7 +94,7 @@ class OpcUaConfig:
 
 
 class OpcUaEndpoint:
-    """Serves a :class:`Simulation` over OPC UA.
+    """Serves a simulation over OPC UA.
 
     Value nodes are indexed 0..52 (process tags in PROCESS_TAGS order) then the status tags in STATUS_TAGS order;
     a read builds a node's DataValue from the latest snapshot, at most once per snapshot.
@@ -102,7 +102,7 @@ class OpcUaEndpoint:
 
     name = "opcua"
 
-    def __init__(self, sim: Simulation, config: OpcUaConfig) -> None:
+    def __init__(self, sim: SimulationView, config: OpcUaConfig) -> None:
         self.sim = sim
         self.config = config
         self.server = Server()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Protocol
 
 from simulator.plant import IdvEvent, Plant, apply_due, check_idv
 from simulator.tags import PROCESS_TAGS
@@ -51,6 +52,21 @@ class Snapshot:
 
 
 Listener = Callable[[Snapshot], None]
+
+
+class SimulationView(Protocol):
+    """What endpoints use of a simulation: :class:`Simulation` here, or one in its own process
+    (:class:`simulator.plantproc.RemoteSimulation`)."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+    @property
+    def step_s(self) -> float: ...
+
+    def add_listener(self, listener: Listener) -> None: ...
+    def set_idv(self, n: int, on: bool) -> Snapshot: ...
+    def clear_idvs(self) -> Snapshot: ...
+    def reset(self, seed: int | None = None) -> Snapshot: ...
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(h|m|s)?$")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, None: 1.0}
