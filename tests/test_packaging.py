@@ -379,3 +379,72 @@ def test_offline_wheels_install_without_an_index(tmp_path: Path) -> None:
     check = "import pymodbus, pydantic, yaml, cbor2, stream_manager, awsiot; print('ok')"
     ran = subprocess.run([venv / "bin" / "python", "-c", check], capture_output=True, text=True, check=False)
     assert ran.stdout.strip() == "ok", ran.stderr
+
+
+def test_publish_uploads_every_artifact_and_creates_every_version(
+    built: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """tools/gg_publish.py: S3 on moto; greengrassv2 through botocore's Stubber (moto 5.2.5 has only Greengrass v1),
+    which still checks every request against the service's API model."""
+    import gg_publish
+    from botocore.stub import Stubber
+    from moto import mock_aws
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_SESSION_TOKEN": "testing"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    recipes: list[dict[str, Any]] = []
+    stubs: list[Stubber] = []
+
+    def client(session: Any, service: str, endpoint_url: str | None) -> Any:
+        made = session.client(service, endpoint_url=endpoint_url)
+        if service != "greengrassv2":
+            return made
+        made.meta.events.register("provide-client-params.greengrassv2.CreateComponentVersion",
+                                  lambda params, **_: recipes.append(json.loads(params["inlineRecipe"])))
+        stub = Stubber(made)
+        for name in [*ENTRY_DIRS, BUNDLE]:
+            if len(stubs) == 0:
+                arn = f"arn:aws:greengrass:eu-west-1:123456789012:components:{name}:versions:{VERSION}"
+                stub.add_response("create_component_version", {"arn": arn, "componentName": name,
+                                                               "componentVersion": VERSION, "creationTimestamp": 0,
+                                                               "status": {"componentState": "DEPLOYABLE"}})
+            else:  # the second run: every version exists already
+                stub.add_client_error("create_component_version", "ConflictException", http_status_code=409)
+        stub.activate()
+        stubs.append(stub)
+        return made
+
+    args = ["--project-dir", str(built.parent), "--region", "eu-west-1", "--bucket", "feg-artifacts", "--json"]
+    with mock_aws():
+        assert gg_publish.main(args, client) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert [r["component"] for r in rows][-1] == BUNDLE  # dependencies first
+        assert {r["component"]: r["status"] for r in rows} == {n: "created" for n in [*ENTRY_DIRS, BUNDLE]}
+        s3 = boto3_client("s3")
+        keys = {o["Key"] for o in s3.list_objects_v2(Bucket="feg-artifacts")["Contents"]}
+        assert keys == {f"{n}/{VERSION}/{n}.zip" for n in ENTRY_DIRS}
+        for recipe in recipes:
+            name = recipe["ComponentName"]
+            uris = [a["URI"] for m in recipe["Manifests"] for a in m.get("Artifacts", [])]
+            assert uris == [f"s3://feg-artifacts/{name}/{VERSION}/{name}.zip"] * len(uris)
+            assert bool(uris) == (name != BUNDLE)
+            assert recipe.get("ComponentConfiguration") == recipe_of(built, name).get("ComponentConfiguration")
+        assert gg_publish.main(args, client) == 0  # a published version is left alone, and said so
+        assert {r["status"] for r in json.loads(capsys.readouterr().out)} == {"exists"}
+    for stub in stubs:
+        stub.assert_no_pending_responses()
+
+
+def boto3_client(service: str) -> Any:
+    import boto3
+
+    return boto3.client(service, region_name="eu-west-1")
+
+
+def test_publish_without_a_bucket_says_how_to_name_one(built: Path) -> None:
+    import gg_publish
+
+    with pytest.raises(SystemExit, match=re.escape("publish.bucket in gdk-config.json, or pass --bucket")):
+        gg_publish.main(["--project-dir", str(built.parent), "--region", "eu-west-1", "--dry-run"])
