@@ -4,19 +4,24 @@ validated; a bad deployment is rejected with the reason and the running configur
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.componentconfig import PublisherConfig
 from gateway.dev.ipc_server import IpcServer
+from gateway.dev.peers import free_port
 from gateway.errors import ConfigError
 from gateway.ipc_config import load_deployed, watch_deployments
 from gateway.runtime import Context
+from gateway.streams import StoreConfig
 
 COMPONENT = "factoryedge.Publisher"
 GOOD = {"destinations": [{"type": "file", "name": "deployed", "path": "out/x.jsonl"}], "metrics_interval_s": 30}
@@ -84,3 +89,88 @@ def test_bad_deployment_rejected_good_one_applied(nucleus: tuple[IpcServer, asyn
 
     asyncio.run(scenario())
     assert os.environ["SVCUID"] == "tok-pub"
+
+
+class Toy(BaseModel):
+    """A component configuration with the parts the runtime looks at: a store path and an endpoint."""
+
+    model_config = ConfigDict(extra="forbid")
+    store: StoreConfig = Field(description="Where the status file goes.")
+    value: int = Field(default=1, description="Anything to change.")
+    fail: bool = Field(default=False, description="Make run() fail, as a configuration that cannot run.")
+    endpoint: str = Field(default="", description="A peer; new ones are probed at validation.")
+
+
+def test_runtime_revisions_restarts_errors_and_endpoint_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway import runtime
+
+    monkeypatch.setattr(runtime, "TAKE_LIVE_S", 0.2)
+    monkeypatch.setattr(runtime, "RETRY_FIRST_S", 0.2)
+    name, status = "factoryedge.Toy", tmp_path / "store" / "status" / "factoryedge.Toy.json"
+    closed = free_port()  # nothing listens there
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        open_port = listening.getsockname()[1]
+        base = {"store": {"path": str(tmp_path / "store")}, "endpoint": f"opc.tcp://127.0.0.1:{open_port}"}
+        runs: list[int] = []
+
+        async def run(ctx: Context[Toy]) -> None:
+            runs.append(ctx.config.value)
+            if ctx.config.fail:
+                raise RuntimeError("the toy cannot run this")
+            await ctx.stop.wait()  # never takes ctx.updates: every change is applied by an in-process restart
+
+        def state() -> dict[str, Any]:
+            return dict(json.loads(status.read_text())) if status.exists() else {}
+
+        async def until(cond: Any, what: str) -> None:
+            async def poll() -> None:
+                while not cond():
+                    await asyncio.sleep(0.05)
+
+            try:
+                await asyncio.wait_for(poll(), 20)
+            except asyncio.TimeoutError:
+                raise AssertionError(f"timed out waiting for {what}: {state()}") from None
+
+        async def scenario() -> None:
+            server = IpcServer(str(tmp_path / "ipc.sock"), {"tok-toy": name})
+            server.set_configuration(name, base)
+            await server.start()
+            monkeypatch.setenv("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT", server.socket_path)
+            monkeypatch.setenv("SVCUID", "tok-toy")
+            runner = runtime._Runner(name, Toy, run, None)
+            serving = asyncio.create_task(runner.serve(None))
+            try:
+                first = runtime.revision_of(Toy.model_validate(base))
+                await until(lambda: state().get("config_revision") == first and server.states.get(name) == "RUNNING",
+                            "first revision")
+                ok, message = await server.deploy_configuration(name, {**base, "value": "x"}, timeout_s=10)
+                assert not ok and "value" in message
+                ok, message = await server.deploy_configuration(
+                    name, {**base, "endpoint": f"opc.tcp://127.0.0.1:{closed}"}, timeout_s=10)
+                assert not ok and f"endpoint: 127.0.0.1:{closed} is unreachable" in message
+                assert state()["config_revision"] == first
+                ok, _ = await server.deploy_configuration(name, {**base, "value": 2}, timeout_s=10)
+                assert ok
+                second = runtime.revision_of(Toy.model_validate({**base, "value": 2}))
+                await until(lambda: state().get("config_revision") == second, "the restarted revision")
+                assert runs[-1] == 2
+                ok, _ = await server.deploy_configuration(name, {**base, "fail": True}, timeout_s=10)
+                assert ok  # valid, but run() cannot run it
+                await until(lambda: server.states.get(name) == "ERRORED" and state().get("config_state") == "ERRORED",
+                            "ERRORED")
+                assert "the toy cannot run this" in state()["config_error"]
+                ok, _ = await server.deploy_configuration(name, {**base, "value": 3}, timeout_s=10)
+                assert ok
+                await until(lambda: server.states.get(name) == "RUNNING" and runs[-1] == 3, "RUNNING again")
+                assert state()["config_state"] == "RUNNING" and state()["config_error"] == ""
+            finally:
+                runner.shutdown.set()
+                await asyncio.wait_for(serving, 20)
+                await server.stop()
+
+        asyncio.run(scenario())
