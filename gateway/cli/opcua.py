@@ -123,6 +123,18 @@ async def _with_client(args: argparse.Namespace, nodes: list[str], work: Any) ->
         await disconnect(client)
 
 
+async def _nodes(client: Any, node_ids: list[str]) -> list[Any]:
+    """Nodes for node ids, 'nsu=URI;...' resolved against the server's namespaces."""
+    from gateway.errors import SourceError
+    from gateway.sources.opcua import with_index
+
+    namespaces = await client.get_namespace_array()
+    try:
+        return [client.get_node(with_index(n, namespaces)) for n in node_ids]
+    except KeyError as exc:
+        raise SourceError(f"{exc.args[0]} (it has {namespaces})", fix="check the nsu= part of the node id") from exc
+
+
 def _fmt(value: Any) -> str:
     text = repr(value) if isinstance(value, str) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -143,7 +155,8 @@ def cmd_browse(args: argparse.Namespace) -> int:
     from gateway.sources.opcua_browse import children
 
     async def work(client: Any) -> list[dict[str, Any]]:
-        kids = await children(client, args.node)
+        [node] = await _nodes(client, [args.node])
+        kids = await children(client, node.nodeid.to_string())
         variables = [k for k in kids if k.node_class == "Variable"]
         values = await client.read_attributes([client.get_node(k.node_id) for k in variables], AttributeIds.Value) \
             if variables else []
@@ -168,7 +181,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     from asyncua.ua.attribute_ids import AttributeIds
 
     async def work(client: Any) -> list[dict[str, Any]]:
-        values = await client.read_attributes([client.get_node(n) for n in args.node], AttributeIds.Value)
+        values = await client.read_attributes(await _nodes(client, args.node), AttributeIds.Value)
         return [_dv_row(n, dv) for n, dv in zip(args.node, values, strict=True)]
 
     rows = asyncio.run(_with_client(args, list(args.node), work))
@@ -185,11 +198,12 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 
     async def work(client: Any) -> int:
         sub = await client.create_subscription(args.interval_ms, None)
-        results = await sub.subscribe_data_change([client.get_node(n) for n in args.node])
+        nodes = await _nodes(client, args.node)
+        results = await sub.subscribe_data_change(nodes)
         bad = [(n, r) for n, r in zip(args.node, results, strict=True) if not isinstance(r, int)]
         for n, r in bad:
             print(f"{n}: rejected by the server ({r.name})", file=sys.stderr)
-        names = {client.get_node(n).nodeid: n for n in args.node}
+        names = {node.nodeid: n for node, n in zip(nodes, args.node, strict=True)}
         deadline, seen = time.monotonic() + args.duration, 0
         while (remaining := deadline - time.monotonic()) > 0 and (not args.count or seen < args.count):
             ev = await sub.next_event(timeout=remaining)

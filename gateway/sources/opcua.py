@@ -133,6 +133,19 @@ def tag_of(node_id: str) -> str:
     return ident[2:] if ident[:2] in ("s=", "i=", "g=", "b=") else ident
 
 
+def with_index(node_id: str, namespaces: list[str], default_ns: int | None = None) -> str:
+    """A node id with its namespace as an index of this server's NamespaceArray ('nsu=URI;' and bare ids resolved);
+    raises KeyError naming a namespace URI the server does not have."""
+    if node_id.startswith("nsu="):
+        uri, _, rest = node_id[4:].partition(";")
+        if uri not in namespaces:
+            raise KeyError(f"namespace {uri} is not on the server")
+        return f"ns={namespaces.index(uri)};{rest}"
+    if not node_id.startswith("ns=") and default_ns is not None:
+        return f"ns={default_ns};{node_id}"
+    return node_id
+
+
 async def resolve_nodes(client: Client, cfg: OpcUaConnection) -> tuple[dict[str, Node], dict[str, str]]:
     """Configured node ids and browsed variables as nodes by tag, plus tags that cannot resolve (with why)."""
     namespaces = await client.get_namespace_array()
@@ -147,16 +160,10 @@ async def resolve_nodes(client: Client, cfg: OpcUaConnection) -> tuple[dict[str,
     nodes: dict[str, Node] = {}
     unresolved: dict[str, str] = {}
     for nid in cfg.nodes:
-        text = nid
-        if nid.startswith("nsu="):
-            uri, _, rest = nid[4:].partition(";")
-            if uri not in namespaces:
-                unresolved[tag_of(nid)] = f"namespace {uri} is not on the server"
-                continue
-            text = f"ns={namespaces.index(uri)};{rest}"
-        elif not nid.startswith("ns=") and default_ns is not None:
-            text = f"ns={default_ns};{nid}"
-        nodes[tag_of(nid)] = client.get_node(text)
+        try:
+            nodes[tag_of(nid)] = client.get_node(with_index(nid, namespaces, default_ns))
+        except KeyError as exc:
+            unresolved[tag_of(nid)] = str(exc.args[0])
     if cfg.browse:
         for tag, node in (await browse_patterns(client, cfg.browse)).items():
             nodes.setdefault(tag, node)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from urllib.parse import urlparse
 
-from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.status_codes import StatusCodes
@@ -20,7 +19,7 @@ from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import SourceError
 from gateway.sources.opcua import OpcUaConnection, connect, disconnect, resolve_nodes, tag_of
 from gateway.sources.opcua_browse import all_variables, closest
-from gateway.sources.opcua_security import POLICY_URIS, check_server_certificate, first_cert, server_certificate
+from gateway.sources.opcua_security import MODES, POLICY_URIS, check_server_certificate, first_cert, server_certificate
 
 
 async def _reachable(cfg: OpcUaConnection, timeout_s: float) -> Finding:
@@ -50,7 +49,7 @@ async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:
                                "is this an OPC UA server? check the endpoint URL and port"))
         return findings
     offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints})
-    match = [e for e in endpoints if e.SecurityMode == ua.MessageSecurityMode[sec.mode]
+    match = [e for e in endpoints if e.SecurityMode == MODES[sec.mode]
              and e.SecurityPolicyUri == POLICY_URIS[sec.policy]]
     if not match:
         findings.append(failed(check, f"configured {sec.policy}/{sec.mode}, the server offers {', '.join(offered)}",

@@ -31,6 +31,8 @@ POLICY_URIS = {
     "None": "http://opcfoundation.org/UA/SecurityPolicy#None",
     "Basic256Sha256": SecurityPolicyBasic256Sha256.URI,
 }
+MODES = {"None": ua.MessageSecurityMode.None_, "Sign": ua.MessageSecurityMode.Sign,
+         "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
 
 
 class OpcUaSecurity(BaseModel):
@@ -235,7 +237,7 @@ async def client_certificate(sec: OpcUaSecurity) -> tuple[Path, Path, str]:
 
 
 def _endpoint(endpoints: list[ua.EndpointDescription], sec: OpcUaSecurity, url: str) -> ua.EndpointDescription:
-    mode = ua.MessageSecurityMode[sec.mode]
+    mode = MODES[sec.mode]
     for ep in endpoints:
         if ep.SecurityMode == mode and ep.SecurityPolicyUri == POLICY_URIS[sec.policy]:
             return ep
@@ -281,7 +283,7 @@ async def secure(client: Client, sec: OpcUaSecurity, url: str, timeout_s: float)
         der = first_cert(ep.ServerCertificate)
         check_server_certificate(der, sec, url)
         await client.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key), server_certificate=der,
-                                  mode=ua.MessageSecurityMode[sec.mode])
+                                  mode=MODES[sec.mode])
     if sec.username and sec.password is not None:
         client.set_user(sec.username)
         client.set_password(sec.password.get_secret_value())
