@@ -201,6 +201,27 @@ def test_access_control_is_least_privilege_with_unique_policy_ids(built: Path) -
     assert {"aws.greengrass.StreamManager", "aws.greengrass.TokenExchangeService"} <= set(deps)
 
 
+def test_access_control_allows_exactly_what_the_default_topics_need(built: Path) -> None:
+    """The topics the models publish to by default fall under the recipe's policies, as the nucleus matches them."""
+    from gateway.anomaly.config import AlarmEvents
+    from gateway.destinations.iotcore import IotCoreDestination
+    from gateway.dev.ipc_server import MQTT_PROXY, PUBSUB, _allowed
+
+    def allowed(name: str, service: str, operation: str, template: str | None) -> bool:
+        assert template is not None
+        topic = re.sub(r"\{[a-z_]+\}", "x", template)  # {thing}, {group}, {source}, ... filled in
+        acl = recipe_of(built, name)["ComponentConfiguration"]["DefaultConfiguration"]["accessControl"]
+        return _allowed(acl, service, f"aws.greengrass#{operation}", topic)
+
+    publisher, anomaly = "factoryedge.Publisher", "factoryedge.AnomalyDetector"
+    assert allowed(publisher, MQTT_PROXY, "PublishToIoTCore", IotCoreDestination(name="cloud").topic)
+    assert not allowed(publisher, MQTT_PROXY, "PublishToIoTCore", "factoryedge/x/alarms/x")
+    assert not allowed(publisher, PUBSUB, "PublishToTopic", "factoryedge/alarms/x")
+    assert allowed(anomaly, MQTT_PROXY, "PublishToIoTCore", AlarmEvents().iot_core_topic)
+    assert allowed(anomaly, PUBSUB, "PublishToTopic", AlarmEvents().local_topic)
+    assert not allowed(anomaly, MQTT_PROXY, "PublishToIoTCore", IotCoreDestination(name="cloud").topic)
+
+
 def test_same_sources_give_the_same_zip_bytes(built: Path, tmp_path: Path) -> None:
     project = built.parent
     result = gdk_build(project, "--output-dir", str(tmp_path / "again"))
