@@ -14,6 +14,7 @@ from typing import Protocol, TextIO
 from simulator.plant import IdvEvent, make_plant
 from simulator.plantproc import RemoteSimulation
 from simulator.runtime import Simulation, SimulationView, Snapshot, run_clock
+from simulator.tags import PROCESS_TAGS, format_time, key_values_text
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,8 @@ class AppConfig:
 
 def status_line(snap: Snapshot) -> str:
     """One line: simulated time, disturbances, key process values, trip state."""
-    hours, rest = divmod(int(snap.t_s), 3600)
-    v = snap.values
-    line = (
-        f"t={hours:d}:{rest // 60:02d}:{rest % 60:02d} idv=[{snap.idv_text or '-'}] "
-        f"reactor P={v[6]:.1f} kPa T={v[8]:.2f} °C L={v[7]:.1f} % | separator L={v[11]:.1f} % | "
-        f"stripper L={v[14]:.1f} % | product G={v[39]:.2f} mol% | cooling valve={v[41 + 9]:.1f} %"
-    )
+    values: dict[str, float | None] = {tag.path: v for tag, v in zip(PROCESS_TAGS, snap.values, strict=True)}
+    line = f"t={format_time(snap.t_s)} idv=[{snap.idv_text or '-'}] {key_values_text(values)}"
     if snap.shutdown:
         line += f" | TRIPPED: {snap.shutdown_reason} (reset to restart)"
     return line

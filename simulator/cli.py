@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import cast
 from simulator import control
 from simulator.app import AppConfig, Endpoint, build_simulation, serve_forever
 from simulator.opcua_security import SECURITY_MODES
+from simulator.plant import IDV_NUMBERS, check_idv
 from simulator.plantproc import RemoteSimulation
 from simulator.runtime import Simulation, SimulationView, parse_idv_schedule
 
@@ -79,19 +81,39 @@ def _serve_parser() -> argparse.ArgumentParser:
     return p
 
 
+_CONTROL_EXAMPLES = """examples:
+  python -m simulator status                     # t, seed, disturbances, trip state, key process values
+  python -m simulator status --json
+  python -m simulator idv 6 on --opcua opc.tcp://127.0.0.1:4840/
+  python -m simulator clear
+  python -m simulator reset --seed 3
+  gatewayctl sim status                          # the same through gatewayctl
+
+exit codes: 0 done, 1 the simulator refused or is unreachable, 2 bad usage (e.g. an unknown disturbance)
+"""
+
+
 def _control_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m simulator", description="Control a running simulator.")
+    p = argparse.ArgumentParser(prog="python -m simulator", description="Control a running simulator.",
+                                epilog=_CONTROL_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--opcua", default=control.DEFAULT_URL, help=f"its OPC UA endpoint (default {control.DEFAULT_URL})")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True)
-    idv = sub.add_parser("idv", help="switch a disturbance: idv 6 on")
-    idv.add_argument("number", type=int)
-    idv.add_argument("state", choices=("on", "off"))
-    sub.add_parser("clear", help="switch every disturbance off")
-    reset = sub.add_parser("reset", help="restart from the base case (clears a trip)")
-    reset.add_argument("--seed", type=int, default=None, help="new seed (default: keep)")
-    sub.add_parser("status", help="simulated time, seed, disturbances, trip state")
-    for child in sub.choices.values():  # accept --opcua after the subcommand too
+    helps = {
+        "idv": "switch a disturbance: idv 6 on",
+        "clear": "switch every disturbance off",
+        "reset": "restart from the base case (clears a trip)",
+        "status": "simulated time, seed, disturbances, trip state and key process values",
+    }
+    children = {name: sub.add_parser(name, help=text, description=text, epilog=_CONTROL_EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                for name, text in helps.items()}
+    children["idv"].add_argument("number", type=int, help=f"disturbance number, {IDV_NUMBERS[0]}-{IDV_NUMBERS[-1]}")
+    children["idv"].add_argument("state", choices=("on", "off"))
+    children["reset"].add_argument("--seed", type=int, default=None, help="new seed (default: keep)")
+    for child in sub.choices.values():  # accept the options after the subcommand too
         child.add_argument("--opcua", default=argparse.SUPPRESS)
+        child.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     return p
 
 
@@ -157,23 +179,36 @@ def _serve(argv: list[str]) -> int:
 
 
 def _control(argv: list[str]) -> int:
-    args = _control_parser().parse_args(argv)
+    parser = _control_parser()
+    args = parser.parse_args(argv)
     url = args.opcua
+    result: dict[str, object] = {"command": args.command}
     try:
         if args.command == "idv":
+            try:
+                check_idv(args.number)
+            except ValueError as exc:
+                parser.error(str(exc))
             asyncio.run(control.set_idv(url, args.number, args.state == "on"))
-            print(f"IDV {args.number} {args.state}")
+            result.update(idv=args.number, on=args.state == "on")
+            text = f"IDV {args.number} {args.state}"
         elif args.command == "clear":
             asyncio.run(control.clear_idvs(url))
-            print("all disturbances off")
+            text = "all disturbances off"
         elif args.command == "reset":
             asyncio.run(control.reset(url, args.seed))
-            print("plant reset")
+            result.update(seed=args.seed)
+            text = "plant reset"
         else:
-            print(asyncio.run(control.status(url)).line())
+            status = asyncio.run(control.status(url))
+            result.update(status.as_json())
+            text = status.line()
     except control.ControlError as exc:
+        if args.json:
+            print(json.dumps({**result, "ok": False, "error": str(exc)}))
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    print(json.dumps({**result, "ok": True}) if args.json else text)
     return 0
 
 

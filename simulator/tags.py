@@ -132,3 +132,29 @@ IDV_PATHS: tuple[str, ...] = tuple(idv_path(n) for n in IDV_NUMBERS)
 FOLDERS: tuple[str, ...] = (*dict.fromkeys(t.folder for t in PROCESS_TAGS), STATUS_FOLDER, DISTURBANCE_FOLDER)
 
 BY_PATH: dict[str, Tag] = {t.path: t for t in PROCESS_TAGS}
+
+#: What a status line shows, in order: (path, label, format of the value with its unit).
+KEY_TAGS: tuple[tuple[str, str, str], ...] = (
+    ("Reactor/Pressure", "reactor P", "{:.1f} kPa"),
+    ("Reactor/Temperature", "T", "{:.2f} °C"),
+    ("Reactor/Level", "L", "{:.1f} %"),
+    ("Separator/Level", "| separator L", "{:.1f} %"),
+    ("Stripper/Level", "| stripper L", "{:.1f} %"),
+    ("ProductAnalyzer/G", "| product G", "{:.2f} mol%"),
+    ("Reactor/CoolingWaterValve", "| cooling valve", "{:.1f} %"),
+)
+
+
+def format_time(t_s: float) -> str:
+    """Simulated time as ``h:mm:ss``."""
+    hours, rest = divmod(int(t_s), 3600)
+    return f"{hours:d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def key_values_text(values: dict[str, float | None]) -> str:
+    """The key process values of a status line; ``None`` (a BAD value) shows as ``BAD``."""
+    parts = []
+    for path, label, fmt in KEY_TAGS:
+        value = values.get(path)
+        parts.append(f"{label}={'BAD' if value is None else fmt.format(value)}")
+    return " ".join(parts)

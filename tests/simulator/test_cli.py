@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli.main import main as gatewayctl
 from simulator import cli
 from tests.simulator.conftest import free_port, wait_for
 
@@ -52,8 +54,6 @@ def test_control_subcommands_against_a_running_simulator(
     wait_for(lambda: cli.main(["status", "--opcua", url]) == 0 and "TRIPPED" in capsys.readouterr().out,
              timeout=60, what="IDV 6 trip at --speed 0")
     assert "TRIPPED" in wait_for(lambda: out.read_text() if "TRIPPED" in out.read_text() else "", what="status line")
-    assert cli.main(["idv", "99", "on", "--opcua", url]) == 1
-    assert "BadOutOfRange" in capsys.readouterr().err
     assert cli.main(["reset", "--seed", "8", "--opcua", url]) == 0
     capsys.readouterr()
     assert cli.main(["status", "--opcua", url]) == 0
@@ -61,13 +61,59 @@ def test_control_subcommands_against_a_running_simulator(
     assert "seed=8" in line and "running" in line
 
 
+def test_gatewayctl_sim_controls_a_running_simulator(
+    running: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator's path: gatewayctl sim status / idv / clear / reset, human and --json."""
+    url, _out = running
+    assert gatewayctl(["sim", "idv", "21", "on", "--opcua", url]) == 0  # a revised-model disturbance
+    assert capsys.readouterr().out.strip() == "IDV 21 on"
+    assert gatewayctl(["sim", "status", "--opcua", url]) == 0
+    line = capsys.readouterr().out
+    match = re.search(r"t=(\d+):(\d\d):(\d\d) \((\d+) s\) seed=4 idv=\[([\d,]+)\] running "
+                      r"\| reactor P=([\d.]+) kPa", line)
+    assert match, line
+    assert "21" in match.group(5).split(",")
+    assert 2600 < float(match.group(6)) < 2800
+    for label in ("T=", "separator L=", "stripper L=", "product G=", "cooling valve="):
+        assert label in line, line
+    assert gatewayctl(["--json", "sim", "status", "--opcua", url]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["ok"] is True and 21 in status["active_disturbances"] and status["seed"] == 4
+    assert status["simulated_time_s"] > 0 and 2600 < status["values"]["Reactor/Pressure"] < 2800
+    assert gatewayctl(["sim", "clear", "--opcua", url, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"command": "clear", "ok": True}
+    assert gatewayctl(["sim", "reset", "--seed", "9", "--opcua", url]) == 0
+    capsys.readouterr()
+    assert gatewayctl(["sim", "status", "--opcua", url, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["seed"] == 9 and status["shutdown"] is False
+    with pytest.raises(SystemExit) as usage:  # an unknown disturbance is bad usage, refused before connecting
+        gatewayctl(["sim", "idv", "29", "on", "--opcua", url])
+    assert usage.value.code == 2
+    assert "1-28" in capsys.readouterr().err
+
+
 def test_unreachable_simulator_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["status", "--opcua", f"opc.tcp://127.0.0.1:{free_port()}/"]) == 1
     assert "unreachable" in capsys.readouterr().err
+    assert gatewayctl(["--json", "sim", "idv", "6", "on", "--opcua", f"opc.tcp://127.0.0.1:{free_port()}/"]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False
 
 
-def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(SystemExit):
-        cli.main(["--idv", "42@1h", "--plant", "synthetic"])
-    with pytest.raises(SystemExit):
-        cli.main(["--endpoints", "opcua,telnet", "--plant", "synthetic"])
+def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, message in ((["--idv", "42@1h"], "1-28"), (["--endpoints", "opcua,telnet"], "subset"),
+                          (["--speed", "-1"], ">= 0")):
+        with pytest.raises(SystemExit) as usage:
+            cli.main([*argv, "--plant", "synthetic"])
+        assert usage.value.code == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as helped:  # options after `sim` reach the simulator's own parser
+        gatewayctl(["sim", "--help"])
+    assert helped.value.code == 0
+    assert "--speed" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as helped:
+        gatewayctl(["sim", "status", "--help"])
+    assert helped.value.code == 0
+    assert "key process values" in capsys.readouterr().out
+
