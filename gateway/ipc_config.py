@@ -8,7 +8,10 @@ Validation of a proposed deployment (``SubscribeToValidateConfigurationUpdates``
   every ``endpoint``/``url`` of an enabled part of the configuration gets a TCP connect with a
   :data:`PROBE_TIMEOUT_S` timeout, all in parallel. Endpoints the running configuration already has are not
   probed, so a device that is down for maintenance never blocks an unrelated change (the collector keeps
-  reconnecting to it). Only reachability is checked; protocol and credentials are the running component's job.
+  reconnecting to it). Only reachability is checked; protocol and credentials are the running component's job;
+- a **tag group member** (``groups[*].tags`` over ``input_streams``, the anomaly detector) that no record among the
+  last :data:`RECENT_MESSAGES` messages of those streams carries. While the streams hold no data yet nothing can
+  be judged, and the deployment is accepted.
 
 The nucleus waits for the report (its ``configurationValidationPolicy`` timeout, 20 s by default), so probes are
 kept well under that.
@@ -17,6 +20,7 @@ kept well under that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -33,6 +37,7 @@ M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 3.0
+RECENT_MESSAGES = 200
 _DEFAULT_PORTS = {"opc.tcp": 4840, "mqtt": 1883, "mqtts": 8883, "tcp": 502, "http": 80, "https": 443}
 
 
@@ -108,12 +113,60 @@ async def unreachable_endpoints(new: BaseModel, running: BaseModel | None) -> li
     return [problem for problem in results if problem is not None]
 
 
+def _recent_tags(config: BaseModel, streams: list[str]) -> set[str]:
+    """Tags of the last :data:`RECENT_MESSAGES` messages of each stream (nothing when no stream has data)."""
+    from gateway.codec import decode_batch
+    from gateway.streams import open_store
+
+    store_cfg = getattr(config, "store", None)
+    if store_cfg is None:
+        return set()
+    store, _positions = open_store(store_cfg.model_copy(update={"connect_timeout_s": PROBE_TIMEOUT_S}))
+    seen: set[str] = set()
+    try:
+        for stream in streams:
+            if stream not in store.list_streams():
+                continue
+            info = store.describe(stream)
+            start = max(info.oldest_seq, info.next_seq - RECENT_MESSAGES)
+            for message in store.read(stream, start, min_count=0, max_count=RECENT_MESSAGES):
+                with contextlib.suppress(GatewayError):  # a corrupt message is the reader's business, not ours
+                    seen.update(record.tag for record in decode_batch(message.payload))
+    finally:
+        store.close()
+    return seen
+
+
+async def unknown_group_members(new: BaseModel) -> list[str]:
+    """For a configuration with tag ``groups`` over ``input_streams`` (the anomaly detector): one line per member
+    tag that no recent record of those streams carries. Nothing is judged while the streams hold no data yet."""
+    groups, streams = getattr(new, "groups", None), getattr(new, "input_streams", None)
+    if not groups or not streams:
+        return []
+    try:
+        seen = await asyncio.to_thread(_recent_tags, new, list(streams))
+    except GatewayError as exc:  # streams unreachable: the endpoint and store checks report that, not this one
+        log.warning("tag group members not checked: %s", exc)
+        return []
+    if not seen:
+        return []
+    known = ", ".join(sorted(seen)[:8]) + (", ..." if len(seen) > 8 else "")
+    return [
+        f"groups.{g}.tags.{t}: {tag!r} is in no recent record of {', '.join(streams)} (tags seen: {known}). Fix: "
+        "use the tag name a collector writes (`gatewayctl tail STREAM`), or add the tag to a collector first"
+        for g, group in enumerate(groups)
+        for t, tag in enumerate(getattr(group, "tags", []))
+        if tag not in seen
+    ]
+
+
 async def check_deployment(model: type[M], proposed: dict[str, Any], running: M | None, origin: str) -> M:
     """Validate a proposed configuration as a deployment would apply it; raise ConfigError naming each field."""
     new = validate(model, proposed, origin=origin)
-    problems = await unreachable_endpoints(new, running)
+    problems = [*await unreachable_endpoints(new, running), *await unknown_group_members(new)]
     if problems:
-        raise ConfigError(f"{origin}: {len(problems)} endpoint(s) unreachable", problems=problems)
+        raise ConfigError(f"{origin}: {len(problems)} problem(s) found checking the configuration against this "
+                          "gateway", problems=problems)
     return new
 
 

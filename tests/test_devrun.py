@@ -187,6 +187,13 @@ def test_configuration_changes_are_validated_then_applied(devrun: DevRun) -> Non
     assert rejected.returncode == 1, rejected.stdout
     assert "connections.0.endpoint: 127.0.0.1:9 is unreachable" in rejected.stdout
     assert devrun.status(PUBLISHER)["config_revision"] == before
+    if HAS_ANOMALY:  # a member no collector writes: checked against the records in the input streams
+        typo = devrun.root.parent / "typo.yaml"
+        typo.write_text(yaml.safe_dump({"groups": [{"name": "reactor", "tags": [TAGS[0], "Reactor/Presure"],
+                                                    "cadence_s": 0.1, "training_points": 80}]}))
+        rejected = devrun.gatewayctl("config", ANOMALY, str(typo))
+        assert rejected.returncode == 1, rejected.stdout
+        assert "groups.0.tags.1: 'Reactor/Presure' is in no recent record of factoryedge-opcua" in rejected.stdout
 
     good = devrun.root.parent / "good.yaml"
     good.write_text(yaml.safe_dump({"metrics_interval_s": 1800}))
