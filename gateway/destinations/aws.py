@@ -58,6 +58,11 @@ class AwsSettings(BaseModel):
 
 
 _SESSION_LOCK = threading.Lock()
+_SESSION: tuple[tuple[str | None, ...], Any] | None = None
+# The environment the standard chain reads: a session is made again only if it changes (tests do that).
+_CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                   "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                   "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN")
 
 
 def make_client(service: str, aws: AwsSettings, what: str, pool: int = 4) -> Any:
@@ -75,9 +80,14 @@ def make_client(service: str, aws: AwsSettings, what: str, pool: int = 4) -> Any
         # Data-plane calls (SiteWise) prefix the host with "data."; a local endpoint has no such name.
         inject_host_prefix=aws.endpoint_url is None,
     )
+    global _SESSION
+    env = tuple(os.environ.get(name) for name in _CREDENTIAL_ENV)
     with _SESSION_LOCK:  # creating sessions and clients is not thread-safe in botocore
-        session = botocore.session.get_session()
-        return session.create_client(service, region_name=region, endpoint_url=aws.endpoint_url, config=config)
+        if _SESSION is None or _SESSION[0] != env:
+            # One session for every client: its loaded endpoint and model data and its credentials are shared
+            # (a session per client costs ~7 MB more and fetches credentials from the TES once per client).
+            _SESSION = (env, botocore.session.get_session())
+        return _SESSION[1].create_client(service, region_name=region, endpoint_url=aws.endpoint_url, config=config)
 
 
 def error_code(exc: BaseException) -> str:
