@@ -6,13 +6,14 @@ import asyncio
 import json
 import logging
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.destinations.base import Route
-from gateway.destinations.iotcore import IotCoreDestination, IotCoreSink, check_iot_topic, diagnose
+from gateway.destinations.iotcore import IotCoreDestination, IotCoreSink, RateLimiter, check_iot_topic, diagnose
 from gateway.dev.ipc_server import MQTT_PROXY, IpcServer
 from gateway.ipc import SOCKET_ENV, TOKEN_ENV
 from gateway.record import make_record
@@ -139,3 +140,14 @@ def test_topic_rules_and_diagnose(ipc_env: Path) -> None:
         assert findings["greengrass ipc"].ok is True
 
     asyncio.run(body())
+
+
+def test_rate_limiter_holds_publishes_to_the_quota() -> None:
+    async def body() -> float:
+        limiter = RateLimiter(messages_per_s=20, bytes_per_s=1e9)
+        start = time.monotonic()
+        for _ in range(30):  # a one-second burst of 20, then 10 more at 20 a second
+            await limiter.acquire(100)
+        return time.monotonic() - start
+
+    assert asyncio.run(body()) >= 0.45  # a limiter can only be slower than its quota, never faster
