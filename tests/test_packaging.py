@@ -469,3 +469,30 @@ def test_publish_without_a_bucket_says_how_to_name_one(built: Path) -> None:
 
     with pytest.raises(SystemExit, match=re.escape("publish.bucket in gdk-config.json, or pass --bucket")):
         gg_publish.main(["--project-dir", str(built.parent), "--region", "eu-west-1", "--dry-run"])
+
+
+def test_deployment_examples_validate_against_the_models(built: Path) -> None:
+    """docs/examples: every configuration merged onto the built defaults is valid; the bundle and the services the
+    product relies on (stream manager with client authentication, nucleus) are deployed; versions are the build's."""
+    from gateway.componentconfig import COMPONENTS
+    from gateway.config import validate
+    from gateway.dev.devrun_recipe import configuration_update
+
+    fleet = json.loads((ROOT / "docs" / "examples" / "fleet-deployment.json").read_text())
+    local = json.loads((ROOT / "docs" / "examples" / "local-config.json").read_text())
+    components = fleet["components"]
+    assert components[BUNDLE]["componentVersion"] == VERSION
+    stream_manager = json.loads(components["aws.greengrass.StreamManager"]["configurationUpdate"]["merge"])
+    assert stream_manager["STREAM_MANAGER_AUTHENTICATE_CLIENT"] == "true"
+    assert stream_manager["STREAM_MANAGER_SERVER_PORT"] == "8088"  # the port the components assume
+    assert "aws.greengrass.Nucleus" in components
+    assert fleet["deploymentPolicies"]["configurationValidationPolicy"]["timeoutInSeconds"] >= 20
+    updates = [(n, c) for n, c in components.items() if n in ENTRY_DIRS and "configurationUpdate" in c]
+    updates += list(local.items())
+    assert updates
+    for name, update in updates:
+        assert name in ENTRY_DIRS
+        defaults = recipe_of(built, name)["ComponentConfiguration"]["DefaultConfiguration"]
+        validate(COMPONENTS[name], configuration_update(defaults, defaults, update), origin=f"example {name}")
+        if "componentVersion" in update:
+            assert update["componentVersion"] == VERSION

@@ -141,13 +141,17 @@ def reset(config: dict[str, Any], pointers: list[str], defaults: dict[str, Any])
 
 
 def configuration_update(defaults: dict[str, Any], current: dict[str, Any], update: Any) -> dict[str, Any]:
-    """Apply one override: a plain mapping (merged) or ``{"configurationUpdate": {"merge": ..., "reset": [...]}}``
-    as in a deployment document (``merge`` may be a JSON string there)."""
+    """Apply one override: a plain mapping (merged), ``{"configurationUpdate": {"merge": ..., "reset": [...]}}`` as
+    in a deployment document (``merge`` may be a JSON string there), or ``{"MERGE": ..., "RESET": [...]}`` as in a
+    ``greengrass-cli deployment create --update-config`` file."""
     if not isinstance(update, dict):
         raise ConfigError(f"configuration override {update!r} is not a mapping", fix="write KEY: VALUE pairs")
-    if "configurationUpdate" not in update:
+    if update and set(update) <= {"MERGE", "RESET"}:  # greengrass-cli --update-config
+        spec = {"merge": update.get("MERGE"), "reset": update.get("RESET")}
+    elif "configurationUpdate" in update:
+        spec = update["configurationUpdate"] or {}
+    else:
         return deep_merge(current, update)
-    spec = update["configurationUpdate"] or {}
     merge = spec.get("merge") or {}
     if isinstance(merge, str):
         merge = json.loads(merge)
