@@ -225,3 +225,65 @@ def test_stop_ends_every_component_process(devrun: DevRun) -> None:
 
     assert all(gone(pid) for pid in pids)
     assert not (devrun.root / "devrun.json").exists()
+
+
+def _one_recipe(build: Path, script: str, setenv: dict[str, str] | None = None) -> Path:
+    """A minimal built component (recipe + zip) whose Run script is ``script``."""
+    import zipfile
+
+    name, version = "factoryedge.Probe", "1.0.0"
+    (build / "artifacts" / name / version).mkdir(parents=True)
+    with zipfile.ZipFile(build / "artifacts" / name / version / f"{name}.zip", "w") as archive:
+        archive.writestr("run.sh", "echo hi\n")
+    recipe = {
+        "RecipeFormatVersion": "2020-01-25", "ComponentName": name, "ComponentVersion": version,
+        "ComponentConfiguration": {"DefaultConfiguration": {"port": 502, "site": {"name": "plant-1"}}},
+        "Manifests": [{"Platform": {"os": "linux"},
+                       "Artifacts": [{"URI": f"s3://BUCKET_NAME/COMPONENT_NAME/COMPONENT_VERSION/{name}.zip",
+                                      "Unarchive": "ZIP"}],
+                       "Lifecycle": {"Run": {"Script": script, "Setenv": setenv or {}}}}],
+    }
+    (build / "recipes").mkdir(parents=True)
+    path = build / "recipes" / f"{name}-{version}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_recipe_variables_are_interpolated_as_the_nucleus_does(tmp_path: Path) -> None:
+    from gateway.dev import devrun_recipe as rcp
+    from gateway.dev.devrun import DevRun, Options
+
+    _one_recipe(tmp_path / "build", 'sh "{artifacts:decompressedPath}/factoryedge.Probe/run.sh" {configuration:/port}',
+                {"SITE": "{configuration:/site/name}", "THING": "{iot:thingName}", "WORK": "{work:path}",
+                 "SHELL_VAR": "${HOME}"})
+    run = DevRun(Options(build=tmp_path / "build", root=tmp_path / "root", thing_name="gw-7",
+                         config=None))
+    run.prepare()
+    running = run.components["factoryedge.Probe"]
+    step = run._interpolated(running, "Run")
+    assert step is not None
+    unpacked = tmp_path / "root" / "packages" / "artifacts-unarchived" / "factoryedge.Probe" / "1.0.0"
+    assert step.script == f'sh "{unpacked}/factoryedge.Probe/run.sh" 502'
+    assert (unpacked / "factoryedge.Probe" / "run.sh").read_text() == "echo hi\n"
+    assert step.setenv == {"SITE": "plant-1", "THING": "gw-7", "SHELL_VAR": "${HOME}",
+                           "WORK": str(tmp_path / "root" / "work" / "factoryedge.Probe")}
+    merged = rcp.configuration_update({"a": 1, "b": {"c": 2}}, {"a": 5, "b": {"c": 3}},
+                                      {"MERGE": {"b": {"d": 4}}, "RESET": ["/a"]})
+    assert merged == {"a": 1, "b": {"c": 3, "d": 4}}
+
+
+@pytest.mark.parametrize(("script", "message"), [
+    ("echo {foo:bar}", "Manifests[0].Lifecycle.Run.Script: unknown recipe variable {foo:bar}"),
+    ("echo {configuration:/nope}", "Manifests[0].Lifecycle.Run.Script: {configuration:/nope}: no configuration value"),
+    ("echo {factoryedge.Other:configuration:/x}", "names factoryedge.Other, which this dev run does not run"),
+])
+def test_an_unknown_recipe_variable_stops_the_run_naming_recipe_and_key(
+    tmp_path: Path, script: str, message: str
+) -> None:
+    from gateway.dev.devrun import DevRun, Options
+    from gateway.errors import ConfigError
+
+    recipe = _one_recipe(tmp_path / "build", script)
+    with pytest.raises(ConfigError) as info:
+        DevRun(Options(build=tmp_path / "build", root=tmp_path / "root")).prepare()
+    assert str(recipe) in str(info.value) and message in str(info.value)
