@@ -19,6 +19,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 from pymodbus.simulator.simutils import SimUtils
 
+from simulator.modbus_pdu import strict_pdus
 from simulator.plant import BASE_XMEAS, BASE_XMV, IDV_NUMBERS
 from simulator.runtime import SimulationView, Snapshot
 
@@ -177,7 +178,7 @@ class ModbusEndpoint:
     async def start(self) -> None:
         config = self.config
         devices = [self._device(config.unit, config.order), self._device(config.unit2, config.order2)]
-        self.server = ModbusTcpServer(devices, address=(config.host, config.port))
+        self.server = ModbusTcpServer(devices, address=(config.host, config.port), custom_pdu=strict_pdus())
         # pymodbus answers an unknown unit id with a logged KeyError traceback and exception 4; a gateway
         # answers "gateway target device failed to respond" (0x0B), which is what collectors should handle.
         self.server.context = _StrictCore(devices)

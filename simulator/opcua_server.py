@@ -170,15 +170,15 @@ class OpcUaEndpoint:
         status = folders[STATUS_FOLDER]
         await status.add_method(
             ua.NodeId(f"{STATUS_FOLDER}/SetDisturbance", ns), ua.QualifiedName("SetDisturbance", ns),
-            self._m_set_disturbance, [ua.VariantType.Int32, ua.VariantType.Boolean], [],
+            _checked(self._m_set_disturbance, "int", "bool"), [ua.VariantType.Int32, ua.VariantType.Boolean], [],
         )
         await status.add_method(
             ua.NodeId(f"{STATUS_FOLDER}/ClearDisturbances", ns), ua.QualifiedName("ClearDisturbances", ns),
-            self._m_clear, [], [],
+            _checked(self._m_clear), [], [],
         )
         await status.add_method(
             ua.NodeId(f"{STATUS_FOLDER}/Reset", ns), ua.QualifiedName("Reset", ns),
-            self._m_reset, [ua.VariantType.Int64], [],
+            _checked(self._m_reset, "int"), [ua.VariantType.Int64], [],
         )
 
     async def _add_tag(self, folder: Any, tag: Tag) -> ua.NodeId:
@@ -296,6 +296,30 @@ class OpcUaEndpoint:
         value = int(seed.Value)
         self.sim.reset(None if value < 0 else value)
         return []
+
+
+_INTEGERS = frozenset({ua.VariantType.SByte, ua.VariantType.Byte, ua.VariantType.Int16, ua.VariantType.UInt16,
+                       ua.VariantType.Int32, ua.VariantType.UInt32, ua.VariantType.Int64, ua.VariantType.UInt64})
+_KINDS = {"int": _INTEGERS, "bool": frozenset({ua.VariantType.Boolean})}
+
+
+def _checked(handler: Callable[..., Any], *kinds: str) -> Callable[..., Any]:
+    """Wrap a method handler so wrong argument counts or types get their status code, not BadUnexpectedError.
+
+    Any integer width is accepted where an integer is expected: clients rarely bother to send exactly Int32.
+    """
+
+    async def method(parent: ua.NodeId, *args: Any) -> Any:
+        if len(args) < len(kinds):
+            return ua.StatusCode(ua.StatusCodes.BadArgumentsMissing)
+        if len(args) > len(kinds):
+            return ua.StatusCode(ua.StatusCodes.BadTooManyArguments)
+        for arg, kind in zip(args, kinds, strict=True):
+            if getattr(arg, "VariantType", None) not in _KINDS[kind] or getattr(arg, "is_array", False):
+                return ua.StatusCode(ua.StatusCodes.BadInvalidArgument)
+        return await handler(parent, *args)
+
+    return method
 
 
 def _keep_callback(node: Any, attr: Any, value: Any) -> None:

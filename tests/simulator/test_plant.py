@@ -75,6 +75,13 @@ def test_idv14_makes_the_reactor_oscillate(base_2h: list[Sample]) -> None:
         assert statistics.pstdev(_late(rows, **kwargs)) > 5 * statistics.pstdev(_late(base_2h, **kwargs)), kwargs
 
 
+@pytest.mark.parametrize(("idv", "xmv"), [(24, 1), (25, 2), (27, 10)])
+def test_revised_model_disturbances_move_their_valve(base_2h: list[Sample], idv: int, xmv: int) -> None:
+    """IDV 24/25 (random D/E feed pressure) and 27 (random reactor cooling water pressure), revised model only."""
+    rows = _run(idv, 2)
+    assert statistics.pstdev(_late(rows, xmv=xmv)) > 5 * statistics.pstdev(_late(base_2h, xmv=xmv))
+
+
 def test_idv6_trips_the_plant_about_7_5_hours_after_onset() -> None:
     plant = TepPlant()
     plant.reset(1)
