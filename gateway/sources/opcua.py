@@ -213,6 +213,7 @@ class OpcUaSource:
     def __init__(self, cfg: OpcUaConnection) -> None:
         self.cfg = cfg
         self._last_notified: dict[str, int] = {}
+        self._sub: Subscription | None = None
 
     async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
         client = await connect(self.cfg)
@@ -271,33 +272,47 @@ class OpcUaSource:
         return sub
 
     async def _subscribe(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> None:
-        by_id = {n.nodeid: t for t, n in nodes.items()}
-        sub = await self._create(client, nodes, emitter)
-        loop = asyncio.get_running_loop()
-        next_check = loop.time() + self.cfg.watchdog_s
+        self._sub = await self._create(client, nodes, emitter)
+        consumer = asyncio.create_task(self._consume({n.nodeid: t for t, n in nodes.items()}, emitter))
+        watchdog = asyncio.create_task(self._watch(client, nodes, emitter))
+        try:
+            done, _ = await asyncio.wait({consumer, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # the failure that ends the session
+        finally:
+            for task in (consumer, watchdog):
+                task.cancel()
+            await asyncio.gather(consumer, watchdog, return_exceptions=True)
+
+    async def _consume(self, tags: dict[ua.NodeId, str], emitter: Emitter) -> None:
+        # a plain `async for` per event: no timer or task per notification (tens of thousands a second)
         while True:
-            ev = await sub.next_event(timeout=max(0.01, next_check - loop.time()))
-            if isinstance(ev, DataChangeEvent):
-                tag = by_id.get(ev.node.nodeid)
-                if tag is not None:
-                    self._emit(emitter, tag, ev.data.monitored_item.Value)
-            elif isinstance(ev, StatusChangeEvent):
-                raise SourceError(f"{self.cfg.endpoint}: subscription ended by status "
-                                  f"{ev.notification.Status.name}", retryable=True)
-            if loop.time() < next_check:
-                continue
+            assert self._sub is not None
+            async for ev in self._sub:  # ends when the watchdog replaced the subscription
+                if isinstance(ev, DataChangeEvent):
+                    tag = tags.get(ev.node.nodeid)
+                    if tag is not None:
+                        self._emit(emitter, tag, ev.data.monitored_item.Value)
+                elif isinstance(ev, StatusChangeEvent):
+                    raise SourceError(f"{self.cfg.endpoint}: subscription ended by status "
+                                      f"{ev.notification.Status.name}", retryable=True)
+
+    async def _watch(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.watchdog_s)
             silent = await self._silent(client, nodes)
-            if silent:
-                emitter.counters.extra["subscription_rebuilds"] = \
-                    int(emitter.counters.extra.get("subscription_rebuilds", 0)) + 1
-                log.warning("connection %s: subscription went silent (%s); rebuilding it", self.cfg.name, silent)
-                try:
-                    await asyncio.wait_for(sub.delete(), self.cfg.timeout_s)
-                except (UaError, asyncio.TimeoutError):
-                    pass  # the server may have dropped it already; the new one replaces it either way
-                self._last_notified.clear()
-                sub = await self._create(client, nodes, emitter)
-            next_check = loop.time() + self.cfg.watchdog_s
+            if not silent:
+                continue
+            emitter.counters.extra["subscription_rebuilds"] = \
+                int(emitter.counters.extra.get("subscription_rebuilds", 0)) + 1
+            log.warning("connection %s: subscription went silent (%s); rebuilding it", self.cfg.name, silent)
+            old, self._last_notified = self._sub, {}
+            assert old is not None
+            self._sub = await self._create(client, nodes, emitter)
+            try:
+                await asyncio.wait_for(old.delete(), self.cfg.timeout_s)  # also ends the consumer's loop over it
+            except (UaError, asyncio.TimeoutError):
+                pass  # the server may have dropped it already; the new one replaces it either way
 
     async def _silent(self, client: Client, nodes: dict[str, Node]) -> str:
         """Why the subscription looks silent ('' if not): a value moved on the server long after its last
