@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -55,3 +56,14 @@ def simulator(tmp_path: Path) -> Iterator[int]:
     proc, port = start_simulator(tmp_path)
     yield port
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def node_opcua_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One node-opcua peer for the OPC UA tests that only read from it (None and SignAndEncrypt, any client cert)."""
+    from tests.test_collector_opcua_peer import start_node_opcua
+
+    server = start_node_opcua(tmp_path_factory.mktemp("node-opcua"), variables=20, rate=10, namespaces_before=1,
+                              security="none,signandencrypt", auto_accept=True)
+    yield server
+    server.stop()

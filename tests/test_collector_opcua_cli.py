@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +16,12 @@ from gateway.dev.peers import free_port
 from gateway.diagnostics import Finding
 from gateway.sources.opcua import diagnose
 from gateway.sources.opcua_security import load_der, trust
-from tests.test_collector_opcua_peer import NodeOpcUa, conn, start_node_opcua
+from tests.test_collector_opcua_peer import NodeOpcUa, conn
 
 
-@pytest.fixture(scope="module")
-def peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeOpcUa]:
-    server = start_node_opcua(tmp_path_factory.mktemp("opcua-cli"), variables=3, rate=10,
-                              security="none,signandencrypt", auto_accept=True, namespaces_before=1)
-    yield server
-    server.stop()
+@pytest.fixture
+def peer(node_opcua_shared: NodeOpcUa) -> NodeOpcUa:
+    return node_opcua_shared
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

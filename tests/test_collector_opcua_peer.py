@@ -160,10 +160,8 @@ def counters(c: Collector, name: str = "peer") -> Any:
 
 
 @pytest.fixture
-def node_opcua(tmp_path: Path) -> Any:
-    server = start_node_opcua(tmp_path / "peer", variables=20, rate=10, namespaces_before=1)
-    yield server
-    server.stop()
+def node_opcua(node_opcua_shared: NodeOpcUa) -> NodeOpcUa:
+    return node_opcua_shared
 
 
 def test_subscription_reads_values_and_types(tmp_path: Path, node_opcua: NodeOpcUa) -> None:
