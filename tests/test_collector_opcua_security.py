@@ -23,9 +23,16 @@ from gateway.collector import Collector
 from gateway.componentconfig import OpcUaCollectorConfig
 from gateway.config import validate
 from gateway.dev.peers import free_port
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, SourceError
 from gateway.record import Quality
-from gateway.sources.opcua_security import OpcUaSecurity, client_certificate, load_der, trust
+from gateway.sources.opcua_security import (
+    OpcUaSecurity,
+    cert_info,
+    check_server_certificate,
+    client_certificate,
+    load_der,
+    trust,
+)
 from tests.test_collector_opcua_peer import NodeOpcUa, collect, conn, records, require_node, written
 
 PASSWORD = "s3cret-Pw-9f2"
@@ -179,3 +186,22 @@ def test_static_mistakes_name_the_field_and_the_fix(tmp_path: Path) -> None:
     assert "connections.3.nodes: Field required" in text and "browse" in text
     assert "connections.4.nodes" in text and "cannot be parsed" in text
     assert "'x'" not in text  # the password is never echoed
+
+
+def test_generated_certificate_is_kept_across_restarts_and_matches_the_uri(tmp_path: Path) -> None:
+    sec = OpcUaSecurity(pki_dir=str(tmp_path / "pki"), application_uri="urn:site:gw1")
+    cert1, _, uri = asyncio.run(client_certificate(sec))
+    first = cert_info(load_der(cert1))
+    cert2, _, _ = asyncio.run(client_certificate(sec))  # a restart: same files, nothing regenerated
+    assert cert_info(load_der(cert2)).thumbprint == first.thumbprint
+    assert uri == first.application_uri == "urn:site:gw1" and not first.expired
+
+
+def test_expired_server_certificate_is_refused_with_the_fix(tmp_path: Path) -> None:
+    cert, _ = _self_signed(tmp_path / "srv", "urn:some:server", expired=True)
+    der = load_der(cert)
+    sec = OpcUaSecurity(policy="Basic256Sha256", mode="Sign", pki_dir=str(tmp_path / "pki"))
+    trust(der, sec.trust_path())  # even a trusted certificate is refused once expired
+    with pytest.raises(SourceError) as info:
+        check_server_certificate(der, sec, "opc.tcp://plc:4840")
+    assert "is not valid now" in info.value.message and "renew the server's certificate" in info.value.fix
