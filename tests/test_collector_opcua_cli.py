@@ -16,6 +16,7 @@ from gateway.dev.peers import free_port
 from gateway.diagnostics import Finding
 from gateway.sources.opcua import diagnose
 from gateway.sources.opcua_security import load_der, trust
+from tests.conftest import start_simulator
 from tests.test_collector_opcua_peer import NodeOpcUa, conn
 
 
@@ -128,3 +129,19 @@ def test_doctor_reports_a_wrong_node_id(tmp_path: Path, peer: NodeOpcUa, capsys:
     mine = [c for c in checks if "s=Reactor/Temprature" in c["check"]]
     assert rc == 1 and mine and mine[0]["ok"] is False
     assert f"ns={peer.ns};s=Reactor/Temperature" in mine[0]["fix"]
+
+
+def test_trust_then_secure_read_on_the_simulator(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    proc, port = start_simulator(tmp_path, extra=["--opcua-security", "sign", "--opcua-cert-dir",
+                                                  str(tmp_path / "server-pki")])
+    url, pki = f"opc.tcp://127.0.0.1:{port}", tmp_path / "gw-pki"
+    read = ["opcua", "read", url, "nsu=urn:factoryedge:tep;s=Reactor/Pressure", "--policy", "Basic256Sha256",
+            "--mode", "Sign", "--pki-dir", str(pki), "--json"]
+    try:
+        assert gatewayctl(read) == 1 and "gatewayctl opcua trust" in capsys.readouterr().err
+        rc, out = _run(capsys, "opcua", "trust", url, "--trust-dir", str(pki / "trusted"), "--accept", "--json")
+        assert rc == 0 and json.loads(out)["written"]
+        rc, out = _run(capsys, *read)
+        assert rc == 0 and 2600 < json.loads(out)[0]["value"] < 2800
+    finally:
+        proc.stop()
