@@ -188,12 +188,15 @@ def test_static_mistakes_name_the_field_and_the_fix(tmp_path: Path) -> None:
     assert "'x'" not in text  # the password is never echoed
 
 
-def test_generated_certificate_is_kept_across_restarts_and_matches_the_uri(tmp_path: Path) -> None:
+def test_generated_certificate_is_kept_across_restarts_and_matches_the_uri(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
     sec = OpcUaSecurity(pki_dir=str(tmp_path / "pki"), application_uri="urn:site:gw1")
     cert1, _, uri = asyncio.run(client_certificate(sec))
     first = cert_info(load_der(cert1))
-    cert2, _, _ = asyncio.run(client_certificate(sec))  # a restart: same files, nothing regenerated
-    assert cert_info(load_der(cert2)).thumbprint == first.thumbprint
+    assert f"{cert1} generated for urn:site:gw1 (thumbprint {first.thumbprint}" in caplog.text
+    caplog.clear()
+    cert2, _, _ = asyncio.run(client_certificate(sec))  # a restart: same files, nothing regenerated, nothing said
+    assert cert_info(load_der(cert2)).thumbprint == first.thumbprint and not caplog.text
     assert uri == first.application_uri == "urn:site:gw1" and not first.expired
 
 

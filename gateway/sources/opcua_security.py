@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from gateway.errors import SourceError
+
+log = logging.getLogger(__name__)
 
 POLICY_URIS = {
     "None": "http://opcfoundation.org/UA/SecurityPolicy#None",
@@ -229,10 +232,17 @@ async def client_certificate(sec: OpcUaSecurity) -> tuple[Path, Path, str]:
     own = Path(sec.pki_dir) / "own"
     own.mkdir(parents=True, exist_ok=True)
     cert, key = own / "cert.der", own / "key.pem"
+    before = hashlib.sha1(cert.read_bytes()).hexdigest() if cert.is_file() else None
     # regenerates only when missing, expired or for another URI: the server keeps trusting the same certificate
     await cert_gen.setup_self_signed_certificate(key, cert, uri, socket.gethostname(),
                                                  [ExtendedKeyUsageOID.CLIENT_AUTH],
                                                  {"organizationName": "factoryedge"})
+    info = cert_info(cert.read_bytes())
+    if info.thumbprint != before:  # the renewal that silently breaks reconnects elsewhere (NOTES 12): say it once
+        log.warning("OPC UA client certificate %s %s for %s (thumbprint %s, valid until %s): servers with "
+                    "security must trust it (copy it into their trusted certificates)", cert,
+                    "generated" if before is None else "renewed (expired or URI changed)", uri, info.thumbprint,
+                    f"{info.not_after:%Y-%m-%d}")
     return cert, key, uri
 
 
