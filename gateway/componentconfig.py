@@ -13,8 +13,8 @@ from gateway.destinations.iotcore import IotCoreDestination
 from gateway.destinations.kinesis import KinesisDestination
 from gateway.destinations.mqtt import MqttDestination
 from gateway.destinations.sitewise import SiteWiseDestination
-from gateway.sources.modbus import ModbusConnection
-from gateway.sources.opcda import OpcDaConnection
+from gateway.sources.modbus_config import ModbusConnection
+from gateway.sources.opcda_config import OpcDaConnection
 from gateway.sources.opcua import OpcUaConnection
 from gateway.streams import StoreConfig, StreamSpec
 

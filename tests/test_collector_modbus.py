@@ -24,7 +24,8 @@ from gateway.collector import Collector
 from gateway.dev.faultproxy import FaultProxy
 from gateway.dev.peers import Proc, free_port, port_open, start, wait_for
 from gateway.record import Quality, Record
-from gateway.sources.modbus import ModbusConnection, ModbusSource, diagnose
+from gateway.sources.modbus import ModbusSource, diagnose
+from gateway.sources.modbus_config import ModbusConnection
 from gateway.streams import PositionStore, RecordReader, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
 from tests.test_collector_modbus_codec import CASES, load_case, same

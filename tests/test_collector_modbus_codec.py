@@ -21,8 +21,8 @@ from gateway.componentconfig import ModbusCollectorConfig
 from gateway.config import validate
 from gateway.errors import ConfigError
 from gateway.record import Value
-from gateway.sources.modbus import ModbusConnection
 from gateway.sources.modbus_codec import ORDERS, Decoder, decode_value, plausible
+from gateway.sources.modbus_config import ModbusConnection
 
 CASES = Path(__file__).parent / "cases" / "modbus"
 TABLE_KEYS = {1: "coils", 2: "discrete_inputs", 3: "holding_registers", 4: "input_registers"}

@@ -20,7 +20,8 @@ from gateway.dev.faultproxy import FaultProxy
 from gateway.dev.peers import Proc, free_port, wait_for
 from gateway.errors import ConfigError
 from gateway.record import Quality, Record
-from gateway.sources.opcda import OpcDaConnection, OpcDaSource, diagnose, parse_timestamp, quality_of
+from gateway.sources.opcda import OpcDaSource, diagnose, parse_timestamp, quality_of
+from gateway.sources.opcda_config import OpcDaConnection
 from gateway.streams import PositionStore, RecordReader, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
 from tests.conftest import start_opcda_simulator

@@ -8,7 +8,8 @@ from pathlib import Path
 from gateway.collector import Collector
 from gateway.componentconfig import ModbusCollectorConfig
 from gateway.runtime import Context, component_main
-from gateway.sources.modbus import ModbusConnection, ModbusSource
+from gateway.sources.modbus import ModbusSource
+from gateway.sources.modbus_config import ModbusConnection
 from gateway.streams import open_store
 
 NAME = "factoryedge.ModbusCollector"

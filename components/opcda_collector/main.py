@@ -8,7 +8,8 @@ from pathlib import Path
 from gateway.collector import Collector
 from gateway.componentconfig import OpcDaCollectorConfig
 from gateway.runtime import Context, component_main
-from gateway.sources.opcda import OpcDaConnection, OpcDaSource
+from gateway.sources.opcda import OpcDaSource
+from gateway.sources.opcda_config import OpcDaConnection
 from gateway.streams import open_store
 
 NAME = "factoryedge.OpcDaCollector"

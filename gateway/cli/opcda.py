@@ -64,7 +64,7 @@ def _config(args: argparse.Namespace, items: list[str], server: str | None) -> A
     from pydantic import ValidationError
 
     from gateway.errors import ConfigError
-    from gateway.sources.opcda import OpcDaConnection
+    from gateway.sources.opcda_config import OpcDaConnection
 
     tls = {"ca_file": args.tls_ca, "cert_file": args.tls_cert, "key_file": args.tls_key} if args.tls_ca else None
     try:

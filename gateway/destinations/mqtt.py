@@ -16,8 +16,6 @@ import threading
 import time
 from typing import Any, Literal
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from gateway.destinations.base import DestinationBase, SendResult, pack_by_topic
@@ -27,6 +25,15 @@ from gateway.record import Record
 from gateway.streams.aio import Offload
 
 log = logging.getLogger(__name__)
+
+
+def _paho_client(client_id: str) -> Any:
+    # paho is imported here, not at the top: every component reads the publisher's config models, and only the
+    # publisher with an MQTT destination needs the library in memory.
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
 
 
 def check_mqtt_topic(topic: str) -> str | None:
@@ -79,7 +86,7 @@ class MqttSink:
         self._last_error = "not connected yet"
         self._closing = False
         self._settled = threading.Event()  # the first connection attempt succeeded or failed
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=True)
+        self._client = _paho_client(cfg.client_id)
         self._client.max_inflight_messages_set(1000)
         # Reconnect as fast as the destination retries: a link that comes back is used at once.
         self._client.reconnect_delay_set(max(1, round(cfg.retry_min_s)), max(1, round(min(cfg.retry_max_s, 30))))
@@ -201,7 +208,7 @@ def _diagnose(cfg: MqttDestination, timeout_s: float) -> list[Finding]:
 
 def _connack(cfg: MqttDestination, ctx: ssl.SSLContext | None, timeout_s: float) -> Finding:
     # Another client id: reusing the publisher's would disconnect the running component.
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{cfg.client_id}-doctor", clean_session=True)
+    client = _paho_client(f"{cfg.client_id}-doctor")
     outcome: list[str] = []
     client.on_connect = lambda c, u, f, reason, p: outcome.append(str(reason) if reason.is_failure else "ok")
     client.on_disconnect = lambda *a: outcome.append("closed")
