@@ -15,7 +15,7 @@ from gateway.destinations.mqtt import MqttDestination
 from gateway.destinations.sitewise import SiteWiseDestination
 from gateway.sources.modbus_config import ModbusConnection
 from gateway.sources.opcda_config import OpcDaConnection
-from gateway.sources.opcua import OpcUaConnection
+from gateway.sources.opcua_config import OpcUaConnection
 from gateway.streams import StoreConfig, StreamSpec
 
 

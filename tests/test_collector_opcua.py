@@ -10,7 +10,8 @@ from gateway.collector import Collector
 from gateway.dev.peers import free_port
 from gateway.record import Quality, Record
 from gateway.sources.common import Deadband, DeadbandFilter
-from gateway.sources.opcua import OpcUaConnection, OpcUaSource
+from gateway.sources.opcua import OpcUaSource
+from gateway.sources.opcua_config import OpcUaConnection
 from gateway.streams import PositionStore, RecordReader, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
 

@@ -112,7 +112,7 @@ def test_diagnose_untrusted_certificate_and_offered_security(tmp_path: Path, pee
 
 
 def test_diagnose_unreachable() -> None:
-    from gateway.sources.opcua import OpcUaConnection
+    from gateway.sources.opcua_config import OpcUaConnection
 
     cfg = OpcUaConnection(name="x", endpoint=f"opc.tcp://127.0.0.1:{free_port()}", nodes=["ns=2;s=A"])
     [f] = asyncio.run(diagnose(cfg, 2))

@@ -19,7 +19,8 @@ import pytest
 from gateway.collector import Collector
 from gateway.dev.peers import ROOT, Proc, free_port, start, wait_for
 from gateway.record import Quality, Record
-from gateway.sources.opcua import OpcUaConnection, OpcUaSource
+from gateway.sources.opcua import OpcUaSource
+from gateway.sources.opcua_config import OpcUaConnection
 from gateway.streams import PositionStore, RecordReader, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
 

@@ -25,8 +25,8 @@ from gateway.config import validate
 from gateway.dev.peers import free_port
 from gateway.errors import ConfigError, SourceError
 from gateway.record import Quality
+from gateway.sources.opcua_config import OpcUaSecurity
 from gateway.sources.opcua_security import (
-    OpcUaSecurity,
     cert_info,
     check_server_certificate,
     client_certificate,

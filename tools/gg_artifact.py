@@ -24,11 +24,9 @@ from pathlib import Path
 
 # Every component imports the gateway package, whose core needs these (config models, codec, streams, IPC).
 COMMON = ("pydantic", "PyYAML", "cbor2", "stream-manager", "awsiotsdk", "awscrt")
-# gateway.componentconfig imports every component's config model, and the modules holding those models import their
-# protocol library at module level (asyncua, pymodbus, OpenOPC/Pyro4, paho, numpy through gateway.anomaly). Until
-# they import lazily, every component ships these. import_problems() fails the build when a component lacks one it
-# imports, so removing an entry here is safe to try: the build says whether some component still needs it.
-SHARED_MODELS = ("asyncua", "pymodbus", "OpenOPC-Python3x", "Pyro4", "paho-mqtt", "numpy")
+# The config models import no protocol library (gateway/sources/*_config.py; paho, boto3 and numpy are loaded on
+# first use), so each component ships only its own. import_problems() fails the build when a component lacks a
+# library its entry point imports.
 # Parts of the gateway package that only development tools use; shipped only to components that list them.
 OPTIONAL_GATEWAY_PARTS = ("dev", "cli")
 EXCLUDED_NAMES = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
@@ -46,11 +44,11 @@ class Component:
 
 
 COMPONENTS: dict[str, Component] = {
-    "factoryedge.OpcUaCollector": Component("opcua_collector", (*COMMON, *SHARED_MODELS)),
-    "factoryedge.ModbusCollector": Component("modbus_collector", (*COMMON, *SHARED_MODELS)),
-    "factoryedge.OpcDaCollector": Component("opcda_collector", (*COMMON, *SHARED_MODELS)),
-    "factoryedge.AnomalyDetector": Component("anomaly_detector", (*COMMON, *SHARED_MODELS, "krcf", "rrcf")),
-    "factoryedge.Publisher": Component("publisher", (*COMMON, *SHARED_MODELS, "boto3")),
+    "factoryedge.OpcUaCollector": Component("opcua_collector", (*COMMON, "asyncua")),
+    "factoryedge.ModbusCollector": Component("modbus_collector", (*COMMON, "pymodbus")),
+    "factoryedge.OpcDaCollector": Component("opcda_collector", (*COMMON, "OpenOPC-Python3x", "Pyro4")),
+    "factoryedge.AnomalyDetector": Component("anomaly_detector", (*COMMON, "numpy", "krcf", "rrcf")),
+    "factoryedge.Publisher": Component("publisher", (*COMMON, "paho-mqtt", "boto3")),
 }
 
 

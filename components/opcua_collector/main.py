@@ -8,7 +8,8 @@ from pathlib import Path
 from gateway.collector import Collector
 from gateway.componentconfig import OpcUaCollectorConfig
 from gateway.runtime import Context, component_main
-from gateway.sources.opcua import OpcUaConnection, OpcUaSource
+from gateway.sources.opcua import OpcUaSource
+from gateway.sources.opcua_config import OpcUaConnection
 from gateway.streams import open_store
 
 NAME = "factoryedge.OpcUaCollector"

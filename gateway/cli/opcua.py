@@ -85,7 +85,7 @@ def _connection(args: argparse.Namespace, nodes: list[str]) -> Any:
     from pydantic import ValidationError
 
     from gateway.errors import ConfigError
-    from gateway.sources.opcua import OpcUaConnection
+    from gateway.sources.opcua_config import OpcUaConnection
 
     password = None
     if args.user:

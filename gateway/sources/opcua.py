@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -28,14 +28,13 @@ from asyncua.common.node import Node
 from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent, Subscription
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError
-from pydantic import Field, ValidationInfo, field_validator
-from pydantic_core import PydanticCustomError
 
 from gateway.errors import SourceError
 from gateway.record import Quality, Value
-from gateway.sources.common import ConnectionBase, Emitter
+from gateway.sources.common import Emitter
 from gateway.sources.opcua_browse import browse_patterns
-from gateway.sources.opcua_security import OpcUaSecurity, secure
+from gateway.sources.opcua_config import OpcUaConnection, OpcUaSecurity
+from gateway.sources.opcua_security import secure
 
 if TYPE_CHECKING:
     from gateway.diagnostics import Finding
@@ -44,68 +43,6 @@ log = logging.getLogger(__name__)
 
 BATCH = 1000  # monitored items per CreateMonitoredItems call, nodes per Read call
 QUEUE = 200_000  # notifications buffered between asyncua's publish loop and the emitter
-
-
-class OpcUaConnection(ConnectionBase):
-    """One OPC UA server."""
-
-    type: Literal["opcua"] = Field(default="opcua", description="Connection type.")
-    endpoint: str = Field(pattern=r"^opc\.tcp://", description="Server endpoint, e.g. opc.tcp://10.0.0.5:4840.")
-    namespace_uri: str | None = Field(
-        default=None,
-        description="Namespace URI for node ids written without ns= (e.g. 's=Reactor/Pressure'); resolved to an "
-        "index after every connect, because servers renumber namespaces.",
-    )
-    browse: list[str] = Field(
-        default_factory=list,
-        description="Browse patterns discovering tags after every connect, e.g. 'Objects/Reactor/*' or "
-        "'Objects/**/Level'; segments are browse names, '**' spans levels. Tags are named by their path below "
-        "Objects.",
-    )
-    nodes: list[str] = Field(
-        default_factory=list,
-        validate_default=True,  # so that 'neither nodes nor browse' is reported at nodes
-        description="Node ids: 'ns=2;s=Tag', 'nsu=urn:x;s=Tag', or 's=Tag' / 'i=1001' with namespace_uri.",
-    )
-    mode: Literal["subscription", "polling"] = Field(
-        default="subscription", description="subscription (report by exception) or polling (read every scan)."
-    )
-    publishing_interval_ms: float = Field(default=1000, gt=0, description="Subscription publishing interval.")
-    sampling_interval_ms: float = Field(default=0, ge=0, description="Server sampling interval (0: fastest).")
-    queue_size: int = Field(default=1, ge=1, description="Server-side queue per monitored item (1: latest only).")
-    scan_interval_s: float = Field(default=1.0, gt=0, description="Polling interval in polling mode.")
-    watchdog_s: float = Field(
-        default=30.0, gt=0, description="Check a quiet subscription against a read this often; rebuild if silent."
-    )
-    keepalive_s: float = Field(
-        default=5.0, gt=0, description="Read the server state this often; a link that does not answer within it is "
-        "treated as lost and reconnected.",
-    )
-    session_timeout_s: float = Field(
-        default=60.0, gt=0, description="Session timeout asked of the server: how long a session orphaned by a "
-        "network cut lingers there (short avoids BadTooManySessions after many cuts).",
-    )
-    timeout_s: float = Field(default=10.0, gt=0, description="Request timeout.")
-    security: OpcUaSecurity = Field(default_factory=OpcUaSecurity, description="Security policy, certificates and "
-                                    "identity.")
-
-    @field_validator("nodes")
-    @classmethod
-    def _parseable(cls, nodes: list[str], info: ValidationInfo) -> list[str]:
-        if not nodes and not info.data.get("browse"):
-            raise PydanticCustomError("missing", "Field required: list node ids here, or browse patterns such as "
-                                      "'Objects/Reactor/*' in browse")
-        bad = []
-        for nid in nodes:
-            text = nid.split(";", 1)[1] if nid.startswith("nsu=") and ";" in nid else nid
-            try:
-                ua.NodeId.from_string(text)
-            except (ValueError, UaError, IndexError):
-                bad.append(nid)
-        if bad:
-            raise ValueError(f"node ids {bad} cannot be parsed: write them like 'ns=2;s=Reactor/Pressure', "
-                             "'nsu=urn:site:plant;s=Tag' or 'i=1001'")
-        return nodes
 
 
 def _quality(dv: ua.DataValue) -> Quality:

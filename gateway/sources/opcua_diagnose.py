@@ -17,8 +17,9 @@ from asyncua.ua.uaerrors import UaError
 
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import SourceError
-from gateway.sources.opcua import OpcUaConnection, connect, disconnect, resolve_nodes, tag_of
+from gateway.sources.opcua import connect, disconnect, resolve_nodes, tag_of
 from gateway.sources.opcua_browse import all_variables, closest
+from gateway.sources.opcua_config import OpcUaConnection
 from gateway.sources.opcua_security import MODES, POLICY_URIS, check_server_certificate, first_cert, server_certificate
 
 

@@ -15,7 +15,6 @@ import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -24,9 +23,9 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from gateway.errors import SourceError
+from gateway.sources.opcua_config import OpcUaSecurity
 
 log = logging.getLogger(__name__)
 
@@ -36,92 +35,6 @@ POLICY_URIS = {
 }
 MODES = {"None": ua.MessageSecurityMode.None_, "Sign": ua.MessageSecurityMode.Sign,
          "SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt}
-
-
-class OpcUaSecurity(BaseModel):
-    """How the gateway authenticates the server and itself."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    policy: Literal["None", "Basic256Sha256"] = Field(default="None", description="Security policy.")
-    mode: Literal["None", "Sign", "SignAndEncrypt"] = Field(
-        default="None", description="Message security mode; Sign or SignAndEncrypt need policy Basic256Sha256."
-    )
-    pki_dir: str = Field(
-        default="opcua-pki",
-        description="Folder of the gateway's own generated certificate (own/) and, by default, of the trust list "
-        "(trusted/); relative paths are under the component's working directory, which survives restarts.",
-    )
-    trust_dir: str | None = Field(
-        default=None,
-        description="Folder of trusted server certificates (DER or PEM); default <pki_dir>/trusted. "
-        "Add one with `gatewayctl opcua trust URL --accept --trust-dir DIR`.",
-    )
-    certificate: str | None = Field(
-        default=None, description="Provided client certificate file (DER or PEM); generated when unset."
-    )
-    private_key: str | None = Field(default=None, validate_default=True,
-                                    description="Private key file of the provided certificate.")
-    application_uri: str | None = Field(
-        default=None,
-        description="Application URI of the gateway; must match the certificate's URI. Default: taken from a "
-        "provided certificate, else urn:<hostname>:factoryedge:gateway.",
-    )
-    # password is declared before username, and every check is a field validator, so that no error message ever
-    # echoes the security section with the password in it
-    password: SecretStr | None = Field(default=None, description="Password of the user name identity; never logged.")
-    username: str | None = Field(default=None, validate_default=True, description="User name identity (with "
-                                 "password).")
-    user_certificate: str | None = Field(default=None, description="Certificate identity: user certificate file.")
-    user_private_key: str | None = Field(default=None, validate_default=True,
-                                         description="Certificate identity: its private key file.")
-
-    @field_validator("mode")
-    @classmethod
-    def _mode_needs_policy(cls, mode: str, info: ValidationInfo) -> str:
-        policy = info.data.get("policy", "None")
-        if mode != "None" and policy == "None":
-            raise ValueError(f"mode {mode} needs a policy: set security.policy: Basic256Sha256")
-        if policy != "None" and mode == "None":
-            raise ValueError(f"policy {policy} needs a mode: set security.mode: Sign or SignAndEncrypt")
-        return mode
-
-    @field_validator("certificate", "private_key", "user_certificate")
-    @classmethod
-    def _exists(cls, path: str | None, info: ValidationInfo) -> str | None:
-        if path and not Path(path).is_file():
-            raise ValueError(f"file {path} does not exist: fix the path or copy the file there")
-        if info.field_name == "private_key" and bool(path) != bool(info.data.get("certificate")):
-            raise ValueError("certificate and private_key go together: set both (or neither, to generate one)")
-        return path
-
-    @field_validator("username")
-    @classmethod
-    def _user_and_password(cls, username: str | None, info: ValidationInfo) -> str | None:
-        has_password = info.data.get("password") is not None
-        if has_password and not username:
-            raise ValueError("a password is set without username: add security.username")
-        if username and not has_password and "password" in info.data:
-            raise ValueError("username needs a password: add security.password")
-        return username
-
-    @field_validator("user_private_key")
-    @classmethod
-    def _user_key(cls, key: str | None, info: ValidationInfo) -> str | None:
-        if key and not Path(key).is_file():
-            raise ValueError(f"file {key} does not exist: fix the path or copy the file there")
-        if bool(key) != bool(info.data.get("user_certificate")):
-            raise ValueError("user_certificate and user_private_key go together: set both")
-        if key and info.data.get("username"):
-            raise ValueError("username and user_certificate are both set: choose one identity")
-        return key
-
-    @property
-    def secure(self) -> bool:
-        return self.mode != "None"
-
-    def trust_path(self) -> Path:
-        return Path(self.trust_dir) if self.trust_dir else Path(self.pki_dir) / "trusted"
 
 
 @dataclass(frozen=True)
