@@ -102,6 +102,9 @@ async def _status_loop(sim: SimulationView, every_s: float, stop: asyncio.Event,
 
 async def serve_forever(config: AppConfig, sim: Simulation | RemoteSimulation) -> None:
     """Run the app until SIGINT or SIGTERM."""
+    # The OPC DA daemon serves from threads. With the default 5 ms switch interval a busy daemon thread holds the
+    # interpreter lock while the event loop (OPC UA, Modbus) waits to get it back after every socket send.
+    sys.setswitchinterval(0.0002)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
