@@ -1,76 +1,176 @@
 """Simulator figures: simulated seconds per wall second under client load, OPC UA notifications per second.
 
-``run()`` serves the real TEP at ``--speed 0`` on all three endpoints (in-process, 127.0.0.1, free ports) while
-one asyncua, one pymodbus and one OpenOPC client each read every tag in a loop, at most once per simulated second.
+``run()`` starts ``python -m simulator --plant tep`` with all three endpoints on 127.0.0.1, then one client per
+protocol, each in its own process, with the protocol's real client library (asyncua, pymodbus, OpenOPC's
+``open_client``). A client paces itself on the simulated-time tag: it polls that tag, and whenever simulated time
+has advanced by at least 1 s since its last sweep it reads every tag (41 XMEAS, 12 XMV and the simulated time)
+once. Over ``DURATION_S`` wall seconds, first at ``--speed 0`` then at ``--speed 1000``, the bench reports:
+
+- ``simulator.sim_seconds_per_s``: simulated seconds per wall second at ``--speed 0`` while the clients sweep;
+- ``simulator.<protocol>.sweeps_per_sim_s``: sweeps each client achieved per simulated second. The figure above
+  means "every tag read once per simulated second" only when all three are about 1; below that a client could
+  not keep up and the simulated seconds it skipped were never read (at ``--speed 0`` the plant runs flat out and
+  publishes in batches, so this is expected);
+- ``simulator.<protocol>.sweeps_per_s``: sweeps per wall second (what one client manages under this load);
+- ``simulator.paced1000.*``: the same at ``--speed 1000``, where the figure is valid when the achieved rate is
+  about 1,000 and every client's sweeps per simulated second about 1;
+- ``simulator.opcua.notifications_per_s``: data changes one asyncua subscription on every process tag receives
+  at ``--speed 0``, the sweeping clients stopped.
+
+Run alone: ``python -m bench.bench_simulator [seconds] [speed ...]`` (prints the figures and the load average).
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from simulator.modbus_server import ModbusConfig, ModbusEndpoint
-from simulator.opcda_server import ITEM_IDS, OpcDaConfig, OpcDaEndpoint
-from simulator.opcua_server import NAMESPACE_URI, OpcUaConfig, OpcUaEndpoint
-from simulator.plant import TepPlant
-from simulator.runtime import Simulation, run_clock
 from simulator.tags import PROCESS_TAGS
 
-DURATION_S = 8.0
+ROOT = Path(__file__).resolve().parents[1]
+DURATION_S = 20.0
+NOTIFY_S = 5.0
+PROTOCOLS = ("opcua", "modbus", "opcda")
+NAMESPACE_URI = "urn:factoryedge:tep"
 
 
-def _port() -> int:
+# ---------------------------------------------------------------- clients (each runs in its own process)
+#: Wall seconds a client waits after a poll that found no new simulated second: a real client would not hammer
+#: the server, and a busy poll loop steals the CPU the simulator needs to move on.
+POLL_PAUSE_S = 0.0002
+
+
+class _Pacer:
+    """Counts sweeps; a sweep is due when simulated time moved >= 1 s since the last one."""
+
+    def __init__(self) -> None:
+        self.last = float("-inf")
+        self.sweeps = 0
+        self.polls = 0
+        self.first_t: float | None = None
+        self.last_t = 0.0
+
+    def due(self, t_s: float) -> bool:
+        self.polls += 1
+        if self.first_t is None:
+            self.first_t = t_s
+        self.last_t = t_s
+        if t_s >= self.last + 1.0:
+            return True
+        time.sleep(POLL_PAUSE_S)
+        return False
+
+    def swept(self, t_s: float) -> None:
+        self.sweeps += 1
+        self.last = t_s
+        self.last_t = max(self.last_t, t_s)
+
+    def report(self, wall_s: float) -> dict[str, float]:
+        return {"sweeps": self.sweeps, "polls": self.polls, "first_t": self.first_t or 0.0,
+                "last_t": self.last_t, "wall_s": wall_s}
+
+
+async def _opcua_client(port: int, seconds: float) -> dict[str, float]:
+    from asyncua import Client
+
+    async with Client(f"opc.tcp://127.0.0.1:{port}/", timeout=30) as client:
+        ns = await client.get_namespace_index(NAMESPACE_URI)
+        clock = client.get_node(f"ns={ns};s=Simulator/SimulatedTime")
+        nodes = [client.get_node(f"ns={ns};s={t.path}") for t in PROCESS_TAGS] + [clock]
+        _ready()
+        pacer, started = _Pacer(), time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            if pacer.due(await clock.read_value()):
+                values = await client.read_values(nodes)
+                pacer.swept(float(values[-1]))
+        return pacer.report(time.perf_counter() - started)
+
+
+def _modbus_client(port: int, seconds: float) -> dict[str, float]:
+    import struct
+
+    from pymodbus.client import ModbusTcpClient
+
+    def sim_time(registers: list[int]) -> float:
+        return float(struct.unpack(">I", struct.pack(">HH", registers[0], registers[1]))[0])
+
+    with ModbusTcpClient("127.0.0.1", port=port, timeout=30) as client:
+        _ready()
+        pacer, started = _Pacer(), time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            if pacer.due(sim_time(client.read_input_registers(100, count=2, device_id=1).registers)):
+                xmeas = client.read_input_registers(0, count=82, device_id=1)
+                xmv = client.read_holding_registers(0, count=24, device_id=1)
+                status = client.read_input_registers(100, count=7, device_id=1)
+                if xmeas.isError() or xmv.isError() or status.isError():
+                    raise RuntimeError(f"Modbus read failed: {xmeas} {xmv} {status}")
+                pacer.swept(sim_time(status.registers))
+        return pacer.report(time.perf_counter() - started)
+
+
+def _opcda_client(port: int, seconds: float) -> dict[str, float]:
+    import OpenOPC
+    import Pyro4
+
+    Pyro4.config.COMMTIMEOUT = 30
+    opc = OpenOPC.open_client("127.0.0.1", port)
+    opc.connect()
+    items = [t.path.replace("/", ".") for t in PROCESS_TAGS] + ["Simulator.SimulatedTime"]
+    opc.read(items, group="all")
+    _ready()
+    pacer, started = _Pacer(), time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        if pacer.due(float(opc.read("Simulator.SimulatedTime")[0])):
+            rows = opc.read(group="all")
+            pacer.swept(float(rows[-1][1]))
+    report = pacer.report(time.perf_counter() - started)
+    opc.close()
+    return report
+
+
+def _ready() -> None:
+    """Tell the bench this client is connected, then wait for its go."""
+    print("CONNECTED", flush=True)
+    sys.stdin.readline()
+
+
+def client_main(protocol: str, port: int, seconds: float) -> None:
+    """Entry point of one client process: prints its report as one JSON line."""
+    if protocol == "opcua":
+        report = asyncio.run(_opcua_client(port, seconds))
+    elif protocol == "modbus":
+        report = _modbus_client(port, seconds)
+    else:
+        report = _opcda_client(port, seconds)
+    print(json.dumps(report), flush=True)
+
+
+# ---------------------------------------------------------------- the bench
+def _free_port() -> int:
+    import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _opcda_reader(port: int, sim: Simulation, stop: threading.Event, reads: list[int]) -> None:
-    import OpenOPC
-
-    opc = OpenOPC.open_client("127.0.0.1", port)
-    opc.connect()
-    last = -1.0
-    while not stop.is_set():
-        if sim.snapshot.t_s >= last + 1:
-            last = sim.snapshot.t_s
-            opc.read(list(ITEM_IDS), group="all")
-            reads[0] += 1
-    opc.close()
-
-
-def _modbus_reader(port: int, sim: Simulation, stop: threading.Event, reads: list[int]) -> None:
-    from pymodbus.client import ModbusTcpClient
-
-    last = -1.0
-    with ModbusTcpClient("127.0.0.1", port=port) as client:
-        while not stop.is_set():
-            if sim.snapshot.t_s >= last + 1:
-                last = sim.snapshot.t_s
-                client.read_input_registers(0, count=82, device_id=1)
-                client.read_input_registers(100, count=7, device_id=1)
-                client.read_holding_registers(0, count=24, device_id=1)
-                client.read_coils(0, count=28, device_id=1)
-                reads[0] += 1
-
-
-async def _opcua_reader(url: str, sim: Simulation, stop: asyncio.Event, reads: list[int]) -> None:
-    from asyncua import Client
-
-    async with Client(url) as client:
-        ns = await client.get_namespace_index(NAMESPACE_URI)
-        nodes = [client.get_node(f"ns={ns};s={t.path}") for t in PROCESS_TAGS]
-        last = -1.0
-        while not stop.is_set():
-            if sim.snapshot.t_s >= last + 1:
-                last = sim.snapshot.t_s
-                await client.read_values(nodes)
-                reads[0] += 1
-            else:
-                await asyncio.sleep(0)
+def _wait_line(proc: subprocess.Popen[str], prefix: str, deadline_s: float, seen: list[str]) -> None:
+    end = time.monotonic() + deadline_s
+    assert proc.stdout is not None
+    while time.monotonic() < end:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"process {proc.args} ended before printing {prefix!r}: {''.join(seen)}")
+        seen.append(line)
+        if line.startswith(prefix):
+            return
+    raise RuntimeError(f"process {proc.args} did not print {prefix!r} within {deadline_s} s")
 
 
 async def _notifications(url: str, seconds: float) -> float:
@@ -82,7 +182,7 @@ async def _notifications(url: str, seconds: float) -> float:
         def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
             count[0] += 1
 
-    async with Client(url) as client:
+    async with Client(url, timeout=30) as client:
         ns = await client.get_namespace_index(NAMESPACE_URI)
         nodes = [client.get_node(f"ns={ns};s={t.path}") for t in PROCESS_TAGS]
         sub = await client.create_subscription(10, Handler())
@@ -93,55 +193,85 @@ async def _notifications(url: str, seconds: float) -> float:
         return (count[0] - start) / seconds
 
 
-async def _bench() -> dict[str, float]:
-    sim = Simulation(TepPlant(), seed=1)
-    ports = _port(), _port(), _port()
-    endpoints = [OpcUaEndpoint(sim, OpcUaConfig(port=ports[0])),
-                 ModbusEndpoint(sim, ModbusConfig(port=ports[1])), OpcDaEndpoint(sim, OpcDaConfig(port=ports[2]))]
-    for endpoint in endpoints:
-        await endpoint.start()
-    url = f"opc.tcp://127.0.0.1:{ports[0]}/"
-    stop, thread_stop = asyncio.Event(), threading.Event()
-    counts = {"opcua": [0], "modbus": [0], "opcda": [0]}
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def measure(
+    speed: float, duration_s: float = DURATION_S, notify_s: float = 0.0, protocols: tuple[str, ...] = PROTOCOLS
+) -> dict[str, float]:
+    """Serve the TEP at ``speed``, sweep it with one client per protocol for ``duration_s``, return the figures.
+
+    With ``notify_s`` > 0, an asyncua subscription then counts notifications for that long. ``protocols`` limits
+    the sweeping clients (all three endpoints serve regardless), to see what one protocol costs.
+    """
+    ports = {p: _free_port() for p in PROTOCOLS}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "simulator", "--plant", "tep", "--speed", f"{speed:g}", "--seed", "1",
+         "--status-every", "0", "--opcua-port", str(ports["opcua"]), "--modbus-port", str(ports["modbus"]),
+         "--opcda-port", str(ports["opcda"])],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    clients: dict[str, subprocess.Popen[str]] = {}
+    notifications = 0.0
     try:
-        threads = [threading.Thread(target=_opcda_reader, args=(ports[2], sim, thread_stop, counts["opcda"])),
-                   threading.Thread(target=_modbus_reader, args=(ports[1], sim, thread_stop, counts["modbus"]))]
-        for thread in threads:
-            thread.start()
-        ua_reader = asyncio.create_task(_opcua_reader(url, sim, stop, counts["opcua"]))
-        clock = asyncio.create_task(run_clock(sim, 0, stop))
-        t0, wall0 = sim.snapshot.t_s, time.perf_counter()
-        await asyncio.sleep(DURATION_S)
-        sim_rate = (sim.snapshot.t_s - t0) / (time.perf_counter() - wall0)
-        reads = {k: v[0] / DURATION_S for k, v in counts.items()}
-        thread_stop.set()
-        for thread in threads:
-            await asyncio.to_thread(thread.join, 10)
-        notifications = await _notifications(url, 5.0)  # clock still at --speed 0, readers stopped
-        stop.set()
-        await asyncio.gather(clock, ua_reader)
+        _wait_line(server, "RUNNING", 120, [])
+        for protocol in protocols:
+            clients[protocol] = subprocess.Popen(
+                [sys.executable, "-m", "bench.bench_simulator", "client", protocol, str(ports[protocol]),
+                 str(duration_s)],
+                cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )
+        for proc in clients.values():
+            _wait_line(proc, "CONNECTED", 60, [])
+        for proc in clients.values():
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        reports = {}
+        for protocol, proc in clients.items():
+            out, _ = proc.communicate(timeout=duration_s + 60)
+            reports[protocol] = json.loads(out.strip().splitlines()[-1])
+        if notify_s > 0:
+            notifications = asyncio.run(_notifications(f"opc.tcp://127.0.0.1:{ports['opcua']}/", notify_s))
     finally:
-        stop.set()
-        thread_stop.set()
-        for endpoint in reversed(endpoints):
-            await endpoint.stop()
-    return {
-        "simulator.sim_seconds_per_s": sim_rate,
-        "simulator.opcua.notifications_per_s": notifications,
-        "simulator.opcua.full_reads_per_s": reads["opcua"],
-        "simulator.modbus.full_reads_per_s": reads["modbus"],
-        "simulator.opcda.full_reads_per_s": reads["opcda"],
-    }
+        for proc in clients.values():
+            _stop(proc)
+        _stop(server)
+    figures: dict[str, float] = {}
+    rates = []
+    for protocol, r in reports.items():
+        sim_s = max(r["last_t"] - r["first_t"], 1e-9)
+        rates.append(sim_s / r["wall_s"])
+        figures[f"{protocol}.sweeps_per_sim_s"] = r["sweeps"] / sim_s
+        figures[f"{protocol}.sweeps_per_s"] = r["sweeps"] / r["wall_s"]
+    # Every client watched the same clock over (almost) the same window: take the lowest, the conservative one.
+    figures["sim_seconds_per_s"] = min(rates)
+    if notify_s > 0:
+        figures["opcua.notifications_per_s"] = notifications
+    return figures
 
 
 def run() -> dict[str, float]:
-    """Run the simulator benchmark (~15 s wall) and return its figures."""
-    return asyncio.run(_bench())
+    """Run the simulator benchmark (~60 s wall) and return its figures."""
+    figures = {f"simulator.{k}": v for k, v in measure(0, notify_s=NOTIFY_S).items()}
+    figures.update({f"simulator.paced1000.{k}": v for k, v in measure(1000).items()})
+    return figures
 
 
 if __name__ == "__main__":
-    import os
-
-    for key, value in run().items():
-        print(f"{key}: {value:.1f}")
-    print("load average:", os.getloadavg())
+    if len(sys.argv) == 5 and sys.argv[1] == "client":
+        client_main(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))
+        sys.exit(0)
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else DURATION_S
+    for speed in [float(x) for x in sys.argv[2:]] or [0.0, 1000.0]:
+        print(f"--speed {speed:g}, {seconds:g} s, load average before {os.getloadavg()}")
+        for key, value in measure(speed, seconds, NOTIFY_S if speed == 0 else 0).items():
+            print(f"  {key}: {value:.2f}")
+    print("load average after:", os.getloadavg())
