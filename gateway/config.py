@@ -35,7 +35,8 @@ def format_errors(exc: ValidationError, data: Any = None) -> list[str]:
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
-        got = "" if err["type"] == "missing" else f" (got {_short(err.get('input'))})"
+        shown = "***" if _secret(err["loc"][-1] if err["loc"] else "") else _short(_redact(err.get("input")))
+        got = "" if err["type"] == "missing" else f" (got {shown})"
         fix = _FIXES.get(err["type"], "correct the value")
         lines.append(f"{where}: {msg}{got}. Fix: {fix}")
     return lines
@@ -71,6 +72,24 @@ def read_file(path: str | Path) -> Any:
 def load_file(model: type[M], path: str | Path) -> M:
     """Read and validate a configuration file."""
     return validate(model, read_file(path), origin=str(path))
+
+
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "passphrase")
+
+
+def _secret(key: object) -> bool:
+    # A misspelled key (``pasword: x``) is rejected as unknown and would otherwise be echoed with its value.
+    name = str(key).lower().replace("_", "")
+    return any(w in name for w in _SECRET_WORDS) or name in ("pasword", "pwd", "pass")
+
+
+def _redact(value: Any) -> Any:
+    """The value with every secret-looking key's value masked, at any depth: errors are logged and printed."""
+    if isinstance(value, dict):
+        return {k: "***" if _secret(k) else _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
 
 
 def _short(value: Any) -> str:

@@ -47,6 +47,22 @@ def test_destination_type_is_checked() -> None:
     assert "destinations.0" in str(info.value) and "carrier-pigeon" in str(info.value)
 
 
+def test_secrets_are_never_echoed_in_problems() -> None:
+    conn = {"name": "a", "endpoint": "opc.tcp://x:1", "nodes": ["i=1"],
+            "security": {"pasword": "hunter2-typo", "username": "u"}}
+    wrong_type = {"type": "mqtt", "name": "m", "host": "h", "password": ["hunter2-list"]}
+    with pytest.raises(ConfigError) as info:
+        validate(OpcUaCollectorConfig, {"connections": [conn, {**conn, "name": 5}]}, origin="test")
+    text = "\n".join(info.value.problems)
+    assert "connections.0.security.pasword: Extra inputs are not permitted (got ***)" in text
+    assert "connections.1.name" in text  # the whole connection dict is shown redacted, not raw
+    with pytest.raises(ConfigError) as info2:
+        validate(PublisherConfig, {"destinations": [wrong_type]}, origin="test")
+    text2 = "\n".join(info2.value.problems)
+    assert "destinations.0.mqtt.password" in text2
+    assert "hunter2" not in text + text2
+
+
 def test_greengrass_access_control_key_is_not_ours_to_reject() -> None:
     cfg = validate(PublisherConfig, {"accessControl": {"aws.greengrass.ipc.mqttproxy": {}}}, origin="test")
     assert cfg.destinations[0].type == "file"
