@@ -1,95 +1,90 @@
-"""The demo: simulator -> OPC UA collector -> stream -> publisher -> mosquitto and JSON lines, shown live.
+"""`make demo`: the whole gateway live against the TEP simulator, each piece its own process, as on a gateway.
 
-Every piece runs as its own process, as on a gateway; the screen is built from the components' status files and
-the streams, exactly what ``gatewayctl status`` reads.
+simulator (OPC UA, Modbus TCP, OPC DA) -> three collectors -> streams -> anomaly detector -> publisher -> a JSON
+lines file and mosquitto (mutual TLS). The plant runs 180x real time (one wall second = three simulated minutes, the
+sample interval the anomaly model was evaluated at); the reactor group learns for about two minutes, and at 6 h of
+simulated time (about two wall minutes) the schedule switches IDV 1 on (A/C feed ratio step) so an alarm shows.
+The screen is ``gatewayctl status --watch``: exactly what an engineer sees on a gateway. q or Ctrl-C stops all.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import shutil
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from gateway.dev.peers import ROOT, Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for
-from gateway.streams.embedded import EmbeddedStore
 
-DEMO_TAGS = [
-    "Reactor/Pressure", "Reactor/Temperature", "Reactor/Level", "Separator/Level", "Stripper/Level",
-    "ProductAnalyzer/G", "Reactor/FeedRate", "Reactor/CoolingWaterValve", "Compressor/Work", "Compressor/PurgeRate",
+SPEED = 180
+IDV_SCHEDULE = "1@6h"
+# Reactor and separator loop: what IDV 1 moves first (NOTES 10); OPC UA node ids are the simulator's paths.
+REACTOR_TAGS = [
+    "Reactor/Pressure", "Reactor/Temperature", "Reactor/Level", "Separator/Temperature", "Separator/Pressure",
+    "Stripper/Pressure", "Feeds/AFeed", "Feeds/ACFeed",
 ]
+OPCUA_EXTRA = ["Separator/Level", "Stripper/Level", "Compressor/Work", "Reactor/CoolingWaterOutletTemp"]
 
 
-def _configs(run: Path, opcua_port: int, broker: Mosquitto | None) -> tuple[Path, Path]:
+def _modbus_tags() -> list[dict[str, Any]]:
+    # XMEAS n is a float32 at input register 2*(n-1) (simulator/README.md): the stripper and purge measurements.
+    return [{"name": f"XMEAS{n:02d}", "fc": 4, "address": 2 * (n - 1), "type": "float32"} for n in range(14, 23)]
+
+
+def _configs(run: Path, ports: dict[str, int], broker: Mosquitto | None) -> dict[str, Path]:
     store = {"kind": "embedded", "path": str(run / "data")}
-    collector = {
-        "store": store, "status_interval_s": 1,
-        "connections": [{
-            "name": "tep-opcua", "endpoint": f"opc.tcp://127.0.0.1:{opcua_port}",
-            "namespace_uri": "urn:factoryedge:tep", "nodes": ["s=" + t for t in DEMO_TAGS],
-            "publishing_interval_ms": 500, "tag_prefix": "/demo-site/area1/tep/",
-        }],
+    common = {"store": store, "status_interval_s": 1}
+    configs: dict[str, dict[str, Any]] = {
+        "opcua": {**common, "connections": [{
+            "name": "tep-opcua", "endpoint": f"opc.tcp://127.0.0.1:{ports['opcua']}",
+            "namespace_uri": "urn:factoryedge:tep", "nodes": ["s=" + t for t in REACTOR_TAGS + OPCUA_EXTRA],
+            "publishing_interval_ms": 250, "deadband": {"heartbeat_s": 1},
+        }]},
+        "modbus": {**common, "connections": [{
+            "name": "tep-modbus", "host": "127.0.0.1", "port": ports["modbus"], "scan_interval_s": 1,
+            "tag_prefix": "Modbus/", "units": [{"unit_id": 1, "order": "ABCD", "tags": _modbus_tags()}],
+        }]},
+        "opcda": {**common, "connections": [{
+            "name": "tep-opcda", "host": "127.0.0.1", "port": ports["opcda"], "server": "FactoryEdge.TEP.1",
+            "browse": ["Compressor.*", "ProductAnalyzer.*"], "scan_interval_s": 1, "tag_prefix": "OpcDa/",
+        }]},
+        "anomaly": {**common, "input_streams": ["factoryedge-opcua"], "model_dir": str(run / "anomaly-model"),
+                    "start_from": "oldest", "save_interval_s": 30, "groups": [{
+                        "name": "reactor", "tags": REACTOR_TAGS, "shingle": 4, "cadence_s": 1.0, "max_age_s": 3.0,
+                        "training_points": 150, "false_alarm_rate": 0.005}]},
+        "publisher": {**common, "metrics_interval_s": 10, "destinations": [
+            {"type": "file", "name": "local-file", "path": str(run / "out/records.jsonl")}]},
     }
-    destinations: list[dict[str, Any]] = [
-        {"type": "file", "name": "local-file", "path": str(run / "out/records.jsonl")}
-    ]
     if broker is not None:
-        destinations.append({
+        configs["publisher"]["destinations"].append({
             "type": "mqtt", "name": "mosquitto", "host": "127.0.0.1", "port": broker.tls_port,
             "client_id": "factoryedge-demo",
             "tls": {"ca_file": str(broker.pki.ca), "cert_file": str(broker.pki.client_cert),
                     "key_file": str(broker.pki.client_key)},
             "topic": "factoryedge/{site}/{source}/{kind}", "topic_vars": {"site": "demo-site"},
         })
-    publisher = {"store": store, "destinations": destinations, "metrics_interval_s": 10, "status_interval_s": 1}
-    paths = run / "collector.yaml", run / "publisher.yaml"
-    for path, cfg in zip(paths, (collector, publisher), strict=True):
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    paths = {}
+    for name, cfg in configs.items():
+        paths[name] = run / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
     return paths
 
 
-def _status(run: Path, name: str) -> dict[str, Any]:
-    try:
-        return dict(json.loads((run / "data" / "status" / f"{name}.json").read_text()))
-    except (OSError, ValueError):
-        return {}
-
-
-def _screen(run: Path, t0: float, last: dict[str, float]) -> str:
-    col = _status(run, "factoryedge.OpcUaCollector").get("connections", {})
-    pub = _status(run, "factoryedge.Publisher").get("destinations", {})
-    store = EmbeddedStore(run / "data")
-    lines = [f"factory-edge-gateway demo — {time.time() - t0:6.0f} s — Ctrl-C to stop", ""]
-    lines.append(f"{'IN  connection':28}{'connected':>10}{'read':>10}{'written':>10}{'/s':>8}{'errors':>8}")
-    for name, c in col.items():
-        rate = max(0, c["values_written"] - last.get(f"in:{name}", c["values_written"]))
-        last[f"in:{name}"] = c["values_written"]
-        lines.append(f"    {name:24}{c['connected']!s:>10}{c['values_read']:>10}{c['values_written']:>10}"
-                     f"{rate:>8}{c['read_errors']:>8}")
-    lines += ["", f"{'STREAM':28}{'messages':>10}{'bytes':>12}{'dropped':>9}"]
-    for name in store.list_streams():
-        info = store.describe(name)
-        lines.append(f"    {name:24}{info.message_count:>10}{info.total_bytes:>12}{info.dropped_messages:>9}")
-    header = f"{'OUT destination':28}{'sent':>10}{'/s':>8}{'backlog':>9}{'oldest s':>10}{'retries':>9}  last error"
-    lines += ["", header]
-    for name, d in pub.items():
-        rate = max(0, d["records_sent"] - last.get(f"out:{name}", d["records_sent"]))
-        last[f"out:{name}"] = d["records_sent"]
-        lines.append(f"    {name:24}{d['records_sent']:>10}{rate:>8}{d['backlog_messages']:>9}"
-                     f"{d['oldest_unsent_age_s']:>10.1f}{d['retries']:>9}  {d['last_error'][:40]}")
-    store.close()
-    return "\n".join(lines)
+COMPONENTS = {
+    "opcua": "components.opcua_collector.main", "modbus": "components.modbus_collector.main",
+    "opcda": "components.opcda_collector.main", "anomaly": "components.anomaly_detector.main",
+    "publisher": "components.publisher.main",
+}
 
 
 def main() -> int:
     run = ROOT / ".run" / "demo"
-    shutil.rmtree(run / "data", ignore_errors=True)  # each demo starts from an empty store
+    for old in ("data", "anomaly-model", "out"):
+        shutil.rmtree(run / old, ignore_errors=True)  # each demo starts from an empty store and an untrained model
     run.mkdir(parents=True, exist_ok=True)
     procs: list[Proc] = []
     broker = None
@@ -98,33 +93,37 @@ def main() -> int:
     except RuntimeError as exc:
         print(f"demo: {exc}; continuing with the file destination only")
     plant = "tep" if importlib.util.find_spec("tep_studio") else "synthetic"
-    port = free_port()
-    sim = start([sys.executable, "-m", "simulator", "--plant", plant, "--endpoints", "opcua", "--opcua-port",
-                 str(port), "--speed", "10", "--status-every", "0"], run / "simulator.log")
-    procs.append(sim)
-    wait_for(lambda: port_open(port) or sim.popen.poll() is not None, 120, "the simulator")
-    collector_cfg, publisher_cfg = _configs(run, port, broker)
-    env = {"PYTHONPATH": str(ROOT)}
-    procs.append(start([sys.executable, "components/opcua_collector/main.py", "--config", str(collector_cfg)],
-                       run / "collector.log", env=env))
-    procs.append(start([sys.executable, "components/publisher/main.py", "--config", str(publisher_cfg)],
-                       run / "publisher.log", env=env))
-    print(f"demo: simulator ({plant} plant, 10x real time) on opc.tcp://127.0.0.1:{port}; logs in {run}")
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    t0, last = time.time(), dict[str, float]()
+    ports = {"opcua": free_port(), "modbus": free_port(), "opcda": free_port()}
     try:
-        while True:
-            for p in procs:
-                if p.popen.poll() is not None:
-                    print(f"demo: a process exited ({p.log.name}):\n{p.output()[-2000:]}")
-                    return 1
-            print("\033[2J\033[H" + _screen(run, t0, last), flush=True)
-            time.sleep(1)
-    except KeyboardInterrupt:
-        print("\ndemo: stopping")
-        return 0
+        sim = start([sys.executable, "-m", "simulator", "--plant", plant, "--speed", str(SPEED),
+                     "--idv", IDV_SCHEDULE, "--status-every", "0", "--opcua-port", str(ports["opcua"]),
+                     "--modbus-port", str(ports["modbus"]), "--opcda-port", str(ports["opcda"])],
+                    run / "simulator.log")
+        procs.append(sim)
+        for name, port in ports.items():
+            def up(p: int = port) -> bool:
+                return port_open(p) or sim.popen.poll() is not None
+
+            wait_for(up, 120, f"the simulator's {name}")
+        if sim.popen.poll() is not None:
+            print(f"demo: the simulator exited:\n{sim.output()[-2000:]}")
+            return 1
+        paths = _configs(run, ports, broker)
+        for name, module in COMPONENTS.items():
+            procs.append(start([sys.executable, "-m", module, "--config", str(paths[name])], run / f"{name}.log",
+                               env={"PYTHONPATH": str(ROOT)}))
+        print(f"demo: {plant} plant at {SPEED}x real time, IDV {IDV_SCHEDULE.replace('@', ' on at ')} simulated; "
+              f"configs and logs in {run}; records in {run / 'out/records.jsonl'}")
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        from gateway.cli.main import main as gatewayctl
+
+        try:
+            return gatewayctl(["--store", str(run / "data"), "status", "--watch", "--interval", "1"])
+        except KeyboardInterrupt:
+            return 0
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave processes behind
+        print("demo: stopping")
         for p in reversed(procs):
             p.stop()
         if broker:
