@@ -7,7 +7,7 @@ The server's self-signed certificate is generated once into ``--opcua-cert-dir``
 ``server-key.pem``; regenerated when missing, expired or issued for another host). Client certificates are
 accepted from anyone unless ``--opcua-trust-dir`` names a folder of trusted certificates (DER or PEM): then any
 other client is refused with ``BadCertificateUntrusted`` and its certificate is saved under
-``<cert-dir>/rejected/`` so an operator can move it into the trust folder.
+``<cert-dir>/rejected/`` so an operator can move it into the trust folder (read again when it changes).
 """
 
 from __future__ import annotations
@@ -78,24 +78,48 @@ async def setup_security(server: Any, mode: str, host: str, cert_dir: Path | Non
         return
     if not trust_dir.is_dir():
         raise ValueError(f"--opcua-trust-dir {trust_dir}: not a directory; create it and put client certificates in")
-    from asyncua.crypto.truststore import TrustStore
-    from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
-
-    store = TrustStore([trust_dir], [])
-    await store.load()
-    options = (CertificateValidatorOptions.BASIC_VALIDATION | CertificateValidatorOptions.TRUSTED
-               | CertificateValidatorOptions.PEER_CLIENT)
-    validator = CertificateValidator(options, store)
+    trust = _TrustFolder(trust_dir)
+    await trust.refresh()
     rejected_dir = (cert_dir or trust_dir) / "rejected"
 
     async def validate(cert: Any, app: Any) -> None:
         try:
-            await validator.validate(cert, app)
+            await (await trust.refresh()).validate(cert, app)
         except Exception:
             _keep_rejected(rejected_dir, cert, app)
             raise
 
     server.set_certificate_validator(validate)
+
+
+class _TrustFolder:
+    """The trusted client certificates, re-read when the folder changes (a certificate moved in from
+    ``rejected/`` counts from the next connection, no restart)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._stamp: tuple[int, int] | None = None
+        self._validator: Any = None
+
+    async def refresh(self) -> Any:
+        """The validator for the folder's current content."""
+        from asyncua.crypto.truststore import TrustStore
+        from asyncua.crypto.validator import CertificateValidator, CertificateValidatorOptions
+
+        stat = self.folder.stat()
+        stamp = (stat.st_mtime_ns, len(list(self.folder.iterdir())))
+        if stamp != self._stamp:
+            store = TrustStore([self.folder], [])
+            try:
+                await store.load()
+            except ValueError:  # cryptography refuses an empty store: then nobody is trusted
+                log.warning("--opcua-trust-dir %s holds no certificate: every client certificate is refused until "
+                            "one is put there", self.folder)
+            options = (CertificateValidatorOptions.BASIC_VALIDATION | CertificateValidatorOptions.TRUSTED
+                       | CertificateValidatorOptions.PEER_CLIENT)
+            self._validator = CertificateValidator(options, store)
+            self._stamp = stamp
+        return self._validator
 
 
 def _keep_rejected(folder: Path, cert: Any, app: Any) -> None:

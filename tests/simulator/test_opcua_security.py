@@ -113,13 +113,39 @@ def test_secured_only_server_refuses_untrusted_and_unsecured_clients(
             async with await _client(url, certs["stranger"], ua.MessageSecurityMode.Sign):
                 pass
         assert untrusted.value.code == ua.StatusCodes.BadCertificateUntrusted
-        assert len(list((tmp_path / "server" / "rejected").glob("*.der"))) == 1  # kept for the operator
+        rejected = list((tmp_path / "server" / "rejected").glob("*.der"))
+        assert len(rejected) == 1  # kept for the operator, who may trust it: no restart needed
+        assert config.trust_dir is not None
+        rejected[0].rename(config.trust_dir / rejected[0].name)
+        async with await _client(url, certs["stranger"], ua.MessageSecurityMode.Sign) as client:
+            assert await _read_all(client) == list(sim.snapshot.values)
         with pytest.raises(UaError, match="No matching endpoints"):  # asyncua itself sees no None endpoint
             async with await _client(url, None):
                 pass
         assert await _unsecured_session(url) == ua.StatusCodes.BadSecurityModeRejected
 
     asyncio.run(_serving(tmp_path, "secure", certs["trusted"], body))
+
+
+def test_an_empty_trust_folder_trusts_nobody(tmp_path: Path, certs: dict[str, ClientCert]) -> None:
+    (tmp_path / "trusted").mkdir()
+
+    async def body() -> None:
+        sim = Simulation(SyntheticPlant(), seed=3)
+        config = OpcUaConfig(port=free_port(), security="sign", cert_dir=tmp_path / "server",
+                             trust_dir=tmp_path / "trusted")
+        endpoint = OpcUaEndpoint(sim, config)
+        await endpoint.start()
+        try:
+            with pytest.raises(UaStatusCodeError) as untrusted:
+                async with await _client(f"opc.tcp://127.0.0.1:{config.port}/", certs["trusted"],
+                                         ua.MessageSecurityMode.Sign):
+                    pass
+            assert untrusted.value.code == ua.StatusCodes.BadCertificateUntrusted
+        finally:
+            await endpoint.stop()
+
+    asyncio.run(body())
 
 
 async def _unsecured_session(url: str) -> int:
