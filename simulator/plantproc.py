@@ -150,7 +150,7 @@ async def _child_loop(sim: Simulation, speed: float, conn: Connection) -> None:
 
     loop.add_reader(conn.fileno(), on_request)
     try:
-        await run_clock(sim, speed, stop)
+        await run_clock(sim, speed, stop, precise=True)
     finally:
         loop.remove_reader(conn.fileno())
 

@@ -205,11 +205,18 @@ class Simulation:
         )
 
 
-async def run_clock(sim: Simulation, speed: float, stop: asyncio.Event, batch_s: float = 0.01) -> None:
+async def run_clock(
+    sim: Simulation, speed: float, stop: asyncio.Event, batch_s: float = 0.01, precise: bool = False
+) -> None:
     """Advance ``sim`` in fixed steps at ``speed`` simulated seconds per wall second until ``stop`` is set.
 
     ``speed == 0`` runs as fast as possible, in batches of about ``batch_s`` of CPU so endpoints sharing the
     event loop keep answering. Values depend only on the seed and schedule, never on the pace.
+
+    ``precise`` (for a loop that serves nothing else, the plant process) publishes every step and waits for
+    the next one with a blocking sleep when it is under 2 ms away: event loop timers round up to a millisecond,
+    so at ``--speed 1000`` steps would otherwise come in pairs and every other simulated second would never be
+    visible to a client.
     """
     if speed < 0:
         raise ValueError(f"speed {speed} must be >= 0 (0 = as fast as possible)")
@@ -230,7 +237,7 @@ async def run_clock(sim: Simulation, speed: float, stop: asyncio.Event, batch_s:
             continue
         due = int((time.monotonic() - started) * speed / step_s) - done
         while due > 0 and time.monotonic() < batch_end:
-            chunk = min(due, 32)
+            chunk = 1 if precise else min(due, 32)
             sim.advance(chunk)
             done += chunk
             due -= chunk
@@ -238,6 +245,10 @@ async def run_clock(sim: Simulation, speed: float, stop: asyncio.Event, batch_s:
             await asyncio.sleep(0)
             continue
         delay = max(0.0, started + (done + 1) * step_s / speed - time.monotonic())
+        if precise and delay < 0.002:
+            time.sleep(delay)
+            await asyncio.sleep(0)  # control requests are answered between steps
+            continue
         if delay < 0.05:  # fast speeds wake every few ms: a plain sleep costs a fraction of wait_for's task
             await asyncio.sleep(delay)
             continue

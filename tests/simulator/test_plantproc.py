@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
@@ -9,7 +11,7 @@ import pytest
 
 from simulator.plant import IdvEvent, SyntheticPlant
 from simulator.plantproc import SIZE, RemoteSimulation, _Reader, _Writer
-from simulator.runtime import Simulation, Snapshot
+from simulator.runtime import Simulation, Snapshot, run_clock
 from tests.simulator.conftest import wait_for
 
 
@@ -67,3 +69,23 @@ def test_a_plant_that_cannot_be_built_is_a_clear_error() -> None:
     sim = RemoteSimulation("nuclear", 1, [], speed=1)
     with pytest.raises(RuntimeError, match="unknown plant 'nuclear'"):
         sim.start()
+
+
+def test_the_plant_process_clock_publishes_every_simulated_second() -> None:
+    """At a high --speed each step is its own snapshot, so a fast client can read every simulated second."""
+    sim = Simulation(SyntheticPlant(), 1)
+    published: list[float] = []
+    sim.add_listener(lambda snap: published.append(snap.t_s))
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        clock = asyncio.create_task(run_clock(sim, 2000, stop, precise=True))
+        deadline = time.monotonic() + 30
+        while sim.snapshot.t_s < 300:
+            assert time.monotonic() < deadline, f"the clock stalled at t={sim.snapshot.t_s}"
+            await asyncio.sleep(0.005)
+        stop.set()
+        await clock
+
+    asyncio.run(run())
+    assert published[:300] == [float(t) for t in range(1, 301)]
