@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +22,7 @@ from gateway.fsutil import atomic_write
 from gateway.record import Record
 from gateway.runtime import Context, status_fields
 from gateway.sources.common import Backoff, ConnectionBase, Counters, Emitter
-from gateway.streams import RecordWriter, StreamSpec, StreamStore
+from gateway.streams import RecordWriter, StreamSpec, StreamStore, open_store
 from gateway.streams.aio import Offload
 
 log = logging.getLogger(__name__)
@@ -235,3 +235,20 @@ class Collector:
             return
         self.status_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.status_dir / f"{self.component}.json", json.dumps(self.status()).encode(), sync=False)
+
+
+def collector_runner(name: str, source: SourceFactory) -> Callable[[Context[Any]], Awaitable[None]]:
+    """The ``run`` of a collector component (for :func:`gateway.runtime.component_main`): open the store, serve the
+    configured connections into the component's stream until stopped, applying deployments as they come."""
+
+    async def run(ctx: Context[Any]) -> None:
+        cfg = ctx.config
+        store, _ = open_store(cfg.store)
+        collector = Collector(name, store, cfg.stream, source, status_dir=Path(cfg.store.path) / "status",
+                              status_interval_s=cfg.status_interval_s)
+        try:
+            await collector.serve(cfg.connections, ctx, lambda new: new.connections)
+        finally:
+            store.close()
+
+    return run
