@@ -15,22 +15,18 @@ to print the figures and the load.
 
 from __future__ import annotations
 
-import os
 import struct
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.collector_window import measure, report, write_config  # noqa: E402
 from gateway.dev.peers import free_port, port_open, start, wait_for  # noqa: E402
-from gateway.streams import PositionStore, RecordReader  # noqa: E402
-from gateway.streams.embedded import EmbeddedStore  # noqa: E402
 
 TAGS = 4000  # float32 tags = 8,000 holding registers = 65 requests of at most 124 registers
 # The tags split over this many TCP connections to the same server. pymodbus keeps one request in flight per
@@ -59,61 +55,28 @@ def _server(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
     return proc.popen, port
 
 
-def _config(folder: Path, port: int) -> Path:
+def _connections(port: int) -> list[dict[str, Any]]:
     per = TAGS // CONNECTIONS
-    connections = [{
+    return [{
         "name": f"plc{c}", "host": "127.0.0.1", "port": port, "scan_interval_s": 0, "timeout_s": 2,
         "units": [{"unit_id": 1, "tags": [{"name": f"line{c}/tag{i:05d}", "address": 2 * i, "type": "float32"}
                                            for i in range(c * per, (c + 1) * per)]}],
     } for c in range(CONNECTIONS)]
-    cfg = {"store": {"kind": "embedded", "path": str(folder / "store")}, "log_level": "WARNING",
-           "stream": {"name": STREAM, "max_size_bytes": 2 * 1024**3}, "connections": connections}
-    path = folder / "collector.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def run() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-modbus-") as tmp:
         folder = Path(tmp)
         server, port = _server(folder)
-        collector = start([sys.executable, "-m", "components.modbus_collector.main", "--config",
-                           str(_config(folder, port))], folder / "collector.log")
         try:
-            store_dir = folder / "store"
-            wait_for(lambda: (store_dir / "status").exists(), 30, "the collector to start")
-            time.sleep(WARMUP_S)  # a benchmark window, not synchronisation
-            t0 = time.time_ns()
-            rss = 0.0
-            while time.time_ns() - t0 < WINDOW_S * 1e9:
-                time.sleep(0.5)
-                rss = max(rss, _rss_mb(collector.pid))
-            t1 = time.time_ns()
+            w = measure("components.modbus_collector.main", write_config(folder, STREAM, _connections(port)),
+                        folder, STREAM, warmup_s=WARMUP_S, window_s=WINDOW_S)
         finally:
-            code = collector.stop()
             server.terminate()
             server.wait(10)
-        assert code == 0, collector.output()[-2000:]
-        reader = RecordReader(EmbeddedStore(store_dir), STREAM, "bench", PositionStore(folder / "pos"))
-        counted = 0
-        while True:
-            batch = reader.poll(max_messages=1000, timeout_s=0)
-            if not batch.messages:
-                break
-            counted += sum(t0 <= r.gateway_ts_ns < t1 for r in batch.records)
-            reader.position = batch.next_seq
-    return {"collector.modbus.values_per_s": counted / ((t1 - t0) / 1e9), "collector.modbus.rss_mb": rss}
+    return {"collector.modbus.values_per_s": w.values_per_s, "collector.modbus.rss_mb": w.rss_mb,
+            "collector.modbus.cpu_percent": w.cpu_percent}
 
 
 if __name__ == "__main__":
-    load = os.getloadavg()
-    for key, value in run().items():
-        print(f"{key} = {value:.1f}")
-    print(f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
+    report(run)

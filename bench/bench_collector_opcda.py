@@ -16,20 +16,16 @@ to print the figures and the load.
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.collector_window import measure, report, write_config  # noqa: E402
 from gateway.dev.peers import free_port, port_open, start, wait_for  # noqa: E402
-from gateway.streams import PositionStore, RecordReader  # noqa: E402
-from gateway.streams.embedded import EmbeddedStore  # noqa: E402
 
 CONNECTIONS = 2  # sessions on the same gateway, each reading every item
 WARMUP_S = 3.0
@@ -37,23 +33,11 @@ WINDOW_S = 8.0
 STREAM = "factoryedge-opcda"
 
 
-def _config(folder: Path, port: int) -> Path:
-    connections = [{
+def _connections(port: int) -> list[dict[str, Any]]:
+    return [{
         "name": f"da{c}", "host": "127.0.0.1", "port": port, "server": "FactoryEdge.TEP.1", "browse": ["*"],
         "scan_interval_s": 0.001, "timeout_s": 5, "tag_prefix": f"da{c}/", "deadband": {"heartbeat_s": 1e-6},
     } for c in range(CONNECTIONS)]
-    cfg = {"store": {"kind": "embedded", "path": str(folder / "store")}, "log_level": "ERROR",
-           "stream": {"name": STREAM, "max_size_bytes": 2 * 1024**3}, "connections": connections}
-    path = folder / "collector.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def run() -> dict[str, float]:
@@ -62,36 +46,16 @@ def run() -> dict[str, float]:
         port = free_port()
         server = start([sys.executable, "-m", "simulator", "--plant", "synthetic", "--endpoints", "opcda",
                         "--opcda-port", str(port), "--speed", "1", "--status-every", "0"], folder / "sim.log")
-        wait_for(lambda: port_open(port) or server.popen.poll() is not None, 60, "the simulator's OPC DA endpoint")
-        collector = start([sys.executable, "-m", "components.opcda_collector.main", "--config",
-                           str(_config(folder, port))], folder / "collector.log")
         try:
-            store_dir = folder / "store"
-            wait_for(lambda: (store_dir / "status").exists(), 30, "the collector to start")
-            time.sleep(WARMUP_S)  # a benchmark window, not synchronisation
-            t0 = time.time_ns()
-            rss = 0.0
-            while time.time_ns() - t0 < WINDOW_S * 1e9:
-                time.sleep(0.5)
-                rss = max(rss, _rss_mb(collector.pid))
-            t1 = time.time_ns()
+            wait_for(lambda: port_open(port) or server.popen.poll() is not None, 60, "the simulator's OPC DA")
+            config = write_config(folder, STREAM, _connections(port), log_level="ERROR")
+            w = measure("components.opcda_collector.main", config, folder, STREAM, warmup_s=WARMUP_S,
+                        window_s=WINDOW_S)
         finally:
-            code = collector.stop()
             server.stop()
-        assert code == 0, collector.output()[-2000:]
-        reader = RecordReader(EmbeddedStore(store_dir), STREAM, "bench", PositionStore(folder / "pos"))
-        counted = 0
-        while True:
-            batch = reader.poll(max_messages=1000, timeout_s=0)
-            if not batch.messages:
-                break
-            counted += sum(t0 <= r.gateway_ts_ns < t1 for r in batch.records)
-            reader.position = batch.next_seq
-    return {"collector.opcda.values_per_s": counted / ((t1 - t0) / 1e9), "collector.opcda.rss_mb": rss}
+    return {"collector.opcda.values_per_s": w.values_per_s, "collector.opcda.rss_mb": w.rss_mb,
+            "collector.opcda.cpu_percent": w.cpu_percent}
 
 
 if __name__ == "__main__":
-    load = os.getloadavg()
-    for key, value in run().items():
-        print(f"{key} = {value:.1f}")
-    print(f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
+    report(run)

@@ -23,17 +23,14 @@ import re
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.collector_window import measure, report, write_config  # noqa: E402
 from gateway.dev.peers import Proc, free_port, start, wait_for  # noqa: E402
-from gateway.streams import PositionStore, RecordReader  # noqa: E402
-from gateway.streams.embedded import EmbeddedStore  # noqa: E402
 
 VARIABLES = 2000
 RATE = 5.0  # changes per variable per second: 10,000 offered, about what node-opcua here can notify
@@ -53,26 +50,13 @@ def _server(folder: Path) -> tuple[Proc, int]:
     return proc, port
 
 
-def _config(folder: Path, port: int) -> Path:
+def _connections(port: int) -> list[dict[str, Any]]:
     per = VARIABLES // CONNECTIONS
-    connections = [{
+    return [{
         "name": f"ua{c}", "endpoint": f"opc.tcp://127.0.0.1:{port}", "namespace_uri": URI,
         "nodes": [f"s=Bulk/V{i}" for i in range(c * per, (c + 1) * per)],
         "publishing_interval_ms": 100, "queue_size": 5, "timeout_s": 20, "keepalive_s": 10, "watchdog_s": 60,
     } for c in range(CONNECTIONS)]
-    cfg = {"store": {"kind": "embedded", "path": str(folder / "store")}, "log_level": "WARNING",
-           "stream": {"name": STREAM, "max_size_bytes": 2 * 1024**3}, "connections": connections}
-    path = folder / "collector.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-def _proc_stat(pid: int) -> tuple[float, float]:
-    """(CPU seconds, RSS MB) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 1024**2
-    return cpu, rss
 
 
 def _changes(server: Proc, n: int) -> int:
@@ -86,42 +70,19 @@ def run() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-opcua-") as tmp:
         folder = Path(tmp)
         server, port = _server(folder)
-        collector = start([sys.executable, "-m", "components.opcua_collector.main", "--config",
-                           str(_config(folder, port))], folder / "collector.log")
+        changes: list[int] = []
         try:
-            store_dir = folder / "store"
-            wait_for(lambda: (store_dir / "status").exists(), 60, "the collector to start")
-            time.sleep(WARMUP_S)  # a benchmark window, not synchronisation
-            c0 = _changes(server, 1)
-            cpu0, rss = _proc_stat(collector.pid)
-            t0 = time.time_ns()
-            while time.time_ns() - t0 < WINDOW_S * 1e9:
-                time.sleep(0.5)
-                rss = max(rss, _proc_stat(collector.pid)[1])
-            t1 = time.time_ns()
-            cpu1, _ = _proc_stat(collector.pid)
-            c1 = _changes(server, 2)
+            w = measure("components.opcua_collector.main", write_config(folder, STREAM, _connections(port)), folder,
+                        STREAM, warmup_s=WARMUP_S, window_s=WINDOW_S,
+                        at_start=lambda: changes.append(_changes(server, 1)),
+                        at_end=lambda: changes.append(_changes(server, 2)))
         finally:
-            code = collector.stop()
             server.stop()
-        assert code == 0, f"collector exit code {code}: {collector.output()[-2000:]}"
-        reader = RecordReader(EmbeddedStore(store_dir), STREAM, "bench", PositionStore(folder / "pos"))
-        counted = 0
-        while True:
-            batch = reader.poll(max_messages=1000, timeout_s=0)
-            if not batch.messages:
-                break
-            counted += sum(t0 <= r.gateway_ts_ns < t1 for r in batch.records)
-            reader.position = batch.next_seq
-    window = (t1 - t0) / 1e9
-    return {"collector.opcua.values_per_s": counted / window,
-            "collector.opcua.server_changes_per_s": (c1 - c0) / window,
-            "collector.opcua.cpu_percent": 100 * (cpu1 - cpu0) / window,
-            "collector.opcua.rss_mb": rss}
+    return {"collector.opcua.values_per_s": w.values_per_s,
+            "collector.opcua.server_changes_per_s": (changes[1] - changes[0]) / w.seconds,
+            "collector.opcua.cpu_percent": w.cpu_percent,
+            "collector.opcua.rss_mb": w.rss_mb}
 
 
 if __name__ == "__main__":
-    load = os.getloadavg()
-    for key, value in run().items():
-        print(f"{key} = {value:.1f}")
-    print(f"load average before {load[0]:.2f}, after {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
+    report(run)
