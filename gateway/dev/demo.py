@@ -2,8 +2,9 @@
 
 simulator (OPC UA, Modbus TCP, OPC DA) -> three collectors -> streams -> anomaly detector -> publisher -> a JSON
 lines file and mosquitto (mutual TLS). The plant runs 180x real time (one wall second = three simulated minutes, the
-sample interval the anomaly model was evaluated at); the reactor group learns for about two minutes, and at 6 h of
-simulated time (about two wall minutes) the schedule switches IDV 1 on (A/C feed ratio step) so an alarm shows.
+sample interval the anomaly model was evaluated at); the reactor group learns for about two minutes, and at 12 h of
+simulated time (four wall minutes, well after learning) the schedule switches IDV 1 on (A/C feed ratio step) so an
+alarm shows.
 The screen is ``gatewayctl status --watch``: exactly what an engineer sees on a gateway. q or Ctrl-C stops all.
 """
 
@@ -21,7 +22,7 @@ import yaml
 from gateway.dev.peers import ROOT, Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for
 
 SPEED = 180
-IDV_SCHEDULE = "1@6h"
+IDV_SCHEDULE = "1@12h"
 # Reactor and separator loop: what IDV 1 moves first (NOTES 10); OPC UA node ids are the simulator's paths.
 REACTOR_TAGS = [
     "Reactor/Pressure", "Reactor/Temperature", "Reactor/Level", "Separator/Temperature", "Separator/Pressure",
@@ -55,7 +56,7 @@ def _configs(run: Path, ports: dict[str, int], broker: Mosquitto | None) -> dict
         "anomaly": {**common, "input_streams": ["factoryedge-opcua"], "model_dir": str(run / "anomaly-model"),
                     "start_from": "oldest", "save_interval_s": 30, "groups": [{
                         "name": "reactor", "tags": REACTOR_TAGS, "shingle": 4, "cadence_s": 1.0, "max_age_s": 3.0,
-                        "training_points": 150, "false_alarm_rate": 0.005}]},
+                        "training_points": 120, "false_alarm_rate": 0.005}]},
         "publisher": {**common, "metrics_interval_s": 10, "destinations": [
             {"type": "file", "name": "local-file", "path": str(run / "out/records.jsonl")}]},
     }
