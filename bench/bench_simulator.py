@@ -6,14 +6,13 @@ protocol, each in its own process, with the protocol's real client library (asyn
 has advanced by at least 1 s since its last sweep it reads every tag (41 XMEAS, 12 XMV and the simulated time)
 once. Over ``DURATION_S`` wall seconds, first at ``--speed 0`` then at ``--speed 1000``, the bench reports:
 
-- ``simulator.sim_seconds_per_s``: simulated seconds per wall second at ``--speed 0`` while the clients sweep;
-- ``simulator.<protocol>.sweeps_per_sim_s``: sweeps each client achieved per simulated second. The figure above
-  means "every tag read once per simulated second" only when all three are about 1; below that a client could
-  not keep up and the simulated seconds it skipped were never read (at ``--speed 0`` the plant runs flat out and
-  publishes in batches, so this is expected);
-- ``simulator.<protocol>.sweeps_per_s``: sweeps per wall second (what one client manages under this load);
-- ``simulator.paced1000.*``: the same at ``--speed 1000``, where the figure is valid when the achieved rate is
-  about 1,000 and every client's sweeps per simulated second about 1;
+- ``simulator.sim_seconds_per_s`` (the issue's figure, target >= 1,000): simulated seconds per wall second in which
+  every client read every tag, i.e. per client the lower of the plant's simulated rate and the client's sweeps per
+  wall second (a sweep covers one simulated second), the lowest client counting; the better of the two runs;
+- ``simulator.<run>.plant_sim_seconds_per_s``: how fast the plant ran while being swept (``speed0``: flat out;
+  ``paced1000``: ``--speed 1000``), whether or not the clients kept up;
+- ``simulator.<run>.<protocol>.sweeps_per_sim_s``: sweeps each client achieved per simulated second (about 1 when
+  it kept up) and ``...sweeps_per_s`` per wall second (what one client manages under this load);
 - ``simulator.opcua.notifications_per_s``: data changes one asyncua subscription on every process tag receives
   at ``--speed 0``, the sweeping clients stopped.
 
@@ -165,16 +164,17 @@ def _free_port() -> int:
 
 
 def _wait_line(proc: subprocess.Popen[str], prefix: str, deadline_s: float, seen: list[str]) -> None:
+    cmd = " ".join(map(str, proc.args)) if isinstance(proc.args, list) else str(proc.args)
     end = time.monotonic() + deadline_s
     assert proc.stdout is not None
     while time.monotonic() < end:
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"process {proc.args} ended before printing {prefix!r}: {''.join(seen)}")
+            raise RuntimeError(f"process {cmd} ended before printing {prefix!r}: {''.join(seen)}")
         seen.append(line)
         if line.startswith(prefix):
             return
-    raise RuntimeError(f"process {proc.args} did not print {prefix!r} within {deadline_s} s")
+    raise RuntimeError(f"process {cmd} did not print {prefix!r} within {deadline_s} s")
 
 
 async def _notifications(url: str, seconds: float) -> float:
@@ -249,14 +249,16 @@ def measure(
             _stop(proc)
         _stop(server)
     figures: dict[str, float] = {}
-    rates = []
+    rates, covered = [], []
     for protocol, r in reports.items():
         sim_s = max(r["last_t"] - r["first_t"], 1e-9)
         rates.append(sim_s / r["wall_s"])
+        covered.append(min(sim_s, r["sweeps"]) / r["wall_s"])
         figures[f"{protocol}.sweeps_per_sim_s"] = r["sweeps"] / sim_s
         figures[f"{protocol}.sweeps_per_s"] = r["sweeps"] / r["wall_s"]
     # Every client watched the same clock over (almost) the same window: take the lowest, the conservative one.
-    figures["sim_seconds_per_s"] = min(rates)
+    figures["plant_sim_seconds_per_s"] = min(rates)
+    figures["covered_sim_seconds_per_s"] = min(covered)
     if notify_s > 0:
         figures["opcua.notifications_per_s"] = notifications
     return figures
@@ -264,8 +266,12 @@ def measure(
 
 def run() -> dict[str, float]:
     """Run the simulator benchmark (~60 s wall) and return its figures."""
-    figures = {f"simulator.{k}": v for k, v in measure(0, notify_s=NOTIFY_S).items()}
-    figures.update({f"simulator.paced1000.{k}": v for k, v in measure(1000).items()})
+    runs = {"speed0": measure(0, notify_s=NOTIFY_S), "paced1000": measure(1000)}
+    figures = {"simulator.opcua.notifications_per_s": runs["speed0"].pop("opcua.notifications_per_s")}
+    for name, run_figures in runs.items():
+        covered = run_figures.pop("covered_sim_seconds_per_s")
+        figures["simulator.sim_seconds_per_s"] = max(covered, figures.get("simulator.sim_seconds_per_s", 0.0))
+        figures.update({f"simulator.{name}.{k}": v for k, v in run_figures.items()})
     return figures
 
 
