@@ -58,7 +58,7 @@ def served() -> Iterator[Served]:
     thread = threading.Thread(target=loop.run_forever, name="sim-endpoints", daemon=True)
     thread.start()
     ports = free_port(), free_port(), free_port()
-    endpoints = [
+    endpoints: list[OpcUaEndpoint | ModbusEndpoint | OpcDaEndpoint] = [
         OpcUaEndpoint(sim, OpcUaConfig(port=ports[0])),
         ModbusEndpoint(sim, ModbusConfig(port=ports[1], order="ABCD", order2="DCBA")),
         OpcDaEndpoint(sim, OpcDaConfig(port=ports[2])),

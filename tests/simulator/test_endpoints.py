@@ -131,7 +131,7 @@ def test_trip_is_bad_everywhere_and_reset_recovers(served: Served) -> None:
         assert await client.get_node(f"ns={ns};s=Simulator/Shutdown").read_value() is True
         assert "Stripper" in await client.get_node(f"ns={ns};s=Simulator/ShutdownReason").read_value()
         dv = await client.get_node(f"ns={ns};s=Reactor/Pressure").read_data_value(raise_on_bad_status=False)
-        assert dv.StatusCode.value == ua.StatusCodes.BadOutOfService
+        assert dv.StatusCode is not None and dv.StatusCode.value == ua.StatusCodes.BadOutOfService
         await client.get_node(f"ns={ns};s=Simulator").call_method(f"{ns}:Reset", ua.Variant(-1, ua.VariantType.Int64))
 
     opc = OpenOPC.open_client("127.0.0.1", served.opcda_port)

@@ -43,6 +43,7 @@ def remote() -> Iterator[RemoteSimulation]:
 
 def test_remote_plant_runs_and_matches_the_in_process_one(remote: RemoteSimulation) -> None:
     snap = wait_for(lambda: remote.snapshot if remote.snapshot.t_s >= 1200 else None, what="1200 s simulated")
+    assert snap is not None
     local = Simulation(SyntheticPlant(), 7, [IdvEvent(600, 2)])
     local.advance(int(snap.t_s / local.step_s))
     assert local.snapshot.t_s == snap.t_s

@@ -30,7 +30,7 @@ def _writer(root: Path, stream: str, tag: str) -> subprocess.Popen[str]:
 def _acknowledged(proc: subprocess.Popen[str], want: int) -> list[tuple[int, str]]:
     """Read at least ``want`` acknowledgement lines (append returned) from a writer."""
     assert proc.stdout is not None
-    acks = []
+    acks: list[tuple[int, str]] = []
     while len(acks) < want:
         line = proc.stdout.readline()
         if not line:
