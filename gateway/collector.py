@@ -28,6 +28,9 @@ from gateway.streams.aio import Offload
 log = logging.getLogger(__name__)
 
 MAX_PENDING_RECORDS = 500_000
+# A connection holding this many unwritten values wakes the flusher before its interval: a fast source then writes
+# in bounded batches, which keeps memory flat (a 90,000 values/s Modbus scan made 18,000-record batches at 0.2 s).
+FLUSH_AT_RECORDS = 4_000
 
 
 class Source(Protocol):
@@ -105,6 +108,7 @@ class Collector:
         self._writer = RecordWriter(store, stream.name)
         self._started_ns = time.time_ns()
         self._rates: dict[str, tuple[int, float]] = {}
+        self._wake = asyncio.Event()
 
     async def run(self, connections: Sequence[ConnectionBase], stop: asyncio.Event) -> None:
         await self._offload(self.store.create_stream, self.stream)
@@ -156,17 +160,22 @@ class Collector:
         for name, cfg in wanted.items():
             if name not in self.connections:
                 conn = _Connection(cfg, self.factory)
+                conn.emitter.on_full = (FLUSH_AT_RECORDS, self._wake.set)
                 conn.task = asyncio.create_task(conn.loop(), name=f"conn-{name}")
                 self.connections[name] = conn
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         interval = min((c.cfg.flush_interval_s for c in self.connections.values()), default=0.2)
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval)
-            except asyncio.TimeoutError:
-                pass
-            await self._flush()
+        stopped = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                woken = asyncio.create_task(self._wake.wait())
+                await asyncio.wait((stopped, woken), timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                woken.cancel()
+                self._wake.clear()
+                await self._flush()
+        finally:
+            stopped.cancel()
 
     async def _flush(self) -> None:
         for name, conn in list(self.connections.items()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -139,6 +140,8 @@ class Emitter:
         self.deadband = DeadbandFilter(cfg.deadband)
         self._seq = time.time_ns() // 1000
         self.pending: list[Record] = []
+        # (count, callback): called once the pending list reaches count, so the owner can flush early
+        self.on_full: tuple[int, Callable[[], None]] | None = None
 
     def name_of(self, source_tag: str) -> str:
         return self.cfg.tag_map.get(source_tag) or f"{self.cfg.tag_prefix}{source_tag}"
@@ -162,6 +165,8 @@ class Emitter:
         self._seq += 1
         ts = source_ts_ns if source_ts_ns else gw
         self.pending.append(Record(self.cfg.name, tag, value, quality, ts, gw, self._seq))
+        if self.on_full is not None and len(self.pending) >= self.on_full[0]:
+            self.on_full[1]()
 
     def take(self) -> list[Record]:
         out, self.pending = self.pending, []
