@@ -7,15 +7,12 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.dev.peers import ROOT, Mosquitto, Proc, start, wait_for
+from gateway.dev.peers import ROOT, Mosquitto, Proc, RecordSubscriber, start, wait_for
 from gateway.streams import PositionStore, RecordReader
 from gateway.streams.embedded import EmbeddedStore
 
@@ -37,23 +34,8 @@ def _status(run: Path, component: str) -> dict[str, Any]:
 
 
 def test_end_to_end_with_publisher_crash(tmp_path: Path, simulator: int, mosquitto: Mosquitto) -> None:
-    received: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    ready = threading.Event()
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="e2e-sub", clean_session=False)
-    sub.tls_set(ca_certs=str(mosquitto.pki.ca), certfile=str(mosquitto.pki.client_cert),
-                keyfile=str(mosquitto.pki.client_key))
-    sub.on_connect = lambda c, *_: c.subscribe("factoryedge/#", qos=1)
-    sub.on_subscribe = lambda *_: ready.set()
-
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        with lock:
-            received.extend(json.loads(msg.payload)["records"])
-
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", mosquitto.tls_port)
-    sub.loop_start()
-    assert ready.wait(10)
+    sub = RecordSubscriber(mosquitto, "factoryedge/#", "e2e-sub")
+    received = sub.received
 
     store_cfg = {"kind": "embedded", "path": str(tmp_path / "data")}
     collector = _component("opcua_collector", {
@@ -112,6 +94,6 @@ def test_end_to_end_with_publisher_crash(tmp_path: Path, simulator: int, mosquit
                 order = list(seen.values())
                 assert order == sorted(order), f"{name}: {tag} out of order"
     finally:
-        sub.loop_stop()
+        sub.stop()
         publisher.stop()
         collector.stop()

@@ -18,13 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.dev.faultproxy import FaultProxy
 from gateway.dev.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, gateway_records
-from gateway.dev.peers import ROOT, Mosquitto, Proc, start, wait_for
+from gateway.dev.peers import ROOT, Mosquitto, Proc, RecordSubscriber, start, wait_for
 from gateway.record import make_record
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
@@ -79,23 +77,8 @@ def test_outage_blackhole_reset_and_kill9_lose_nothing(
     mqtt_link = FaultProxy(mosquitto.tls_port).start()
     kinesis_link = FaultProxy(kinesalite.port).start()
 
-    received: list[dict[str, Any]] = []
-    lock = threading.Lock()
-    ready = threading.Event()
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="outage-sub", clean_session=False)
-    sub.tls_set(ca_certs=str(mosquitto.pki.ca), certfile=str(mosquitto.pki.client_cert),
-                keyfile=str(mosquitto.pki.client_key))
-    sub.on_connect = lambda c, *_: c.subscribe("outage/#", qos=1)
-    sub.on_subscribe = lambda *_: ready.set()
-
-    def on_message(_c: Any, _u: Any, msg: Any) -> None:
-        with lock:
-            received.extend(json.loads(msg.payload)["records"])
-
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", mosquitto.tls_port)
-    sub.loop_start()
-    assert ready.wait(10)
+    sub = RecordSubscriber(mosquitto, "outage/#", "outage-sub")
+    received = sub.received
 
     retry = {"retry_min_s": 0.2, "retry_max_s": 1.0, "batch_messages": BATCH_MESSAGES, "route": {"streams": [STREAM]}}
     cfg = {
@@ -153,7 +136,7 @@ def test_outage_blackhole_reset_and_kill9_lose_nothing(
     finally:
         writer.halt.set()
         publisher.stop()
-        sub.loop_stop()
+        sub.stop()
         mqtt_link.stop()
         kinesis_link.stop()
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -147,6 +148,36 @@ class Mosquitto:
 
     def stop(self) -> None:
         self.proc.stop()
+
+
+class RecordSubscriber:
+    """A QoS 1 subscriber over the broker's mutual-TLS port collecting every record of ``{"records": [...]}``
+    payloads, as a cloud consumer would; ``received`` grows from paho's thread (read a ``list()`` copy)."""
+
+    def __init__(self, broker: Mosquitto, topic: str, client_id: str, timeout_s: float = 10) -> None:
+        import json
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.received: list[dict[str, Any]] = []
+        ready = threading.Event()
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        self._client.tls_set(ca_certs=str(broker.pki.ca), certfile=str(broker.pki.client_cert),
+                             keyfile=str(broker.pki.client_key))
+        self._client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
+        self._client.on_subscribe = lambda *_: ready.set()
+        self._client.on_message = lambda _c, _u, msg: self.received.extend(json.loads(msg.payload)["records"])
+        self._client.connect("127.0.0.1", broker.tls_port)
+        self._client.loop_start()
+        if not ready.wait(timeout_s):
+            self.stop()
+            raise TimeoutError(f"no SUBACK for {topic} within {timeout_s} s")
+
+    def stop(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
 
 
 def mosquitto_binary() -> str:
