@@ -14,6 +14,7 @@ Status file ``<store.path>/status/factoryedge.AnomalyDetector.json``, rewritten 
 
     {
       "component": "factoryedge.AnomalyDetector", "pid": 123, "started_ns": ..., "updated_ns": ...,
+      "config_revision": "3f2a9c01b7de", "config_state": "RUNNING", ...   # gateway.runtime.status_fields()
       "problem": null | "no groups configured",
       "model_dir": "anomaly-model", "restore": "fresh" | "restored" | "relearning", "last_save_ns": ... | null,
       "clock_ns": ... | null,                       # detector clock (newest source time read)
@@ -49,7 +50,7 @@ from gateway.anomaly.engine import COMPONENT, Engine
 from gateway.anomaly.events import AlarmPublisher
 from gateway.componentconfig import AnomalyDetectorConfig
 from gateway.fsutil import atomic_write
-from gateway.runtime import Context
+from gateway.runtime import Context, status_fields
 from gateway.streams import PositionStore, StreamStore, open_store
 from gateway.streams.aio import Offload
 
@@ -158,6 +159,7 @@ class AnomalyComponent:
             "pid": os.getpid(),
             "started_ns": self._started_ns,
             "updated_ns": time.time_ns(),
+            **status_fields(),  # configuration revision and state, kept by gateway.runtime
             "problem": None if self.cfg.groups else "no groups configured",
             **engine_status,
             "events": self.events.status(),

@@ -315,6 +315,8 @@ def test_entry_point_scores_saves_on_sigterm_and_gatewayctl_shows_it(
                 return False
 
         wait_for(alarmed, 60, "the component to raise the alarm")
+        written = json.loads(status_file.read_text())
+        assert written["config_state"] == "RUNNING" and len(written["config_revision"]) == 12
         assert gatewayctl(["anomaly", "status", "--store", str(tmp_path / "data"), "--json"]) == 0
         shown = json.loads(capsys.readouterr().out)
         assert shown["groups"]["unit"]["state"] == "scoring" and shown["problems"] == []
