@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.cli.main import main
 from gateway.dev.peers import ROOT
 from gateway.record import make_record
-from gateway.streams import RecordWriter, StreamSpec
+from gateway.streams import PositionStore, RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
 
 
@@ -57,3 +59,31 @@ def test_console_script_help() -> None:
     out = subprocess.run([sys.executable, "-m", "gateway.cli.main", "--help"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "gatewayctl tail" in out.stdout
+
+
+def test_buffer_counts_a_running_reader_from_its_live_position(store: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The anomaly detector commits only with each model save: its status file says how far it really read."""
+    s = EmbeddedStore(store)
+    w = RecordWriter(s, "factoryedge-opcua")
+    for i in range(5):
+        w.write([make_record("plc", "Reactor/Pressure", 2700.0 + i, seq=10 + i)])
+    next_seq = s.describe("factoryedge-opcua").next_seq
+    reader = "factoryedge.AnomalyDetector"
+    PositionStore(store / "positions").commit(reader, "factoryedge-opcua", next_seq - 4)
+    status = store / "status" / f"{reader}.json"
+    status.parent.mkdir()
+
+    def buffer(pid: int) -> tuple[int, dict[str, Any]]:
+        status.write_text(json.dumps({"component": reader, "pid": pid,
+                                      "inputs": {"factoryedge-opcua": {"position": next_seq}}}))
+        code = main(["--store", str(store), "--json", "buffer", "--max-age", "0"])
+        rows = json.loads(capsys.readouterr().out)
+        return code, next(r for r in rows if r["reader"] == reader)
+
+    code, row = buffer(os.getpid())
+    assert code == 0 and row["backlog"] == 0 and row["committed"] == next_seq - 4
+    assert f"read to {next_seq}" in row["note"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    code, row = buffer(int(dead.stdout))  # a stopped reader resumes from what it committed
+    assert code == 1 and row["backlog"] == 4 and row["note"] == ""

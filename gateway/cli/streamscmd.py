@@ -110,10 +110,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
         store.close()
 
 
-def backlog_rows(store: StreamStore, positions: dict[str, dict[str, int | None]]) -> list[dict[str, Any]]:
+def backlog_rows(store: StreamStore, positions: dict[str, dict[str, int | None]],
+                 live: dict[str, dict[str, int]] | None = None) -> list[dict[str, Any]]:
     """One row per (reader, stream): committed position vs the stream's tail, and the age of the oldest unsent.
 
-    A position of None is a reader that never committed: it starts at the oldest message."""
+    A position of None is a reader that never committed: it starts at the oldest message. ``live`` holds the
+    positions running readers report in their status files ahead of what they committed (the anomaly detector
+    commits only with each model save): the backlog counts from there, so a healthy reader is not flagged late."""
     rows: list[dict[str, Any]] = []
     now = time.time()
     infos: dict[str, Any] = {}
@@ -132,6 +135,10 @@ def backlog_rows(store: StreamStore, positions: dict[str, dict[str, int | None]]
                              "oldest_unsent_age_s": None, "lost": 0, "note": "stream no longer exists"})
                 continue
             start = info.oldest_seq if committed is None else max(committed, info.oldest_seq)
+            read_to = (live or {}).get(reader, {}).get(stream)
+            ahead = read_to is not None and read_to > start
+            if ahead:
+                start = min(read_to or start, info.next_seq)
             backlog = max(0, info.next_seq - start)
             age = None
             if backlog:
@@ -140,8 +147,24 @@ def backlog_rows(store: StreamStore, positions: dict[str, dict[str, int | None]]
             rows.append({"reader": reader, "stream": stream, "committed": committed, "next_seq": info.next_seq,
                          "backlog": backlog, "oldest_unsent_age_s": age,
                          "lost": 0 if committed is None else max(0, info.oldest_seq - committed),
-                         "note": "nothing sent yet" if committed is None else ""})
+                         "note": (f"read to {read_to}, committed at its last save" if ahead
+                                  else "nothing sent yet" if committed is None else "")})
     return rows
+
+
+def live_positions(args: argparse.Namespace) -> dict[str, dict[str, int]]:
+    """reader -> stream -> position, from the ``inputs`` of the status files of components that are running."""
+    from gateway.cli.common import pid_alive, read_statuses
+
+    out: dict[str, dict[str, int]] = {}
+    for name, status in read_statuses(args).items():
+        inputs = status.get("inputs")
+        if not isinstance(inputs, dict) or not pid_alive(int(status.get("pid") or 0)):
+            continue  # a stopped reader resumes from what it committed: its status position means nothing now
+        for stream, entry in inputs.items():
+            if isinstance(entry, dict) and isinstance(entry.get("position"), int):
+                out.setdefault(name, {})[stream] = entry["position"]
+    return out
 
 
 def reader_positions(args: argparse.Namespace, store: StreamStore) -> dict[str, dict[str, int | None]]:
@@ -168,7 +191,7 @@ def reader_positions(args: argparse.Namespace, store: StreamStore) -> dict[str, 
 def cmd_buffer(args: argparse.Namespace) -> int:
     store = open_store(args)
     try:
-        rows = backlog_rows(store, reader_positions(args, store))
+        rows = backlog_rows(store, reader_positions(args, store), live_positions(args))
     finally:
         store.close()
     late = [r for r in rows if (r["oldest_unsent_age_s"] or 0) > args.max_age]
