@@ -79,32 +79,13 @@ class Plant(Protocol):
     def set_idv(self, n: int, on: bool) -> None: ...
 
 
-class TepPlant:
-    """The revised TEP model in closed loop with Ricker's decentralized controller (``tep-studio``).
+class _PlantState:
+    """The state both plants keep and expose the same way (the read side of :class:`Plant`)."""
 
-    Args:
-        step_s: simulated seconds per step. 1 s is the default; the integrator's sub-step is 1.8 s, so steps
-            up to 1.8 s cost the same CPU each and are the fastest way to generate long datasets.
-    """
-
-    def __init__(self, step_s: float = 1.0) -> None:
-        # Imported here so the rest of the simulator (and the synthetic plant) works without tep-studio.
-        try:
-            import numpy as np
-            from tep_studio import RickerMultiLoopController, TennesseeEastmanProcess
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise RuntimeError(
-                "the real TEP model needs tep-studio: pip install 'tep-studio==0.2.0' (or use --plant synthetic)"
-            ) from exc
+    def __init__(self, step_s: float) -> None:
         self.step_s = float(step_s)
-        self._np = np
-        self._controller_cls = RickerMultiLoopController
-        self._sim = TennesseeEastmanProcess()
-        self._controller: Any = None
-        self._idv = np.zeros(len(IDV_NUMBERS), dtype=np.float64)
         self._xmeas: list[float] = list(BASE_XMEAS)
         self._xmv: list[float] = list(BASE_XMV)
-        self._meas: Any = None
         self._t_s = 0.0
         self._reason: str | None = None
 
@@ -121,16 +102,42 @@ class TepPlant:
         return self._xmv
 
     @property
-    def active_idvs(self) -> frozenset[int]:
-        return frozenset(i + 1 for i, v in enumerate(self._idv) if v)
-
-    @property
     def shutdown(self) -> bool:
         return self._reason is not None
 
     @property
     def shutdown_reason(self) -> str | None:
         return self._reason
+
+
+class TepPlant(_PlantState):
+    """The revised TEP model in closed loop with Ricker's decentralized controller (``tep-studio``).
+
+    Args:
+        step_s: simulated seconds per step. 1 s is the default; the integrator's sub-step is 1.8 s, so steps
+            up to 1.8 s cost the same CPU each and are the fastest way to generate long datasets.
+    """
+
+    def __init__(self, step_s: float = 1.0) -> None:
+        # Imported here so the rest of the simulator (and the synthetic plant) works without tep-studio.
+        try:
+            import numpy as np
+            from tep_studio import RickerMultiLoopController, TennesseeEastmanProcess
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise RuntimeError(
+                "the real TEP model needs tep-studio: pip install 'tep-studio==0.2.0' (or use --plant synthetic)"
+            ) from exc
+        super().__init__(step_s)
+        self._np = np
+        self._controller_cls = RickerMultiLoopController
+        self._sim = TennesseeEastmanProcess()
+        self._controller: Any = None
+        self._idv = np.zeros(len(IDV_NUMBERS), dtype=np.float64)
+        self._meas: Any = None
+
+    @property
+    def active_idvs(self) -> frozenset[int]:
+        return frozenset(i + 1 for i, v in enumerate(self._idv) if v)
 
     def reset(self, seed: int) -> None:
         """Start again from the base case with a new noise seed; disturbances are cleared."""
@@ -181,44 +188,20 @@ _SYNTHETIC_TAU_S = 600.0
 _SYNTHETIC_TRIP_AFTER_S = 7.5 * 3600.0  # IDV 6 trips the real plant ~7.5 h after onset
 
 
-class SyntheticPlant:
+class SyntheticPlant(_PlantState):
     """Base-case values with Gaussian noise, analyzer sample-and-hold and crude disturbance responses.
 
     Deterministic for a seed and disturbance schedule. IDV 6 trips it 7.5 h after onset, like the real plant.
     """
 
     def __init__(self, step_s: float = 1.0) -> None:
-        self.step_s = float(step_s)
+        super().__init__(step_s)
         self._rng = random.Random(0)
-        self._xmeas: list[float] = list(BASE_XMEAS)
-        self._xmv: list[float] = list(BASE_XMV)
         self._onset: dict[int, float] = {}
-        self._t_s = 0.0
-        self._reason: str | None = None
-
-    @property
-    def t_s(self) -> float:
-        return self._t_s
-
-    @property
-    def xmeas(self) -> Sequence[float]:
-        return self._xmeas
-
-    @property
-    def xmv(self) -> Sequence[float]:
-        return self._xmv
 
     @property
     def active_idvs(self) -> frozenset[int]:
         return frozenset(self._onset)
-
-    @property
-    def shutdown(self) -> bool:
-        return self._reason is not None
-
-    @property
-    def shutdown_reason(self) -> str | None:
-        return self._reason
 
     def reset(self, seed: int) -> None:
         self._rng = random.Random(seed)
