@@ -143,47 +143,40 @@ class VectorAssembler:
         return [t for t in self.group.tags if t not in self._latest]
 
 
-class Shingler:
+class _Window:
+    """The last ``size`` vectors, saved with the model so a restart continues where it stopped."""
+
+    def __init__(self, size: int, history: list[list[float]] | None = None) -> None:
+        self.size = size
+        self._buf: deque[Array] = deque((np.asarray(h, dtype=np.float64) for h in history or []), maxlen=size)
+
+    def push(self, x: Array) -> Array | None:
+        """Add a vector; return the window's combination once ``size`` vectors were seen, else None."""
+        self._buf.append(x)
+        if len(self._buf) < self.size:
+            return None
+        return self._combine(x)
+
+    def _combine(self, newest: Array) -> Array:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget history (after a gap: a window must hold consecutive vectors)."""
+        self._buf.clear()
+
+    def state(self) -> list[list[float]]:
+        return [b.tolist() for b in self._buf]
+
+
+class Shingler(_Window):
     """Concatenate the last ``size`` vectors, newest last. Full only after ``size`` vectors."""
 
-    def __init__(self, size: int, history: list[list[float]] | None = None) -> None:
-        self.size = size
-        self._buf: deque[Array] = deque((np.asarray(h, dtype=np.float64) for h in history or []), maxlen=size)
-
-    def push(self, x: Array) -> Array | None:
-        """Add a vector; return the shingled point once ``size`` vectors were seen, else None."""
-        self._buf.append(x)
-        if len(self._buf) < self.size:
-            return None
+    def _combine(self, newest: Array) -> Array:
         return np.concatenate(list(self._buf))
 
-    def reset(self) -> None:
-        """Forget history (after a gap: a shingle must hold consecutive vectors)."""
-        self._buf.clear()
 
-    def state(self) -> list[list[float]]:
-        """Saved with the model so a restart continues the shingle."""
-        return [b.tolist() for b in self._buf]
-
-
-class Smoother:
+class Smoother(_Window):
     """Moving average of the last ``size`` vectors (``size`` 1: the vector itself). Full only after ``size`` vectors."""
 
-    def __init__(self, size: int, history: list[list[float]] | None = None) -> None:
-        self.size = size
-        self._buf: deque[Array] = deque((np.asarray(h, dtype=np.float64) for h in history or []), maxlen=size)
-
-    def push(self, x: Array) -> Array | None:
-        """Add a vector; return the mean of the window once it is full, else None."""
-        self._buf.append(x)
-        if len(self._buf) < self.size:
-            return None
-        return x if self.size == 1 else np.mean(np.stack(list(self._buf)), axis=0)
-
-    def reset(self) -> None:
-        """Forget history (after a gap)."""
-        self._buf.clear()
-
-    def state(self) -> list[list[float]]:
-        """Saved with the model so a restart continues the window."""
-        return [b.tolist() for b in self._buf]
+    def _combine(self, newest: Array) -> Array:
+        return newest if self.size == 1 else np.mean(np.stack(list(self._buf)), axis=0)
