@@ -16,14 +16,16 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from gateway.dev.localhttp import LocalHttpServer
 
 _PUT_RECORDS = "Kinesis_20131202.PutRecords"
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 
 
-class KinesisFaultProxy:
+class KinesisFaultProxy(LocalHttpServer):
     """Forwards 127.0.0.1:``port`` to kinesalite on ``target_port`` with injectable PutRecords failures."""
 
     def __init__(self, target_port: int, port: int = 0) -> None:
@@ -34,24 +36,7 @@ class KinesisFaultProxy:
         self._fail: list[str] = []
         self._throttle = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self._server.daemon_threads = True
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> KinesisFaultProxy:
-        threading.Thread(target=self._server.serve_forever, name="kinesis-fault", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_handler(self), port, name="kinesis-fault")
 
     def fail_records(self, n: int, code: str = "ProvisionedThroughputExceededException") -> None:
         with self._lock:

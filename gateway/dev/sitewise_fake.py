@@ -26,8 +26,10 @@ import re
 import threading
 import time
 from collections import defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from gateway.dev.localhttp import LocalHttpServer
 
 DataType = str  # DOUBLE | INTEGER | BOOLEAN | STRING
 _VARIANT = {"DOUBLE": "doubleValue", "INTEGER": "integerValue", "BOOLEAN": "booleanValue", "STRING": "stringValue"}
@@ -41,7 +43,7 @@ class _Refused(Exception):
         self.status, self.code = status, code
 
 
-class SiteWiseFake:
+class SiteWiseFake(LocalHttpServer):
     """The fake service.
 
     Args:
@@ -75,26 +77,7 @@ class SiteWiseFake:
         self._lock = threading.Lock()
         self._bucket = (float(requests_per_s or 0), time.monotonic())
         self._alias_buckets: dict[str, tuple[float, float]] = {}
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
-
-    @property
-    def endpoint_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> SiteWiseFake:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="sitewise-fake", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(_handler(self), port, name="sitewise-fake")
 
     def inject(self, code: str, entries: int = 1) -> None:
         """Fail the next ``entries`` entries with the per-entry error ``code``."""
@@ -250,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     fake = SiteWiseFake(auto_create=args.auto_create, requests_per_s=args.requests_per_s, port=args.port)
     print(f"listening on 127.0.0.1:{fake.port}", flush=True)
     try:
-        fake._server.serve_forever()
+        fake.serve_forever()
     except KeyboardInterrupt:
         pass
     return 0
