@@ -1,6 +1,7 @@
 """The stream contract on Greengrass stream manager, through its Python SDK (``stream-manager`` 1.1.2).
 
-All of the gateway's stream manager calls live here. What the adapter adds to the SDK:
+All of the gateway's stream manager calls live here; opening and closing the SDK's clients (start-up backoff,
+handshake errors, bounded close) in :mod:`gateway.streams.stream_manager_client`. What the adapter adds to the SDK:
 
 - **Start-up.** The SDK connects in its constructor and fails at once when the server is not up yet (it starts
   with the nucleus, often after us). The adapter retries with exponential backoff for ``connect_timeout_s``, then
@@ -25,13 +26,11 @@ append. The lock only guards replacing the client.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import stream_manager as sm
@@ -41,7 +40,6 @@ from stream_manager import (
     NotEnoughMessagesException,
     RequestPayloadTooLargeException,
     ResourceNotFoundException,
-    StreamManagerClient,
     StreamManagerException,
     UnknownOperationException,
     ValidationException,
@@ -49,40 +47,23 @@ from stream_manager import (
 
 from gateway.errors import ConfigError, StreamError, StreamFull, StreamNotFound, StreamUnavailable
 from gateway.streams.base import Persistence, StoredMessage, StrategyOnFull, StreamInfo, StreamSpec
+from gateway.streams.stream_manager_client import (
+    FIX_HANDSHAKE,
+    FIX_UNREACHABLE,
+    TCP_TIMEOUT_MAX_S,
+    TRANSPORT_ERRORS,
+    Client,
+    close_sdk,
+    connect_with_backoff,
+    error_name,
+    open_sdk,
+)
 
 log = logging.getLogger(__name__)
-
-
-class _QuietConnectErrors(logging.Filter):
-    """The SDK logs every failed connection attempt as an error; the adapter reports the connection state itself
-    (once while waiting at start-up, then as StreamUnavailable), so a core that boots slowly logs no error storm."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Connection error while connecting")
-
-
-_SDK_LOG = logging.getLogger(__name__ + ".sdk")
-_SDK_LOG.addFilter(_QuietConnectErrors())
 
 T = TypeVar("T")
 
 MIN_TTL_MS = 60_000  # the SDK refuses shorter times to live
-# ConnectionError and (since 3.11) TimeoutError are OSError; a server closing mid-handshake is an EOFError.
-_TRANSPORT_ERRORS = (OSError, EOFError, asyncio.TimeoutError)
-_BACKOFF_FIRST_S = 0.05
-_BACKOFF_MAX_S = 2.0
-_TCP_TIMEOUT_MAX_S = 3.0
-_CLOSE_WAIT_S = 2.0
-
-FIX_UNREACHABLE = (
-    "check that the aws.greengrass.StreamManager component is deployed and running on this core "
-    "(greengrass-cli component list) and that STREAM_MANAGER_SERVER_PORT (default 8088) is the port it listens on; "
-    "outside Greengrass use the embedded store (store kind: embedded)"
-)
-FIX_HANDSHAKE = (
-    "run the component under Greengrass so that AWS_CONTAINER_AUTHORIZATION_TOKEN is set, with a dependency on "
-    "aws.greengrass.StreamManager; check that the server's version supports protocol 1.1.0"
-)
 
 
 def spec_to_definition(spec: StreamSpec) -> Any:
@@ -126,14 +107,6 @@ def definition_to_spec(definition: Any) -> StreamSpec:
     )
 
 
-@dataclass(eq=False)
-class _Client:
-    sdk: Any
-    inflight: int = 0
-    retired: bool = False
-    closed: bool = False
-
-
 class StreamManagerStore:
     """Streams in Greengrass stream manager. See :class:`~gateway.streams.base.StreamStore` and the module doc."""
 
@@ -153,7 +126,7 @@ class StreamManagerStore:
         self._lock = threading.Lock()
         self._rejected: dict[str, int] = {}
         self._closed = False
-        self._client: _Client | None = _Client(self._connect_at_start(connect_timeout_s))
+        self._client: Client | None = Client(connect_with_backoff(host, port, request_timeout_s, connect_timeout_s))
 
     # --- the contract -----------------------------------------------------------------------------------------
     def create_stream(self, spec: StreamSpec) -> None:
@@ -250,41 +223,41 @@ class StreamManagerStore:
         client = self._acquire()
         try:
             return op(client.sdk)
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             first: BaseException = exc
         finally:
             self._release(client)
-        log.warning("%s: %s; reconnecting and retrying once", self._where, _name(first))
+        log.warning("%s: %s; reconnecting and retrying once", self._where, error_name(first))
         self._discard(client)
         client = self._acquire()
         try:
             return op(client.sdk)
-        except _TRANSPORT_ERRORS as exc:
+        except TRANSPORT_ERRORS as exc:
             self._discard(client)  # the next call starts on a fresh client
             raise StreamUnavailable(
-                f"{self._where} failed twice ({_name(first)}, then {_name(exc)})", fix=FIX_UNREACHABLE
+                f"{self._where} failed twice ({error_name(first)}, then {error_name(exc)})", fix=FIX_UNREACHABLE
             ) from exc
         finally:
             self._release(client)
 
-    def _acquire(self) -> _Client:
+    def _acquire(self) -> Client:
         with self._lock:
             if self._client is None:
                 if self._closed:
                     raise StreamError(f"the store for {self._where} is closed", fix="open a new store")
-                self._client = _Client(self._open_now())
+                self._client = Client(self._open_now())
                 self.reconnects += 1
             self._client.inflight += 1
             return self._client
 
-    def _release(self, client: _Client) -> None:
+    def _release(self, client: Client) -> None:
         with self._lock:
             client.inflight -= 1
             close = self._closable(client)
         if close:
-            _close_sdk(client.sdk)
+            close_sdk(client.sdk)
 
-    def _discard(self, client: _Client) -> None:
+    def _discard(self, client: Client) -> None:
         """Stop handing out ``client`` (unless another thread already replaced it); close it once it is idle."""
         with self._lock:
             if self._client is client:
@@ -292,10 +265,10 @@ class StreamManagerStore:
             client.retired = True
             close = self._closable(client)
         if close:
-            _close_sdk(client.sdk)
+            close_sdk(client.sdk)
 
     @staticmethod
-    def _closable(client: _Client) -> bool:
+    def _closable(client: Client) -> bool:
         """Whether ``client`` should be closed now, marking it closed (called under the lock)."""
         if client.retired and client.inflight == 0 and not client.closed:
             client.closed = True
@@ -303,52 +276,11 @@ class StreamManagerStore:
         return False
 
     # --- connecting -------------------------------------------------------------------------------------------
-    def _connect_at_start(self, timeout_s: float) -> Any:
-        deadline = time.monotonic() + timeout_s
-        pause = _BACKOFF_FIRST_S
-        attempts = 0
-        while True:
-            attempts += 1
-            try:
-                return self._open(max(0.1, min(_TCP_TIMEOUT_MAX_S, deadline - time.monotonic())))
-            except _TRANSPORT_ERRORS as exc:
-                last: BaseException = exc
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise StreamUnavailable(
-                    f"{self._where} is not reachable: {attempts} attempts over {timeout_s:g} s, last {_name(last)}",
-                    fix=FIX_UNREACHABLE,
-                ) from last
-            if attempts == 1:
-                log.info("%s is not reachable yet (%s); retrying for up to %g s", self._where, _name(last), timeout_s)
-            time.sleep(min(pause, remaining))  # backoff between attempts
-            pause = min(pause * 2, _BACKOFF_MAX_S)
-
     def _open_now(self) -> Any:
         try:
-            return self._open(_TCP_TIMEOUT_MAX_S)
-        except _TRANSPORT_ERRORS as exc:
-            raise StreamUnavailable(f"{self._where} is not reachable: {_name(exc)}", fix=FIX_UNREACHABLE) from exc
-
-    def _open(self, tcp_timeout_s: float) -> Any:
-        # The SDK starts its event loop thread before connecting and leaves it running when the connection fails;
-        # keeping the object lets us close it, so failed attempts do not leak threads.
-        sdk = StreamManagerClient.__new__(StreamManagerClient)
-        try:
-            sdk.__init__(
-                host=self.host, port=self.port, connect_timeout=tcp_timeout_s,
-                request_timeout=self.request_timeout_s, logger=_SDK_LOG,
-            )
-        except ConnectFailedException as exc:
-            _close_sdk(sdk)
-            raise StreamUnavailable(
-                f"{self._where} refused the connection handshake (wrong or missing auth token, or an unsupported "
-                "protocol version)", fix=FIX_HANDSHAKE, retryable=False,
-            ) from exc
-        except BaseException:
-            _close_sdk(sdk)
-            raise
-        return sdk
+            return open_sdk(self.host, self.port, TCP_TIMEOUT_MAX_S, self.request_timeout_s)
+        except TRANSPORT_ERRORS as exc:
+            raise StreamUnavailable(f"{self._where} is not reachable: {error_name(exc)}", fix=FIX_UNREACHABLE) from exc
 
     # --- errors -----------------------------------------------------------------------------------------------
     @contextmanager
@@ -389,21 +321,3 @@ def _says_full(exc: BaseException | None) -> bool:
     # Match the phrase, not a word: a stream or path name may contain "full" (a test's temp folder did).
     return (isinstance(exc, StreamManagerException) and not isinstance(exc, ResourceNotFoundException)
             and " is full (" in str(exc.message or ""))
-
-
-def _name(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _close_sdk(sdk: Any) -> None:
-    """Close an SDK client without hanging on a stalled socket (its close drains the write buffer)."""
-
-    def close() -> None:
-        try:
-            sdk.close()
-        except (OSError, RuntimeError, StreamManagerException) as exc:
-            log.debug("closing a stream manager client: %s", _name(exc))
-
-    closer = threading.Thread(target=close, name="sm-client-close", daemon=True)
-    closer.start()
-    closer.join(_CLOSE_WAIT_S)
