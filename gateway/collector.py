@@ -9,18 +9,15 @@ overflow counted) until the stream takes them.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError, StreamError
-from gateway.fsutil import atomic_write
 from gateway.record import Record
-from gateway.runtime import Context, status_fields
+from gateway.runtime import Context, StatusFile
 from gateway.sources.common import Backoff, ConnectionBase, Counters, Emitter
 from gateway.streams import RecordWriter, StreamSpec, StreamStore, open_store
 from gateway.streams.aio import Offload
@@ -100,14 +97,12 @@ class Collector:
         self.store = store
         self.stream = stream
         self.factory = factory
-        self.status_dir = status_dir
+        self.status_file = StatusFile(component, status_dir)
         self.status_interval_s = status_interval_s
         self.connections: dict[str, _Connection] = {}
         self.dropped_pending = 0
         self._offload = Offload(f"{component}-stream")
         self._writer = RecordWriter(store, stream.name)
-        self._started_ns = time.time_ns()
-        self._rates: dict[str, tuple[int, float]] = {}
         self._wake = asyncio.Event()
 
     async def run(self, connections: Sequence[ConnectionBase], stop: asyncio.Event) -> None:
@@ -220,30 +215,16 @@ class Collector:
         connections = {}
         for n, c in self.connections.items():
             connections[n] = c.counters.as_dict()
-            connections[n]["values_per_s"] = self._rate(n, c.counters.values_read)
+            connections[n]["values_per_s"] = self.status_file.rate(n, c.counters.values_read)
         return {
-            "component": self.component,
-            **status_fields(),  # configuration revision and state, kept by gateway.runtime
-            "pid": os.getpid(),
-            "started_ns": self._started_ns,
-            "updated_ns": time.time_ns(),
+            **self.status_file.header(),
             "stream": self.stream.name,
             "dropped_pending": self.dropped_pending,
             "connections": connections,
         }
 
-    def _rate(self, name: str, count: int) -> float:
-        """Values read per second since the previous status (what `gatewayctl status` shows as live rate)."""
-        now = time.monotonic()
-        prev = self._rates.get(name)
-        self._rates[name] = (count, now)
-        return round((count - prev[0]) / (now - prev[1]), 2) if prev and now > prev[1] else 0.0
-
     def _write_status(self) -> None:
-        if self.status_dir is None:
-            return
-        self.status_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.status_dir / f"{self.component}.json", json.dumps(self.status()).encode(), sync=False)
+        self.status_file.write(self.status())
 
 
 def collector_runner(name: str, source: SourceFactory) -> Callable[[Context[Any]], Awaitable[None]]:

@@ -11,9 +11,7 @@ destination and never takes good records with it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -23,9 +21,8 @@ from typing import Any
 
 from gateway.destinations.base import Destination, DestinationBase, Router, SendResult
 from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
-from gateway.fsutil import atomic_write
 from gateway.record import Kind, Quality, Record, now_ns
-from gateway.runtime import status_fields
+from gateway.runtime import StatusFile
 from gateway.sources.common import Backoff
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec, StreamStore
 from gateway.streams.aio import Offload
@@ -76,13 +73,11 @@ class Publisher:
         self.dead_letter_stream = dead_letter_stream
         self.metrics_stream = metrics_stream
         self.metrics_interval_s = metrics_interval_s
-        self.status_dir = status_dir
+        self.status_file = StatusFile(COMPONENT, status_dir)
         self.status_interval_s = status_interval_s
         self._readers: dict[tuple[str, str], RecordReader] = {}
         self._aux = Offload("publisher-aux")
         self._seq = time.time_ns() // 1000
-        self._started_ns = time.time_ns()
-        self._rates: dict[str, tuple[int, float]] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         for name in (self.dead_letter_stream, self.metrics_stream):
@@ -253,26 +248,13 @@ class Publisher:
 
     def status(self) -> dict[str, Any]:
         return {
-            "component": COMPONENT,
-            **status_fields(),  # configuration revision and state, kept by gateway.runtime
-            "pid": os.getpid(),
-            "started_ns": self._started_ns,
-            "updated_ns": time.time_ns(),
-            "destinations": {n: {**asdict(c), "records_per_s": self._rate(n, c.records_sent)}
+            **self.status_file.header(),
+            "destinations": {n: {**asdict(c), "records_per_s": self.status_file.rate(n, c.records_sent)}
                              for n, c in self.counters.items()},
         }
 
-    def _rate(self, name: str, count: int) -> float:
-        """Records sent per second since the previous status (what `gatewayctl status` shows as live rate)."""
-        now = time.monotonic()
-        prev = self._rates.get(name)
-        self._rates[name] = (count, now)
-        return round((count - prev[0]) / (now - prev[1]), 2) if prev and now > prev[1] else 0.0
-
     def _write_status(self) -> None:
-        if self.status_dir is not None:
-            self.status_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.status_dir / f"{COMPONENT}.json", json.dumps(self.status()).encode(), sync=False)
+        self.status_file.write(self.status())
 
     async def _status_loop(self, stop: asyncio.Event) -> None:
         while True:

@@ -105,6 +105,34 @@ def status_fields() -> dict[str, Any]:
     }
 
 
+class StatusFile:
+    """The status file a component rewrites for gatewayctl: the common keys, live rates, an atomic replace."""
+
+    def __init__(self, component: str, folder: Path | None) -> None:
+        self.component = component
+        self.folder = folder  # None: no status file (tests that only look at counters)
+        self.started_ns = time.time_ns()
+        self._rates: dict[str, tuple[int, float]] = {}
+
+    def header(self) -> dict[str, Any]:
+        """What every status file starts with: who, which configuration, which process, since and as of when."""
+        return {"component": self.component, **status_fields(), "pid": os.getpid(), "started_ns": self.started_ns,
+                "updated_ns": time.time_ns()}
+
+    def rate(self, name: str, count: int) -> float:
+        """Per-second rate of a counter since the previous status (what `gatewayctl status` shows as live rate)."""
+        now = time.monotonic()
+        prev = self._rates.get(name)
+        self._rates[name] = (count, now)
+        return round((count - prev[0]) / (now - prev[1]), 2) if prev and now > prev[1] else 0.0
+
+    def write(self, status: dict[str, Any]) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.folder / f"{self.component}.json", json.dumps(status).encode(), sync=False)
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),

@@ -39,9 +39,7 @@ Status file ``<store.path>/status/factoryedge.AnomalyDetector.json``, rewritten 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -49,8 +47,7 @@ from typing import Any
 from gateway.anomaly.engine import COMPONENT, Engine
 from gateway.anomaly.events import AlarmPublisher
 from gateway.componentconfig import AnomalyDetectorConfig
-from gateway.fsutil import atomic_write
-from gateway.runtime import Context, status_fields
+from gateway.runtime import Context, StatusFile
 from gateway.streams import PositionStore, StreamStore, open_store
 from gateway.streams.aio import Offload
 
@@ -71,7 +68,7 @@ class AnomalyComponent:
         self.positions: PositionStore | None = None
         self.events = AlarmPublisher(cfg.alarms)
         self._offload = Offload("anomaly")
-        self._started_ns = time.time_ns()
+        self.status_file = StatusFile(name, None)  # its folder follows store.path, which a deployment may change
         self._status_due = 0.0
 
     async def serve(self, ctx: Context[AnomalyDetectorConfig]) -> None:
@@ -155,18 +152,13 @@ class AnomalyComponent:
             await self._offload(self.engine.status) if self.engine is not None else {"groups": {}}
         )
         status = {
-            "component": self.name,
-            "pid": os.getpid(),
-            "started_ns": self._started_ns,
-            "updated_ns": time.time_ns(),
-            **status_fields(),  # configuration revision and state, kept by gateway.runtime
+            **self.status_file.header(),
             "problem": None if self.cfg.groups else "no groups configured",
             **engine_status,
             "events": self.events.status(),
         }
-        path = self.status_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(status).encode(), sync=False)
+        self.status_file.folder = self.status_path().parent
+        self.status_file.write(status)
 
 
 async def run(ctx: Context[AnomalyDetectorConfig]) -> None:
