@@ -3,7 +3,8 @@
 The unmodified ``OpenOPC.open_client(host, port)`` works against it: object ``opc`` hands out a per-client object
 whose ``read``/``write``/``list``/``properties``/``info``/``servers``/``ping``/``close`` return what the real
 gateway returns (quality strings, ``str(datetime)`` timestamps, ``Error`` quality with value and timestamp None
-for unknown items). Item ids are tag paths with dots: ``Reactor.Pressure``, ``Disturbances.IDV06``.
+for unknown items). Item ids are tag paths with dots: ``Reactor.Pressure``, ``Disturbances.IDV06``; the items,
+their values, browsing and properties are :mod:`simulator.opcda_items`.
 
 Two things real gateways vary in are selectable, so clients can be tested against both: the timestamp text (modern
 pywin32 ``2024-05-01 10:00:00.123000+00:00`` or old pywin32 ``05/01/24 10:00:00``, UTC) and the host written into
@@ -22,20 +23,27 @@ import builtins
 import datetime as dt
 import ipaddress
 import logging
-import re
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import Pyro4
 
-from simulator.plant import IDV_NUMBERS
-from simulator.runtime import Simulation, Snapshot
-from simulator.tags import IDV_PATHS, PROCESS_TAGS, STATUS_TAGS
+from simulator.opcda_items import (
+    ALL_ITEMS,
+    IDV_IDS,
+    PROCESS_INDEX,
+    STATUS_IDS,
+    TimeFormat,
+    browse,
+    format_stamp,
+    item_properties,
+    item_value,
+)
+from simulator.runtime import Simulation
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +54,6 @@ _UNKNOWN_ITEM = "The item ID is not defined in the server address space."
 _READ_ONLY = "The item's access rights do not allow the operation."
 _BAD_VALUE = "The value could not be converted to the item's type."
 _START = datetime.now(timezone.utc)
-TimeFormat = Literal["modern", "legacy"]
-
-_PROCESS_INDEX = {t.path.replace("/", "."): i for i, t in enumerate(PROCESS_TAGS)}
-_STATUS_IDS = {path.replace("/", "."): kind for path, kind, _d in STATUS_TAGS}
-_IDV_IDS = {path.replace("/", "."): n for n, path in zip(IDV_NUMBERS, IDV_PATHS, strict=True)}
-ITEM_IDS: tuple[str, ...] = (*_PROCESS_INDEX, *_STATUS_IDS, *_IDV_IDS)
 
 
 def _opc_error(text: str) -> Exception:
@@ -62,31 +64,6 @@ def _opc_error(text: str) -> Exception:
         return OPCError(text)  # type: ignore[no-any-return]
     except ImportError:  # pragma: no cover
         return RuntimeError(text)
-
-
-def format_stamp(stamp: datetime, time_format: TimeFormat = "modern") -> str:
-    """A timestamp as the gateway sends it: ``str()`` of a modern pywin32 time, or the old pywin32 text (UTC)."""
-    if time_format == "legacy":
-        return stamp.astimezone(timezone.utc).strftime("%m/%d/%y %H:%M:%S")
-    return str(stamp)
-
-
-def item_value(snap: Snapshot, item: str, time_format: TimeFormat = "modern") -> tuple[Any, str, str] | None:
-    """``(value, quality, timestamp)`` of ``item`` in ``snap`` as the gateway returns it, None if unknown."""
-    now = format_stamp(datetime.now(timezone.utc), time_format)
-    if item in _PROCESS_INDEX:
-        i = _PROCESS_INDEX[item]
-        return snap.values[i], "Bad" if snap.shutdown else "Good", format_stamp(snap.stamps[i], time_format)
-    if item in _IDV_IDS:
-        return _IDV_IDS[item] in snap.active_idvs, "Good", now
-    status: dict[str, Any] = {
-        "Simulator.SimulatedTime": snap.t_s, "Simulator.Seed": snap.seed,
-        "Simulator.ActiveDisturbances": snap.idv_text, "Simulator.Shutdown": snap.shutdown,
-        "Simulator.ShutdownReason": snap.shutdown_reason or "",
-    }
-    if item in status:
-        return status[item], "Good", now
-    return None
 
 
 def _to_bool(value: Any) -> bool | None:
@@ -166,13 +143,13 @@ class DaClient:
         return out[0] if single else out
 
     def _write_one(self, tag: str, value: Any) -> str | None:
-        if tag in _IDV_IDS:
+        if tag in IDV_IDS:
             on = _to_bool(value)
             if on is None:
                 return _BAD_VALUE
-            self._sim.set_idv(_IDV_IDS[tag], on)
+            self._sim.set_idv(IDV_IDS[tag], on)
             return None
-        if tag in _PROCESS_INDEX or tag in _STATUS_IDS:
+        if tag in PROCESS_INDEX or tag in STATUS_IDS:
             return _READ_ONLY
         return _UNKNOWN_ITEM
 
@@ -188,8 +165,8 @@ class DaClient:
         patterns = [paths] if isinstance(paths, str) else list(paths or ["*"])
         seen: dict[Any, None] = {}
         for path in patterns:
-            for node in _browse(path, recursive, flat):
-                seen.setdefault((node, "Leaf" if node in _ALL_ITEMS else "Branch") if include_type else node)
+            for node in browse(path, recursive, flat):
+                seen.setdefault((node, "Leaf" if node in ALL_ITEMS else "Branch") if include_type else node)
         return list(seen)
 
     def properties(self, tags: Any, id: Any = None) -> Any:
@@ -200,7 +177,7 @@ class DaClient:
         ids = [i for i in ids if i != 0]
         out: list[Any] = []
         for tag in names:
-            props = _properties(self._sim.snapshot, tag, self._gateway.time_format)
+            props = item_properties(self._sim.snapshot, tag, self._gateway.time_format)
             if props is None:
                 raise _opc_error(f"properties: {_UNKNOWN_ITEM} ({tag})")
             if id is None:
@@ -230,57 +207,6 @@ class DaClient:
 
     def ping(self) -> bool:
         return True
-
-
-_ALL_ITEMS = frozenset(ITEM_IDS)
-_BRANCHES: dict[str, list[str]] = {}
-for _item in ITEM_IDS:
-    _BRANCHES.setdefault(_item.split(".", 1)[0], []).append(_item)
-
-
-def _glob(pattern: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(pattern).replace(r"\*", ".*").replace(r"\?", ".") + "$", re.IGNORECASE)
-
-
-def _browse(path: str, recursive: bool, flat: bool) -> Iterator[str]:
-    """OpenOPC ``list`` semantics on a two-level tree: branches are plant units, leaves item ids."""
-    if flat:
-        pattern = _glob(path)
-        yield from (i for i in ITEM_IDS if pattern.match(i))
-        return
-    parts = [p for p in path.replace("/", ".").split(".") if p]
-    if not parts or (len(parts) == 1 and "*" in parts[0]):
-        pattern = _glob(parts[0] if parts else "*")
-        branches = [b for b in _BRANCHES if pattern.match(b)]
-        if recursive:
-            for branch in branches:
-                yield from _BRANCHES[branch]
-        else:
-            yield from branches
-        return
-    unit = next((b for b in _BRANCHES if b.lower() == parts[0].lower()), None)
-    if unit is None:
-        return
-    pattern = _glob(".".join([unit, *parts[1:]]) if len(parts) > 1 else unit + ".*")
-    yield from (i for i in _BRANCHES[unit] if pattern.match(i))
-
-
-def _properties(snap: Snapshot, tag: str, time_format: TimeFormat) -> list[tuple[int, str, Any]] | None:
-    found = item_value(snap, tag, time_format)
-    if found is None:
-        return None
-    value, quality, stamp = found
-    vtype = {bool: "VT_BOOL", int: "VT_I8", str: "VT_BSTR"}.get(type(value), "VT_R8")
-    props: list[tuple[int, str, Any]] = [
-        (1, "Item Canonical DataType", vtype), (2, "Item Value", value), (3, "Item Quality", quality),
-        (4, "Item Timestamp", stamp), (5, "Item Access Rights", "Read/Write" if tag in _IDV_IDS else "Read"),
-        (6, "Server Scan Rate", 100.0),
-    ]
-    if tag in _PROCESS_INDEX:
-        meta = PROCESS_TAGS[_PROCESS_INDEX[tag]]
-        props += [(100, "EU Units", meta.unit), (101, "Item Description", meta.description),
-                  (102, "High EU", meta.high), (103, "Low EU", meta.low)]
-    return props
 
 
 @Pyro4.expose
