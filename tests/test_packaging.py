@@ -1,19 +1,11 @@
-"""Greengrass packaging: runs the build exactly as GDK does, in a copy of the project, and checks its output.
-
-GDK itself is not installable here (not on PyPI), but for ``build_system: custom`` it only runs the command of
-gdk-config.json in the project root, so running that command is the real build.
+"""Greengrass packaging: runs the build exactly as GDK does (tests/gdk_build.py), in a copy of the project, and checks
+its output: recipes, zips, default configuration, access control, publishing. install.sh: test_packaging_install.py.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,55 +13,22 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
+from tests.gdk_build import (
+    BUNDLE,
+    COLLECTORS,
+    ENTRY_DIRS,
+    ROOT,
+    VERSION,
+    gdk_build,
+    make_project,
+    members,
+    recipe_of,
+    zip_of,
+)
 
-import gg_artifact  # noqa: E402
-import gg_recipe  # noqa: E402
-
-VERSION = gg_artifact.project_version((ROOT / "pyproject.toml").read_text())
-BUNDLE = "factoryedge.Gateway"
-PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
-ENTRY_DIRS = {
-    "factoryedge.OpcUaCollector": "opcua_collector",
-    "factoryedge.ModbusCollector": "modbus_collector",
-    "factoryedge.OpcDaCollector": "opcda_collector",
-    "factoryedge.AnomalyDetector": "anomaly_detector",
-    "factoryedge.Publisher": "publisher",
-}
-COLLECTORS = ("factoryedge.OpcUaCollector", "factoryedge.ModbusCollector", "factoryedge.OpcDaCollector")
-
-
-def make_project(dest: Path) -> Path:
-    """Copy what the build reads into ``dest``; stub entry points that other engineers have not written yet."""
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("gateway", "tools", "recipes"):
-        shutil.copytree(ROOT / name, dest / name, ignore=ignore)
-    if (ROOT / "components").is_dir():
-        shutil.copytree(ROOT / "components", dest / "components", ignore=ignore)
-    for name in ("recipe.yaml", "gdk-config.json", "pyproject.toml"):
-        shutil.copy(ROOT / name, dest / name)
-    for extra in ("simulator", "tests"):  # present in a real checkout: the build must leave them out
-        (dest / extra).mkdir(exist_ok=True)
-        (dest / extra / "__init__.py").write_text("")
-    for entry_dir in ENTRY_DIRS.values():
-        main = dest / "components" / entry_dir / "main.py"
-        if not main.exists():
-            main.parent.mkdir(parents=True, exist_ok=True)
-            main.write_text("import gateway\n")
-    if (ROOT / ".venv").is_dir():  # the build re-executes with .venv/bin/python when python3 lacks PyYAML
-        (dest / ".venv").symlink_to(ROOT / ".venv")
-    return dest
-
-
-def gdk_build(project: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    """Run the custom build command of gdk-config.json in ``project``, as ``gdk component build`` does."""
-    config = json.loads((project / "gdk-config.json").read_text())
-    command = config["component"][BUNDLE]["build"]["custom_build_command"]
-    env = {k: v for k, v in os.environ.items() if k != "GG_BUILD_REEXECUTED"}
-    return subprocess.run(
-        [*command, *extra], cwd=project, capture_output=True, text=True, timeout=600, check=False, env=env
-    )
+# isort: split
+import gg_artifact  # tools/ is on sys.path through tests.gdk_build
+import gg_recipe
 
 
 @pytest.fixture(scope="module")
@@ -78,21 +37,6 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = gdk_build(project)
     assert result.returncode == 0, result.stderr
     return project / "greengrass-build"
-
-
-def recipe_of(build: Path, name: str) -> dict[str, Any]:
-    data = yaml.safe_load((build / "recipes" / f"{name}-{VERSION}.yaml").read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-def zip_of(build: Path, name: str) -> Path:
-    return build / "artifacts" / name / VERSION / f"{name}.zip"
-
-
-def members(build: Path, name: str) -> set[str]:
-    with zipfile.ZipFile(zip_of(build, name)) as archive:
-        return set(archive.namelist())
 
 
 def test_build_writes_one_recipe_per_component_and_the_bundle(built: Path) -> None:
@@ -324,84 +268,6 @@ def test_gdk_config_names_one_component_with_an_array_build_command() -> None:
     assert (ROOT / command[-1]).is_file()
     assert {"bucket", "region"} <= set(settings["publish"])
     assert re.fullmatch(r"\d+\.\d+\.\d+", config["gdk_version"])
-
-
-def _tiny_wheel(directory: Path) -> None:
-    """A real (minimal) wheel, so that install.sh's offline path runs pip for real without the network."""
-    files = {
-        "fegtiny/__init__.py": b"VALUE = 42\n",
-        "fegtiny-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: fegtiny\nVersion: 1.0\n",
-        "fegtiny-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = ""
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record += f"{path},sha256={digest},{len(data)}\n"
-    record += "fegtiny-1.0.dist-info/RECORD,,\n"
-    with zipfile.ZipFile(directory / "fegtiny-1.0-py3-none-any.whl", "w") as wheel:
-        for path, data in files.items():
-            wheel.writestr(path, data)
-        wheel.writestr("fegtiny-1.0.dist-info/RECORD", record)
-
-
-def test_install_script_is_idempotent_and_installs_offline(tmp_path: Path) -> None:
-    artifact = tmp_path / "artifact"
-    (artifact / "wheels").mkdir(parents=True)
-    shutil.copy(ROOT / "tools" / "gg_install.sh", artifact / "install.sh")
-    (artifact / "requirements.txt").write_text("fegtiny==1.0\n")
-    (artifact / "wheels" / "PYTHON_VERSION").write_text(f"{PYTHON}\n")
-    _tiny_wheel(artifact / "wheels")
-    venv = tmp_path / "work" / "venv"
-    env = {**os.environ, "FACTORYEDGE_PYTHON": sys.executable}
-
-    def install() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["sh", str(artifact / "install.sh"), str(venv)], capture_output=True, text=True, env=env, check=False
-        )
-
-    first = install()
-    assert first.returncode == 0, first.stderr
-    assert "creating venv" in first.stdout and "installed" in first.stdout
-    value = subprocess.run([venv / "bin" / "python", "-c", "import fegtiny; print(fegtiny.VALUE)"], capture_output=True)
-    assert value.stdout.strip() == b"42"
-    second = install()  # what every nucleus restart does
-    assert second.returncode == 0, second.stderr
-    assert "nothing to install" in second.stdout and "creating venv" not in second.stdout
-
-    (artifact / "requirements.txt").write_text("fegtiny==1.0\n# changed pins\n")
-    (artifact / "wheels" / "PYTHON_VERSION").write_text("2.7\n")
-    mismatch = install()
-    assert mismatch.returncode == 1
-    assert "wheels were built for Python 2.7" in mismatch.stderr
-
-
-@pytest.mark.slow
-def test_offline_wheels_install_without_an_index(tmp_path: Path) -> None:
-    """Air-gapped path end to end: download wheels from PyPI at build time, then install with --no-index."""
-    project = make_project(tmp_path / "project")
-    name = "factoryedge.ModbusCollector"
-    result = gdk_build(
-        project, "--component", name, "--offline-wheels", "manylinux_2_28_x86_64", "--python-version", PYTHON
-    )
-    assert result.returncode == 0, result.stderr
-    build = project / "greengrass-build"
-    assert [m["Platform"]["architecture"] for m in recipe_of(build, name)["Manifests"]] == ["amd64"]
-    files = members(build, name)
-    assert any(f.startswith("wheels/pymodbus-") for f in files)
-    unpacked = tmp_path / "decompressed" / name
-    with zipfile.ZipFile(zip_of(build, name)) as archive:
-        archive.extractall(unpacked)
-    venv = tmp_path / "work" / "venv"
-    # No index and no pip configuration (which may add find-links of this machine): only the zip's wheels/.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
-    env.update(FACTORYEDGE_PYTHON=sys.executable, PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/")
-    install = subprocess.run(
-        ["sh", str(unpacked / "install.sh"), str(venv)], capture_output=True, text=True, env=env, check=False
-    )
-    assert install.returncode == 0, install.stderr
-    check = "import pymodbus, pydantic, yaml, cbor2, stream_manager, awsiot; print('ok')"
-    ran = subprocess.run([venv / "bin" / "python", "-c", check], capture_output=True, text=True, check=False)
-    assert ran.stdout.strip() == "ok", ran.stderr
 
 
 def test_publish_uploads_every_artifact_and_creates_every_version(
