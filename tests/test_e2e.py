@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,10 +64,13 @@ def test_end_to_end_with_publisher_crash(tmp_path: Path, simulator: int, mosquit
 
         wait_for(lambda: sent(40), 60, "records at both destinations")
         publisher.stop(signal.SIGKILL)  # mid-run: the collector keeps writing meanwhile
+        killed_ns = time.time_ns()
         wait_for(lambda: _status(tmp_path, "factoryedge.OpcUaCollector")["connections"]["tep"]["values_written"]
                  >= 150, 60, "the collector to write on while the publisher is down")
         publisher = _component("publisher", publisher_cfg, tmp_path, "publisher")
-        wait_for(lambda: sent(1), 60, "the restarted publisher")
+        # The killed publisher's status file (records_sent >= 40) stays until the new process writes its own.
+        wait_for(lambda: _status(tmp_path, "factoryedge.Publisher").get("started_ns", 0) > killed_ns and sent(1), 60,
+                 "the restarted publisher to deliver")
         assert collector.stop() == 0  # SIGTERM: the collector flushes what it read and exits cleanly
 
         store = EmbeddedStore(tmp_path / "data")
