@@ -132,7 +132,7 @@ def test_routing_by_kind_source_and_excluded_tags_and_metrics_as_records(tmp_pat
         exclude_tags=["*/debug"]))
     pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})
     pub.metrics_interval_s = 0.2
-    asyncio.run(_run_until(pub, lambda: any(g["kind"] == "metric" for g in _lines(tmp_path / "o.jsonl"))))
+    asyncio.run(_run_until(pub, lambda: {"metric", "alarm"} <= {g["kind"] for g in _lines(tmp_path / "o.jsonl")}))
     got = _lines(tmp_path / "o.jsonl")
     assert [g["seq"] for g in got if g["kind"] != "metric"] == [1, 4]
     metrics = {g["tag"] for g in got if g["kind"] == "metric"}
