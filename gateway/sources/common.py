@@ -6,6 +6,7 @@ value it reads; everything after that (mapping, deadband, record ids, batching i
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -142,6 +143,7 @@ class Emitter:
         self.pending: list[Record] = []
         # (count, callback): called once the pending list reaches count, so the owner can flush early
         self.on_full: tuple[int, Callable[[], None]] | None = None
+        self._taken = asyncio.Event()
 
     def name_of(self, source_tag: str) -> str:
         return self.cfg.tag_map.get(source_tag) or f"{self.cfg.tag_prefix}{source_tag}"
@@ -168,6 +170,17 @@ class Emitter:
         if self.on_full is not None and len(self.pending) >= self.on_full[0]:
             self.on_full[1]()
 
+    async def room(self) -> None:
+        """Wait while twice the early-flush count is pending, i.e. while the stream writes slower than the peer is
+        read. Polling sources call it between reads, so a fast scan slows to what the stream takes instead of
+        piling values up in memory (a 4,000-tag Modbus scan grew the collector past 180 MB without it)."""
+        if self.on_full is None:
+            return
+        while len(self.pending) >= 2 * self.on_full[0]:
+            self._taken.clear()
+            await self._taken.wait()
+
     def take(self) -> list[Record]:
         out, self.pending = self.pending, []
+        self._taken.set()
         return out

@@ -97,6 +97,7 @@ class ModbusSource:
             t0 = time.monotonic()
             answered = 0
             for dec in self.decoders:
+                await emitter.room()
                 answered += await self._read_one(client, dec, emitter)
                 if _cancel_requested():
                     raise asyncio.CancelledError

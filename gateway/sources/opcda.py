@@ -256,6 +256,7 @@ class OpcDaSource:
                 for item, value, quality, ts in rows:
                     emitter.emit(item, value, quality, ts)
                 await asyncio.sleep(max(0.0, cfg.scan_interval_s - (time.monotonic() - t0)))
+                await emitter.room()
                 try:
                     rows = await call(session.read)
                 except SourceError:

@@ -185,6 +185,7 @@ class OpcUaSource:
     async def _poll(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> None:
         tags, node_list = list(nodes), list(nodes.values())
         while True:
+            await emitter.room()  # polling only: a subscription's notifications come whether we wait or not
             t0 = time.monotonic()
             for tag, dv in zip(tags, await self._read(client, node_list), strict=True):
                 self._emit(emitter, tag, dv)
