@@ -29,6 +29,8 @@ from tests.conftest import start_opcda_simulator
 SERVER = "FactoryEdge.TEP.1"
 FAST = {"scan_interval_s": 0.05, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "timeout_s": 1.0,
         "connect_timeout_s": 1.0}
+# Connections a test asserts never reconnected: a loaded CI machine may stall the simulator past FAST's 1 s.
+STEADY = {"timeout_s": 10.0, "connect_timeout_s": 10.0}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +123,7 @@ def test_unknown_items_go_bad_alone_and_the_rest_flows(tmp_path: Path, gateway: 
                                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "gateway.sources.opcda")
     conn = _conn(gateway, name="unknown", items=["Reactor.Pressure", "Reactor.NoSuchItem", "Reactor.Temperature"],
-                 deadband={"heartbeat_s": 0.01})
+                 deadband={"heartbeat_s": 0.01}, **STEADY)
 
     async def body() -> tuple[list[Record], dict[str, Any]]:
         run = Run(tmp_path, [conn])
@@ -143,7 +145,7 @@ def test_legacy_timestamps_and_host_rewrite_through_a_cut_network(tmp_path: Path
                                                         "--opcda-report-host", "0.0.0.0"])
     proxy = FaultProxy(port).start()
     cut = _conn(proxy.port, name="cut", items=["Reactor.Pressure", "Reactor.Level"], deadband={"heartbeat_s": 0.01})
-    direct = _conn(port, name="direct", items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01})
+    direct = _conn(port, name="direct", items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01}, **STEADY)
 
     async def body() -> tuple[list[Record], dict[str, Any]]:
         run = Run(tmp_path, [cut, direct])
@@ -229,7 +231,7 @@ def test_mutual_tls_and_the_plain_link_warning(tmp_path: Path, caplog: pytest.Lo
 
 def test_changed_connection_restarts_alone(tmp_path: Path, gateway: int) -> None:
     a = _conn(gateway, name="a", items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01})
-    b = _conn(gateway, name="b", items=["Reactor.Temperature"], deadband={"heartbeat_s": 0.01})
+    b = _conn(gateway, name="b", items=["Reactor.Temperature"], deadband={"heartbeat_s": 0.01}, **STEADY)
 
     async def body() -> list[Record]:
         run = Run(tmp_path, [a, b])
