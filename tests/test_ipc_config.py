@@ -161,9 +161,9 @@ def test_runtime_revisions_restarts_errors_and_endpoint_probes(
                 assert runs[-1] == 2
                 ok, _ = await server.deploy_configuration(name, {**base, "fail": True}, timeout_s=10)
                 assert ok  # valid, but run() cannot run it
-                await until(lambda: server.states.get(name) == "ERRORED" and state().get("config_state") == "ERRORED",
-                            "ERRORED")
-                assert "the toy cannot run this" in state()["config_error"]
+                # one read of the status file: the runner retries every RETRY_FIRST_S, briefly RUNNING each time
+                await until(lambda: server.states.get(name) == "ERRORED" and (s := state()).get("config_state")
+                            == "ERRORED" and "the toy cannot run this" in s["config_error"], "ERRORED with reason")
                 ok, _ = await server.deploy_configuration(name, {**base, "value": 3}, timeout_s=10)
                 assert ok
                 await until(lambda: server.states.get(name) == "RUNNING" and runs[-1] == 3, "RUNNING again")
