@@ -9,11 +9,13 @@ live takes it from the queue (the collectors do); one that has not taken it with
 restarted *inside the process*: its ``ctx.stop`` is set, its ``run`` returns, and ``run`` starts again with the
 new configuration. Either way the process, its IPC connection and its validation subscription stay.
 
-**Configuration revision.** :func:`revision_of` is the first 12 hex digits of the SHA-256 of the validated
-configuration in canonical JSON (defaults filled in, keys sorted), so the same settings give the same revision on
-every device, whatever their source or number formatting. Each applied revision is logged once and written to
-the component's status file ``<store.path>/status/<component>.json`` under ``config_revision`` (with
-``config_state``, ``config_error`` and ``config_applied_ns``; status writers add :func:`status_fields`).
+**Configuration revision.** :func:`gateway.revision.revision_of` (12 hex digits of the canonical configuration,
+plus a keyed digest of its secrets when it has any). Each applied revision is logged once and written to the
+component's status file ``<store.path>/status/<component>.json`` under ``config_revision`` (with ``config_state``,
+``config_error`` and ``config_applied_ns``; status writers add :func:`status_fields`).
+
+**What it writes is private.** The umask is 077 from the start, so the store, positions, status files, models, keys
+and output files are 0600 in 0700 folders; log lines and status files pass through :mod:`gateway.redact`.
 
 **Health.** Under Greengrass the runtime reports ``RUNNING`` through ``UpdateState`` once ``run`` started, and
 ``ERRORED`` when the component cannot run its configuration (``run`` raised, or the deployed configuration is
@@ -27,7 +29,6 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import hashlib
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ from pydantic import BaseModel
 from gateway.config import load_file
 from gateway.errors import ConfigError, GatewayError
 from gateway.fsutil import atomic_write
+from gateway.redact import RedactingFormatter, scrub
+from gateway.revision import revision_of
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -89,12 +92,6 @@ class _Applied:
 _applied = _Applied()  # one component per process
 
 
-def revision_of(config: BaseModel) -> str:
-    """The configuration revision: 12 hex digits of the SHA-256 of the canonical JSON of ``config``."""
-    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
 def status_fields() -> dict[str, Any]:
     """The configuration keys every status file carries: revision applied, state, last error, when applied."""
     return {
@@ -130,15 +127,13 @@ class StatusFile:
         if self.folder is None:
             return
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.folder / f"{self.component}.json", json.dumps(status).encode(), sync=False)
+        atomic_write(self.folder / f"{self.component}.json", json.dumps(scrub(status)).encode(), sync=False)
 
 
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
     # asyncua logs a full traceback at ERROR on every network cut; our reconnect loop reports the state change once.
     for noisy in ("asyncua", "pymodbus", "Pyro4"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
@@ -168,6 +163,8 @@ def component_main(
     parser.add_argument("--config", type=Path, help="YAML/JSON configuration file (outside Greengrass)")
     parser.add_argument("--log-level", default=os.environ.get("FEG_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
+    # Everything a component writes (store, positions, status, models, keys, output files) is its own: 0600/0700.
+    os.umask(0o077)
     setup_logging(args.log_level)
     fewer_malloc_arenas()
     config: M | None = None
@@ -342,7 +339,7 @@ class _Runner(Generic[M]):
         status.update(component=self.name, pid=os.getpid(), updated_ns=time.time_ns(), **status_fields())
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            atomic_write(path, json.dumps(status).encode(), sync=False)
+            atomic_write(path, json.dumps(scrub(status)).encode(), sync=False)
         except OSError as exc:
             log.warning("%s: cannot write status file %s: %s", self.name, path, exc)
 
