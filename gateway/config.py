@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import ConfigError
+from gateway.redact import is_secret_key, redact_url
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -35,8 +36,9 @@ def format_errors(exc: ValidationError, data: Any = None) -> list[str]:
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
-        shown = "***" if _secret(err["loc"][-1] if err["loc"] else "") else _short(_redact(err.get("input")))
-        got = "" if err["type"] == "missing" else f" (got {shown})"
+        shown = "***" if any(is_secret_key(p) for p in err["loc"]) else _short(_redact(err.get("input")))
+        # an unknown key is often a misspelt secret (passwort, pw, api_key): its value is never shown
+        got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {shown})"
         fix = _FIXES.get(err["type"], "correct the value")
         lines.append(f"{where}: {msg}{got}. Fix: {fix}")
     return lines
@@ -65,8 +67,26 @@ def read_file(path: str | Path) -> Any:
             return json.loads(text)
         return yaml.safe_load(text) or {}
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {exc}",
+        raise ConfigError(f"{p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {_syntax(exc)}",
                           fix="fix the syntax at the position shown") from exc
+
+
+def _syntax(exc: Exception) -> str:
+    """What is wrong and where, never the text around it: the bad line may be the one holding a password."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno}, column {exc.colno}"
+    if isinstance(exc, yaml.MarkedYAMLError):
+        parts = []
+        if exc.context:
+            where = f" (line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})" \
+                if exc.context_mark else ""
+            parts.append(f"{exc.context}{where}")
+        if exc.problem:
+            where = f" at line {exc.problem_mark.line + 1}, column {exc.problem_mark.column + 1}" \
+                if exc.problem_mark else ""
+            parts.append(f"{exc.problem}{where}")
+        return ": ".join(parts) or type(exc).__name__
+    return type(exc).__name__
 
 
 def load_file(model: type[M], path: str | Path) -> M:
@@ -74,21 +94,14 @@ def load_file(model: type[M], path: str | Path) -> M:
     return validate(model, read_file(path), origin=str(path))
 
 
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "credential", "passphrase")
-
-
-def _secret(key: object) -> bool:
-    # A misspelled key (``pasword: x``) is rejected as unknown and would otherwise be echoed with its value.
-    name = str(key).lower().replace("_", "")
-    return any(w in name for w in _SECRET_WORDS) or name in ("pasword", "pwd", "pass")
-
-
 def _redact(value: Any) -> Any:
-    """The value with every secret-looking key's value masked, at any depth: errors are logged and printed."""
+    """The value with every secret-looking key's value masked and URL user info hidden, at any depth."""
     if isinstance(value, dict):
-        return {k: "***" if _secret(k) else _redact(v) for k, v in value.items()}
+        return {k: "***" if is_secret_key(k) else _redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v) for v in value]
+    if isinstance(value, str):
+        return redact_url(value)
     return value
 
 

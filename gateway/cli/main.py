@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -120,14 +121,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(args_list).parse_args(args_list)
     from gateway.errors import ConfigError, GatewayError
+    from gateway.redact import redact_text
 
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"gatewayctl: {exc}", file=sys.stderr)
+        print(f"gatewayctl: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except GatewayError as exc:
-        print(f"gatewayctl: {exc}", file=sys.stderr)
+        print(f"gatewayctl: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_UNHEALTHY
     except KeyboardInterrupt:
         return EXIT_OK
@@ -135,5 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
+def entry() -> int:
+    """The installed ``gatewayctl`` command: what it writes (trusted certificates, models, keys) is private."""
+    os.umask(0o077)
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
