@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from gateway.destinations.base import DestinationBase, SendResult, pack_by_topic
 from gateway.diagnostics import Finding, failed, passed
@@ -63,9 +63,14 @@ class MqttDestination(DestinationBase):
     host: str = Field(description="Broker host name or address.")
     port: int = Field(default=1883, ge=1, le=65535, description="Broker port (8883 or 443 for TLS).")
     client_id: str = Field(default="factoryedge-publisher", description="MQTT client id (IoT Core: the thing name).")
+    # tls and allow_plaintext come before password: its validator reads them (pydantic validates in field order)
+    tls: MqttTls | None = Field(default=None, description="TLS settings; null for plain TCP.")
+    allow_plaintext: bool = Field(
+        default=False, description="Send a password over plain TCP (no tls) anyway: anyone on the network path "
+        "reads it. Only for a broker on the same host or an isolated segment.",
+    )
     username: str | None = Field(default=None, description="User name, if the broker wants one.")
     password: SecretStr | None = Field(default=None, description="Password; never logged.")
-    tls: MqttTls | None = Field(default=None, description="TLS settings; null for plain TCP.")
     topic: str = Field(
         default="factoryedge/{source}/{kind}",
         description="Topic template; fields {source}, {kind}, {tag} and any key of topic_vars (e.g. {site}).",
@@ -75,6 +80,15 @@ class MqttDestination(DestinationBase):
     max_message_bytes: int = Field(default=128 * 1024, ge=1024, description="Largest message (IoT Core: 128 KB).")
     ack_timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for acknowledgements.")
     keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive.")
+
+    @field_validator("password")
+    @classmethod
+    def _password_needs_tls(cls, password: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # MQTT's CONNECT carries the password as plain bytes: without TLS whoever is on the path reads it
+        if password is not None and info.data.get("tls") is None and not info.data.get("allow_plaintext"):
+            raise ValueError("a password without tls is sent in clear in the MQTT CONNECT packet: set tls "
+                             "(tls.ca_file, port 8883), or set allow_plaintext: true to send it anyway")
+        return password
 
 
 class MqttSink:
@@ -111,6 +125,12 @@ class MqttSink:
         return ctx
 
     async def start(self) -> None:
+        if self.cfg.tls is None:
+            # logged once per start: the setting is allowed, the risk must still be visible in the log
+            what = "records, user name and password" if self.cfg.password else "records"
+            log.warning("mqtt destination %s: plain TCP to %s:%d (no tls): %s travel unencrypted and the broker "
+                        "is not authenticated; set tls to protect them", self.name, self.cfg.host, self.cfg.port,
+                        what)
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self._client.loop_start()
 
