@@ -90,9 +90,11 @@ def _destinations(peers: dict[str, Any], route: dict[str, Any]) -> dict[str, dic
     mosq = peers["mosquitto"]
     return {
         "kinesis": {"type": "kinesis", "name": "kinesis", "stream_name": "bench", "route": route,
-                    "aws": {"endpoint_url": peers["kinesalite"].endpoint_url, "region": "us-east-1"}},
+                    "aws": {"endpoint_url": peers["kinesalite"].endpoint_url, "region": "us-east-1",
+                            "allow_insecure_endpoint": True}},
         "sitewise": {"type": "sitewise", "name": "sitewise", "route": route,
-                     "aws": {"endpoint_url": f"http://127.0.0.1:{peers['sitewise_port']}", "region": "us-east-1"}},
+                     "aws": {"endpoint_url": f"http://127.0.0.1:{peers['sitewise_port']}", "region": "us-east-1",
+                             "allow_insecure_endpoint": True}},
         "mqtt": {"type": "mqtt", "name": "mqtt", "host": "127.0.0.1", "port": mosq.tls_port, "route": route,
                  "client_id": "bench-pub", "topic": "bench/{source}/{kind}",
                  "tls": {"ca_file": str(mosq.pki.ca), "cert_file": str(mosq.pki.client_cert),

@@ -89,7 +89,8 @@ def test_outage_blackhole_reset_and_kill9_lose_nothing(
              "tls": {"ca_file": str(mosquitto.pki.ca), "cert_file": str(mosquitto.pki.client_cert),
                      "key_file": str(mosquitto.pki.client_key)}},
             {"type": "kinesis", "name": "kinesis", "stream_name": "outage", **retry,
-             "aws": {"endpoint_url": f"http://127.0.0.1:{kinesis_link.port}", "region": "us-east-1",
+             "aws": {"endpoint_url": f"http://127.0.0.1:{kinesis_link.port}", "allow_insecure_endpoint": True,
+                     "region": "us-east-1",
                      "connect_timeout_s": 2, "read_timeout_s": 2}},
         ],
     }

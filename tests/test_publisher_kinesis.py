@@ -48,7 +48,9 @@ def proxy(kinesalite: Kinesalite) -> Iterator[KinesisFaultProxy]:
 
 
 def _cfg(endpoint: str, stream: str, **kw: Any) -> KinesisDestination:
-    return KinesisDestination(name="k", route=ROUTE, stream_name=stream, aws=AwsSettings(endpoint_url=endpoint),
+    # kinesalite speaks plain HTTP on 127.0.0.1: allowed here, refused by default
+    aws = AwsSettings(endpoint_url=endpoint, allow_insecure_endpoint=True)
+    return KinesisDestination(name="k", route=ROUTE, stream_name=stream, aws=aws,
                               retry_min_s=0.02, retry_max_s=0.1, **kw)
 
 

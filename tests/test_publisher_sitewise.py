@@ -57,7 +57,8 @@ def _values(n: int, now_ns: int) -> list[Record]:
 
 
 def _sink(fake: SiteWiseFake, **kw: Any) -> tuple[SiteWiseDestination, SiteWiseSink]:
-    cfg = SiteWiseDestination(name="sw", route=ROUTE, aws=AwsSettings(endpoint_url=fake.endpoint_url),
+    aws = AwsSettings(endpoint_url=fake.endpoint_url, allow_insecure_endpoint=True)  # the fake is plain HTTP
+    cfg = SiteWiseDestination(name="sw", route=ROUTE, aws=aws,
                               retry_min_s=0.02, retry_max_s=0.1, **kw)
     return cfg, SiteWiseSink(cfg)
 

@@ -10,6 +10,7 @@ with its own backoff and counts every attempt. Nothing here ever logs or returns
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
@@ -17,10 +18,14 @@ import time
 from typing import Any
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import DestinationError
+from gateway.redact import redact_url, userinfo_problem
+
+log = logging.getLogger(__name__)
 
 CREDENTIALS_FIX = (
     "under Greengrass, deploy aws.greengrass.TokenExchangeService and give the device's token exchange role the "
@@ -50,11 +55,44 @@ class AwsSettings(BaseModel):
     region: str | None = Field(
         default=None, description="AWS region; null takes AWS_REGION (set by Greengrass) or AWS_DEFAULT_REGION."
     )
+    # allow_insecure_endpoint comes before endpoint_url: its validator reads it (pydantic validates in field order)
+    allow_insecure_endpoint: bool = Field(
+        default=False, description="Accept an http:// endpoint_url (a local test peer such as kinesalite): requests "
+        "and records then travel unencrypted. Never for a real AWS endpoint.",
+    )
     endpoint_url: str | None = Field(
-        default=None, description="Service endpoint; null for AWS's own (set it for a VPC endpoint or a test peer)."
+        default=None, description="Service endpoint, https://; null for AWS's own (set it for a VPC endpoint).",
     )
     connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect timeout of one call.")
     read_timeout_s: float = Field(default=30.0, gt=0, description="How long one call may wait for its answer.")
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _secure_endpoint(cls, url: str | None, info: ValidationInfo) -> str | None:
+        if url is None:
+            return None
+        problem = userinfo_problem(url, "aws.endpoint_url")
+        if problem:
+            raise PydanticCustomError("userinfo", problem)
+        scheme = urlparse(url).scheme.lower()
+        if scheme == "http" and not info.data.get("allow_insecure_endpoint"):
+            # botocore signs the request but sends it, and every record, in clear to whoever answers
+            raise PydanticCustomError("insecure_endpoint", "{url} is plain HTTP: requests and records would travel "
+                                      "unencrypted and the endpoint is not authenticated; use an https:// endpoint "
+                                      "(or null for AWS's own), or set aws.allow_insecure_endpoint: true for a "
+                                      "local test peer", {"url": redact_url(url)})
+        if scheme not in ("http", "https"):
+            raise PydanticCustomError("endpoint_scheme", "{url} is not an https:// URL: use https://host[:port]",
+                                      {"url": redact_url(url)})
+        return url
+
+
+def warn_insecure_endpoint(aws: AwsSettings, what: str) -> None:
+    """One WARNING at a destination's start when it was knowingly allowed a plain HTTP endpoint."""
+    if aws.endpoint_url and urlparse(aws.endpoint_url).scheme.lower() == "http":
+        log.warning("%s: endpoint %s is plain HTTP (allow_insecure_endpoint): requests and records travel "
+                    "unencrypted and the endpoint is not authenticated; use https:// outside tests", what,
+                    aws.endpoint_url)
 
 
 _SESSION_LOCK = threading.Lock()

@@ -19,7 +19,14 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from gateway.destinations.aws import AwsSettings, classify, diagnose_aws, error_code, make_client
+from gateway.destinations.aws import (
+    AwsSettings,
+    classify,
+    diagnose_aws,
+    error_code,
+    make_client,
+    warn_insecure_endpoint,
+)
 from gateway.destinations.base import ENVELOPE_OVERHEAD, DestinationBase, SendResult, dumps, envelope, record_json
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
@@ -68,7 +75,8 @@ class KinesisSink:
         self._pool = ThreadPoolExecutor(cfg.concurrent_calls, thread_name_prefix=f"kinesis-{cfg.name}")
 
     async def start(self) -> None:
-        """Nothing: the client is made by the first send, so a missing region or credential is a retry."""
+        """Only a warning: the client is made by the first send, so a missing region or credential is a retry."""
+        warn_insecure_endpoint(self.cfg.aws, self.what)
 
     def aggregates(
         self, records: list[Record]

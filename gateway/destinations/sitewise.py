@@ -21,7 +21,15 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from gateway.destinations.aws import CREDENTIAL_CODES, RETRYABLE_CODES, AwsSettings, classify, diagnose_aws, make_client
+from gateway.destinations.aws import (
+    CREDENTIAL_CODES,
+    RETRYABLE_CODES,
+    AwsSettings,
+    classify,
+    diagnose_aws,
+    make_client,
+    warn_insecure_endpoint,
+)
 from gateway.destinations.base import DestinationBase, SendResult, topic_fields
 from gateway.diagnostics import Finding
 from gateway.errors import DestinationError
@@ -96,7 +104,8 @@ class SiteWiseSink:
         self._aliases: dict[tuple[str, str], str] = {}
 
     async def start(self) -> None:
-        """Nothing: the client is made by the first send, so a missing region or credential is a retry."""
+        """Only a warning: the client is made by the first send, so a missing region or credential is a retry."""
+        warn_insecure_endpoint(self.cfg.aws, self.what)
 
     def alias(self, r: Record) -> str:
         key = (r.source, r.tag)
