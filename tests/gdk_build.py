@@ -40,7 +40,7 @@ COLLECTORS = ("factoryedge.OpcUaCollector", "factoryedge.ModbusCollector", "fact
 def make_project(dest: Path) -> Path:
     """Copy what the build reads into ``dest``; stub entry points that other engineers have not written yet."""
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("gateway", "tools", "recipes"):
+    for name in ("gateway", "tools", "recipes", "locks"):
         shutil.copytree(ROOT / name, dest / name, ignore=ignore)
     if (ROOT / "components").is_dir():
         shutil.copytree(ROOT / "components", dest / "components", ignore=ignore)

@@ -6,7 +6,9 @@ third-party distributions it needs (names only: versions always come from ``pypr
 
 A zip holds, at its root (Greengrass unpacks ``X.zip`` into ``{artifacts:decompressedPath}/X/``):
 ``gateway/`` (without ``dev/`` and ``cli/`` unless asked for), ``components/__init__.py``,
-``components/<dir>/``, ``requirements.txt``, ``install.sh`` and, with offline wheels, ``wheels/``.
+``components/<dir>/``, ``requirements.txt`` (the component's lock, ``locks/<Name>.txt``),
+``requirements-bootstrap.txt`` (``locks/bootstrap.txt``), ``install.sh`` and, with offline wheels, ``wheels/``
+(exactly the locked files, see tools/gg_lock.py).
 Entries are sorted and time-stamped 1980-01-01 so that the same sources give the same bytes.
 """
 
@@ -167,92 +169,6 @@ def write_zip(
             info = zipfile.ZipInfo(f"wheels/{wheel.name}", date_time=ZIP_DATE)
             info.external_attr = 0o644 << 16
             archive.writestr(info, wheel.read_bytes())
-
-
-def _pip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pip", "--disable-pip-version-check", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
-def platform_tags(platform: str) -> list[str]:
-    """Every wheel platform tag a device of ``platform`` runs.
-
-    pip does not widen an explicit ``--platform``: ``manylinux_2_28_x86_64`` alone would reject the many wheels
-    tagged only ``manylinux2014`` (= ``manylinux_2_17``), so list every glibc from the given one down to 2.17.
-    """
-    match = re.fullmatch(r"manylinux_2_(\d+)_(\w+)", platform)
-    if match is None:
-        return [platform]
-    glibc, arch = int(match.group(1)), match.group(2)
-    return [*(f"manylinux_2_{minor}_{arch}" for minor in range(glibc, 16, -1)), f"manylinux2014_{arch}"]
-
-
-def _binary_args(platform: str, python_version: str) -> list[str]:
-    platforms = [arg for tag in platform_tags(platform) for arg in ("--platform", tag)]
-    return [
-        "--only-binary=:all:",
-        *platforms,
-        "--python-version",
-        python_version,
-        "--implementation",
-        "cp",
-    ]
-
-
-def _build_pure_wheel(req: str, platform: str, pure_dir: Path) -> None:
-    key = normalize(req.split("==")[0])
-    built = [w for w in pure_dir.glob("*.whl") if normalize(w.name.split("-")[0]) == key]
-    if not built:
-        result = _pip("wheel", "--no-deps", "-q", "-w", str(pure_dir), req)
-        if result.returncode != 0:
-            raise BuildError(f"{req}: no wheel for {platform} on the index and 'pip wheel' failed:\n{result.stderr}")
-        built = [w for w in pure_dir.glob("*.whl") if normalize(w.name.split("-")[0]) == key]
-    for wheel in built:
-        if not wheel.name.endswith("-none-any.whl"):
-            raise BuildError(
-                f"{req}: no wheel for {platform} on the index and it is not pure Python ({wheel.name}); "
-                f"build that wheel on a {platform} machine"
-            )
-
-
-def download_wheels(
-    requirements: list[str], platforms: list[str], python_version: str, dest: Path, pure_dir: Path
-) -> list[Path]:
-    """Download every wheel the requirements need on each target platform into ``dest``.
-
-    A pin published only as an sdist (rrcf, OpenOPC-Python3x) is built once here with ``pip wheel`` into
-    ``pure_dir``; that is correct only for pure-Python packages, so any other result is an error.
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    pure_dir.mkdir(parents=True, exist_ok=True)
-    for platform in platforms:
-        for req in requirements:
-            with tempfile.TemporaryDirectory(prefix="gg-probe-") as probe_dir:
-                probe = _pip(
-                    "download", "--no-deps", "-q", "-d", probe_dir, *_binary_args(platform, python_version), req
-                )
-            if probe.returncode == 0:
-                continue
-            if "No matching distribution" not in probe.stderr:
-                raise BuildError(f"pip download {req} for {platform} failed:\n{probe.stderr}")
-            _build_pure_wheel(req, platform, pure_dir)
-        result = _pip(
-            "download",
-            "-q",
-            "-d",
-            str(dest),
-            "--find-links",
-            str(pure_dir),
-            *_binary_args(platform, python_version),
-            *requirements,
-        )
-        if result.returncode != 0:
-            raise BuildError(f"pip download for {platform} (Python {python_version}) failed:\n{result.stderr}")
-    return sorted(dest.glob("*.whl"))
 
 
 def platform_architecture(platform: str) -> str:

@@ -50,6 +50,7 @@ except ImportError:
     _reexec_in_venv(Path(__file__).resolve().parents[1], "PyYAML is not installed for " + sys.executable)
 
 import gg_artifact as art  # noqa: E402  (after the PyYAML check, which may re-exec)
+import gg_lock as lk  # noqa: E402
 import gg_recipe as rcp  # noqa: E402
 
 BUNDLE_TEMPLATE = "recipe.yaml"
@@ -175,16 +176,25 @@ class Build:
 
     def component(self, name: str, hook: Hook | None, wheel_dir: Path) -> dict[str, Any]:
         source = f"recipes/{name}.yaml"
-        requirements = art.requirements_for(name, self.pins)
+        # The device installs the lock, not the pins: a lock that no longer holds a pin of pyproject.toml would
+        # install other versions than the ones tested.
+        own = {art.normalize(req.split("==")[0]): req for req in art.requirements_for(name, self.pins)}
+        lock, bootstrap = lk.read(self.project, name), lk.read(self.project, "bootstrap")
+        stale = lk.drift(lock, own, f"locks/{name}.txt")
+        stale += lk.drift(bootstrap, {art.normalize(r.split("==")[0]): r for r in lk.BOOTSTRAP}, "locks/bootstrap.txt")
+        if stale:
+            raise lk.LockError("\n  ".join(stale))
         extra = {
-            "requirements.txt": ("\n".join(requirements) + "\n").encode(),
+            "requirements.txt": lk.lock_path(self.project, name).read_bytes(),
+            "requirements-bootstrap.txt": lk.lock_path(self.project, "bootstrap").read_bytes(),
             "install.sh": (self.project / "tools" / "gg_install.sh").read_bytes(),
         }
         wheels: list[Path] = []
+        for platform in self.platforms:
+            art.platform_architecture(platform)  # refuses a platform no recipe manifest has, before downloading
+            target = lk.Target(self.python_version, platform)
+            wheels = lk.download([*bootstrap, *lock], target, wheel_dir / name)
         if self.platforms:
-            wheels = art.download_wheels(
-                requirements, self.platforms, self.python_version, wheel_dir / name, wheel_dir / "pure"
-            )
             extra["wheels/PYTHON_VERSION"] = f"{self.python_version}\n".encode()
         zip_path = self.out / "artifacts" / name / self.version / f"{name}.zip"
         art.write_zip(zip_path, art.source_files(self.project, name), extra, wheels)
@@ -263,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
         return Build(args).run()
-    except (art.BuildError, ValueError, OSError) as exc:
+    except (art.BuildError, lk.LockError, ValueError, OSError) as exc:
         print(f"gg_build: FAILED: {exc}", file=sys.stderr)
         return 1
 

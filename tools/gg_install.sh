@@ -2,9 +2,15 @@
 # Install step of every factoryedge component (shipped as install.sh at the root of each artifact zip).
 #
 # Greengrass runs Install at deployment AND at every nucleus start, so this must be idempotent and cheap when
-# nothing changed: the venv is kept, pip runs only when requirements.txt's hash differs from the marker written
-# after the last successful install. A zip built with --offline-wheels carries wheels/ and installs with
-# --no-index (air-gapped sites).
+# nothing changed: the venv is kept, pip runs only when the locks' hash differs from the marker written after the
+# last successful install. A zip built with --offline-wheels carries wheels/ and installs with --no-index
+# (air-gapped sites).
+#
+# Both files are locks (tools/lock.py): every distribution with the sha256 of each file it may come as. pip runs
+# with --require-hashes (a file that differs from the one locked fails the install, whatever the index or a mirror
+# serves) and --no-deps (nothing outside the lock is ever resolved); `pip check` then proves the lock was whole.
+# requirements-bootstrap.txt (pip, setuptools) goes first: the venv module's bundled ones are old, and setuptools
+# builds the two sdist-only pins with --no-build-isolation, so no unhashed build dependency is fetched.
 #
 # Usage: sh install.sh VENV_DIR        Python: $FACTORYEDGE_PYTHON, else python3 (needs the venv module).
 set -eu
@@ -12,6 +18,7 @@ set -eu
 venv="$1"
 root=$(cd "$(dirname "$0")" && pwd)
 req="$root/requirements.txt"
+boot="$root/requirements-bootstrap.txt"
 marker="$venv/.factoryedge-requirements.sha256"
 python="${FACTORYEDGE_PYTHON:-python3}"
 
@@ -25,7 +32,7 @@ if ! "$venv/bin/python" -c "" >/dev/null 2>&1; then
     }
 fi
 
-want=$(sha256sum "$req" | cut -d ' ' -f 1)
+want=$(cat "$boot" "$req" | sha256sum | cut -d ' ' -f 1)
 have=$(cat "$marker" 2>/dev/null || true)
 if [ "$want" = "$have" ]; then
     echo "install.sh: requirements unchanged ($want), nothing to install"
@@ -45,6 +52,14 @@ if [ -d "$root/wheels" ]; then
 else
     set --
 fi
-"$venv/bin/python" -m pip install --disable-pip-version-check --no-input "$@" -r "$req"
+pip_install() {
+    "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --require-hashes --no-deps "$@"
+}
+pip_install "$@" -r "$boot"
+pip_install --no-build-isolation "$@" -r "$req"
+"$venv/bin/python" -m pip check || {
+    echo "install.sh: the lock in $req misses a dependency (pip check above): regenerate it with tools/lock.py" >&2
+    exit 1
+}
 echo "$want" > "$marker"
 echo "install.sh: installed $req"
