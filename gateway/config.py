@@ -55,20 +55,72 @@ def validate(model: type[M], data: Any, *, origin: str) -> M:
         raise ConfigError(f"{origin}: {len(problems)} problem(s) in the configuration", problems=problems) from exc
 
 
+# A configuration is a few kB to a few MB (large tag lists); these bounds only stop hostile or broken files.
+MAX_FILE_BYTES = 32 * 1024 * 1024
+MAX_NODES = 1_000_000  # YAML nodes after aliases are expanded: a 360-byte alias bomb expands to billions
+MAX_DEPTH = 100
+
+
 def read_file(path: str | Path) -> Any:
-    """Parse a YAML or JSON configuration file."""
+    """Parse a YAML or JSON configuration file, in bounded time and memory whatever the file holds."""
     p = Path(path)
+    kind = "JSON" if p.suffix == ".json" else "YAML"
     try:
-        text = p.read_text(encoding="utf-8")
+        if p.stat().st_size > MAX_FILE_BYTES:
+            raise ConfigError(f"{p} is {p.stat().st_size} bytes, more than a configuration file can be "
+                              f"({MAX_FILE_BYTES} bytes)", fix="check that this is the configuration file")
+        raw = p.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {p}: {exc.strerror}", fix="check the path") from exc
+    if b"\0" in raw:
+        raise ConfigError(f"{p} is a binary file, not {kind} text", fix="give the YAML or JSON configuration file")
     try:
-        if p.suffix == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text) or {}
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{p} is not UTF-8 text (invalid byte at line {line})",
+                          fix="save the file as UTF-8 (most editors: 'Save with encoding')") from exc
+    try:
+        return json.loads(text) if p.suffix == ".json" else _yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc.message}", fix=exc.fix) from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{p} is nested too deeply to be a configuration",
+                          fix=f"keep the nesting under {MAX_DEPTH} levels") from exc
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{p} is not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {_syntax(exc)}",
-                          fix="fix the syntax at the position shown") from exc
+        raise ConfigError(f"{p} is not valid {kind}: {_syntax(exc)}", fix="fix the syntax at the position shown") \
+            from exc
+
+
+def _yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses, before building anything, a document too big or too deep once its aliases
+    are expanded (an alias bomb is a few hundred bytes that validation would walk for minutes)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return {}
+        _bounded(node)
+        return loader.construct_document(node) or {}
+    finally:
+        loader.dispose()
+
+
+def _bounded(root: yaml.Node) -> None:
+    count, stack = 0, [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise ConfigError(f"the YAML expands to more than {MAX_NODES} values (aliases such as *a repeat what "
+                              "they name)", fix="write the configuration without nested aliases")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"the YAML is nested deeper than {MAX_DEPTH} levels",
+                              fix=f"keep the nesting under {MAX_DEPTH} levels")
+        if isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend((part, depth + 1) for pair in node.value for part in pair)
 
 
 def _syntax(exc: Exception) -> str:
