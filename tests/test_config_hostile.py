@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import load_file
 from gateway.componentconfig import PublisherConfig
+from gateway.config import load_file
 from gateway.errors import ConfigError
 
 _BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(

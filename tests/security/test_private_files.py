@@ -52,8 +52,8 @@ def test_a_component_writes_only_private_files(tmp_path: Path, shell_umask: None
     proc = start([sys.executable, "components/publisher/main.py", "--config", str(run / "publisher.yaml")],
                  tmp_path / "publisher.log", env={"PYTHONPATH": str(ROOT)})
     try:
-        wait_for(lambda: (out / "records.jsonl").exists() and (out / "records.jsonl").stat().st_size > 0
-                 and any((run / "data").rglob("*.pos*")) or proc.popen.poll() is not None,
+        wait_for(lambda: ((out / "records.jsonl").exists() and (out / "records.jsonl").stat().st_size > 0
+                 and any((run / "data").rglob("*.pos*"))) or proc.popen.poll() is not None,
                  60, "the publisher's first metrics in the file and a committed position")
         assert proc.popen.poll() is None, proc.output()
     finally:

@@ -77,8 +77,8 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def _everything(folder: Path) -> str:
     """Every file below ``folder`` as text: logs, status files, store, positions."""
-    return "\n".join(p.read_bytes().decode(errors="replace") for p in folder.rglob("*") if p.is_file()
-                     and not p.name.endswith((".yaml", ".json")) or (p.is_file() and "status" in p.parts))
+    return "\n".join(p.read_bytes().decode(errors="replace") for p in folder.rglob("*") if (p.is_file()
+                     and not p.name.endswith((".yaml", ".json"))) or (p.is_file() and "status" in p.parts))
 
 
 @pytest.mark.parametrize(("case", "component", "content", "suffix", "names"), INVALID, ids=[c[0] for c in INVALID])
