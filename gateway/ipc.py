@@ -20,6 +20,7 @@ import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from awscrt.exceptions import AwsCrtError
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 TOKEN_ENV = "SVCUID"
 _RECIPE_ACL = "ComponentConfiguration.DefaultConfiguration.accessControl"
+SECRET_MANAGER = "aws.greengrass.SecretManager"
+#: The IPC service whose accessControl authorises an operation (pub/sub for the rest of ours).
+_SERVICE_OF = {"PublishToIoTCore": "aws.greengrass.ipc.mqttproxy", "GetSecretValue": SECRET_MANAGER}
 
 #: Receives the key path that changed; re-read with :meth:`GreengrassIpc.get_configuration`.
 ConfigUpdateCallback = Callable[[list[str]], "Awaitable[None] | None"]
@@ -54,11 +58,17 @@ def _mapped(exc: BaseException, operation: str, target: str, *, destination: boo
     """Translate an SDK or transport error of ``operation`` on ``target`` (a topic or key) into our tree."""
     detail = getattr(exc, "message", None) or repr(exc)
     if isinstance(exc, model.UnauthorizedError):
-        service = "aws.greengrass.ipc.mqttproxy" if "IoTCore" in operation else "aws.greengrass.ipc.pubsub"
+        service = _SERVICE_OF.get(operation, "aws.greengrass.ipc.pubsub")
         return ConfigError(
             f"IPC {operation} on {target} refused: not authorized ({detail})",
             fix=f"add aws.greengrass#{operation} for {target} to {_RECIPE_ACL}.{service} in the recipe, "
             "then deploy again",
+        )
+    if isinstance(exc, model.ResourceNotFoundError) and operation == "GetSecretValue":
+        return ConfigError(
+            f"IPC {operation}: {target} is not on this core ({detail or 'not found'})",
+            fix=f"list it in the deployment's configuration of {SECRET_MANAGER} (cloudSecrets: [{{arn: ...}}], "
+            "the full ARN) and let the core device role call secretsmanager:GetSecretValue on it",
         )
     if isinstance(exc, model.ResourceNotFoundError):
         return ConfigError(
@@ -82,6 +92,20 @@ def _mapped(exc: BaseException, operation: str, target: str, *, destination: boo
         "if it persists",
         retryable=True,
     )
+
+
+@dataclass(frozen=True)
+class SecretValue:
+    """A secret served by ``aws.greengrass.SecretManager``: a text or a binary value and which version it is.
+
+    The value is left out of ``repr`` so that a log line or a traceback showing this object never shows it.
+    """
+
+    arn: str
+    version_id: str
+    version_stages: tuple[str, ...]
+    text: str | None = field(default=None, repr=False)
+    binary: bytes | None = field(default=None, repr=False)
 
 
 class _Lifecycle(eventstreamrpc.LifecycleHandler):  # type: ignore[misc]  # the SDK is untyped
@@ -197,6 +221,31 @@ class GreengrassIpc:
             lambda: self._client.get_configuration_async(component_name=component, key_path=key_path or []),
         )
         return dict(response.value or {})
+
+    async def get_secret_value(
+        self, secret_id: str, *, version_id: str | None = None, version_stage: str | None = None
+    ) -> SecretValue:
+        """A secret's value from ``aws.greengrass.SecretManager`` (the version labelled AWSCURRENT by default).
+
+        Needs an accessControl policy of this component for ``aws.greengrass.SecretManager``, operation
+        ``aws.greengrass#GetSecretValue``, on the secret's ARN, and the secret listed in the SecretManager
+        component's ``cloudSecrets``; without them a ConfigError says which to add.
+        """
+        response = await self._call(
+            "GetSecretValue",
+            f"secret {secret_id}",
+            lambda: self._client.get_secret_value_async(
+                secret_id=secret_id, version_id=version_id, version_stage=version_stage
+            ),
+        )
+        value = response.secret_value
+        return SecretValue(
+            arn=str(response.secret_id or secret_id),
+            version_id=str(response.version_id or ""),
+            version_stages=tuple(response.version_stage or ()),
+            text=value.secret_string if value is not None else None,
+            binary=value.secret_binary if value is not None else None,
+        )
 
     async def update_state(self, state: Literal["RUNNING", "ERRORED"]) -> None:
         """Report the component's state to the nucleus (shown by ``greengrass-cli component list``)."""

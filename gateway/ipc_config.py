@@ -9,6 +9,10 @@ Validation of a proposed deployment (``SubscribeToValidateConfigurationUpdates``
   :data:`PROBE_TIMEOUT_S` timeout, all in parallel. Endpoints the running configuration already has are not
   probed, so a device that is down for maintenance never blocks an unrelated change (the collector keeps
   reconnecting to it). Only reachability is checked; protocol and credentials are the running component's job;
+- a malformed **secret reference** (``secretsmanager:...`` in a password field, :mod:`gateway.secretrefs`). A
+  well-formed one is fetched only when the configuration applies, at start and at each update, since the
+  accessControl policy deployed with it is not in force before; a reference that cannot be fetched then is logged
+  in one line per field (field, ARN, fix) and the running configuration stays (at start: ERRORED);
 - a **tag group member** (``groups[*].tags`` over ``input_streams``, the anomaly detector) that no record among the
   last :data:`RECENT_MESSAGES` messages of those streams carries. While the streams hold no data yet nothing can
   be judged, and the deployment is accepted.
@@ -28,6 +32,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
+from gateway import secretrefs
 from gateway.config import validate
 from gateway.errors import ConfigError, GatewayError
 from gateway.ipc import GreengrassIpc
@@ -42,16 +47,18 @@ _DEFAULT_PORTS = {"opc.tcp": 4840, "mqtt": 1883, "mqtts": 8883, "tcp": 502, "htt
 
 
 def load_deployed(model: type[M], *, origin: str) -> M:
-    """Read this component's configuration from the nucleus and validate it (synchronous; outside a loop)."""
+    """Read this component's configuration from the nucleus, validate it and resolve its secret references
+    (synchronous; outside a loop)."""
 
-    async def fetch() -> dict[str, Any]:
+    async def fetch() -> M:
         ipc = await GreengrassIpc.connect()
         try:
-            return await ipc.get_configuration()
+            return await secretrefs.resolve(validate(model, await ipc.get_configuration(), origin=origin), ipc,
+                                            component=origin)
         finally:
             ipc.close()
 
-    return validate(model, asyncio.run(fetch()), origin=origin)
+    return asyncio.run(fetch())
 
 
 def endpoints(config: BaseModel, prefix: str = "") -> Iterator[tuple[str, str, int]]:
@@ -163,7 +170,8 @@ async def unknown_group_members(new: BaseModel) -> list[str]:
 async def check_deployment(model: type[M], proposed: dict[str, Any], running: M | None, origin: str) -> M:
     """Validate a proposed configuration as a deployment would apply it; raise ConfigError naming each field."""
     new = validate(model, proposed, origin=origin)
-    problems = [*await unreachable_endpoints(new, running), *await unknown_group_members(new)]
+    problems = [*secretrefs.problems(new), *await unreachable_endpoints(new, running),
+                *await unknown_group_members(new)]
     if problems:
         raise ConfigError(f"{origin}: {len(problems)} problem(s) found checking the configuration against this "
                           "gateway", problems=problems)
@@ -182,6 +190,7 @@ async def connect_deployment(
     ipc = await GreengrassIpc.connect()
     origin = f"{name} deployment"
     last: list[M] = []
+    last_raw: list[M] = []  # as deployed, references unresolved: a deployment notifies once per changed key
 
     async def check(proposed: dict[str, Any]) -> str | None:
         try:
@@ -193,7 +202,11 @@ async def connect_deployment(
 
     async def changed(_key_path: list[str]) -> None:
         try:
-            new = validate(model, await ipc.get_configuration(), origin=origin)
+            raw = validate(model, await ipc.get_configuration(), origin=origin)
+            if last_raw and raw == last_raw[0]:
+                return
+            new = await secretrefs.resolve(raw, ipc, component=name)
+            last_raw[:] = [raw]  # only once resolved: a deployment that adds the missing policy must retry
         except ConfigError as exc:  # validation should have stopped it; keep running the old configuration
             log.error("%s: deployed configuration is invalid, keeping the running one:\n%s", name, exc)
             return
@@ -206,11 +219,17 @@ async def connect_deployment(
 
     await ipc.subscribe_validate_configuration(check)
     await ipc.subscribe_configuration_updates(changed)
+    config: M | None = None
     try:
-        config: M | None = validate(model, await ipc.get_configuration(), origin=origin)
+        raw = validate(model, await ipc.get_configuration(), origin=origin)
     except ConfigError as exc:
         log.error("%s:\n%s", name, exc)
-        config = None
+    else:
+        try:
+            config = await secretrefs.resolve(raw, ipc, component=name)
+            last_raw[:] = [raw]
+        except GatewayError as exc:  # also the nucleus not answering for a secret: ERRORED until redeployed
+            log.error("%s:\n%s", name, exc)
     return ipc, config
 
 

@@ -4,11 +4,15 @@ No nucleus can run on a developer machine or in CI, so tests and ``gatewayctl de
 ``awsiotsdk`` client at this server (``AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT`` =
 :attr:`socket_path`, ``SVCUID`` = a token from ``tokens``). It implements the operations the gateway uses:
 GetConfiguration, SubscribeToConfigurationUpdate, SubscribeToValidateConfigurationUpdates,
-SendConfigurationValidityReport, UpdateState, PublishToIoTCore, PublishToTopic and SubscribeToTopic.
+SendConfigurationValidityReport, UpdateState, PublishToIoTCore, PublishToTopic, SubscribeToTopic and
+GetSecretValue (the ``aws.greengrass.SecretManager`` component's operation, secrets given with ``secrets`` or
+:meth:`IpcServer.add_secret`).
 
 Authorization follows the recipe's ``accessControl`` shape. A component with no policies given is trusted with
 everything (the convenient default for tests); a component with policies gets ``UnauthorizedError`` for every
-PublishToIoTCore / PublishToTopic / SubscribeToTopic they do not allow, as the nucleus would.
+PublishToIoTCore / PublishToTopic / SubscribeToTopic they do not allow, as the nucleus would. GetSecretValue is
+always checked, also for a component with no policies: a secret is exactly what must not leak to a component
+whose recipe does not ask for it, and tests of that must not pass by the stand-in's convenience.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import base64
 import copy
 import inspect
+import json
 import logging
 import re
 import uuid
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 _NS = "aws.greengrass#"
 MQTT_PROXY = "aws.greengrass.ipc.mqttproxy"
 PUBSUB = "aws.greengrass.ipc.pubsub"
+SECRET_MANAGER = "aws.greengrass.SecretManager"
 _SERVICE_OF = {
     "PublishToIoTCore": MQTT_PROXY,
     "PublishToTopic": PUBSUB,
@@ -113,6 +119,41 @@ def _lookup(tree: dict[str, Any], component: str, key_path: list[str]) -> dict[s
     return node if isinstance(node, dict) else {key_path[-1]: node}
 
 
+# ---- aws.greengrass.SecretManager, as its public source does it (aws-greengrass/aws-greengrass-secret-manager,
+# SecretManagerIPCAgent.GetSecretValueOperationHandler and SecretManager.validateSecretId/getSecretFromCache):
+# a secret id that is not an ARN is mapped to the configured ARN whose name it is (``...:secret:<name>-XXXXXX``),
+# else ResourceNotFoundError "Secret not configured <id>"; then the principal is authorised for
+# ``aws.greengrass#GetSecretValue`` on that ARN under the accessControl service ``aws.greengrass.SecretManager``
+# (resources are ARNs or ``*``), else UnauthorizedError; then the version is looked up (AWSCURRENT unless versionId
+# or versionStage is given, both together is an error), else ResourceNotFoundError "Secret not found <id>". The
+# response is {secretId: ARN, versionId, versionStage: [labels], secretValue: {secretString | secretBinary}}.
+# Docs: https://docs.aws.amazon.com/greengrass/v2/developerguide/ipc-secret-manager.html
+SECRET_ARN = re.compile(r"arn:[^:\s]+:secretsmanager:[a-z0-9\-]+:[0-9]{12}:secret:[A-Za-z0-9/_+=,.@\-]+")
+CURRENT = "AWSCURRENT"
+
+
+def secret_allowed(policies: Mapping[str, Mapping[str, Any]], arn: str) -> bool:
+    """Whether a component's accessControl lets it GetSecretValue ``arn`` (a resource may use ``*`` as a glob)."""
+    for policy in policies.get(SECRET_MANAGER, {}).values():
+        operations = policy.get("operations", [])
+        if "*" not in operations and _NS + "GetSecretValue" not in operations:
+            continue
+        for pattern in policy.get("resources", []):
+            glob = ".*".join(re.escape(part) for part in str(pattern).split("*"))
+            if re.fullmatch(glob, arn) is not None:
+                return True
+    return False
+
+
+def read_secrets_file(path: str | Path) -> dict[str, str]:
+    """Secrets for the stand-in from a JSON file ``{ARN: text or {key: value, ...}}`` (an object becomes its JSON
+    text, as a key/value secret of the Secrets Manager console is stored)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object {{secret ARN: value}}")
+    return {str(arn): value if isinstance(value, str) else json.dumps(value) for arn, value in data.items()}
+
+
 class IpcServer:
     """Greengrass IPC over a Unix socket for components run outside a nucleus.
 
@@ -121,6 +162,8 @@ class IpcServer:
         tokens: auth token (the component's ``SVCUID``) -> component name; any other token is refused.
         access_control: per-component ``accessControl`` as written in recipes; components absent are trusted.
         iot_core_sink: receives every accepted PublishToIoTCore (also recorded in :attr:`published`).
+        secrets: secret ARN -> SecretString (str) or SecretBinary (bytes): the secrets the SecretManager component
+            holds on the core, i.e. those its ``cloudSecrets`` lists and it could download.
     """
 
     def __init__(
@@ -130,6 +173,7 @@ class IpcServer:
         *,
         access_control: AccessControl | None = None,
         iot_core_sink: IotCoreSink | None = None,
+        secrets: Mapping[str, str | bytes] | None = None,
     ) -> None:
         self.socket_path = str(socket_path)
         self.tokens = dict(tokens)
@@ -139,6 +183,10 @@ class IpcServer:
         self.states: dict[str, str] = {}
         self.state_history: dict[str, list[str]] = {}
         self.published: list[PublishedMessage] = []
+        #: Secret ARN -> (version id, value): what aws.greengrass.SecretManager holds on this core.
+        self._secrets: dict[str, tuple[str, str | bytes]] = {}
+        for arn, value in (secrets or {}).items():
+            self.add_secret(arn, value)
         self._configs: dict[str, dict[str, Any]] = {}
         self._config_subs: list[tuple[str, list[str], RpcStream]] = []
         self._validate_subs: dict[str, list[RpcStream]] = {}
@@ -175,6 +223,13 @@ class IpcServer:
         old, self._configs[component] = self._configs.get(component, {}), copy.deepcopy(config)
         for path in _changed_paths(old, config, []):
             self._spawn(self._notify_update(component, path))
+
+    def add_secret(self, arn: str, value: str | bytes) -> None:
+        """Put a secret (a new version, labelled AWSCURRENT) on the stand-in's SecretManager."""
+        if SECRET_ARN.fullmatch(arn) is None:
+            raise ValueError(f"{arn!r} is not a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:"
+                             "secret:NAME-XXXXXX)")
+        self._secrets[arn] = (str(uuid.uuid4()), value)
 
     async def deploy_configuration(
         self, component: str, new_config: dict[str, Any], timeout_s: float = 20.0
@@ -349,6 +404,37 @@ class IpcServer:
         self._topic_subs.append(entry)
         stream.on_close.append(lambda: self._topic_subs.remove(entry))
         return {"topicName": body["topic"]}
+
+    async def _op_GetSecretValue(self, component: str, stream: RpcStream, body: Any) -> Any:
+        secret_id = str(body.get("secretId") or "")
+        if not secret_id:
+            raise _Fault(_NS + "ServiceError", "SecretId absent in the request")
+        arn = secret_id if SECRET_ARN.fullmatch(secret_id) else self._arn_named(secret_id)
+        if not secret_allowed(self.access_control.get(component, {}), arn):
+            raise _Fault(
+                _NS + "UnauthorizedError",
+                f"Principal {component} is not authorized to perform {SECRET_MANAGER}:{_NS}GetSecretValue on "
+                f"resource {arn}",
+            )
+        version_id, stage = body.get("versionId"), body.get("versionStage")
+        if version_id and stage:
+            raise _Fault(_NS + "ServiceError", "Both versionId and Stage are set in the request")
+        held = self._secrets.get(arn)
+        if held is None or (version_id and version_id != held[0]) or (stage and stage != CURRENT):
+            what = f"Version Id {version_id}" if version_id else f"Version stage {stage}" if stage else "Secret"
+            raise _Fault(_NS + "ResourceNotFoundError", f"{what} not found for secret {secret_id}",
+                         resourceType="secret", resourceName=secret_id)
+        value = held[1]
+        secret = {"secretBinary": base64.b64encode(value).decode()} if isinstance(value, bytes) \
+            else {"secretString": value}
+        return {"secretId": arn, "versionId": held[0], "versionStage": [CURRENT], "secretValue": secret}
+
+    def _arn_named(self, name: str) -> str:
+        for arn in self._secrets:
+            if re.fullmatch(r".*:secret:" + re.escape(name) + r"-[A-Za-z0-9]{6}", arn):
+                return arn
+        raise _Fault(_NS + "ResourceNotFoundError", f"Secret not configured {name}", resourceType="secret",
+                     resourceName=name)
 
     async def _notify_update(self, component: str, path: list[str]) -> None:
         event = {"configurationUpdateEvent": {"componentName": component, "keyPath": path}}
