@@ -334,3 +334,47 @@ def test_frame_round_trip_and_corruption_detected() -> None:
 )
 def test_topic_matching(pattern: str, topic: str, glob: bool, expected: bool) -> None:
     assert topic_matches(pattern, topic, glob=glob) is expected
+
+
+SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:plant/opcua-Qw12Er"
+KEY_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:plant/hmac-Zx98Cv"
+SECRET_POLICY = {"aws.greengrass.SecretManager": {"c:secrets:1": {
+    "operations": ["aws.greengrass#GetSecretValue"], "resources": ["arn:aws:secretsmanager:eu-west-1:123456789012:"
+                                                                   "secret:plant/*"]}}}
+
+
+def test_get_secret_value_text_binary_by_name_and_version(socket_path: Path) -> None:
+    async def body() -> None:
+        secrets = {SECRET_ARN: "s3cr3t-text", KEY_ARN: b"\x00\xffkey"}
+        async with serving(socket_path, secrets=secrets, access_control={COLLECTOR: SECRET_POLICY}) as (_, ipc):
+            text = await ipc.get_secret_value(SECRET_ARN)
+            assert (text.arn, text.text, text.binary, text.version_stages) == (SECRET_ARN, "s3cr3t-text", None,
+                                                                               ("AWSCURRENT",))
+            assert "s3cr3t-text" not in repr(text)
+            binary = await ipc.get_secret_value(KEY_ARN)
+            assert binary.binary == b"\x00\xffkey" and binary.text is None
+            by_name = await ipc.get_secret_value("plant/opcua")  # a name maps to its configured ARN
+            assert by_name.arn == SECRET_ARN and by_name.version_id == text.version_id
+            assert (await ipc.get_secret_value(SECRET_ARN, version_id=text.version_id)).text == "s3cr3t-text"
+            with pytest.raises(ConfigError, match="AWSPREVIOUS"):
+                await ipc.get_secret_value(SECRET_ARN, version_stage="AWSPREVIOUS")
+
+    run(body())
+
+
+def test_get_secret_value_refused_without_policy_and_unknown_secret_named(socket_path: Path) -> None:
+    async def body() -> None:
+        unknown = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:plant/other-Aa11Bb"
+        # COLLECTOR has no policies at all: for secrets the stand-in is as strict as the nucleus
+        async with serving(socket_path, secrets={SECRET_ARN: "s3cr3t-text"}) as (server, ipc):
+            with pytest.raises(ConfigError, match="not authorized") as refused:
+                await ipc.get_secret_value(SECRET_ARN)
+            assert "aws.greengrass.SecretManager" in refused.value.fix and SECRET_ARN in str(refused.value)
+            server.access_control[COLLECTOR] = SECRET_POLICY
+            with pytest.raises(ConfigError, match="not on this core") as missing:
+                await ipc.get_secret_value(unknown)
+            assert "cloudSecrets" in missing.value.fix
+            with pytest.raises(ConfigError, match="Secret not configured plant/nothing"):
+                await ipc.get_secret_value("plant/nothing")
+
+    run(body())

@@ -166,7 +166,7 @@ def test_mqtt_password_reference_is_fetched_and_used_and_never_shown(
     subscriber = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-secret-sub")
     subscriber.username_pw_set("gw", PASSWORD)
     subscriber.tls_set(ca_certs=str(broker.ca))
-    subscriber.on_message = lambda client, userdata, message: received.append(message.payload)
+    subscriber.on_message = lambda client, userdata, message: received.append(bytes(message.payload))
     subscriber.connect("127.0.0.1", broker.port)
     subscriber.subscribe("factoryedge/#", qos=1)
     subscriber.loop_start()
