@@ -4,6 +4,7 @@ the simulator's OPC UA endpoint."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,9 @@ def test_trust_then_secure_read_on_the_simulator(tmp_path: Path, capsys: pytest.
             "--mode", "Sign", "--pki-dir", str(pki), "--json"]
     try:
         assert gatewayctl(read) == 1 and "gatewayctl opcua trust" in capsys.readouterr().err
-        rc, out = _run(capsys, "opcua", "trust", url, "--trust-dir", str(pki / "trusted"), "--accept", "--json")
+        sha256 = hashlib.sha256((tmp_path / "server-pki" / "server-cert.der").read_bytes()).hexdigest()
+        rc, out = _run(capsys, "opcua", "trust", url, "--trust-dir", str(pki / "trusted"), "--accept",
+                       "--thumbprint", sha256, "--json")
         assert rc == 0 and json.loads(out)["written"]
         rc, out = _run(capsys, *read)
         assert rc == 0 and 2600 < json.loads(out)[0]["value"] < 2800

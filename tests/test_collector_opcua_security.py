@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import datetime as dt
 import json
 import logging
@@ -82,6 +83,10 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     server.stop()
 
 
+def _sha256(cert: Path) -> str:
+    return hashlib.sha256(load_der(cert)).hexdigest()
+
+
 def _sec(s: Secured, **kw: Any) -> dict[str, Any]:
     return {"policy": "Basic256Sha256", "mode": "SignAndEncrypt", "pki_dir": str(s.pki), **kw}
 
@@ -93,7 +98,8 @@ def test_security_modes_and_identities(tmp_path: Path, secured: Secured, mode: s
     sec: dict[str, Any] = {"mode": mode, "policy": "None" if mode == "None" else "Basic256Sha256",
                            "pki_dir": str(secured.pki)}
     if identity == "username":
-        sec |= {"username": "op", "password": PASSWORD}
+        # on mode None only knowingly: tests/security/test_opcua_security.py shows where such a password goes
+        sec |= {"username": "op", "password": PASSWORD, "allow_insecure_identity": mode == "None"}
     elif identity == "certificate":
         sec |= {"user_certificate": str(secured.user_cert), "user_private_key": str(secured.user_key)}
     caplog.set_level(logging.DEBUG)
@@ -115,9 +121,11 @@ def test_untrusted_server_certificate_refused_then_accepted_after_trusting(tmp_p
     async def scenario() -> None:
         async def trust_it(col: Collector) -> None:
             msg = col.connections["peer"].counters.last_error
-            assert f"gatewayctl opcua trust {secured.server.url} --accept --trust-dir {trust_dir}" in msg
+            assert (f"gatewayctl opcua trust {secured.server.url} --accept --thumbprint SHA256 --trust-dir "
+                    f"{trust_dir}") in msg
             assert col.connections["peer"].counters.values_written == 0
             rc = await asyncio.to_thread(gatewayctl, ["opcua", "trust", secured.server.url, "--accept",
+                                                      "--thumbprint", _sha256(secured.server.cert),
                                                       "--trust-dir", str(trust_dir), "--json"])
             assert rc == 0
 
@@ -135,8 +143,10 @@ def test_trust_command_shows_the_certificate(tmp_path: Path, secured: Secured,
     assert gatewayctl(["opcua", "trust", secured.server.url, "--trust-dir", str(trust_dir), "--json"]) == 1
     shown = json.loads(capsys.readouterr().out)
     assert shown["trusted"] is False and not trust_dir.exists()
-    assert shown["application_uri"] == "urn:factoryedge:test-peer:node-opcua" and len(shown["thumbprint"]) == 40
-    assert gatewayctl(["opcua", "trust", secured.server.url, "--trust-dir", str(trust_dir), "--accept"]) == 0
+    assert shown["application_uri"] == "urn:factoryedge:test-peer:node-opcua"
+    assert shown["thumbprint"] == _sha256(secured.server.cert)  # pinned by SHA-256; SHA-1 shown for comparison
+    assert gatewayctl(["opcua", "trust", secured.server.url, "--trust-dir", str(trust_dir), "--accept",
+                       "--thumbprint", shown["thumbprint"]]) == 0
     assert "written to" in capsys.readouterr().out and len(list(trust_dir.iterdir())) == 1
     assert gatewayctl(["opcua", "trust", secured.server.url, "--trust-dir", str(trust_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trusted"] is True
@@ -169,7 +179,7 @@ def test_expired_client_certificate_is_a_clear_error(tmp_path: Path, secured: Se
 def test_static_mistakes_name_the_field_and_the_fix(tmp_path: Path) -> None:
     base = {"endpoint": "opc.tcp://127.0.0.1:4840", "nodes": ["ns=2;s=A"]}
     data = {"connections": [
-        {"name": "a", **base, "security": {"password": "x"}},
+        {"name": "a", **base, "security": {"policy": "Basic256Sha256", "mode": "Sign", "password": "x"}},
         {"name": "b", **base, "security": {"mode": "Sign"}},
         {"name": "c", **base, "security": {"policy": "Basic256Sha256", "mode": "Sign",
                                            "certificate": str(tmp_path / "missing.der"),

@@ -10,12 +10,16 @@ Examples:
   gatewayctl opcua read opc.tcp://10.0.0.5:4840 "ns=2;s=Reactor/Pressure" "ns=2;s=Tank/Level"
   gatewayctl opcua subscribe opc.tcp://10.0.0.5:4840 "ns=2;s=Reactor/Pressure" --duration 30
   gatewayctl opcua trust opc.tcp://10.0.0.5:4840 --trust-dir opcua-pki/trusted     show it (exit 1: not trusted)
-  gatewayctl opcua trust opc.tcp://10.0.0.5:4840 --accept --trust-dir opcua-pki/trusted
+  gatewayctl opcua trust opc.tcp://10.0.0.5:4840 --trust-dir opcua-pki/trusted --accept \\
+      --thumbprint 3f:a2:...:9c      the SHA-256 thumbprint read on the server itself, not from this output
   gatewayctl opcua read opc.tcp://10.0.0.5:4840 "ns=2;s=X" --policy Basic256Sha256 --mode SignAndEncrypt \\
       --pki-dir opcua-pki --user operator
 
-Exit codes: 0 ok; 1 the server failed, a node is bad, or (trust without --accept) the certificate is not trusted;
-2 bad usage.
+A password is refused with --mode None (it would reach whoever answers at the URL) unless --allow-insecure-identity
+is given. URLs with user info (opc.tcp://user:pass@host) are refused: use --user.
+
+Exit codes: 0 ok; 1 the server failed, a node is bad, the certificate is not trusted, or --thumbprint does not match
+it; 2 bad usage (--accept without --thumbprint, user info in the URL).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.cli.common import EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE, print_json, table
+from gateway.cli.common import EXIT_OK, EXIT_UNHEALTHY, EXIT_USAGE, print_json, safe, table
 
 
 def register(subparsers: Any) -> None:
@@ -56,11 +60,16 @@ def register(subparsers: Any) -> None:
     subscribe.add_argument("--interval-ms", type=float, default=500.0, help="publishing interval (500)")
     _security(subscribe)
     subscribe.set_defaults(func=cmd_subscribe)
-    trust = sub.add_parser("trust", help="show the server certificate; --accept adds it to the trust list")
+    trust = sub.add_parser("trust", help="show the server certificate; --accept --thumbprint adds it to the trust "
+                           "list")
     trust.add_argument("url", help="endpoint, opc.tcp://host:port")
     trust.add_argument("--trust-dir", required=True, type=Path,
                        help="the collector's trust list folder (security.trust_dir, default <pki_dir>/trusted)")
-    trust.add_argument("--accept", action="store_true", help="copy the certificate into the trust list")
+    trust.add_argument("--accept", action="store_true",
+                       help="copy the certificate into the trust list if it matches --thumbprint")
+    trust.add_argument("--thumbprint", metavar="SHA256",
+                       help="the SHA-256 thumbprint the certificate must have (hex, colons and case ignored), read "
+                       "on the server itself: whatever answers at the URL could be another server")
     trust.add_argument("--timeout", type=float, default=5.0, help="request timeout in seconds (5)")
     trust.set_defaults(func=cmd_trust)
 
@@ -76,6 +85,8 @@ def _security(p: argparse.ArgumentParser) -> None:
     p.add_argument("--user", help="user name identity; the password comes from --password-env or a prompt")
     p.add_argument("--password-env", default="OPCUA_PASSWORD", metavar="VAR",
                    help="environment variable holding the password (default OPCUA_PASSWORD)")
+    p.add_argument("--allow-insecure-identity", action="store_true",
+                   help="send the password even with --mode None (readable by whoever answers at the URL)")
     p.add_argument("--user-cert", help="certificate identity: user certificate file")
     p.add_argument("--user-key", help="certificate identity: its private key")
     p.add_argument("--timeout", type=float, default=5.0, help="request timeout in seconds (5)")
@@ -87,6 +98,7 @@ def _connection(args: argparse.Namespace, nodes: list[str]) -> Any:
     from gateway.errors import ConfigError
     from gateway.sources.opcua_config import OpcUaConnection
 
+    _no_user_info(args.url)
     password = None
     if args.user:
         password = os.environ.get(args.password_env)
@@ -97,13 +109,24 @@ def _connection(args: argparse.Namespace, nodes: list[str]) -> Any:
     security = {"policy": args.policy, "mode": args.mode, "pki_dir": args.pki_dir, "trust_dir": args.trust_dir,
                 "certificate": args.cert, "private_key": args.key, "application_uri": args.application_uri,
                 "username": args.user, "password": password, "user_certificate": args.user_cert,
-                "user_private_key": args.user_key}
+                "user_private_key": args.user_key, "allow_insecure_identity": args.allow_insecure_identity or None}
     try:
         return OpcUaConnection(name="gatewayctl", endpoint=args.url, nodes=nodes or ["i=85"],
                                timeout_s=args.timeout, security={k: v for k, v in security.items() if v is not None})
     except ValidationError as exc:
         problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("bad OPC UA options", problems=problems, fix="see `gatewayctl opcua --help`") from exc
+
+
+def _no_user_info(url: str) -> None:
+    from gateway.errors import ConfigError
+    from gateway.redact import userinfo_problem
+
+    problem = userinfo_problem(url, "the URL")
+    if problem:
+        # one line, the URL masked: asyncua would otherwise log in with the credentials it finds there (NOTES 13)
+        raise ConfigError(problem.replace("security.username / security.password, or a secret reference",
+                                          "--user and --password-env"))
 
 
 def _quiet() -> None:
@@ -217,7 +240,8 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(row)
             else:
-                print(f"{row['source_ts'] or '-':32}  {row['node']:40} {_fmt(row['value']):>20}  {row['status']}")
+                print(safe(f"{row['source_ts'] or '-':32}  {row['node']:40} {_fmt(row['value']):>20}  "
+                           f"{row['status']}"))
             sys.stdout.flush()
         return EXIT_UNHEALTHY if bad or not seen else EXIT_OK
 
@@ -227,36 +251,64 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
 def cmd_trust(args: argparse.Namespace) -> int:
     from asyncua.ua.uaerrors import UaError
 
-    from gateway.sources.opcua_security import cert_info, server_certificate, trust, trusted_thumbprints
+    from gateway.errors import ConfigError
+    from gateway.redact import redact_text, redact_url
+    from gateway.sources.opcua_security import (
+        cert_info,
+        normalize_thumbprint,
+        server_certificate,
+        trust,
+        trusted_thumbprints,
+    )
 
+    _no_user_info(args.url)
+    expected = normalize_thumbprint(args.thumbprint) if args.thumbprint else None
+    if args.accept and expected is None:
+        # whatever answers at the URL would be trusted: a rogue server on the path, or a wrong address
+        raise ConfigError("--accept needs --thumbprint SHA256: the certificate to trust must be named, or whatever "
+                          "answers at the URL is trusted",
+                          fix="read the server certificate's SHA-256 thumbprint on the server itself and pass it")
+    if expected is not None and (len(expected) != 64 or any(ch not in "0123456789abcdef" for ch in expected)):
+        raise ConfigError(f"--thumbprint {args.thumbprint} is not a SHA-256 thumbprint (64 hex digits; a SHA-1 one "
+                          "has 40)", fix="pass the certificate's SHA-256 thumbprint")
+    url = redact_url(args.url)
     _quiet()
     try:
         _, der = asyncio.run(asyncio.wait_for(server_certificate(args.url, args.timeout), args.timeout * 2))
     except (OSError, asyncio.TimeoutError, UaError) as exc:
-        print(f"gatewayctl: {args.url}: cannot get the server's endpoints ({type(exc).__name__}: {exc}). "
-              "Fix: check the URL and that the server runs", file=sys.stderr)
+        print(f"gatewayctl: {url}: cannot get the server's endpoints ({type(exc).__name__}: "
+              f"{redact_text(str(exc))}). Fix: check the URL and that the server runs", file=sys.stderr)
         return EXIT_UNHEALTHY
     if not der:
-        print(f"gatewayctl: {args.url} offers no certificate (security None only): nothing to trust",
-              file=sys.stderr)
+        print(f"gatewayctl: {url} offers no certificate (security None only): nothing to trust", file=sys.stderr)
         return EXIT_USAGE
     info = cert_info(der)
     trusted = info.thumbprint in trusted_thumbprints(args.trust_dir)
+    mismatch = expected is not None and expected != info.thumbprint
     written = None
-    if args.accept and not trusted:
+    if args.accept and not trusted and not mismatch:
         written = trust(der, args.trust_dir)
         trusted = True
-    out = {**info.as_dict(), "url": args.url, "trust_dir": str(args.trust_dir), "trusted": trusted,
+    out = {**info.as_dict(), "url": url, "trust_dir": str(args.trust_dir), "trusted": trusted,
            "written": str(written) if written else None}
     if args.json:
         print_json(out)
     else:
-        print(table([[k, str(out[k])] for k in ("subject", "application_uri", "thumbprint", "not_before",
-                                                 "not_after", "expired", "trusted")], ["server certificate", ""]))
+        labels = {"thumbprint": "sha256 thumbprint", "sha1": "sha1 (not pinned)"}
+        print(table([[labels.get(k, k), str(out[k])] for k in ("subject", "application_uri", "thumbprint", "sha1",
+                                                                "not_before", "not_after", "expired", "trusted")],
+                    ["server certificate", ""]))
         if written:
             print(f"trusted: written to {written}")
-        elif not trusted:
-            print("not trusted: compare the thumbprint with the server's, then run again with --accept")
+        elif not trusted and not mismatch:
+            print("not trusted: compare the SHA-256 thumbprint with the one the server shows locally, then run "
+                  "again with --accept --thumbprint SHA256")
         if info.expired:
             print("WARNING: the certificate is not valid now; the collector refuses it until the server renews it")
+    if mismatch:
+        print(f"gatewayctl: {url} presents the certificate {safe(info.subject)} with SHA-256 thumbprint "
+              f"{info.thumbprint}, which does not match --thumbprint {args.thumbprint}: nothing trusted. Fix: "
+              "check that the URL reaches the intended server and that the thumbprint is its SHA-256 one",
+              file=sys.stderr)
+        return EXIT_UNHEALTHY
     return EXIT_OK if trusted and not info.expired else EXIT_UNHEALTHY

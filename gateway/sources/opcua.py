@@ -31,10 +31,11 @@ from asyncua.ua.uaerrors import UaError
 
 from gateway.errors import SourceError
 from gateway.record import Quality, Value
+from gateway.redact import redact_text, redact_url
 from gateway.sources.common import Emitter
 from gateway.sources.opcua_browse import browse_patterns
 from gateway.sources.opcua_config import OpcUaConnection, OpcUaSecurity
-from gateway.sources.opcua_security import secure
+from gateway.sources.opcua_security import GuardedClient, secure
 
 if TYPE_CHECKING:
     from gateway.diagnostics import Finding
@@ -90,7 +91,8 @@ async def resolve_nodes(client: Client, cfg: OpcUaConnection) -> tuple[dict[str,
     if cfg.namespace_uri:
         if cfg.namespace_uri not in namespaces:
             raise SourceError(
-                f"{cfg.endpoint}: namespace {cfg.namespace_uri!r} is not on the server (it has {namespaces})",
+                f"{redact_url(cfg.endpoint)}: namespace {cfg.namespace_uri!r} is not on the server "
+                f"(it has {namespaces})",
                 fix="check namespace_uri against the server's NamespaceArray (gatewayctl opcua read URL i=2255)",
             )
         default_ns = namespaces.index(cfg.namespace_uri)
@@ -109,21 +111,44 @@ async def resolve_nodes(client: Client, cfg: OpcUaConnection) -> tuple[dict[str,
 
 async def connect(cfg: OpcUaConnection) -> Client:
     """A connected, secured client for one connection (raises SourceError naming the fix)."""
-    client = Client(cfg.endpoint, timeout=cfg.timeout_s, watchdog_intervall=cfg.keepalive_s)
+    client = GuardedClient(cfg.endpoint, allow_insecure_identity=cfg.security.allow_insecure_identity,
+                           timeout=cfg.timeout_s, watchdog_intervall=cfg.keepalive_s)
     client.session_timeout = int(cfg.session_timeout_s * 1000)
     client.name = client.description = "factoryedge gateway"
+    # the configuration refuses user info in endpoints; masked anyway, as is the library's error text
+    where = redact_url(cfg.endpoint)
     try:
         await secure(client, cfg.security, cfg.endpoint, cfg.timeout_s)
         await client.connect()
     except SourceError:
         raise
     except (OSError, asyncio.TimeoutError) as exc:
-        raise SourceError(f"{cfg.endpoint}: cannot connect ({type(exc).__name__}: {exc})",
+        raise SourceError(f"{where}: cannot connect ({type(exc).__name__}: {redact_text(str(exc))})",
                           fix="check the endpoint, the network and that the server runs", retryable=True) from exc
     except (UaError, AssertionError, ValueError) as exc:
-        raise SourceError(f"{cfg.endpoint}: the server refused the session ({type(exc).__name__}: {exc})",
-                          fix=_refusal_fix(exc, cfg.security), retryable=True) from exc
+        raise SourceError(f"{where}: the server refused the session ({type(exc).__name__}: "
+                          f"{redact_text(str(exc))})", fix=_refusal_fix(exc, cfg.security), retryable=True) from exc
     return client
+
+
+_warned: set[tuple[str, str, str]] = set()
+
+
+def warn_if_plain(cfg: OpcUaConnection) -> None:
+    """Once per connection and process: say loudly that a channel with security None is open to anyone on the
+    network, and that a password allowed on it (allow_insecure_identity) reaches whoever answers."""
+    sec, where = cfg.security, redact_url(cfg.endpoint)
+    if sec.mode == "None" and ("plain", cfg.name, cfg.endpoint) not in _warned:
+        _warned.add(("plain", cfg.name, cfg.endpoint))
+        log.warning("connection %s: %s is a plain channel: unsigned, unencrypted; anyone on the network can read "
+                    "and alter values. Fix: set security.policy: Basic256Sha256 and security.mode: SignAndEncrypt "
+                    "(or Sign)", cfg.name, where)
+    if sec.mode == "None" and sec.password is not None and ("identity", cfg.name, cfg.endpoint) not in _warned:
+        _warned.add(("identity", cfg.name, cfg.endpoint))
+        log.warning("connection %s: the password of user %s goes to %s with security mode None because "
+                    "security.allow_insecure_identity is true: whoever answers at that address can read it. Fix: "
+                    "use security.mode: SignAndEncrypt with a trusted server certificate", cfg.name, sec.username,
+                    where)
 
 
 def _refusal_fix(exc: BaseException, sec: OpcUaSecurity) -> str:
@@ -153,6 +178,7 @@ class OpcUaSource:
         self._sub: Subscription | None = None
 
     async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
+        warn_if_plain(self.cfg)
         client = await connect(self.cfg)
         try:
             nodes, unresolved = await resolve_nodes(client, self.cfg)
@@ -165,7 +191,8 @@ class OpcUaSource:
             else:
                 await self._subscribe(client, nodes, emitter)
         except (OSError, asyncio.TimeoutError, ConnectionError, UaError) as exc:
-            raise SourceError(f"{self.cfg.endpoint}: link lost ({type(exc).__name__}: {exc})",
+            raise SourceError(f"{redact_url(self.cfg.endpoint)}: link lost ({type(exc).__name__}: "
+                              f"{redact_text(str(exc))})",
                               retryable=True) from exc
         finally:
             await disconnect(client)
@@ -232,7 +259,7 @@ class OpcUaSource:
                     if tag is not None:
                         self._emit(emitter, tag, ev.data.monitored_item.Value)
                 elif isinstance(ev, StatusChangeEvent):
-                    raise SourceError(f"{self.cfg.endpoint}: subscription ended by status "
+                    raise SourceError(f"{redact_url(self.cfg.endpoint)}: subscription ended by status "
                                       f"{ev.notification.Status.name}", retryable=True)
 
     async def _watch(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> None:

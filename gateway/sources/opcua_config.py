@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from gateway.redact import userinfo_problem
 from gateway.sources.common import ConnectionBase
 
 # The OPC UA string form of a node id (Part 6, 5.3.1.10), after an optional nsu= prefix has been taken off.
@@ -27,8 +28,18 @@ class OpcUaSecurity(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     policy: Literal["None", "Basic256Sha256"] = Field(default="None", description="Security policy.")
+    # validate_default: an omitted mode must be checked against the policy too (policy Basic256Sha256 without a
+    # mode used to connect with no security at all)
     mode: Literal["None", "Sign", "SignAndEncrypt"] = Field(
-        default="None", description="Message security mode; Sign or SignAndEncrypt need policy Basic256Sha256."
+        default="None", validate_default=True,
+        description="Message security mode; Sign or SignAndEncrypt need policy Basic256Sha256, which needs one of "
+        "them.",
+    )
+    allow_insecure_identity: bool = Field(
+        default=False,
+        description="Allow a password on a channel with mode None. Such a password is readable by whoever answers "
+        "at the endpoint (sent in clear, or encrypted for a server certificate nobody checked); prefer mode Sign or "
+        "SignAndEncrypt with a trusted server certificate.",
     )
     pki_dir: str = Field(
         default="opcua-pki",
@@ -38,7 +49,7 @@ class OpcUaSecurity(BaseModel):
     trust_dir: str | None = Field(
         default=None,
         description="Folder of trusted server certificates (DER or PEM); default <pki_dir>/trusted. "
-        "Add one with `gatewayctl opcua trust URL --accept --trust-dir DIR`.",
+        "Add one with `gatewayctl opcua trust URL --trust-dir DIR --accept --thumbprint SHA256`.",
     )
     certificate: str | None = Field(
         default=None, description="Provided client certificate file (DER or PEM); generated when unset."
@@ -78,6 +89,18 @@ class OpcUaSecurity(BaseModel):
             raise ValueError("certificate and private_key go together: set both (or neither, to generate one)")
         return path
 
+    @field_validator("password")
+    @classmethod
+    def _password_needs_a_secure_channel(cls, password: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        # On a None channel the gateway checks no server certificate, so the password reaches whoever answers:
+        # asyncua sends it in clear, or encrypted for the certificate that same server presents (docs/collectors.md)
+        if password is not None and info.data.get("mode") == "None" and not info.data.get("allow_insecure_identity"):
+            raise ValueError("a password on security mode None reaches whoever answers at the endpoint (no server "
+                             "certificate is checked, the channel is not encrypted): set security.policy: "
+                             "Basic256Sha256 and security.mode: SignAndEncrypt (or Sign), or set "
+                             "security.allow_insecure_identity: true to send it anyway")
+        return password
+
     @field_validator("username")
     @classmethod
     def _user_and_password(cls, username: str | None, info: ValidationInfo) -> str | None:
@@ -111,7 +134,8 @@ class OpcUaConnection(ConnectionBase):
     """One OPC UA server."""
 
     type: Literal["opcua"] = Field(default="opcua", description="Connection type.")
-    endpoint: str = Field(pattern=r"^opc\.tcp://", description="Server endpoint, e.g. opc.tcp://10.0.0.5:4840.")
+    endpoint: str = Field(pattern=r"^opc\.tcp://", description="Server endpoint, e.g. opc.tcp://10.0.0.5:4840; "
+                          "without user info (the identity goes in security.username / security.password).")
     namespace_uri: str | None = Field(
         default=None,
         description="Namespace URI for node ids written without ns= (e.g. 's=Reactor/Pressure'); resolved to an "
@@ -149,6 +173,15 @@ class OpcUaConnection(ConnectionBase):
     timeout_s: float = Field(default=10.0, gt=0, description="Request timeout.")
     security: OpcUaSecurity = Field(default_factory=OpcUaSecurity, description="Security policy, certificates and "
                                     "identity.")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _no_user_info(cls, endpoint: str) -> str:
+        # asyncua takes user:pass@ from the URL and uses it (NOTES 13), and the URL is shown everywhere
+        problem = userinfo_problem(endpoint, "endpoint")
+        if problem:
+            raise PydanticCustomError("userinfo", problem)
+        return endpoint
 
     @field_validator("nodes")
     @classmethod

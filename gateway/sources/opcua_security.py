@@ -4,7 +4,11 @@ the user identity.
 The client certificate is generated once into ``pki_dir`` (kept across restarts, regenerated only when missing,
 expired or not matching the application URI) or provided as files. Server certificates are trusted by putting them
 into ``trust_dir`` (``gatewayctl opcua trust URL --accept`` does it); a server whose certificate is not there, or is
-expired, is refused with that fix in the message. Passwords are :class:`~pydantic.SecretStr` and never logged.
+expired, is refused with that fix in the message. Certificates are identified and pinned by their SHA-256
+thumbprint (SHA-1, what many OPC UA tools still show, is given for comparison only). Passwords are
+:class:`~pydantic.SecretStr` and never logged; a password goes only where it travels encrypted for a trusted
+certificate or inside an encrypted channel, unless ``allow_insecure_identity`` says otherwise (see
+:func:`check_identity_transport`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.errors import SourceError
+from gateway.redact import redact_url
 from gateway.sources.opcua_config import OpcUaSecurity
 
 log = logging.getLogger(__name__)
@@ -42,7 +47,8 @@ class CertInfo:
     """What an engineer needs to decide whether to trust a certificate."""
 
     subject: str
-    thumbprint: str  # SHA-1 of the DER, hex, the way OPC UA tools show it
+    thumbprint: str  # SHA-256 of the DER, lower-case hex: what the trust list pins
+    sha1: str  # SHA-1 of the DER, as UaExpert and most OPC UA servers show it; never used to pin
     not_before: dt.datetime
     not_after: dt.datetime
     application_uri: str | None
@@ -53,7 +59,8 @@ class CertInfo:
         return not self.not_before <= now <= self.not_after
 
     def as_dict(self) -> dict[str, str | bool | None]:
-        return {"subject": self.subject, "thumbprint": self.thumbprint, "not_before": self.not_before.isoformat(),
+        return {"subject": self.subject, "thumbprint": self.thumbprint, "sha1": self.sha1,
+                "not_before": self.not_before.isoformat(),
                 "not_after": self.not_after.isoformat(), "application_uri": self.application_uri,
                 "expired": self.expired}
 
@@ -65,8 +72,17 @@ def cert_info(der: bytes) -> CertInfo:
         uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     except x509.ExtensionNotFound:
         uris = []
-    return CertInfo(cert.subject.rfc4514_string(), hashlib.sha1(der).hexdigest(),
+    return CertInfo(cert.subject.rfc4514_string(), sha256_thumbprint(der), hashlib.sha1(der).hexdigest(),
                     cert.not_valid_before_utc, cert.not_valid_after_utc, uris[0] if uris else None)
+
+
+def sha256_thumbprint(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def normalize_thumbprint(text: str) -> str:
+    """A thumbprint as typed or pasted (``AB:CD:…``, spaces, upper case) in the form :class:`CertInfo` shows it."""
+    return "".join(ch for ch in text if ch not in ": \t").lower()
 
 
 def load_der(path: Path) -> bytes:
@@ -84,7 +100,7 @@ def trusted_thumbprints(trust_dir: Path) -> set[str]:
         for p in trust_dir.iterdir():
             if p.is_file() and p.suffix.lower() in (".der", ".pem", ".crt", ".cer"):
                 try:
-                    found.add(hashlib.sha1(load_der(p)).hexdigest())
+                    found.add(sha256_thumbprint(load_der(p)))
                 except ValueError:
                     continue
     return found
@@ -103,19 +119,21 @@ def trust(der: bytes, trust_dir: Path) -> Path:
 
 def check_server_certificate(der: bytes, sec: OpcUaSecurity, url: str) -> CertInfo:
     """Refuse an expired or untrusted server certificate with the fix in the message."""
+    url = redact_url(url)
     info = cert_info(der)
     if info.expired:
         raise SourceError(
             f"{url}: the server certificate {info.subject} (thumbprint {info.thumbprint}) is not valid now "
             f"(valid {info.not_before:%Y-%m-%d} to {info.not_after:%Y-%m-%d})",
             fix="renew the server's certificate on the server, then trust the new one with "
-            f"`gatewayctl opcua trust {url} --accept --trust-dir {sec.trust_path()}`",
+            f"`gatewayctl opcua trust {url} --accept --thumbprint SHA256 --trust-dir {sec.trust_path()}`",
         )
     if info.thumbprint not in trusted_thumbprints(sec.trust_path()):
         raise SourceError(
-            f"{url}: the server certificate {info.subject} (thumbprint {info.thumbprint}) is not in the trust "
-            f"list {sec.trust_path()}",
-            fix=f"check it and trust it with `gatewayctl opcua trust {url} --accept --trust-dir {sec.trust_path()}`",
+            f"{url}: the server certificate {info.subject} (SHA-256 thumbprint {info.thumbprint}) is not in the "
+            f"trust list {sec.trust_path()}",
+            fix="read the certificate's SHA-256 thumbprint on the server itself (not from this message), then trust "
+            f"it with `gatewayctl opcua trust {url} --accept --thumbprint SHA256 --trust-dir {sec.trust_path()}`",
         )
     return info
 
@@ -145,7 +163,7 @@ async def client_certificate(sec: OpcUaSecurity) -> tuple[Path, Path, str]:
     own = Path(sec.pki_dir) / "own"
     own.mkdir(parents=True, exist_ok=True)
     cert, key = own / "cert.der", own / "key.pem"
-    before = hashlib.sha1(cert.read_bytes()).hexdigest() if cert.is_file() else None
+    before = sha256_thumbprint(cert.read_bytes()) if cert.is_file() else None
     # regenerates only when missing, expired or for another URI: the server keeps trusting the same certificate
     await cert_gen.setup_self_signed_certificate(key, cert, uri, socket.gethostname(),
                                                  [ExtendedKeyUsageOID.CLIENT_AUTH],
@@ -166,8 +184,46 @@ def _endpoint(endpoints: list[ua.EndpointDescription], sec: OpcUaSecurity, url: 
             return ep
     offered = ", ".join(sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}"
                                 for e in endpoints}))
-    raise SourceError(f"{url}: the server offers no endpoint with {sec.policy}/{sec.mode} (it offers {offered})",
+    raise SourceError(f"{redact_url(url)}: the server offers no endpoint with {sec.policy}/{sec.mode} "
+                      f"(it offers {offered})",
                       fix="set security.policy and security.mode to one the server offers, or enable it on the server")
+
+
+class GuardedClient(Client):
+    """An asyncua client that decides, at the moment it is about to send a password, whether it may.
+
+    asyncua (``Client._add_user_auth``) encrypts the password for the server certificate when the server's UserName
+    token policy names a security policy (an empty one means the channel's), and sends it in clear, with only a log
+    line, when that policy is None. On a channel with mode None no server certificate is checked, so either way the
+    password reaches whoever answers; on mode Sign it travels in clear if the (trusted) server asks for a token
+    policy None; on SignAndEncrypt the channel itself is encrypted. The server chooses the token policy, in its
+    CreateSession answer, after the configuration was validated: hence this check here.
+    """
+
+    def __init__(self, url: str, *, allow_insecure_identity: bool = False, timeout: float = 4,
+                 watchdog_intervall: float = 1.0) -> None:
+        super().__init__(url, timeout=timeout, watchdog_intervall=watchdog_intervall)
+        self.allow_insecure_identity = allow_insecure_identity
+
+    async def activate_session(self, username: str | None = None, password: str | None = None,
+                               certificate: x509.Certificate | None = None) -> ua.ActivateSessionResult:
+        if password and not certificate and not self.allow_insecure_identity:
+            self._refuse_plain_password(username or "")
+        return await super().activate_session(username, password, certificate)
+
+    def _refuse_plain_password(self, username: str) -> None:
+        mode = self.security_policy.Mode
+        if mode == ua.MessageSecurityMode.SignAndEncrypt:
+            return
+        token = self.server_policy(ua.UserTokenType.UserName).SecurityPolicyUri
+        if mode == ua.MessageSecurityMode.Sign and token and token != POLICY_URIS["None"]:
+            return  # encrypted for the server certificate checked against the trust list
+        how = "in clear" if not token or token == POLICY_URIS["None"] else "to an unchecked server certificate"
+        raise SourceError(
+            f"{redact_url(self.server_url.geturl())}: the server asks for the password of user {username} {how} "
+            f"on a channel with mode {mode.name.rstrip('_')}; it was not sent",
+            fix="use security.mode: SignAndEncrypt (the channel then encrypts it), or set "
+            "security.allow_insecure_identity: true to send it anyway", retryable=False)
 
 
 async def server_certificate(url: str, timeout_s: float) -> tuple[list[ua.EndpointDescription], bytes]:
