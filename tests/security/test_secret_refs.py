@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -260,6 +261,13 @@ def test_reference_outside_greengrass_is_refused_naming_the_field(tmp_path: Path
     assert line.startswith("destinations.0.password:") and ARN in line and "Greengrass" in line
     plain = load_file(PublisherConfig, _write(tmp_path / "plain.json", _publisher_config(tmp_path, UNUSED, PASSWORD)))
     assert refuse_outside_greengrass(plain, "plain.json") is plain
+    # the component itself (runtime.component_main) refuses to start on it, instead of sending the reference as
+    # the password
+    env = {k: v for k, v in os.environ.items() if k != "SVCUID"}
+    main = ROOT / "components" / "publisher" / "main.py"
+    started = subprocess.run([sys.executable, str(main), "--config", str(path)],
+                             env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+    assert started.returncode == 2 and "destinations.0.password" in started.stderr and ARN in started.stderr
 
 
 def _write(path: Path, data: dict[str, Any]) -> Path:
