@@ -13,6 +13,7 @@ import json
 import os
 import re
 import time
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,13 +161,40 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
     return int(dt.timestamp() * 1e9)
 
 
+# Control characters (C0, DEL, C1), format characters (bidi overrides and isolates, zero-width marks), line and
+# paragraph separators, and lone surrogates from undecodable bytes: a terminal acts on them instead of showing them.
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def safe(value: object) -> str:
+    """``value`` as text for a terminal: every control or format character escaped (``\\x1b``, ``\\u202e``).
+
+    Tag names, values, node and item names, server messages and errors come from devices and the network; printed
+    raw, an ESC sequence rewrites the screen or the window title, a CR or bidi override hides what is shown. Every
+    human-readable output of gatewayctl passes what it prints through here (``--json`` output is escaped by JSON).
+    """
+    text = str(value)
+    if text.isprintable():  # the fast path: nothing to escape (isprintable is False for any control character)
+        return text
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in _UNSAFE_CATEGORIES:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def print_json(data: Any) -> None:
     print(json.dumps(data, default=str))
 
 
 def table(rows: list[list[str]], header: list[str], right: set[int] | None = None) -> str:
-    """A plain text table; ``right`` are the indexes of right-aligned (numeric) columns."""
+    """A plain text table, every cell made :func:`safe`; ``right`` are the indexes of right-aligned columns."""
     right = right or set()
+    rows = [[safe(c) for c in row] for row in rows]
+    header = [safe(c) for c in header]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     lines = []
     for row in [header, *rows]:

@@ -21,6 +21,7 @@ from typing import Any, get_args
 from pydantic import ValidationError
 from pymodbus.exceptions import ModbusException
 
+from gateway.cli.common import safe
 from gateway.errors import SourceError
 from gateway.sources.modbus import client_for, describe, read
 from gateway.sources.modbus_codec import ORDERS, TABLES, DataType, ModbusTag, Request, decode_value, plausible
@@ -63,7 +64,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"ok": False, "error": str(exc)}))
         else:
-            print(f"gatewayctl modbus read: {exc}", file=sys.stderr)
+            print(safe(f"gatewayctl modbus read: {exc}"), file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(result) if args.json else _table(result))
     return EXIT_OK
@@ -144,7 +145,7 @@ def _table(result: dict[str, Any]) -> str:
     lines = [head]
     if result["fc"] in (1, 2):
         lines.append(f"{'address':>8}  value")
-        lines += [f"{r['address']:>8}  {r['value']}" for r in result["values"]]
+        lines += [f"{r['address']:>8}  {_cell(r['value'])}" for r in result["values"]]
         return "\n".join(lines)
     cols = [f"{o}{'*' if o == result['order'] else ''}" for o in ORDERS]
     lines.append(f"{'address':>8}  {'registers (hex)':24}" + "".join(f"{c:>18}" for c in cols))
@@ -160,4 +161,4 @@ def _table(result: dict[str, Any]) -> str:
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.7g}"
-    return str(v)
+    return safe(v)  # a string value is whatever bytes the device holds: escaped for the terminal

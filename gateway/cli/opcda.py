@@ -22,7 +22,7 @@ import logging
 from datetime import datetime, timezone
 from typing import Any
 
-from gateway.cli.common import EXIT_OK, EXIT_UNHEALTHY, print_json, table
+from gateway.cli.common import EXIT_OK, EXIT_UNHEALTHY, print_json, safe, table
 
 
 def register(subparsers: Any) -> None:
@@ -122,7 +122,7 @@ def cmd_servers(args: argparse.Namespace) -> int:
     if args.json:
         print_json(offered)
     else:
-        print("\n".join(offered) if offered else f"{args.host}: no OPC DA server offered")
+        print("\n".join(map(safe, offered)) if offered else f"{args.host}: no OPC DA server offered")
     return EXIT_OK if offered else EXIT_UNHEALTHY
 
 
@@ -133,7 +133,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json(found)
     else:
-        print("\n".join(found) if found else f"nothing matches {args.pattern!r} on {session.cfg.server}")
+        print("\n".join(map(safe, found)) if found else f"nothing matches {args.pattern!r} on {session.cfg.server}")
     return EXIT_OK if found else EXIT_UNHEALTHY
 
 

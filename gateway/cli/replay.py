@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from gateway.cli.common import EXIT_OK, EXIT_UNHEALTHY, open_store, parse_time
+from gateway.cli.common import EXIT_OK, EXIT_UNHEALTHY, open_store, parse_time, safe
 from gateway.errors import ConfigError, DestinationError
 
 # An append happens after the values were read, so a message ingested before the range starts can only hold
@@ -165,13 +165,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         summary = asyncio.run(replay(args, cfg, Progress(args.json, sys.stderr)))
     except DestinationError as exc:
-        print(f"gatewayctl replay: gave up: {exc}", file=sys.stderr)
+        print(safe(f"gatewayctl replay: gave up: {exc}"), file=sys.stderr)
         return EXIT_UNHEALTHY
     if args.json:
         print(json.dumps({"done": summary}))
     else:
-        print(f"replayed {summary['records_sent']} of {summary['records_matched']} records from {args.stream} to "
-              f"{cfg.name} in {summary['seconds']} s ({summary['messages_scanned']} messages scanned)")
-        for why in summary["rejections"]:
-            print(f"  rejected: {why}", file=sys.stderr)
+        print(safe(f"replayed {summary['records_sent']} of {summary['records_matched']} records from {args.stream} "
+                   f"to {cfg.name} in {summary['seconds']} s ({summary['messages_scanned']} messages scanned)"))
+        for why in summary["rejections"]:  # services quote tags and aliases in their reasons
+            print(f"  rejected: {safe(why)}", file=sys.stderr)
     return EXIT_OK if not summary["records_rejected"] else EXIT_UNHEALTHY

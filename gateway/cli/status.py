@@ -25,6 +25,7 @@ from gateway.cli.common import (
     pid_alive,
     print_json,
     read_statuses,
+    safe,
     store_dir,
 )
 
@@ -139,7 +140,8 @@ def render(data: dict[str, Any]) -> list[str]:
             lines.append(f"{g['group'][:23]:24}{g['state'] or '-':>14}{_num(g['score'], '{:.3g}'):>10}"
                          f"{_num(g['threshold'], '{:.3g}'):>11}  {'ALARM' if g['alarm'] else '-'}")
         lines.append("  (score is relative to the group's threshold: 1.0 is the alarm line)")
-    return lines
+    # names, errors and states come from status files that quote devices and servers: escape every line
+    return [safe(line) for line in lines]
 
 
 def _healthy(data: dict[str, Any]) -> bool:

@@ -20,6 +20,7 @@ from gateway.cli.common import (
     fmt_duration,
     open_store,
     print_json,
+    safe,
     store_dir,
     table,
 )
@@ -94,15 +95,16 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
                     records = decode_batch(msg.payload)
                 except CodecError as exc:
-                    print(f"message {msg.seq}: cannot decode ({exc})", file=sys.stderr)
+                    print(f"message {msg.seq}: cannot decode ({safe(exc)})", file=sys.stderr)
                     continue
                 for r in records:
                     if patterns and not any(fnmatch.fnmatchcase(r.tag, p) for p in patterns):
                         continue
                     rec = record_json(r)
+                    # tag, source and value come from devices: escaped (JSON escapes them by itself)
                     print(json.dumps(rec) if args.json else
-                          f"{rec['sourceTs']}  {r.source:14} {r.tag:40} {r.value!s:>14} {r.quality.name:9} "
-                          f"{rec['kind']}")
+                          f"{rec['sourceTs']}  {safe(r.source):14} {safe(r.tag):40} {safe(r.value):>14} "
+                          f"{r.quality.name:9} {rec['kind']}")
             sys.stdout.flush()
             if not args.follow and not messages:
                 return EXIT_OK
@@ -198,7 +200,8 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     elif not rows:
-        print(f"no reader positions under {store_dir(args) / 'positions'}: no destination has sent anything yet")
+        print(safe(f"no reader positions under {store_dir(args) / 'positions'}: no destination has sent anything "
+                   "yet"))
     else:
         print(table([[r["reader"], r["stream"], "-" if r["backlog"] is None else r["backlog"],
                       "-" if r["oldest_unsent_age_s"] is None else fmt_duration(r["oldest_unsent_age_s"]),
