@@ -190,6 +190,7 @@ class DevRun:
             {r.token: n for n, r in self.components.items()},
             access_control={n: r.component.access_control for n, r in self.components.items()},
             iot_core_sink=self.iot.publish,
+            thing_name=self.options.thing_name,
         )
         for name, running in self.components.items():
             self.ipc.set_configuration(name, running.component.config)

@@ -84,13 +84,24 @@ def topic_matches(pattern: str, topic: str, *, glob: bool = False) -> bool:
     return len(want) == len(have)
 
 
-def _allowed(policies: Mapping[str, Mapping[str, Any]], service: str, operation: str, resource: str) -> bool:
+THING_NAME_VARIABLE = "{iot:thingName}"
+
+
+def _allowed(policies: Mapping[str, Mapping[str, Any]], service: str, operation: str, resource: str,
+             thing_name: str | None = None) -> bool:
+    """Whether a policy allows ``operation`` on ``resource``; ``{iot:thingName}`` in a resource is the core's thing
+    name, as the nucleus substitutes it (without a thing name such a resource matches nothing)."""
     for policy in policies.get(service, {}).values():
         operations = policy.get("operations", [])
         if "*" not in operations and operation not in operations:
             continue
-        if any(topic_matches(r, resource, glob=service == PUBSUB) for r in policy.get("resources", [])):
-            return True
+        for pattern in policy.get("resources", []):
+            if THING_NAME_VARIABLE in pattern:
+                if not thing_name:
+                    continue
+                pattern = pattern.replace(THING_NAME_VARIABLE, thing_name)
+            if topic_matches(pattern, resource, glob=service == PUBSUB):
+                return True
     return False
 
 
@@ -174,8 +185,10 @@ class IpcServer:
         access_control: AccessControl | None = None,
         iot_core_sink: IotCoreSink | None = None,
         secrets: Mapping[str, str | bytes] | None = None,
+        thing_name: str | None = None,
     ) -> None:
         self.socket_path = str(socket_path)
+        self.thing_name = thing_name  # what {iot:thingName} in an accessControl resource stands for
         self.tokens = dict(tokens)
         self.access_control = dict(access_control or {})
         self.iot_core_sink = iot_core_sink
@@ -319,7 +332,7 @@ class IpcServer:
         if service is None or policies is None:
             return
         resource = body.get("topicName") if service == MQTT_PROXY else body.get("topic")
-        if not _allowed(policies, service, _NS + name, str(resource)):
+        if not _allowed(policies, service, _NS + name, str(resource), self.thing_name):
             raise _Fault(
                 _NS + "UnauthorizedError",
                 f"Principal {component} is not authorized to perform {service}:{_NS}{name} on resource {resource}",
