@@ -47,6 +47,7 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.fsutil import atomic_write
 from gateway.redact import RedactingFormatter, scrub
 from gateway.revision import revision_of
+from gateway.secretrefs import refuse_outside_greengrass
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def component_main(
     config: M | None = None
     if args.config is not None:
         try:
-            config = load_file(model, args.config)
+            config = refuse_outside_greengrass(load_file(model, args.config), str(args.config))
         except ConfigError as exc:
             print(f"{name}: configuration rejected\n{exc}", file=sys.stderr)
             return EXIT_CONFIG
@@ -346,7 +347,7 @@ class _Runner(Generic[M]):
     def _reload(self) -> None:
         assert self.path is not None
         try:
-            new = load_file(self.model, self.path)
+            new = refuse_outside_greengrass(load_file(self.model, self.path), str(self.path))
         except ConfigError as exc:
             log.error("%s: new configuration rejected, the running one stays:\n%s", self.name, exc)
             return
