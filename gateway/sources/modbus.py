@@ -71,6 +71,10 @@ class ModbusSource:
         orders = {u.unit_id: u.order for u in cfg.units}
         self.decoders = [Decoder(r, orders[r.unit]) for r in cfg.requests()]
         self._failing: dict[str, str] = {}  # request label -> reason it currently fails
+        # once per connection start (a reconnect reuses this source): the protocol has no security to configure
+        log.warning("connection %s: Modbus TCP to %s:%d is unauthenticated and unencrypted (the protocol has "
+                    "neither; the collector only reads, function codes 1-4): network segmentation is the control "
+                    "(docs/collectors.md, Modbus TCP)", cfg.name, cfg.host, cfg.port)
 
     async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
         cfg = self.cfg
