@@ -28,6 +28,7 @@ from tests.gdk_build import (
 
 # isort: split
 import gg_artifact  # tools/ is on sys.path through tests.gdk_build
+import gg_lock
 import gg_recipe
 
 
@@ -77,7 +78,8 @@ def test_lifecycle_runs_only_what_the_zip_holds(built: Path, name: str) -> None:
         assert module is not None
         assert module.group(1) == f"components.{ENTRY_DIRS[name]}.main"
         assert lifecycle["Run"]["Script"].startswith('exec "{work:path}/venv/bin/python"')
-    assert {"install.sh", "requirements.txt", "components/__init__.py", "gateway/__init__.py"} <= files
+    assert {"install.sh", "requirements.txt", "requirements-bootstrap.txt", "components/__init__.py",
+            "gateway/__init__.py"} <= files
     assert f"components/{ENTRY_DIRS[name]}/main.py" in files
 
 
@@ -85,7 +87,7 @@ def test_lifecycle_runs_only_what_the_zip_holds(built: Path, name: str) -> None:
 def test_zip_holds_only_what_the_component_needs(built: Path, name: str) -> None:
     files = members(built, name)
     tops = {f.split("/")[0] for f in files}
-    assert tops == {"gateway", "components", "install.sh", "requirements.txt"}
+    assert tops == {"gateway", "components", "install.sh", "requirements.txt", "requirements-bootstrap.txt"}
     assert {f.split("/")[1] for f in files if f.startswith("components/") and f.count("/") > 1} == {ENTRY_DIRS[name]}
     forbidden = re.compile(r"(^|/)(simulator|tests|tep_studio|tep-studio|__pycache__)(/|$)|\.pyc$|^gateway/(dev|cli)/")
     assert [f for f in files if forbidden.search(f)] == []
@@ -95,10 +97,15 @@ def test_requirements_follow_the_one_table_and_the_pyproject_pins(built: Path) -
     pins = gg_artifact.project_pins((ROOT / "pyproject.toml").read_text())
 
     def reqs(name: str) -> set[str]:
+        """The top-level distributions of the zip's lock (the indirect ones are test_lock.py's)."""
         with zipfile.ZipFile(zip_of(built, name)) as archive:
-            lines = archive.read("requirements.txt").decode().split()
-        assert all(line in pins.values() for line in lines), lines
-        return {gg_artifact.normalize(line.split("==")[0]) for line in lines}
+            text = archive.read("requirements.txt").decode()
+            assert archive.read("requirements-bootstrap.txt") == (ROOT / "locks" / "bootstrap.txt").read_bytes()
+        assert text == (ROOT / "locks" / f"{name}.txt").read_text()  # the committed lock, hashes and all
+        locked = {e.key: f"{e.name}=={e.version}" for e in gg_lock.parse(text)}
+        top = {key for key, pin in locked.items() if key in pins}
+        assert all(locked[key] == pins[key] for key in top), locked
+        return top
 
     # Each component ships its own protocol libraries and no other's (the config models import none of them).
     own = {"factoryedge.OpcUaCollector": {"asyncua"}, "factoryedge.ModbusCollector": {"pymodbus"},
@@ -111,6 +118,16 @@ def test_requirements_follow_the_one_table_and_the_pyproject_pins(built: Path) -
     assert reqs("factoryedge.Publisher") & heavy == {"paho-mqtt", "boto3"}
     assert {"krcf", "rrcf", "numpy"} <= reqs("factoryedge.AnomalyDetector")
     assert {"paho-mqtt", "boto3", "awsiotsdk", "stream-manager"} <= reqs("factoryedge.Publisher")
+
+
+@pytest.mark.parametrize("name", ENTRY_DIRS)
+def test_install_step_installs_only_hashed_locked_files(built: Path, name: str) -> None:
+    with zipfile.ZipFile(zip_of(built, name)) as archive:
+        script = archive.read("install.sh").decode()
+    assert script == (ROOT / "tools" / "gg_install.sh").read_text()
+    pip_installs = [line for line in script.splitlines() if "-m pip install" in line]
+    assert pip_installs and all("--require-hashes --no-deps" in line for line in pip_installs)
+    assert re.findall(r"^pip_install .*-r \"\$(\w+)\"$", script, re.M) == ["boot", "req"]
 
 
 def test_bundle_depends_on_all_five_at_the_built_version(built: Path) -> None:
@@ -157,7 +174,7 @@ def test_access_control_allows_exactly_what_the_default_topics_need(built: Path)
         assert template is not None
         topic = re.sub(r"\{[a-z_]+\}", "x", template)  # {thing}, {group}, {source}, ... filled in
         acl = recipe_of(built, name)["ComponentConfiguration"]["DefaultConfiguration"]["accessControl"]
-        return _allowed(acl, service, f"aws.greengrass#{operation}", topic)
+        return _allowed(acl, service, f"aws.greengrass#{operation}", topic, "x")  # x: the thing name too
 
     publisher, anomaly = "factoryedge.Publisher", "factoryedge.AnomalyDetector"
     assert allowed(publisher, MQTT_PROXY, "PublishToIoTCore", IotCoreDestination(name="cloud").topic)

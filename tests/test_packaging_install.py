@@ -1,13 +1,13 @@
 """The artifact's install.sh (tools/gg_install.sh) on the device: idempotent, offline from the zip's wheels.
 
-The first test runs the script on a hand-made artifact with a minimal wheel; the slow one builds a component with
-``--offline-wheels`` (downloading from PyPI at build time) and installs from its zip with no index at all.
+The first test runs the script on a hand-made artifact with minimal wheels and locks; the slow one builds a
+component with ``--offline-wheels`` (downloading the locked files from PyPI at build time) and installs from its zip
+with no index at all. What the locks refuse (changed files, unhashed lines, unlocked dependencies):
+tests/security/test_lock.py.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import os
 import shutil
 import subprocess
@@ -18,33 +18,21 @@ from pathlib import Path
 import pytest
 
 from tests.gdk_build import PYTHON, ROOT, gdk_build, make_project, members, recipe_of, zip_of
+from tests.security.test_lock import lock_line, wheel
 
-
-def _tiny_wheel(directory: Path) -> None:
-    """A real (minimal) wheel, so that install.sh's offline path runs pip for real without the network."""
-    files = {
-        "fegtiny/__init__.py": b"VALUE = 42\n",
-        "fegtiny-1.0.dist-info/METADATA": b"Metadata-Version: 2.1\nName: fegtiny\nVersion: 1.0\n",
-        "fegtiny-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = ""
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record += f"{path},sha256={digest},{len(data)}\n"
-    record += "fegtiny-1.0.dist-info/RECORD,,\n"
-    with zipfile.ZipFile(directory / "fegtiny-1.0-py3-none-any.whl", "w") as wheel:
-        for path, data in files.items():
-            wheel.writestr(path, data)
-        wheel.writestr("fegtiny-1.0.dist-info/RECORD", record)
+# isort: split
+import gg_lock  # tools/ is on sys.path through tests.gdk_build
 
 
 def test_install_script_is_idempotent_and_installs_offline(tmp_path: Path) -> None:
     artifact = tmp_path / "artifact"
     (artifact / "wheels").mkdir(parents=True)
     shutil.copy(ROOT / "tools" / "gg_install.sh", artifact / "install.sh")
-    (artifact / "requirements.txt").write_text("fegtiny==1.0\n")
+    requirements = lock_line(wheel(artifact / "wheels", "fegtiny"), "fegtiny")
+    (artifact / "requirements.txt").write_text(requirements)
+    # The bootstrap lock is installed first; pip and setuptools themselves: the slow test (no index here).
+    (artifact / "requirements-bootstrap.txt").write_text(lock_line(wheel(artifact / "wheels", "fegboot"), "fegboot"))
     (artifact / "wheels" / "PYTHON_VERSION").write_text(f"{PYTHON}\n")
-    _tiny_wheel(artifact / "wheels")
     venv = tmp_path / "work" / "venv"
     env = {**os.environ, "FACTORYEDGE_PYTHON": sys.executable}
 
@@ -56,13 +44,15 @@ def test_install_script_is_idempotent_and_installs_offline(tmp_path: Path) -> No
     first = install()
     assert first.returncode == 0, first.stderr
     assert "creating venv" in first.stdout and "installed" in first.stdout
-    value = subprocess.run([venv / "bin" / "python", "-c", "import fegtiny; print(fegtiny.VALUE)"], capture_output=True)
+    value = subprocess.run([venv / "bin" / "python", "-c", "import fegtiny, fegboot; print(fegtiny.VALUE)"],
+                           capture_output=True)
     assert value.stdout.strip() == b"42"
     second = install()  # what every nucleus restart does
     assert second.returncode == 0, second.stderr
     assert "nothing to install" in second.stdout and "creating venv" not in second.stdout
 
-    (artifact / "requirements.txt").write_text("fegtiny==1.0\n# changed pins\n")
+    (artifact / "requirements-bootstrap.txt").write_text(lock_line(artifact / "wheels" / "fegboot-1.0-py3-none-any.whl",
+                                                                   "fegboot") + "# changed pins\n")
     (artifact / "wheels" / "PYTHON_VERSION").write_text("2.7\n")
     mismatch = install()
     assert mismatch.returncode == 1
@@ -81,6 +71,12 @@ def test_offline_wheels_install_without_an_index(tmp_path: Path) -> None:
     build = project / "greengrass-build"
     assert [m["Platform"]["architecture"] for m in recipe_of(build, name)["Manifests"]] == ["amd64"]
     files = members(build, name)
+    # Exactly the locked files for the platform: the x86_64 ones of the component's lock and pip/setuptools.
+    target = gg_lock.Target(PYTHON, "manylinux_2_28_x86_64")
+    locked = gg_lock.for_target([*gg_lock.read(ROOT, "bootstrap"), *gg_lock.read(ROOT, name)], target)
+    wheels = {f.removeprefix("wheels/") for f in files if f.startswith("wheels/")} - {"PYTHON_VERSION"}
+    assert len(wheels) == len(locked)
+    assert all(any(f in e.files for e in locked) for f in wheels), wheels
     assert any(f.startswith("wheels/pymodbus-") for f in files)
     unpacked = tmp_path / "decompressed" / name
     with zipfile.ZipFile(zip_of(build, name)) as archive:
@@ -93,6 +89,7 @@ def test_offline_wheels_install_without_an_index(tmp_path: Path) -> None:
         ["sh", str(unpacked / "install.sh"), str(venv)], capture_output=True, text=True, env=env, check=False
     )
     assert install.returncode == 0, install.stderr
-    check = "import pymodbus, pydantic, yaml, cbor2, stream_manager, awsiot; print('ok')"
+    check = ("import importlib.metadata as m, pymodbus, pydantic, yaml, cbor2, stream_manager, awsiot; "
+             "print(m.version('pip'), m.version('setuptools'))")
     ran = subprocess.run([venv / "bin" / "python", "-c", check], capture_output=True, text=True, check=False)
-    assert ran.stdout.strip() == "ok", ran.stderr
+    assert ran.stdout.split() == [r.split("==")[1] for r in gg_lock.BOOTSTRAP], ran.stderr

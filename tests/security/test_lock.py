@@ -1,0 +1,250 @@
+"""Supply chain: devices install exactly the locked files (locks/, written by tools/lock.py), nothing floats.
+
+The lock checks read the committed locks and this venv's installed metadata, with no network: the top-level pins
+are pyproject's, the lock is closed under every locked distribution's requirements on every target, holds nothing
+more, and has a file for every target. The install tests run the artifact's install.sh on hand-made wheels with no
+index: a changed file, an unhashed line or a dependency left out of the lock fails the install.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.metadata
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.tags import Tag, compatible_tags, cpython_tags, parse_tag
+from packaging.utils import parse_wheel_filename
+
+from tests.gdk_build import PYTHON, ROOT, gdk_build, make_project
+
+# isort: split
+import gg_artifact as art  # tools/ is on sys.path through tests.gdk_build
+import gg_lock as lk
+
+PINS = art.project_pins((ROOT / "pyproject.toml").read_text())
+LOCKS = [*sorted(art.COMPONENTS), "bootstrap"]
+
+
+def _top_level(name: str) -> dict[str, str]:
+    if name == "bootstrap":
+        return {lk.normalize(r.split("==")[0]): r for r in lk.BOOTSTRAP}
+    return {art.normalize(r.split("==")[0]): r for r in art.requirements_for(name, PINS)}
+
+
+def closure(entries: list[lk.Entry], target: lk.Target, roots: set[str]) -> tuple[set[str], list[str], set[str]]:
+    """Walk the requirements of the locked distributions from ``roots`` as pip would on ``target``.
+
+    Requirements come from this venv's installed metadata, so only where the installed version is the locked one
+    (always for the pins): an indirect dependency may have had a release since `make setup` installed this venv
+    (python-dateutil 4 dropped six), and another version's requirements say nothing about the locked one. Those
+    are returned as unverified, not walked. Returns the keys reached, one line per requirement the lock does not
+    satisfy, and the unverified keys.
+    """
+    locked = {e.key: e for e in lk.for_target(entries, target)}
+    problems: list[str] = []
+    unverified: set[str] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
+    queue = [(key, frozenset[str]()) for key in roots]
+    while queue:
+        key, extras = queue.pop()
+        if (key, extras) in seen:
+            continue
+        seen.add((key, extras))
+        if key not in locked:
+            problems.append(f"{key}: pinned but not locked for {target}")
+            continue
+        entry = locked[key]
+        try:
+            dist = importlib.metadata.distribution(entry.name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append(f"{entry.name}: not installed here, cannot read its requirements (run make setup)")
+            continue
+        if dist.version != entry.version:
+            unverified.add(key)
+            continue
+        for line in dist.requires or []:
+            req = Requirement(line)
+            envs = [{**target.environment(), "extra": extra} for extra in ("", *sorted(extras))]
+            if req.marker is not None and not any(req.marker.evaluate(env) for env in envs):
+                continue
+            dep = lk.normalize(req.name)
+            if dep not in locked:
+                problems.append(f"{entry.name} {entry.version} requires {req}: not in the lock for {target}")
+            elif not req.specifier.contains(locked[dep].version, prereleases=True):
+                problems.append(f"{entry.name} {entry.version} requires {req}: the lock has {locked[dep].version}")
+            else:
+                queue.append((dep, frozenset(req.extras)))
+    return {key for key, _ in seen}, problems, unverified
+
+
+def _supported(target: lk.Target) -> set[Tag]:
+    platforms = [a for a in lk.platform_args(target)[:-4] if a != "--platform"]
+    version = tuple(int(p) for p in target.python.split("."))
+    return {*cpython_tags(version, platforms=platforms), *compatible_tags(version, platforms=platforms)}
+
+
+@pytest.mark.parametrize("name", LOCKS)
+def test_lock_holds_every_pin_at_the_pyproject_version(name: str) -> None:
+    entries = lk.read(ROOT, name)
+    assert lk.drift(entries, _top_level(name), name) == []
+
+
+def test_a_pin_changed_without_regenerating_is_drift() -> None:
+    entries = lk.read(ROOT, "factoryedge.Publisher")
+    pins = _top_level("factoryedge.Publisher")
+    pins["boto3"] = "boto3==0.0.1"
+    pins["newlib"] = "newlib==1.0"
+    problems = lk.drift(entries, pins, "locks/factoryedge.Publisher.txt")
+    assert len(problems) == 2
+    assert "boto3==0.0.1 is pinned in pyproject.toml but the lock locks " in problems[0]
+    assert "newlib==1.0" in problems[1] and "does not lock it" in problems[1]
+    assert all("python tools/lock.py" in p for p in problems)
+
+
+@pytest.mark.parametrize("target", lk.TARGETS, ids=str)
+@pytest.mark.parametrize("name", sorted(art.COMPONENTS))  # bootstrap: pip and setuptools require nothing
+def test_lock_is_exactly_the_closure_of_the_pins(name: str, target: lk.Target) -> None:
+    entries = lk.read(ROOT, name)
+    reached, problems, unverified = closure(entries, target, set(_top_level(name)))
+    assert problems == []
+    assert not unverified & set(_top_level(name)), "a pin is installed here at another version: run make setup"
+    if not unverified:  # else what only an unverified entry needs cannot be told from what nothing needs
+        assert {e.key for e in lk.for_target(entries, target)} - reached == set(), "locked but needed by nothing"
+
+
+def test_a_dependency_left_out_of_the_lock_is_found() -> None:
+    entries = [e for e in lk.read(ROOT, "factoryedge.Publisher") if e.key != "jmespath"]
+    _, problems, _ = closure(entries, lk.TARGETS[0], set(_top_level("factoryedge.Publisher")))
+    assert any(p.startswith("boto3 ") and "jmespath" in p and "not in the lock" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("name", LOCKS)
+def test_every_entry_has_a_hashed_file_for_every_target_and_an_sdist_only_without_wheels(name: str) -> None:
+    entries = lk.read(ROOT, name)
+    assert entries
+    for entry in entries:
+        assert len(entry.hashes) == len(entry.files) == len(set(entry.hashes)), entry
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in entry.hashes), entry
+    for target in lk.TARGETS:
+        supported = _supported(target)
+        for entry in lk.for_target(entries, target):
+            wheels = [f for f in entry.files if f.endswith(".whl")]
+            fits = [f for f in wheels if parse_wheel_filename(f)[3] & supported]
+            sdists = [f for f in entry.files if f.endswith((".tar.gz", ".zip"))]
+            assert fits or sdists, f"{entry.name}: no file for {target}"
+            assert not (fits and sdists), f"{entry.name}: sdist locked although a wheel fits {target}"
+            assert all(parse_wheel_filename(f)[3] & set().union(*map(_supported, lk.TARGETS)) for f in wheels)
+            assert all(parse_tag(str(t)) for f in fits for t in parse_wheel_filename(f)[3])
+
+
+def test_a_hand_edited_unhashed_line_is_refused() -> None:
+    text = (ROOT / "locks" / "bootstrap.txt").read_text() + "requests==2.0.0\n"
+    with pytest.raises(lk.LockError, match=r"line \d+: 'requests==2.0.0' is not .*python tools/lock.py"):
+        lk.parse(text, "locks/bootstrap.txt")
+
+
+def test_the_build_refuses_a_lock_that_lost_a_pin(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "project")
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('"pymodbus==3.16.1"', '"pymodbus==3.16.0"'))
+    result = gdk_build(project, "--component", "factoryedge.ModbusCollector")
+    assert result.returncode == 1
+    assert "locks/factoryedge.ModbusCollector.txt: pymodbus==3.16.0 is pinned in pyproject.toml but the lock " \
+           "locks 3.16.1; run `python tools/lock.py`" in result.stderr
+
+
+# --- install.sh on a device, with hand-made wheels and no index --------------------------------------------------
+
+
+def wheel(directory: Path, name: str, body: bytes = b"VALUE = 42\n", requires: tuple[str, ...] = ()) -> Path:
+    """A real minimal wheel of ``name`` 1.0 (module of the same name)."""
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    files = {
+        f"{name}/__init__.py": body,
+        f"{name}-1.0.dist-info/METADATA": meta.encode(),
+        f"{name}-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = ""
+    for path, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record += f"{path},sha256={digest},{len(data)}\n"
+    record += f"{name}-1.0.dist-info/RECORD,,\n"
+    target = directory / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(target, "w") as archive:
+        for path, data in files.items():
+            archive.writestr(path, data)
+        archive.writestr(f"{name}-1.0.dist-info/RECORD", record)
+    return target
+
+
+def lock_line(path: Path, name: str) -> str:
+    return lk.Entry(name, "1.0", None, [lk.sha256(path)], [path.name]).render()
+
+
+def artifact(tmp_path: Path, requirements: str, bootstrap: str = "") -> Path:
+    root = tmp_path / "artifact"
+    (root / "wheels").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "tools" / "gg_install.sh", root / "install.sh")
+    (root / "requirements.txt").write_text(requirements)
+    (root / "requirements-bootstrap.txt").write_text(bootstrap)
+    (root / "wheels" / "PYTHON_VERSION").write_text(f"{PYTHON}\n")
+    return root
+
+
+def install(root: Path, venv: Path) -> subprocess.CompletedProcess[str]:
+    """install.sh as the nucleus runs it, with no index and none of this machine's pip settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update(FACTORYEDGE_PYTHON=sys.executable, PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/")
+    return subprocess.run(["sh", str(root / "install.sh"), str(venv)], capture_output=True, text=True, env=env,
+                          check=False, timeout=300)
+
+
+def imports(venv: Path, module: str) -> bool:
+    return subprocess.run([venv / "bin" / "python", "-c", f"import {module}"], capture_output=True).returncode == 0
+
+
+def test_a_file_that_differs_from_the_locked_one_fails_the_install(tmp_path: Path) -> None:
+    locked = wheel(tmp_path, "fegtiny")
+    requirements = lock_line(locked, "fegtiny")
+    root = artifact(tmp_path, requirements)
+    wheel(root / "wheels", "fegtiny", body=b"import os; VALUE = os.getpid()\n")  # same name, other bytes
+    venv = tmp_path / "venv"
+    result = install(root, venv)
+    assert result.returncode != 0
+    assert "THESE PACKAGES DO NOT MATCH THE HASHES" in result.stderr
+    assert lk.sha256(locked) in result.stderr
+    assert not imports(venv, "fegtiny")
+    assert not (venv / ".factoryedge-requirements.sha256").exists()
+
+
+def test_an_unhashed_requirement_is_refused(tmp_path: Path) -> None:
+    root = artifact(tmp_path, "fegtiny==1.0\n")
+    wheel(root / "wheels", "fegtiny")
+    venv = tmp_path / "venv"
+    result = install(root, venv)
+    assert result.returncode != 0
+    assert "Hashes are required in --require-hashes mode" in result.stderr
+    assert not imports(venv, "fegtiny")
+
+
+def test_a_dependency_missing_from_the_lock_is_not_fetched_and_fails_the_install(tmp_path: Path) -> None:
+    root = artifact(tmp_path, "")
+    parent = wheel(root / "wheels", "fegparent", requires=("fegchild",))
+    wheel(root / "wheels", "fegchild")  # available, but not locked: must not be installed
+    (root / "requirements.txt").write_text(lock_line(parent, "fegparent"))
+    venv = tmp_path / "venv"
+    result = install(root, venv)
+    assert result.returncode == 1
+    assert "fegparent 1.0 requires fegchild, which is not installed" in result.stdout
+    assert "misses a dependency" in result.stderr
+    assert not imports(venv, "fegchild")
+    assert not (venv / ".factoryedge-requirements.sha256").exists()
