@@ -17,6 +17,7 @@ from asyncua.ua.uaerrors import UaError
 
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import SourceError
+from gateway.redact import redact_text
 from gateway.sources.opcua import connect, disconnect, resolve_nodes, tag_of
 from gateway.sources.opcua_browse import all_variables, closest
 from gateway.sources.opcua_config import OpcUaConnection
@@ -46,7 +47,7 @@ async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:
     try:
         endpoints, _ = await asyncio.wait_for(server_certificate(cfg.endpoint, timeout_s), timeout_s * 2)
     except (OSError, asyncio.TimeoutError, UaError) as exc:
-        findings.append(failed(check, f"GetEndpoints failed ({type(exc).__name__}: {exc})",
+        findings.append(failed(check, f"GetEndpoints failed ({type(exc).__name__}: {redact_text(str(exc))})",
                                "is this an OPC UA server? check the endpoint URL and port"))
         return findings
     offered = sorted({f"{e.SecurityPolicyUri.rsplit('#', 1)[-1]}/{e.SecurityMode.name}" for e in endpoints})
@@ -56,7 +57,12 @@ async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:
         findings.append(failed(check, f"configured {sec.policy}/{sec.mode}, the server offers {', '.join(offered)}",
                                "set security.policy and security.mode to one the server offers"))
         return findings
-    findings.append(passed(check, f"{sec.policy}/{sec.mode} offered (server offers {', '.join(offered)})"))
+    if sec.secure:
+        findings.append(passed(check, f"{sec.policy}/{sec.mode} offered (server offers {', '.join(offered)})"))
+    else:
+        findings.append(warning(check, "plain channel: unsigned, unencrypted; anyone on the network can read and "
+                                f"alter values (server offers {', '.join(offered)})",
+                                "set security.policy: Basic256Sha256 and security.mode: SignAndEncrypt (or Sign)"))
     if sec.secure:
         check = f"opcua {cfg.name}: server certificate trusted"
         try:
@@ -79,7 +85,7 @@ async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:
     try:
         findings.extend(await asyncio.wait_for(_nodes(client, cfg), timeout_s * 3))
     except (SourceError, UaError, OSError, asyncio.TimeoutError) as exc:
-        findings.append(failed(f"opcua {cfg.name}: nodes", f"{type(exc).__name__}: {exc}",
+        findings.append(failed(f"opcua {cfg.name}: nodes", f"{type(exc).__name__}: {redact_text(str(exc))}",
                                getattr(exc, "fix", "") or "check the node ids and browse patterns"))
     finally:
         await disconnect(client)

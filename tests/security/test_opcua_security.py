@@ -313,3 +313,11 @@ def test_trust_accept_needs_the_right_sha256(tmp_path: Path, rogue: Rogue,
     assert gatewayctl([*base, "--accept", "--thumbprint", colons]) == 0
     assert "written to" in capsys.readouterr().out and len(list(trust_dir.iterdir())) == 1
     assert gatewayctl([*base, "--json"]) == 0 and json.loads(capsys.readouterr().out)["trusted"] is True
+
+
+def test_doctor_warns_about_a_plain_channel(tmp_path: Path, rogue: Rogue) -> None:
+    from gateway.sources.opcua_diagnose import diagnose
+
+    found = {f.check.split(": ", 1)[1]: f for f in asyncio.run(diagnose(_validate(_conn(rogue)), 5))}
+    assert found["security"].ok is None and "plain channel" in found["security"].detail
+    assert "SignAndEncrypt" in found["security"].fix and found["session"].ok is True
