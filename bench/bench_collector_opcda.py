@@ -37,6 +37,7 @@ def _connections(port: int) -> list[dict[str, Any]]:
     return [{
         "name": f"da{c}", "host": "127.0.0.1", "port": port, "server": "FactoryEdge.TEP.1", "browse": ["*"],
         "scan_interval_s": 0.001, "timeout_s": 5, "tag_prefix": f"da{c}/", "deadband": {"heartbeat_s": 1e-6},
+        "allow_plaintext": True,  # the simulator on 127.0.0.1 without TLS: what is measured is the collector
     } for c in range(CONNECTIONS)]
 
 

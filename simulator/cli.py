@@ -67,6 +67,9 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--opcda-tls-ca", type=Path, default=None, help="CA bundle: require client certificates")
     p.add_argument("--opcda-tls-dir", type=Path, default=None,
                    help="generate a CA, server and client certificates here (once) and serve mutual TLS")
+    p.add_argument("--opcda-hmac-key-file", type=Path, default=None,
+                   help="file holding a Pyro HMAC key (its text, stripped): every message must be signed with it, "
+                        "as an OpenOPC gateway service configured with a key does")
     p.add_argument("--opcda-time-format", choices=("modern", "legacy"), default="modern",
                    help="timestamp text: modern pywin32 '2024-05-01 10:00:00.123000+00:00' or legacy "
                         "'05/01/24 10:00:00' (UTC)")
@@ -145,7 +148,8 @@ def build_endpoints(args: argparse.Namespace, sim: SimulationView) -> list[Endpo
         # OpcDaEndpoint is typed for the in-process Simulation but uses only what SimulationView offers.
         endpoints.append(OpcDaEndpoint(cast(Simulation, sim), OpcDaConfig(
             args.host, args.opcda_port, args.opcda_advertise_host, args.opcda_tls_cert, args.opcda_tls_key,
-            args.opcda_tls_ca, args.opcda_time_format, args.opcda_report_host, args.opcda_tls_dir)))
+            args.opcda_tls_ca, args.opcda_time_format, args.opcda_report_host, args.opcda_tls_dir,
+            args.opcda_hmac_key_file)))
     return endpoints
 
 

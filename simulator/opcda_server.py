@@ -14,7 +14,9 @@ of that group ignore the tags passed unless ``rebuild=True``.
 
 Pyro has no authentication: the daemon warns at start unless TLS is configured (certificates given, or generated
 into ``tls_dir``: a CA, a server certificate for localhost/127.0.0.1 and a client certificate for mutual TLS).
-Pickle is never accepted.
+Only serpent is accepted (pickle, marshal and the others can run code or build objects chosen by the peer while
+decoding). With ``hmac_key_file`` every message must carry Pyro's HMAC signature made with that key, as with a
+gateway service configured with a key.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from simulator.runtime import Simulation
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "FactoryEdge.TEP.1"
-_SAFE_SERIALIZERS = {"serpent", "json", "marshal"}
+_SAFE_SERIALIZERS = {"serpent"}
 _OK = "The operation completed successfully."
 _UNKNOWN_ITEM = "The item ID is not defined in the server address space."
 _READ_ONLY = "The item's access rights do not allow the operation."
@@ -254,6 +256,7 @@ class OpcDaConfig:
             real gateway bound to all interfaces (clients must rewrite it).
         tls_dir: generate a CA, server and client certificates here (once) and serve mutual TLS with them, unless
             ``tls_cert`` is given.
+        hmac_key_file: file whose text (stripped) is the Pyro HMAC key every message must be signed with.
     """
 
     host: str = "127.0.0.1"
@@ -265,6 +268,7 @@ class OpcDaConfig:
     time_format: TimeFormat = "modern"
     report_host: str | None = None
     tls_dir: Path | None = None
+    hmac_key_file: Path | None = None
 
 
 def ensure_tls_files(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path, Path]:
@@ -326,7 +330,7 @@ class OpcDaEndpoint:
     async def start(self) -> None:
         cfg = self.config
         config = Pyro4.config
-        config.SERIALIZERS_ACCEPTED = _SAFE_SERIALIZERS  # never pickle: it would execute code sent by clients
+        config.SERIALIZERS_ACCEPTED = set(_SAFE_SERIALIZERS)  # never pickle: it would execute code sent by clients
         if cfg.tls_cert is None and cfg.tls_dir is not None:
             cfg.tls_cert, cfg.tls_key, cfg.tls_ca = ensure_tls_files(cfg.tls_dir, cfg.host)
             log.info("OPC DA gateway: mutual TLS with certificates in %s (clients use ca.pem, client.pem, "
@@ -346,6 +350,8 @@ class OpcDaEndpoint:
         nathost = cfg.report_host or (cfg.advertise_host if bound_all else None)
         self.daemon = Pyro4.Daemon(host=cfg.host, port=cfg.port, nathost=nathost,
                                    natport=0 if nathost else None)
+        if cfg.hmac_key_file is not None:
+            self.daemon._pyroHmacKey = cfg.hmac_key_file.read_text().strip().encode()
         self.daemon.register(OpcGateway(self.sim, cfg.time_format), "opc")
         self._thread = threading.Thread(target=self.daemon.requestLoop, name="opcda-daemon", daemon=True)
         self._thread.start()

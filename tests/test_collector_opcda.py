@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -29,6 +30,7 @@ from tests.conftest import start_opcda_simulator
 SERVER = "FactoryEdge.TEP.1"
 FAST = {"scan_interval_s": 0.05, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "timeout_s": 1.0,
         "connect_timeout_s": 1.0}
+PLAIN = {"allow_plaintext": True}  # the simulator's endpoint without --opcda-tls-dir has no TLS
 # Connections a test asserts never reconnected: a loaded CI machine may stall the simulator past FAST's 1 s.
 STEADY = {"timeout_s": 10.0, "connect_timeout_s": 10.0}
 
@@ -42,7 +44,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 
 
 def _conn(port: int, **kw: Any) -> OpcDaConnection:
-    return OpcDaConnection(**{"name": "da", "host": "127.0.0.1", "port": port, "server": SERVER, **FAST, **kw})
+    return OpcDaConnection(**{"name": "da", "host": "127.0.0.1", "port": port, "server": SERVER, **FAST, **PLAIN,
+                              **kw})
 
 
 class Run:
@@ -291,10 +294,10 @@ def test_diagnose_names_unknown_items_and_an_unreachable_gateway(gateway: int) -
 
 def test_config_errors_name_the_field() -> None:
     data = {"connections": [
-        {"name": "ok", "host": "h", "server": "S", "items": ["A"]},
+        {"name": "ok", "host": "h", "server": "S", "items": ["A"], **PLAIN},
         {"name": "bad", "host": "h", "server": "S", "port": 0, "items": ["A"], "naive_timestamp_tz": "Mars/Base",
          "tls": {"ca_file": "ca.pem", "cert_file": "c.pem"}, "timeout_s": 0},
-        {"name": "empty", "host": "h", "server": "S"},
+        {"name": "empty", "host": "h", "server": "S", **PLAIN},
     ]}
     with pytest.raises(ConfigError) as err:
         validate(OpcDaCollectorConfig, data, origin="opcda.yaml")
@@ -304,6 +307,53 @@ def test_config_errors_name_the_field() -> None:
         assert field in text, text
     assert "Mars/Base" in text and "key_file" in text and "browse" in text
     assert OpcDaCollectorConfig().stream.name == "factoryedge-opcda"
+    assert "connections.0" not in text
+
+
+def test_a_link_without_tls_is_refused_unless_allowed() -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(OpcDaCollectorConfig, {"connections": [{"name": "da", "host": "h", "server": "S", "items": ["A"]}]},
+                 origin="opcda.yaml")
+    (problem,) = err.value.problems
+    assert problem.startswith("connections.0.tls") and "unencrypted" in problem and "allow_plaintext: true" in problem
+    assert "\n" not in problem
+    allowed = validate(OpcDaCollectorConfig, {"connections": [{"name": "da", "host": "h", "server": "S",
+                                                               "items": ["A"], "allow_plaintext": True}]},
+                       origin="opcda.yaml")
+    assert allowed.connections[0].tls is None and allowed.connections[0].hmac_key is None
+
+
+def test_hmac_key_of_the_gateway(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A gateway with an HMAC key: the right key reads, a wrong or missing one is refused naming hmac_key only."""
+    caplog.set_level(logging.DEBUG)
+    secret = "Zq7-HMAC-S3CRET"
+    key_file = tmp_path / "hmac.key"
+    key_file.write_text(secret + "\n")
+    proc, port = start_opcda_simulator(tmp_path, extra=["--opcda-hmac-key-file", str(key_file)])
+    signed = _conn(port, name="signed", items=["Reactor.Pressure"], hmac_key=secret, **STEADY)
+    wrong = _conn(port, name="wrong", items=["Reactor.Pressure"], hmac_key="not-the-key")
+    unsigned = _conn(port, name="unsigned", items=["Reactor.Pressure"])
+
+    async def body() -> dict[str, Any]:
+        run = Run(tmp_path, [signed, wrong, unsigned])
+        await run.written(3, "signed")
+        await run.until(lambda: run.counters("wrong").reconnects >= 1 and run.counters("unsigned").reconnects >= 1,
+                        "the connections without the right key to be refused")
+        await run.finish()
+        status: dict[str, Any] = run.collector.status()["connections"]
+        return status
+
+    try:
+        status = asyncio.run(body())
+        findings = {f.check: f for f in asyncio.run(diagnose(wrong, 5))}
+    finally:
+        proc.stop()
+    assert status["signed"]["connected"] and status["signed"]["read_errors"] == 0
+    for name in ("wrong", "unsigned"):
+        assert not status[name]["connected"] and status[name]["values_written"] == 0
+        assert "hmac_key" in status[name]["last_error"], status[name]["last_error"]
+    assert findings["opcda pyro ping"].ok is False and "hmac_key" in findings["opcda pyro ping"].detail
+    assert secret not in repr(signed) and secret not in json.dumps(status) and secret not in caplog.text
 
 
 def test_timestamp_and_quality_mapping() -> None:

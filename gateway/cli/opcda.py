@@ -4,13 +4,17 @@ The probes open a session exactly as the collector does (timeouts, 0.0.0.0 proxy
 settings), so what works here works in the collector. Without ``--server`` the first server the gateway offers is
 used.
 
+As in the collector, a link without TLS is refused unless ``--allow-plaintext`` is given (then it warns), the
+gateway's HMAC key is read from ``--hmac-key-file`` (never from the command line, which every user can see), and
+nothing the gateway answers is decoded with anything but serpent.
+
 Examples:
-  gatewayctl opcda servers 10.0.0.7                                   OPC DA servers on the Windows host
-  gatewayctl opcda list 10.0.0.7                                      top-level branches
-  gatewayctl opcda list 10.0.0.7 'Reactor.*' --server Matrikon.OPC.Simulation.1
-  gatewayctl opcda list 10.0.0.7 '*' --flat                           every item id
-  gatewayctl opcda read 10.0.0.7 Random.Real8 Random.Int4 --server Matrikon.OPC.Simulation.1
-  gatewayctl opcda read 10.0.0.7 Reactor.Pressure --tls-ca ca.pem --tls-cert client.pem --tls-key client.key
+  gatewayctl opcda servers 10.0.0.7 --tls-ca ca.pem --tls-cert client.pem --tls-key client.key
+  gatewayctl opcda list 10.0.0.7 --allow-plaintext                    top-level branches, over a plain link
+  gatewayctl opcda list 10.0.0.7 'Reactor.*' --server Matrikon.OPC.Simulation.1 --allow-plaintext
+  gatewayctl opcda list 10.0.0.7 '*' --flat --allow-plaintext         every item id
+  gatewayctl opcda read 10.0.0.7 Random.Real8 Random.Int4 --server Matrikon.OPC.Simulation.1 --tls-ca ca.pem
+  gatewayctl opcda read 10.0.0.7 Reactor.Pressure --tls-ca ca.pem --hmac-key-file /etc/factoryedge/opcda.key
 
 Exit codes: 0 ok; 1 the gateway or server failed, or an item is not Good; 2 bad usage.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import EXIT_OK, EXIT_UNHEALTHY, print_json, safe, table
@@ -56,6 +61,9 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-ca", help="CA certificate of the gateway (enables TLS)")
     p.add_argument("--tls-cert", help="client certificate for mutual TLS")
     p.add_argument("--tls-key", help="private key of --tls-cert")
+    p.add_argument("--allow-plaintext", action="store_true",
+                   help="use a link without TLS anyway (unencrypted, unauthenticated; a warning is logged)")
+    p.add_argument("--hmac-key-file", help="file holding the gateway service's Pyro HMAC key (its text, stripped)")
     p.add_argument("--rewrite-proxy-host", choices=["unspecified", "always", "never"], default="unspecified",
                    help="point the gateway's client proxy at HOST:PORT (default: when it says 0.0.0.0)")
 
@@ -67,22 +75,44 @@ def _config(args: argparse.Namespace, items: list[str], server: str | None) -> A
     from gateway.sources.opcda_config import OpcDaConnection
 
     tls = {"ca_file": args.tls_ca, "cert_file": args.tls_cert, "key_file": args.tls_key} if args.tls_ca else None
+    if tls is None and not args.allow_plaintext:
+        raise ConfigError(f"no --tls-ca: the link to the OpenOPC gateway {args.host}:{args.port} would be "
+                          "unencrypted and unauthenticated (Pyro4 has none)",
+                          fix="give --tls-ca (and --tls-cert/--tls-key for mutual TLS), or --allow-plaintext to "
+                          "use a plain link knowingly")
     try:
         return OpcDaConnection(name="gatewayctl", host=args.host, port=args.port, server=server or "-",
                                opc_host=args.opc_host, items=items or ["-"], timeout_s=args.timeout,
-                               connect_timeout_s=args.timeout, tls=tls, rewrite_proxy_host=args.rewrite_proxy_host)
+                               connect_timeout_s=args.timeout, tls=tls, rewrite_proxy_host=args.rewrite_proxy_host,
+                               allow_plaintext=args.allow_plaintext, hmac_key=_hmac_key(args))
     except ValidationError as exc:
         problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError("bad OPC DA options", problems=problems, fix="see `gatewayctl opcda --help`") from exc
 
 
+def _hmac_key(args: argparse.Namespace) -> str | None:
+    from gateway.errors import ConfigError
+
+    if not args.hmac_key_file:
+        return None
+    try:
+        key = Path(args.hmac_key_file).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--hmac-key-file {args.hmac_key_file} cannot be read ({type(exc).__name__})",
+                          fix="give a readable text file holding the gateway's HMAC key") from None
+    if not key:
+        raise ConfigError(f"--hmac-key-file {args.hmac_key_file} is empty", fix="write the gateway's HMAC key into it")
+    return key
+
+
 def _open(args: argparse.Namespace, items: list[str], *, server: bool) -> Any:
     """A session opened as the collector opens it; with ``server`` also connected to the OPC DA server."""
     from gateway.errors import SourceError
-    from gateway.sources.opcda import Session, describe_error
+    from gateway.sources.opcda import Session, describe_error, warn_if_plain
 
     logging.getLogger("Pyro4").setLevel(logging.CRITICAL)  # its connect errors are explained in one line below
     session = Session(_config(args, items, args.server))
+    warn_if_plain(session.cfg)
     try:
         session.open_client()
         if server:

@@ -23,6 +23,7 @@ from gateway.dev.peers import ROOT, Mosquitto, Proc, free_port, port_open, start
 
 SPEED = 180
 IDV_SCHEDULE = "1@12h"
+OPCDA_PKI = "opcda-pki"  # the simulator's OPC DA CA, server and client certificates (--opcda-tls-dir), made once
 # Reactor and separator loop: what IDV 1 moves first (NOTES 10); OPC UA node ids are the simulator's paths.
 REACTOR_TAGS = [
     "Reactor/Pressure", "Reactor/Temperature", "Reactor/Level", "Separator/Temperature", "Separator/Pressure",
@@ -52,6 +53,9 @@ def _configs(run: Path, ports: dict[str, int], broker: Mosquitto | None) -> dict
         "opcda": {**common, "connections": [{
             "name": "tep-opcda", "host": "127.0.0.1", "port": ports["opcda"], "server": "FactoryEdge.TEP.1",
             "browse": ["Compressor.*", "ProductAnalyzer.*"], "scan_interval_s": 1, "tag_prefix": "OpcDa/",
+            # mutual TLS with the certificates the simulator generates (--opcda-tls-dir): no plain OPC DA link
+            "tls": {"ca_file": str(run / OPCDA_PKI / "ca.pem"), "cert_file": str(run / OPCDA_PKI / "client.pem"),
+                    "key_file": str(run / OPCDA_PKI / "client.key")},
         }]},
         "anomaly": {**common, "input_streams": ["factoryedge-opcua"], "model_dir": str(run / "anomaly-model"),
                     "start_from": "oldest", "save_interval_s": 30, "groups": [{
@@ -98,7 +102,8 @@ def main() -> int:
     try:
         sim = start([sys.executable, "-m", "simulator", "--plant", plant, "--speed", str(SPEED),
                      "--idv", IDV_SCHEDULE, "--status-every", "0", "--opcua-port", str(ports["opcua"]),
-                     "--modbus-port", str(ports["modbus"]), "--opcda-port", str(ports["opcda"])],
+                     "--modbus-port", str(ports["modbus"]), "--opcda-port", str(ports["opcda"]),
+                     "--opcda-tls-dir", str(run / OPCDA_PKI)],
                     run / "simulator.log")
         procs.append(sim)
         for name, port in ports.items():

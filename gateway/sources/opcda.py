@@ -8,6 +8,10 @@ with Pyro's serializer so it arrives as itself, and TLS through Pyro's own SSL s
 (a restart shows as a closed connection or "unknown object") the whole session is dropped and the next one starts
 from a fresh proxy and a new client: nothing from the old gateway process is reused.
 
+Nothing the gateway sends is decoded with anything but serpent (:mod:`gateway.sources.opcda_wire`, enforced for
+the whole process when this module is imported); a link without TLS needs ``allow_plaintext`` and warns loudly; the
+gateway's HMAC key, when it has one, signs every message both ways.
+
 Every scan is one group read: the first read of a named group creates it on the gateway (and reports why items are
 unknown), later reads of the group reuse the server-side items. Unknown items read ``Error`` quality and go BAD
 alone; a failed read makes every tag BAD once and reconnects.
@@ -36,8 +40,11 @@ import Pyro4.util
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import SourceError
 from gateway.record import Quality, Value
+from gateway.redact import redact_text
 from gateway.sources.common import Emitter
 from gateway.sources.opcda_config import OpcDaConnection, OpcDaTls, zone_of
+from gateway.sources.opcda_wire import check as check_serpent_only
+from gateway.sources.opcda_wire import refusal
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +100,33 @@ def _value(raw: Any) -> tuple[Value, bool]:
 def describe_error(exc: BaseException, cfg: OpcDaConnection) -> str:
     """One line saying what went wrong with the gateway, in its terms."""
     where = f"gateway {cfg.host}:{cfg.port}"
+    text = redact_text(_without_secret(str(exc), cfg))
+    refused = refusal(exc)
+    if refused:
+        return (f"{where} {refused}; nothing was decoded. A genuine OpenOPC gateway answers in serpent: check what "
+                f"listens on {cfg.host}:{cfg.port} (a rogue or misconfigured service)")
+    if isinstance(exc, Pyro4.errors.SecurityError) or isinstance(exc.__cause__, Pyro4.errors.SecurityError):
+        return (f"{where} refused by HMAC: {text} (the gateway and this connection must use the same hmac_key, "
+                "or both none)")
     if isinstance(exc, Pyro4.errors.TimeoutError):
-        return f"{where} did not answer within the timeout ({exc})"
+        return f"{where} did not answer within the timeout ({text})"
     if isinstance(exc, Pyro4.errors.DaemonError) and "unknown object" in str(exc):
         return f"{where} no longer knows our client (the gateway restarted)"
     if isinstance(exc, Pyro4.errors.CommunicationError):
-        return f"{where} link failed: {exc}"
+        return f"{where} link failed: {text}"
     if isinstance(exc, OpenOPC.OPCError | OpenOPC.TimeoutError):
-        return f"OPC DA server {cfg.server!r} via {where}: {exc}"
-    return f"{where}: {type(exc).__name__}: {exc}"
+        return f"OPC DA server {cfg.server!r} via {where}: {text}"
+    return f"{where}: {type(exc).__name__}: {text}"
+
+
+def _without_secret(text: str, cfg: OpcDaConnection) -> str:
+    """``text`` with the HMAC key masked, should a library ever quote it."""
+    key = cfg.hmac_key.get_secret_value() if cfg.hmac_key else ""
+    return text.replace(key, "***") if key else text
+
+
+def _hmac(cfg: OpcDaConnection) -> bytes | None:
+    return cfg.hmac_key.get_secret_value().encode() if cfg.hmac_key else None
 
 
 @contextmanager
@@ -148,9 +173,11 @@ class Session:
     def open_client(self) -> None:
         """Create a client on the gateway: what ``OpenOPC.open_client`` does, with timeouts, rewrite and TLS."""
         cfg = self.cfg
+        check_serpent_only()
         gateway = Pyro4.Proxy(f"PYRO:opc@{cfg.host}:{cfg.port}")
         gateway._pyroTimeout = cfg.connect_timeout_s
         gateway._pyroSerializer = "serpent"
+        gateway._pyroHmacKey = _hmac(cfg)
         try:
             with pyro_tls(cfg.tls):
                 client = gateway.create_client()
@@ -159,7 +186,8 @@ class Session:
                 if mode == "always" or (mode == "unspecified" and client._pyroUri.host in UNSPECIFIED_HOSTS):
                     client._pyroUri.host, client._pyroUri.port = cfg.host, cfg.port
                 client._pyroTimeout = cfg.connect_timeout_s
-                client._pyroSerializer = "serpent"
+                client._pyroSerializer = "serpent"  # whatever the gateway wrote into the proxy it handed out
+                client._pyroHmacKey = _hmac(cfg)  # ours, not the one (if any) in that proxy's state
                 client._pyroBind()
         finally:
             gateway._pyroRelease()
@@ -285,9 +313,10 @@ def warn_if_plain(cfg: OpcDaConnection) -> None:
     if cfg.tls is None and key not in _warned_plain:
         _warned_plain.add(key)
         log.warning("connection %s: the link to the OpenOPC gateway %s:%d is UNENCRYPTED and UNAUTHENTICATED "
-                    "(Pyro4 has no authentication): anyone who reaches the port can read and write the OPC DA "
-                    "server. Fix: run the gateway with PYRO_SSL=1 and a certificate, and set tls (ca_file, "
-                    "cert_file, key_file) on this connection", cfg.name, cfg.host, cfg.port)
+                    "(allow_plaintext: true; Pyro4 has no authentication%s): anyone who reaches the port can read "
+                    "and write the OPC DA server. Fix: run the gateway with PYRO_SSL=1 and a certificate, and set "
+                    "tls (ca_file, cert_file, key_file) on this connection", cfg.name, cfg.host, cfg.port,
+                    ", the HMAC key only signs messages" if cfg.hmac_key else "")
 
 
 async def diagnose(cfg: OpcDaConnection, timeout_s: float) -> list[Finding]:
@@ -307,8 +336,11 @@ def _diagnose(cfg: OpcDaConnection) -> list[Finding]:
                        "start the OpenOPC Gateway Service on the Windows host, check host and port, and that the "
                        "firewall lets this machine reach the port")]
     out.append(passed("opcda gateway reachable", f"TCP {where} accepts connections"))
+    check_serpent_only()
     daemon = Pyro4.Proxy(f"PYRO:{Pyro4.constants.DAEMON_NAME}@{cfg.host}:{cfg.port}")
     daemon._pyroTimeout = cfg.connect_timeout_s
+    daemon._pyroSerializer = "serpent"
+    daemon._pyroHmacKey = _hmac(cfg)
     try:
         with pyro_tls(cfg.tls):
             daemon.ping()
@@ -323,7 +355,8 @@ def _diagnose(cfg: OpcDaConnection) -> list[Finding]:
     out.append(passed("opcda tls", f"TLS with CA {cfg.tls.ca_file}"
                       f"{' and client certificate ' + str(cfg.tls.cert_file) if cfg.tls.cert_file else ''}")
                if cfg.tls else
-               warning("opcda tls", "link is unencrypted and unauthenticated (Pyro4 has no authentication)",
+               warning("opcda tls", "link is unencrypted and unauthenticated (allow_plaintext: true; Pyro4 has "
+                       "no authentication)",
                        "run the gateway with PYRO_SSL=1 and a certificate, and set tls on this connection"))
     session, check = Session(cfg), "opcda server"
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from gateway.sources.common import ConnectionBase
 
@@ -55,9 +55,21 @@ class OpcDaConnection(ConnectionBase):
     )
     timeout_s: float = Field(default=10.0, gt=0, le=600, description="Timeout of every call to the gateway.")
     connect_timeout_s: float = Field(default=5.0, gt=0, le=120, description="Timeout of opening a session.")
+    # allow_plaintext comes before tls: tls's validator reads it (pydantic validates in field order)
+    allow_plaintext: bool = Field(
+        default=False, description="Use the link without tls anyway: it is unencrypted and unauthenticated (Pyro4 "
+        "has none), so anyone who reaches the port can read and write the OPC DA server, and anyone who can "
+        "impersonate the gateway talks to this collector. A loud WARNING is logged at start. Only for a gateway "
+        "on an isolated segment, better with hmac_key."
+    )
     tls: OpcDaTls | None = Field(
-        default=None, description="TLS through Pyro's SSL settings; without it the link is unencrypted and "
-        "unauthenticated (a warning is logged at start)."
+        default=None, validate_default=True, description="TLS through Pyro's SSL settings (the gateway runs with "
+        "PYRO_SSL=1). Required unless allow_plaintext is true."
+    )
+    hmac_key: SecretStr | None = Field(
+        default=None, min_length=1, description="The gateway service's Pyro HMAC key, when it has one (every "
+        "message is then signed with it, and unsigned answers are refused before they are decoded); never "
+        "logged. A secret: prefer a secret reference under Greengrass."
     )
     rewrite_proxy_host: Literal["unspecified", "always", "never"] = Field(
         default="unspecified", description="Point the gateway's per-client proxy at host:port: when it says "
@@ -67,6 +79,16 @@ class OpcDaConnection(ConnectionBase):
         default="UTC", description="Time zone of gateway timestamps without an offset (old pywin32 text "
         "'05/01/24 10:00:00'); the OPC DA host's zone if its wrapper reports local time."
     )
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_or_allowed_plaintext(cls, tls: OpcDaTls | None, info: ValidationInfo) -> OpcDaTls | None:
+        if tls is None and not info.data.get("allow_plaintext"):
+            raise ValueError("not set: without tls the link to the OpenOPC gateway is unencrypted and unauthenticated "
+                             "(Pyro4 has none), anyone who can impersonate the gateway talks to this collector: "
+                             "set tls (ca_file, cert_file, key_file), or set allow_plaintext: true to use a plain "
+                             "link knowingly")
+        return tls
 
     @field_validator("naive_timestamp_tz")
     @classmethod
