@@ -11,6 +11,7 @@ destination and never takes good records with it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import time
@@ -21,7 +22,7 @@ from typing import Any
 
 from gateway.destinations.base import Destination, DestinationBase, Router, SendResult
 from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
-from gateway.record import Kind, Quality, Record, now_ns
+from gateway.record import Kind, Quality, Record, make_record, now_ns
 from gateway.runtime import StatusFile
 from gateway.sources.common import Backoff
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec, StreamStore
@@ -118,6 +119,8 @@ class Publisher:
                     continue
                 if not batch.messages:
                     continue
+                if batch.poison:  # before the commit below moves past them: they must not vanish
+                    await self._dead_letter(name, [poison_record(stream, *p) for p in batch.poison])
                 wanted = [r for r in batch.records if router.wants(r)]
                 t0 = time.monotonic()
                 if not await self._deliver_all(name, sink, wanted, backoff, stop):
@@ -284,3 +287,12 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
         except asyncio.TimeoutError:
             pass
     return stop.is_set()
+
+
+def poison_record(stream: str, seq: int, payload: bytes, why: str) -> tuple[Record, str]:
+    """A stream message that is not a valid record batch, as a dead-letter record that carries its bytes (base64),
+    so that the dead-letter stream stays readable and the message can still be examined; the id is stable per
+    stream and sequence number, so readers that dead-letter the same message make one record downstream."""
+    record = make_record(f"deadletter:{stream}", "undecodable-message", base64.b64encode(payload).decode(),
+                         seq=seq, source_ts_ns=0, quality=Quality.BAD)
+    return record, f"stream {stream} message {seq} is not a valid record batch: {why}"

@@ -47,8 +47,8 @@ def userinfo_problem(url: str, field: str) -> str | None:
     if parts.username is None and parts.password is None and "@" not in parts.netloc:
         return None
     return (f"{field} carries user info ({redact_url(url)}): credentials in a URL end up in logs and status files; "
-            "remove the 'user:password@' part and set the identity in its own field (security.username / "
-            "security.password, or a secret reference)")
+            "remove the 'user:password@' part and give the identity in the fields meant for it (a username and "
+            "password field, a secret reference, or the AWS credential chain)")
 
 
 def scrub(value: Any) -> Any:

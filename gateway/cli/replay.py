@@ -112,6 +112,7 @@ async def replay(args: argparse.Namespace, cfg: Any, progress: Progress) -> dict
     from gateway.codec import decode_batch
     from gateway.destinations.base import Router
     from gateway.destinations.registry import make_sink
+    from gateway.errors import CodecError
 
     start_ns, end_ns = parse_time(args.start), parse_time(args.end)
     if end_ns < start_ns:
@@ -122,7 +123,7 @@ async def replay(args: argparse.Namespace, cfg: Any, progress: Progress) -> dict
     sink = make_sink(cfg)
     await sink.start()
     t0 = time.monotonic()
-    scanned = matched = sent = 0
+    scanned = matched = sent = corrupt = 0
     rejected: list[tuple[Any, str]] = []
     pending: list[Any] = []
     total = info.next_seq - info.oldest_seq
@@ -137,7 +138,14 @@ async def replay(args: argparse.Namespace, cfg: Any, progress: Progress) -> dict
                 scanned += 1
                 if msg.ts_ms * 1_000_000 < start_ns - CLOCK_MARGIN_MS * 1_000_000:
                     continue
-                for r in decode_batch(msg.payload):
+                try:
+                    records = decode_batch(msg.payload)
+                except CodecError as exc:  # poison: skipped and counted, the replay goes on
+                    corrupt += 1
+                    if corrupt == 1:
+                        print(safe(f"gatewayctl replay: skipped message {msg.seq}: {exc}"), file=sys.stderr)
+                    continue
+                for r in records:
                     if start_ns <= r.source_ts_ns <= end_ns and router.wants(r):
                         pending.append(r)
                         matched += 1
@@ -155,7 +163,7 @@ async def replay(args: argparse.Namespace, cfg: Any, progress: Progress) -> dict
         store.close()
     progress(total, total, sent, final=True)
     return {"stream": args.stream, "destination": cfg.name, "from_ns": start_ns, "to_ns": end_ns,
-            "messages_scanned": scanned, "records_matched": matched, "records_sent": sent,
+            "messages_scanned": scanned, "messages_corrupt": corrupt, "records_matched": matched, "records_sent": sent,
             "records_rejected": len(rejected), "rejections": sorted({why for _, why in rejected})[:10],
             "seconds": round(time.monotonic() - t0, 3)}
 

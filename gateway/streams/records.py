@@ -57,6 +57,8 @@ class ReadBatch:
     lost: int = 0
     # (seq, records) per message, for callers that must commit part of a batch
     by_message: list[tuple[int, list[Record]]] = field(default_factory=list)
+    # (seq, payload, why) of each message that is not a valid record batch, for the caller to dead-letter
+    poison: list[tuple[int, bytes, str]] = field(default_factory=list)
 
 
 class RecordReader:
@@ -101,6 +103,7 @@ class RecordReader:
                 records = decode_batch(msg.payload)
             except CodecError as exc:
                 batch.corrupt += 1
+                batch.poison.append((msg.seq, msg.payload, exc.message))
                 self.corrupt_messages += 1
                 if self.corrupt_messages == 1 or self.corrupt_messages % 1000 == 0:
                     log.error("%s on %r: skipped message %d (%d so far): %s",
