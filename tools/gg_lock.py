@@ -35,8 +35,10 @@ BOOTSTRAP_LOCK = "bootstrap.txt"
 # The device venv's own tools, upgraded first: the pip and setuptools that `python -m venv` bundles are whatever the
 # device's Python shipped with (3.11: pip 23.2 and setuptools 65.5, both with published CVEs). setuptools also builds
 # the two pins published only as sdists (rrcf, OpenOPC-Python3x) with --no-build-isolation, so that no unhashed
-# build dependency is ever fetched on a device. Change a version here, then run `python tools/lock.py`.
-BOOTSTRAP = ("pip==26.3", "setuptools==84.2.1")
+# build dependency is ever fetched on a device. setuptools stays below 81, which removed pkg_resources: rrcf 0.4.4
+# imports it at import time without declaring it (80.10 has no open CVE). Change a version here, then run
+# `python tools/lock.py`.
+BOOTSTRAP = ("pip==26.3", "setuptools==80.10.2")
 REGENERATE = "run `python tools/lock.py` (needs PyPI) and commit locks/"
 _ENTRY = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)\s*(?:;\s*(.+?))?\s*$")
 
