@@ -4,6 +4,20 @@ In order of preference: files given with ``--config``/``--config-dir``; the Gree
 or by default when gatewayctl itself runs under Greengrass), read over IPC with GetConfiguration of every component;
 otherwise the files the running components were started with (``--config`` on their command line, found through the
 pid in their status file), so ``gatewayctl doctor`` needs no arguments on a gateway run outside Greengrass.
+
+A status file is data, not an instruction: anyone who can write the store can forge one, and a configuration names
+hosts that doctor then connects to as whoever runs it (often root). So the last way follows a status file only when
+every link of the chain is as trustworthy as gatewayctl itself (:func:`untrusted_process`, :func:`untrusted_file`):
+
+- the status file and the configuration file are regular files owned by root or the user running gatewayctl, not
+  writable by group or others, in a folder with the same owners that group and others cannot write (or sticky);
+- the process named by the pid is owned by root or that user, and its command line is the entry point of the very
+  component the status file is for: ``-m components.<entry>.main`` or a ``components/<entry>/main.py`` script that
+  passes the file rule above.
+
+Anything else is reported as "not followed" with the reason, and doctor reads no configuration for that component
+(pass ``--config``). Components run as another user (a service account) are therefore not followed when someone else
+runs doctor: run it as that user, or pass the files.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ import argparse
 import asyncio
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,20 +166,84 @@ def from_deployment(timeout_s: float = 5.0) -> list[LoadedConfig]:
     return asyncio.run(fetch())
 
 
+# Component -> its folder under components/ (the entry point components/<entry>/main.py).
+ENTRY_POINTS = {"factoryedge.OpcUaCollector": "opcua_collector", "factoryedge.ModbusCollector": "modbus_collector",
+                "factoryedge.OpcDaCollector": "opcda_collector", "factoryedge.AnomalyDetector": "anomaly_detector",
+                "factoryedge.Publisher": "publisher"}
+
+
+def _trusted_uid(uid: int) -> bool:
+    return uid in (0, os.geteuid())
+
+
+def untrusted_file(path: Path) -> str | None:
+    """Why ``path`` (after symlinks) may have been written by someone else, or None when it cannot have been."""
+    try:
+        real = path.resolve(strict=True)
+        st, folder = real.stat(), real.parent.stat()
+    except (OSError, RuntimeError) as exc:
+        return f"{path} cannot be checked ({type(exc).__name__})"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{real} is not a regular file"
+    if not _trusted_uid(st.st_uid):
+        return f"{real} is owned by uid {st.st_uid}, neither root nor you"
+    if st.st_mode & 0o022:
+        return f"{real} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    if not _trusted_uid(folder.st_uid) or (folder.st_mode & 0o022 and not folder.st_mode & stat.S_ISVTX):
+        return f"its folder {real.parent} can be written by another user, who could swap the file"
+    return None
+
+
+def untrusted_process(pid: int, component: str) -> tuple[str | None, list[str], Path]:
+    """(why the process is not ``component``'s trustworthy entry point or None, its argv, its working directory).
+
+    Raises OSError when there is no such process (a stale status file: nothing to say).
+    """
+    proc = Path(f"/proc/{pid}")
+    owner = proc.stat().st_uid
+    argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+    cwd = (proc / "cwd").resolve()
+    if not _trusted_uid(owner):
+        return f"pid {pid} runs as uid {owner}, neither root nor you", argv, cwd
+    entry = ENTRY_POINTS.get(component)
+    script = next((a for a in argv[1:] if not a.startswith("-")), "")
+    if entry and "-m" in argv[1:-1] and argv[argv.index("-m", 1) + 1] == f"components.{entry}.main":
+        return None, argv, cwd
+    if entry and script and Path(script).parts[-3:] == ("components", entry, "main.py"):
+        path = Path(script) if Path(script).is_absolute() else cwd / script
+        problem = untrusted_file(path)
+        return (f"its entry point {problem}" if problem else None), argv, cwd
+    return f"pid {pid} is not running {component}'s entry point (components/{entry or '?'}/main.py)", argv, cwd
+
+
 def from_processes(statuses: dict[str, dict[str, Any]]) -> list[LoadedConfig]:
-    """The ``--config`` files of the running components (Linux /proc), relative to their working directory."""
+    """The ``--config`` files of the running components (Linux /proc), relative to their working directory, for
+    status files, processes and files that pass the checks in the module docstring."""
     out = []
     for name, status in statuses.items():
-        pid = int(status.get("pid") or 0)
         try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            cwd = Path(f"/proc/{pid}/cwd").resolve()
+            pid = int(status.get("pid") or 0)
+        except (TypeError, ValueError):
+            continue
+        if pid <= 0 or name not in components():
+            continue
+        try:
+            problem, argv, cwd = untrusted_process(pid, name)
         except OSError:
             continue  # not running, or not ours to look at
-        if "--config" not in argv[:-1] or name not in components():
+        if "--config" not in argv[:-1]:
             continue
         path = Path(argv[argv.index("--config") + 1])
         path = path if path.is_absolute() else cwd / path
+        status_path = status.get("_path")
+        problem = problem or (untrusted_file(Path(status_path)) if isinstance(status_path, str) else None)
+        problem = problem and f"status file {status_path}: {problem}"
+        problem = problem or (f"configuration {untrusted_file(path)}" if untrusted_file(path) else None)
+        if problem:
+            out.append(LoadedConfig(name, f"status file {status_path} (pid {pid})", problems=[
+                f"{problem}: the configuration it points at ({path}) was not followed (a status file is data anyone "
+                "who can write the store may forge); pass --config COMPONENT=FILE"]))
+            continue
         try:
             loaded = load_file_for(f"{name}={path}")
         except ConfigError:
