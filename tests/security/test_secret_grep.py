@@ -104,7 +104,9 @@ def test_a_refused_configuration_never_shows_its_secret(tmp_path: Path, case: st
 RUNNING: list[tuple[str, str, dict[str, Any]]] = [
     ("opcua-insecure-identity-allowed", OPCUA,
      _opcua(security={"username": "op", "password": SECRET, "allow_insecure_identity": True})),
-    ("mqtt-plaintext-allowed", PUBLISHER, _mqtt(username="u", password=SECRET, allow_plaintext=True)),
+    ("mqtt-plaintext-allowed", PUBLISHER,  # its own metrics give it something to send, so it connects
+     {**_mqtt(username="u", password=SECRET, allow_plaintext=True, route={"streams": ["factoryedge-metrics"]}),
+      "metrics_interval_s": 0.2}),
 ]
 
 
