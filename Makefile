@@ -2,13 +2,17 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test check demo bench build clean
+.PHONY: setup test soak check demo bench build clean
 
 setup:
 	@bash scripts/setup.sh
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# The long checks: for now the exhaustive bit-flip sweep of the embedded store.
+soak: setup
+	FACTORYEDGE_SOAK=1 $(PY) -m pytest -q -p no:cacheprovider tests/streams/test_embedded_corruption.py
 
 check: setup
 	.venv/bin/ruff check gateway simulator components tests bench tools

@@ -59,7 +59,8 @@ def stream_rows(store: StreamStore) -> list[dict[str, Any]]:
                      "next_seq": info.next_seq, "bytes": info.total_bytes, "max_bytes": info.spec.max_size_bytes,
                      "full_pct": round(100 * info.total_bytes / info.spec.max_size_bytes, 1),
                      "strategy_on_full": info.spec.strategy_on_full.value,
-                     "dropped": info.dropped_messages, "rejected": info.rejected_appends})
+                     "dropped": info.dropped_messages, "rejected": info.rejected_appends,
+                     "lost": info.lost_messages, "corrupt_bytes": info.corrupt_bytes})
     return rows
 
 
@@ -73,8 +74,8 @@ def cmd_streams(args: argparse.Namespace) -> int:
         print_json(rows)
         return EXIT_OK
     print(table([[r["stream"], r["messages"], fmt_bytes(r["bytes"]), f"{r['full_pct']:.1f}", r["dropped"],
-                  r["rejected"]] for r in rows],
-                ["stream", "messages", "size", "full %", "dropped", "rejected"], right={1, 2, 3, 4, 5}))
+                  r["rejected"], r["lost"]] for r in rows],
+                ["stream", "messages", "size", "full %", "dropped", "rejected", "lost"], right={1, 2, 3, 4, 5, 6}))
     return EXIT_OK
 
 

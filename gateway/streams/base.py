@@ -94,7 +94,8 @@ class StreamInfo:
 
     ``oldest_seq`` is the first retained sequence number and ``next_seq`` the one the next append will get, so a
     stream holds ``next_seq - oldest_seq`` messages. ``dropped_messages`` counts messages removed by overwrite or
-    time to live; ``rejected_appends`` counts appends refused under RejectNewData.
+    time to live; ``rejected_appends`` counts appends refused under RejectNewData. ``lost_messages`` counts messages
+    lost to damaged bytes on disk and ``corrupt_bytes`` those bytes (embedded store: persistent, cumulative).
     """
 
     name: str
@@ -104,6 +105,8 @@ class StreamInfo:
     dropped_messages: int
     rejected_appends: int
     spec: StreamSpec
+    lost_messages: int = 0
+    corrupt_bytes: int = 0
 
     @property
     def message_count(self) -> int:

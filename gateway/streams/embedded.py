@@ -4,10 +4,16 @@ Collector, anomaly and publisher run as separate processes sharing one store fol
 on an ``flock`` of the stream's ``lock`` file and re-read the tail under it, so any number of processes may append.
 Readers take no lock: they only read whole frames with a valid CRC. See ``segments.py`` for the file format.
 
+Damaged bytes (a flipped bit, a bad sector) cost the messages they held and nothing else: whoever meets them first
+(a reader, or a writer checking the newest segment) skips to the next valid frame, copies the damaged bytes to a
+private file beside the segment and counts the messages lost in ``damage.json``, once per damaged run.
+
 Layout::
 
     ROOT/streams/NAME/spec.json       the StreamSpec
     ROOT/streams/NAME/counters.json   dropped and rejected counts
+    ROOT/streams/NAME/damage.json     messages lost to damaged bytes, bytes set aside, damaged runs seen
+    ROOT/streams/NAME/<seq>.seg.damaged-<offset>   a damaged run's bytes, as found (0600)
     ROOT/streams/NAME/lock            flock target
     ROOT/streams/NAME/<seq>.seg       segments
     ROOT/positions/...                reader positions (positions.py)
@@ -27,6 +33,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
+
+from pydantic import ValidationError
 
 from gateway.errors import ConfigError, StoreWriteError, StreamError, StreamFull, StreamNotFound
 from gateway.fsutil import atomic_write
@@ -49,9 +58,10 @@ class _Tail:
 
 @dataclass(slots=True)
 class _Cursor:
-    seq: int
+    seq: int  # the sequence number expected at offset
     segment: int
     offset: int
+    asked: int  # reads from any sequence number in asked..seq start at offset (damage lost the ones between)
 
 
 class EmbeddedStore:
@@ -74,7 +84,9 @@ class EmbeddedStore:
         self._specs: dict[str, tuple[float, StreamSpec]] = {}
         self._cursors: dict[str, _Cursor] = {}
         self._sealed_sizes: dict[tuple[str, int], int] = {}
-        self.corrupt_frames = 0
+        self._lock_depth: dict[str, int] = {}
+        self._damage_known: set[tuple[str, int, int]] = set()
+        self.corrupt_frames = 0  # damaged runs this process skipped
 
     # --- definition -----------------------------------------------------------------------------------------
     def create_stream(self, spec: StreamSpec) -> None:
@@ -154,7 +166,8 @@ class EmbeddedStore:
             size = os.fstat(tail.fd).st_size
             if size == tail.size:
                 return tail
-            offset, next_seq = tail.size, tail.next_seq
+            # Shrunk under us (by hand?): walk it all again, but never hand out a number twice.
+            offset, next_seq = (tail.size, tail.next_seq) if size > tail.size else (0, last)
         else:
             if tail is not None:
                 os.close(tail.fd)
@@ -163,14 +176,16 @@ class EmbeddedStore:
             self._tails[stream] = tail
             size = os.fstat(fd).st_size
             offset, next_seq = 0, last
-        end, next_seq = seg.find_end(tail.fd, offset, next_seq, size)
-        if end < size:
+        found = seg.find_end(tail.fd, offset, next_seq, size)
+        for damage in found.damage:
+            self._record_damage(stream, last, tail.fd, damage)
+        if found.end < size:
             log.warning(
                 "stream %r: dropped %d bytes of an unacknowledged write at the end of segment %d "
-                "(a writer stopped mid-append)", stream, size - end, last,
+                "(a writer stopped mid-append)", stream, size - found.end, last,
             )
-            os.ftruncate(tail.fd, end)
-        tail.size, tail.next_seq = end, next_seq
+            os.ftruncate(tail.fd, found.end)
+        tail.size, tail.next_seq = found.end, max(found.next_seq, tail.next_seq)
         return tail
 
     def _rotate(self, stream: str, tail: _Tail) -> _Tail:
@@ -212,6 +227,8 @@ class EmbeddedStore:
         first = segs.pop(0)
         dropped = segs[0] - first
         (self._streams / stream / seg.segment_name(first)).unlink()
+        for bad in (self._streams / stream).glob(seg.segment_name(first) + ".damaged-*"):
+            bad.unlink(missing_ok=True)  # the copies go with their segment, as the data would have
         self._sealed_sizes.pop((stream, first), None)
         self._bump(stream, "dropped_messages", dropped)
         log.warning("stream %r: dropped %d oldest messages (%s)", stream, dropped, why)
@@ -252,46 +269,87 @@ class EmbeddedStore:
         idx = bisect.bisect_right(segs, start_seq) - 1
         out: list[StoredMessage] = []
         cur = self._cursors.get(stream)
-        offset: int | None = cur.offset if cur and cur.seq == start_seq and cur.segment == segs[idx] else None
-        expected = start_seq
+        at = (cur.offset, cur.seq) if cur and cur.segment == segs[idx] and cur.asked <= start_seq <= cur.seq else None
         while idx < len(segs) and len(out) < max_count:
             first = segs[idx]
+            sealed_next = segs[idx + 1] if idx + 1 < len(segs) else None
             try:
                 fd = os.open(os.path.join(folder, seg.segment_name(first)), os.O_RDONLY)
             except FileNotFoundError:  # dropped by a writer between listing and opening: go on with the next
-                idx, offset = idx + 1, 0
+                if sealed_next is None:
+                    break
+                idx, at = idx + 1, (0, sealed_next)
                 continue
             try:
                 size = os.fstat(fd).st_size
-                if offset is None:
-                    offset = seg.offset_of(fd, first, expected, size)
-                    if offset is None:
+                if at is None:
+                    at = seg.locate(fd, first, max(start_seq, first), size, sealed_next)
+                    if at is None:
                         break
-                for frame in seg.iter_frames(fd, offset, size, max_count - len(out)):
-                    offset = frame.end
-                    if not frame.valid:
-                        self._corrupt(stream, first, frame.seq)
-                        expected += 1
-                        continue
-                    out.append(StoredMessage(frame.seq, frame.ts_ms, frame.payload))
-                    expected = frame.seq + 1
-                whole = offset >= size
+                got, at = self._scan(stream, fd, first, at, size, max_count - len(out), sealed_next)
+                out.extend(m for m in got if m.seq >= start_seq)
+                whole = at[0] >= size
             finally:
                 os.close(fd)
-            if len(out) >= max_count or idx == len(segs) - 1 or not whole:
+            if len(out) >= max_count or sealed_next is None or not whole:
                 break
-            idx, offset, expected = idx + 1, 0, segs[idx + 1]
-        if offset is not None and idx < len(segs):
-            self._cursors[stream] = _Cursor(expected, segs[idx], offset)
+            idx, at = idx + 1, (0, sealed_next)
+        if at is not None and idx < len(segs):
+            asked = out[-1].seq + 1 if out else start_seq
+            self._cursors[stream] = _Cursor(at[1], segs[idx], at[0], asked)
         return out
 
-    def _corrupt(self, stream: str, segment: int, seq: int) -> None:
+    def _scan(
+        self, stream: str, fd: int, first: int, at: tuple[int, int], size: int, limit: int, sealed_next: int | None,
+        *, locked: bool = False,
+    ) -> tuple[list[StoredMessage], tuple[int, int]]:
+        """Messages of one segment from ``at`` (offset, expected seq), and where the next read goes on."""
+        out: list[StoredMessage] = []
+        offset, expected = at
+        for item in seg.scan(fd, offset, size, expected, limit, sealed_next):
+            if isinstance(item, seg.Damage):
+                if sealed_next is None and not locked:
+                    # The newest segment may be mid-write (or a torn write mid-truncation): look again with the
+                    # writers held off before calling anything damage.
+                    with self._locked(stream):
+                        more, where = self._scan(stream, fd, first, (offset, expected), os.fstat(fd).st_size,
+                                                 limit - len(out), None, locked=True)
+                    return out + more, where
+                self._record_damage(stream, first, fd, item)
+            else:
+                out.append(StoredMessage(item.seq, item.ts_ms, item.payload))
+            offset, expected = item.end, item.next_seq
+        return out, (offset, expected)
+
+    def _record_damage(self, stream: str, segment: int, fd: int, damage: seg.Damage) -> None:
+        """Set a damaged run's bytes aside and count its messages lost, once for all processes and restarts."""
+        key = (stream, segment, damage.start)
+        if key in self._damage_known:
+            return
+        folder = self._streams / stream
+        with self._locked(stream):
+            book = _read_damage(folder)
+            region = f"{segment}:{damage.start}"
+            if region not in book["regions"]:
+                name = f"{seg.segment_name(segment)}.damaged-{damage.start:012d}"
+                qfd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.fchmod(qfd, 0o600)
+                    os.write(qfd, os.pread(fd, damage.end - damage.start, damage.start))
+                finally:
+                    os.close(qfd)
+                book["regions"][region] = damage.lost
+                book["lost_messages"] += damage.lost
+                book["corrupt_bytes"] += damage.end - damage.start
+                atomic_write(folder / "damage.json", json.dumps(book).encode())
+                log.error(
+                    "stream %r: %d damaged bytes at offset %d of segment %d: lost %d messages (seq %d to %d); "
+                    "the bytes are kept in %s. Check the disk (SMART, dmesg) and the power supply",
+                    stream, damage.end - damage.start, damage.start, segment, damage.lost, damage.first_seq,
+                    damage.next_seq - 1, folder / name,
+                )
+        self._damage_known.add(key)
         self.corrupt_frames += 1
-        if self.corrupt_frames == 1 or self.corrupt_frames % 1000 == 0:
-            log.error(
-                "stream %r: skipped a corrupt frame near seq %d in segment %d (%d so far); check the disk",
-                stream, seq, segment, self.corrupt_frames,
-            )
 
     # --- describe -------------------------------------------------------------------------------------------
     def describe(self, stream: str) -> StreamInfo:
@@ -302,9 +360,11 @@ class EmbeddedStore:
             segs = seg.list_segments(str(folder))
             total = sum(self._sealed_size(stream, s) for s in segs[:-1]) + tail.size
             counters = _read_counters(folder)
+            damage = _read_damage(folder)
         return StreamInfo(
             stream, segs[0], tail.next_seq, total,
             counters.get("dropped_messages", 0), counters.get("rejected_appends", 0), spec,
+            damage["lost_messages"], damage["corrupt_bytes"],
         )
 
     def close(self) -> None:
@@ -333,7 +393,14 @@ class EmbeddedStore:
         cached = self._specs.get(stream)
         if cached and cached[0] == mtime:
             return cached[1]
-        spec = StreamSpec.model_validate_json(path.read_bytes())
+        try:
+            spec = StreamSpec.model_validate_json(path.read_bytes())
+        except ValidationError as exc:
+            raise StreamError(
+                f"stream {stream!r}: its definition {path} is damaged ({exc.errors()[0]['msg']})",
+                fix=f"restart the component that writes stream {stream!r}: it writes the definition again from its "
+                "configuration; the stream's data is kept",
+            ) from None
         self._specs[stream] = (mtime, spec)
         return spec
 
@@ -351,19 +418,25 @@ class EmbeddedStore:
             os.close(fd)
         for key in [k for k in self._sealed_sizes if k[0] == stream]:
             del self._sealed_sizes[key]
+        self._damage_known = {k for k in self._damage_known if k[0] != stream}
 
     @contextmanager
     def _locked(self, stream: str) -> Iterator[None]:
         with self._mutex:
+            depth = self._lock_depth.get(stream, 0)
             fd = self._lock_fds.get(stream)
             if fd is None:
                 fd = os.open(self._streams / stream / "lock", os.O_RDWR | os.O_CREAT, 0o644)
                 self._lock_fds[stream] = fd
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not depth:  # flock does not nest: an inner unlock would free the outer holder's lock
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self._lock_depth[stream] = depth + 1
             try:
                 yield
             finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
+                self._lock_depth[stream] = depth
+                if not depth:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def _read_counters(folder: Path) -> dict[str, int]:
@@ -373,3 +446,25 @@ def _read_counters(folder: Path) -> dict[str, int]:
     except (FileNotFoundError, ValueError):
         return {}
 
+
+class _DamageBook(TypedDict):
+    """``damage.json``: cumulative counts, and the damaged runs already counted ("segment:offset" -> lost)."""
+
+    lost_messages: int
+    corrupt_bytes: int
+    regions: dict[str, int]
+
+
+def _read_damage(folder: Path) -> _DamageBook:
+    book: _DamageBook = {"lost_messages": 0, "corrupt_bytes": 0, "regions": {}}
+    try:
+        data = json.loads((folder / "damage.json").read_bytes())
+        book["lost_messages"] = int(data["lost_messages"])
+        book["corrupt_bytes"] = int(data["corrupt_bytes"])
+        book["regions"] = {str(k): int(v) for k, v in data["regions"].items()}
+    except FileNotFoundError:
+        pass
+    except (ValueError, TypeError, KeyError, AttributeError):
+        # The book itself damaged: counting starts again (and runs met again are counted again) rather than fail.
+        log.error("stream folder %s: damage.json is unreadable; loss counts start again from 0", folder)
+    return book

@@ -8,6 +8,10 @@ A stream is a folder of segment files named after the sequence number of their f
 all big-endian; the CRC covers seq, time and payload. Frames are written with one ``write`` on an ``O_APPEND``
 descriptor while holding the stream's lock, so a crash leaves at most one incomplete frame at the very end of the
 newest segment; the next writer truncates it (it was never acknowledged).
+
+Anything else that fails its checks is damage (a flipped bit, a bad sector), not a torn write: :func:`scan` skips
+it by resynchronising on the next frame whose CRC holds and whose sequence number fits, and reports the damaged
+bytes and the messages they held as a :class:`Damage`. Damage never moves the sequence backwards.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ HEADER_SIZE = HEADER.size
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SUFFIX = ".seg"
 _CHUNK = 1024 * 1024
+_SEQ_AT = 8  # offset of the sequence number in a header
+_PREFIX = 5  # resync searches for the top bytes of the sequence numbers a frame may carry
 
 
 def segment_name(first_seq: int) -> str:
@@ -49,13 +55,134 @@ def frame_ok(seq: int, ts_ms: int, crc: int, payload: bytes) -> bool:
     return zlib.crc32(payload, zlib.crc32(struct.pack(">QQ", seq, ts_ms))) == crc
 
 
-def find_end(fd: int, offset: int, expected_seq: int, size: int) -> tuple[int, int]:
-    """Walk frame headers from ``offset`` and return (end of the last whole frame, next sequence number).
+@dataclass(slots=True)
+class Frame:
+    """A whole frame whose CRC holds."""
 
-    Only headers are read, except for the last whole frame, whose CRC is checked: that is where a crash (or a
-    power loss that left zeros) would show. A header that does not continue the sequence ends the walk too.
+    seq: int
+    ts_ms: int
+    payload: bytes
+    end: int
+
+    @property
+    def next_seq(self) -> int:
+        return self.seq + 1
+
+
+@dataclass(slots=True)
+class Damage:
+    """Bytes ``[start, end)`` that hold no valid frame; messages ``first_seq .. next_seq - 1`` were in them."""
+
+    start: int
+    end: int
+    first_seq: int
+    next_seq: int
+
+    @property
+    def lost(self) -> int:
+        return self.next_seq - self.first_seq
+
+
+def scan(
+    fd: int, offset: int, size: int, expected: int, limit: int, sealed_next: int | None = None
+) -> Iterator[Frame | Damage]:
+    """Yield up to ``limit`` valid frames from ``offset`` (a frame boundary), and the damage between them.
+
+    A frame that fails (bad CRC, impossible length, sequence number below ``expected``) starts a damaged run that
+    ends at the next valid frame (:func:`resync`). When no valid frame follows, the run is the segment's tail: in
+    the newest segment (``sealed_next`` None) that may be a write in progress or a torn one, so the scan stops
+    there; in a sealed segment it is damage up to the end, holding the messages up to ``sealed_next``, the first
+    sequence number of the next segment.
+    """
+    buf = b""
+    buf_start = offset
+    count = 0
+    while count < limit and offset < size:
+        rel = offset - buf_start
+        if rel + HEADER_SIZE > len(buf) and offset + HEADER_SIZE <= size:
+            buf, buf_start, rel = os.pread(fd, min(_CHUNK, size - offset), offset), offset, 0
+        if rel + HEADER_SIZE <= len(buf):
+            length, crc, seq, ts = HEADER.unpack_from(buf, rel)
+            end = offset + HEADER_SIZE + length
+            if length <= MAX_MESSAGE_BYTES and end <= size and seq >= expected:
+                if rel + HEADER_SIZE + length > len(buf):
+                    want = min(max(_CHUNK, HEADER_SIZE + length), size - offset)
+                    buf, buf_start, rel = os.pread(fd, want, offset), offset, 0
+                payload = buf[rel + HEADER_SIZE : rel + HEADER_SIZE + length]
+                if frame_ok(seq, ts, crc, payload):
+                    yield Frame(seq, ts, payload, end)
+                    offset, expected = end, seq + 1
+                    count += 1
+                    continue
+        found = resync(fd, offset, size, expected)
+        if found is None:
+            break
+        yield Damage(offset, found[0], expected, found[1])
+        offset, expected = found
+        buf, buf_start = b"", offset
+    if count < limit and offset < size and sealed_next is not None:
+        yield Damage(offset, size, expected, max(expected, sealed_next))
+
+
+def resync(fd: int, start: int, size: int, expected: int) -> tuple[int, int] | None:
+    """(offset, seq) of the first valid frame after ``start``, or None.
+
+    Valid: the CRC holds and the sequence number is at least ``expected`` and at most one message per header's
+    worth of skipped bytes beyond it. Only positions whose sequence number field starts with the top bytes of such
+    a number are examined, which ``bytes.find`` locates at C speed.
+    """
+    top = expected + (size - start) // HEADER_SIZE
+    shift = 8 * (8 - _PREFIX)
+    prefixes = [struct.pack(">Q", p << shift)[:_PREFIX] for p in range(expected >> shift, (top >> shift) + 1)]
+    pos = start + 1
+    while pos + HEADER_SIZE <= size:
+        window = os.pread(fd, min(_CHUNK, size - pos), pos)
+        best: tuple[int, int] | None = None
+        for prefix in prefixes:
+            i = window.find(prefix, _SEQ_AT)
+            while i != -1 and i - _SEQ_AT + HEADER_SIZE <= len(window):
+                at = pos + i - _SEQ_AT
+                if best is not None and at >= best[0]:
+                    break
+                seq = _valid_at(fd, window, i - _SEQ_AT, at, size, expected, start)
+                if seq is not None:
+                    best = (at, seq)
+                    break
+                i = window.find(prefix, i + 1)
+        if best is not None:
+            return best
+        pos += len(window) - HEADER_SIZE + 1
+    return None
+
+
+def _valid_at(fd: int, window: bytes, rel: int, at: int, size: int, expected: int, start: int) -> int | None:
+    length, crc, seq, ts = HEADER.unpack_from(window, rel)
+    if length > MAX_MESSAGE_BYTES or at + HEADER_SIZE + length > size:
+        return None
+    if not expected <= seq <= expected + (at - start) // HEADER_SIZE:
+        return None
+    body = rel + HEADER_SIZE
+    payload = window[body : body + length] if body + length <= len(window) else os.pread(fd, length, at + HEADER_SIZE)
+    return seq if frame_ok(seq, ts, crc, payload) else None
+
+
+@dataclass(slots=True)
+class Tail:
+    """What the writer found after ``offset`` in the newest segment."""
+
+    end: int  # where the next frame goes; below the file size when a torn write must be cut off
+    next_seq: int
+    damage: list[Damage]
+
+
+def find_end(fd: int, offset: int, expected_seq: int, size: int) -> Tail:
+    """Walk frames from ``offset`` (a frame boundary) to the end of the newest segment.
+
+    The common case reads only headers and checks the CRC of the last frame, where a crash would show. Anything
+    else gets the full :func:`scan`, and what follows its last valid frame is classified by :func:`_tail_kind`.
     """
     seq = expected_seq
+    start = offset
     last: int | None = None
     while offset + HEADER_SIZE <= size:
         length, _crc, fseq, _ts = HEADER.unpack(os.pread(fd, HEADER_SIZE, offset))
@@ -63,58 +190,70 @@ def find_end(fd: int, offset: int, expected_seq: int, size: int) -> tuple[int, i
         if fseq != seq or length > MAX_MESSAGE_BYTES or end > size:
             break
         last, offset, seq = offset, end, seq + 1
-    if last is not None:
+    if offset == size:
+        if last is None:
+            return Tail(size, seq, [])
         length, crc, fseq, ts = HEADER.unpack(os.pread(fd, HEADER_SIZE, last))
-        if not frame_ok(fseq, ts, crc, os.pread(fd, length, last + HEADER_SIZE)):
-            return last, seq - 1
-    return offset, seq
+        if frame_ok(fseq, ts, crc, os.pread(fd, length, last + HEADER_SIZE)):
+            return Tail(size, seq, [])
+    damage: list[Damage] = []
+    offset, seq = start, expected_seq
+    for item in scan(fd, start, size, expected_seq, limit=1 << 62):
+        if isinstance(item, Damage):
+            damage.append(item)
+        offset, seq = item.end, item.next_seq
+    if offset < size and _whole_but_damaged(fd, offset, size, seq):
+        damage.append(Damage(offset, size, seq, seq + 1))
+        return Tail(size, seq + 1, damage)
+    return Tail(offset, seq, damage)
 
 
-def offset_of(fd: int, first_seq: int, target_seq: int, size: int) -> int | None:
-    """Byte offset of message ``target_seq`` in a segment starting at ``first_seq`` (None if not there yet)."""
-    offset, seq = 0, first_seq
-    while seq < target_seq:
-        if offset + HEADER_SIZE > size:
-            return None
-        length = HEADER.unpack(os.pread(fd, HEADER_SIZE, offset))[0]
-        offset += HEADER_SIZE + length
-        seq += 1
-    return offset
+def _whole_but_damaged(fd: int, offset: int, size: int, seq: int) -> bool:
+    """Is the failing last frame at ``offset`` a whole frame with one bad field, rather than a torn write?
 
-
-@dataclass(slots=True)
-class Frame:
-    seq: int
-    ts_ms: int
-    payload: bytes
-    valid: bool
-    end: int
-
-
-def iter_frames(fd: int, offset: int, size: int, limit: int) -> Iterator[Frame]:
-    """Yield up to ``limit`` whole frames from ``offset``; stop at the first incomplete one.
-
-    Invalid frames (CRC mismatch) are yielded with ``valid=False`` so the caller can count and skip them. A header
-    that cannot be a frame (length beyond the file or the limit) ends the walk with one invalid frame that ends at
-    ``size``: the rest of the segment is unreadable.
+    A torn write is a prefix of a frame: its header is intact and says it ends beyond the file. A frame that was
+    written whole (so may have been acknowledged) ends exactly at the file's end with its sequence number, or would
+    check out but for its length or its sequence number field. Its number is spent: reusing it could hand a
+    reader that already saw it a different message under the same number.
     """
-    buf = b""
-    buf_start = offset
-    count = 0
-    while count < limit and offset + HEADER_SIZE <= size:
-        rel = offset - buf_start
-        if rel + HEADER_SIZE > len(buf):
-            buf, buf_start, rel = os.pread(fd, min(_CHUNK, size - offset), offset), offset, 0
-        length, crc, seq, ts = HEADER.unpack_from(buf, rel)
-        end = offset + HEADER_SIZE + length
-        if length > MAX_MESSAGE_BYTES:
-            yield Frame(seq, ts, b"", False, size)
-            return
-        if end > size:
-            return
-        if rel + HEADER_SIZE + length > len(buf):
-            buf, buf_start, rel = os.pread(fd, max(_CHUNK, HEADER_SIZE + length), offset), offset, 0
-        payload = buf[rel + HEADER_SIZE : rel + HEADER_SIZE + length]
-        yield Frame(seq, ts, payload, frame_ok(seq, ts, crc, payload), end)
-        offset = end
-        count += 1
+    if size - offset < HEADER_SIZE:
+        return False
+    length, crc, fseq, ts = HEADER.unpack(os.pread(fd, HEADER_SIZE, offset))
+    whole = offset + HEADER_SIZE + length == size
+    if whole and fseq == seq:
+        return True  # bad CRC, time or payload
+    rest = os.pread(fd, min(size - offset - HEADER_SIZE, MAX_MESSAGE_BYTES), offset + HEADER_SIZE)
+    if fseq == seq and size - offset - HEADER_SIZE <= MAX_MESSAGE_BYTES and frame_ok(seq, ts, crc, rest):
+        return True  # bad length
+    return whole and frame_ok(seq, ts, crc, rest)  # bad sequence number
+
+
+def locate(fd: int, first_seq: int, target_seq: int, size: int, sealed_next: int | None) -> tuple[int, int] | None:
+    """(offset, expected seq) from which a scan yields message ``target_seq`` on, or None if it is not there yet.
+
+    Walks headers while they count up from ``first_seq`` and the walk lands on the target's header (or at the end
+    after a frame whose CRC holds: a damaged length can jump over good frames); otherwise scans.
+    """
+    offset, seq, last = 0, first_seq, -1
+    while seq < target_seq and offset + HEADER_SIZE <= size:
+        length, _crc, fseq, _ts = HEADER.unpack(os.pread(fd, HEADER_SIZE, offset))
+        if fseq != seq or length > MAX_MESSAGE_BYTES or offset + HEADER_SIZE + length > size:
+            break
+        last, offset, seq = offset, offset + HEADER_SIZE + length, seq + 1
+    else:
+        if offset + HEADER_SIZE <= size and seq == target_seq:
+            if HEADER.unpack(os.pread(fd, HEADER_SIZE, offset))[2] == seq:
+                return offset, seq
+        elif last < 0 or _crc_holds(fd, last):
+            return (offset, seq) if seq == target_seq else None
+    offset, seq = 0, first_seq
+    for item in scan(fd, 0, size, first_seq, limit=1 << 62, sealed_next=sealed_next):
+        if item.next_seq > target_seq:
+            return offset, seq  # the frame or damage that holds the target starts here
+        offset, seq = item.end, item.next_seq
+    return (offset, seq) if seq >= target_seq else None
+
+
+def _crc_holds(fd: int, offset: int) -> bool:
+    length, crc, seq, ts = HEADER.unpack(os.pread(fd, HEADER_SIZE, offset))
+    return frame_ok(seq, ts, crc, os.pread(fd, length, offset + HEADER_SIZE))
