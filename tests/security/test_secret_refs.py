@@ -148,7 +148,9 @@ def test_plain_password_in_a_deployment_is_readable_by_another_component_a_refer
 def _run_publisher(socket: str, token: str, log: Path) -> Proc:
     env = {"AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT": socket, "SVCUID": token,
            "PYTHONPATH": str(ROOT), "STREAM_MANAGER_SERVER_PORT": str(free_port())}
-    return start([sys.executable, str(ROOT / "components" / "publisher" / "main.py")], log, env=env)
+    # the working directory is the component's (its work folder under Greengrass): a store given as a relative path
+    # or the default one lands there, not in the checkout
+    return start([sys.executable, str(ROOT / "components" / "publisher" / "main.py")], log, env=env, cwd=log.parent)
 
 
 def test_mqtt_password_reference_is_fetched_and_used_and_never_shown(
