@@ -33,7 +33,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
 
 from pydantic import ValidationError
 
@@ -326,30 +325,22 @@ class EmbeddedStore:
         key = (stream, segment, damage.start)
         if key in self._damage_known:
             return
-        folder = self._streams / stream
-        with self._locked(stream):
-            book = _read_damage(folder)
-            region = f"{segment}:{damage.start}"
-            if region not in book["regions"]:
-                name = f"{seg.segment_name(segment)}.damaged-{damage.start:012d}"
-                qfd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                try:
-                    os.fchmod(qfd, 0o600)
-                    os.write(qfd, os.pread(fd, damage.end - damage.start, damage.start))
-                finally:
-                    os.close(qfd)
-                book["regions"][region] = damage.lost
-                book["lost_messages"] += damage.lost
-                book["corrupt_bytes"] += damage.end - damage.start
-                atomic_write(folder / "damage.json", json.dumps(book).encode())
-                log.error(
-                    "stream %r: %d damaged bytes at offset %d of segment %d: lost %d messages (seq %d to %d); "
-                    "the bytes are kept in %s. Check the disk (SMART, dmesg) and the power supply",
-                    stream, damage.end - damage.start, damage.start, segment, damage.lost, damage.first_seq,
-                    damage.next_seq - 1, folder / name,
-                )
         self._damage_known.add(key)
         self.corrupt_frames += 1
+        try:
+            with self._locked(stream):
+                kept = seg.record_damage(self._streams / stream, segment, fd, damage)
+        except OSError as exc:  # a read-only store (gatewayctl as another user), a full disk: skip, still read on
+            log.error("stream %r: skipped %d damaged bytes at offset %d of segment %d (%d messages lost) but could "
+                      "not record them: %s", stream, damage.end - damage.start, damage.start, segment, damage.lost, exc)
+            return
+        if kept is not None:
+            log.error(
+                "stream %r: %d damaged bytes at offset %d of segment %d: lost %d messages (seq %d to %d); "
+                "the bytes are kept in %s. Check the disk (SMART, dmesg) and the power supply",
+                stream, damage.end - damage.start, damage.start, segment, damage.lost, damage.first_seq,
+                damage.next_seq - 1, kept,
+            )
 
     # --- describe -------------------------------------------------------------------------------------------
     def describe(self, stream: str) -> StreamInfo:
@@ -360,7 +351,7 @@ class EmbeddedStore:
             segs = seg.list_segments(str(folder))
             total = sum(self._sealed_size(stream, s) for s in segs[:-1]) + tail.size
             counters = _read_counters(folder)
-            damage = _read_damage(folder)
+            damage = seg.read_damage(folder)
         return StreamInfo(
             stream, segs[0], tail.next_seq, total,
             counters.get("dropped_messages", 0), counters.get("rejected_appends", 0), spec,
@@ -426,7 +417,11 @@ class EmbeddedStore:
             depth = self._lock_depth.get(stream, 0)
             fd = self._lock_fds.get(stream)
             if fd is None:
-                fd = os.open(self._streams / stream / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+                path = self._streams / stream / "lock"
+                try:
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                except PermissionError:  # a reader without write access (flock needs none): gatewayctl as a user
+                    fd = os.open(path, os.O_RDONLY)
                 self._lock_fds[stream] = fd
             if not depth:  # flock does not nest: an inner unlock would free the outer holder's lock
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -445,26 +440,3 @@ def _read_counters(folder: Path) -> dict[str, int]:
         return {k: int(v) for k, v in data.items()}
     except (FileNotFoundError, ValueError):
         return {}
-
-
-class _DamageBook(TypedDict):
-    """``damage.json``: cumulative counts, and the damaged runs already counted ("segment:offset" -> lost)."""
-
-    lost_messages: int
-    corrupt_bytes: int
-    regions: dict[str, int]
-
-
-def _read_damage(folder: Path) -> _DamageBook:
-    book: _DamageBook = {"lost_messages": 0, "corrupt_bytes": 0, "regions": {}}
-    try:
-        data = json.loads((folder / "damage.json").read_bytes())
-        book["lost_messages"] = int(data["lost_messages"])
-        book["corrupt_bytes"] = int(data["corrupt_bytes"])
-        book["regions"] = {str(k): int(v) for k, v in data["regions"].items()}
-    except FileNotFoundError:
-        pass
-    except (ValueError, TypeError, KeyError, AttributeError):
-        # The book itself damaged: counting starts again (and runs met again are counted again) rather than fail.
-        log.error("stream folder %s: damage.json is unreadable; loss counts start again from 0", folder)
-    return book

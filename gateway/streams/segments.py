@@ -16,11 +16,16 @@ bytes and the messages they held as a :class:`Damage`. Damage never moves the se
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TypedDict
+
+from gateway.fsutil import atomic_write
 
 HEADER = struct.Struct(">IIQQ")
 HEADER_SIZE = HEADER.size
@@ -257,3 +262,44 @@ def locate(fd: int, first_seq: int, target_seq: int, size: int, sealed_next: int
 def _crc_holds(fd: int, offset: int) -> bool:
     length, crc, seq, ts = HEADER.unpack(os.pread(fd, HEADER_SIZE, offset))
     return frame_ok(seq, ts, crc, os.pread(fd, length, offset + HEADER_SIZE))
+
+
+class DamageBook(TypedDict):
+    """A stream's ``damage.json``: cumulative counts, and the damaged runs already counted ("segment:offset")."""
+
+    lost_messages: int
+    corrupt_bytes: int
+    regions: dict[str, int]
+
+
+def read_damage(folder: Path) -> DamageBook:
+    book: DamageBook = {"lost_messages": 0, "corrupt_bytes": 0, "regions": {}}
+    try:
+        data = json.loads((folder / "damage.json").read_bytes())
+        book = {"lost_messages": int(data["lost_messages"]), "corrupt_bytes": int(data["corrupt_bytes"]),
+                "regions": {str(k): int(v) for k, v in data["regions"].items()}}
+    except FileNotFoundError:
+        pass
+    except (ValueError, TypeError, KeyError, AttributeError):
+        pass  # the book itself damaged: counting starts again rather than stopping every reader
+    return book
+
+
+def record_damage(folder: Path, segment: int, fd: int, damage: Damage) -> Path | None:
+    """Copy a damaged run of segment ``segment`` (open as ``fd``) beside it and count it (under the stream's lock).
+
+    Returns the copy's path, or None when the run was counted before (by any process, before any restart).
+    """
+    book = read_damage(folder)
+    region = f"{segment}:{damage.start}"
+    if region in book["regions"]:
+        return None
+    path = folder / f"{segment_name(segment)}.damaged-{damage.start:012d}"
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # private whatever the umask: it may hold anything the stream held
+        f.write(os.pread(fd, damage.end - damage.start, damage.start))
+    book["regions"][region] = damage.lost
+    book["lost_messages"] += damage.lost
+    book["corrupt_bytes"] += damage.end - damage.start
+    atomic_write(folder / "damage.json", json.dumps(book).encode())
+    return path
