@@ -58,7 +58,9 @@ def _segment(root: Path, first: int) -> Path:
     return root / "streams" / "s" / seg.segment_name(first)
 
 
-def test_bit_flip_in_a_middle_header_of_the_newest_segment_loses_one_message_not_the_rest(tmp_path: Path) -> None:
+def test_bit_flip_in_a_middle_header_of_the_newest_segment_loses_one_message_not_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     _filled(tmp_path, 30).close()
     path = _segment(tmp_path, 0)
     offsets = _offsets(path)
@@ -74,6 +76,7 @@ def test_bit_flip_in_a_middle_header_of_the_newest_segment_loses_one_message_not
     assert all(m.payload == _payload(m.seq) for m in got if m.seq < 30)
     info = store.describe("s")
     assert (info.lost_messages, info.corrupt_bytes, info.next_seq) == (1, len(damaged), 55)
+    assert "unacknowledged write" not in caplog.text and "lost 1 messages" in caplog.text
     bad = [p for p in path.parent.iterdir() if p.name.startswith(path.name + ".")]
     assert len(bad) == 1 and stat.S_IMODE(bad[0].stat().st_mode) == 0o600
     flipped = bytearray(damaged)
