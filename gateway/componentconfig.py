@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.anomaly.config import AlarmEvents, AnomalyConfig, TagGroup
 from gateway.destinations.file import FileDestination
@@ -19,6 +19,31 @@ from gateway.sources.opcua_config import OpcUaConnection
 from gateway.streams import StoreConfig, StreamSpec
 
 
+def unique_names(items: list[Any], what: str) -> list[Any]:
+    """``items`` if no two share a name; each name keys positions, status and restarts, so a repeat would silently
+    drop one of them."""
+    seen: set[str] = set()
+    repeated = [i.name for i in items if i.name in seen or seen.add(i.name)]  # type: ignore[func-returns-value]
+    if repeated:
+        raise ValueError(f"{what} names {sorted(set(repeated))} are used more than once: give every {what} its own "
+                         "name")
+    return items
+
+
+class _Collector(BaseModel):
+    """What every collector configuration checks about its connection list."""
+
+    @field_validator("connections", check_fields=False)
+    @classmethod
+    def _unique(cls, connections: list[Any]) -> list[Any]:
+        # runs only on a list that was given (pydantic does not validate the default): left out, the collector
+        # deploys idle, as a bare deployment of the bundle does; written empty, it is a mistake
+        if not connections:
+            raise ValueError("an empty list: list the servers to read (see docs/examples), or leave connections out "
+                             "to deploy the component idle")
+        return unique_names(connections, "connection")
+
+
 class _Component(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -27,7 +52,7 @@ class _Component(BaseModel):
     status_interval_s: float = Field(default=2.0, gt=0, description="How often counters are written for gatewayctl.")
 
 
-class OpcUaCollectorConfig(_Component):
+class OpcUaCollectorConfig(_Collector, _Component):
     """factoryedge.OpcUaCollector."""
 
     stream: StreamSpec = Field(
@@ -46,7 +71,7 @@ def _default_destinations() -> list[Destination]:
     return [FileDestination(name="local-file")]
 
 
-class ModbusCollectorConfig(_Component):
+class ModbusCollectorConfig(_Collector, _Component):
     """factoryedge.ModbusCollector."""
 
     stream: StreamSpec = Field(
@@ -55,7 +80,7 @@ class ModbusCollectorConfig(_Component):
     connections: list[ModbusConnection] = Field(default_factory=list, description="Modbus TCP servers to read.")
 
 
-class OpcDaCollectorConfig(_Component):
+class OpcDaCollectorConfig(_Collector, _Component):
     """factoryedge.OpcDaCollector."""
 
     stream: StreamSpec = Field(
@@ -80,6 +105,11 @@ class PublisherConfig(_Component):
         default="factoryedge-metrics", description="Stream the publisher writes its own counters to, as records."
     )
     metrics_interval_s: float = Field(default=60.0, gt=0, description="How often counters are published as records.")
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique(cls, destinations: list[Destination]) -> list[Destination]:
+        return unique_names(destinations, "destination")
 
 
 class AnomalyDetectorConfig(_Component):
@@ -154,4 +184,6 @@ def default_configuration(component: str) -> dict[str, Any]:
     if model is None:
         raise KeyError(f"{component}: no configuration model in gateway.componentconfig.COMPONENTS; add it there")
     data: dict[str, Any] = json.loads(model().model_dump_json(exclude_none=True))
+    if data.get("connections") == []:  # an explicit empty list is refused; left out, the collector deploys idle
+        del data["connections"]
     return data

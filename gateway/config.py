@@ -7,6 +7,7 @@ per problem that names the field, the bad value and the fix, so nothing starts h
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,10 +50,50 @@ def validate(model: type[M], data: Any, *, origin: str) -> M:
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k not in GREENGRASS_KEYS}
     try:
-        return model.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as exc:
         problems = format_errors(exc, data)
         raise ConfigError(f"{origin}: {len(problems)} problem(s) in the configuration", problems=problems) from exc
+    problems = lax_problems(config, data)
+    if problems:
+        raise ConfigError(f"{origin}: {len(problems)} problem(s) in the configuration", problems=problems)
+    return config
+
+
+# Upper bounds by the unit a field's name ends in: beyond them a value is a typo or an attack (1e308 seconds
+# overflows every timer), never a setting.
+_BOUNDS = (("_ms", 1e12, "milliseconds"), ("_s", 1e9, "seconds"), ("_bytes", 2.0**50, "bytes"))
+
+
+def lax_problems(config: BaseModel, raw: Any, where: str = "") -> list[str]:
+    """What pydantic's lax mode lets through although no one means it: ``port: true`` (a boolean taken as 1), an
+    infinite or NaN number, and numbers beyond any sensible bound (``interval_s: 1e308``). One line each."""
+    problems: list[str] = []
+    for name in type(config).model_fields:
+        value, path = getattr(config, name), f"{where}{name}"
+        given = raw.get(name) if isinstance(raw, dict) else None
+        problems += _lax_value(path, name, value, given)
+    return problems
+
+
+def _lax_value(path: str, name: str, value: Any, given: Any) -> list[str]:
+    if isinstance(value, BaseModel):
+        return lax_problems(value, given, f"{path}.")
+    if isinstance(value, list | tuple):
+        items = given if isinstance(given, list) else [None] * len(value)
+        return [p for i, (v, g) in enumerate(zip(value, items, strict=False)) for p in _lax_value(
+            f"{path}.{i}", name, v, g)]
+    if isinstance(given, bool) and type(value) in (int, float):
+        return [f"{path}: {str(given).lower()} is not a number (YAML reads yes/no/true/false as booleans). Fix: "
+                "write the number"]
+    if type(value) is float and not math.isfinite(value):
+        return [f"{path}: {value} is not a finite number. Fix: write a number"]
+    if type(value) in (int, float):
+        for suffix, bound, unit in _BOUNDS:
+            if name.endswith(suffix) and abs(value) > bound:
+                return [f"{path}: {value:g} {unit} is beyond any sensible setting (at most {bound:g}). Fix: write the "
+                        "intended number"]
+    return []
 
 
 # A configuration is a few kB to a few MB (large tag lists); these bounds only stop hostile or broken files.
