@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from gateway.componentconfig import (
     ModbusCollectorConfig,
@@ -54,7 +56,7 @@ def test_ordinary_anchors_still_work(tmp_path: Path) -> None:
     assert [d.route.streams for d in cfg.destinations] == [["factoryedge-opcua"]] * 2
 
 
-REFUSED = {
+REFUSED: dict[str, tuple[type[BaseModel], dict[str, Any], str]] = {
     "duplicate connection names": (OpcUaCollectorConfig, {"connections": [
         {"name": "a", "endpoint": "opc.tcp://h:1", "nodes": ["i=1"]},
         {"name": "a", "endpoint": "opc.tcp://h:2", "nodes": ["i=2"]}]}, "connections: "),

@@ -27,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.componentconfig import PublisherConfig
 from gateway.dev.peers import ROOT, Mosquitto, Proc, start, wait_for
-from gateway.runtime import revision_of
+from gateway.revision import revision_of
 from tests.conftest import start_simulator
 
 COLLECTOR, PUBLISHER, ANOMALY = "factoryedge.OpcUaCollector", "factoryedge.Publisher", "factoryedge.AnomalyDetector"

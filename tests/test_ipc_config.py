@@ -20,6 +20,7 @@ from gateway.dev.ipc_server import IpcServer
 from gateway.dev.peers import free_port
 from gateway.errors import ConfigError
 from gateway.ipc_config import load_deployed, watch_deployments
+from gateway.revision import revision_of
 from gateway.runtime import Context
 from gateway.streams import StoreConfig
 
@@ -145,7 +146,7 @@ def test_runtime_revisions_restarts_errors_and_endpoint_probes(
             runner = runtime._Runner(name, Toy, run, None)
             serving = asyncio.create_task(runner.serve(None))
             try:
-                first = runtime.revision_of(Toy.model_validate(base))
+                first = revision_of(Toy.model_validate(base))
                 await until(lambda: state().get("config_revision") == first and server.states.get(name) == "RUNNING",
                             "first revision")
                 ok, message = await server.deploy_configuration(name, {**base, "value": "x"}, timeout_s=10)
@@ -156,7 +157,7 @@ def test_runtime_revisions_restarts_errors_and_endpoint_probes(
                 assert state()["config_revision"] == first
                 ok, _ = await server.deploy_configuration(name, {**base, "value": 2}, timeout_s=10)
                 assert ok
-                second = runtime.revision_of(Toy.model_validate({**base, "value": 2}))
+                second = revision_of(Toy.model_validate({**base, "value": 2}))
                 await until(lambda: state().get("config_revision") == second, "the restarted revision")
                 assert runs[-1] == 2
                 ok, _ = await server.deploy_configuration(name, {**base, "fail": True}, timeout_s=10)
