@@ -22,7 +22,8 @@ restart of the server. Differences from the real server, on purpose:
 - export definitions are accepted and ignored with a warning: nothing is exported;
 - persistence Memory is kept on disk like File (with a warning), so that data survives a restart;
 - a full RejectNewData stream answers UnknownFailure with a message saying the stream is full (the real server's
-  status for it is not documented; the adapter keys on the message);
+  status for it is not documented; the adapter keys on the message). As on the real server, reading frees
+  nothing: reader positions in the store folder are ignored, only time to live frees a full RejectNewData stream;
 - no export statuses are reported.
 
 The command line and the long-running service (``gatewayctl dev run`` runs one) are in
@@ -117,7 +118,9 @@ class StreamManagerServer:
 
     async def start(self) -> None:
         """Open the store and listen."""
-        self._store = EmbeddedStore(self.store_root)
+        # The real server knows no readers and deletes nothing because it was read: only time to live (or
+        # OverwriteOldestData) frees a stream, so the embedded store's freeing of committed data stays off here.
+        self._store = EmbeddedStore(self.store_root, reclaim_committed=False)
         self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sm-server")
         self._server = await asyncio.start_server(self._accept, self.host, self._port)
         self._port = self._server.sockets[0].getsockname()[1]

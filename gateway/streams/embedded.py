@@ -8,10 +8,16 @@ Damaged bytes (a flipped bit, a bad sector) cost the messages they held and noth
 (a reader, or a writer checking the newest segment) skips to the next valid frame, copies the damaged bytes to a
 private file beside the segment and counts the messages lost in ``damage.json``, once per damaged run.
 
+A full stream applies its strategy: OverwriteOldestData drops the oldest segments (counted as dropped), and
+RejectNewData refuses the append unless segments every reader has committed past can go: those are freed then, and
+only then, so read data stays for ``gatewayctl replay`` while there is room, and a stream whose readers all caught
+up always accepts data again (counted as reclaimed, not dropped: nothing was lost). Which readers a stream has is
+in :mod:`gateway.streams.reclaim`; time to live applies under both strategies.
+
 Layout::
 
     ROOT/streams/NAME/spec.json       the StreamSpec
-    ROOT/streams/NAME/counters.json   dropped and rejected counts
+    ROOT/streams/NAME/counters.json   dropped, rejected and reclaimed counts
     ROOT/streams/NAME/damage.json     messages lost to damaged bytes, bytes set aside, damaged runs seen
     ROOT/streams/NAME/<seq>.seg.damaged-<offset>   a damaged run's bytes, as found (0600)
     ROOT/streams/NAME/lock            flock target
@@ -40,6 +46,7 @@ from gateway.errors import ConfigError, StoreWriteError, StreamError, StreamFull
 from gateway.fsutil import atomic_write
 from gateway.streams import segments as seg
 from gateway.streams.base import Persistence, StoredMessage, StrategyOnFull, StreamInfo, StreamSpec
+from gateway.streams.reclaim import committed_positions, full_fix
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +73,16 @@ class _Cursor:
 class EmbeddedStore:
     """File-backed streams shared safely between processes. See :class:`~gateway.streams.base.StreamStore`."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, reclaim_committed: bool = True) -> None:
+        """Open (creating) the store under ``root``.
+
+        Args:
+            root: the store folder; reader positions are under ``root/positions`` (:mod:`~gateway.streams.positions`).
+            reclaim_committed: a full RejectNewData stream frees the segments every reader committed past. The
+                stream manager stand-in turns it off: the real server deletes nothing because it was read.
+        """
         self.root = Path(root)
+        self.reclaim_committed = reclaim_committed
         self._streams = self.root / "streams"
         try:
             self._streams.mkdir(parents=True, exist_ok=True)
@@ -127,7 +142,7 @@ class EmbeddedStore:
         with self._locked(stream):
             tail = self._refresh_tail(stream)
             frame_len = seg.HEADER_SIZE + len(payload)
-            self._make_room(stream, spec, tail, frame_len)
+            tail = self._make_room(stream, spec, tail, frame_len)
             if tail.size > 0 and tail.size + frame_len > spec.segment_size_bytes:
                 tail = self._rotate(stream, tail)
             seq = tail.next_seq
@@ -196,8 +211,8 @@ class EmbeddedStore:
         self._tails[stream] = new
         return new
 
-    def _make_room(self, stream: str, spec: StreamSpec, tail: _Tail, frame_len: int) -> None:
-        """Apply time to live and max size before an append (called under the lock)."""
+    def _make_room(self, stream: str, spec: StreamSpec, tail: _Tail, frame_len: int) -> _Tail:
+        """Apply time to live and max size before an append (called under the lock); returns the tail to write to."""
         folder = self._streams / stream
         segs = seg.list_segments(str(folder))
         now = time.time()
@@ -209,28 +224,63 @@ class EmbeddedStore:
                 self._drop_oldest(stream, segs, "time to live")
         sealed_total = sum(self._sealed_size(stream, s) for s in segs[:-1])
         if sealed_total + tail.size + frame_len <= spec.max_size_bytes:
-            return
+            return tail
         if spec.strategy_on_full is StrategyOnFull.REJECT_NEW_DATA:
+            positions = committed_positions(self.root / "positions", stream) if self.reclaim_committed else {}
+            if positions:
+                tail, sealed_total = self._reclaim(stream, segs, tail, sealed_total, frame_len, spec.max_size_bytes,
+                                                   min(positions.values()))
+                if sealed_total + tail.size + frame_len <= spec.max_size_bytes:
+                    return tail
             self._bump(stream, "rejected_appends", 1)
             raise StreamFull(
                 f"stream {stream!r} is full ({sealed_total + tail.size} of {spec.max_size_bytes} bytes, "
                 "RejectNewData): append refused and counted",
-                fix="let the readers catch up (is a destination down?), or raise max_size_bytes, "
-                "or use OverwriteOldestData to keep the newest data instead",
+                fix=full_fix(positions),
             )
         while segs[:-1] and sealed_total + tail.size + frame_len > spec.max_size_bytes:
             sealed_total -= self._sealed_size(stream, segs[0])
             self._drop_oldest(stream, segs, "max size (OverwriteOldestData)")
+        return tail
+
+    def _reclaim(
+        self, stream: str, segs: list[int], tail: _Tail, sealed_total: int, frame_len: int, limit: int, floor: int
+    ) -> tuple[_Tail, int]:
+        """Free the oldest segments wholly below ``floor``, every reader's committed position, until the append
+        fits (RejectNewData, full; under the lock). Returns the tail and the sealed segments' total size.
+
+        Lazily, only when full: until then read data stays for ``gatewayctl replay``. Nothing a reader has not
+        committed goes, so nothing is lost and readers see no gap.
+        """
+        reclaimed = 0
+        while len(segs) > 1 and segs[1] <= floor and sealed_total + tail.size + frame_len > limit:
+            sealed_total -= self._sealed_size(stream, segs[0])
+            reclaimed += self._unlink_oldest(stream, segs)
+        if sealed_total + tail.size + frame_len > limit and len(segs) == 1 and tail.size and floor >= tail.next_seq:
+            # The open segment is all there is (max_size_bytes within one segment) and every reader is past it:
+            # seal it and free it, or such a stream could never take data again.
+            tail = self._rotate(stream, tail)
+            segs.append(tail.first_seq)
+            reclaimed += self._unlink_oldest(stream, segs)
+        if reclaimed:
+            self._bump(stream, "reclaimed_messages", reclaimed)
+            log.info("stream %r was full: freed %d messages every reader had committed (RejectNewData)",
+                     stream, reclaimed)
+        return tail, sealed_total
 
     def _drop_oldest(self, stream: str, segs: list[int], why: str) -> None:
+        dropped = self._unlink_oldest(stream, segs)
+        self._bump(stream, "dropped_messages", dropped)
+        log.warning("stream %r: dropped %d oldest messages (%s)", stream, dropped, why)
+
+    def _unlink_oldest(self, stream: str, segs: list[int]) -> int:
+        """Delete the oldest segment (there is a newer one) and return how many messages it held."""
         first = segs.pop(0)
-        dropped = segs[0] - first
         (self._streams / stream / seg.segment_name(first)).unlink()
         for bad in (self._streams / stream).glob(seg.segment_name(first) + ".damaged-*"):
             bad.unlink(missing_ok=True)  # the copies go with their segment, as the data would have
         self._sealed_sizes.pop((stream, first), None)
-        self._bump(stream, "dropped_messages", dropped)
-        log.warning("stream %r: dropped %d oldest messages (%s)", stream, dropped, why)
+        return segs[0] - first
 
     def _sealed_size(self, stream: str, first: int) -> int:
         key = (stream, first)

@@ -15,6 +15,9 @@ handshake errors, bounded close) in :mod:`gateway.streams.stream_manager_client`
 - **Errors** map to :mod:`gateway.errors`; ``read`` keeps the contract (after the timeout it returns what there is,
   where the SDK raises ``NotEnoughMessagesException``). Waits longer than half the request timeout are split, so a
   long read never trips the defect above.
+- **RejectNewData needs a time to live.** Stream manager deletes nothing because it was read, so a full
+  RejectNewData stream frees space only when its time to live expires; ``create_stream`` refuses one without
+  ``ttl_s``, or with segments too large to delete (:func:`refuse_jamming`).
 - **Counters.** The server reports oldest/newest sequence numbers and bytes, no drop counters.
   ``dropped_messages`` is ``oldest_seq``: sequence numbers start at 0 without gaps, so every message below the
   oldest retained one was dropped by overwrite or time to live. ``rejected_appends`` counts the appends *this
@@ -64,6 +67,35 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIN_TTL_MS = 60_000  # the SDK refuses shorter times to live
+
+
+def refuse_jamming(spec: StreamSpec) -> None:
+    """Refuse a RejectNewData stream that stream manager could never free once full.
+
+    Stream manager deletes nothing because it was read (``read_messages`` does not consume; the server knows no
+    readers). What it documents (SDK ``MessageStreamDefinition`` and ``StrategyOnFull``, stream-manager 1.1.2):
+    RejectNewData rejects "any append message request after the stream is full"; time to live: "Data may be
+    deleted at any time after the TTL expires; deletion is not guaranteed to occur immediately"; and "Data is only
+    deleted segment by segment". So under RejectNewData only time to live frees space, a whole segment at a time:
+    without ``ttl_s`` a full stream refuses data for good, and with the stream's size within one or two segments
+    the segment being written may be all there is to delete.
+    """
+    if spec.strategy_on_full is not StrategyOnFull.REJECT_NEW_DATA:
+        return
+    if spec.ttl_s is None:
+        raise ConfigError(
+            f"stream {spec.name!r}: strategy_on_full RejectNewData without ttl_s refuses data for good once full on "
+            "stream manager (reading deletes nothing; only a time to live frees space)",
+            fix="set ttl_s (e.g. 86400: data older than that is deleted, read or not, a segment at a time, and the "
+            "stream accepts again), or use strategy_on_full OverwriteOldestData",
+        )
+    if 2 * spec.segment_size_bytes > spec.max_size_bytes:
+        raise ConfigError(
+            f"stream {spec.name!r}: RejectNewData with segment_size_bytes {spec.segment_size_bytes} over half of "
+            f"max_size_bytes {spec.max_size_bytes} may leave stream manager no whole segment to delete when full",
+            fix=f"set segment_size_bytes to {spec.max_size_bytes // 2} or less (data is deleted a whole segment at "
+            "a time), or use strategy_on_full OverwriteOldestData",
+        )
 
 
 def spec_to_definition(spec: StreamSpec) -> Any:
@@ -130,6 +162,7 @@ class StreamManagerStore:
 
     # --- the contract -----------------------------------------------------------------------------------------
     def create_stream(self, spec: StreamSpec) -> None:
+        refuse_jamming(spec)
         definition = spec_to_definition(spec)
         with self._sdk_errors(spec.name, "create"):
             try:

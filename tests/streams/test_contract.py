@@ -82,7 +82,8 @@ def test_create_is_idempotent_and_list_and_delete(store: StreamStore) -> None:
 
 
 def test_reject_new_data_refuses_and_counts_keeping_old(store: StreamStore) -> None:
-    store.create_stream(spec(max_size_bytes=8 * KB, segment_size_bytes=2 * KB,
+    # ttl_s: stream manager refuses RejectNewData it could never free (test_full_reclaim.py); an hour never passes here
+    store.create_stream(spec(max_size_bytes=8 * KB, segment_size_bytes=2 * KB, ttl_s=3600,
                              strategy_on_full=StrategyOnFull.REJECT_NEW_DATA))
     accepted = []
     with pytest.raises(StreamFull, match="RejectNewData"):
