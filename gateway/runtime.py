@@ -111,6 +111,7 @@ class StatusFile:
         self.folder = folder  # None: no status file (tests that only look at counters)
         self.started_ns = time.time_ns()
         self._rates: dict[str, tuple[int, float]] = {}
+        self._failing: set[int | None] = set()  # errnos already logged since the last successful write
 
     def header(self) -> dict[str, Any]:
         """What every status file starts with: who, which configuration, which process, since and as of when."""
@@ -125,10 +126,25 @@ class StatusFile:
         return round((count - prev[0]) / (now - prev[1]), 2) if prev and now > prev[1] else 0.0
 
     def write(self, status: dict[str, Any]) -> None:
+        """Replace the status file. Never raises OSError: a full or read-only disk must not stop the loop that
+        calls this (the component keeps working; gatewayctl shows the status as stale until it is written again).
+        Logged once per errno until a write succeeds."""
         if self.folder is None:
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.folder / f"{self.component}.json", json.dumps(scrub(status)).encode(), sync=False)
+        path = self.folder / f"{self.component}.json"
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, json.dumps(scrub(status)).encode(), sync=False)
+        except OSError as exc:
+            if exc.errno not in self._failing:
+                self._failing.add(exc.errno)
+                log.warning("%s: cannot write its status file %s (%s); it keeps running and retries every status "
+                            "interval (gatewayctl shows it stale meanwhile). Fix: free space or make the folder "
+                            "writable", self.component, path, exc.strerror or exc)
+            return
+        if self._failing:
+            self._failing.clear()
+            log.info("%s: status file %s written again", self.component, path)
 
 
 def setup_logging(level: str = "INFO") -> None:
