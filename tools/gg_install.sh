@@ -52,12 +52,14 @@ if [ -d "$root/wheels" ]; then
 else
     set --
 fi
+# -I: pip sees only the venv, not PYTHONPATH or the working directory (a checkout there holds the project's own
+# metadata, which made `pip check` demand every library of every component)
 pip_install() {
-    "$venv/bin/python" -m pip install --disable-pip-version-check --no-input --require-hashes --no-deps "$@"
+    "$venv/bin/python" -I -m pip install --disable-pip-version-check --no-input --require-hashes --no-deps "$@"
 }
 pip_install "$@" -r "$boot"
 pip_install --no-build-isolation "$@" -r "$req"
-"$venv/bin/python" -m pip check || {
+"$venv/bin/python" -I -m pip check || {
     echo "install.sh: the lock in $req misses a dependency (pip check above): regenerate it with tools/lock.py" >&2
     exit 1
 }

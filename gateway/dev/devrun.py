@@ -160,7 +160,8 @@ class DevRun:
     def environment(self, running: Running, step: rcp.Step) -> dict[str, str]:
         """The environment a nucleus gives a component's lifecycle process."""
         assert self.ipc is not None and self.stream_manager is not None
-        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME")}
+        # the nucleus's own Python settings are not the component's: its recipe sets PYTHONPATH where it needs one
+        env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH")}
         env.update(
             SVCUID=running.token,
             AWS_CONTAINER_AUTHORIZATION_TOKEN=running.token,
