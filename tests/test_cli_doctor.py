@@ -189,3 +189,55 @@ def test_untrusted_server_certificate(tmp_path: Path, capsys: pytest.CaptureFixt
         assert "gatewayctl opcua trust" in trust["fix"]
     finally:
         proc.stop()
+
+
+def test_full_stream_fix_matches_its_cause(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A full RejectNewData stream: a reader behind is named; with every backlog 0 nobody is told to get readers
+    going (the embedded store frees what every reader committed at the next append); with no reader at all, that
+    no reader ever committed is the cause."""
+    from typing import Any
+
+    from gateway.streams import PositionStore
+
+    data = tmp_path / "data"
+    store = EmbeddedStore(data)
+    store.create_stream(StreamSpec(name="factoryedge-opcua", max_size_bytes=4096, segment_size_bytes=1024,
+                                   strategy_on_full=StrategyOnFull.REJECT_NEW_DATA))
+    writer = RecordWriter(store, "factoryedge-opcua")
+    with pytest.raises(StreamFull):
+        for i in range(1000):
+            writer.write([make_record("plc", "Reactor/Pressure", float(i), seq=i)])
+    end = store.describe("factoryedge-opcua").next_seq
+
+    def full_finding() -> dict[str, Any]:
+        _, out = cli(capsys, "--json", "doctor", "--store", str(data))
+        return findings(out)["store/stream factoryedge-opcua"]
+
+    nobody = full_finding()
+    assert nobody["ok"] is False and "no reader" in nobody["fix"] and "get the readers going" not in nobody["fix"]
+
+    positions = PositionStore(data / "positions")
+    positions.commit("fast-reader", "factoryedge-opcua", end)
+    positions.commit("slow-reader", "factoryedge-opcua", 1)
+    behind = full_finding()
+    assert behind["ok"] is False and "slow-reader" in behind["fix"] and "fast-reader" not in behind["fix"]
+
+    positions.commit("slow-reader", "factoryedge-opcua", end)
+    caught_up = full_finding()
+    assert caught_up["ok"] is not False, caught_up  # nothing is wrong now: the next append frees the space
+    assert "get the readers going" not in caught_up["fix"] and "next append" in caught_up["detail"] + caught_up["fix"]
+    store.close()
+
+
+def test_full_stream_manager_stream_with_no_backlog_blames_the_time_to_live() -> None:
+    """Stream manager deletes nothing that was read: with every backlog 0, the fix is about ttl_s and size."""
+    from gateway.cli.doctor import _full_stream
+
+    row = {"stream": "s", "bytes": 4096, "max_bytes": 4096, "rejected": 0}
+    caught_up = [{"reader": "file", "committed": 9, "backlog": 0}]
+    with_ttl = _full_stream(row, 1.0, caught_up, True, 3600.0)
+    assert with_ttl.ok is False and "ttl_s (3600 s)" in with_ttl.fix and "get them going" not in with_ttl.fix
+    without = _full_stream(row, 1.0, caught_up, True, None)
+    assert "no ttl_s" in without.fix and "OverwriteOldestData" in without.fix
+    behind = _full_stream(row, 1.0, [*caught_up, {"reader": "broker", "committed": 2, "backlog": 7}], True, 3600.0)
+    assert "broker (backlog 7)" in behind.fix and "file" not in behind.fix.split(";")[0]

@@ -150,17 +150,17 @@ def check_store(args: argparse.Namespace, loaded: list[configs.LoadedConfig]) ->
     out = [passed("store", f"{'stream manager ' + target if target else folder}: {len(rows)} streams, "
                   f"{fmt_bytes(total)} stored")]
     lost_by_stream: dict[str, list[str]] = {}
+    readers_by_stream: dict[str, list[dict[str, Any]]] = {}
     for b in backlog_rows(store, positions):
+        readers_by_stream.setdefault(b["stream"], []).append(b)
         if b["lost"]:
             lost_by_stream.setdefault(b["stream"], []).append(f"{b['reader']} lost {b['lost']}")
     for r in rows:
         ratio = r["bytes"] / r["max_bytes"]
         name, lost = r["stream"], lost_by_stream.get(r["stream"])
         if r["strategy_on_full"] == "RejectNewData" and (ratio >= FULL_RATIO or r["rejected"]):
-            out.append(failed(f"stream {name}", f"full: {fmt_bytes(r['bytes'])} of {fmt_bytes(r['max_bytes'])}, "
-                              f"{r['rejected']} appends rejected: new data is refused",
-                              "get the readers going (see destinations below), or raise the stream's "
-                              "max_size_bytes to ride out longer outages"))
+            ttl_s = store.describe(name).spec.ttl_s if target else None
+            out.append(_full_stream(r, ratio, readers_by_stream.get(name, []), bool(target), ttl_s))
         elif lost:
             out.append(failed(f"stream {name}", f"unsent data was overwritten ({', '.join(lost)} messages); "
                               f"{fmt_bytes(r['bytes'])} of {fmt_bytes(r['max_bytes'])}",
@@ -183,6 +183,43 @@ def check_store(args: argparse.Namespace, loaded: list[configs.LoadedConfig]) ->
         else:
             out.append(passed("disk", f"{fmt_bytes(usage.free)} free (streams may grow by {fmt_bytes(room)})"))
     return out, store
+
+
+def _full_stream(r: dict[str, Any], ratio: float, readers: list[dict[str, Any]], stream_manager: bool,
+                 ttl_s: float | None) -> Finding:
+    """A RejectNewData stream that is full or refused appends: the fix for what holds it, not a guess.
+
+    The embedded store frees, at the next append, what every reader committed (readers: the stream's position
+    files); stream manager deletes nothing read, only what ``ttl_s`` expired (docs/publisher.md, buffering)."""
+    name = f"stream {r['stream']}"
+    size = f"{fmt_bytes(r['bytes'])} of {fmt_bytes(r['max_bytes'])}"
+    refused = f"{r['rejected']} appends rejected" if r["rejected"] else "appends will be refused"
+    behind = [f"{b['reader']} (backlog {b['backlog']})" for b in readers if b["backlog"]]
+    committed = [b for b in readers if b["committed"] is not None]
+    frees = (f"stream manager deletes nothing that was read, only data older than ttl_s ({ttl_s:g} s), a segment "
+             "at a time" if stream_manager and ttl_s else
+             "stream manager deletes nothing that was read and this stream has no ttl_s: it stays full; recreate "
+             "it with ttl_s set, or use OverwriteOldestData" if stream_manager else "")
+    if ratio < FULL_RATIO:
+        return warning(name, f"{ratio:.0%} full; {r['rejected']} appends were refused earlier (counted since the "
+                       "stream was created)", f"get the readers going: {', '.join(behind)}" if behind else "")
+    if behind:
+        return failed(name, f"full: {size}, {refused}: new data is refused",
+                      f"reader(s) {', '.join(behind)} hold it: get them going (see destinations below); a reader "
+                      "that was removed leaves positions/READER/STREAM.pos behind, delete it"
+                      + (f"; {frees}" if frees else "; the store frees what every reader has committed")
+                      + "; or raise max_size_bytes to ride out longer outages")
+    if stream_manager:
+        return failed(name, f"full: {size}, {refused}; every reader has read it all", frees
+                      + "; or lower ttl_s, or raise max_size_bytes")
+    if not committed:
+        return failed(name, f"full: {size}, {refused}: new data is refused",
+                      "no reader has committed a position on this stream, and RejectNewData frees only what every "
+                      "reader committed: start its readers (the publisher's destinations, the anomaly component), "
+                      "or raise max_size_bytes, or use OverwriteOldestData")
+    return warning(name, f"full: {size}, {refused} while the readers were behind; every reader has committed all "
+                   "of it now, so the next append frees that space", "nothing to do for the readers; raise "
+                   "max_size_bytes if outages last longer than the stream holds")
 
 
 async def _peer_checks(args: argparse.Namespace, loaded: list[configs.LoadedConfig],
