@@ -7,7 +7,10 @@ It keeps stream manager's semantics so that code tested on the embedded store be
 - reading below the oldest retained message starts at the oldest (data dropped by ``OverwriteOldestData`` or time
   to live shows up to the reader as a gap in sequence numbers, which it counts);
 - a full stream applies its ``strategy_on_full``: ``RejectNewData`` raises :class:`~gateway.errors.StreamFull`,
-  ``OverwriteOldestData`` drops the oldest data; both are counted.
+  ``OverwriteOldestData`` drops the oldest data; both are counted. A full ``RejectNewData`` stream accepts data
+  again once its readers caught up: the embedded store frees the segments every reader committed past (readers:
+  the stream's position files); stream manager frees only by time to live, so its adapter refuses
+  ``RejectNewData`` without ``ttl_s`` (docs/publisher.md, "Offline buffering").
 
 Implementations are synchronous (both the file store and the stream manager SDK block); async callers go through
 :mod:`gateway.streams.aio`, which runs them off the event loop.
