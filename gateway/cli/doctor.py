@@ -194,8 +194,17 @@ def _full_stream(r: dict[str, Any], ratio: float, readers: list[dict[str, Any]],
     name = f"stream {r['stream']}"
     size = f"{fmt_bytes(r['bytes'])} of {fmt_bytes(r['max_bytes'])}"
     refused = f"{r['rejected']} appends rejected" if r["rejected"] else "appends will be refused"
-    behind = [f"{b['reader']} (backlog {b['backlog']})" for b in readers if b["backlog"]]
     committed = [b for b in readers if b["committed"] is not None]
+    # stream manager frees by time alone, so every reader's backlog counts; the embedded store knows a reader only
+    # by its position file
+    behind = [f"{b['reader']} (backlog {b['backlog']})" for b in (readers if stream_manager else committed)
+              if b["backlog"]]
+    # configured destinations without a position file hold nothing in the embedded store (it knows no such reader)
+    unstarted = [b["reader"] for b in readers if b["committed"] is None]
+    if unstarted and committed and not stream_manager:
+        behind_note = f"; {', '.join(unstarted)} never committed here and will find only what the others left"
+    else:
+        behind_note = ""
     frees = (f"stream manager deletes nothing that was read, only data older than ttl_s ({ttl_s:g} s), a segment "
              "at a time" if stream_manager and ttl_s else
              "stream manager deletes nothing that was read and this stream has no ttl_s: it stays full; recreate "
@@ -205,13 +214,14 @@ def _full_stream(r: dict[str, Any], ratio: float, readers: list[dict[str, Any]],
                        "stream was created)", f"get the readers going: {', '.join(behind)}" if behind else "")
     if behind:
         return failed(name, f"full: {size}, {refused}: new data is refused",
-                      f"reader(s) {', '.join(behind)} hold it: get them going (see destinations below); a reader "
-                      "that was removed leaves positions/READER/STREAM.pos behind, delete it"
-                      + (f"; {frees}" if frees else "; the store frees what every reader has committed")
+                      f"reader(s) {', '.join(behind)} are behind: get them going (see destinations below)"
+                      + (f"; {frees}" if frees else "; the store frees what every reader has committed (a reader "
+                         "that was removed leaves positions/READER/STREAM.pos behind: delete it)")
+                      + behind_note
                       + "; or raise max_size_bytes to ride out longer outages")
     if stream_manager:
-        return failed(name, f"full: {size}, {refused}; every reader has read it all", frees
-                      + "; or lower ttl_s, or raise max_size_bytes")
+        return failed(name, f"full: {size}, {refused}; no reader is behind", frees
+                      + ("; or lower ttl_s, or raise max_size_bytes" if ttl_s else ""))
     if not committed:
         return failed(name, f"full: {size}, {refused}: new data is refused",
                       "no reader has committed a position on this stream, and RejectNewData frees only what every "
@@ -219,7 +229,7 @@ def _full_stream(r: dict[str, Any], ratio: float, readers: list[dict[str, Any]],
                       "or raise max_size_bytes, or use OverwriteOldestData")
     return warning(name, f"full: {size}, {refused} while the readers were behind; every reader has committed all "
                    "of it now, so the next append frees that space", "nothing to do for the readers; raise "
-                   "max_size_bytes if outages last longer than the stream holds")
+                   "max_size_bytes if outages last longer than the stream holds" + behind_note)
 
 
 async def _peer_checks(args: argparse.Namespace, loaded: list[configs.LoadedConfig],
