@@ -3,12 +3,25 @@
 Each connection runs in its own task: connect, read until something breaks, back off, reconnect, forever. One
 flusher writes what the connections read into the stream, one message per connection per flush. A failing
 connection never stalls the others, and a failing stream never loses what was read: records stay pending (bounded,
-overflow counted) until the stream takes them.
+overflow counted) until the stream takes them; what is dropped all the same (past the bound, or refused at stop) is an
+ERROR with its count, a per-connection counter and a durable loss (``gatewayctl buffer``).
+
+Gaps. After each successful write the collector keeps, per connection, a small marker
+``<store>/state/<component>/<connection>.json`` (the last sequence number and gateway time written; one atomic
+replace per flush, not per value). At start it continues the connection's sequence from there, and when the first
+value arrives it writes a gap record before it: source = the connection, tag ``collector/<connection>/gap``,
+Kind.METRIC, quality BAD, source time t1 = the last value written before, gateway time t2 = the first value read
+now, value = t2 - t1 in seconds. A consumer tells it from a value by its kind (never VALUE) and its tag; the sequence
+number it takes makes the hole visible in the source's sequence too. Gaps are counted per connection.
+
+Metrics. Every ``metrics_interval_s`` and at stop the collector writes its per-connection counters into its stream
+as METRIC records (source = the component, tag ``collector/<connection>/<counter>``), like the publisher's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,10 +29,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError, StreamError
-from gateway.record import Record
+from gateway.fsutil import atomic_write
+from gateway.record import Kind, Quality, Record
 from gateway.runtime import Context, StatusFile
 from gateway.sources.common import Backoff, ConnectionBase, Counters, Emitter
-from gateway.streams import RecordWriter, StreamSpec, StreamStore, open_store
+from gateway.streams import PositionStore, RecordWriter, StreamSpec, StreamStore, open_store
 from gateway.streams.aio import Offload
 
 log = logging.getLogger(__name__)
@@ -28,6 +42,9 @@ MAX_PENDING_RECORDS = 500_000
 # A connection holding this many unwritten values wakes the flusher before its interval: a fast source then writes
 # in bounded batches, which keeps memory flat (a 90,000 values/s Modbus scan made 18,000-record batches at 0.2 s).
 FLUSH_AT_RECORDS = 4_000
+METRICS_INTERVAL_S = 60.0  # the publisher's default: counters as records once a minute
+METRICS = ("values_read", "values_written", "values_suppressed", "values_bad", "values_dropped", "read_errors",
+           "reconnects", "gaps", "gap_s")
 
 
 class Source(Protocol):
@@ -48,6 +65,7 @@ class _Connection:
         self.factory = factory
         self.task: asyncio.Task[None] | None = None
         self.backlog: list[Record] = []
+        self.gap: tuple[int, int] | None = None  # (t1 ns, seq) of a gap record to write before the first value
 
     async def loop(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
@@ -81,7 +99,11 @@ class _Connection:
 
 
 class Collector:
-    """Runs the connections of one collector component and writes their records into its stream."""
+    """Runs the connections of one collector component and writes their records into its stream.
+
+    ``state_dir`` holds the per-connection markers (None: no markers, no gap records; tests that count records);
+    ``positions`` receives durable loss counts; ``metrics_interval_s`` None writes no METRIC records.
+    """
 
     def __init__(
         self,
@@ -92,6 +114,9 @@ class Collector:
         *,
         status_dir: Path | None = None,
         status_interval_s: float = 2.0,
+        state_dir: Path | None = None,
+        positions: PositionStore | None = None,
+        metrics_interval_s: float | None = None,
     ) -> None:
         self.component = component
         self.store = store
@@ -99,24 +124,34 @@ class Collector:
         self.factory = factory
         self.status_file = StatusFile(component, status_dir)
         self.status_interval_s = status_interval_s
+        self.state_dir = state_dir
+        self.positions = positions
+        self.metrics_interval_s = metrics_interval_s
         self.connections: dict[str, _Connection] = {}
         self.dropped_pending = 0
         self._offload = Offload(f"{component}-stream")
         self._writer = RecordWriter(store, stream.name)
         self._wake = asyncio.Event()
+        self._seqs: dict[str, int] = {}  # last sequence number per connection name, across changes of its settings
+        self._metric_seq = time.time_ns() // 1000
 
     async def run(self, connections: Sequence[ConnectionBase], stop: asyncio.Event) -> None:
         await self._offload(self.store.create_stream, self.stream)
         await self.apply(connections)
-        flusher = asyncio.create_task(self._flush_loop(stop))
-        status = asyncio.create_task(self._status_loop(stop))
+        loops = [asyncio.create_task(self._flush_loop(stop)), asyncio.create_task(self._status_loop(stop))]
+        if self.metrics_interval_s:
+            loops.append(asyncio.create_task(self._metrics_loop(stop, self.metrics_interval_s)))
         await stop.wait()
         for conn in self.connections.values():
             if conn.task:
                 conn.task.cancel()
         await asyncio.gather(*(c.task for c in self.connections.values() if c.task), return_exceptions=True)
-        await asyncio.gather(flusher, status)
+        await asyncio.gather(*loops)
         await self._flush()  # what was read before the stop still goes into the stream
+        for name, conn in self.connections.items():  # the stream refused the rest: never silently
+            conn.backlog = self._drop(name, conn.backlog, "at stop")
+        if self.metrics_interval_s:
+            await self._write_metrics()
         self._write_status()
         self._offload.close()
 
@@ -147,17 +182,28 @@ class Collector:
                 if old.task:
                     old.task.cancel()
                     await asyncio.gather(old.task, return_exceptions=True)
-                pending = old.emitter.take() + old.backlog
+                pending = old.backlog + old.emitter.take()
                 if pending:  # keep what the old connection read
-                    await self._write(name, pending)
+                    self._drop(name, await self._write(name, pending), "when the connection was " +
+                               ("removed" if name not in wanted else "changed"))
+                self._seqs[name] = old.emitter.seq
                 del self.connections[name]
                 log.info("connection %s: stopped (%s)", name, "removed" if name not in wanted else "changed")
         for name, cfg in wanted.items():
             if name not in self.connections:
                 conn = _Connection(cfg, self.factory)
                 conn.emitter.on_full = (FLUSH_AT_RECORDS, self._wake.set)
-                conn.task = asyncio.create_task(conn.loop(), name=f"conn-{name}")
+                if name in self._seqs:  # settings changed in this process: same sequence, no gap to speak of
+                    conn.emitter.continue_from(self._seqs[name])
+                else:
+                    marker = await self._offload(self._read_marker, name)
+                    if marker is not None:
+                        last_seq, t1 = marker
+                        conn.emitter.continue_from(last_seq + 1)  # last_seq + 1 is the gap record's
+                        conn.gap = (t1, last_seq + 1)
+                        conn.counters.gap_open_since_ns = t1
                 self.connections[name] = conn
+                conn.task = asyncio.create_task(conn.loop(), name=f"conn-{name}")
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         interval = min((c.cfg.flush_interval_s for c in self.connections.values()), default=0.2)
@@ -176,6 +222,11 @@ class Collector:
         for name, conn in list(self.connections.items()):
             records = conn.backlog + conn.emitter.take()
             conn.backlog = []
+            if records and conn.gap is not None:
+                (t1, seq), conn.gap = conn.gap, None
+                t2 = records[0].gateway_ts_ns
+                records.insert(0, Record(name, f"collector/{name}/gap", round((t2 - t1) / 1e9, 6), Quality.BAD,
+                                         t1, t2, seq, Kind.METRIC))
             if records:
                 conn.backlog = await self._write(name, records)
 
@@ -183,25 +234,105 @@ class Collector:
         """Write records; on a stream failure return them to retry at the next flush (bounded)."""
         t0 = time.perf_counter()
         try:
-            await self._offload(self._writer.write, records)
+            await self._offload(self._append, name, records)
         except StreamError as exc:
             conn = self.connections.get(name)
             if conn:
                 conn.counters.last_error = str(exc)
             if len(records) > MAX_PENDING_RECORDS:
                 drop = len(records) - MAX_PENDING_RECORDS
-                self.dropped_pending += drop
-                log.error("collector %s: stream %s refuses data (%s); dropped %d oldest pending values",
-                          self.component, self.stream.name, exc, drop)
+                self._drop(name, records[:drop], f"because stream {self.stream.name} refuses data ({exc})")
                 records = records[drop:]
             return records
         conn = self.connections.get(name)
         if conn:
             ms = (time.perf_counter() - t0) * 1000
-            conn.counters.values_written += len(records)
+            gap = records[0] if records[0].kind == Kind.METRIC else None
+            conn.counters.values_written += len(records) - (gap is not None)
             conn.counters.append_latency_ms_last = ms
             conn.counters.append_latency_ms_max = max(conn.counters.append_latency_ms_max, ms)
+            if gap is not None:
+                self._gap_written(name, conn, gap)
         return []
+
+    def _append(self, name: str, records: list[Record]) -> None:
+        """Append, then move the connection's marker (a kill between the two makes the next gap start one flush
+        early, never late)."""
+        self._writer.write(records)
+        if self.state_dir is not None:
+            last = records[-1]
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            marker = {"seq": last.seq, "gateway_ts_ns": last.gateway_ts_ns, "source_ts_ns": last.source_ts_ns,
+                      "stream": self.stream.name}
+            # no fsync: the marker must survive a process kill, which the page cache does; after a power cut an
+            # older marker only makes the gap start earlier
+            atomic_write(self.state_dir / f"{name}.json", json.dumps(marker).encode(), sync=False)
+
+    def _read_marker(self, name: str) -> tuple[int, int] | None:
+        if self.state_dir is None:
+            return None
+        try:
+            data = json.loads((self.state_dir / f"{name}.json").read_bytes())
+            return int(data["seq"]), int(data["gateway_ts_ns"])
+        except FileNotFoundError:
+            return None  # never written: the first start of this connection, nothing missed
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("connection %s: marker %s is damaged (%s): no gap record for this start",
+                        name, self.state_dir / f"{name}.json", exc)
+            return None
+
+    def _gap_written(self, name: str, conn: _Connection, gap: Record) -> None:
+        seconds = float(gap.value)  # type: ignore[arg-type]
+        conn.counters.gaps += 1
+        conn.counters.gap_s = round(conn.counters.gap_s + seconds, 6)
+        conn.counters.gap_open_since_ns = 0
+        self._loss(gaps=1, gap_s=seconds)
+        log.warning("connection %s: no data from %s to %s (%.1f s: the collector was not running); written as %s",
+                    name, _iso(gap.source_ts_ns), _iso(gap.gateway_ts_ns), seconds, gap.tag)
+
+    def _drop(self, name: str, records: list[Record], why: str) -> list[Record]:
+        """Count, log (ERROR) and durably record values that will never be written; returns the empty backlog."""
+        n = sum(r.kind == Kind.VALUE for r in records)
+        if n:
+            self.dropped_pending += n
+            conn = self.connections.get(name)
+            if conn:
+                conn.counters.values_dropped += n
+            self._loss(values_dropped=n)
+            log.error("collector %s: connection %s: dropped %d values read but not written %s; raise the stream's "
+                      "max_size_bytes or get its readers going", self.component, name, n, why)
+        return []
+
+    def _loss(self, **counts: float) -> None:
+        if self.positions is None:
+            return
+        try:
+            self.positions.add_losses(self.component, self.stream.name, **counts)
+        except OSError as exc:  # the log line and the status still say it
+            log.error("collector %s: could not record losses %s durably: %s", self.component, counts, exc)
+
+    async def _metrics_loop(self, stop: asyncio.Event, interval_s: float) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+                return  # the last ones are written at stop, after the last flush
+            except asyncio.TimeoutError:
+                await self._write_metrics()
+
+    async def _write_metrics(self) -> None:
+        ts = time.time_ns()
+        records = []
+        for name, conn in self.connections.items():
+            for key in METRICS:
+                self._metric_seq += 1
+                records.append(Record(self.component, f"collector/{name}/{key}", float(getattr(conn.counters, key)),
+                                      Quality.GOOD, ts, ts, self._metric_seq, Kind.METRIC))
+        if not records:
+            return
+        try:
+            await self._offload(self._writer.write, records)
+        except StreamError as exc:  # the status file still has them; values matter more than their counters
+            log.warning("collector %s: metrics not written to %s: %s", self.component, self.stream.name, exc)
 
     async def _status_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -218,6 +349,7 @@ class Collector:
             connections[n]["values_per_s"] = self.status_file.rate(n, c.counters.values_read)
         return {
             **self.status_file.header(),
+            "status_interval_s": self.status_interval_s,
             "stream": self.stream.name,
             "dropped_pending": self.dropped_pending,
             "connections": connections,
@@ -227,15 +359,22 @@ class Collector:
         self.status_file.write(self.status())
 
 
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{ns % 1_000_000_000 // 1_000_000:03d}Z"
+
+
 def collector_runner(name: str, source: SourceFactory) -> Callable[[Context[Any]], Awaitable[None]]:
     """The ``run`` of a collector component (for :func:`gateway.runtime.component_main`): open the store, serve the
     configured connections into the component's stream until stopped, applying deployments as they come."""
 
     async def run(ctx: Context[Any]) -> None:
         cfg = ctx.config
-        store, _ = open_store(cfg.store)
-        collector = Collector(name, store, cfg.stream, source, status_dir=Path(cfg.store.path) / "status",
-                              status_interval_s=cfg.status_interval_s)
+        store, positions = open_store(cfg.store)
+        root = Path(cfg.store.path)
+        collector = Collector(name, store, cfg.stream, source, status_dir=root / "status",
+                              status_interval_s=cfg.status_interval_s, state_dir=root / "state" / name,
+                              positions=positions,
+                              metrics_interval_s=getattr(cfg, "metrics_interval_s", METRICS_INTERVAL_S))
         try:
             await collector.serve(cfg.connections, ctx, lambda new: new.connections)
         finally:

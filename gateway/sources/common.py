@@ -66,6 +66,10 @@ class Counters:
     values_written: int = 0
     values_suppressed: int = 0
     values_bad: int = 0
+    values_dropped: int = 0  # read but never written (a stream that refused them past the pending bound, or at stop)
+    gaps: int = 0  # times this connection was not read because the collector was not running (gap records written)
+    gap_s: float = 0.0  # how long those gaps lasted in total
+    gap_open_since_ns: int = 0  # a gap that started then and is not closed yet (no value read since the restart)
     read_errors: int = 0
     reconnects: int = 0
     connected: bool = False
@@ -132,7 +136,8 @@ class Emitter:
     """Turns values read by a protocol module into records for one connection, buffered until the next flush.
 
     The per-source sequence starts from the start time in microseconds, so it grows across restarts and two
-    readings with equal timestamps still get distinct record ids.
+    readings with equal timestamps still get distinct record ids; a collector that kept the last number written
+    (its marker) continues from it instead (:meth:`continue_from`).
     """
 
     def __init__(self, cfg: ConnectionBase, counters: Counters) -> None:
@@ -144,6 +149,16 @@ class Emitter:
         # (count, callback): called once the pending list reaches count, so the owner can flush early
         self.on_full: tuple[int, Callable[[], None]] | None = None
         self._taken = asyncio.Event()
+
+    @property
+    def seq(self) -> int:
+        """The per-source sequence number of the last record made."""
+        return self._seq
+
+    def continue_from(self, seq: int) -> None:
+        """Go on from ``seq`` (the last number used) instead of the start time, so that the sequence of a source stays
+        unbroken across restarts and a consumer sees a hole as a hole."""
+        self._seq = seq
 
     def name_of(self, source_tag: str) -> str:
         return self.cfg.tag_map.get(source_tag) or f"{self.cfg.tag_prefix}{source_tag}"

@@ -3,6 +3,12 @@
 Stream manager has no server-side reader positions, so both stream implementations keep them here, in small files
 replaced atomically. A position is the next sequence number to read; it only moves forward over what the reader
 has handled, so after a crash the reader re-reads what it had not committed (at-least-once).
+
+Losses live here too, beside the positions, so that they outlive the process that saw them: ``<owner>/<stream>.lost``
+holds cumulative counts (messages a reader found dropped before it read them, values a collector dropped, collector
+gaps), written only by the owner; ``<owner>/<stream>.ack`` holds what an operator acknowledged
+(``gatewayctl buffer --ack-losses``), written only by gatewayctl, so the two never race. What is counted but not
+acknowledged is shown by ``gatewayctl status``, ``buffer`` and ``doctor``.
 """
 
 from __future__ import annotations
@@ -11,11 +17,15 @@ import json
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 from gateway.errors import ConfigError
 from gateway.fsutil import atomic_write
 
 _NAME = re.compile(r"^[\w ,.\-]{1,255}$")
+# Loss counters, in the order they are shown: messages a reader never got (overwritten, time to live), values a
+# collector read but could not write, times a collector was not reading and the seconds that lasted.
+LOSS_KEYS = ("lost_messages", "values_dropped", "gaps", "gap_s")
 
 
 class PositionStore:
@@ -56,6 +66,69 @@ class PositionStore:
                 if value is not None:
                     out.setdefault(reader_dir.name, {})[pos.stem] = value
         return out
+
+    def add_losses(self, owner: str, stream: str, **counts: float) -> None:
+        """Add to the cumulative loss counters of ``owner`` on ``stream`` (keys from :data:`LOSS_KEYS`)."""
+        path = self._path(owner, stream).with_name(f"{stream}.lost")
+        self._write_losses(path, self._read_json(path), counts)
+
+    def _write_losses(self, path: Path, data: dict[str, Any], counts: dict[str, float], **extra: int) -> None:
+        now = time.time_ns()
+        for key, n in counts.items():
+            data[key] = data.get(key, 0) + n
+        data.update(extra)
+        data.setdefault("first_ns", now)
+        data["updated_ns"] = now
+        path.parent.mkdir(exist_ok=True)
+        atomic_write(path, json.dumps(data).encode(), sync=self._sync)
+
+    def count_gap(self, reader: str, stream: str, start: int, end: int) -> int:
+        """Count messages ``start``..``end - 1`` as lost to ``reader``, once: a reader that re-reads after a restart
+        (it had not committed past the gap) sees the same gap again. Returns how many were not counted before."""
+        path = self._path(reader, stream).with_name(f"{stream}.lost")
+        data = self._read_json(path)
+        through = int(data.get("lost_through_seq", 0))
+        new = max(0, end - max(start, through))
+        if new:
+            self._write_losses(path, data, {"lost_messages": new}, lost_through_seq=max(through, end))
+        return new
+
+    def losses(self) -> list[dict[str, Any]]:
+        """Every owner's loss counters: ``counts`` (cumulative), ``acknowledged`` and ``unacknowledged``."""
+        out: list[dict[str, Any]] = []
+        if not self.root.is_dir():
+            return out
+        for owner_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for path in sorted(owner_dir.glob("*.lost")):
+                counts = self._read_json(path)
+                acked = self._read_json(path.with_suffix(".ack"))
+                row = {k: counts.get(k, 0) for k in LOSS_KEYS}
+                open_ = {k: round(row[k] - acked.get(k, 0), 3) for k in LOSS_KEYS if row[k] - acked.get(k, 0) > 0}
+                out.append({"owner": owner_dir.name, "stream": path.stem, "counts": row,
+                            "acknowledged": {k: acked.get(k, 0) for k in LOSS_KEYS}, "unacknowledged": open_,
+                            "updated_ns": counts.get("updated_ns"), "acknowledged_ns": acked.get("updated_ns")})
+        return out
+
+    def acknowledge(self) -> list[dict[str, Any]]:
+        """Acknowledge every loss counted so far; returns the rows that had something unacknowledged."""
+        done = []
+        for row in self.losses():
+            if row["unacknowledged"]:
+                path = self._path(row["owner"], row["stream"]).with_name(f"{row['stream']}.ack")
+                atomic_write(path, json.dumps({**row["counts"], "updated_ns": time.time_ns()}).encode(),
+                             sync=self._sync)
+                done.append(row)
+        return done
+
+    @staticmethod
+    def _read_json(path: Path) -> dict[str, Any]:
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            return {}  # a damaged counter file: counting starts again rather than stopping a reader
+        return data if isinstance(data, dict) else {}
 
     def _path(self, reader: str, stream: str) -> Path:
         for what, name in (("reader", reader), ("stream", stream)):

@@ -2,7 +2,8 @@
 
 The reader separates reading from committing: a destination reads a batch, delivers it, and commits only what the
 service accepted. Corrupt messages are skipped and counted (logged once); data the stream dropped before this
-reader got to it (overwrite, time to live) shows up as a gap in sequence numbers and is counted as lost.
+reader got to it (overwrite, time to live) shows up as a gap in sequence numbers and is counted as lost, durably and
+once per gap, beside the reader's position (see :mod:`gateway.streams.positions`).
 """
 
 from __future__ import annotations
@@ -135,9 +136,18 @@ class RecordReader:
         return max(0, info.next_seq - max(self.committed, info.oldest_seq))
 
     def _lost(self, n: int, at: int) -> None:
-        self.lost_messages += n
-        log.warning(
-            "%s on %r: %d messages from seq %d were dropped by the stream before they were read "
-            "(stream full with OverwriteOldestData, or time to live); raise max_size_bytes to ride out longer outages",
-            self.reader, self.stream, n, at,
-        )
+        """Count a gap once, durably (``positions.count_gap``): the count outlives this process and is shown by
+        gatewayctl status, buffer and doctor until acknowledged; a re-read of the same gap is not counted again."""
+        try:
+            new = self.positions.count_gap(self.reader, self.stream, at, at + n)
+        except OSError as exc:  # a read-only or full disk: count it here at least, and say so
+            new = n
+            log.error("%s on %r: could not record %d lost messages durably: %s", self.reader, self.stream, n, exc)
+        self.lost_messages += new
+        if new:
+            log.warning(
+                "%s on %r: %d messages from seq %d were dropped by the stream before they were read (stream full "
+                "with OverwriteOldestData, or time to live); raise max_size_bytes to ride out longer outages, then "
+                "gatewayctl buffer --ack-losses",
+                self.reader, self.stream, new, at + n - new,
+            )
