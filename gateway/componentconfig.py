@@ -51,6 +51,20 @@ class _Component(BaseModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     status_interval_s: float = Field(default=2.0, gt=0, description="How often counters are written for gatewayctl.")
 
+    @model_validator(mode="after")
+    def _streams_that_cannot_jam(self) -> _Component:
+        # Stream manager frees a full RejectNewData stream only by time to live (reading deletes nothing): without
+        # one it refuses data for good. With store kind auto the same check runs when the stream is created.
+        if self.store.kind != "stream_manager":
+            return self
+        for name in type(self).model_fields:
+            spec = getattr(self, name)
+            if isinstance(spec, StreamSpec) and spec.strategy_on_full == "RejectNewData" and spec.ttl_s is None:
+                raise ValueError(f"{name}: RejectNewData without ttl_s on stream manager refuses data for good once "
+                                 f"the stream is full (reading frees nothing there): set {name}.ttl_s, or use "
+                                 "strategy_on_full: OverwriteOldestData")
+        return self
+
 
 class OpcUaCollectorConfig(_Collector, _Component):
     """factoryedge.OpcUaCollector."""

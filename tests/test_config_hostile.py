@@ -72,6 +72,9 @@ REFUSED: dict[str, tuple[type[BaseModel], dict[str, Any], str]] = {
                       "destinations.0.ack_timeout_s: 1e+308 seconds"),
     "1e308 size": (OpcUaCollectorConfig, {"stream": {"name": "s", "max_size_bytes": 1e308}}, "stream.max_size_bytes"),
     "empty connection list": (ModbusCollectorConfig, {"connections": []}, "connections: "),
+    "a stream manager stream that can jam": (ModbusCollectorConfig, {
+        "store": {"kind": "stream_manager"}, "stream": {"name": "s", "strategy_on_full": "RejectNewData"}},
+        "(top level): Value error, stream: RejectNewData without ttl_s"),
 }
 
 
