@@ -6,6 +6,12 @@ destination that is down holds back nobody else. Retryable failures are retried 
 records a destination refuses for good go to the dead-letter stream, counted. A batch that fails for a
 non-retryable reason is split in halves until the poison record is isolated, so one bad record never blocks a
 destination and never takes good records with it.
+
+Every task runs under a :class:`~gateway.supervise.Supervisor`: a destination whose ``start()`` fails, a pump
+that raises (a corrupt position file, a bug) or a failing status or metrics loop is logged once, shown in the
+status (the destination's ``last_error`` and ``restarts``; ``tasks`` and ``last_error`` at the top) and restarted
+with backoff, and every other destination keeps delivering. A position that cannot be recorded (disk full) holds
+that pump, logged once, until it can: at most the last batch is delivered twice after a crash, never more.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,7 @@ from gateway.runtime import StatusFile
 from gateway.sources.common import Backoff
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec, StreamStore
 from gateway.streams.aio import Offload
+from gateway.supervise import Supervisor, describe
 
 log = logging.getLogger(__name__)
 COMPONENT = "factoryedge.Publisher"
@@ -49,6 +57,7 @@ class DestinationCounters:
     last_success_ns: int = 0
     last_success_age_s: float = -1.0  # -1: never
     last_error: str = ""
+    restarts: int = 0  # of this destination's start or pumps, after a failure (see the supervisor)
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -79,23 +88,52 @@ class Publisher:
         self._readers: dict[tuple[str, str], RecordReader] = {}
         self._aux = Offload("publisher-aux")
         self._seq = time.time_ns() // 1000
+        self.supervisor = Supervisor(COMPONENT, asyncio.Event())
+        self._started: set[str] = set()
+        self._created: set[str] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         for name in (self.dead_letter_stream, self.metrics_stream):
-            await self._aux(self.store.create_stream, StreamSpec(name=name))
-        pumps = []
-        for name, (cfg, sink) in self.destinations.items():
-            await sink.start()
-            for stream in cfg.route.streams:
-                pumps.append(asyncio.create_task(self._pump(name, cfg, sink, stream, stop), name=f"{name}:{stream}"))
-        loops = [asyncio.create_task(self._status_loop(stop)), asyncio.create_task(self._metrics_loop(stop))]
+            try:
+                await self._ensure_stream(name)
+            except (StreamError, OSError) as exc:  # created when first written to, once the store takes it
+                log.warning("cannot create stream %s yet: %s", name, describe(exc))
+        sup = self.supervisor
+        sup.stop = stop
+        tasks = [sup.spawn(f"destination {name}", partial(self._destination, name, cfg, sink, stop),
+                           on_error=partial(self._task_failed, name), first_s=cfg.retry_min_s, max_s=cfg.retry_max_s)
+                 for name, (cfg, sink) in self.destinations.items()]
+        tasks += [sup.spawn("status", partial(self._status_loop, stop)),
+                  sup.spawn("metrics", partial(self._metrics_loop, stop))]
         await stop.wait()
-        await asyncio.gather(*pumps, *loops)
-        for _cfg, sink in self.destinations.values():
-            await sink.close()
-        await self.refresh_backlog()  # the last status must tell what is left to send
+        await asyncio.gather(*tasks)
+        for name in self._started:
+            try:
+                await self.destinations[name][1].close()
+            except Exception as exc:  # noqa: BLE001 - one destination failing to close must not keep the others open
+                log.warning("destination %s: close failed: %s", name, describe(exc))
+        try:
+            await self.refresh_backlog()  # the last status must tell what is left to send
+        except Exception as exc:  # noqa: BLE001 - the status is written anyway, with the last known backlog
+            log.warning("could not measure the backlog for the last status: %s", describe(exc))
         self._write_status()
         self._aux.close()
+
+    async def _destination(self, name: str, cfg: DestinationBase, sink: Destination, stop: asyncio.Event) -> None:
+        """Start the destination, then run its pumps; a start that raises is retried by the supervisor."""
+        await sink.start()
+        self._started.add(name)
+        self.counters[name].last_error = ""
+        await asyncio.gather(*(
+            self.supervisor.spawn(f"{name}:{stream}", partial(self._pump, name, cfg, sink, stream, stop),
+                                  on_error=partial(self._task_failed, name), first_s=cfg.retry_min_s,
+                                  max_s=cfg.retry_max_s)
+            for stream in cfg.route.streams))
+
+    def _task_failed(self, name: str, error: str) -> None:
+        counters = self.counters[name]
+        counters.restarts += 1
+        counters.last_error = error
 
     async def _pump(self, name: str, cfg: DestinationBase, sink: Destination, stream: str, stop: asyncio.Event) -> None:
         offload = Offload(f"read-{name}-{stream}")
@@ -119,18 +157,49 @@ class Publisher:
                     continue
                 if not batch.messages:
                     continue
-                if batch.poison:  # before the commit below moves past them: they must not vanish
-                    await self._dead_letter(name, [poison_record(stream, *p) for p in batch.poison])
+                # poison before the commit below moves past it: it must not vanish
+                if batch.poison and not await self._dead_letter(
+                        name, [poison_record(stream, *p) for p in batch.poison], stop):
+                    return
                 wanted = [r for r in batch.records if router.wants(r)]
                 t0 = time.monotonic()
                 if not await self._deliver_all(name, sink, wanted, backoff, stop):
                     reader.rewind()  # not all delivered: read again after a restart
                     return
-                await offload(reader.commit, batch.next_seq)
+                if not await self._commit(name, stream, offload, reader, batch.next_seq, stop):
+                    return
                 if cfg.max_records_per_s and wanted:
                     await _wait(stop, len(wanted) / cfg.max_records_per_s - (time.monotonic() - t0))
         finally:
             offload.close()
+
+    async def _commit(
+        self, name: str, stream: str, offload: Offload, reader: RecordReader, next_seq: int, stop: asyncio.Event
+    ) -> bool:
+        """Record the position. When it cannot be (disk full), hold this pump and retry: sending on without it
+        would make a crash resend everything since, not just this batch. False when stopped first."""
+        counters = self.counters[name]
+        cfg = self.destinations[name][0]
+        backoff = Backoff(cfg.retry_min_s, cfg.retry_max_s)
+        failing = False
+        while True:
+            try:
+                await offload(reader.commit, next_seq)
+            except OSError as exc:
+                error = f"cannot record its position in stream {stream}: {describe(exc)}"
+                if not failing:
+                    log.warning("destination %s: %s (the batch was delivered; nothing more is sent from this "
+                                "stream until it is recorded; retrying with backoff). Fix: free space or make the "
+                                "positions folder writable", name, error)
+                failing = True
+                counters.last_error = error
+                if await _wait(stop, backoff.next_delay()):
+                    return False
+                continue
+            if failing:
+                log.info("destination %s: position in stream %s recorded again", name, stream)
+                counters.last_error = ""
+            return True
 
     async def _deliver_all(
         self, name: str, sink: Destination, records: list[Record], backoff: Backoff, stop: asyncio.Event
@@ -156,8 +225,8 @@ class Publisher:
                 if await _wait(stop, backoff.next_delay()):
                     return False
                 continue
-            if result.rejected:
-                await self._dead_letter(name, result.rejected)
+            if result.rejected and not await self._dead_letter(name, result.rejected, stop):
+                return False
             counters.records_sent += len(pending) - len(result.rejected) - len(result.retry)
             counters.bytes_sent += result.bytes_sent
             if len(result.retry) < len(pending):
@@ -217,8 +286,32 @@ class Publisher:
         return SendResult(first.rejected + second.rejected, first.bytes_sent + second.bytes_sent,
                           first.retry + second.retry, first.retry_reason or second.retry_reason)
 
-    async def _dead_letter(self, name: str, rejected: list[tuple[Record, str]]) -> None:
+    async def _ensure_stream(self, stream: str) -> None:
+        if stream not in self._created:
+            await self._aux(self.store.create_stream, StreamSpec(name=stream))
+            self._created.add(stream)
+
+    async def _dead_letter(self, name: str, rejected: list[tuple[Record, str]], stop: asyncio.Event) -> bool:
+        """Write refused records to the dead-letter stream, retrying while the store cannot take them (they must
+        not vanish: the caller commits past them only on True). False when stopped first."""
         counters = self.counters[name]
+        writer = RecordWriter(self.store, self.dead_letter_stream)
+        backoff = Backoff(1.0, 30.0)
+        failing = False
+        while True:
+            try:
+                await self._ensure_stream(self.dead_letter_stream)
+                await self._aux(writer.write, [r for r, _ in rejected])
+                break
+            except (StreamError, OSError) as exc:
+                error = f"cannot write to the dead-letter stream {self.dead_letter_stream}: {describe(exc)}"
+                if not failing:
+                    log.warning("destination %s: %s (retrying with backoff; the records stay in their stream)",
+                                name, error)
+                failing = True
+                counters.last_error = error
+                if await _wait(stop, backoff.next_delay()):
+                    return False
         for _record, reason in rejected:
             # Numbers (sizes, timestamps) vary per record: one log line per kind of problem, not per record.
             key = _DIGITS.sub("N", reason)[:160]
@@ -229,8 +322,7 @@ class Publisher:
                           name, reason)
             counters.dead_letter_reasons[key] = counters.dead_letter_reasons.get(key, 0) + 1
         counters.dead_lettered += len(rejected)
-        writer = RecordWriter(self.store, self.dead_letter_stream)
-        await self._aux(writer.write, [r for r, _ in rejected])
+        return True
 
     async def refresh_backlog(self) -> None:
         """Backlog depth and age of the oldest unsent record, per destination (worst stream)."""
@@ -252,6 +344,7 @@ class Publisher:
     def status(self) -> dict[str, Any]:
         return {
             **self.status_file.header(),
+            **self.supervisor.status(),
             "destinations": {n: {**asdict(c), "records_per_s": self.status_file.rate(n, c.records_sent)}
                              for n, c in self.counters.items()},
         }
@@ -268,6 +361,7 @@ class Publisher:
 
     async def _metrics_loop(self, stop: asyncio.Event) -> None:
         writer = RecordWriter(self.store, self.metrics_stream)
+        failing = ""
         while not await _wait(stop, self.metrics_interval_s):
             ts = now_ns()
             records = []
@@ -276,7 +370,18 @@ class Publisher:
                     self._seq += 1
                     records.append(Record(COMPONENT, f"publisher/{name}/{key}", float(getattr(c, key)),
                                           Quality.GOOD, ts, ts, self._seq, Kind.METRIC))
-            await self._aux(writer.write, records)
+            try:
+                await self._ensure_stream(self.metrics_stream)
+                await self._aux(writer.write, records)
+            except (StreamError, OSError) as exc:  # counters are cumulative: the next interval's records carry on
+                if describe(exc) != failing:
+                    log.warning("metrics records not written (retried every %s s): %s", self.metrics_interval_s,
+                                describe(exc))
+                failing = describe(exc)
+                continue
+            if failing:
+                log.info("metrics records written again")
+                failing = ""
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:
