@@ -21,6 +21,8 @@ import fnmatch
 import functools
 import json
 import re
+import string
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
@@ -161,6 +163,35 @@ def topic_fields(r: Record, extra: dict[str, str]) -> dict[str, str]:
     """
     tag = r.tag.strip("/")
     return {**extra, "source": r.source, "kind": r.kind.name.lower(), "tag": tag, "group": tag.rpartition("/")[0]}
+
+
+RECORD_FIELDS = ("source", "kind", "tag", "group")
+
+
+def template_problem(template: str, fields: Iterable[str]) -> str | None:
+    """Why ``template`` cannot be filled for every record (a field no record has, a bad format), or None.
+
+    Checked at validation: at run time such a template refuses every record (dead-lettered), which no one means.
+    """
+    known = sorted(set(fields))
+    allowed = " ".join(f"{{{f}}}" for f in known)
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"topic template {template!r} is malformed ({exc}): write fields as {{name}} and braces as {{{{ }}}}"
+    for _literal, field_name, _spec, _conversion in parts:
+        if field_name is None:
+            continue
+        name = re.split(r"[.\[]", field_name, maxsplit=1)[0]
+        if name not in known:
+            what = f"{{{name}}}" if name else "an unnamed field {}"
+            return f"topic template {template!r} names {what}, which no record has: use only {allowed} " \
+                "(add other names to topic_vars)"
+    try:
+        template.format(**{f: "x" for f in known})
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        return f"topic template {template!r} cannot be filled ({exc}): use plain fields {allowed}"
+    return None
 
 
 def pack_json(items: list[bytes], limit: int) -> list[list[bytes]]:

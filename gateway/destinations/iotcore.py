@@ -16,9 +16,9 @@ import os
 import time
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
-from gateway.destinations.base import DestinationBase, SendResult, pack_by_topic
+from gateway.destinations.base import RECORD_FIELDS, DestinationBase, SendResult, pack_by_topic, template_problem
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import ConfigError, DestinationError, GatewayError
 from gateway.record import Record
@@ -35,13 +35,14 @@ class IotCoreDestination(DestinationBase):
     """Publish records to AWS IoT Core through Greengrass IPC (QoS 1)."""
 
     type: Literal["iotcore"] = Field(default="iotcore", description="Destination type.")
+    # topic_vars comes before topic: its validator reads them (pydantic validates in field order)
+    topic_vars: dict[str, str] = Field(default_factory=dict, description="Extra template fields, e.g. site, line.")
     topic: str = Field(
         default="factoryedge/{thing}/telemetry/{source}/{kind}",
         description="Topic template; fields {thing} (the Greengrass thing name), {source}, {kind}, {tag}, {group} "
         "(the tag's parent path) and any key of topic_vars (e.g. {site}, {line}). The recipe's accessControl "
         "must allow the resulting topics for aws.greengrass#PublishToIoTCore.",
     )
-    topic_vars: dict[str, str] = Field(default_factory=dict, description="Extra template fields, e.g. site, line.")
     max_message_bytes: int = Field(
         default=IOT_CORE_MAX_MESSAGE, ge=1024, le=IOT_CORE_MAX_MESSAGE,
         description="Largest message; IoT Core refuses more than 128 KB.",
@@ -54,6 +55,15 @@ class IotCoreDestination(DestinationBase):
     )
     concurrent_topics: int = Field(default=8, ge=1, le=64, description="Topics published concurrently.")
     request_timeout_s: float = Field(default=30.0, gt=0, description="How long one publish may take.")
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_fields_exist(cls, topic: str, info: ValidationInfo) -> str:
+        if "topic_vars" in info.data:  # else topic_vars itself is refused, one line is enough
+            problem = template_problem(topic, [*RECORD_FIELDS, "thing", *info.data["topic_vars"]])
+            if problem:
+                raise ValueError(problem)
+        return topic
 
 
 def check_iot_topic(topic: str) -> str | None:

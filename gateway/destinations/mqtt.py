@@ -14,11 +14,12 @@ import socket
 import ssl
 import threading
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
-from gateway.destinations.base import DestinationBase, SendResult, pack_by_topic
+from gateway.destinations.base import RECORD_FIELDS, DestinationBase, SendResult, pack_by_topic, template_problem
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
 from gateway.record import Record
@@ -55,6 +56,14 @@ class MqttTls(BaseModel):
     key_file: str | None = Field(default=None, description="Client private key (PEM) for mutual TLS.")
     alpn: list[str] = Field(default_factory=list, description="ALPN protocols, e.g. ['x-amzn-mqtt-ca'] on port 443.")
 
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _exists(cls, path: str | None) -> str | None:
+        # refused here, by `gatewayctl config check` and deployment validation, not later at the publisher's start
+        if path and not Path(path).is_file():
+            raise ValueError(f"file {path} does not exist: fix the path or copy the file there")
+        return path
+
 
 class MqttDestination(DestinationBase):
     """Publish records to an MQTT broker."""
@@ -71,15 +80,26 @@ class MqttDestination(DestinationBase):
     )
     username: str | None = Field(default=None, description="User name, if the broker wants one.")
     password: SecretStr | None = Field(default=None, description="Password; never logged.")
+    # topic_vars comes before topic: its validator reads them (pydantic validates in field order)
+    topic_vars: dict[str, str] = Field(default_factory=dict, description="Extra template fields, e.g. site, line.")
     topic: str = Field(
         default="factoryedge/{source}/{kind}",
         description="Topic template; fields {source}, {kind}, {tag} and any key of topic_vars (e.g. {site}).",
     )
-    topic_vars: dict[str, str] = Field(default_factory=dict, description="Extra template fields, e.g. site, line.")
     qos: Literal[0, 1] = Field(default=1, description="QoS; 1 (acknowledged) unless the data may be lost.")
     max_message_bytes: int = Field(default=128 * 1024, ge=1024, description="Largest message (IoT Core: 128 KB).")
     ack_timeout_s: float = Field(default=30.0, gt=0, description="How long to wait for acknowledgements.")
     keepalive_s: int = Field(default=30, ge=5, description="MQTT keepalive.")
+
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_fields_exist(cls, topic: str, info: ValidationInfo) -> str:
+        if "topic_vars" in info.data:  # else topic_vars itself is refused, one line is enough
+            problem = template_problem(topic, [*RECORD_FIELDS, *info.data["topic_vars"]])
+            if problem:
+                raise ValueError(problem)
+        return topic
 
     @field_validator("password")
     @classmethod
@@ -109,10 +129,13 @@ class MqttSink:
         self._client.on_connect_fail = lambda client, userdata: self._settled.set()
         if cfg.username:
             self._client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
-        if cfg.tls:
-            self._client.tls_set_context(self._tls_context(cfg.tls))
+        self._tls_loaded = False
 
     def _tls_context(self, tls: MqttTls) -> ssl.SSLContext:
+        for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
+            if path and not Path(path).is_file():  # checked at validation; gone since (ssl would not name it)
+                raise DestinationError(f"mqtt destination {self.name}: tls.{what} {path} does not exist",
+                                       fix=f"copy the file there or fix tls.{what}", retryable=True)
         try:
             ctx = ssl.create_default_context(cafile=tls.ca_file)
             if tls.cert_file:
@@ -125,6 +148,11 @@ class MqttSink:
         return ctx
 
     async def start(self) -> None:
+        # TLS files are loaded here, not in the constructor: a file gone since validation fails this destination's
+        # start (the publisher retries it and shows the error) instead of stopping the whole publisher.
+        if self.cfg.tls and not self._tls_loaded:
+            self._client.tls_set_context(self._tls_context(self.cfg.tls))
+            self._tls_loaded = True
         if self.cfg.tls is None:
             # logged once per start: the setting is allowed, the risk must still be visible in the log
             what = "records, user name and password" if self.cfg.password else "records"
