@@ -68,7 +68,8 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
         out["components"].append({"component": name, "pid": s.get("pid"), "alive": alive,
                                   "status_age_s": None if age is None else round(age, 3),
                                   "running": alive and age is not None and age <= args.stale_after,
-                                  "config_revision": s.get("config_revision")})
+                                  "config_revision": s.get("config_revision"),
+                                  "last_error": str(s.get("last_error") or "")})  # a supervised task's failure
         for conn, c in (s.get("connections") or {}).items():
             row = {"component": name, "name": conn, "connected": c.get("connected"),
                    "values_read": c.get("values_read", 0), "values_bad": c.get("values_bad", 0),
@@ -105,6 +106,13 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
     return out
 
 
+_COLUMN, _FULL_ERROR = 60, 400
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= _COLUMN else text[: _COLUMN - 1] + "…"
+
+
 def _num(v: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
@@ -117,6 +125,8 @@ def render(data: dict[str, Any]) -> list[str]:
     for c in data["components"]:
         state = "running" if c["running"] else ("STOPPED (pid gone)" if not c["alive"] else "STALE status")
         lines.append(f"  {c['component']:32} pid {c['pid']!s:>7}  {state:18} status {fmt_age(c['status_age_s'])}")
+        if c.get("last_error"):
+            lines.append(f"    last error: {c['last_error'][:_FULL_ERROR]}")
     lines += ["", f"{'CONNECTION':24}{'conn':>5}{'values/s':>10}{'last good read':>16}{'bad':>8}{'errors':>8}"
               "  last error"]
     for c in data["connections"]:
@@ -133,7 +143,9 @@ def render(data: dict[str, Any]) -> list[str]:
     for d in data["destinations"]:
         lines.append(f"{d['name'][:23]:24}{_num(d['records_per_s']):>9}{d['backlog_messages']:>9}"
                      f"{_num(d['oldest_unsent_age_s'], '{:.1f} s'):>15}{fmt_age(d['last_success_age_s']):>15}  "
-                     f"{d['last_error'][:60]}")
+                     f"{_cut(d['last_error'])}")
+        if len(d["last_error"]) > _COLUMN:  # the fix is at the end of the message: show it whole below
+            lines.append(f"    {d['last_error'][:_FULL_ERROR]}")
     if data["anomaly"]:
         lines += ["", f"{'ANOMALY GROUP':24}{'state':>14}{'score':>10}{'threshold':>11}  alarm"]
         for g in data["anomaly"]:
