@@ -10,11 +10,17 @@ learn again); a change of ``store``, ``model_dir``, ``input_streams``, ``output_
 model and reopens the engine in-process. With no group configured the component waits for a deployment that adds
 one (WARNING once, and the status says so).
 
+Its loops (the engine, the alarm events, the status file) are supervised (:mod:`gateway.supervise`): a failure,
+such as a corrupt position file or a bug, is logged once, shown in the status (``tasks``, ``last_error``) and the
+loop restarts with backoff; a failed engine is reopened from its model file, as after a crash.
+
 Status file ``<store.path>/status/factoryedge.AnomalyDetector.json``, rewritten every ``status_interval_s``::
 
     {
       "component": "factoryedge.AnomalyDetector", "pid": 123, "started_ns": ..., "updated_ns": ...,
       "config_revision": "3f2a9c01b7de", "config_state": "RUNNING", ...   # gateway.runtime.status_fields()
+      "tasks": {"engine": {"restarts": 0, "last_error": "", "last_error_ns": 0}, "events": {..}, "status": {..}},
+      "last_error": "",                              # the newest current failure of a task ("" when none)
       "problem": null | "no groups configured",
       "model_dir": "anomaly-model", "restore": "fresh" | "restored" | "relearning", "last_save_ns": ... | null,
       "clock_ns": ... | null,                       # detector clock (newest source time read)
@@ -40,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +56,7 @@ from gateway.componentconfig import AnomalyDetectorConfig
 from gateway.runtime import Context, StatusFile
 from gateway.streams import PositionStore, StreamStore, open_store
 from gateway.streams.aio import Offload
+from gateway.supervise import Supervisor, describe
 
 log = logging.getLogger(__name__)
 
@@ -69,28 +76,47 @@ class AnomalyComponent:
         self.events = AlarmPublisher(cfg.alarms)
         self._offload = Offload("anomaly")
         self.status_file = StatusFile(name, None)  # its folder follows store.path, which a deployment may change
-        self._status_due = 0.0
+        self.supervisor = Supervisor(name, asyncio.Event())
 
     async def serve(self, ctx: Context[AnomalyDetectorConfig]) -> None:
         """Run until ``ctx.stop``; take every accepted new configuration from ``ctx.updates``."""
-        publisher = asyncio.create_task(self.events.run(ctx.stop))
+        sup = self.supervisor
+        sup.stop = ctx.stop
+        tasks = [sup.spawn("engine", partial(self._run_engine, ctx)), sup.spawn("events", partial(self.events.run,
+                 ctx.stop)), sup.spawn("status", partial(self._status_loop, ctx.stop))]
         try:
-            await self._start()
-            while not ctx.stop.is_set():
-                while not ctx.updates.empty():
-                    await self.apply(ctx.updates.get_nowait())
-                busy = await self._step()
-                await self._maybe_status()
-                if not busy:
-                    await _wait(ctx.stop, IDLE_S)
+            await asyncio.gather(*tasks)
         finally:
-            await self._stop_engine()
+            try:
+                await self._stop_engine()
+            except Exception as exc:  # noqa: BLE001 - the engine saves what it can; the status must still be written
+                log.error("%s: closing the engine failed: %s", self.name, describe(exc))
             await self._write_status()
-            await publisher
             self.events.close()
             if self.store is not None:
                 await self._offload(self.store.close)
             self._offload.close()
+
+    async def _run_engine(self, ctx: Context[AnomalyDetectorConfig]) -> None:
+        try:
+            if self.engine is None:
+                await self._start()
+            while not ctx.stop.is_set():
+                while not ctx.updates.empty():
+                    await self.apply(ctx.updates.get_nowait())
+                if not await self._step():
+                    await _wait(ctx.stop, IDLE_S)
+        except Exception:
+            # Reopened from its model file by the restart, exactly as after a crash (see gateway.anomaly.engine):
+            # what was read since the last save is read and scored again, what was written is not written twice.
+            self.engine = None
+            raise
+
+    async def _status_loop(self, stop: asyncio.Event) -> None:
+        # A loop of its own: the status must go on telling what failed while the engine waits for its restart.
+        while not stop.is_set():
+            await self._write_status()
+            await _wait(stop, self.cfg.status_interval_s)
 
     async def _step(self) -> bool:
         if self.engine is None:
@@ -131,17 +157,11 @@ class AnomalyComponent:
         engine = Engine(self.cfg, self.store, self.positions, name=self.name)
         await self._offload(engine.open)
         self.engine = engine
-        self._status_due = 0.0
 
     async def _stop_engine(self) -> None:
         if self.engine is not None:
             engine, self.engine = self.engine, None
             await self._offload(engine.close)
-
-    async def _maybe_status(self) -> None:
-        if time.monotonic() >= self._status_due:
-            self._status_due = time.monotonic() + self.cfg.status_interval_s
-            await self._write_status()
 
     def status_path(self) -> Path:
         """Where the status file is written."""
@@ -153,6 +173,7 @@ class AnomalyComponent:
         )
         status = {
             **self.status_file.header(),
+            **self.supervisor.status(),
             "problem": None if self.cfg.groups else "no groups configured",
             **engine_status,
             "events": self.events.status(),

@@ -341,9 +341,18 @@ class Engine:
         self.last_save_ns = now_ns()
         self._saved_positions = dict(self.det.context["positions"])
         self._errors.pop("save", None)
-        for reader in self.readers.values():
-            if reader is not None:
+        for stream, reader in self.readers.items():
+            if reader is None:
+                continue
+            try:  # only for gatewayctl buffer: the model file holds the positions that count (see above)
                 reader.commit(reader.position)
+            except OSError as exc:
+                if self._errors.get("positions") != str(exc):
+                    log.warning("%s: recording the position in %s failed (retried at the next save; the model "
+                                "file keeps it meanwhile): %s", self.name, stream, exc)
+                self._errors["positions"] = str(exc)
+                return
+        self._errors.pop("positions", None)
 
     def _save_failed(self, exc: OSError) -> bool:
         self.counters["save_errors"] += 1
