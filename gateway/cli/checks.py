@@ -84,11 +84,15 @@ async def probe(kind: str, cfg: Any, timeout_s: float) -> list[Finding]:
                         "report this bug; the counters below still tell whether data flows")]
 
 
-def source_counters(name: str, c: dict[str, Any] | None, max_age_s: float, now_ns: int) -> Finding:
+def source_counters(name: str, c: dict[str, Any] | None, max_age_s: float, now_ns: int, stale: str = "") -> Finding:
+    """``stale``: why the collector's status is history (it stopped, or stopped writing it), or "" when fresh."""
     check = f"{name} data"
     if c is None:
         return warning(check, "no counters: the collector has not reported this connection",
                        "start the collector with this configuration (or wait for its first status)")
+    if stale:
+        return failed(check, f"STALE: {stale}; its counters are history, no data is read",
+                      "restart the collector; its log (or journalctl) says why it stopped")
     bad, read = c.get("values_bad", 0), c.get("values_read", 0)
     last_good = age_s(c.get("last_good_read_ns"), now_ns)
     error = c.get("last_error") or ""
@@ -110,11 +114,15 @@ def source_counters(name: str, c: dict[str, Any] | None, max_age_s: float, now_n
     return passed(check, detail)
 
 
-def destination_counters(name: str, d: dict[str, Any] | None, max_age_s: float, now_ns: int) -> list[Finding]:
+def destination_counters(name: str, d: dict[str, Any] | None, max_age_s: float, now_ns: int,
+                         stale: str = "") -> list[Finding]:
     check = f"{name} delivery"
     if d is None:
         return [warning(check, "no counters: the publisher has not reported this destination",
                         "start the publisher with this configuration (or wait for its first status)")]
+    if stale:
+        return [failed(check, f"STALE: {stale}; its counters are history, nothing is sent",
+                       "restart the publisher; its log (or journalctl) says why it stopped")]
     backlog, oldest = d.get("backlog_messages", 0), float(d.get("oldest_unsent_age_s") or 0.0)
     last = age_s(d.get("last_success_ns"), now_ns)
     error = d.get("last_error") or ""
@@ -135,6 +143,22 @@ def destination_counters(name: str, d: dict[str, Any] | None, max_age_s: float, 
         out.append(warning(f"{name} dead letters", f"{d['dead_lettered']} records refused for good ({reasons})",
                            "the records are in the dead-letter stream: fix their mapping, then gatewayctl replay"))
     return out
+
+
+def staleness(status: dict[str, Any], default_s: float, now_ns: int) -> str:
+    """Why a component's status is stale ("" when fresh): its pid is gone, or it is older than three intervals."""
+    from gateway.cli.common import pid_alive
+    from gateway.cli.status import stale_limit_s
+
+    if not status:
+        return ""
+    pid, age = int(status.get("pid") or 0), age_s(status.get("updated_ns"), now_ns)
+    if not pid_alive(pid):
+        return f"{status.get('component', 'the component')} stopped (pid {pid} is gone), status {fmt_age(age)}"
+    limit = stale_limit_s(status, default_s)
+    if age is None or age > limit:
+        return f"{status.get('component', 'the component')} wrote no status for {fmt_age(age)} (limit {limit:g} s)"
+    return ""
 
 
 def _err(error: str) -> str:

@@ -239,30 +239,46 @@ async def _peer_checks(args: argparse.Namespace, loaded: list[configs.LoadedConf
     seen_dests: set[str] = set()
     for c in (c for c in loaded if c.ok):
         status = statuses.get(c.component, {})
+        stale = checks.staleness(status, args.max_age, now_ns)
         for conn in getattr(c.config, "connections", None) or []:
             if getattr(conn, "enabled", True):
                 seen_sources.add(conn.name)
                 counters = checks.source_counters(conn.name, status.get("connections", {}).get(conn.name),
-                                                  args.max_age, now_ns)
+                                                  args.max_age, now_ns, stale)
                 jobs.append((f"source {conn.name} ({conn.type})", checks.probe("sources", conn, args.timeout),
                              [counters]))
         for dest in getattr(c.config, "destinations", None) or []:
             if getattr(dest, "enabled", True):
                 seen_dests.add(dest.name)
                 counters_d = checks.destination_counters(dest.name, status.get("destinations", {}).get(dest.name),
-                                                         args.max_age, now_ns)
+                                                         args.max_age, now_ns, stale)
                 jobs.append((f"destination {dest.name} ({dest.type})",
                              checks.probe("destinations", dest, args.timeout), counters_d))
     results = await asyncio.gather(*(j[1] for j in jobs))
     sections = [(title, [*found, *after]) for (title, _, after), found in zip(jobs, results, strict=True)]
     for s in statuses.values():  # what runs without a configuration we know: its counters still tell a lot
+        stale = checks.staleness(s, args.max_age, now_ns)
         for name, c in (s.get("connections") or {}).items():
             if name not in seen_sources:
-                sections.append((f"source {name}", [checks.source_counters(name, c, args.max_age, now_ns)]))
+                sections.append((f"source {name}", [checks.source_counters(name, c, args.max_age, now_ns, stale)]))
         for name, d in (s.get("destinations") or {}).items():
             if name not in seen_dests:
-                sections.append((f"destination {name}", checks.destination_counters(name, d, args.max_age, now_ns)))
+                sections.append((f"destination {name}",
+                                 checks.destination_counters(name, d, args.max_age, now_ns, stale)))
     return sections
+
+
+def check_losses(args: argparse.Namespace) -> list[Finding]:
+    """Loss counters nobody acknowledged yet: data that never reached a stream or a destination."""
+    from gateway.cli.status import fmt_losses, unacknowledged_losses
+
+    out = []
+    for r in unacknowledged_losses(store_dir(args)):
+        out.append(failed(f"losses {r['owner']} on {r['stream']}",
+                          f"not acknowledged: {fmt_losses(r['unacknowledged'])}",
+                          "find the cause (a destination down longer than the stream holds, a full stream, a stopped "
+                          "collector; see the logs), then gatewayctl buffer --ack-losses"))
+    return out
 
 
 def check_anomaly(statuses: dict[str, dict[str, Any]]) -> list[Finding]:
@@ -316,6 +332,9 @@ def run(args: argparse.Namespace) -> list[Section]:
                                ("components", check_components(args, loaded, statuses, now))]
     store_findings, store = check_store(args, loaded)
     sections.append(("store", store_findings))
+    losses = check_losses(args)
+    if losses:
+        sections.append(("losses", losses))
     sections += asyncio.run(_peer_checks(args, loaded, statuses, now))
     anomaly = check_anomaly(statuses)
     if anomaly:

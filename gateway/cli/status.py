@@ -29,7 +29,8 @@ from gateway.cli.common import (
     store_dir,
 )
 
-STALE_S = 30.0  # a status older than this means the component stopped writing it (it writes every ~2 s)
+STALE_S = 30.0  # without its status_interval_s in the file, a status older than this is stale
+STALE_INTERVALS = 3  # a status older than three of its component's intervals is stale: its counters are history
 
 
 def register(subparsers: Any) -> None:
@@ -41,7 +42,8 @@ def register(subparsers: Any) -> None:
     status.add_argument("-w", "--watch", action="store_true", help="refresh until q or Ctrl-C")
     status.add_argument("--interval", type=float, default=2.0, metavar="S", help="refresh interval (default 2 s)")
     status.add_argument("--stale-after", type=float, default=STALE_S, metavar="S",
-                        help=f"a status older than this is stale (default {STALE_S:.0f} s)")
+                        help="a status older than this is stale when its file does not say its interval (default "
+                        f"{STALE_S:.0f} s; otherwise {STALE_INTERVALS} x its status_interval_s)")
     status.set_defaults(func=cmd_status)
 
 
@@ -65,9 +67,10 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
     for name, s in sorted(statuses.items()):
         age = age_s(s.get("updated_ns"), now)
         alive = pid_alive(int(s.get("pid") or 0))
+        stale = not alive or age is None or age > stale_limit_s(s, args.stale_after)
         out["components"].append({"component": name, "pid": s.get("pid"), "alive": alive,
                                   "status_age_s": None if age is None else round(age, 3),
-                                  "running": alive and age is not None and age <= args.stale_after,
+                                  "running": not stale, "stale": stale,
                                   "config_revision": s.get("config_revision"),
                                   "last_error": str(s.get("last_error") or "")})  # a supervised task's failure
         for conn, c in (s.get("connections") or {}).items():
@@ -76,6 +79,9 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
                    "last_good_read_age_s": age_s(c.get("last_good_read_ns"), now),
                    "read_errors": c.get("read_errors", 0), "last_error": c.get("last_error", "")}
             row["values_per_s"] = _rate(c, "values_per_s", "values_read", prev_conn.get((name, conn)), prev_dt)
+            row["stale"] = stale  # old counters of a component that stopped writing: no live rate to show
+            if stale:
+                row["values_per_s"] = None
             out["connections"].append(row)
         for dest, d in (s.get("destinations") or {}).items():
             row = {"name": dest, "records_sent": d.get("records_sent", 0),
@@ -84,6 +90,9 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
                    "last_success_age_s": age_s(d.get("last_success_ns"), now), "retries": d.get("retries", 0),
                    "dead_lettered": d.get("dead_lettered", 0), "last_error": d.get("last_error", "")}
             row["records_per_s"] = _rate(d, "records_per_s", "records_sent", prev_dest.get(dest), prev_dt)
+            row["stale"] = stale
+            if stale:
+                row["records_per_s"] = None
             out["destinations"].append(row)
         groups = s.get("groups") or {}
         items = groups.items() if isinstance(groups, dict) else ((g.get("name", "?"), g) for g in groups)
@@ -93,6 +102,7 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
                 state = f"learning {float(g['learning_share']):.0%}"
             out["anomaly"].append({"group": group, "state": state, "score": g.get("score"),
                                    "threshold": g.get("threshold"), "alarm": bool(g.get("alarm"))})
+    out["losses"] = unacknowledged_losses(store_dir(args))
     try:
         from gateway.cli.streamscmd import stream_rows
 
@@ -113,6 +123,30 @@ def _cut(text: str) -> str:
     return text if len(text) <= _COLUMN else text[: _COLUMN - 1] + "…"
 
 
+def stale_limit_s(status: dict[str, Any], default_s: float) -> float:
+    """Age past which a component's status is stale: three of its status intervals, when the file says them."""
+    interval = status.get("status_interval_s")
+    if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
+        return STALE_INTERVALS * float(interval)
+    return default_s
+
+
+def unacknowledged_losses(store: Any) -> list[dict[str, Any]]:
+    """Loss counters not acknowledged yet (``gatewayctl buffer --ack-losses``), from the store's positions folder."""
+    from pathlib import Path
+
+    from gateway.streams.positions import PositionStore
+
+    folder = Path(store) / "positions"
+    if not folder.is_dir():
+        return []
+    return [r for r in PositionStore(folder).losses() if r["unacknowledged"]]
+
+
+def fmt_losses(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in counts.items())
+
+
 def _num(v: float | None, fmt: str = "{:.1f}") -> str:
     return "-" if v is None else fmt.format(v)
 
@@ -130,7 +164,8 @@ def render(data: dict[str, Any]) -> list[str]:
     lines += ["", f"{'CONNECTION':24}{'conn':>5}{'values/s':>10}{'last good read':>16}{'bad':>8}{'errors':>8}"
               "  last error"]
     for c in data["connections"]:
-        lines.append(f"{c['name'][:23]:24}{'yes' if c['connected'] else 'NO':>5}{_num(c['values_per_s']):>10}"
+        conn = "STALE" if c.get("stale") else "yes" if c["connected"] else "NO"
+        lines.append(f"{c['name'][:23]:24}{conn:>5}{_num(c['values_per_s']):>10}"
                      f"{fmt_age(c['last_good_read_age_s']):>16}{c['values_bad']:>8}{c['read_errors']:>8}  "
                      f"{c['last_error'][:60] if not c['connected'] or c['values_bad'] else ''}")
     lines += ["", f"{'STREAM':28}{'messages':>10}{'size':>12}{'full %':>8}{'dropped':>9}{'rejected':>9}"]
@@ -146,6 +181,10 @@ def render(data: dict[str, Any]) -> list[str]:
                      f"{_cut(d['last_error'])}")
         if len(d["last_error"]) > _COLUMN:  # the fix is at the end of the message: show it whole below
             lines.append(f"    {d['last_error'][:_FULL_ERROR]}")
+    if data.get("losses"):
+        lines += ["", "UNACKNOWLEDGED LOSSES (gatewayctl buffer --ack-losses once dealt with)"]
+        for r in data["losses"]:
+            lines.append(f"  {r['owner'][:31]:32}{r['stream'][:27]:28}{fmt_losses(r['unacknowledged'])}")
     if data["anomaly"]:
         lines += ["", f"{'ANOMALY GROUP':24}{'state':>14}{'score':>10}{'threshold':>11}  alarm"]
         for g in data["anomaly"]:

@@ -1,6 +1,7 @@
 """``gatewayctl streams | tail | buffer``: what the streams hold and who is behind on them.
 
 Everything here reads; nothing commits a reader position (``tail`` reads with a reader that never commits).
+``buffer --ack-losses`` is the one write: it acknowledges the loss counters shown (they stay counted).
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def register(subparsers: Any) -> None:
     tail.set_defaults(func=cmd_tail)
     buffer = subparsers.add_parser(
         "buffer", help="backlog per destination and stream: unsent messages and oldest unsent age",
-        description="Exit code 1 when a reader's backlog is older than --max-age.")
+        description="Exit code 1 when a reader's backlog is older than --max-age, or losses are unacknowledged.")
     buffer.add_argument("--max-age", type=float, default=300.0, metavar="S",
                         help="flag backlogs whose oldest unsent message is older than this (default 300 s)")
+    buffer.add_argument("--ack-losses", action="store_true",
+                        help="acknowledge every loss counted so far (after dealing with its cause): status, buffer "
+                        "and doctor stop showing it; the cumulative counts stay")
     buffer.set_defaults(func=cmd_buffer)
 
 
@@ -191,13 +195,45 @@ def reader_positions(args: argparse.Namespace, store: StreamStore) -> dict[str, 
     return out
 
 
+def _ack_losses(args: argparse.Namespace) -> int:
+    from gateway.streams.positions import PositionStore
+
+    folder = store_dir(args) / "positions"
+    done = PositionStore(folder).acknowledge() if folder.is_dir() else []
+    if args.json:
+        print_json(done)
+    elif not done:
+        print("no unacknowledged losses")
+    for r in [] if args.json else done:
+        print(safe(f"acknowledged {r['owner']} on {r['stream']}: {_fmt_losses(r['unacknowledged'])}"))
+    return EXIT_OK
+
+
+def _fmt_losses(counts: dict[str, Any]) -> str:
+    from gateway.cli.status import fmt_losses
+
+    return fmt_losses(counts)
+
+
 def cmd_buffer(args: argparse.Namespace) -> int:
+    from gateway.cli.status import unacknowledged_losses
+
+    if args.ack_losses:
+        return _ack_losses(args)
+    losses = unacknowledged_losses(store_dir(args))
     store = open_store(args)
     try:
         rows = backlog_rows(store, reader_positions(args, store), live_positions(args))
     finally:
         store.close()
     late = [r for r in rows if (r["oldest_unsent_age_s"] or 0) > args.max_age]
+    by_key = {(r["owner"], r["stream"]): r["unacknowledged"] for r in losses}
+    for r in rows:  # what the reader counted durably, even after it moved past the gap
+        r["unacknowledged_losses"] = by_key.pop((r["reader"], r["stream"]), {})
+        r["lost"] = max(r["lost"], int(r["unacknowledged_losses"].get("lost_messages", 0)))
+    rows += [{"reader": owner, "stream": stream, "committed": None, "backlog": None, "oldest_unsent_age_s": None,
+              "lost": int(counts.get("lost_messages", 0)), "unacknowledged_losses": counts, "note": "losses"}
+             for (owner, stream), counts in by_key.items()]  # writers (collectors): no backlog, only losses
     if args.json:
         print_json(rows)
     elif not rows:
@@ -208,4 +244,8 @@ def cmd_buffer(args: argparse.Namespace) -> int:
                       "-" if r["oldest_unsent_age_s"] is None else fmt_duration(r["oldest_unsent_age_s"]),
                       r["lost"] or "", ("LATE " if r in late else "") + r["note"]] for r in rows],
                     ["reader", "stream", "backlog msgs", "oldest unsent", "lost", ""], right={2, 3, 4}))
-    return EXIT_UNHEALTHY if late else EXIT_OK
+    if losses and not args.json:
+        print("\nunacknowledged losses (cumulative; gatewayctl buffer --ack-losses once their cause is dealt with):")
+        for loss in losses:
+            print(safe(f"  {loss['owner']} on {loss['stream']}: {_fmt_losses(loss['unacknowledged'])}"))
+    return EXIT_UNHEALTHY if late or losses else EXIT_OK
