@@ -138,3 +138,12 @@ def test_a_fresh_status_is_not_stale(tmp_path: Path, capsys: pytest.CaptureFixtu
     data = json.loads(out)
     assert data["components"][0]["stale"] is False and data["connections"][0]["stale"] is False
     assert data["connections"][0]["values_per_s"] == 250.0
+
+
+def test_anomaly_status_is_stale_after_three_of_its_intervals() -> None:
+    from gateway.anomaly.livestatus import problems
+
+    now = time.time_ns()
+    status = {"updated_ns": now - 3_000_000_000, "status_interval_s": 0.5, "groups": {}}
+    assert any(p.startswith("STALE") for p in problems(status, now))
+    assert problems({**status, "updated_ns": now - 200_000_000}, now) == []

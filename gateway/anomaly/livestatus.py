@@ -43,8 +43,10 @@ def problems(status: dict[str, Any], now_ns: int) -> list[str]:
     """What makes the component unhealthy, one line each."""
     out = []
     age = (now_ns - int(status.get("updated_ns", 0))) / 1e9
-    if age > STALE_S:
-        out.append(f"status is {age:.0f} s old: the component is not running (or stuck)")
+    interval = status.get("status_interval_s")
+    limit = 3 * float(interval) if isinstance(interval, int | float) and interval > 0 else STALE_S
+    if age > limit:
+        out.append(f"STALE: status is {age:.0f} s old (limit {limit:g} s): the component is not running (or stuck)")
     if status.get("problem"):
         out.append(str(status["problem"]))
     for name, g in status.get("groups", {}).items():
