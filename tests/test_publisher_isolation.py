@@ -105,7 +105,9 @@ def test_broker_refusing_the_client_is_retried_counted_logged_once_and_diagnosed
                                                      cert_file=str(mosquitto.pki.client_cert),
                                                      key_file=str(mosquitto.pki.client_key))})
     assert all(f.ok for f in asyncio.run(mqtt_diagnose(good, 3.0)))
-    wrong_ca = no_cert.model_copy(update={"tls": MqttTls(ca_file=str(tmp_path / "missing-ca.pem"))})
+    # a CA file deleted since validation (validation refuses a missing one)
+    wrong_ca = no_cert.model_copy(update={"tls": MqttTls.model_construct(ca_file=str(tmp_path / "missing-ca.pem"),
+                                                                         cert_file=None, key_file=None, alpn=[])})
     assert {f.check: f.ok for f in asyncio.run(mqtt_diagnose(wrong_ca, 3.0))}["tls"] is False
 
 

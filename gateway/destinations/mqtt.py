@@ -105,7 +105,9 @@ class MqttDestination(DestinationBase):
     @classmethod
     def _password_needs_tls(cls, password: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         # MQTT's CONNECT carries the password as plain bytes: without TLS whoever is on the path reads it
-        if password is not None and info.data.get("tls") is None and not info.data.get("allow_plaintext"):
+        # "tls" absent from info.data: tls itself was refused (its own line says why); null: no TLS at all
+        if password is not None and "tls" in info.data and info.data["tls"] is None \
+                and not info.data.get("allow_plaintext"):
             raise ValueError("a password without tls is sent in clear in the MQTT CONNECT packet: set tls "
                              "(tls.ca_file, port 8883), or set allow_plaintext: true to send it anyway")
         return password
