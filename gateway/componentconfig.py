@@ -31,7 +31,12 @@ def unique_names(items: list[Any], what: str) -> list[Any]:
 
 
 class _Collector(BaseModel):
-    """What every collector configuration checks about its connection list."""
+    """What every collector configuration has: its connection list, checked, and its counters as records."""
+
+    metrics_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the connections' counters (read, written, dropped, gaps) are "
+        "written to the stream as METRIC records, for the fleet to see in the cloud; also at stop."
+    )
 
     @field_validator("connections", check_fields=False)
     @classmethod
@@ -160,6 +165,10 @@ class AnomalyDetectorConfig(_Component):
         "wall clock, so that members that stopped are reported stale.",
     )
     alarms: AlarmEvents = Field(default_factory=AlarmEvents, description="Alarm events over Greengrass IPC.")
+    metrics_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the detector's counters (read, written, dropped, lost) are "
+        "written to the output stream as METRIC records."
+    )
 
     def detector_config(self) -> AnomalyConfig | None:
         """The library configuration of the groups, or None when no group is configured."""

@@ -83,7 +83,7 @@ class Publisher:
         self.dead_letter_stream = dead_letter_stream
         self.metrics_stream = metrics_stream
         self.metrics_interval_s = metrics_interval_s
-        self.status_file = StatusFile(COMPONENT, status_dir)
+        self.status_file = StatusFile(COMPONENT, status_dir, status_interval_s)
         self.status_interval_s = status_interval_s
         self._readers: dict[tuple[str, str], RecordReader] = {}
         self._aux = Offload("publisher-aux")

@@ -106,17 +106,21 @@ def status_fields() -> dict[str, Any]:
 class StatusFile:
     """The status file a component rewrites for gatewayctl: the common keys, live rates, an atomic replace."""
 
-    def __init__(self, component: str, folder: Path | None) -> None:
+    def __init__(self, component: str, folder: Path | None, interval_s: float | None = None) -> None:
         self.component = component
         self.folder = folder  # None: no status file (tests that only look at counters)
+        self.interval_s = interval_s  # how often it is rewritten: gatewayctl calls it STALE after three of them
         self.started_ns = time.time_ns()
         self._rates: dict[str, tuple[int, float]] = {}
         self._failing: set[int | None] = set()  # errnos already logged since the last successful write
 
     def header(self) -> dict[str, Any]:
         """What every status file starts with: who, which configuration, which process, since and as of when."""
-        return {"component": self.component, **status_fields(), "pid": os.getpid(), "started_ns": self.started_ns,
+        head = {"component": self.component, **status_fields(), "pid": os.getpid(), "started_ns": self.started_ns,
                 "updated_ns": time.time_ns()}
+        if self.interval_s is not None:
+            head["status_interval_s"] = self.interval_s
+        return head
 
     def rate(self, name: str, count: int) -> float:
         """Per-second rate of a counter since the previous status (what `gatewayctl status` shows as live rate)."""

@@ -69,6 +69,7 @@ def test_file_destination_delivers_everything_once_and_commits(tmp_path: Path) -
     assert PositionStore(tmp_path / "positions").get("f", "values") == store.describe("values").next_seq
     status = json.loads((tmp_path / "status" / "factoryedge.Publisher.json").read_text())
     assert status["destinations"]["f"]["records_sent"] == 1000
+    assert status["status_interval_s"] == 0.2  # gatewayctl calls a status STALE after three of its intervals
 
 
 def _subscriber(broker: Mosquitto, received: list[dict[str, Any]], ready: threading.Event) -> mqtt.Client:

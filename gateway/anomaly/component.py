@@ -53,6 +53,7 @@ from typing import Any
 from gateway.anomaly.engine import COMPONENT, Engine
 from gateway.anomaly.events import AlarmPublisher
 from gateway.componentconfig import AnomalyDetectorConfig
+from gateway.record import Kind, Quality, Record, now_ns
 from gateway.runtime import Context, StatusFile
 from gateway.streams import PositionStore, StreamStore, open_store
 from gateway.streams.aio import Offload
@@ -75,7 +76,8 @@ class AnomalyComponent:
         self.positions: PositionStore | None = None
         self.events = AlarmPublisher(cfg.alarms)
         self._offload = Offload("anomaly")
-        self.status_file = StatusFile(name, None)  # its folder follows store.path, which a deployment may change
+        # its folder follows store.path, which a deployment may change
+        self.status_file = StatusFile(name, None, cfg.status_interval_s)
         self.supervisor = Supervisor(name, asyncio.Event())
 
     async def serve(self, ctx: Context[AnomalyDetectorConfig]) -> None:
@@ -83,7 +85,8 @@ class AnomalyComponent:
         sup = self.supervisor
         sup.stop = ctx.stop
         tasks = [sup.spawn("engine", partial(self._run_engine, ctx)), sup.spawn("events", partial(self.events.run,
-                 ctx.stop)), sup.spawn("status", partial(self._status_loop, ctx.stop))]
+                 ctx.stop)), sup.spawn("status", partial(self._status_loop, ctx.stop)),
+                 sup.spawn("metrics", partial(self._metrics_loop, ctx.stop))]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -117,6 +120,25 @@ class AnomalyComponent:
         while not stop.is_set():
             await self._write_status()
             await _wait(stop, self.cfg.status_interval_s)
+
+    async def _metrics_loop(self, stop: asyncio.Event) -> None:
+        # Its counters as METRIC records in its output stream, as the collectors and the publisher do: a fleet sees
+        # in the cloud what it read, wrote, dropped (future timestamps) and lost (input gaps, corrupt messages).
+        seq = 0
+        while not stop.is_set():
+            await _wait(stop, self.cfg.metrics_interval_s)
+            engine = self.engine
+            if engine is None or stop.is_set():
+                continue
+            ts = now_ns()
+            counters = {**engine.counters, "lost_messages": sum(r.lost_messages for r in engine.readers.values() if r),
+                        "corrupt_messages": sum(r.corrupt_messages for r in engine.readers.values() if r)}
+            records = []
+            for key, value in sorted(counters.items()):
+                seq += 1
+                records.append(Record(self.name, f"detector/{key}", float(value), Quality.GOOD, ts, ts, seq,
+                                      Kind.METRIC))
+            await self._offload(engine.queue, records)
 
     async def _step(self) -> bool:
         if self.engine is None:

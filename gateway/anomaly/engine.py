@@ -280,6 +280,10 @@ class Engine:
                 self._hwm.pop(g, None)  # past the crash point for this group
         return kept
 
+    def queue(self, records: list[Record]) -> None:
+        """Records of the component's own (its counters) to go out with the next output write."""
+        self._pending += records
+
     def _flush(self) -> bool:
         """Write pending output records; False (kept pending) while the output stream refuses them."""
         if not self._pending:

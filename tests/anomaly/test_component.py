@@ -358,3 +358,35 @@ def test_without_groups_the_component_waits_for_a_deployment_that_adds_them(tmp_
 
     asyncio.run(scenario())
     assert persist.model_path(tmp_path / "model").exists()  # saved on shutdown, learning progress included
+
+
+def test_the_detector_publishes_its_counters_as_metric_records(tmp_path: Path) -> None:
+    """Issue 13 item 14: its counters reach the fleet as METRIC records in its output stream, as the collectors'."""
+    cfg = _cfg(tmp_path, metrics_interval_s=0.1)
+    store, _ = open_store(cfg.store)
+    _write(store, synthetic(50, seed=5), 0)
+
+    def metrics() -> dict[str, float]:
+        found: dict[str, float] = {}
+        for msg in store.read(OUT, 0, max_count=100_000) if OUT in store.list_streams() else []:
+            found.update({r.tag: float(r.value) for r in decode_batch(msg.payload)  # type: ignore[arg-type]
+                          if r.kind == Kind.METRIC and r.tag.startswith("detector/")})
+        return found
+
+    async def scenario() -> dict[str, float]:
+        ctx = Context(COMPONENT, cfg, asyncio.Event())
+        task = asyncio.create_task(AnomalyComponent(cfg).serve(ctx))
+        try:
+            deadline = asyncio.get_running_loop().time() + 20
+            while metrics().get("detector/records_read", 0) < 50 * len(TAGS):
+                assert asyncio.get_running_loop().time() < deadline, f"no metrics: {metrics()}"
+                assert not task.done(), task
+                await asyncio.sleep(0.05)
+            return metrics()
+        finally:
+            ctx.stop.set()
+            await asyncio.wait_for(task, 20)
+
+    found = asyncio.run(scenario())
+    assert {"detector/records_read", "detector/written", "detector/future", "detector/lost_messages",
+            "detector/corrupt_messages"} <= set(found)
