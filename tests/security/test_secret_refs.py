@@ -52,7 +52,8 @@ class Broker:
     ca: Path
 
 
-UNUSED = Broker(1883, Path("ca.pem"))  # for configurations that are only read, never connected
+# for configurations that are only read, never connected (the CA file must exist: it is checked at validation)
+UNUSED = Broker(1883, Path("/etc/ssl/certs/ca-certificates.crt"))
 
 def _publisher_config(store: Path, broker: Broker, password: str) -> dict[str, Any]:
     mqtt_destination = {
