@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -21,9 +22,11 @@ class FileDestination(DestinationBase):
     """Write records as JSON lines to rotating files."""
 
     type: Literal["file"] = Field(default="file", description="Destination type.")
-    path: str = Field(default="out/records.jsonl", description="File to write; rotated files get a numeric suffix.")
+    path: str = Field(default="out/records.jsonl",
+                      description="File to write; rotated files get a time suffix (.YYYYMMDDTHHMMSS.micros).")
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=1024, description="Rotate when the file reaches this size.")
-    keep: int = Field(default=5, ge=1, description="Rotated files to keep (oldest deleted).")
+    keep: int = Field(default=5, ge=1, description="Rotated files to keep (oldest deleted; other files are never "
+                      "touched, even when their names start with the file's).")
     fsync: bool = Field(default=True, description="fsync after every batch before the position moves on.")
 
 
@@ -32,6 +35,9 @@ class FileSink:
         self.cfg = cfg
         self.name = cfg.name
         self.path = Path(cfg.path)
+        # exactly what _rotate names: an operator's records.jsonl.old or a name a glob of the path would match
+        # (a path with [ or * in it) is not ours to delete
+        self._rotated = re.compile(re.escape(self.path.name) + r"\.\d{8}T\d{6}\.\d{6}")
         self._offload = Offload(f"file-{cfg.name}")
 
     async def start(self) -> None:
@@ -61,11 +67,14 @@ class FileSink:
                                    retryable=True) from exc
 
     def _rotate(self) -> None:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        self.path.rename(self.path.with_name(f"{self.path.name}.{stamp}.{time.time_ns() % 1_000_000:06d}"))
-        rotated = sorted(self.path.parent.glob(f"{self.path.name}.*"))
+        # seconds, then microseconds within that second: names sort in time, so the oldest go first
+        secs, micros = divmod(time.time_ns() // 1000, 1_000_000)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(secs))
+        self.path.rename(self.path.with_name(f"{self.path.name}.{stamp}.{micros:06d}"))
+        with os.scandir(self.path.parent) as entries:
+            rotated = sorted(e.name for e in entries if self._rotated.fullmatch(e.name) and e.is_file())
         for old in rotated[: max(0, len(rotated) - self.cfg.keep)]:
-            old.unlink()
+            (self.path.parent / old).unlink()
 
     async def close(self) -> None:
         self._offload.close()
