@@ -198,7 +198,13 @@ class GroupModel:
 
     @classmethod
     def from_state(cls, group: TagGroup, state: dict[str, Any], forest: bytes | None) -> GroupModel:
-        """Rebuild a model saved by :meth:`to_state` / :meth:`forest_bytes`."""
+        """Rebuild a model saved by :meth:`to_state` / :meth:`forest_bytes`.
+
+        Raises:
+            ValueError: the state does not fit the group (names the field), so that a hand-edited file is refused
+                at restore instead of failing at every point scored.
+        """
+        _check_shapes(group, state)
         m = cls(group)
         if state.get("whitener") is not None and forest is not None:
             m.whitener = Whitener.from_state(state["whitener"])
@@ -211,6 +217,28 @@ class GroupModel:
         m.last_ts_ns = state["last_ts_ns"]
         m.counters.update({k: int(v) for k, v in state["counters"].items()})
         return m
+
+
+def _check_shapes(group: TagGroup, state: dict[str, Any]) -> None:
+    """Every vector in ``state`` has one value per tag of ``group``, and windows hold no more than their size."""
+    n = len(group.tags)
+    w = state.get("whitener")
+    if w is not None:
+        for key in ("mean", "scale", "eigenvalues"):
+            if len(w[key]) != n:
+                raise ValueError(f"whitener.{key} has {len(w[key])} values for the group's {n} tags")
+        if len(w["rotation"]) != n or any(len(row) != n for row in w["rotation"]):
+            raise ValueError(f"whitener.rotation is not {n} x {n} (the group's tags)")
+        if state.get("backend") not in ("krcf", "rrcf"):
+            raise ValueError(f"backend {state.get('backend')!r} is not krcf or rrcf")
+        if not float(state["threshold"]) > 0:
+            raise ValueError(f"threshold {state['threshold']!r} of a fitted group is not above 0")
+    for key, most in (("learning", None), ("shingle", group.shingle), ("smoothing", group.smoothing)):
+        rows = state[key]
+        if any(len(row) != n for row in rows):
+            raise ValueError(f"{key} holds rows that do not have one value per tag ({n})")
+        if most is not None and len(rows) > most:
+            raise ValueError(f"{key} holds {len(rows)} rows, more than its size {most}")
 
 
 def _split(segments: list[Array], tail_share: float) -> tuple[list[Array], list[Array]]:

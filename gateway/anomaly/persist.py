@@ -7,8 +7,12 @@ Layout of ``<model_dir>/model.zip``::
     forest/<group>.bin   the forest snapshot of each fitted group
 
 Zip entries carry CRC-32, so a truncated or bit-flipped file is detected on load (:class:`ModelCorrupt`). A file of
-another format version is refused (:class:`ModelVersionError`): nothing is guessed. Writes go to a temporary file
-in the same directory, are fsynced, then renamed over the old file, so a crash mid-save leaves the previous model.
+another format version is refused (:class:`ModelVersionError`): nothing is guessed. A CRC-valid file is not trusted
+either: the manifest is validated with :class:`Manifest` (a hand edit such as ``groups: []`` is refused naming the
+field, not left to fail later on every restart), and the sizes the zip declares are checked against
+:data:`MAX_ENTRY_BYTES` / :data:`MAX_TOTAL_BYTES` before anything is expanded (a 5 MB zip can expand to
+gigabytes). Writes go to a temporary file in the same directory, are fsynced, then renamed over the old file, so a
+crash mid-save leaves the previous model.
 """
 
 from __future__ import annotations
@@ -20,11 +24,17 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from gateway.errors import GatewayError
 
 FORMAT = "factoryedge-anomaly-model"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.zip"
+# A default forest (50 trees x 256 samples, 32 dimensions) snapshots to 4.6 MB, a large one (100 x 1024, 64) to
+# 70 MB; learning windows in the manifest are a few MB. The caps leave room for that and bound what a restore holds.
+MAX_ENTRY_BYTES = 256 << 20
+MAX_TOTAL_BYTES = 512 << 20
 
 
 class ModelFileError(GatewayError):
@@ -37,6 +47,90 @@ class ModelVersionError(ModelFileError):
 
 class ModelCorrupt(ModelFileError):
     """The model file is truncated, damaged or not a model file."""
+
+
+# ---- what a manifest holds (format version 1) --------------------------------------------------------------------
+# Fields added within version 1 are ignored by readers that do not know them (extra="ignore"); everything read is
+# typed, so a value of the wrong type is refused here, with its place in the file, instead of deep in a restore.
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)
+
+
+class WhitenerState(_Part):
+    """The fitted input transform (see :meth:`gateway.anomaly.transform.Whitener.to_state`)."""
+
+    mean: list[float] = Field(description="Mean of each tag on the normal data.")
+    scale: list[float] = Field(description="Standard deviation of each tag (1 for constant tags).")
+    rotation: list[list[float]] = Field(description="PCA rotation, tags x axes.")
+    eigenvalues: list[float] = Field(description="Floored variance of each axis.")
+
+
+class AlarmSaved(_Part):
+    """Alarm hysteresis state."""
+
+    active: bool = Field(description="Alarm raised.")
+    run: int = Field(ge=0, description="Consecutive points disagreeing with the state.")
+
+
+class GroupState(_Part):
+    """One group's saved model (see :meth:`gateway.anomaly.model.GroupModel.to_state`)."""
+
+    fingerprint: dict[str, Any] = Field(description="The group settings the model depends on.")
+    whitener: WhitenerState | None = Field(description="The input transform; null while learning.")
+    backend: str | None = Field(description="Forest backend of the snapshot; null while learning.")
+    threshold: float = Field(ge=0, description="Calibrated score threshold.")
+    alarm: AlarmSaved = Field(description="Alarm hysteresis state.")
+    learning: list[list[float]] = Field(description="Learning window collected so far (rows in tag order).")
+    shingle: list[list[float]] = Field(description="Vectors in the shingle.")
+    smoothing: list[list[float]] = Field(description="Vectors in the moving average.")
+    last_ts_ns: int | None = Field(description="Time of the last vector.")
+    counters: dict[str, int] = Field(description="Scored, anomalous and update counts.")
+
+
+class AssemblerSaved(_Part):
+    """A group's vector assembler (see :meth:`gateway.anomaly.assembler.VectorAssembler.to_state`)."""
+
+    latest: dict[str, tuple[float | None, bool, int]] = Field(description="Tag -> (value, good, source time).")
+    next_tick_ns: int | None = Field(description="Next cadence tick.")
+    sample_due_ns: int | None = Field(description="Next on-sample vector due.")
+    invalid: dict[str, int] = Field(description="Invalid-input counts by reason.")
+    emitted: int = Field(ge=0, description="Vectors emitted.")
+
+
+class ClockSaved(_Part):
+    """The engine's clock (see :mod:`gateway.anomaly.engine`)."""
+
+    source_ns: int | None = Field(default=None, description="Newest source time read.")
+    polled_ns: int | None = Field(default=None, description="When the detector was last polled.")
+
+
+class OutputSaved(_Part):
+    """Where the output stream stood at the save."""
+
+    stream: str = Field(description="Output stream name.")
+    next_seq: int = Field(ge=0, description="Its next sequence number.")
+
+
+class ContextSaved(_Part):
+    """The owner's context: the keys the engine reads back (others are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+    positions: dict[str, int] | None = Field(default=None, description="Input stream -> position saved with it.")
+    clock: ClockSaved | None = Field(default=None, description="The engine's clock.")
+    output: OutputSaved | None = Field(default=None, description="The output stream's position.")
+
+
+class Manifest(_Part):
+    """``manifest.json`` of format version 1."""
+
+    format: str = Field(description=f"Always {FORMAT!r}.")
+    format_version: int = Field(description=f"Always {FORMAT_VERSION}.")
+    saved_ns: int = Field(description="When the model was saved (UTC ns).")
+    groups: dict[str, GroupState] = Field(description="Group name -> saved model.")
+    assemblers: dict[str, AssemblerSaved] | None = Field(default=None, description="Group name -> assembler.")
+    context: ContextSaved | None = Field(default=None, description="The owner's context.")
 
 
 def model_path(model_dir: str | Path) -> Path:
@@ -93,10 +187,12 @@ def load(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
         raise FileNotFoundError(path)
     try:
         with zipfile.ZipFile(path) as zf:
+            _check_sizes(path, zf)  # before testzip(), which expands every entry
             bad = zf.testzip()
             if bad is not None:
                 raise ModelCorrupt(f"model file {path}: entry {bad} fails its CRC check", fix=_FIX_CORRUPT)
-            manifest = json.loads(zf.read("manifest.json"))
+            raw = _read(zf, "manifest.json")
+            manifest = json.loads(raw)
             if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
                 raise ModelCorrupt(f"{path} is not an anomaly model file", fix=_FIX_CORRUPT)
             version = manifest.get("format_version")
@@ -106,10 +202,48 @@ def load(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
                     fix="re-fit with `gatewayctl anomaly fit` (or move the file away to relearn from the live "
                     "stream), or run the gateway version that wrote it",
                 )
-            forests = {n[len("forest/") : -len(".bin")]: zf.read(n) for n in zf.namelist() if n.startswith("forest/")}
+            _validate(path, raw)
+            forests = {n[len("forest/") : -len(".bin")]: _read(zf, n) for n in zf.namelist() if n.startswith("forest/")}
     except (zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, ValueError, EOFError, OSError) as exc:
         raise ModelCorrupt(f"model file {path} is unreadable: {exc}", fix=_FIX_CORRUPT) from exc
     return manifest, forests
+
+
+def _check_sizes(path: Path, zf: zipfile.ZipFile) -> None:
+    """Refuse, from the sizes the zip declares, a file that would expand past the caps."""
+    total = 0
+    for info in zf.infolist():
+        total += info.file_size
+        if info.file_size > MAX_ENTRY_BYTES or total > MAX_TOTAL_BYTES:
+            what = (f"entry {info.filename} would expand to {info.file_size} bytes (cap {MAX_ENTRY_BYTES})"
+                    if info.file_size > MAX_ENTRY_BYTES else
+                    f"its entries would expand to more than {MAX_TOTAL_BYTES} bytes")
+            raise ModelCorrupt(f"model file {path} ({path.stat().st_size} bytes): {what}; refused unread",
+                               fix=_FIX_CORRUPT + " (a model of this size is not one this gateway writes)")
+
+
+def _read(zf: zipfile.ZipFile, name: str) -> bytes:
+    # zipfile stops at the declared size (checked above) and then checks the CRC; the limit is a second bound
+    with zf.open(name) as fh:
+        data = fh.read(MAX_ENTRY_BYTES + 1)
+    if len(data) > MAX_ENTRY_BYTES:
+        raise ValueError(f"entry {name} expands past {MAX_ENTRY_BYTES} bytes")
+    return data
+
+
+def _validate(path: Path, raw: bytes) -> None:
+    try:
+        Manifest.model_validate_json(raw)  # JSON mode: strict types, arrays for tuples
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (found {_short(e['input'])})"
+                             for e in exc.errors()[:5])
+        raise ModelCorrupt(f"model file {path}: manifest.json does not fit format version {FORMAT_VERSION}: "
+                           f"{problems}", fix=_FIX_CORRUPT) from None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def set_aside(model_dir: str | Path, reason: str = "corrupt") -> Path:
