@@ -12,8 +12,12 @@ FILEPATH_FOR_COMPONENT``, ``AWS_IOT_THING_NAME``, ``AWS_REGION``, ``GGC_VERSION`
 Around them it serves what the nucleus would: one Greengrass IPC endpoint (:class:`IpcServer`: configuration,
 updates and validation, UpdateState, pub/sub, PublishToIoTCore forwarded to an MQTT broker or a JSON-lines file,
 authorised by each recipe's ``accessControl``) and one stream manager (:class:`StreamManagerService`, streams kept
-under the root). A crashed ``Run`` is restarted with backoff; after :data:`MAX_RESTARTS` failures in a row the
-component is BROKEN, as on a core. Ctrl-C or SIGTERM stops every process (SIGTERM to its process group, SIGKILL
+under the root). Each component's state follows the nucleus's state machine
+(:mod:`gateway.dev.devrun_lifecycle`, after ``Lifecycle`` and ``GenericExternalService``): under ``Startup`` it
+is STARTING until it reports RUNNING (ERRORED after the Startup timeout), under ``Run`` RUNNING once started; an
+ERRORED, reported or from a failed exit, stops the process and starts it again at once, and the third error
+within the error reset time (an hour) makes it BROKEN: stopped, and not started again until a configuration is
+deployed to it (``gatewayctl dev config``). Ctrl-C or SIGTERM stops every process (SIGTERM to its process group, SIGKILL
 after the Shutdown timeout). ``gatewayctl dev config`` deploys a configuration change through the control socket
 (:mod:`gateway.dev.devrun_control`): it is validated by the component first, as a deployment is.
 """
@@ -29,19 +33,25 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gateway.dev import devrun_recipe as rcp
 from gateway.dev.devrun_control import ControlServer, IotCoreForwarder
+from gateway.dev.devrun_lifecycle import (
+    DEFAULT_ERROR_RESET_TIME_S,
+    MAXIMUM_CONTINUAL_ERROR,
+    ComponentLifecycle,
+    Kind,
+)
 from gateway.dev.ipc_server import IpcServer
 from gateway.dev.stream_manager_service import StreamManagerService
 from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-MAX_RESTARTS = 3
 PROVIDED = {"aws.greengrass.StreamManager"}  # served by the dev run itself
 NOT_PROVIDED_NOTE = {
     "aws.greengrass.TokenExchangeService": "not run: AWS SDK calls use this machine's own credentials",
@@ -70,11 +80,18 @@ class Running:
 
     component: rcp.Component
     token: str
-    state: str = "NEW"
+    lifecycle: ComponentLifecycle
     pid: int | None = None
-    restarts: int = 0
     last_exit: int | None = None
     process: asyncio.subprocess.Process | None = None
+
+    @property
+    def state(self) -> str:
+        return self.lifecycle.state
+
+    @property
+    def restarts(self) -> int:
+        return self.lifecycle.restarts
 
 
 def select(recipes: dict[str, tuple[Path, dict[str, Any]]], wanted: list[str]) -> list[str]:
@@ -132,14 +149,18 @@ class DevRun:
                               "does not run", fix=f"use one of {', '.join(names)}")
         for name in names:
             component = rcp.prepare(name, recipes, self.build, self.root, overrides.get(name))
-            self.components[name] = Running(component, token=uuid.uuid4().hex)
+            lifecycle = component.manifest.get("Lifecycle") or {}
+            reset_s = float(lifecycle.get("errorResetTime") or DEFAULT_ERROR_RESET_TIME_S)
+            kind: Kind = "Startup" if lifecycle.get("Startup") is not None else "Run"
+            self.components[name] = Running(component, uuid.uuid4().hex,
+                                            ComponentLifecycle(name, kind=kind, error_reset_s=reset_s))
         for running in self.components.values():
             comp = running.component
-            for dep, kind in comp.dependencies.items():
+            for dep, dep_kind in comp.dependencies.items():
                 if dep in self.components or dep in PROVIDED:
                     continue
                 note = NOT_PROVIDED_NOTE.get(dep, "not run by gatewayctl dev run")
-                log.warning("%s: %s dependency %s %s", comp.name, kind, dep, note)
+                log.warning("%s: %s dependency %s %s", comp.name, dep_kind, dep, note)
             for step in rcp.STEPS:
                 self._interpolated(running, step)  # fail now, naming recipe and key, not mid-run
 
@@ -193,6 +214,7 @@ class DevRun:
             iot_core_sink=self.iot.publish,
             thing_name=self.options.thing_name,
         )
+        self.ipc.lifecycles.update({n: r.lifecycle for n, r in self.components.items()})
         for name, running in self.components.items():
             self.ipc.set_configuration(name, running.component.config)
         await self.ipc.start()
@@ -229,49 +251,85 @@ class DevRun:
         (self.root / "devrun.json").unlink(missing_ok=True)
 
     async def _supervise(self, running: Running) -> None:
-        name = running.component.name
-        install = self._interpolated(running, "Install")
-        if install is not None:
-            running.state = "INSTALLING"
-            code = await self._step(running, "Install", install)
-            if code != 0:
-                running.state = "BROKEN"
-                log.error("%s: Install failed (exit %s): see %s", name, code, self._log_path(name))
-                return
-        run = self._interpolated(running, "Run") or self._interpolated(running, "Startup")
-        if run is None:
-            running.state = "FINISHED"
-            return
-        failures = 0
+        """Drive one component through the nucleus's states until the dev run stops (Lifecycle.startStateTransition:
+        NEW installs, INSTALLED starts, ERRORED stops and starts again, BROKEN waits for a deployment)."""
+        lc = running.lifecycle
         while not self.stopping.is_set():
-            running.state = "RUNNING"
-            code = await self._step(running, "Run", run, wait_s=None)
-            running.last_exit = code
-            if self.stopping.is_set():
-                break
-            if code == 0:
-                running.state = "FINISHED"
-                return
-            failures += 1
-            running.restarts += 1
-            if failures > MAX_RESTARTS:
-                running.state = "BROKEN"
-                log.error("%s: Run failed %d times in a row (last exit %s): BROKEN; see %s",
-                          name, failures, code, self._log_path(name))
-                return
-            running.state = "ERRORED"
-            log.warning("%s: Run exited %s; restarting (%d of %d)", name, code, failures, MAX_RESTARTS)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), min(2.0 ** failures, 30.0))
-        shutdown = self._interpolated(running, "Shutdown")
-        if shutdown is not None:
-            await self._step(running, "Shutdown", shutdown)
-        running.state = "FINISHED"
+            lc.changed.clear()
+            if lc.state == "NEW":
+                await self._install(running)
+            elif lc.state == "INSTALLED":
+                await self._start(running)
+            else:  # BROKEN or FINISHED: nothing runs until a deployment (redeployed) or the stop
+                await _first(lc.changed.wait(), self.stopping.wait())
+        if lc.state not in ("BROKEN", "FINISHED"):
+            lc.stopping()
+            lc.stopped(restart=False)
 
-    async def _step(self, running: Running, step_name: str, step: rcp.Step, wait_s: float | None = -1) -> int | None:
-        """Run one lifecycle step to its end (or its timeout); a Run is stopped when the dev run stops."""
+    async def _install(self, running: Running) -> None:
+        lc, name = running.lifecycle, running.component.name
+        install = self._interpolated(running, "Install")
+        code = 0 if install is None else await self._step(running, "Install", install)
+        if self.stopping.is_set():
+            return
+        if code == 0:
+            lc.installed()
+            return
+        log.error("%s: Install failed (exit %s): see %s", name, code, self._log_path(name))
+        lc.report("ERRORED", f"Install exit {code}")
+        if lc.state == "ERRORED":  # Lifecycle.handleCurrentStateErrored from NEW: install again
+            lc.reinstall()
+
+    async def _start(self, running: Running) -> None:
+        """Start the component's Startup or Run process and watch it until it must stop (ERRORED, BROKEN,
+        FINISHED, the dev run stops); then stop it (Shutdown step, then SIGTERM/SIGKILL) and restart it after an
+        ERRORED."""
+        lc, comp = running.lifecycle, running.component
+        step = self._interpolated(running, lc.kind)
+        generation = lc.starting()
+        if step is None:  # GenericExternalService: no Startup and no Run is "nothing done": FINISHED
+            lc.report("FINISHED", "nothing to run")
+            return
+        process = await self._launch(running, lc.kind, step)
+        exited = asyncio.create_task(process.wait())
+        loop = asyncio.get_running_loop()
+        # Startup: ERRORED when still STARTING after its timeout (120 s by default); Run: only with a Timeout.
+        deadline = loop.time() + step.timeout_s if step.timeout_s is not None else None
+        while lc.state in ("STARTING", "RUNNING") and not self.stopping.is_set():
+            lc.changed.clear()
+            watching = lc.state == "STARTING" if lc.kind == "Startup" else not exited.done()
+            timeout = max(0.0, deadline - loop.time()) if deadline is not None and watching else None
+            waits: list[Awaitable[Any]] = [lc.changed.wait(), self.stopping.wait()]
+            if not exited.done():
+                waits.append(asyncio.shield(exited))
+            if not await _first(*waits, timeout=timeout):
+                if lc.kind == "Startup":
+                    lc.startup_timed_out(generation)
+                else:
+                    lc.report("ERRORED", "RUN_TIMEOUT")
+                log.error("%s: %s still %s after its timeout of %s s", comp.name, lc.kind, lc.state, step.timeout_s)
+            elif exited.done() and running.last_exit is None:
+                running.last_exit = process.returncode
+                lc.exited(process.returncode, generation)
+        if not exited.done():
+            lc.stopping()
+            shutdown = self._interpolated(running, "Shutdown")
+            if shutdown is not None:
+                await self._step(running, "Shutdown", shutdown)
+            await _terminate(process, rcp.DEFAULT_TIMEOUT_S["Shutdown"])
+            await exited
+        running.process, running.pid = None, None
+        if lc.state == "BROKEN":
+            log.error("%s: BROKEN after %d errors within %g s (last: %s); not started again until a configuration is "
+                      "deployed to it (gatewayctl dev config); see %s", comp.name, MAXIMUM_CONTINUAL_ERROR,
+                      lc.error_reset_s, lc.reason, self._log_path(comp.name))
+        elif lc.state in ("ERRORED", "STOPPING") and not self.stopping.is_set():
+            log.warning("%s: ERRORED (%s): stopped and started again, as the nucleus does", comp.name, lc.reason)
+            lc.stopping()
+            lc.stopped(restart=True)
+
+    async def _launch(self, running: Running, step_name: str, step: rcp.Step) -> asyncio.subprocess.Process:
         comp = running.component
-        timeout = step.timeout_s if wait_s == -1 else wait_s
         with open(self._log_path(comp.name), "ab") as out:
             out.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {step_name}: {step.script}\n".encode())
             out.flush()
@@ -280,20 +338,26 @@ class DevRun:
                 stdout=out, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
-        running.process, running.pid = process, process.pid
-        stop = asyncio.create_task(self.stopping.wait())
+        running.process, running.pid, running.last_exit = process, process.pid, None
+        return process
+
+    async def _step(self, running: Running, step_name: str, step: rcp.Step) -> int | None:
+        """Run a step that ends by itself (Install, Shutdown) to its end or its timeout (None)."""
+        comp = running.component
+        process = await self._launch(running, step_name, step)
         exited = asyncio.create_task(process.wait())
         try:
-            await asyncio.wait({stop, exited}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            # Shutdown runs while the dev run stops: only Install is cut short by the stop.
+            stop = [self.stopping.wait()] if step_name != "Shutdown" else []
+            await _first(exited, *stop, timeout=step.timeout_s)
             if not exited.done():
                 if not self.stopping.is_set():
-                    log.error("%s: %s timed out after %s s", comp.name, step_name, timeout)
+                    log.error("%s: %s timed out after %s s", comp.name, step_name, step.timeout_s)
                 await _terminate(process, rcp.DEFAULT_TIMEOUT_S["Shutdown"])
                 return None
             return process.returncode
         finally:
-            stop.cancel()
-            running.process = None
+            running.process, running.pid = None, None
 
     def _log_path(self, name: str) -> Path:
         return self.root / "logs" / f"{name}.log"
@@ -319,6 +383,17 @@ class DevRun:
     def _write_state(self) -> None:
         state = {"pid": os.getpid(), "control_socket": self.control.path, **self.status()}
         (self.root / "devrun.json").write_text(json.dumps(state, indent=1))
+
+
+async def _first(*waits: Awaitable[Any], timeout: float | None = None) -> bool:
+    """Wait until one of ``waits`` is done (the rest are cancelled); False when ``timeout`` passed first."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        done, _pending = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+    return bool(done)
 
 
 async def _terminate(process: asyncio.subprocess.Process, grace_s: float) -> None:

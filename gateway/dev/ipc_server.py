@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.dev.devrun_lifecycle import ComponentLifecycle
 from gateway.dev.eventstream import RpcConnection, RpcStream
 
 log = logging.getLogger(__name__)
@@ -192,9 +193,12 @@ class IpcServer:
         self.tokens = dict(tokens)
         self.access_control = dict(access_control or {})
         self.iot_core_sink = iot_core_sink
-        #: Last state each component reported through UpdateState, and every report in order.
+        #: Last state each component reported through UpdateState, and every report in order (as reported:
+        #: what the nucleus made of them is in :meth:`lifecycle`).
         self.states: dict[str, str] = {}
         self.state_history: dict[str, list[str]] = {}
+        #: The nucleus's state machine per component; a dev run passes its own (it supervises the processes).
+        self.lifecycles: dict[str, ComponentLifecycle] = {}
         self.published: list[PublishedMessage] = []
         #: Secret ARN -> (version id, value): what aws.greengrass.SecretManager holds on this core.
         self._secrets: dict[str, tuple[str, str | bytes]] = {}
@@ -276,6 +280,14 @@ class IpcServer:
             return False, message
         self.set_configuration(component, new_config)
         return True, message
+
+    def lifecycle(self, component: str) -> ComponentLifecycle:
+        """The component's state as the nucleus keeps it. Without a supervisor (a dev run), a component that
+        connects was started by someone: it begins STARTING, as under a ``Startup`` lifecycle."""
+        found = self.lifecycles.get(component)
+        if found is None:
+            found = self.lifecycles[component] = ComponentLifecycle(component, state="STARTING")
+        return found
 
     async def wait_for_state(self, component: str, state: str, timeout_s: float) -> None:
         """Wait until ``component`` last reported ``state``; raises ``TimeoutError`` after ``timeout_s``."""
@@ -382,9 +394,12 @@ class IpcServer:
         return {}
 
     async def _op_UpdateState(self, component: str, stream: RpcStream, body: Any) -> Any:
+        # LifecycleIPCEventStreamAgent.UpdateStateOperationHandler: the report goes to Lifecycle.reportState, which
+        # may ignore it (an invalid transition) or turn it into BROKEN; the call is answered with success anyway.
         state = str(body["state"])
         self.states[component] = state
         self.state_history.setdefault(component, []).append(state)
+        self.lifecycle(component).report(state, "reported over IPC")
         self._state_changed.set()
         return {}
 
