@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.destinations.base import Destination, DestinationBase, Router, SendResult
 from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
@@ -40,8 +40,19 @@ log = logging.getLogger(__name__)
 COMPONENT = "factoryedge.Publisher"
 _DIGITS = re.compile(r"\d+")
 _MAX_REASONS = 50
+_RESET_CHECK_S = 2.0  # how often an idle pump asks whether its stream restarted at lower sequence numbers
 _METRICS = ("records_sent", "bytes_sent", "retries", "dead_lettered", "backlog_messages", "oldest_unsent_age_s",
             "last_success_age_s", "lost_messages", "corrupt_messages")
+
+
+class Settling(Protocol):
+    """A destination whose service's answer does not yet make a record safe (``iotcore``: the nucleus' spooler).
+
+    ``settle(stream, next_seq)`` notes a delivered batch (``None``: nothing new) and returns the position that may
+    be committed now (None: none yet) and whether the stream must be read again from its committed position.
+    """
+
+    def settle(self, stream: str, next_seq: int | None) -> tuple[int | None, bool]: ...
 
 
 @dataclass
@@ -58,6 +69,7 @@ class DestinationCounters:
     last_success_age_s: float = -1.0  # -1: never
     last_error: str = ""
     restarts: int = 0  # of this destination's start or pumps, after a failure (see the supervisor)
+    store_resets: int = 0  # streams found restarted at lower sequence numbers, read again from their oldest
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -144,6 +156,8 @@ class Publisher:
             return
         router = Router(cfg.route)
         backoff = Backoff(cfg.retry_min_s, cfg.retry_max_s)
+        settling: Settling | None = sink if hasattr(sink, "settle") else None  # type: ignore[assignment]
+        checked_reset = time.monotonic()
         try:
             while not stop.is_set():
                 try:
@@ -156,6 +170,12 @@ class Publisher:
                         return
                     continue
                 if not batch.messages:
+                    if settling is not None and not await self._settle(name, stream, offload, reader, settling,
+                                                                       None, stop):
+                        return
+                    if time.monotonic() - checked_reset >= _RESET_CHECK_S:
+                        checked_reset = time.monotonic()
+                        await self._check_store_reset(name, stream, offload, reader)
                     continue
                 # poison before the commit below moves past it: it must not vanish
                 if batch.poison and not await self._dead_letter(
@@ -166,12 +186,47 @@ class Publisher:
                 if not await self._deliver_all(name, sink, wanted, backoff, stop):
                     reader.rewind()  # not all delivered: read again after a restart
                     return
-                if not await self._commit(name, stream, offload, reader, batch.next_seq, stop):
+                if settling is not None:
+                    if not await self._settle(name, stream, offload, reader, settling, batch.next_seq, stop):
+                        return
+                elif not await self._commit(name, stream, offload, reader, batch.next_seq, stop):
                     return
                 if cfg.max_records_per_s and wanted:
                     await _wait(stop, len(wanted) / cfg.max_records_per_s - (time.monotonic() - t0))
         finally:
             offload.close()
+
+    async def _settle(self, name: str, stream: str, offload: Offload, reader: RecordReader, sink: Settling,
+                      next_seq: int | None, stop: asyncio.Event) -> bool:
+        """Commit what the destination says is safe; read the stream again from the committed position when
+        what it holds may be lost (see gateway.destinations.iotcore). False when stopped first."""
+        safe, rewind = sink.settle(stream, next_seq)
+        if rewind:
+            log.warning("destination %s: the connection to the nucleus was opened again, so records of %s that only "
+                        "its spooler held may be lost: sending again from seq %d (consumers drop duplicates by id)",
+                        name, stream, reader.committed)
+            reader.rewind()
+            return True
+        if safe is None or safe > reader.position:  # a position from before a store reset: never skip ahead
+            return True
+        return await self._commit(name, stream, offload, reader, safe, stop)
+
+    async def _check_store_reset(self, name: str, stream: str, offload: Offload, reader: RecordReader) -> None:
+        """A stream that restarted at lower sequence numbers (stream manager's store folder changed, its work
+        folder wiped, the stream deleted and created again) leaves this reader waiting past its end, with a backlog
+        of 0: detect it as the anomaly engine does, log it once and read the new stream from its oldest record."""
+        try:
+            info = await offload(self.store.describe, stream)
+        except StreamError:  # the stream is away right now: the next check will tell
+            return
+        if reader.position <= info.next_seq:
+            return
+        log.warning("destination %s: stream %s restarted at seq %d (this destination was at %d): the stream "
+                    "store was reset; sending it from its oldest record", name, stream, info.oldest_seq,
+                    reader.position)
+        self.counters[name].store_resets += 1
+        reader.position = info.oldest_seq
+        await offload(reader.commit, info.oldest_seq)
 
     async def _commit(
         self, name: str, stream: str, offload: Offload, reader: RecordReader, next_seq: int, stop: asyncio.Event

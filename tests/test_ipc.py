@@ -195,22 +195,41 @@ def test_publish_to_iot_core_reaches_sink_with_qos_1_and_exact_payload(socket_pa
         sink = lambda topic, data, qos: received.append((topic, data, qos))  # noqa: E731
         async with serving(socket_path, iot_core_sink=sink) as (server, ipc):
             await ipc.publish_to_iot_core("factory/line1/telemetry", payload)
+            await _eventually(lambda: bool(received))  # the answer means "spooled"; IoT Core gets it after
             assert received == [("factory/line1/telemetry", payload, 1)]
             assert [(m.component, m.qos) for m in server.published] == [(COLLECTOR, 1)]
 
     run(body())
 
 
-def test_publish_to_iot_core_sink_failure_is_a_retryable_destination_error(socket_path: Path) -> None:
-    def broken_sink(topic: str, payload: bytes, qos: int) -> None:
-        raise ConnectionError("broker down")
+async def _eventually(done: Any) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while not done():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+def test_publish_to_iot_core_answers_when_spooled_and_a_full_spool_is_a_retryable_error(socket_path: Path) -> None:
+    """As the nucleus (MqttProxyIPCAgent): IoT Core failing does not fail the publish, the spooler retries it;
+    only a full spool (QoS 1 is never evicted) refuses, as a retryable ServiceError."""
+    down = [True]
+
+    def flaky_sink(topic: str, payload: bytes, qos: int) -> None:
+        if down[0]:
+            raise ConnectionError("broker down")
 
     async def body() -> None:
-        async with serving(socket_path, iot_core_sink=broken_sink) as (server, ipc):
-            with pytest.raises(DestinationError, match="factory/t") as failure:
-                await ipc.publish_to_iot_core("factory/t", b"x")
+        async with serving(socket_path, iot_core_sink=flaky_sink) as (server, ipc):
+            server.spool.max_bytes = 4
+            await ipc.publish_to_iot_core("factory/t", b"xyz")
+            with pytest.raises(DestinationError, match="Message spool is full") as failure:
+                await ipc.publish_to_iot_core("factory/t", b"ab")
             assert failure.value.retryable
             assert server.published == []
+            down[0] = False
+            await _eventually(lambda: bool(server.published))
+            assert [m.payload for m in server.published] == [b"xyz"]
 
     run(body())
 

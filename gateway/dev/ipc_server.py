@@ -32,6 +32,7 @@ from typing import Any
 
 from gateway.dev.devrun_lifecycle import ComponentLifecycle
 from gateway.dev.eventstream import RpcConnection, RpcStream
+from gateway.dev.spooler import NucleusSpool, SpoolerStoreError
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,11 @@ class IpcServer:
         socket_path: where to listen; a stale socket file there is replaced.
         tokens: auth token (the component's ``SVCUID``) -> component name; any other token is refused.
         access_control: per-component ``accessControl`` as written in recipes; components absent are trusted.
-        iot_core_sink: receives every accepted PublishToIoTCore (also recorded in :attr:`published`).
+        iot_core_sink: "IoT Core": receives every message the spooler delivers (also recorded in
+            :attr:`published`); raising refuses it and the spooler retries it, as the nucleus does.
+        spool: the nucleus' MQTT spooler (:class:`~gateway.dev.spooler.NucleusSpool`); by default the nucleus'
+            default, 2.5 MB in memory and online. PublishToIoTCore answers once the message is queued there, not
+            when IoT Core got it (``MqttProxyIPCAgent``); :meth:`restart_nucleus` loses a memory spool.
         secrets: secret ARN -> SecretString (str) or SecretBinary (bytes): the secrets the SecretManager component
             holds on the core, i.e. those its ``cloudSecrets`` lists and it could download.
     """
@@ -187,6 +192,7 @@ class IpcServer:
         iot_core_sink: IotCoreSink | None = None,
         secrets: Mapping[str, str | bytes] | None = None,
         thing_name: str | None = None,
+        spool: NucleusSpool | None = None,
     ) -> None:
         self.socket_path = str(socket_path)
         self.thing_name = thing_name  # what {iot:thingName} in an accessControl resource stands for
@@ -200,6 +206,8 @@ class IpcServer:
         #: The nucleus's state machine per component; a dev run passes its own (it supervises the processes).
         self.lifecycles: dict[str, ComponentLifecycle] = {}
         self.published: list[PublishedMessage] = []
+        self.spool = spool or NucleusSpool(self._deliver)
+        self.spool.deliver = self._deliver
         #: Secret ARN -> (version id, value): what aws.greengrass.SecretManager holds on this core.
         self._secrets: dict[str, tuple[str, str | bytes]] = {}
         for arn, value in (secrets or {}).items():
@@ -219,6 +227,7 @@ class IpcServer:
     async def start(self) -> None:
         """Listen on :attr:`socket_path`."""
         self._server = await asyncio.start_unix_server(self._on_client, self.socket_path)
+        self.spool.start()
 
     async def stop(self) -> None:
         """Stop listening, drop every client connection and wait for their handlers to end."""
@@ -229,6 +238,7 @@ class IpcServer:
         for connection in self._connections.values():
             connection.close()
         await asyncio.gather(*self._connections, *self._tasks, return_exceptions=True)
+        await self.spool.stop()
         Path(self.socket_path).unlink(missing_ok=True)
 
     def configuration(self, component: str) -> dict[str, Any]:
@@ -404,17 +414,28 @@ class IpcServer:
         return {}
 
     async def _op_PublishToIoTCore(self, component: str, stream: RpcStream, body: Any) -> Any:
-        qos = int(body.get("qos", 0))
-        message = PublishedMessage(component, body["topicName"], base64.b64decode(body.get("payload", "")), qos)
-        if self.iot_core_sink is not None:
-            try:
-                result = self.iot_core_sink(message.topic, message.payload, qos)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:  # the sink is user code: the client must still get an answer
-                raise _Fault(_NS + "ServiceError", f"IoT Core sink failed for {message.topic}: {exc!r}") from exc
-        self.published.append(message)
+        """Answer once the message is in the spooler, as ``MqttProxyIPCAgent`` does (not on IoT Core's PUBACK)."""
+        topic, qos = body["topicName"], int(body.get("qos", 0))
+        try:
+            self.spool.add(component, topic, base64.b64decode(body.get("payload", "")), qos)
+        except SpoolerStoreError as exc:  # the nucleus' words: "Publish to topic %s failed: %s"
+            raise _Fault(_NS + "ServiceError", f"Publish to topic {topic} failed: {exc}") from exc
         return {}
+
+    async def _deliver(self, component: str, topic: str, payload: bytes, qos: int) -> None:
+        """The spooler publishes a message: IoT Core (the sink) acknowledged it unless the sink raised."""
+        if self.iot_core_sink is not None:
+            result = self.iot_core_sink(topic, payload, qos)
+            if inspect.isawaitable(result):
+                await result
+        self.published.append(PublishedMessage(component, topic, payload, qos))
+
+    def restart_nucleus(self) -> None:
+        """The nucleus restarts (a deployment, a crash, a power cut): every IPC connection drops and the spooler
+        keeps only what a Disk spool holds (``SpoolerStorageType``); a Memory spool's messages are gone."""
+        for connection in self._connections.values():
+            connection.close()
+        self.spool.restart()
 
     async def _op_PublishToTopic(self, component: str, stream: RpcStream, body: Any) -> Any:
         topic = body["topic"]
