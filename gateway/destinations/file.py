@@ -56,11 +56,19 @@ class FileSink:
         try:
             if self.path.exists() and self.path.stat().st_size + len(data) > self.cfg.max_bytes:
                 self._rotate()
-            with open(self.path, "ab") as f:
-                f.write(data)
-                if self.cfg.fsync:
-                    f.flush()
-                    os.fsync(f.fileno())
+            with open(self.path, "ab", buffering=0) as f:
+                start = f.seek(0, os.SEEK_END)
+                try:
+                    view = memoryview(data)
+                    while view:  # a short write is followed by one that raises (ENOSPC)
+                        view = view[os.write(f.fileno(), view):]
+                    if self.cfg.fsync:
+                        os.fsync(f.fileno())
+                except OSError:
+                    # A write cut short (full disk) left the batch's first bytes: the retry would be appended to
+                    # them and its first record glued to a fragment, unreadable. Undo it (the soak found this).
+                    os.ftruncate(f.fileno(), start)
+                    raise
         except OSError as exc:
             raise DestinationError(f"file destination {self.name}: cannot write {self.path}: {exc.strerror}",
                                    fix="free disk space or fix permissions; the batch will be retried",
