@@ -151,3 +151,24 @@ def test_rate_limiter_holds_publishes_to_the_quota() -> None:
         return time.monotonic() - start
 
     assert asyncio.run(body()) >= 0.45  # a limiter can only be slower than its quota, never faster
+
+
+def test_iotcore_destinations_share_one_device_budget_below_the_quota() -> None:
+    """Two destinations on the nucleus' one connection: together within the publisher's share (65/s), not 100 each."""
+    from gateway.destinations.iotcore import DETECTOR_BUDGET, IOT_CORE_QUOTA, PUBLISHER_BUDGET, publisher_limiter
+
+    assert PUBLISHER_BUDGET[0] + DETECTOR_BUDGET[0] <= 0.8 * IOT_CORE_QUOTA[0]
+    assert PUBLISHER_BUDGET[1] + DETECTOR_BUDGET[1] <= 0.8 * IOT_CORE_QUOTA[1]
+
+    async def body() -> float:
+        sinks = [IotCoreSink(IotCoreDestination(name=n)) for n in ("a", "b")]
+        own = IotCoreSink(IotCoreDestination(name="own", max_messages_per_s=5))
+        assert own._own_limiter is not None and sinks[0]._own_limiter is None
+        limiters = [s._own_limiter or publisher_limiter() for s in sinks]
+        assert limiters[0] is limiters[1]
+        start = time.monotonic()
+        await asyncio.gather(*(lim.acquire(100) for lim in limiters for _ in range(50)))
+        return time.monotonic() - start
+
+    # 100 publishes at 65/s with a one-second burst of 65: at least (100 - 65) / 65 s; 100 each would be instant
+    assert asyncio.run(body()) >= 0.5

@@ -9,6 +9,11 @@ Events wait in a bounded in-memory queue (oldest dropped beyond ``MAX_QUEUED``, 
 nucleus busy or the connection lost) is retried with backoff, and the event goes to each topic once even when one
 of them failed; a refusal (not authorized) is logged once per topic with the recipe fix and the event is dropped
 for that topic, counted.
+
+IoT Core publishes take at most the detector's share of the device-wide budget
+(:data:`gateway.destinations.iotcore.DETECTOR_BUDGET`, 10 messages and 48 KB a second): the nucleus' one MQTT
+connection is shared with the publisher's ``iotcore`` destinations and the nucleus itself, and IoT Core allows 100
+publishes and 512 KB a second on it.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.anomaly.config import AlarmEvents
+from gateway.destinations.iotcore import DETECTOR_BUDGET, RateLimiter
 from gateway.errors import ConfigError, GatewayError
 from gateway.ipc import GreengrassIpc, running_under_greengrass
 from gateway.sources.common import Backoff
@@ -48,6 +54,7 @@ class AlarmPublisher:
         self._queue: deque[_Queued] = deque()
         self._wake = asyncio.Event()
         self._refused: set[str] = set()
+        self._limiter: RateLimiter | None = None  # made on the loop that publishes
         self.counters = {"published": 0, "failed": 0, "dropped": 0}
         self.last_error = ""
         if not self.enabled:
@@ -104,6 +111,9 @@ class AlarmPublisher:
         while item.targets:
             kind, topic = item.targets[0]
             if kind == "iot":
+                if self._limiter is None:
+                    self._limiter = RateLimiter(*DETECTOR_BUDGET)
+                await self._limiter.acquire(len(item.payload))
                 await self._ipc.publish_to_iot_core(topic, item.payload, self.cfg.iot_core_qos)
             else:
                 await self._ipc.publish_to_topic(topic, item.payload)
