@@ -10,9 +10,11 @@ setup:
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-# The long checks: for now the exhaustive bit-flip sweep of the embedded store.
+# The long checks: the exhaustive bit-flip sweep of the embedded store, then the chaos soak of the whole gateway
+# (SOAK_MINUTES, default 20), which writes bench/soak.json and fails on any loss or crash loop.
 soak: setup
 	FACTORYEDGE_SOAK=1 $(PY) -m pytest -q -p no:cacheprovider tests/streams/test_embedded_corruption.py
+	$(PY) -m bench.soak
 
 check: setup
 	.venv/bin/ruff check gateway simulator components tests bench tools
