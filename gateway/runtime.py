@@ -17,10 +17,21 @@ component's status file ``<store.path>/status/<component>.json`` under ``config_
 **What it writes is private.** The umask is 077 from the start, so the store, positions, status files, models, keys
 and output files are 0600 in 0700 folders; log lines and status files pass through :mod:`gateway.redact`.
 
-**Health.** Under Greengrass the runtime reports ``RUNNING`` through ``UpdateState`` once ``run`` started, and
-``ERRORED`` when the component cannot run its configuration (``run`` raised, or the deployed configuration is
-invalid at start). It then stays up and retries with backoff, or at once when a new configuration is deployed, so
-a fix needs a deployment, not a nucleus restart.
+**Health.** The recipes use a ``Startup`` lifecycle: the nucleus keeps the component STARTING until it reports
+``RUNNING`` (``GenericExternalService.startup``), which the runtime does once, when ``run`` first started. What
+the nucleus does with ``ERRORED`` (``com.aws.greengrass.lifecyclemanager.Lifecycle``): it stops the process and
+starts it again, and the third ERRORED within an hour makes the component BROKEN, not started again until the
+next deployment. So the runtime reports it only when a restart is what is wanted:
+
+- a **transient** failure (a retryable :class:`~gateway.errors.GatewayError`: stream manager not up yet, a peer
+  down) is retried inside the process with backoff; the component stays RUNNING, the cause is logged (WARNING)
+  and shown in the status file (``config_state`` ``RETRYING``, ``config_error``);
+- any **other** failure of ``run`` is reported ERRORED and the process exits (code 1): the nucleus restarts it
+  (a non-zero exit alone would make it ERRORED too, should the report not get through);
+- a deployed configuration that is **invalid at start** (it passed no validation: the component was not running
+  to validate it) is reported ERRORED and the process exits (code 2). Restarts cannot fix it, so the component
+  goes BROKEN after three, which fails the deployment where it shows; the next deployment starts it again.
+  A running component rejects an invalid configuration at validation, before it applies.
 """
 
 from __future__ import annotations
@@ -53,10 +64,19 @@ M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
 
 EXIT_CONFIG = 2
+EXIT_ERRORED = 1
 #: How long a component has to take a new configuration from ``ctx.updates`` before it is restarted in-process.
 TAKE_LIVE_S = 3.0
 RETRY_FIRST_S, RETRY_MAX_S = 2.0, 60.0
 State = Literal["RUNNING", "ERRORED"]
+
+
+class _Errored(Exception):
+    """Under Greengrass: ERRORED was reported and the process must end, for the nucleus to restart it."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 
 class _Updates(asyncio.Queue[M]):
@@ -204,6 +224,8 @@ def component_main(
     except ConfigError as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except _Errored as exc:
+        return exc.code
     return 0
 
 
@@ -218,6 +240,7 @@ class _Runner(Generic[M]):
         self.pending: asyncio.Queue[M] = asyncio.Queue()
         self.config: M | None = None
         self.ipc: Any = None
+        self.reported: State | None = None
 
     async def serve(self, config: M | None) -> None:
         loop = asyncio.get_running_loop()
@@ -242,11 +265,9 @@ class _Runner(Generic[M]):
     async def _loop(self) -> None:
         backoff_s = RETRY_FIRST_S
         while not self.shutdown.is_set():
-            if self.config is None:  # the deployed configuration is invalid: wait for a valid one
-                await self._failed("the deployed configuration is invalid (see the log); waiting for a new deployment")
-                if not await self._next_config(None):
-                    return
-                continue
+            if self.config is None:  # the deployed configuration is invalid: restarts cannot fix it (BROKEN)
+                await self._failed("the deployed configuration is invalid (see the log); deploy a valid one")
+                raise _Errored(EXIT_CONFIG)
             ctx: Context[M] = Context(self.name, self.config, asyncio.Event(), revision=revision_of(self.config))
             self._applied(ctx.revision)
             task: asyncio.Task[None] = asyncio.ensure_future(self.run(ctx))
@@ -257,7 +278,10 @@ class _Runner(Generic[M]):
                 continue
             if self.ipc is None:  # outside Greengrass, fail loudly: whoever started us decides about restarts
                 raise failure
-            await self._failed(_describe(failure))
+            if not (isinstance(failure, GatewayError) and failure.retryable):
+                await self._failed(_describe(failure))  # a restart is what fixes this one
+                raise _Errored(EXIT_ERRORED)
+            self._retrying(_describe(failure), backoff_s)  # transient: RUNNING still, the cause in status and log
             if not await self._next_config(backoff_s):
                 return
             backoff_s = min(backoff_s * 2, RETRY_MAX_S)
@@ -265,10 +289,18 @@ class _Runner(Generic[M]):
     async def _drive(self, ctx: Context[M], task: asyncio.Task[None]) -> BaseException | None:
         """Feed accepted configurations to a running ``run``. Returns why it failed, or None once it stopped."""
         stopping = asyncio.create_task(self.shutdown.wait())
+        # After a transient failure: RETRYING until this attempt has run for RETRY_FIRST_S without failing.
+        survived = asyncio.create_task(asyncio.sleep(RETRY_FIRST_S if _applied.state == "RETRYING" else 0))
         try:
             while True:
                 incoming = asyncio.create_task(self.pending.get())
-                await asyncio.wait({task, stopping, incoming}, return_when=asyncio.FIRST_COMPLETED)
+                waits = {task, stopping, incoming} | ({survived} if _applied.state == "RETRYING" else set())
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if survived.done() and not task.done() and _applied.state == "RETRYING":
+                    log.info("%s: configuration revision %s runs again (was: %s)", self.name, _applied.revision,
+                             _applied.error)
+                    _applied.state, _applied.error = "RUNNING", ""
+                    self._write_status()
                 if not incoming.done():
                     incoming.cancel()
                 elif not await self._offer(ctx, task, incoming.result()):
@@ -284,6 +316,7 @@ class _Runner(Generic[M]):
                     return None
         finally:
             stopping.cancel()
+            survived.cancel()
 
     async def _offer(self, ctx: Context[M], task: asyncio.Task[None], new: M) -> bool:
         """Hand ``new`` to the running component; True when it took it live, False when a restart must apply it."""
@@ -327,12 +360,23 @@ class _Runner(Generic[M]):
         return not self.shutdown.is_set()
 
     async def _failed(self, reason: str) -> None:
-        log.error("%s: cannot run configuration revision %s: %s", self.name, _applied.revision or "(none)", reason)
+        log.error("%s: cannot run configuration revision %s: %s; reporting ERRORED, for the nucleus to restart the "
+                  "component", self.name, _applied.revision or "(none)", reason)
         _applied.state, _applied.error = "ERRORED", reason
         self._write_status()
         await self.report("ERRORED")
 
+    def _retrying(self, reason: str, wait_s: float) -> None:
+        if reason != _applied.error:  # once per cause, not once per retry
+            log.warning("%s: configuration revision %s cannot run yet: %s; retrying in-process (next in %g s, "
+                        "backing off to %g s) and staying RUNNING", self.name, _applied.revision or "(none)", reason,
+                        wait_s, RETRY_MAX_S)
+        _applied.state, _applied.error = "RETRYING", reason
+        self._write_status()
+
     def _applied(self, revision: str, how: str = "start") -> None:
+        if _applied.state == "RETRYING" and revision == _applied.revision:
+            return  # a retry: RETRYING with its cause until the run survived RETRY_FIRST_S (_drive)
         if revision != _applied.revision or _applied.state != "RUNNING":
             log.info("%s: applied configuration revision %s (%s)", self.name, revision, how)
         _applied.revision, _applied.state, _applied.error = revision, "RUNNING", ""
@@ -340,13 +384,16 @@ class _Runner(Generic[M]):
         self._write_status()
 
     async def report(self, state: State) -> None:
-        """Report the state to the nucleus (nothing outside Greengrass)."""
-        if self.ipc is None:
+        """Report the state to the nucleus (nothing outside Greengrass). RUNNING only once: RUNNING reported from
+        RUNNING is an invalid transition the nucleus ignores (``Lifecycle.reportState``)."""
+        if self.ipc is None or (state == "RUNNING" and self.reported == "RUNNING"):
             return
         try:
             await self.ipc.update_state(state)
         except GatewayError as exc:
             log.warning("%s: could not report %s: %s", self.name, state, exc)
+            return
+        self.reported = state
 
     def _write_status(self) -> None:
         """Merge the configuration keys into the status file (the component's own writer keeps them there)."""

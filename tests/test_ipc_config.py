@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.componentconfig import PublisherConfig
 from gateway.dev.ipc_server import IpcServer
 from gateway.dev.peers import free_port
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StreamUnavailable
 from gateway.ipc_config import load_deployed, watch_deployments
 from gateway.revision import revision_of
 from gateway.runtime import Context
@@ -99,6 +99,7 @@ class Toy(BaseModel):
     store: StoreConfig = Field(description="Where the status file goes.")
     value: int = Field(default=1, description="Anything to change.")
     fail: bool = Field(default=False, description="Make run() fail, as a configuration that cannot run.")
+    transient: bool = Field(default=False, description="Make run() fail with a retryable error (a peer down).")
     endpoint: str = Field(default="", description="A peer; new ones are probed at validation.")
 
 
@@ -120,6 +121,8 @@ def test_runtime_revisions_restarts_errors_and_endpoint_probes(
 
         async def run(ctx: Context[Toy]) -> None:
             runs.append(ctx.config.value)
+            if ctx.config.transient:
+                raise StreamUnavailable("stream manager at 127.0.0.1:8088 is not reachable", fix="start it")
             if ctx.config.fail:
                 raise RuntimeError("the toy cannot run this")
             await ctx.stop.wait()  # never takes ctx.updates: every change is applied by an in-process restart
@@ -160,18 +163,27 @@ def test_runtime_revisions_restarts_errors_and_endpoint_probes(
                 second = revision_of(Toy.model_validate({**base, "value": 2}))
                 await until(lambda: state().get("config_revision") == second, "the restarted revision")
                 assert runs[-1] == 2
-                ok, _ = await server.deploy_configuration(name, {**base, "fail": True}, timeout_s=10)
-                assert ok  # valid, but run() cannot run it
-                # one read of the status file: the runner retries every RETRY_FIRST_S, briefly RUNNING each time
-                await until(lambda: server.states.get(name) == "ERRORED" and (s := state()).get("config_state")
-                            == "ERRORED" and "the toy cannot run this" in s["config_error"], "ERRORED with reason")
+                # transient (retryable): retried in-process, RUNNING for the nucleus, the cause in the status file
+                ok, _ = await server.deploy_configuration(name, {**base, "value": 4, "transient": True}, timeout_s=10)
+                assert ok
+                await until(lambda: (s := state()).get("config_state") == "RETRYING"
+                            and "stream manager" in s["config_error"] and runs.count(4) >= 3, "retries in-process")
+                assert server.states[name] == "RUNNING" and server.lifecycle(name).state == "RUNNING"
                 ok, _ = await server.deploy_configuration(name, {**base, "value": 3}, timeout_s=10)
                 assert ok
-                await until(lambda: server.states.get(name) == "RUNNING" and runs[-1] == 3, "RUNNING again")
-                assert state()["config_state"] == "RUNNING" and state()["config_error"] == ""
+                await until(lambda: runs[-1] == 3 and state().get("config_state") == "RUNNING", "RUNNING again")
+                assert state()["config_error"] == "" and server.state_history[name] == ["RUNNING"]
+                # not transient: ERRORED, and the process ends for the nucleus to restart it (Lifecycle)
+                ok, _ = await server.deploy_configuration(name, {**base, "fail": True}, timeout_s=10)
+                assert ok  # valid, but run() cannot run it
+                with pytest.raises(runtime._Errored) as ended:
+                    await asyncio.wait_for(serving, 20)
+                assert ended.value.code == runtime.EXIT_ERRORED
+                assert server.lifecycle(name).state == "ERRORED"
+                assert state()["config_state"] == "ERRORED" and "the toy cannot run this" in state()["config_error"]
             finally:
                 runner.shutdown.set()
-                await asyncio.wait_for(serving, 20)
+                await asyncio.wait_for(asyncio.gather(serving, return_exceptions=True), 20)
                 await server.stop()
 
         asyncio.run(scenario())
