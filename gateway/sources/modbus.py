@@ -1,7 +1,8 @@
 """Modbus TCP collector connection (pymodbus): coalesced polling of register maps on several unit ids.
 
 Every scan reads the planned requests (see :mod:`gateway.sources.modbus_codec`) one after the other. A request that
-fails (a Modbus exception, a timeout) makes exactly its tags BAD; the reason is counted and logged when it first
+fails (a Modbus exception, a timeout) makes exactly its tags BAD, each carrying the last value it read (None if it
+never read one), as OPC UA and OPC DA do on a link loss; the reason is counted and logged when it first
 appears and when it clears, and the other requests keep flowing. Only a dead link (connection lost, or no answer at
 all during a whole scan) ends :meth:`ModbusSource.run`, after marking every tag BAD once; the collector
 runtime then reconnects with backoff, forever.
@@ -20,7 +21,7 @@ from pymodbus.pdu import ModbusPDU
 
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import SourceError
-from gateway.record import Quality
+from gateway.record import Quality, Value
 from gateway.sources.common import Emitter
 from gateway.sources.modbus_codec import (
     EXCEPTIONS,
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 Data = Sequence[int] | Sequence[bool]  # what a read returned: registers or bits
 
 NEVER = 1_000_000_000  # pymodbus closes the link after this many unanswered requests; we decide that ourselves
+
+# connection name -> tag -> last value read. Kept across sessions (the collector makes a source per attempt), so a
+# session that fails before its first read marks its tags BAD with the same value as the outage's first BAD record,
+# which the deadband then suppresses: one BAD per tag and outage. Bounded by the configured tags.
+_LAST_VALUES: dict[str, dict[str, Value]] = {}
 
 
 def describe(pdu: ModbusPDU) -> str:
@@ -71,6 +77,7 @@ class ModbusSource:
         orders = {u.unit_id: u.order for u in cfg.units}
         self.decoders = [Decoder(r, orders[r.unit]) for r in cfg.requests()]
         self._failing: dict[str, str] = {}  # request label -> reason it currently fails
+        self._last = _LAST_VALUES.setdefault(cfg.name, {})  # tag -> last value read (a BAD record carries it)
         # once per connection start (a reconnect reuses this source): the protocol has no security to configure
         log.warning("connection %s: Modbus TCP to %s:%d is unauthenticated and unencrypted (the protocol has "
                     "neither; the collector only reads, function codes 1-4): network segmentation is the control "
@@ -136,6 +143,7 @@ class ModbusSource:
             log.info("connection %s: %s reads again", self.cfg.name, req.label)
             del self._failing[req.label]
         for name, value in dec.decode(data):
+            self._last[name] = value
             emitter.emit(name, value, Quality.GOOD)
         return True
 
@@ -150,10 +158,11 @@ class ModbusSource:
                         req.label, reason, len(req.tags), _hint(reason))
         self._emit_bad(emitter, req)
 
-    @staticmethod
-    def _emit_bad(emitter: Emitter, req: Request) -> None:
+    def _emit_bad(self, emitter: Emitter, req: Request) -> None:
+        # the same value and quality again is suppressed by the deadband: a scan of timeouts followed by the link
+        # declared dead makes one BAD record per tag, not two
         for tag, _ in req.tags:
-            emitter.emit(tag.name, None, Quality.BAD)
+            emitter.emit(tag.name, self._last.get(tag.name), Quality.BAD)
 
 
 def _cancel_requested() -> bool:

@@ -14,7 +14,7 @@ gateway's HMAC key, when it has one, signs every message both ways.
 
 Every scan is one group read: the first read of a named group creates it on the gateway (and reports why items are
 unknown), later reads of the group reuse the server-side items. Unknown items read ``Error`` quality and go BAD
-alone; a failed read makes every tag BAD once and reconnects.
+alone; a failed read makes every tag BAD once (carrying its last value) and reconnects.
 """
 
 from __future__ import annotations
@@ -288,8 +288,11 @@ class OpcDaSource:
                 try:
                     rows = await call(session.read)
                 except SourceError:
-                    for item in session.items:  # the values are unknown from now on: say so once
-                        emitter.emit(item, None, Quality.BAD)
+                    # the values are unknown from now on: say so once, each carrying the last value read (as
+                    # OPC UA and Modbus do)
+                    last = {item: value for item, value, _, _ in rows}
+                    for item in session.items:
+                        emitter.emit(item, last.get(item), Quality.BAD)
                     raise
         finally:
             # also after a failed connect(): the client exists on the gateway and must not leak

@@ -42,6 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# connection name -> tag -> last value read. Kept across sessions (the collector makes a source per attempt), so a
+# session that dies before its first notification marks its tags BAD with the same value as the outage's first BAD
+# record, which the deadband then suppresses: one BAD per tag and outage. Bounded by the configured tags.
+_LAST_VALUES: dict[str, dict[str, Value]] = {}
+
 BATCH = 1000  # monitored items per CreateMonitoredItems call, nodes per Read call
 QUEUE = 200_000  # notifications buffered between asyncua's publish loop and the emitter
 
@@ -175,27 +180,43 @@ class OpcUaSource:
     def __init__(self, cfg: OpcUaConnection) -> None:
         self.cfg = cfg
         self._last_notified: dict[str, int] = {}
+        self._last_value = _LAST_VALUES.setdefault(cfg.name, {})  # tag -> last value read (BAD on link loss)
         self._sub: Subscription | None = None
 
     async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
         warn_if_plain(self.cfg)
         client = await connect(self.cfg)
+        tags: list[str] = []
         try:
             nodes, unresolved = await resolve_nodes(client, self.cfg)
             for tag, why in unresolved.items():
                 self._bad(emitter, tag, why)
             emitter.counters.extra["tags"] = len(nodes)
             on_connected()
+            tags = list(nodes)
             if self.cfg.mode == "polling":
                 await self._poll(client, nodes, emitter)
             else:
                 await self._subscribe(client, nodes, emitter)
-        except (OSError, asyncio.TimeoutError, ConnectionError, UaError) as exc:
-            raise SourceError(f"{redact_url(self.cfg.endpoint)}: link lost ({type(exc).__name__}: "
-                              f"{redact_text(str(exc))})",
-                              retryable=True) from exc
+        except asyncio.CancelledError:
+            raise  # stopped or reconfigured: not a fault of the data
+        except BaseException as exc:
+            # a subscription only reports changes: without this the last value would stay GOOD for the whole outage
+            self._link_lost(emitter, tags)
+            if isinstance(exc, OSError | asyncio.TimeoutError | ConnectionError | UaError):
+                raise SourceError(f"{redact_url(self.cfg.endpoint)}: link lost ({type(exc).__name__}: "
+                                  f"{redact_text(str(exc))})",
+                                  retryable=True) from exc
+            raise
         finally:
             await disconnect(client)
+
+    def _link_lost(self, emitter: Emitter, tags: list[str]) -> None:
+        """Every tag of the session BAD once, carrying the last value it read (as Modbus and OPC DA do): the value
+        is what the tag was when the link went, the quality says it is no longer current. A reconnect attempt that
+        fails before its session is up has no tags, so an outage makes one BAD per tag, not one per attempt."""
+        for tag in tags:
+            emitter.emit(tag, self._last_value.get(tag), Quality.BAD)
 
     def _bad(self, emitter: Emitter, tag: str, why: str) -> None:
         emitter.emit(tag, None, Quality.BAD)
@@ -299,6 +320,8 @@ class OpcUaSource:
         ts = _ts_ns(dv.SourceTimestamp) or _ts_ns(dv.ServerTimestamp)
         if ts is not None:
             self._last_notified[tag] = ts
+        if value is not None:
+            self._last_value[tag] = value
         emitter.emit(tag, value, quality, ts)
 
 
