@@ -8,6 +8,13 @@ the topic or key, and whose fix says what to change (most often the recipe's ``a
 
 Outside Greengrass, ``gatewayctl dev run`` and the tests serve the same protocol with
 :class:`gateway.dev.ipc_server.IpcServer`.
+
+**A dropped connection** (the nucleus still running) is made again with backoff (:data:`RECONNECT_FIRST_S` to
+:data:`RECONNECT_MAX_S`), and every subscription made on it is made again on the new one: the nucleus forgets a
+connection's subscriptions when their streams close (``ConfigStoreIPCEventStreamAgent``: the ``onStreamClosed``
+of its configuration update and validation handlers remove the listeners). Then the
+:meth:`GreengrassIpc.on_reconnect` callbacks run (the configuration is read again: a change made meanwhile sent
+no event). Calls made while it is down fail with a retryable GatewayError.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ _RECIPE_ACL = "ComponentConfiguration.DefaultConfiguration.accessControl"
 SECRET_MANAGER = "aws.greengrass.SecretManager"
 #: The IPC service whose accessControl authorises an operation (pub/sub for the rest of ours).
 _SERVICE_OF = {"PublishToIoTCore": "aws.greengrass.ipc.mqttproxy", "GetSecretValue": SECRET_MANAGER}
+RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.2, 30.0
 
 #: Receives the key path that changed; re-read with :meth:`GreengrassIpc.get_configuration`.
 ConfigUpdateCallback = Callable[[list[str]], "Awaitable[None] | None"]
@@ -109,10 +117,16 @@ class SecretValue:
 
 
 class _Lifecycle(eventstreamrpc.LifecycleHandler):  # type: ignore[misc]  # the SDK is untyped
-    """Logs a lost connection (runs on the CRT thread); later calls fail with a retryable GatewayError."""
+    """Hands a lost connection to its owner (runs on the CRT thread), which connects again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost: Callable[[Exception | None], None] | None = None
 
     def on_disconnect(self, reason: Exception | None) -> None:
-        if reason is not None:
+        if self.lost is not None:
+            self.lost(reason)
+        elif reason is not None:
             log.warning("IPC connection to the nucleus lost: %r", reason)
 
     def on_error(self, error: Exception) -> bool:
@@ -120,10 +134,46 @@ class _Lifecycle(eventstreamrpc.LifecycleHandler):  # type: ignore[misc]  # the 
         return True
 
 
+async def _open(socket_path: str, auth_token: str, timeout_s: float) -> tuple[Any, _Lifecycle]:
+    """Connect and authenticate: the client, and the handler that hears of the connection's loss."""
+    handler = _Lifecycle()
+    options = SocketOptions()
+    options.domain = SocketDomain.Local
+    elg = EventLoopGroup(num_threads=1)
+    connection = eventstreamrpc.Connection(
+        host_name=socket_path,
+        port=0,  # unused for Unix sockets
+        bootstrap=ClientBootstrap(elg, DefaultHostResolver(elg)),
+        socket_options=options,
+        connect_message_amender=eventstreamrpc.MessageAmendment.create_static_authtoken_amender(auth_token),
+    )
+    try:
+        await asyncio.wait_for(asyncio.wrap_future(connection.connect(handler)), timeout_s)
+    except eventstreamrpc.AccessDeniedError as exc:
+        raise ConfigError(
+            f"Greengrass IPC at {socket_path} refused the auth token",
+            fix=f"{TOKEN_ENV} is issued by the nucleus per component: do not set it by hand (with "
+            "`gatewayctl dev run`, the dev server hands each component its token)",
+        ) from exc
+    # The CRT raises RuntimeError at once for a missing socket file, AwsCrtError later for a refused one.
+    except (AwsCrtError, OSError, RuntimeError, asyncio.TimeoutError) as exc:
+        connection.close()
+        reason = getattr(exc, "name", None) or str(exc) or "timed out"
+        raise GatewayError(
+            f"cannot connect to Greengrass IPC at {socket_path}: {reason}",
+            fix="check that the nucleus (or `gatewayctl dev run`) runs and the socket path is right",
+            retryable=True,
+        ) from exc
+    # executor=None: our callbacks only hand events to the loop, so they may run on the CRT thread.
+    client = GreengrassCoreIPCClientV2(client=GreengrassCoreIPCClient(connection), executor=None)
+    return client, handler
+
+
 class GreengrassIpc:
     """The gateway's Greengrass IPC connection. Create with :meth:`connect`; call :meth:`close` when done."""
 
-    def __init__(self, client: Any, timeout_s: float) -> None:
+    def __init__(self, client: Any, timeout_s: float, *, socket_path: str = "", auth_token: str = "",
+                 handler: _Lifecycle | None = None) -> None:
         """Use :meth:`connect`; this wraps an already connected ``GreengrassCoreIPCClientV2``."""
         self._client = client
         self._timeout_s = timeout_s
@@ -131,6 +181,13 @@ class GreengrassIpc:
         # The SDK's operation objects own their native streams: keep them alive as long as the subscription.
         self._operations: list[Any] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        # What a reconnection needs: where, who, and every subscription to make again (operation, target, start).
+        self._where = (socket_path, auth_token)
+        self._subscriptions: list[tuple[str, str, Callable[[], tuple[Any, Any]]]] = []
+        self._reconnected: list[Callable[[], Awaitable[None] | None]] = []
+        self._closed = False
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._watch(handler)
 
     @classmethod
     async def connect(
@@ -154,42 +211,61 @@ class GreengrassIpc:
                 f"no Greengrass IPC: {SOCKET_ENV} and {TOKEN_ENV} must both be set",
                 fix="run the component under Greengrass, or locally with `gatewayctl dev run`",
             )
-        options = SocketOptions()
-        options.domain = SocketDomain.Local
-        elg = EventLoopGroup(num_threads=1)
-        connection = eventstreamrpc.Connection(
-            host_name=socket_path,
-            port=0,  # unused for Unix sockets
-            bootstrap=ClientBootstrap(elg, DefaultHostResolver(elg)),
-            socket_options=options,
-            connect_message_amender=eventstreamrpc.MessageAmendment.create_static_authtoken_amender(auth_token),
-        )
+        client, handler = await _open(socket_path, auth_token, timeout_s)
+        return cls(client, timeout_s, socket_path=socket_path, auth_token=auth_token, handler=handler)
+
+    def _watch(self, handler: _Lifecycle | None) -> None:
+        if handler is not None:
+            handler.lost = lambda reason: self._on_loop(self._lost, reason)
+
+    def _lost(self, reason: Exception | None) -> None:
+        """On the loop: the connection dropped; connect again unless we closed it."""
+        if self._closed or self._reconnecting is not None or not all(self._where):
+            return
+        log.warning("IPC connection to the nucleus lost (%r): connecting again, then making its %d subscription(s) "
+                    "again", reason, len(self._subscriptions))
+        self._reconnecting = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        pause, attempts = RECONNECT_FIRST_S, 0
         try:
-            await asyncio.wait_for(asyncio.wrap_future(connection.connect(_Lifecycle())), timeout_s)
-        except eventstreamrpc.AccessDeniedError as exc:
-            raise ConfigError(
-                f"Greengrass IPC at {socket_path} refused the auth token",
-                fix=f"{TOKEN_ENV} is issued by the nucleus per component: do not set it by hand (with "
-                "`gatewayctl dev run`, the dev server hands each component its token)",
-            ) from exc
-        # The CRT raises RuntimeError at once for a missing socket file, AwsCrtError later for a refused one.
-        except (AwsCrtError, OSError, RuntimeError, asyncio.TimeoutError) as exc:
-            connection.close()
-            reason = getattr(exc, "name", None) or str(exc) or "timed out"
-            raise GatewayError(
-                f"cannot connect to Greengrass IPC at {socket_path}: {reason}",
-                fix="check that the nucleus (or `gatewayctl dev run`) runs and the socket path is right",
-                retryable=True,
-            ) from exc
-        # executor=None: our callbacks only hand events to the loop, so they may run on the CRT thread.
-        client = GreengrassCoreIPCClientV2(client=GreengrassCoreIPCClient(connection), executor=None)
-        return cls(client, timeout_s)
+            while not self._closed:
+                attempts += 1
+                try:
+                    client, handler = await _open(*self._where, self._timeout_s)
+                    old, self._client, self._operations = self._client, client, []
+                    with contextlib.suppress(Exception):  # the old connection is gone already
+                        old.close()
+                    for operation, target, start in self._subscriptions:
+                        await self._subscribe(operation, target, start, remember=False)
+                except GatewayError as exc:  # ConfigError too: a token refused now may be accepted later
+                    if attempts == 1 or pause >= RECONNECT_MAX_S:
+                        log.warning("IPC: connecting again failed (%s); retrying every %g s at most", exc,
+                                    RECONNECT_MAX_S)
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, RECONNECT_MAX_S)
+                    continue
+                self._watch(handler)
+                log.info("IPC connection to the nucleus made again (attempt %d); subscriptions made again", attempts)
+                for callback in self._reconnected:
+                    self._run(callback())
+                return
+        finally:
+            self._reconnecting = None
+
+    def on_reconnect(self, callback: Callable[[], Awaitable[None] | None]) -> None:
+        """Call ``callback`` on the loop each time the connection was made again (after its subscriptions)."""
+        self._reconnected.append(callback)
 
     def close(self) -> None:
         """Close the connection; subscriptions end with it. Safe to call twice."""
+        self._closed = True
+        if self._reconnecting is not None:
+            self._reconnecting.cancel()
         for task in list(self._tasks):
             task.cancel()
         self._client.close()
+
 
     # ---- requests ------------------------------------------------------------------------------------------
 
@@ -297,7 +373,11 @@ class GreengrassIpc:
 
         return on_error
 
-    async def _subscribe(self, operation: str, target: str, start: Callable[[], tuple[Any, Any]]) -> None:
+    async def _subscribe(self, operation: str, target: str, start: Callable[[], tuple[Any, Any]], *,
+                         remember: bool = True) -> None:
+        if remember:  # made again on a new connection after a drop
+            self._subscriptions.append((operation, target, start))
+
         def begin() -> Any:
             future, stream = start()
             self._operations.append(stream)

@@ -184,8 +184,9 @@ async def connect_deployment(
     """Connect to the nucleus, read and validate the configuration, subscribe to validation and updates.
 
     Returns the connection and the validated configuration, or None when the deployed one is invalid (logged with
-    every problem; the caller reports ERRORED and waits for a valid deployment). Every configuration that passes
-    validation after a change is handed to ``accepted``.
+    every problem; the runtime reports ERRORED and exits: only a deployment fixes it). Every configuration that
+    passes validation after a change is handed to ``accepted``, also one found on reading the configuration again
+    after the IPC connection dropped and was made again.
     """
     ipc = await GreengrassIpc.connect()
     origin = f"{name} deployment"
@@ -219,6 +220,9 @@ async def connect_deployment(
 
     await ipc.subscribe_validate_configuration(check)
     await ipc.subscribe_configuration_updates(changed)
+    # After a dropped connection the subscriptions are made again (gateway.ipc); a deployment that applied while
+    # the connection was down sent its event to nobody: read the configuration again.
+    ipc.on_reconnect(lambda: changed([]))
     config: M | None = None
     try:
         raw = validate(model, await ipc.get_configuration(), origin=origin)

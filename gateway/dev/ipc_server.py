@@ -299,6 +299,14 @@ class IpcServer:
             found = self.lifecycles[component] = ComponentLifecycle(component, state="STARTING")
         return found
 
+    def drop_connections(self, component: str) -> int:
+        """Close the component's IPC connections without stopping the server, as a nucleus connection that drops
+        while the nucleus keeps running; their subscriptions end with them. Returns how many were closed."""
+        dropped = [c for c in self._connections.values() if c.identity == component]
+        for connection in dropped:
+            connection.close()
+        return len(dropped)
+
     async def wait_for_state(self, component: str, state: str, timeout_s: float) -> None:
         """Wait until ``component`` last reported ``state``; raises ``TimeoutError`` after ``timeout_s``."""
 
