@@ -73,11 +73,11 @@ def test_lifecycle_runs_only_what_the_zip_holds(built: Path, name: str) -> None:
         lifecycle = manifest["Lifecycle"]
         assert lifecycle["Install"]["Timeout"] >= 600
         assert f"{{artifacts:decompressedPath}}/{name}/install.sh" in lifecycle["Install"]["Script"]
-        assert lifecycle["Run"]["Setenv"]["PYTHONPATH"] == f"{{artifacts:decompressedPath}}/{name}"
-        module = re.search(r"-m (\S+)", lifecycle["Run"]["Script"])
+        assert lifecycle["Startup"]["Setenv"]["PYTHONPATH"] == f"{{artifacts:decompressedPath}}/{name}"
+        module = re.search(r"-m (\S+)", lifecycle["Startup"]["Script"])
         assert module is not None
         assert module.group(1) == f"components.{ENTRY_DIRS[name]}.main"
-        assert lifecycle["Run"]["Script"].startswith('exec "{work:path}/venv/bin/python"')
+        assert lifecycle["Startup"]["Script"].startswith('exec "{work:path}/venv/bin/python"')
     assert {"install.sh", "requirements.txt", "requirements-bootstrap.txt", "components/__init__.py",
             "gateway/__init__.py"} <= files
     assert f"components/{ENTRY_DIRS[name]}/main.py" in files
@@ -220,7 +220,7 @@ def test_lifecycle_path_missing_from_zip_fails_the_build(tmp_path: Path) -> None
     template.write_text(template.read_text().replace("components.publisher.main", "components.publisher.nope"))
     result = gdk_build(project)
     assert result.returncode == 1
-    assert "recipes/factoryedge.Publisher.yaml: Manifests[0].Lifecycle.Run.Script: module" in result.stderr
+    assert "recipes/factoryedge.Publisher.yaml: Manifests[0].Lifecycle.Startup.Script: module" in result.stderr
 
 
 def test_generated_default_configuration_is_merged(tmp_path: Path) -> None:
