@@ -45,3 +45,48 @@ def test_every_yaml_example_validates_against_its_component_model() -> None:
     assert not problems, "\n".join(problems)
     assert {"factoryedge.OpcUaCollector", "factoryedge.ModbusCollector", "factoryedge.OpcDaCollector",
             "factoryedge.Publisher"} <= seen
+
+
+def _allowed(policy: dict[str, object]) -> set[str]:
+    actions: set[str] = set()
+    for statement in policy["Statement"]:  # type: ignore[attr-defined]
+        found = statement["Action"]
+        actions.update([found] if isinstance(found, str) else found)
+    return actions
+
+
+def test_the_token_exchange_policy_allows_every_aws_call_the_destinations_make() -> None:
+    """Every boto3 operation in gateway/destinations (by the service model's own names) is in the example IAM
+    policy, so a device given that role never meets AccessDenied for a call the code makes."""
+    import json
+
+    import botocore.session
+
+    session = botocore.session.get_session()
+    calls: set[str] = set()
+    for service, prefix in (("kinesis", "kinesis"), ("iotsitewise", "iotsitewise")):
+        model = session.get_service_model(service)
+        by_method = {re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower(): op for op in model.operation_names}
+        source = "\n".join(p.read_text() for p in (EXAMPLES.parent.parent / "gateway" / "destinations").glob("*.py"))
+        calls |= {f"{prefix}:{op}" for method, op in by_method.items() if re.search(rf"\.{method}\b", source)}
+    assert {"kinesis:PutRecords", "iotsitewise:BatchPutAssetPropertyValue"} <= calls
+    policy = json.loads((EXAMPLES / "token-exchange-role-policy.json").read_text())
+    assert calls <= _allowed(policy), f"missing from the policy: {sorted(calls - _allowed(policy))}"
+
+
+def test_the_iot_policy_lets_the_device_publish_exactly_where_its_recipes_allow() -> None:
+    import json
+
+    import yaml
+
+    policy = json.loads((EXAMPLES / "iot-policy.json").read_text())
+    published = [r for s in policy["Statement"] if "iot:Publish" in s["Action"]
+                 for r in ([s["Resource"]] if isinstance(s["Resource"], str) else s["Resource"])]
+    for recipe in sorted((EXAMPLES.parent.parent / "recipes").glob("*.yaml")):
+        access = yaml.safe_load(recipe.read_text())["ComponentConfiguration"]["DefaultConfiguration"].get(
+            "accessControl", {})
+        for policy_set in access.get("aws.greengrass.ipc.mqttproxy", {}).values():
+            for topic in policy_set["resources"]:
+                # the recipe's {iot:thingName} is the policy's ${iot:Connection.Thing.ThingName}; MQTT # is IAM *
+                as_iam = topic.replace("{iot:thingName}", "${iot:Connection.Thing.ThingName}").replace("#", "*")
+                assert any(r.endswith(f":topic/{as_iam}") for r in published), f"{recipe.name}: {topic}"
