@@ -230,6 +230,10 @@ def test_dev_run_restarts_a_component_that_reports_errored_and_breaks_it_at_the_
             await asyncio.sleep(1.0)  # would a 4th start come? (nothing to poll for: it must not happen)
             assert starts.read_text() == "xxx"
             assert probe.process is None
+            # a deployment to it gives it a new start, as on a core
+            answer = await devrun.control._handle({"op": "config", "component": PROBE, "merge": {"x": 1}})
+            assert answer["applied"], answer
+            await until(lambda: len(starts.read_text()) == 4, 30, "a new start after the deployment")
         finally:
             await devrun.stop()
 

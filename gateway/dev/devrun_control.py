@@ -158,6 +158,8 @@ class ControlServer:
         if applied:
             running.component.config = proposed
             ipc.access_control[name] = running.component.access_control
+            if running.lifecycle.state == "BROKEN":  # a deployment gives a BROKEN component a new start (Lifecycle)
+                running.lifecycle.redeployed()
         log.info("dev run: configuration of %s %s%s", name, "applied" if applied else "REJECTED",
                  f": {message}" if message else "")
         return {"applied": applied, "message": message, "configuration": ipc.configuration(name)}
