@@ -14,6 +14,12 @@ from dataclasses import dataclass
 
 Value = float | int | bool | str | None
 
+# The largest value a record carries, in UTF-8 bytes. A record must always fit one stream message (the embedded
+# store's frame limit is 8 MiB, gateway/streams/segments.py) with room to spare, and no destination takes more in
+# one value (IoT Core messages 128 KiB, Kinesis records 1 MiB, SiteWise strings 1,024 characters). A larger value
+# (a 9 MB OPC UA string) becomes a BAD record with no value, counted and logged once by the source.
+MAX_VALUE_BYTES = 1 << 20
+
 
 class Quality(enum.IntEnum):
     """OPC-style quality. Integers so the codec stores one byte; names match SiteWise's."""
@@ -73,6 +79,22 @@ def record_id(source: str, tag: str, source_ts_ns: int, seq: int) -> str:
     return hashlib.blake2b(key, digest_size=12).hexdigest()
 
 
+def value_size(value: Value) -> int:
+    """The size of ``value`` in UTF-8 bytes when it is a string, else 0 (numbers and booleans are small).
+
+    Cheap for the common case: a string of fewer than ``MAX_VALUE_BYTES / 4`` characters cannot be over the cap, so
+    it is not encoded to find out.
+    """
+    if not isinstance(value, str) or len(value) * 4 <= MAX_VALUE_BYTES:
+        return 0 if not isinstance(value, str) else len(value)
+    return len(value.encode("utf-8", "surrogatepass"))
+
+
+def oversize(value: Value) -> bool:
+    """True when ``value`` is larger than a record may carry (:data:`MAX_VALUE_BYTES`)."""
+    return value_size(value) > MAX_VALUE_BYTES
+
+
 def make_record(
     source: str,
     tag: str,
@@ -87,10 +109,11 @@ def make_record(
     """Build a record, normalising what a destination could not carry.
 
     NaN and infinite floats become BAD quality with no value (JSON and SiteWise cannot carry them, and a PLC that
-    reports NaN is reporting a fault); a missing value is never GOOD.
+    reports NaN is reporting a fault), and so does a string over :data:`MAX_VALUE_BYTES`; a missing value is never
+    GOOD.
     """
     gw = gateway_ts_ns if gateway_ts_ns is not None else now_ns()
-    if isinstance(value, float) and not math.isfinite(value):
+    if (isinstance(value, float) and not math.isfinite(value)) or oversize(value):
         value, quality = None, Quality.BAD
     if value is None and quality == Quality.GOOD:
         quality = Quality.BAD

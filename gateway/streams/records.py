@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.codec import decode_batch, encode_batch
+from gateway.codec import decode_batch
 from gateway.errors import CodecError
 from gateway.record import Record
 from gateway.streams.base import StreamStore
+from gateway.streams.batches import encode_messages
 from gateway.streams.positions import PositionStore
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,9 @@ class RecordWriter:
     def write(self, records: Sequence[Record]) -> int:
         """Append the records; return the sequence number of the last message (-1 if there was nothing)."""
         seq = -1
-        for start in range(0, len(records), MAX_RECORDS_PER_MESSAGE):
-            chunk = records[start : start + MAX_RECORDS_PER_MESSAGE]
-            seq = self.store.append(self.stream, encode_batch(chunk))
-            self.records_written += len(chunk)
+        for payload, count in encode_messages(records, MAX_RECORDS_PER_MESSAGE):  # split by count and by size
+            seq = self.store.append(self.stream, payload)
+            self.records_written += count
             self.messages_written += 1
         return seq
 
