@@ -115,3 +115,23 @@ def test_a_record_made_with_an_oversized_string_is_bad_with_no_value() -> None:
     multibyte = "é" * (MAX_VALUE_BYTES // 2 + 1)  # fewer characters than the cap, more bytes
     assert make_record("src", "t", multibyte, seq=2).value is None
     assert make_record("src", "t", "x" * 1000, seq=3).value == "x" * 1000
+
+
+def test_every_protocol_gets_the_cap_from_the_emitter(caplog: pytest.LogCaptureFixture) -> None:
+    """OPC DA and Modbus values go through the same Emitter: an over-large string is BAD alone, counted, logged once."""
+    from gateway.sources.common import Counters, Emitter
+    from gateway.sources.opcda_config import OpcDaConnection
+
+    cfg = OpcDaConnection(name="da", host="127.0.0.1", server="S", items=["big", "small"], allow_plaintext=True)
+    counters = Counters()
+    emitter = Emitter(cfg, counters)
+    huge = "x" * (MAX_VALUE_BYTES + 1)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            emitter.emit("big", huge, Quality.GOOD, 1)
+            emitter.emit("small", "ok", Quality.GOOD, 1)
+    by_tag = {r.tag: r for r in emitter.pending}
+    assert by_tag["big"].quality == Quality.BAD and by_tag["big"].value is None
+    assert by_tag["small"].quality == Quality.GOOD and by_tag["small"].value == "ok"
+    assert counters.extra["values_oversize"] == 2
+    assert sum("sent a value of" in r.getMessage() for r in caplog.records) == 1

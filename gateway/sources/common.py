@@ -7,6 +7,7 @@ value it reads; everything after that (mapping, deadband, record ids, batching i
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -16,7 +17,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.record import Quality, Record, Value, now_ns
+from gateway.record import MAX_VALUE_BYTES, Quality, Record, Value, now_ns, oversize, value_size
+
+log = logging.getLogger(__name__)
 
 
 class Deadband(BaseModel):
@@ -144,6 +147,7 @@ class Emitter:
         self.cfg = cfg
         self.counters = counters
         self.deadband = DeadbandFilter(cfg.deadband)
+        self._oversize_logged: set[str] = set()
         self._seq = time.time_ns() // 1000
         self.pending: list[Record] = []
         # (count, callback): called once the pending list reaches count, so the owner can flush early
@@ -169,6 +173,9 @@ class Emitter:
         self.counters.values_read += 1
         if isinstance(value, float) and not math.isfinite(value):
             value, quality = None, Quality.BAD
+        elif type(value) is str and oversize(value):  # any protocol: one huge string must not stall a connection
+            self._oversize(source_tag, value)
+            value, quality = None, Quality.BAD
         if value is None and quality == Quality.GOOD:
             quality = Quality.BAD
         if quality == Quality.GOOD:
@@ -184,6 +191,15 @@ class Emitter:
         self.pending.append(Record(self.cfg.name, tag, value, quality, ts, gw, self._seq))
         if self.on_full is not None and len(self.pending) >= self.on_full[0]:
             self.on_full[1]()
+
+    def _oversize(self, source_tag: str, value: str) -> None:
+        extra = self.counters.extra
+        extra["values_oversize"] = int(extra.get("values_oversize", 0)) + 1
+        if source_tag not in self._oversize_logged:
+            self._oversize_logged.add(source_tag)
+            log.warning("connection %s: tag %s sent a value of %d bytes, over the %d a record carries: it is BAD "
+                        "with no value while this lasts (counted as values_oversize); the other tags are not "
+                        "affected", self.cfg.name, source_tag, value_size(value), MAX_VALUE_BYTES)
 
     async def room(self) -> None:
         """Wait while twice the early-flush count is pending, i.e. while the stream writes slower than the peer is
