@@ -12,7 +12,8 @@ A full stream applies its strategy: OverwriteOldestData drops the oldest segment
 RejectNewData refuses the append unless segments every reader has committed past can go: those are freed then, and
 only then, so read data stays for ``gatewayctl replay`` while there is room, and a stream whose readers all caught
 up always accepts data again (counted as reclaimed, not dropped: nothing was lost). Which readers a stream has is
-in :mod:`gateway.streams.reclaim`; time to live applies under both strategies.
+in :mod:`gateway.streams.reclaim`; time to live applies under both strategies (both in
+:mod:`gateway.streams.retention`).
 
 Layout::
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -42,24 +42,16 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from gateway.errors import ConfigError, StoreWriteError, StreamError, StreamFull, StreamNotFound
+from gateway.errors import ConfigError, StoreWriteError, StreamError, StreamNotFound
 from gateway.fsutil import atomic_write
 from gateway.streams import segments as seg
-from gateway.streams.base import Persistence, StoredMessage, StrategyOnFull, StreamInfo, StreamSpec
-from gateway.streams.reclaim import committed_positions, full_fix
+from gateway.streams.base import Persistence, StoredMessage, StreamInfo, StreamSpec
+from gateway.streams.retention import Retention, Tail, read_counters
 
 log = logging.getLogger(__name__)
 
 _POLL_MIN_S = 0.002
 _POLL_MAX_S = 0.05
-
-
-@dataclass(slots=True)
-class _Tail:
-    first_seq: int
-    fd: int
-    size: int
-    next_seq: int
 
 
 @dataclass(slots=True)
@@ -93,11 +85,11 @@ class EmbeddedStore:
                 retryable=False,
             ) from exc
         self._mutex = threading.RLock()
-        self._tails: dict[str, _Tail] = {}
+        self._tails: dict[str, Tail] = {}
         self._lock_fds: dict[str, int] = {}
         self._specs: dict[str, tuple[float, StreamSpec]] = {}
         self._cursors: dict[str, _Cursor] = {}
-        self._sealed_sizes: dict[tuple[str, int], int] = {}
+        self._retention = Retention(self._streams, self.root / "positions")
         self._lock_depth: dict[str, int] = {}
         self._damage_known: set[tuple[str, int, int]] = set()
         self.corrupt_frames = 0  # damaged runs this process skipped
@@ -142,7 +134,8 @@ class EmbeddedStore:
         with self._locked(stream):
             tail = self._refresh_tail(stream)
             frame_len = seg.HEADER_SIZE + len(payload)
-            tail = self._make_room(stream, spec, tail, frame_len)
+            tail = self._retention.make_room(stream, spec, tail, frame_len,
+                                             reclaim_committed=self.reclaim_committed, rotate=self._rotate)
             if tail.size > 0 and tail.size + frame_len > spec.segment_size_bytes:
                 tail = self._rotate(stream, tail)
             seq = tail.next_seq
@@ -167,7 +160,7 @@ class EmbeddedStore:
             tail.next_seq += 1
             return seq
 
-    def _refresh_tail(self, stream: str) -> _Tail:
+    def _refresh_tail(self, stream: str) -> Tail:
         """Bring the cached tail up to date with what other processes appended (called under the lock)."""
         folder = str(self._streams / stream)
         segs = seg.list_segments(folder)
@@ -186,7 +179,7 @@ class EmbeddedStore:
             if tail is not None:
                 os.close(tail.fd)
             fd = os.open(os.path.join(folder, seg.segment_name(last)), os.O_RDWR | os.O_APPEND)
-            tail = _Tail(last, fd, 0, last)
+            tail = Tail(last, fd, 0, last)
             self._tails[stream] = tail
             size = os.fstat(fd).st_size
             offset, next_seq = 0, last
@@ -202,93 +195,14 @@ class EmbeddedStore:
         tail.size, tail.next_seq = found.end, max(found.next_seq, tail.next_seq)
         return tail
 
-    def _rotate(self, stream: str, tail: _Tail) -> _Tail:
+    def _rotate(self, stream: str, tail: Tail) -> Tail:
         path = self._streams / stream / seg.segment_name(tail.next_seq)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-        self._sealed_sizes[(stream, tail.first_seq)] = tail.size
+        self._retention.sealed(stream, tail.first_seq, tail.size)
         os.close(tail.fd)
-        new = _Tail(tail.next_seq, fd, 0, tail.next_seq)
+        new = Tail(tail.next_seq, fd, 0, tail.next_seq)
         self._tails[stream] = new
         return new
-
-    def _make_room(self, stream: str, spec: StreamSpec, tail: _Tail, frame_len: int) -> _Tail:
-        """Apply time to live and max size before an append (called under the lock); returns the tail to write to."""
-        folder = self._streams / stream
-        segs = seg.list_segments(str(folder))
-        now = time.time()
-        if spec.ttl_s is not None:
-            while len(segs) > 1:
-                sealed = folder / seg.segment_name(segs[0])
-                if sealed.stat().st_mtime >= now - spec.ttl_s:
-                    break
-                self._drop_oldest(stream, segs, "time to live")
-        sealed_total = sum(self._sealed_size(stream, s) for s in segs[:-1])
-        if sealed_total + tail.size + frame_len <= spec.max_size_bytes:
-            return tail
-        if spec.strategy_on_full is StrategyOnFull.REJECT_NEW_DATA:
-            positions = committed_positions(self.root / "positions", stream) if self.reclaim_committed else {}
-            if positions:
-                tail, sealed_total = self._reclaim(stream, segs, tail, sealed_total, frame_len, spec.max_size_bytes,
-                                                   min(positions.values()))
-                if sealed_total + tail.size + frame_len <= spec.max_size_bytes:
-                    return tail
-            self._bump(stream, "rejected_appends", 1)
-            raise StreamFull(
-                f"stream {stream!r} is full ({sealed_total + tail.size} of {spec.max_size_bytes} bytes, "
-                "RejectNewData): append refused and counted",
-                fix=full_fix(positions),
-            )
-        while segs[:-1] and sealed_total + tail.size + frame_len > spec.max_size_bytes:
-            sealed_total -= self._sealed_size(stream, segs[0])
-            self._drop_oldest(stream, segs, "max size (OverwriteOldestData)")
-        return tail
-
-    def _reclaim(
-        self, stream: str, segs: list[int], tail: _Tail, sealed_total: int, frame_len: int, limit: int, floor: int
-    ) -> tuple[_Tail, int]:
-        """Free the oldest segments wholly below ``floor``, every reader's committed position, until the append
-        fits (RejectNewData, full; under the lock). Returns the tail and the sealed segments' total size.
-
-        Lazily, only when full: until then read data stays for ``gatewayctl replay``. Nothing a reader has not
-        committed goes, so nothing is lost and readers see no gap.
-        """
-        reclaimed = 0
-        while len(segs) > 1 and segs[1] <= floor and sealed_total + tail.size + frame_len > limit:
-            sealed_total -= self._sealed_size(stream, segs[0])
-            reclaimed += self._unlink_oldest(stream, segs)
-        if sealed_total + tail.size + frame_len > limit and len(segs) == 1 and tail.size and floor >= tail.next_seq:
-            # The open segment is all there is (max_size_bytes within one segment) and every reader is past it:
-            # seal it and free it, or such a stream could never take data again.
-            tail = self._rotate(stream, tail)
-            segs.append(tail.first_seq)
-            reclaimed += self._unlink_oldest(stream, segs)
-        if reclaimed:
-            self._bump(stream, "reclaimed_messages", reclaimed)
-            log.info("stream %r was full: freed %d messages every reader had committed (RejectNewData)",
-                     stream, reclaimed)
-        return tail, sealed_total
-
-    def _drop_oldest(self, stream: str, segs: list[int], why: str) -> None:
-        dropped = self._unlink_oldest(stream, segs)
-        self._bump(stream, "dropped_messages", dropped)
-        log.warning("stream %r: dropped %d oldest messages (%s)", stream, dropped, why)
-
-    def _unlink_oldest(self, stream: str, segs: list[int]) -> int:
-        """Delete the oldest segment (there is a newer one) and return how many messages it held."""
-        first = segs.pop(0)
-        (self._streams / stream / seg.segment_name(first)).unlink()
-        for bad in (self._streams / stream).glob(seg.segment_name(first) + ".damaged-*"):
-            bad.unlink(missing_ok=True)  # the copies go with their segment, as the data would have
-        self._sealed_sizes.pop((stream, first), None)
-        return segs[0] - first
-
-    def _sealed_size(self, stream: str, first: int) -> int:
-        key = (stream, first)
-        size = self._sealed_sizes.get(key)
-        if size is None:
-            size = (self._streams / stream / seg.segment_name(first)).stat().st_size
-            self._sealed_sizes[key] = size
-        return size
 
     # --- read -----------------------------------------------------------------------------------------------
     def read(
@@ -399,8 +313,8 @@ class EmbeddedStore:
         with self._locked(stream):
             tail = self._refresh_tail(stream)
             segs = seg.list_segments(str(folder))
-            total = sum(self._sealed_size(stream, s) for s in segs[:-1]) + tail.size
-            counters = _read_counters(folder)
+            total = sum(self._retention.sealed_size(stream, s) for s in segs[:-1]) + tail.size
+            counters = read_counters(folder)
             damage = seg.read_damage(folder)
         return StreamInfo(
             stream, segs[0], tail.next_seq, total,
@@ -445,20 +359,13 @@ class EmbeddedStore:
         self._specs[stream] = (mtime, spec)
         return spec
 
-    def _bump(self, stream: str, key: str, n: int) -> None:
-        folder = self._streams / stream
-        counters = _read_counters(folder)
-        counters[key] = counters.get(key, 0) + n
-        atomic_write(folder / "counters.json", json.dumps(counters).encode(), sync=False)
-
     def _forget(self, stream: str) -> None:
         self._specs.pop(stream, None)
         self._cursors.pop(stream, None)
         fd = self._lock_fds.pop(stream, None)
         if fd is not None:
             os.close(fd)
-        for key in [k for k in self._sealed_sizes if k[0] == stream]:
-            del self._sealed_sizes[key]
+        self._retention.forget(stream)
         self._damage_known = {k for k in self._damage_known if k[0] != stream}
 
     @contextmanager
@@ -482,11 +389,3 @@ class EmbeddedStore:
                 self._lock_depth[stream] = depth
                 if not depth:
                     fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _read_counters(folder: Path) -> dict[str, int]:
-    try:
-        data = json.loads((folder / "counters.json").read_bytes())
-        return {k: int(v) for k, v in data.items()}
-    except (FileNotFoundError, ValueError):
-        return {}
