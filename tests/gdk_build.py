@@ -54,8 +54,8 @@ def make_project(dest: Path) -> Path:
         if not main.exists():
             main.parent.mkdir(parents=True, exist_ok=True)
             main.write_text("import gateway\n")
-    if (ROOT / ".venv").is_dir():  # the build re-executes with .venv/bin/python when python3 lacks PyYAML
-        (dest / ".venv").symlink_to(ROOT / ".venv")
+    # The build runs itself in <project>/.build-venv (tools/gg_bootstrap.py): copies share the checkout's, made once.
+    (dest / ".build-venv").symlink_to(ROOT / ".build-venv")
     return dest
 
 

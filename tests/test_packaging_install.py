@@ -93,3 +93,26 @@ def test_offline_wheels_install_without_an_index(tmp_path: Path) -> None:
              "print(m.version('pip'), m.version('setuptools'))")
     ran = subprocess.run([venv / "bin" / "python", "-c", check], capture_output=True, text=True, check=False)
     assert ran.stdout.split() == [r.split("==")[1] for r in gg_lock.BOOTSTRAP], ran.stderr
+
+
+def test_an_unsupported_python_is_refused_naming_it_and_the_supported_range(tmp_path: Path) -> None:
+    artifact = tmp_path / "artifact"
+    artifact.mkdir()
+    shutil.copy(ROOT / "tools" / "gg_install.sh", artifact / "install.sh")
+    for name in ("requirements.txt", "requirements-bootstrap.txt"):
+        (artifact / name).write_text("")
+    old = tmp_path / "python3.9"  # answers as Python 3.9 would to install.sh's version question
+    old.write_text("#!/bin/sh\necho 3.9\n")
+    old.chmod(0o755)
+    env = {**os.environ, "FACTORYEDGE_PYTHON": str(old)}
+    result = subprocess.run(["sh", str(artifact / "install.sh"), str(tmp_path / "venv")], capture_output=True,
+                            text=True, env=env, check=False)
+    assert result.returncode == 1
+    assert f"Python 3.9 ({old}) is not supported: this component installs on Python 3.10 to 3.13" in result.stderr
+    assert not (tmp_path / "venv").exists()
+
+
+def test_install_script_supports_exactly_the_locked_pythons() -> None:
+    script = (ROOT / "tools" / "gg_install.sh").read_text()
+    assert f'supported="{" ".join(gg_lock.SUPPORTED_PYTHONS)}"' in script
+    assert {t.python for t in gg_lock.TARGETS} == set(gg_lock.SUPPORTED_PYTHONS)

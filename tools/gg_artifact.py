@@ -63,21 +63,32 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def project_pins(pyproject_text: str) -> dict[str, str]:
-    """Return ``{normalised name: "Name==version"}`` for ``[project].dependencies`` of ``pyproject.toml``.
+def project_pins(pyproject_text: str) -> dict[str, list[str]]:
+    """Return ``{normalised name: ["Name==version", ...]}`` for ``[project].dependencies`` of ``pyproject.toml``.
 
-    Parsed with a regex rather than ``tomllib`` because GDK runs the build with whatever ``python3`` is on
-    PATH, which may be 3.10. Raises BuildError on a dependency that is not an exact pin.
+    A distribution pinned at different versions for different Pythons has one line per version, each with its
+    environment marker (``"numpy==2.2.6; python_version < '3.11'"``; markers in single quotes). Parsed with a regex
+    rather than ``tomllib`` because GDK runs the build with whatever ``python3`` is on PATH, which may be 3.10.
+    Raises BuildError on a dependency that is not an exact pin.
     """
     block = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", pyproject_text, re.S | re.M)
     if block is None:
         raise BuildError("pyproject.toml: no [project] dependencies list found")
-    pins: dict[str, str] = {}
+    pins: dict[str, list[str]] = {}
     for spec in re.findall(r'^\s*"([^"]+)"', block.group(1), re.M):
-        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)", spec.strip())
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)\s*(?:;\s*(\S.*?))?", spec.strip())
         if match is None:
-            raise BuildError(f"pyproject.toml: dependency {spec!r} is not an exact pin (name==version)")
-        pins[normalize(match.group(1))] = f"{match.group(1)}=={match.group(2)}"
+            raise BuildError(
+                f"pyproject.toml: dependency {spec!r} is not an exact pin (name==version, optionally '; marker')"
+            )
+        marker = f" ; {match.group(3)}" if match.group(3) else ""
+        pins.setdefault(normalize(match.group(1)), []).append(f"{match.group(1)}=={match.group(2)}{marker}")
+    for key, lines in pins.items():
+        if len(lines) > 1 and any(";" not in line for line in lines):
+            raise BuildError(
+                f"pyproject.toml: {key} is pinned {len(lines)} times and not every pin has an environment marker: "
+                "give each pin a marker that selects the Pythons it is for"
+            )
     return pins
 
 
@@ -90,8 +101,8 @@ def project_version(pyproject_text: str) -> str:
     return version.group(1)
 
 
-def requirements_for(name: str, pins: dict[str, str]) -> list[str]:
-    """The pinned requirement lines of one component, in table order."""
+def requirements_for(name: str, pins: dict[str, list[str]]) -> list[str]:
+    """The pinned requirement lines of one component, in table order (markers kept)."""
     lines = []
     for dist in COMPONENTS[name].requires:
         pin = pins.get(normalize(dist))
@@ -100,14 +111,14 @@ def requirements_for(name: str, pins: dict[str, str]) -> list[str]:
                 f"tools/gg_artifact.py: {name} needs {dist!r}, which is not pinned in pyproject.toml: "
                 "pin it there (name==version) or drop it from COMPONENTS"
             )
-        lines.append(pin)
+        lines.extend(pin)
     return lines
 
 
-def unused_pins(pins: dict[str, str]) -> list[str]:
+def unused_pins(pins: dict[str, list[str]]) -> list[str]:
     """Pinned runtime dependencies that no component ships (worth a warning: dead weight or a missing entry)."""
     used = {normalize(dist) for comp in COMPONENTS.values() for dist in comp.requires}
-    return sorted(pin for key, pin in pins.items() if key not in used)
+    return sorted(line for key, lines in pins.items() if key not in used for line in lines)
 
 
 def _files_under(directory: Path) -> list[Path]:
@@ -210,7 +221,7 @@ except ImportError as exc:
 """
 
 
-def import_problems(name: str, zip_path: Path, module: str, pins: dict[str, str], project: Path) -> list[str]:
+def import_problems(name: str, zip_path: Path, module: str, pins: dict[str, list[str]], project: Path) -> list[str]:
     """Import ``module`` from the zip with only the component's requirements: one line per missing dependency.
 
     Catches a shared module importing a heavy dependency at module level (numpy in every collector, say), which a

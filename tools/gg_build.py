@@ -5,9 +5,15 @@ so this script fills and validates the recipes itself. It writes, for version V 
 
     greengrass-build/recipes/<Name>-V.yaml                 one per component, plus factoryedge.Gateway-V.yaml
     greengrass-build/artifacts/<Name>/V/<Name>.zip          one per real component
+    greengrass-build/recipes/recipe.yaml                   the bundle's again, and an empty
+    greengrass-build/artifacts/factoryedge.Gateway/V/       folder: what `gdk component publish` reads
+
+It first runs itself in its own venv holding exactly the locked distributions (tools/gg_bootstrap.py), so a
+machine with only Python 3.10-3.13 and GDK builds; the first build installs it, later ones start at once.
 
 Usage: ``python3 tools/gg_build.py [--output-dir DIR] [--offline-wheels PLATFORM ...] [--python-version 3.11]``.
-Exit status 0 when every recipe and zip is valid, 1 with one line per problem otherwise, 2 on a broken setup.
+Exit status 0 when every recipe and zip is valid, 1 with one line per problem otherwise, 2 on a broken setup
+(an unsupported Python, no venv module, the locked files not installable).
 """
 
 from __future__ import annotations
@@ -26,32 +32,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-REEXEC_GUARD = "GG_BUILD_REEXECUTED"
+import gg_artifact as art
+import gg_bootstrap
+import gg_lock as lk
 
+if __name__ == "__main__":  # standard library so far: now make (once) and enter the venv that holds the rest
+    gg_bootstrap.ensure(Path(__file__).resolve().parents[1], Path(__file__).resolve(), sys.argv[1:])
 
-def _reexec_in_venv(project: Path, why: str) -> None:
-    """Run this script again with the project's venv python (GDK may call a python3 without our packages)."""
-    venv_python = project / ".venv" / "bin" / "python"
-    if venv_python.is_file() and not os.environ.get(REEXEC_GUARD):
-        print(f"gg_build: {why}; re-running with {venv_python}", file=sys.stderr)
-        os.environ[REEXEC_GUARD] = "1"
-        os.execv(str(venv_python), [str(venv_python), str(Path(__file__).resolve()), *sys.argv[1:]])
-    print(
-        f"gg_build: {why}. Run scripts/setup.sh (it creates .venv), or run this script with a "
-        "python3 that has the project's dependencies",
-        file=sys.stderr,
-    )
-    raise SystemExit(2)
-
-
-try:
-    import yaml
-except ImportError:
-    _reexec_in_venv(Path(__file__).resolve().parents[1], "PyYAML is not installed for " + sys.executable)
-
-import gg_artifact as art  # noqa: E402  (after the PyYAML check, which may re-exec)
-import gg_lock as lk  # noqa: E402
-import gg_recipe as rcp  # noqa: E402
+import gg_recipe as rcp  # imports PyYAML, which gg_bootstrap installed into the build venv
+import yaml
 
 BUNDLE_TEMPLATE = "recipe.yaml"
 Hook = Callable[[str], dict[str, Any]]
@@ -101,11 +90,8 @@ def _load_hook(project: Path) -> Hook | None:
         return None
     try:
         module = importlib.import_module("gateway.componentconfig")
-    except ImportError as exc:
-        if (exc.name or "").split(".")[0] == "gateway":
-            # Our own code is broken, not the interpreter: another python would not help.
-            raise art.BuildError(f"gateway/componentconfig.py cannot be imported: {exc}") from exc
-        _reexec_in_venv(project, f"gateway.componentconfig cannot be imported ({exc})")
+    except ImportError as exc:  # the build venv holds every locked distribution: our code is what is broken
+        raise art.BuildError(f"gateway/componentconfig.py cannot be imported: {exc}") from exc
     hook = getattr(module, "default_configuration", None)
     if hook is None:
         print("gg_build: gateway.componentconfig has no default_configuration(); not merged", file=sys.stderr)
@@ -178,10 +164,9 @@ class Build:
         source = f"recipes/{name}.yaml"
         # The device installs the lock, not the pins: a lock that no longer holds a pin of pyproject.toml would
         # install other versions than the ones tested.
-        own = {art.normalize(req.split("==")[0]): req for req in art.requirements_for(name, self.pins)}
         lock, bootstrap = lk.read(self.project, name), lk.read(self.project, "bootstrap")
-        stale = lk.drift(lock, own, f"locks/{name}.txt")
-        stale += lk.drift(bootstrap, {art.normalize(r.split("==")[0]): r for r in lk.BOOTSTRAP}, "locks/bootstrap.txt")
+        stale = lk.drift(lock, art.requirements_for(name, self.pins), f"locks/{name}.txt")
+        stale += lk.drift(bootstrap, list(lk.BOOTSTRAP), "locks/bootstrap.txt")
         if stale:
             raise lk.LockError("\n  ".join(stale))
         extra = {
@@ -254,6 +239,12 @@ class Build:
         (self.out / "recipes").mkdir(parents=True, exist_ok=True)
         for name, text in self.recipes.items():
             (self.out / "recipes" / f"{name}-{self.version}.yaml").write_text(text)
+        if self.bundle in self.recipes:
+            # What `gdk component publish` reads for the one component of gdk-config.json: the built recipe under the
+            # template's file name, and the bundle's artifact folder (empty: the bundle has no artifacts). Without
+            # that folder GDK builds again and then fails listing it.
+            (self.out / "recipes" / BUNDLE_TEMPLATE).write_text(self.recipes[self.bundle])
+            (self.out / "artifacts" / self.bundle / self.version).mkdir(parents=True, exist_ok=True)
         self._print_summary()
         return 0
 

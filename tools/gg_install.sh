@@ -22,8 +22,25 @@ boot="$root/requirements-bootstrap.txt"
 marker="$venv/.factoryedge-requirements.sha256"
 python="${FACTORYEDGE_PYTHON:-python3}"
 
+# The locks hold files for these Pythons only (SUPPORTED_PYTHONS in tools/gg_lock.py; a test keeps them equal):
+# any other would fail deep inside pip, so say it first, naming the version found.
+supported="3.10 3.11 3.12 3.13"
+check_python() {  # $1: interpreter
+    found=$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || {
+        echo "install.sh: '$1' does not run: install Python 3.10 to 3.13, or set FACTORYEDGE_PYTHON to one" >&2
+        exit 1
+    }
+    case " $supported " in
+        *" $found "*) ;;
+        *) echo "install.sh: Python $found ($1) is not supported: this component installs on Python 3.10 to" \
+                "3.13 (the versions its locks hold files for); install one and set FACTORYEDGE_PYTHON to it" >&2
+           exit 1 ;;
+    esac
+}
+
 # A venv whose interpreter no longer runs (the system Python was upgraded or removed) is rebuilt.
 if ! "$venv/bin/python" -c "" >/dev/null 2>&1; then
+    check_python "$python"
     echo "install.sh: creating venv $venv with $python"
     rm -rf "$venv"
     "$python" -m venv "$venv" || {
@@ -31,6 +48,8 @@ if ! "$venv/bin/python" -c "" >/dev/null 2>&1; then
         exit 1
     }
 fi
+
+check_python "$venv/bin/python"
 
 want=$(cat "$boot" "$req" | sha256sum | cut -d ' ' -f 1)
 have=$(cat "$marker" 2>/dev/null || true)

@@ -79,8 +79,11 @@ class Target:
 
 
 # Greengrass cores we ship for: Linux x86_64 and aarch64 (the recipes' manifests), glibc >= 2.28 (krcf needs it),
-# Python 3.11. A target per (Python, platform); issue 14 adds 3.10, 3.12 and 3.13 here.
-TARGETS = (Target("3.11", "manylinux_2_28_x86_64"), Target("3.11", "manylinux_2_28_aarch64"))
+# and the system Pythons of the usual gateway OSes: 3.10 (Ubuntu 22.04, JetPack 6), 3.11 (Debian 12), 3.12 (Ubuntu
+# 24.04), 3.13 (Debian 13). install.sh refuses any other Python, naming this range (SUPPORTED_PYTHONS).
+SUPPORTED_PYTHONS = ("3.10", "3.11", "3.12", "3.13")
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_28_aarch64")
+TARGETS = tuple(Target(python, platform) for python in SUPPORTED_PYTHONS for platform in PLATFORMS)
 
 
 @dataclass
@@ -168,15 +171,26 @@ def read(project: Path, name: str) -> list[Entry]:
     return parse(path.read_text(), str(path.relative_to(project)))
 
 
-def drift(entries: list[Entry], pins: dict[str, str], source: str) -> list[str]:
-    """One line per top-level pin (``{normalised name: "Name==version"}``) the lock does not hold at that version."""
-    locked = {e.key: e.version for e in entries}
+def requirement(line: str) -> Entry:
+    """A pin line ``Name==version`` with an optional ``; marker``, as an entry without files."""
+    match = _ENTRY.fullmatch(line.strip())
+    if match is None:
+        raise LockError(f"{line!r} is not 'name==version' with an optional '; marker'")
+    return Entry(match.group(1), match.group(2), match.group(3))
+
+
+def drift(entries: list[Entry], requirements: list[str], source: str) -> list[str]:
+    """One line per top-level pin (``Name==version[ ; marker]``) the lock does not hold at that version."""
+    locked: dict[str, set[str]] = {}
+    for entry in entries:
+        locked.setdefault(entry.key, set()).add(entry.version)
     problems = []
-    for key, pin in sorted(pins.items()):
-        version = pin.split("==", 1)[1]
-        if locked.get(key) != version:
-            have = f"locks {locked[key]}" if key in locked else "does not lock it"
-            problems.append(f"{source}: {pin} is pinned in pyproject.toml but the lock {have}; {REGENERATE}")
+    for line in sorted(requirements):
+        pin = requirement(line)
+        if pin.version not in locked.get(pin.key, set()):
+            have = f"locks {', '.join(sorted(locked[pin.key]))}" if pin.key in locked else "does not lock it"
+            problems.append(f"{source}: {pin.name}=={pin.version} is pinned in pyproject.toml but the lock {have}; "
+                            f"{REGENERATE}")
     return problems
 
 

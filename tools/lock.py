@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import gg_artifact as art
 import gg_lock as lk
@@ -58,8 +59,11 @@ class Locker:
 
     def resolve(self, requirements: list[str], target: lk.Target) -> Resolved:
         """What pip installs for ``requirements`` on ``target``: ``{key: (name, version, file, sha256)}``."""
-        pins = {lk.normalize(r.split("==")[0]): r.split("==")[1] for r in requirements}
-        for _attempt in range(len(requirements) + 1):
+        # pip evaluates pins' markers for this machine, not for --python-version: choose the target's pins here.
+        chosen = [lk.requirement(r) for r in requirements]
+        requirements = [f"{e.name}=={e.version}" for e in chosen if e.applies_to(target)]
+        pins = {e.key: e.version for e in chosen if e.applies_to(target)}
+        for _attempt in range(2 * len(requirements) + 2):
             with tempfile.TemporaryDirectory(prefix="lock-", dir=self.work) as tmp:
                 report = Path(tmp) / "report.json"
                 result = lk.pip(
@@ -68,7 +72,14 @@ class Locker:
                     "--find-links", str(self.pure), *lk.platform_args(target), *requirements,
                 )
                 if result.returncode == 0:
-                    return self._read_report(json.loads(report.read_text()), target)
+                    data = json.loads(report.read_text())
+                    missing_deps = _unmet(data, target)
+                    if not missing_deps:
+                        return self._read_report(data, target)
+                    # pip evaluates dependencies' markers for this interpreter, not --python-version: what the
+                    # target needs beyond that (exceptiongroup on 3.10) is asked for explicitly, and resolved again.
+                    requirements = [*requirements, *missing_deps]
+                    continue
             missing = _MISSING.search(result.stderr)
             if missing is None or pins.get(lk.normalize(missing.group(1))) != missing.group(2):
                 raise lk.LockError(f"pip cannot resolve {' '.join(requirements)} for {target}:\n{result.stderr}")
@@ -88,6 +99,27 @@ class Locker:
                 digest = item["download_info"]["archive_info"]["hashes"]["sha256"]
                 resolved[key] = (name, version, url.rsplit("/", 1)[-1], digest)
         return resolved
+
+
+def _unmet(report: dict[str, Any], target: lk.Target) -> list[str]:
+    """Requirements of the resolved distributions that apply on ``target`` but that nothing resolved satisfies."""
+    from packaging.requirements import Requirement
+
+    items = report["install"]
+    have = {lk.normalize(i["metadata"]["name"]): i["metadata"]["version"] for i in items}
+    missing: list[str] = []
+    for item in items:
+        extras = item.get("requested_extras") or []
+        for line in item["metadata"].get("requires_dist") or []:
+            req = Requirement(line)
+            envs = [{**target.environment(), "extra": extra} for extra in ("", *extras)]
+            if req.marker is not None and not any(req.marker.evaluate(env) for env in envs):
+                continue
+            key = lk.normalize(req.name)
+            if key not in have:
+                req.marker = None
+                missing.append(str(req))
+    return sorted(set(missing))
 
 
 def merge(per_target: dict[lk.Target, Resolved], targets: tuple[lk.Target, ...]) -> list[lk.Entry]:
