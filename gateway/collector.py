@@ -31,8 +31,9 @@ from typing import Any, Protocol
 from gateway.errors import GatewayError, StreamError
 from gateway.fsutil import atomic_write
 from gateway.record import Kind, Quality, Record
-from gateway.runtime import Context, StatusFile
+from gateway.runtime import Context
 from gateway.sources.common import Backoff, ConnectionBase, Counters, Emitter
+from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordWriter, StreamSpec, StreamStore, open_store
 from gateway.streams.aio import Offload
 
@@ -42,6 +43,8 @@ MAX_PENDING_RECORDS = 500_000
 # A connection holding this many unwritten values wakes the flusher before its interval: a fast source then writes
 # in bounded batches, which keeps memory flat (a 90,000 values/s Modbus scan made 18,000-record batches at 0.2 s).
 FLUSH_AT_RECORDS = 4_000
+# Sequence numbers a marker reserves ahead of what was written (see Collector._append): a restart jumps past them.
+SEQ_RESERVE = 100_000
 METRICS_INTERVAL_S = 60.0  # the publisher's default: counters as records once a minute
 METRICS = ("values_read", "values_written", "values_suppressed", "values_bad", "values_dropped", "read_errors",
            "reconnects", "gaps", "gap_s")
@@ -133,6 +136,8 @@ class Collector:
         self._writer = RecordWriter(store, stream.name)
         self._wake = asyncio.Event()
         self._seqs: dict[str, int] = {}  # last sequence number per connection name, across changes of its settings
+        self._reserved: dict[str, int] = {}  # per connection: the sequence number its marker reserves up to
+        self._committed: dict[str, dict[str, Any]] = {}  # per connection: its marker after the last append
         self._metric_seq = time.time_ns() // 1000
 
     async def run(self, connections: Sequence[ConnectionBase], stop: asyncio.Event) -> None:
@@ -200,8 +205,9 @@ class Collector:
                     if marker is not None:
                         last_seq, t1 = marker
                         conn.emitter.continue_from(last_seq + 1)  # last_seq + 1 is the gap record's
-                        conn.gap = (t1, last_seq + 1)
-                        conn.counters.gap_open_since_ns = t1
+                        if t1 is not None:
+                            conn.gap = (t1, last_seq + 1)
+                            conn.counters.gap_open_since_ns = t1
                 self.connections[name] = conn
                 conn.task = asyncio.create_task(conn.loop(), name=f"conn-{name}")
 
@@ -257,23 +263,43 @@ class Collector:
 
     def _append(self, name: str, records: list[Record]) -> None:
         """Append, then move the connection's marker (a kill between the two makes the next gap start one flush
-        early, never late)."""
+        early, never late).
+
+        The marker also holds a reserved sequence number, written *before* an append whose records would pass it:
+        a restart continues above it, so a batch that reached the stream after the marker was last moved never
+        shares its numbers with what comes after the restart. Reserving blocks keeps that to one extra write per
+        :data:`SEQ_RESERVE` records.
+        """
+        last = records[-1]
+        if self.state_dir is not None and last.seq > self._reserved.get(name, -1):
+            self._reserved[name] = last.seq + SEQ_RESERVE
+            self._write_marker(name, {**self._committed.get(name, {}), "reserved_seq": self._reserved[name]})
         self._writer.write(records)
         if self.state_dir is not None:
-            last = records[-1]
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            marker = {"seq": last.seq, "gateway_ts_ns": last.gateway_ts_ns, "source_ts_ns": last.source_ts_ns,
-                      "stream": self.stream.name}
-            # no fsync: the marker must survive a process kill, which the page cache does; after a power cut an
-            # older marker only makes the gap start earlier
-            atomic_write(self.state_dir / f"{name}.json", json.dumps(marker).encode(), sync=False)
+            marker = {"seq": last.seq, "reserved_seq": self._reserved[name], "gateway_ts_ns": last.gateway_ts_ns,
+                      "source_ts_ns": last.source_ts_ns, "stream": self.stream.name}
+            self._committed[name] = marker
+            self._write_marker(name, marker)
 
-    def _read_marker(self, name: str) -> tuple[int, int] | None:
+    def _write_marker(self, name: str, marker: dict[str, Any]) -> None:
+        assert self.state_dir is not None
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # no fsync: the marker must survive a process kill, which the page cache does; after a power cut an older
+        # marker only makes the gap start earlier
+        atomic_write(self.state_dir / f"{name}.json", json.dumps(marker).encode(), sync=False)
+
+    def _read_marker(self, name: str) -> tuple[int, int | None] | None:
+        """(the last sequence number that may have been used, when the last value was written or None)."""
         if self.state_dir is None:
             return None
         try:
             data = json.loads((self.state_dir / f"{name}.json").read_bytes())
-            return int(data["seq"]), int(data["gateway_ts_ns"])
+            used = max(int(data.get("seq", -1)), int(data.get("reserved_seq", -1)))
+            if used < 0:
+                raise ValueError("no sequence number")
+            t1 = data.get("gateway_ts_ns")
+            self._committed[name] = data  # kept by the next reservation, so a kill right after it still has t1
+            return used, None if t1 is None else int(t1)  # reserved before a first write that never completed
         except FileNotFoundError:
             return None  # never written: the first start of this connection, nothing missed
         except (ValueError, KeyError, TypeError) as exc:
