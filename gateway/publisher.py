@@ -30,8 +30,8 @@ from typing import Any, Protocol
 from gateway.destinations.base import Destination, DestinationBase, Router, SendResult
 from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
 from gateway.record import Kind, Quality, Record, make_record, now_ns
-from gateway.runtime import StatusFile
 from gateway.sources.common import Backoff
+from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec, StreamStore
 from gateway.streams.aio import Offload
 from gateway.supervise import Supervisor, describe

@@ -32,7 +32,8 @@ from gateway.errors import ConfigError
 from gateway.fsutil import atomic_write
 from gateway.publisher import Publisher
 from gateway.record import Record
-from gateway.runtime import Context, StatusFile
+from gateway.runtime import Context
+from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordWriter, StreamSpec, open_store
 from gateway.streams.embedded import EmbeddedStore
 from tests.anomaly.conftest import NS, T0, group, records, synthetic

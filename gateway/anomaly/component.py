@@ -18,7 +18,7 @@ Status file ``<store.path>/status/factoryedge.AnomalyDetector.json``, rewritten 
 
     {
       "component": "factoryedge.AnomalyDetector", "pid": 123, "started_ns": ..., "updated_ns": ...,
-      "config_revision": "3f2a9c01b7de", "config_state": "RUNNING", ...   # gateway.runtime.status_fields()
+      "config_revision": "3f2a9c01b7de", "config_state": "RUNNING", ...   # gateway.status.status_fields()
       "tasks": {"engine": {"restarts": 0, "last_error": "", "last_error_ns": 0}, "events": {..}, "status": {..}},
       "last_error": "",                              # the newest current failure of a task ("" when none)
       "problem": null | "no groups configured",
@@ -54,7 +54,8 @@ from gateway.anomaly.engine import COMPONENT, Engine
 from gateway.anomaly.events import AlarmPublisher
 from gateway.componentconfig import AnomalyDetectorConfig
 from gateway.record import Kind, Quality, Record, now_ns
-from gateway.runtime import Context, StatusFile
+from gateway.runtime import Context
+from gateway.status import StatusFile
 from gateway.streams import PositionStore, StreamStore, open_store
 from gateway.streams.aio import Offload
 from gateway.supervise import Supervisor, describe
