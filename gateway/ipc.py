@@ -1,6 +1,7 @@
 """All Greengrass IPC of the gateway, as an asyncio API over ``awsiotsdk``'s ``GreengrassCoreIPCClientV2``.
 
-Nothing else in the gateway imports ``awsiot``. The SDK is future/callback based and its callbacks run on the
+Nothing else in the gateway imports ``awsiot`` (but :mod:`gateway.ipc_connection`, which connects for this
+module and translates the SDK's errors). The SDK is future/callback based and its callbacks run on the
 CRT's network thread: requests here use the SDK's ``*_async`` calls and await their futures (the event loop
 never blocks), and stream events are handed to the event loop with ``call_soon_threadsafe``, so user callbacks
 always run on the loop. SDK errors become :mod:`gateway.errors` classes whose message names the operation and
@@ -31,22 +32,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from awscrt.exceptions import AwsCrtError
-from awscrt.io import ClientBootstrap, DefaultHostResolver, EventLoopGroup, SocketDomain, SocketOptions
 from awsiot import eventstreamrpc
 from awsiot.greengrasscoreipc import model
-from awsiot.greengrasscoreipc.client import GreengrassCoreIPCClient
-from awsiot.greengrasscoreipc.clientv2 import GreengrassCoreIPCClientV2
 
-from gateway.errors import ConfigError, DestinationError, GatewayError
+from gateway.errors import ConfigError, GatewayError
+from gateway.ipc_connection import SOCKET_ENV, TOKEN_ENV, Lifecycle, mapped, open_connection
 
 log = logging.getLogger(__name__)
 
-SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
-TOKEN_ENV = "SVCUID"
-_RECIPE_ACL = "ComponentConfiguration.DefaultConfiguration.accessControl"
-SECRET_MANAGER = "aws.greengrass.SecretManager"
-#: The IPC service whose accessControl authorises an operation (pub/sub for the rest of ours).
-_SERVICE_OF = {"PublishToIoTCore": "aws.greengrass.ipc.mqttproxy", "GetSecretValue": SECRET_MANAGER}
 RECONNECT_FIRST_S, RECONNECT_MAX_S = 0.2, 30.0
 
 #: Receives the key path that changed; re-read with :meth:`GreengrassIpc.get_configuration`.
@@ -60,46 +53,6 @@ TopicCallback = Callable[[str, bytes], "Awaitable[None] | None"]
 def running_under_greengrass() -> bool:
     """Whether a Greengrass nucleus (or a stand-in setting the same variables) started this process."""
     return bool(os.environ.get(SOCKET_ENV)) and bool(os.environ.get(TOKEN_ENV))
-
-
-def _mapped(exc: BaseException, operation: str, target: str, *, destination: bool = False) -> GatewayError:
-    """Translate an SDK or transport error of ``operation`` on ``target`` (a topic or key) into our tree."""
-    detail = getattr(exc, "message", None) or repr(exc)
-    if isinstance(exc, model.UnauthorizedError):
-        service = _SERVICE_OF.get(operation, "aws.greengrass.ipc.pubsub")
-        return ConfigError(
-            f"IPC {operation} on {target} refused: not authorized ({detail})",
-            fix=f"add aws.greengrass#{operation} for {target} to {_RECIPE_ACL}.{service} in the recipe, "
-            "then deploy again",
-        )
-    if isinstance(exc, model.ResourceNotFoundError) and operation == "GetSecretValue":
-        return ConfigError(
-            f"IPC {operation}: {target} is not on this core ({detail or 'not found'})",
-            fix=f"list it in the deployment's configuration of {SECRET_MANAGER} (cloudSecrets: [{{arn: ...}}], "
-            "the full ARN) and let the core device role call secretsmanager:GetSecretValue on it",
-        )
-    if isinstance(exc, model.ResourceNotFoundError):
-        return ConfigError(
-            f"IPC {operation}: {target} not found ({detail})",
-            fix="add the key to DefaultConfiguration in the recipe or to the deployment's merge",
-        )
-    if isinstance(exc, model.InvalidArgumentsError):
-        return GatewayError(f"IPC {operation} on {target}: invalid arguments ({detail})", fix="report this bug")
-    if isinstance(exc, model.ServiceError):
-        kind = DestinationError if destination else GatewayError
-        return kind(
-            f"IPC {operation} on {target} failed in the nucleus ({detail})",
-            fix="retried automatically; if it persists, check the nucleus log (greengrass.log)",
-            retryable=True,
-        )
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        detail = "no answer in time"
-    return GatewayError(
-        f"IPC {operation} on {target} failed: {detail}",
-        fix="the connection to the nucleus is lost or stalled; retried automatically, restart the component "
-        "if it persists",
-        retryable=True,
-    )
 
 
 @dataclass(frozen=True)
@@ -116,64 +69,11 @@ class SecretValue:
     binary: bytes | None = field(default=None, repr=False)
 
 
-class _Lifecycle(eventstreamrpc.LifecycleHandler):  # type: ignore[misc]  # the SDK is untyped
-    """Hands a lost connection to its owner (runs on the CRT thread), which connects again."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lost: Callable[[Exception | None], None] | None = None
-
-    def on_disconnect(self, reason: Exception | None) -> None:
-        if self.lost is not None:
-            self.lost(reason)
-        elif reason is not None:
-            log.warning("IPC connection to the nucleus lost: %r", reason)
-
-    def on_error(self, error: Exception) -> bool:
-        log.warning("IPC connection error: %r", error)
-        return True
-
-
-async def _open(socket_path: str, auth_token: str, timeout_s: float) -> tuple[Any, _Lifecycle]:
-    """Connect and authenticate: the client, and the handler that hears of the connection's loss."""
-    handler = _Lifecycle()
-    options = SocketOptions()
-    options.domain = SocketDomain.Local
-    elg = EventLoopGroup(num_threads=1)
-    connection = eventstreamrpc.Connection(
-        host_name=socket_path,
-        port=0,  # unused for Unix sockets
-        bootstrap=ClientBootstrap(elg, DefaultHostResolver(elg)),
-        socket_options=options,
-        connect_message_amender=eventstreamrpc.MessageAmendment.create_static_authtoken_amender(auth_token),
-    )
-    try:
-        await asyncio.wait_for(asyncio.wrap_future(connection.connect(handler)), timeout_s)
-    except eventstreamrpc.AccessDeniedError as exc:
-        raise ConfigError(
-            f"Greengrass IPC at {socket_path} refused the auth token",
-            fix=f"{TOKEN_ENV} is issued by the nucleus per component: do not set it by hand (with "
-            "`gatewayctl dev run`, the dev server hands each component its token)",
-        ) from exc
-    # The CRT raises RuntimeError at once for a missing socket file, AwsCrtError later for a refused one.
-    except (AwsCrtError, OSError, RuntimeError, asyncio.TimeoutError) as exc:
-        connection.close()
-        reason = getattr(exc, "name", None) or str(exc) or "timed out"
-        raise GatewayError(
-            f"cannot connect to Greengrass IPC at {socket_path}: {reason}",
-            fix="check that the nucleus (or `gatewayctl dev run`) runs and the socket path is right",
-            retryable=True,
-        ) from exc
-    # executor=None: our callbacks only hand events to the loop, so they may run on the CRT thread.
-    client = GreengrassCoreIPCClientV2(client=GreengrassCoreIPCClient(connection), executor=None)
-    return client, handler
-
-
 class GreengrassIpc:
     """The gateway's Greengrass IPC connection. Create with :meth:`connect`; call :meth:`close` when done."""
 
     def __init__(self, client: Any, timeout_s: float, *, socket_path: str = "", auth_token: str = "",
-                 handler: _Lifecycle | None = None) -> None:
+                 handler: Lifecycle | None = None) -> None:
         """Use :meth:`connect`; this wraps an already connected ``GreengrassCoreIPCClientV2``."""
         self._client = client
         self._timeout_s = timeout_s
@@ -211,10 +111,10 @@ class GreengrassIpc:
                 f"no Greengrass IPC: {SOCKET_ENV} and {TOKEN_ENV} must both be set",
                 fix="run the component under Greengrass, or locally with `gatewayctl dev run`",
             )
-        client, handler = await _open(socket_path, auth_token, timeout_s)
+        client, handler = await open_connection(socket_path, auth_token, timeout_s)
         return cls(client, timeout_s, socket_path=socket_path, auth_token=auth_token, handler=handler)
 
-    def _watch(self, handler: _Lifecycle | None) -> None:
+    def _watch(self, handler: Lifecycle | None) -> None:
         if handler is not None:
             handler.lost = lambda reason: self._on_loop(self._lost, reason)
 
@@ -232,7 +132,7 @@ class GreengrassIpc:
             while not self._closed:
                 attempts += 1
                 try:
-                    client, handler = await _open(*self._where, self._timeout_s)
+                    client, handler = await open_connection(*self._where, self._timeout_s)
                     old, self._client, self._operations = self._client, client, []
                     with contextlib.suppress(Exception):  # the old connection is gone already
                         old.close()
@@ -281,7 +181,7 @@ class GreengrassIpc:
             AwsCrtError,
             asyncio.TimeoutError,
         ) as exc:
-            raise _mapped(exc, operation, target, destination=destination) from exc
+            raise mapped(exc, operation, target, destination=destination) from exc
 
     async def get_configuration(
         self, key_path: list[str] | None = None, component: str | None = None

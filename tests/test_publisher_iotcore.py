@@ -15,7 +15,7 @@ import pytest
 from gateway.destinations.base import Route
 from gateway.destinations.iotcore import IotCoreDestination, IotCoreSink, RateLimiter, check_iot_topic, diagnose
 from gateway.dev.ipc_server import MQTT_PROXY, IpcServer
-from gateway.ipc import SOCKET_ENV, TOKEN_ENV
+from gateway.ipc_connection import SOCKET_ENV, TOKEN_ENV
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
