@@ -17,19 +17,25 @@ that pump, logged once, until it can: at most the last batch is delivered twice 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
-import re
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.destinations.base import Destination, DestinationBase, Router, SendResult
 from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
-from gateway.record import Kind, Quality, Record, make_record, now_ns
+from gateway.publisher_counters import (
+    DIGITS,
+    DestinationCounters,
+    count_dead_lettered,
+    metric_records,
+    poison_record,
+    refresh_backlog,
+)
+from gateway.record import Record, now_ns
 from gateway.sources.common import Backoff
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec, StreamStore
@@ -38,11 +44,7 @@ from gateway.supervise import Supervisor, describe
 
 log = logging.getLogger(__name__)
 COMPONENT = "factoryedge.Publisher"
-_DIGITS = re.compile(r"\d+")
-_MAX_REASONS = 50
 _RESET_CHECK_S = 2.0  # how often an idle pump asks whether its stream restarted at lower sequence numbers
-_METRICS = ("records_sent", "bytes_sent", "retries", "dead_lettered", "backlog_messages", "oldest_unsent_age_s",
-            "last_success_age_s", "lost_messages", "corrupt_messages")
 
 
 class Settling(Protocol):
@@ -53,24 +55,6 @@ class Settling(Protocol):
     """
 
     def settle(self, stream: str, next_seq: int | None) -> tuple[int | None, bool]: ...
-
-
-@dataclass
-class DestinationCounters:
-    records_sent: int = 0
-    bytes_sent: int = 0
-    retries: int = 0
-    dead_lettered: int = 0
-    lost_messages: int = 0
-    corrupt_messages: int = 0
-    backlog_messages: int = 0
-    oldest_unsent_age_s: float = 0.0
-    last_success_ns: int = 0
-    last_success_age_s: float = -1.0  # -1: never
-    last_error: str = ""
-    restarts: int = 0  # of this destination's start or pumps, after a failure (see the supervisor)
-    store_resets: int = 0  # streams found restarted at lower sequence numbers, read again from their oldest
-    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class Publisher:
@@ -299,7 +283,7 @@ class Publisher:
         """Count a retry; log only when the reason changes (a long outage is one line, not one per attempt)."""
         counters = self.counters[name]
         counters.retries += 1
-        if _DIGITS.sub("N", error) != _DIGITS.sub("N", counters.last_error):
+        if DIGITS.sub("N", error) != DIGITS.sub("N", counters.last_error):
             what = f"{pending} records refused for now: " if pending is not None else ""
             log.warning("destination %s: %s%s (retrying with backoff; the data stays in the stream)",
                         name, what, error)
@@ -367,34 +351,12 @@ class Publisher:
                 counters.last_error = error
                 if await _wait(stop, backoff.next_delay()):
                     return False
-        for _record, reason in rejected:
-            # Numbers (sizes, timestamps) vary per record: one log line per kind of problem, not per record.
-            key = _DIGITS.sub("N", reason)[:160]
-            if key not in counters.dead_letter_reasons and len(counters.dead_letter_reasons) >= _MAX_REASONS:
-                key = "other reasons"
-            if key not in counters.dead_letter_reasons:
-                log.error("destination %s: dead-lettered a record (further ones like it are only counted): %s",
-                          name, reason)
-            counters.dead_letter_reasons[key] = counters.dead_letter_reasons.get(key, 0) + 1
-        counters.dead_lettered += len(rejected)
+        count_dead_lettered(counters, name, rejected)
         return True
 
     async def refresh_backlog(self) -> None:
         """Backlog depth and age of the oldest unsent record, per destination (worst stream)."""
-        for name, counters in self.counters.items():
-            depth, age, lost, corrupt = 0, 0.0, 0, 0
-            for (dest, stream), reader in list(self._readers.items()):
-                if dest != name:
-                    continue
-                lost, corrupt = lost + reader.lost_messages, corrupt + reader.corrupt_messages
-                depth += await self._aux(reader.backlog)
-                head = await self._aux(self.store.read, stream, reader.committed, max_count=1)
-                if head:
-                    age = max(age, time.time() - head[0].ts_ms / 1000)
-            counters.backlog_messages, counters.oldest_unsent_age_s = depth, round(age, 3)
-            counters.lost_messages, counters.corrupt_messages = lost, corrupt
-            if counters.last_success_ns:
-                counters.last_success_age_s = round((time.time_ns() - counters.last_success_ns) / 1e9, 3)
+        await refresh_backlog(self.counters, self._readers, self.store, self._aux)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -418,13 +380,8 @@ class Publisher:
         writer = RecordWriter(self.store, self.metrics_stream)
         failing = ""
         while not await _wait(stop, self.metrics_interval_s):
-            ts = now_ns()
-            records = []
-            for name, c in self.counters.items():
-                for key in _METRICS:
-                    self._seq += 1
-                    records.append(Record(COMPONENT, f"publisher/{name}/{key}", float(getattr(c, key)),
-                                          Quality.GOOD, ts, ts, self._seq, Kind.METRIC))
+            records = metric_records(COMPONENT, self.counters, now_ns(), self._seq)
+            self._seq += len(records)
             try:
                 await self._ensure_stream(self.metrics_stream)
                 await self._aux(writer.write, records)
@@ -447,12 +404,3 @@ async def _wait(stop: asyncio.Event, seconds: float) -> bool:
         except asyncio.TimeoutError:
             pass
     return stop.is_set()
-
-
-def poison_record(stream: str, seq: int, payload: bytes, why: str) -> tuple[Record, str]:
-    """A stream message that is not a valid record batch, as a dead-letter record that carries its bytes (base64),
-    so that the dead-letter stream stays readable and the message can still be examined; the id is stable per
-    stream and sequence number, so readers that dead-letter the same message make one record downstream."""
-    record = make_record(f"deadletter:{stream}", "undecodable-message", base64.b64encode(payload).decode(),
-                         seq=seq, source_ts_ns=0, quality=Quality.BAD)
-    return record, f"stream {stream} message {seq} is not a valid record batch: {why}"
