@@ -109,6 +109,11 @@ def new_version(stub: Any, name: str, *states: str) -> None:
         stub.add_response("describe_component", described(name, state), expected_params={"arn": arn(name)})
 
 
+def both_new(stub: Any) -> None:
+    new_version(stub, COMPONENT, "DEPLOYABLE")
+    new_version(stub, BUNDLE, "DEPLOYABLE")
+
+
 def s3_object() -> bytes:
     import boto3
 
@@ -136,7 +141,7 @@ def test_publishing_again_never_changes_a_published_zip(
 ) -> None:
     """The second run finds the versions published: it uploads nothing, even from a build whose zip differs."""
     build = make_build(tmp_path)
-    code, _ = run(build, lambda s: (new_version(s, COMPONENT, "DEPLOYABLE"), new_version(s, BUNDLE, "DEPLOYABLE")),
+    code, _ = run(build, both_new,
                   capsys)
     assert code == 0
     make_build(tmp_path, b"zip v2, rebuilt without a version bump")
@@ -188,7 +193,7 @@ def test_the_same_zip_left_by_an_interrupted_run_is_kept_and_the_version_created
     s3.create_bucket(Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION})
     s3.put_object(Bucket=BUCKET, Key=KEY, Body=b"zip v1")
     build = make_build(tmp_path)
-    code, rows = run(build, lambda s: (new_version(s, COMPONENT, "DEPLOYABLE"), new_version(s, BUNDLE, "DEPLOYABLE")),
+    code, rows = run(build, both_new,
                      capsys)
     assert code == 0
     assert [r["status"] for r in rows] == ["created", "created"]
@@ -245,5 +250,5 @@ def test_publish_without_a_bucket_says_how_to_name_one(tmp_path: Path) -> None:
     build = make_build(tmp_path)
     (tmp_path / "gdk-config.json").write_text(json.dumps({"component": {BUNDLE: {"publish": {
         "bucket": "REPLACE-WITH-ARTIFACT-BUCKET-PREFIX", "region": REGION}}}}))
-    with pytest.raises(SystemExit, match="publish.bucket in gdk-config.json, or pass --bucket"):
+    with pytest.raises(SystemExit, match=r"publish\.bucket in gdk-config\.json, or pass --bucket"):
         gg_publish.main(["--project-dir", str(tmp_path), "--build", str(build), "--region", REGION, "--dry-run"])
