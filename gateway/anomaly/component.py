@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,7 @@ class AnomalyComponent:
     async def _metrics_loop(self, stop: asyncio.Event) -> None:
         # Its counters as METRIC records in its output stream, as the collectors and the publisher do: a fleet sees
         # in the cloud what it read, wrote, dropped (future timestamps) and lost (input gaps, corrupt messages).
-        seq = 0
+        seq = time.time_ns() // 1000  # rising across restarts, as every other source's sequence
         while not stop.is_set():
             await _wait(stop, self.cfg.metrics_interval_s)
             engine = self.engine

@@ -24,6 +24,7 @@ positions the saved state has consumed, so that model and positions can never di
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -58,7 +59,9 @@ class Detector:
         self.updates: Updates = updates
         self.models = {g.name: GroupModel(g) for g in config.groups}
         self.assemblers = {g.name: VectorAssembler(g) for g in config.groups}
-        self._seq = 0
+        # microseconds of the start, as the collectors and the publisher: the per-source sequence keeps rising across
+        # restarts (from 0 it restarted below what a crashed run had written: out of order per tag downstream)
+        self._seq = time.time_ns() // 1000
         self._last_save_ns: int | None = None
         self._announced: dict[str, str] = {}
         self._states_at_save = {n: m.state for n, m in self.models.items()}

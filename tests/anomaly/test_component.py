@@ -152,6 +152,12 @@ def test_restart_continues_identically_and_a_crash_never_scores_twice(tmp_path: 
     assert _drain(again) == []  # the raise is not sent a second time
     assert again.counters["suppressed"] > 0
     assert _outputs(store) == reference  # every tick exactly once, same values
+    # and the sequence of every output tag keeps rising across the crash (it restarted from 0: out of order)
+    highest: dict[str, int] = {}
+    for msg in store.read(OUT, 0, max_count=100_000):
+        for r in decode_batch(msg.payload):
+            assert r.seq > highest.get(r.tag, -1), f"{r.tag}: seq {r.seq} after {highest[r.tag]}"
+            highest[r.tag] = r.seq
 
 
 def test_component_over_ipc_learns_raises_publishes_and_takes_a_new_configuration(
