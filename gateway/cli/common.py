@@ -2,8 +2,9 @@
 
 Status files are the components' counters, written every ``status_interval_s`` to ``<store>/status/<component>.json``
 (atomically). Under Greengrass each component has its own work folder, so the status folders of
-``<greengrass root>/work/*/<store>/status`` are read too. Nothing here imports the protocol SDKs: gatewayctl must
-start fast on a small gateway.
+``<greengrass root>/work/*/<store>/status`` are read too, and :func:`core_setup` (:mod:`gateway.cli.core`) says
+in one line when they belong to another user, or, as root, borrows a running component's IPC and stream manager
+access. Nothing here imports the protocol SDKs: gatewayctl must start fast on a small gateway.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import sys
 import time
 import unicodedata
 from datetime import datetime, timezone
@@ -28,8 +30,33 @@ DEFAULT_STORE = "data"
 SELF_READERS = ("gatewayctl-tail", "gatewayctl-replay")  # never committed; hidden from backlog views
 
 
+def core_setup(args: argparse.Namespace) -> None:
+    """Once per run, next to a Greengrass core (``--greengrass-root`` has factoryedge work folders): refuse in one
+    line when this user cannot read them (without ``--store``), else borrow a running component's credentials (IPC,
+    stream manager) and default ``--stream-manager`` to its port. Elsewhere: nothing."""
+    if getattr(args, "core_checked", False):
+        return
+    args.core_checked = True
+    from gateway.cli import core
+
+    root = Path(getattr(args, "greengrass_root", None) or core.DEFAULT_ROOT)
+    if not getattr(args, "store", None):
+        problem = core.unreadable(root, sys.argv[1:])
+        if problem is not None:
+            raise problem
+    if os.environ.get("SVCUID") or not core.work_folders(root):
+        return  # already a Greengrass identity (a component's own shell), or no core here
+    borrowed = core.borrow(root)
+    if borrowed is None:
+        return
+    core.use(borrowed)
+    if not getattr(args, "stream_manager", None) and not getattr(args, "store", None):
+        args.stream_manager = f"127.0.0.1:{borrowed.stream_manager_port}"
+
+
 def store_dir(args: argparse.Namespace) -> Path:
-    """The embedded store folder: ``--store``, else the first loaded configuration's ``store.path``, else ./data."""
+    """The embedded store folder: ``--store``, else the first loaded configuration's ``store.path``, else (on a
+    core) the publisher's store in its work folder, which holds the destinations' positions, else ./data."""
     given = getattr(args, "store", None)
     if given:
         return Path(given)
@@ -37,11 +64,18 @@ def store_dir(args: argparse.Namespace) -> Path:
     for loaded in configs:
         if loaded.store_path:
             return Path(loaded.base_dir) / str(loaded.store_path)
+    from gateway.cli import core
+
+    folders = core.work_folders(Path(getattr(args, "greengrass_root", None) or core.DEFAULT_ROOT))
+    for folder in sorted(folders, key=lambda f: f.name != "factoryedge.Publisher"):
+        if (folder / DEFAULT_STORE).is_dir():
+            return folder / DEFAULT_STORE
     return Path(DEFAULT_STORE)
 
 
 def open_store(args: argparse.Namespace, *, connect_timeout_s: float = 3.0) -> StreamStore:
     """The stream store gatewayctl reads: stream manager with ``--stream-manager``, the embedded store otherwise."""
+    core_setup(args)
     target = getattr(args, "stream_manager", None)
     if target:
         from gateway.streams.stream_manager import StreamManagerStore
@@ -70,6 +104,7 @@ def status_dirs(args: argparse.Namespace) -> list[Path]:
 
 def read_statuses(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """component name -> its last status (the newest when several folders have one)."""
+    core_setup(args)
     found: dict[str, dict[str, Any]] = {}
     for folder in status_dirs(args):
         for path in sorted(folder.glob("*.json")):

@@ -17,7 +17,9 @@ every link of the chain is as trustworthy as gatewayctl itself (:func:`untrusted
 
 Anything else is reported as "not followed" with the reason, and doctor reads no configuration for that component
 (pass ``--config``). Components run as another user (a service account) are therefore not followed when someone else
-runs doctor: run it as that user, or pass the files.
+runs doctor: run it as that user, or pass the files. Under Greengrass (``ggc_user``) the configuration comes from the
+deployment instead: ``sudo gatewayctl`` borrows a running component's IPC access (:mod:`gateway.cli.core`), which
+makes the deployment the source, and the store paths are relative to each component's work folder.
 """
 
 from __future__ import annotations
@@ -264,6 +266,9 @@ def load(args: argparse.Namespace, statuses: dict[str, dict[str, Any]] | None = 
         loaded = from_files(args)
     elif getattr(args, "deployed", False) or under_greengrass():
         loaded = from_deployment()
+        work = Path(getattr(args, "greengrass_root", None) or "/greengrass/v2") / "work"
+        for c in loaded:  # a component's store.path is relative to its work folder, where the nucleus runs it
+            c.base_dir = work / c.component
     else:
         loaded = from_processes(statuses or {})
     args.loaded_configs = loaded
@@ -272,8 +277,9 @@ def load(args: argparse.Namespace, statuses: dict[str, dict[str, Any]] | None = 
 
 def gather(args: argparse.Namespace) -> tuple[list[LoadedConfig], dict[str, dict[str, Any]]]:
     """The configurations and the components' statuses, each found with the help of the other when needed."""
-    from gateway.cli.common import read_statuses
+    from gateway.cli.common import core_setup, read_statuses
 
+    core_setup(args)  # next to a core: refuse unreadable files in one line, or borrow a component's IPC access
     explicit = bool(getattr(args, "config_files", None) or getattr(args, "config_dir", None)
                     or getattr(args, "deployed", False) or under_greengrass())
     if explicit:  # the configuration names the store, which holds the statuses
