@@ -395,6 +395,9 @@ def collector_runner(name: str, source: SourceFactory) -> Callable[[Context[Any]
 
     async def run(ctx: Context[Any]) -> None:
         cfg = ctx.config
+        if not cfg.connections:  # a bare deployment of the bundle: idle, but never silently
+            log.warning("%s: no connections configured: nothing is read until a deployment (or the --config file) "
+                        "adds connections (docs/collectors.md)", name)
         store, positions = open_store(cfg.store)
         root = Path(cfg.store.path)
         collector = Collector(name, store, cfg.stream, source, status_dir=root / "status",

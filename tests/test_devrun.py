@@ -71,6 +71,9 @@ def _overrides(opcua_port: int, out: Path) -> dict[str, Any]:
             {"type": "iotcore", "name": "cloud", "route": {"streams": ["factoryedge-opcua"]}},
         ]},
     }
+    # as on a core set up by docs/deploying.md: the recipes scope IoT Core topics with {iot:thingName}, which the
+    # nucleus resolves in accessControl only with interpolateComponentConfiguration (default false)
+    config["aws.greengrass.Nucleus"] = {"MERGE": {"interpolateComponentConfiguration": True}}
     if HAS_ANOMALY:
         config[ANOMALY] = {"status_interval_s": 0.5, "input_streams": ["factoryedge-opcua"], "groups": [{
             "name": "reactor", "tags": TAGS, "cadence_s": 0.1, "training_points": 80}]}

@@ -376,6 +376,10 @@ def test_deployment_examples_validate_against_the_models(built: Path) -> None:
     assert stream_manager["STREAM_MANAGER_AUTHENTICATE_CLIENT"] == "true"
     assert stream_manager["STREAM_MANAGER_SERVER_PORT"] == "8088"  # the port the components assume
     assert "aws.greengrass.Nucleus" in components
+    # the recipes scope IoT Core topics with {iot:thingName}: the nucleus resolves it only with this (default false)
+    nucleus = json.loads(components["aws.greengrass.Nucleus"]["configurationUpdate"]["merge"])
+    assert nucleus["interpolateComponentConfiguration"] is True
+    assert local.pop("aws.greengrass.Nucleus")["MERGE"]["interpolateComponentConfiguration"] is True
     assert fleet["deploymentPolicies"]["configurationValidationPolicy"]["timeoutInSeconds"] >= 20
     updates = [(n, c) for n, c in components.items() if n in ENTRY_DIRS and "configurationUpdate" in c]
     updates += list(local.items())

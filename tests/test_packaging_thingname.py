@@ -55,9 +55,19 @@ def test_own_thing_allowed_another_thing_refused(name: str, template: str | None
 
 def test_dev_ipc_server_refuses_another_things_topic(tmp_path: Path) -> None:
     server = IpcServer(tmp_path / "s", {}, access_control={"factoryedge.Publisher": _acl("factoryedge.Publisher")},
-                       thing_name="line1-gateway")
+                       thing_name="line1-gateway", interpolate_component_configuration=True)
     server._authorize("factoryedge.Publisher", "PublishToIoTCore",
                       {"topicName": "factoryedge/line1-gateway/telemetry/plc/value"})
     with pytest.raises(_Fault, match="not authorized"):
         server._authorize("factoryedge.Publisher", "PublishToIoTCore",
                           {"topicName": "factoryedge/line2-gateway/telemetry/plc/value"})
+
+
+def test_without_interpolation_the_core_grants_nothing_for_the_thing_scoped_topics(tmp_path: Path) -> None:
+    """As a real core with interpolateComponentConfiguration left at its default (false): the recipe's
+    {iot:thingName} stays literal, so the publisher's own topic is refused (docs/deploying.md says to turn it on)."""
+    server = IpcServer(tmp_path / "s", {}, access_control={"factoryedge.Publisher": _acl("factoryedge.Publisher")},
+                       thing_name="line1-gateway")
+    with pytest.raises(_Fault):
+        server._authorize("factoryedge.Publisher", "PublishToIoTCore",
+                          {"topicName": "factoryedge/line1-gateway/telemetry/plc/value"})

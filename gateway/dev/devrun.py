@@ -135,6 +135,7 @@ class DevRun:
         self.iot = IotCoreForwarder(options.mqtt, options.iot_file or self.root / "iot-core.jsonl")
         self.control = ControlServer(_short_socket(self.root / "control.sock"), self)
         self._tasks: list[asyncio.Task[None]] = []
+        self.interpolate = False  # the nucleus's interpolateComponentConfiguration, from the overrides
 
     # ---- set-up ---------------------------------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class DevRun:
         recipes = rcp.load_recipes(self.build)
         names = select(recipes, self.options.components)
         overrides = rcp.read_overrides(self.options.config)
+        self.interpolate = rcp.nucleus_interpolates(overrides.pop(rcp.NUCLEUS, None))
         unknown = sorted(set(overrides) - set(names))
         if unknown:
             raise ConfigError(f"{self.options.config}: configuration for {', '.join(unknown)}, which this dev run "
@@ -213,6 +215,7 @@ class DevRun:
             access_control={n: r.component.access_control for n, r in self.components.items()},
             iot_core_sink=self.iot.publish,
             thing_name=self.options.thing_name,
+            interpolate_component_configuration=self.interpolate,
         )
         self.ipc.lifecycles.update({n: r.lifecycle for n, r in self.components.items()})
         for name, running in self.components.items():

@@ -264,3 +264,18 @@ def interpolate(text: str, where: str, component: Component, others: dict[str, C
                           "{configuration:/key}, {iot:thingName} or {kernel:rootPath}")
 
     return VARIABLE.sub(value, text)
+
+
+NUCLEUS = "aws.greengrass.Nucleus"
+
+
+def nucleus_interpolates(update: Any) -> bool:
+    """The nucleus's ``interpolateComponentConfiguration`` after the overrides' ``aws.greengrass.Nucleus`` update.
+
+    Off by default on a real core (``DeviceConfiguration``): then ``{iot:thingName}`` in a component's configuration,
+    its accessControl included, stays literal text (``KernelConfigResolver``), and a recipe that scopes IoT Core
+    topics to the thing name grants nothing. A dev run starts from the same default.
+    """
+    if update is None:
+        return False
+    return bool(configuration_update({}, {}, update).get("interpolateComponentConfiguration", False))

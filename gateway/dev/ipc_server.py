@@ -91,16 +91,19 @@ THING_NAME_VARIABLE = "{iot:thingName}"
 
 def _allowed(policies: Mapping[str, Mapping[str, Any]], service: str, operation: str, resource: str,
              thing_name: str | None = None) -> bool:
-    """Whether a policy allows ``operation`` on ``resource``; ``{iot:thingName}`` in a resource is the core's thing
-    name, as the nucleus substitutes it (without a thing name such a resource matches nothing)."""
+    """Whether a policy allows ``operation`` on ``resource``.
+
+    ``thing_name`` is given only when the core interpolates component configuration: the nucleus
+    (``KernelConfigResolver.resolve``) replaces ``{iot:thingName}`` in a component's configuration, accessControl
+    included, only when its ``interpolateComponentConfiguration`` is true (``DeviceConfiguration``: default false).
+    Otherwise the resource keeps the literal text and matches only a topic that spells it.
+    """
     for policy in policies.get(service, {}).values():
         operations = policy.get("operations", [])
         if "*" not in operations and operation not in operations:
             continue
         for pattern in policy.get("resources", []):
-            if THING_NAME_VARIABLE in pattern:
-                if not thing_name:
-                    continue
+            if thing_name and THING_NAME_VARIABLE in pattern:
                 pattern = pattern.replace(THING_NAME_VARIABLE, thing_name)
             if topic_matches(pattern, resource, glob=service == PUBSUB):
                 return True
@@ -193,9 +196,11 @@ class IpcServer:
         secrets: Mapping[str, str | bytes] | None = None,
         thing_name: str | None = None,
         spool: NucleusSpool | None = None,
+        interpolate_component_configuration: bool = False,
     ) -> None:
         self.socket_path = str(socket_path)
-        self.thing_name = thing_name  # what {iot:thingName} in an accessControl resource stands for
+        self.thing_name = thing_name  # what {iot:thingName} in an accessControl resource stands for ...
+        self.interpolate = interpolate_component_configuration  # ... when the nucleus interpolates (default: no)
         self.tokens = dict(tokens)
         self.access_control = dict(access_control or {})
         self.iot_core_sink = iot_core_sink
@@ -362,7 +367,7 @@ class IpcServer:
         if service is None or policies is None:
             return
         resource = body.get("topicName") if service == MQTT_PROXY else body.get("topic")
-        if not _allowed(policies, service, _NS + name, str(resource), self.thing_name):
+        if not _allowed(policies, service, _NS + name, str(resource), self.thing_name if self.interpolate else None):
             raise _Fault(
                 _NS + "UnauthorizedError",
                 f"Principal {component} is not authorized to perform {service}:{_NS}{name} on resource {resource}",
