@@ -26,6 +26,9 @@ from tests.gdk_build import (
     zip_of,
 )
 
+CLI = "factoryedge.Cli"  # installs gatewayctl; no entry point of its own (ENTRY_DIRS are the ones with one)
+BUILT = [*ENTRY_DIRS, CLI]  # every component with an artifact zip
+
 # isort: split
 import gg_artifact  # tools/ is on sys.path through tests.gdk_build
 import gg_lock
@@ -43,21 +46,21 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_build_writes_one_recipe_per_component_and_the_bundle(built: Path) -> None:
     written = sorted(p.name for p in (built / "recipes").iterdir())
     # recipe.yaml: the bundle's again, where `gdk component publish` reads it (tests/test_build_fresh.py)
-    assert written == sorted([*(f"{n}-{VERSION}.yaml" for n in [*ENTRY_DIRS, BUNDLE]), "recipe.yaml"])
-    for name in [*ENTRY_DIRS, BUNDLE]:
+    assert written == sorted([*(f"{n}-{VERSION}.yaml" for n in [*BUILT, BUNDLE]), "recipe.yaml"])
+    for name in [*BUILT, BUNDLE]:
         recipe = recipe_of(built, name)
         assert recipe["ComponentName"] == name
         assert recipe["ComponentVersion"] == VERSION
         assert recipe["ComponentPublisher"] == "factoryedge"
-    for name in ENTRY_DIRS:
+    for name in BUILT:
         assert zip_of(built, name).is_file()
 
 
-@pytest.mark.parametrize("name", [*ENTRY_DIRS, BUNDLE])
+@pytest.mark.parametrize("name", [*BUILT, BUNDLE])
 def test_produced_recipe_passes_our_validation(built: Path, name: str) -> None:
     path = built / "recipes" / f"{name}-{VERSION}.yaml"
     text = path.read_text()
-    archives = {zip_of(built, name).name: members(built, name)} if name in ENTRY_DIRS else {}
+    archives = {zip_of(built, name).name: members(built, name)} if name in BUILT else {}
     assert gg_recipe.validate(yaml.safe_load(text), text, VERSION, archives) == []
     assert len(text.encode()) <= gg_recipe.MAX_RECIPE_BYTES
     assert not gg_recipe.PLACEHOLDER.search(text)
@@ -119,6 +122,35 @@ def test_requirements_follow_the_one_table_and_the_pyproject_pins(built: Path) -
     assert reqs("factoryedge.Publisher") & heavy == {"paho-mqtt", "boto3"}
     assert {"krcf", "rrcf", "numpy"} <= reqs("factoryedge.AnomalyDetector")
     assert {"paho-mqtt", "boto3", "awsiotsdk", "stream-manager"} <= reqs("factoryedge.Publisher")
+    # gatewayctl: the probes doctor runs as root; never Pyro4 (a client that can be made to unpickle), no numpy
+    assert reqs(CLI) & heavy == {"asyncua", "pymodbus", "paho-mqtt"}
+    assert {"awsiotsdk", "stream-manager"} <= reqs(CLI)
+
+
+def test_cli_zip_ships_gatewayctl_and_no_entry_point(built: Path) -> None:
+    files = members(built, CLI)
+    assert {f.split("/")[0] for f in files} == {"gateway", "install.sh", "requirements.txt",
+                                                "requirements-bootstrap.txt"}
+    assert {"gateway/cli/main.py", "gateway/cli/core.py", "gateway/cli/doctor.py"} <= files
+    assert [f for f in files if re.search(r"^gateway/dev/|(^|/)(simulator|tests|__pycache__)(/|$)|\.pyc$", f)] == []
+
+
+def test_cli_installs_a_root_owned_command_and_runs_nothing(built: Path) -> None:
+    recipe = recipe_of(built, CLI)
+    defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
+    assert defaults == {"installDir": "/usr/local/lib/factoryedge-gatewayctl", "commandPath": "/usr/local/bin/gatewayctl"}
+    assert "accessControl" not in defaults  # it borrows nothing from IPC by itself: sudo gatewayctl does, as root
+    assert [m["Platform"]["architecture"] for m in recipe["Manifests"]] == ["amd64", "aarch64"]
+    for manifest in recipe["Manifests"]:
+        install = manifest["Lifecycle"]["Install"]
+        assert install["RequiresPrivilege"] is True and install["Timeout"] >= 600
+        script = install["Script"]
+        # sudo runs it: code and venv in root's installDir (never the work folder, which ggc_user owns), python -I
+        assert "{work:path}" not in script
+        assert 'sh "$dir/app/install.sh" "$dir/venv"' in script and "umask 022" in script
+        assert '-I -c "import sys' in script and 'mv "$cmd.new" "$cmd"' in script
+        assert manifest["Lifecycle"]["Run"]["Script"].startswith('"{configuration:/commandPath}" --help')
+        assert "Startup" not in manifest["Lifecycle"]
 
 
 @pytest.mark.parametrize("name", ENTRY_DIRS)
@@ -134,7 +166,7 @@ def test_install_step_installs_only_hashed_locked_files(built: Path, name: str) 
 def test_bundle_depends_on_all_five_at_the_built_version(built: Path) -> None:
     bundle = recipe_of(built, BUNDLE)
     assert bundle["ComponentDependencies"] == {
-        name: {"VersionRequirement": f"={VERSION}", "DependencyType": "HARD"} for name in ENTRY_DIRS
+        name: {"VersionRequirement": f"={VERSION}", "DependencyType": "HARD"} for name in BUILT
     }
     assert all("Artifacts" not in m for m in bundle["Manifests"])
     assert not (built / "artifacts" / BUNDLE).exists() or not any((built / "artifacts" / BUNDLE).rglob("*.zip"))
@@ -311,7 +343,7 @@ def test_publish_uploads_every_artifact_and_creates_every_version(
         made.meta.events.register("provide-client-params.greengrassv2.CreateComponentVersion",
                                   lambda params, **_: recipes.append(json.loads(params["inlineRecipe"])))
         stub = Stubber(made)
-        for name in [*ENTRY_DIRS, BUNDLE]:
+        for name in [*BUILT, BUNDLE]:
             arn = f"arn:aws:greengrass:eu-west-1:123456789012:components:{name}:versions:{VERSION}"
             deployable = {"arn": arn, "componentName": name, "componentVersion": VERSION,
                           "status": {"componentState": "DEPLOYABLE", "message": "ok", "errors": {}}}
@@ -332,10 +364,10 @@ def test_publish_uploads_every_artifact_and_creates_every_version(
         assert gg_publish.main(args, client) == 0
         rows = json.loads(capsys.readouterr().out)
         assert [r["component"] for r in rows][-1] == BUNDLE  # dependencies first
-        assert {r["component"]: r["status"] for r in rows} == {n: "created" for n in [*ENTRY_DIRS, BUNDLE]}
+        assert {r["component"]: r["status"] for r in rows} == {n: "created" for n in [*BUILT, BUNDLE]}
         s3 = boto3_client("s3")
         keys = {o["Key"] for o in s3.list_objects_v2(Bucket="feg-artifacts")["Contents"]}
-        assert keys == {f"{n}/{VERSION}/{n}.zip" for n in ENTRY_DIRS}
+        assert keys == {f"{n}/{VERSION}/{n}.zip" for n in BUILT}
         for recipe in recipes:
             name = recipe["ComponentName"]
             uris = [a["URI"] for m in recipe["Manifests"] for a in m.get("Artifacts", [])]

@@ -38,11 +38,24 @@ ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 @dataclass(frozen=True)
 class Component:
-    """One Greengrass component: its entry point and what its zip needs."""
+    """One Greengrass component: its entry point and what its zip needs.
+
+    ``entry_dir`` is the folder of ``components/<entry_dir>/main.py``; empty for a component that runs no entry point
+    of its own (factoryedge.Cli installs gatewayctl). ``check_modules`` are imported from the zip at build time with
+    only ``requires`` installed (default: the entry point).
+    """
 
     entry_dir: str
     requires: tuple[str, ...]
     gateway_parts: tuple[str, ...] = ()
+    check_modules: tuple[str, ...] = ()
+
+
+# gatewayctl's commands that work on a core (doctor, status, streams/tail/buffer, replay, config, opcua, modbus):
+# the build imports each from the Cli's zip with only the Cli's libraries.
+CLI_MODULES = ("gateway.cli.main", "gateway.cli.core", "gateway.cli.doctor", "gateway.cli.status",
+               "gateway.cli.streamscmd", "gateway.cli.replay", "gateway.cli.configcmd", "gateway.cli.opcua",
+               "gateway.cli.modbus")
 
 
 COMPONENTS: dict[str, Component] = {
@@ -51,7 +64,17 @@ COMPONENTS: dict[str, Component] = {
     "factoryedge.OpcDaCollector": Component("opcda_collector", (*COMMON, "OpenOPC-Python3x", "Pyro4")),
     "factoryedge.AnomalyDetector": Component("anomaly_detector", (*COMMON, "numpy", "krcf", "rrcf")),
     "factoryedge.Publisher": Component("publisher", (*COMMON, "paho-mqtt", "boto3")),
+    # gatewayctl on the device: doctor's probes for OPC UA, Modbus and MQTT peers (the rest fall back to a TCP check);
+    # no OpenOPC/Pyro4 (a client that can be made to unpickle, NOTES 13: not under sudo) and no numpy/boto3.
+    "factoryedge.Cli": Component("", (*COMMON, "asyncua", "pymodbus", "paho-mqtt"), gateway_parts=("cli",),
+                                 check_modules=CLI_MODULES),
 }
+
+
+def entry_modules(name: str) -> tuple[str, ...]:
+    """The modules the build imports from ``name``'s zip to prove it ships what they import."""
+    comp = COMPONENTS[name]
+    return comp.check_modules or (f"components.{comp.entry_dir}.main",)
 
 
 class BuildError(Exception):
@@ -135,7 +158,7 @@ def source_files(project: Path, name: str) -> dict[str, Path | None]:
     """Map each archive path of a component's zip to its source file (None: an empty file)."""
     comp = COMPONENTS[name]
     entry = project / "components" / comp.entry_dir / "main.py"
-    if not entry.is_file():
+    if comp.entry_dir and not entry.is_file():
         raise BuildError(
             f"{entry.relative_to(project)} is missing: {name} has no entry point; write it, or fix entry_dir "
             "in tools/gg_artifact.py COMPONENTS"
@@ -147,6 +170,8 @@ def source_files(project: Path, name: str) -> dict[str, Path | None]:
         rel = path.relative_to(gateway)
         if rel.parts[0] not in skipped:
             files[f"gateway/{rel.as_posix()}"] = path
+    if not comp.entry_dir:
+        return files
     init = project / "components" / "__init__.py"
     files["components/__init__.py"] = init if init.is_file() else None
     entry_root = entry.parent
@@ -213,7 +238,8 @@ import os
 project = os.path.realpath(sys.argv[4])  # an editable install of the project must not hide what the zip lacks
 sys.path[:] = [root] + [p for p in sys.path if p and os.path.realpath(p) != project]
 try:
-    importlib.import_module(module)
+    for name in module.split(","):
+        importlib.import_module(name)
 except ImportError as exc:
     chain = [f.filename[len(root) + 1:] for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(root)]
     print(json.dumps({"missing": exc.name, "chain": chain}))

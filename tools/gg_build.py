@@ -141,7 +141,7 @@ class Build:
 
         def check(job: tuple[str, str, Path]) -> list[str]:
             source, name, zip_path = job
-            module = f"components.{art.COMPONENTS[name].entry_dir}.main"
+            module = ",".join(art.entry_modules(name))
             return [f"{source}: {p}" for p in art.import_problems(name, zip_path, module, self.pins, self.project)]
 
         with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
@@ -188,7 +188,9 @@ class Build:
         self.summary.append((name, zip_path.stat().st_size))
         self.import_checks.append((source, name, zip_path))
         recipe = self._fill(_load_template(self.project / source, self.project), name)
-        recipe, problems = rcp.apply_default_configuration(recipe, name, hook, source)
+        # a component without an entry point has no configuration model: its template's defaults are its own
+        recipe, problems = rcp.apply_default_configuration(
+            recipe, name, hook if art.COMPONENTS[name].entry_dir else None, source)
         self.problems.extend(f"{source}: {p}" for p in problems)
         recipe = _keep_architectures(recipe, self.platforms)
         self._check(source, name, recipe, {zip_path.name: members})
