@@ -26,13 +26,13 @@ from tests.gdk_build import (
     zip_of,
 )
 
-CLI = "factoryedge.Cli"  # installs gatewayctl; no entry point of its own (ENTRY_DIRS are the ones with one)
-BUILT = [*ENTRY_DIRS, CLI]  # every component with an artifact zip
-
 # isort: split
 import gg_artifact  # tools/ is on sys.path through tests.gdk_build
 import gg_lock
 import gg_recipe
+
+CLI = "factoryedge.Cli"  # installs gatewayctl; no entry point of its own (ENTRY_DIRS are the ones with one)
+BUILT = [*ENTRY_DIRS, CLI]  # every component with an artifact zip
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,8 @@ def test_cli_zip_ships_gatewayctl_and_no_entry_point(built: Path) -> None:
 def test_cli_installs_a_root_owned_command_and_runs_nothing(built: Path) -> None:
     recipe = recipe_of(built, CLI)
     defaults = recipe["ComponentConfiguration"]["DefaultConfiguration"]
-    assert defaults == {"installDir": "/usr/local/lib/factoryedge-gatewayctl", "commandPath": "/usr/local/bin/gatewayctl"}
+    assert defaults == {"installDir": "/usr/local/lib/factoryedge-gatewayctl",
+                        "commandPath": "/usr/local/bin/gatewayctl"}
     assert "accessControl" not in defaults  # it borrows nothing from IPC by itself: sudo gatewayctl does, as root
     assert [m["Platform"]["architecture"] for m in recipe["Manifests"]] == ["amd64", "aarch64"]
     for manifest in recipe["Manifests"]:
