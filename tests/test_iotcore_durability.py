@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,37 @@ def test_restart_under_a_running_publisher_resends_what_the_spool_lost(tmp_path:
             server.restart_nucleus()
             spool.set_online(True)
             _fill_more(store, 10)  # the next publish finds the connection gone, reconnects: the spool was lost
+            await _until("every record at IoT Core", lambda: _ids(server) >= {r.id for r in records}, task)
+        finally:
+            stop.set()
+            await task
+            await server.stop()
+
+    asyncio.run(body())
+
+
+def test_a_restart_the_connection_survives_by_itself_still_resends(
+    tmp_path: Path, ipc_env: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    """GreengrassIpc connects again on its own when the nucleus drops it: no publish fails, nothing new is written,
+    yet the memory spool is gone; the destination must learn of the reconnection and read again (a race before)."""
+    store = EmbeddedStore(tmp_path / "store")
+    records = _fill(store, 300)
+
+    async def body() -> None:
+        spool = NucleusSpool(lambda *a: None, online=False)
+        server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, spool=spool)
+        await server.start()
+        cfg = _destination()
+        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+        stop, task = await _started(pub)
+        try:
+            await _until("every record handed to the spooler", lambda: len(_spooled_ids(spool)) == 300, task)
+            with caplog.at_level(logging.INFO, logger="gateway.ipc"):
+                server.restart_nucleus()
+                await _until("the IPC connection made again by itself",
+                             lambda: "connection to the nucleus made again" in caplog.text, task)
+            spool.set_online(True)
             await _until("every record at IoT Core", lambda: _ids(server) >= {r.id for r in records}, task)
         finally:
             stop.set()

@@ -202,6 +202,9 @@ class IotCoreSink:
                     # The connection was lost: if the nucleus restarted, a memory spool went with it.
                     self.ledger.new_epoch()
                 self._ever_connected = True
+                # GreengrassIpc also connects again by itself when the nucleus drops the connection (a restart):
+                # that too may have taken a memory spool with it
+                ipc.on_reconnect(self.ledger.new_epoch)
                 await self._learn_spooler(ipc)
                 self._ipc = ipc
             return self._ipc
