@@ -41,7 +41,10 @@ def mapped(exc: BaseException, operation: str, target: str, *, destination: bool
         return ConfigError(
             f"IPC {operation} on {target} refused: not authorized ({detail})",
             fix=f"add aws.greengrass#{operation} for {target} to {_RECIPE_ACL}.{service} in the recipe, "
-            "then deploy again",
+            "then deploy again" + (
+                "; the recipes allow factoryedge/{iot:thingName}/..., which the nucleus resolves only with "
+                "interpolateComponentConfiguration: true in aws.greengrass.Nucleus (docs/deploying.md)"
+                if operation == "PublishToIoTCore" else ""),
         )
     if isinstance(exc, model.ResourceNotFoundError) and operation == "GetSecretValue":
         return ConfigError(
