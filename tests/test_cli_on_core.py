@@ -107,8 +107,11 @@ def _running(core: Core) -> None:
         wait_for(ready, START_S, "the gatewayctl command and records sent by the publisher", interval=0.5)
     except TimeoutError as exc:
         raise AssertionError(_explain(core)) from exc
-    for component in (COLLECTOR, PUBLISHER):
+    for folder in (core.root, core.root / "work"):  # as /greengrass/v2 and its work folder: root's, 0755
+        folder.chmod(0o755)
+    for component in (COLLECTOR, PUBLISHER):  # as on a core: work folder and store belong to the component's user
         data = core.root / "work" / component / "data"
+        subprocess.run(["chown", f"{USER}:{USER}", str(data.parent)], check=True)
         subprocess.run(["chown", "-R", f"{USER}:{USER}", str(data)], check=True)
         assert data.stat().st_mode & 0o077 == 0  # 0700, as the component made it: nothing loosened
 

@@ -69,15 +69,18 @@ def _sudo_line(root: Path, argv: list[str]) -> str:
 def unreadable(root: Path, argv: list[str]) -> ConfigError | None:
     """The one error to show when this user cannot read the components' files under ``root`` (None when it can)."""
     work = root / "work"
-    if not work.is_dir():
+    if not os.path.isdir(root):
         return None
-    try:
-        folders = work_folders(root) if os.access(work, os.R_OK | os.X_OK) else None
-    except OSError:
-        folders = None
-    if folders is None:
-        blocked: Path | None = work
+    if not os.access(root, os.X_OK):  # a private Greengrass root: whether it holds our components cannot be seen
+        blocked: Path | None = root
+    elif not os.path.isdir(work):
+        return None
+    elif not os.access(work, os.R_OK | os.X_OK):
+        blocked = work
     else:
+        from gateway.cli.configs import ENTRY_POINTS
+
+        folders = [f for f in work_folders(root) if f.name in ENTRY_POINTS]  # those with a store (not the Cli)
         blocked = next((f / "data" for f in folders if not os.access(f, os.X_OK)
                         or ((f / "data").exists() and not os.access(f / "data", os.R_OK | os.X_OK))), None)
     if blocked is None:
