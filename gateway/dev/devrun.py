@@ -150,7 +150,11 @@ class DevRun:
             raise ConfigError(f"{self.options.config}: configuration for {', '.join(unknown)}, which this dev run "
                               "does not run", fix=f"use one of {', '.join(names)}")
         for name in names:
-            component = rcp.prepare(name, recipes, self.build, self.root, overrides.get(name))
+            override = overrides.get(name)
+            if name == "factoryedge.Cli" and override is None:
+                # a dev run is not a core: the command and its venv go under the run's root, not /usr/local
+                override = {"installDir": str(self.root / "cli"), "commandPath": str(self.root / "bin" / "gatewayctl")}
+            component = rcp.prepare(name, recipes, self.build, self.root, override)
             lifecycle = component.manifest.get("Lifecycle") or {}
             reset_s = float(lifecycle.get("errorResetTime") or DEFAULT_ERROR_RESET_TIME_S)
             kind: Kind = "Startup" if lifecycle.get("Startup") is not None else "Run"
