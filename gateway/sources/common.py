@@ -199,7 +199,8 @@ class Emitter:
             self._oversize_logged.add(source_tag)
             log.warning("connection %s: tag %s sent a value of %d bytes, over the %d a record carries: it is BAD "
                         "with no value while this lasts (counted as values_oversize); the other tags are not "
-                        "affected", self.cfg.name, source_tag, value_size(value), MAX_VALUE_BYTES)
+                        "affected. Fix: leave this tag out of the configuration, or read a smaller node or item",
+                        self.cfg.name, source_tag, value_size(value), MAX_VALUE_BYTES)
 
     async def room(self) -> None:
         """Wait while twice the early-flush count is pending, i.e. while the stream writes slower than the peer is

@@ -30,7 +30,7 @@ from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError
 
 from gateway.errors import SourceError
-from gateway.record import MAX_VALUE_BYTES, Quality, Value, oversize, value_size
+from gateway.record import Quality, Value, oversize
 from gateway.redact import redact_text, redact_url
 from gateway.sources.common import Emitter
 from gateway.sources.opcua_browse import browse_patterns
@@ -182,7 +182,6 @@ class OpcUaSource:
         self._last_notified: dict[str, int] = {}
         self._last_value = _LAST_VALUES.setdefault(cfg.name, {})  # tag -> last value read (BAD on link loss)
         self._sub: Subscription | None = None
-        self._oversize_logged: set[str] = set()
 
     async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
         warn_if_plain(self.cfg)
@@ -317,28 +316,13 @@ class OpcUaSource:
 
     def _emit(self, emitter: Emitter, tag: str, dv: ua.DataValue) -> None:
         value, ok = _value(dv.Value.Value if dv.Value is not None else None)
-        if ok and oversize(value):
-            self._oversize(emitter, tag, value)
-            value, ok = None, False
         quality = _quality(dv) if ok else Quality.BAD
         ts = _ts_ns(dv.SourceTimestamp) or _ts_ns(dv.ServerTimestamp)
         if ts is not None:
             self._last_notified[tag] = ts
-        if value is not None:
+        if value is not None and not oversize(value):  # the emitter makes an over-large value BAD, counted, logged
             self._last_value[tag] = value
         emitter.emit(tag, value, quality, ts)
-
-
-    def _oversize(self, emitter: Emitter, tag: str, value: Value) -> None:
-        """Count a value too large for a record (it goes BAD with no value, alone) and say so once per tag."""
-        extra = emitter.counters.extra
-        extra["values_oversize"] = int(extra.get("values_oversize", 0)) + 1
-        if tag not in self._oversize_logged:
-            self._oversize_logged.add(tag)
-            log.warning("connection %s: tag %s sent a value of %d bytes, over the %d a record carries: it is BAD "
-                        "with no value while this lasts (counted as values_oversize); the other tags are not "
-                        "affected. Fix: leave this node out of nodes/browse, or read a smaller node", self.cfg.name,
-                        tag, value_size(value), MAX_VALUE_BYTES)
 
 
 async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:
