@@ -8,7 +8,7 @@ setup:
 	@bash scripts/setup.sh
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not index" tests
 
 # The long checks: the exhaustive bit-flip sweep of the embedded store, then the chaos soak of the whole gateway
 # (SOAK_MINUTES, default 20), which writes bench/soak.json and fails on any loss or crash loop.
@@ -16,9 +16,11 @@ soak: setup
 	FACTORYEDGE_SOAK=1 $(PY) -m pytest -q -p no:cacheprovider tests/streams/test_embedded_corruption.py
 	$(PY) -m bench.soak
 
+# Static checks, and every lock resolved against the package index for every target Python and platform.
 check: setup
 	.venv/bin/ruff check gateway simulator components tests bench tools
 	.venv/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider -m index tests/security/test_lock.py
 
 demo: setup
 	$(PY) scripts/demo.py

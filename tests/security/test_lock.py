@@ -172,6 +172,7 @@ def test_a_hand_edited_unhashed_line_is_refused() -> None:
 
 
 @pytest.mark.slow  # needs the package index (PIP_INDEX_URL or PyPI); metadata only, no wheel is downloaded
+@pytest.mark.index  # ~3.5 min for 8 targets: run by `make check` (CI runs both), not `make test`
 @pytest.mark.parametrize("target", lk.TARGETS, ids=str)
 def test_every_lock_resolves_from_the_index_for_every_target(target: lk.Target, tmp_path: Path) -> None:
     """What pip does on such a device, with its --python-version and --platform: exactly the locked files (by the
