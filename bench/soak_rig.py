@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from typing import Any
 import yaml
 
 from gateway.dev.faultproxy import FaultProxy
-from gateway.dev.kinesis_peer import KINESALITE, TEST_CREDENTIALS, Kinesalite, create_stream
+from gateway.dev.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, start_kinesalite
 from gateway.dev.peers import (
     ROOT,
     Mosquitto,
@@ -217,27 +216,6 @@ use_identity_as_username true
 
     def stop(self) -> None:
         self.proc.stop()
-
-
-def start_kinesalite(folder: Path) -> Kinesalite:
-    """kinesalite on 127.0.0.1 that survives a client aborting a request mid-body: kinesalite 3.3.3 throws from the
-    request's error handler and the whole process exits (a reset of the Kinesis link killed it, and the records
-    it held in memory with it). gateway/dev/kinesis_peer.py starts it without this guard."""
-    node = shutil.which("node")
-    if node is None or not (KINESALITE / "index.js").exists():
-        raise RuntimeError("node or kinesalite missing: run scripts/setup.sh (make test does)")
-    port = free_port()
-    script = ("process.on('uncaughtException', e => { if (e.code === 'ECONNRESET') "
-              "{ console.error('kinesalite: a client aborted a request: ' + e.message); return } "
-              "console.error(e); process.exit(1) });"
-              f"const k = require({json.dumps(str(KINESALITE))})"
-              "({createStreamMs: 0, deleteStreamMs: 0, updateStreamMs: 0, shardLimit: 100});"
-              f"k.listen({port}, '127.0.0.1', () => console.log('kinesalite on 127.0.0.1:{port}'));")
-    proc = start([node, "-e", script], folder / "kinesalite.log")
-    wait_for(lambda: port_open(port) or proc.popen.poll() is not None, 30, "kinesalite to listen")
-    if proc.popen.poll() is not None:
-        raise RuntimeError(f"kinesalite exited: {proc.output()}")
-    return Kinesalite(proc, port)
 
 
 class Rig:

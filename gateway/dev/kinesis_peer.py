@@ -34,11 +34,16 @@ class Kinesalite:
 
 
 def start_kinesalite(folder: Path, port: int | None = None) -> Kinesalite:
+    """kinesalite on 127.0.0.1. It rethrows a client's aborted request (ECONNRESET) and exits, taking every record it
+    holds in memory with it; Kinesis does not, so such an abort is only logged (a link reset in a fault test)."""
     node = shutil.which("node")
     if node is None or not (KINESALITE / "index.js").exists():
         raise RuntimeError("node or kinesalite missing: run scripts/setup.sh (make test does)")
     port = port or free_port()
-    script = (f"const k = require({json.dumps(str(KINESALITE))})"
+    script = ("process.on('uncaughtException', e => { if (e.code === 'ECONNRESET') "
+              "{ console.error('kinesalite: a client aborted a request: ' + e.message); return } "
+              "console.error(e); process.exit(1) });"
+              f"const k = require({json.dumps(str(KINESALITE))})"
               "({createStreamMs: 0, deleteStreamMs: 0, updateStreamMs: 0, shardLimit: 100});"
               f"k.listen({port}, '127.0.0.1', () => console.log('kinesalite on 127.0.0.1:{port}'));")
     proc = start([node, "-e", script], folder / "kinesalite.log")
