@@ -95,7 +95,10 @@ def test_broker_refusing_the_client_is_retried_counted_logged_once_and_diagnosed
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
         asyncio.run(_run_until(pub, lambda: pub.counters["m"].retries >= 5))
     assert pub.counters["m"].records_sent == 0 and pub.counters["m"].dead_lettered == 0  # kept, not dropped
-    assert len([r for r in caplog.records if "not connected" in r.getMessage()]) == 1
+    # logged once per reason, not per attempt: "not connected yet" may come first when the publisher tries before
+    # the broker's refusal arrives, then the refusal itself; neither is repeated over the 5+ retries
+    reasons = [r.getMessage() for r in caplog.records if "not connected" in r.getMessage()]
+    assert 1 <= len(reasons) <= 2 and len(set(reasons)) == len(reasons), reasons
     assert PositionStore(tmp_path / "positions").get("m", "values") is None
 
     findings = {f.check: f for f in asyncio.run(mqtt_diagnose(no_cert, 3.0))}
