@@ -224,7 +224,9 @@ def test_dev_run_restarts_a_component_that_reports_errored_and_breaks_it_at_the_
         try:
             probe = devrun.components[PROBE]
             await until(lambda: starts.exists() and len(starts.read_text()) >= 2, 30, "a restart after ERRORED")
-            await until(lambda: devrun.status()["components"][PROBE]["state"] == "BROKEN", 30, "BROKEN")
+            # BROKEN is set, then the process is stopped (handleCurrentStateBroken): wait for both
+            await until(lambda: devrun.status()["components"][PROBE]["state"] == "BROKEN"
+                        and devrun.status()["components"][PROBE]["pid"] is None, 30, "BROKEN and stopped")
             status = devrun.status()["components"][PROBE]
             assert status["restarts"] == 2 and status["pid"] is None
             await asyncio.sleep(1.0)  # would a 4th start come? (nothing to poll for: it must not happen)
