@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from gateway.errors import GatewayError, StreamError
 from gateway.fsutil import atomic_write
-from gateway.record import Kind, Quality, Record
+from gateway.record import Kind, Quality, Record, metric_records, start_seq
 from gateway.runtime import Context
 from gateway.sources.common import Backoff, ConnectionBase, Counters, Emitter
 from gateway.status import StatusFile
@@ -138,7 +138,7 @@ class Collector:
         self._seqs: dict[str, int] = {}  # last sequence number per connection name, across changes of its settings
         self._reserved: dict[str, int] = {}  # per connection: the sequence number its marker reserves up to
         self._committed: dict[str, dict[str, Any]] = {}  # per connection: its marker after the last append
-        self._metric_seq = time.time_ns() // 1000
+        self._metric_seq = start_seq()
 
     async def run(self, connections: Sequence[ConnectionBase], stop: asyncio.Event) -> None:
         await self._offload(self.store.create_stream, self.stream)
@@ -346,13 +346,10 @@ class Collector:
                 await self._write_metrics()
 
     async def _write_metrics(self) -> None:
-        ts = time.time_ns()
-        records = []
-        for name, conn in self.connections.items():
-            for key in METRICS:
-                self._metric_seq += 1
-                records.append(Record(self.component, f"collector/{name}/{key}", float(getattr(conn.counters, key)),
-                                      Quality.GOOD, ts, ts, self._metric_seq, Kind.METRIC))
+        records = metric_records(self.component, ((f"collector/{name}/{key}", getattr(conn.counters, key))
+                                                   for name, conn in self.connections.items() for key in METRICS),
+                                 time.time_ns(), self._metric_seq)
+        self._metric_seq += len(records)
         if not records:
             return
         try:

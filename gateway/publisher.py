@@ -35,7 +35,7 @@ from gateway.publisher_counters import (
     poison_record,
     refresh_backlog,
 )
-from gateway.record import Record, now_ns
+from gateway.record import Record, now_ns, start_seq
 from gateway.sources.common import Backoff
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec, StreamStore
@@ -83,7 +83,7 @@ class Publisher:
         self.status_interval_s = status_interval_s
         self._readers: dict[tuple[str, str], RecordReader] = {}
         self._aux = Offload("publisher-aux")
-        self._seq = time.time_ns() // 1000
+        self._seq = start_seq()
         self.supervisor = Supervisor(COMPONENT, asyncio.Event())
         self._started: set[str] = set()
         self._created: set[str] = set()

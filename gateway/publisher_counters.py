@@ -16,7 +16,8 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from gateway.record import Kind, Quality, Record, make_record
+from gateway.record import Quality, Record, make_record
+from gateway.record import metric_records as make_metrics
 from gateway.streams import RecordReader, StreamStore
 from gateway.streams.aio import Offload
 
@@ -61,13 +62,8 @@ def count_dead_lettered(counters: DestinationCounters, name: str, rejected: list
 
 def metric_records(component: str, counters: dict[str, DestinationCounters], ts: int, seq: int) -> list[Record]:
     """One metric record per destination and :data:`METRICS` key, numbered from ``seq + 1``."""
-    records = []
-    for name, c in counters.items():
-        for key in METRICS:
-            seq += 1
-            records.append(Record(component, f"publisher/{name}/{key}", float(getattr(c, key)),
-                                  Quality.GOOD, ts, ts, seq, Kind.METRIC))
-    return records
+    return make_metrics(component, ((f"publisher/{name}/{key}", getattr(c, key)) for name, c in counters.items()
+                                    for key in METRICS), ts, seq)
 
 
 def poison_record(stream: str, seq: int, payload: bytes, why: str) -> tuple[Record, str]:

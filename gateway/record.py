@@ -10,6 +10,7 @@ import enum
 import hashlib
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 Value = float | int | bool | str | None
@@ -118,3 +119,15 @@ def make_record(
     if value is None and quality == Quality.GOOD:
         quality = Quality.BAD
     return Record(source, tag, value, quality, source_ts_ns if source_ts_ns is not None else gw, gw, seq, kind)
+
+
+def start_seq() -> int:
+    """The first sequence number of a source in this process: microseconds since the epoch, so that a source's
+    sequence keeps rising across restarts (one restarted at 0 put records out of order per tag downstream)."""
+    return time.time_ns() // 1000
+
+
+def metric_records(source: str, values: Iterable[tuple[str, float]], ts_ns: int, seq: int) -> list[Record]:
+    """Counters as METRIC records, ``(tag, value)`` each, numbered from ``seq + 1``: one shape for every component."""
+    return [Record(source, tag, float(value), Quality.GOOD, ts_ns, ts_ns, seq + i, Kind.METRIC)
+            for i, (tag, value) in enumerate(values, 1)]

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ from typing import Any
 from gateway.anomaly.engine import COMPONENT, Engine
 from gateway.anomaly.events import AlarmPublisher
 from gateway.componentconfig import AnomalyDetectorConfig
-from gateway.record import Kind, Quality, Record, now_ns
+from gateway.record import metric_records, now_ns, start_seq
 from gateway.runtime import Context
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, StreamStore, open_store
@@ -126,20 +125,17 @@ class AnomalyComponent:
     async def _metrics_loop(self, stop: asyncio.Event) -> None:
         # Its counters as METRIC records in its output stream, as the collectors and the publisher do: a fleet sees
         # in the cloud what it read, wrote, dropped (future timestamps) and lost (input gaps, corrupt messages).
-        seq = time.time_ns() // 1000  # rising across restarts, as every other source's sequence
+        seq = start_seq()
         while not stop.is_set():
             await _wait(stop, self.cfg.metrics_interval_s)
             engine = self.engine
             if engine is None or stop.is_set():
                 continue
-            ts = now_ns()
             counters = {**engine.counters, "lost_messages": sum(r.lost_messages for r in engine.readers.values() if r),
                         "corrupt_messages": sum(r.corrupt_messages for r in engine.readers.values() if r)}
-            records = []
-            for key, value in sorted(counters.items()):
-                seq += 1
-                records.append(Record(self.name, f"detector/{key}", float(value), Quality.GOOD, ts, ts, seq,
-                                      Kind.METRIC))
+            records = metric_records(self.name, ((f"detector/{k}", v) for k, v in sorted(counters.items())), now_ns(),
+                                     seq)
+            seq += len(records)
             await self._offload(engine.queue, records)
 
     async def _step(self) -> bool:

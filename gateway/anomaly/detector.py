@@ -24,7 +24,6 @@ positions the saved state has consumed, so that model and positions can never di
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,7 +33,7 @@ from gateway.anomaly import persist
 from gateway.anomaly.assembler import NS, VectorAssembler
 from gateway.anomaly.config import AnomalyConfig
 from gateway.anomaly.model import GroupModel, StepResult, Updates
-from gateway.record import Kind, Quality, Record, now_ns
+from gateway.record import Kind, Quality, Record, now_ns, start_seq
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ class Detector:
         self.assemblers = {g.name: VectorAssembler(g) for g in config.groups}
         # microseconds of the start, as the collectors and the publisher: the per-source sequence keeps rising across
         # restarts (from 0 it restarted below what a crashed run had written: out of order per tag downstream)
-        self._seq = time.time_ns() // 1000
+        self._seq = start_seq()
         self._last_save_ns: int | None = None
         self._announced: dict[str, str] = {}
         self._states_at_save = {n: m.state for n, m in self.models.items()}

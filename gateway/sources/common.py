@@ -10,14 +10,13 @@ import asyncio
 import logging
 import math
 import random
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.record import MAX_VALUE_BYTES, Quality, Record, Value, now_ns, oversize, value_size
+from gateway.record import MAX_VALUE_BYTES, Quality, Record, Value, now_ns, oversize, start_seq, value_size
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ class Emitter:
         self.counters = counters
         self.deadband = DeadbandFilter(cfg.deadband)
         self._oversize_logged: set[str] = set()
-        self._seq = time.time_ns() // 1000
+        self._seq = start_seq()
         self.pending: list[Record] = []
         # (count, callback): called once the pending list reaches count, so the owner can flush early
         self.on_full: tuple[int, Callable[[], None]] | None = None
