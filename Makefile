@@ -18,12 +18,12 @@ soak: setup
 
 # Static checks, and every lock resolved against the package index for every target Python and platform.
 check: setup
-	.venv/bin/ruff check gateway simulator components tests bench tools
+	.venv/bin/ruff check gateway devkit simulator components tests bench tools
 	.venv/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider -m index tests/security/test_lock.py
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) -m devkit.demo
 
 bench: setup
 	$(PY) bench/run.py

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.dev.peers import Proc, free_port, port_open, start, wait_for  # noqa: E402
+from devkit.peers import Proc, free_port, port_open, start, wait_for  # noqa: E402
 
 RUNS = 5
 TAGS = ["Reactor/Pressure", "Reactor/Temperature", "Stripper/Level", "Separator/Level"]

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.collector_window import measure, report, write_config  # noqa: E402
-from gateway.dev.peers import free_port, port_open, start, wait_for  # noqa: E402
+from devkit.peers import free_port, port_open, start, wait_for  # noqa: E402
 
 TAGS = 4000  # float32 tags = 8,000 holding registers = 65 requests of at most 124 registers
 # The tags split over this many TCP connections to the same server. pymodbus keeps one request in flight per

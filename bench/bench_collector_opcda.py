@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.collector_window import measure, report, write_config  # noqa: E402
-from gateway.dev.peers import free_port, port_open, start, wait_for  # noqa: E402
+from devkit.peers import free_port, port_open, start, wait_for  # noqa: E402
 
 CONNECTIONS = 2  # sessions on the same gateway, each reading every item
 WARMUP_S = 3.0

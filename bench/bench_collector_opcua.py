@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.collector_window import measure, report, write_config  # noqa: E402
-from gateway.dev.peers import Proc, free_port, start, wait_for  # noqa: E402
+from devkit.peers import Proc, free_port, start, wait_for  # noqa: E402
 
 VARIABLES = 2000
 RATE = 5.0  # changes per variable per second: 10,000 offered, about what node-opcua here can notify

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.dev.peers import ROOT, free_port, port_open, start, wait_for
+from devkit.peers import ROOT, free_port, port_open, start, wait_for
 
 COMPONENTS = ("factoryedge.OpcUaCollector", "factoryedge.Publisher")
 

@@ -17,7 +17,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from gateway.dev.peers import ROOT
+from devkit.peers import ROOT
 
 
 def _disk_bytes(folder: Path) -> int:

@@ -6,7 +6,7 @@ from the destination's committed stream position (polled every 50 ms), from its 
 process start-up is not counted; a record counts once it was accepted and committed.
 
 - ``publisher.kinesis.records_per_s``: to kinesalite (npm, 127.0.0.1), 2 shards, partition key per tag;
-- ``publisher.sitewise.values_per_s``: to ``gateway.dev.sitewise_fake`` (its own process), 10 x 10 values a call;
+- ``publisher.sitewise.values_per_s``: to ``devkit.sitewise_fake`` (its own process), 10 x 10 values a call;
 - ``publisher.mqtt.records_per_s``: to mosquitto with QoS 1 and mutual TLS, records batched into 128 KB messages;
 - ``publisher.rss_mb``: RSS of one publisher process with all three destinations (mqtt, kinesis, sitewise) at steady
   state, following a live feed of 1,000 values/s (largest sample over 10 s, after 5 s of warm-up);
@@ -32,8 +32,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.dev.kinesis_peer import TEST_CREDENTIALS, create_stream, start_kinesalite  # noqa: E402
-from gateway.dev.peers import Proc, free_port, port_open, start, start_mosquitto, wait_for  # noqa: E402
+from devkit.kinesis_peer import TEST_CREDENTIALS, create_stream, start_kinesalite  # noqa: E402
+from devkit.peers import Proc, free_port, port_open, start, start_mosquitto, wait_for  # noqa: E402
 from gateway.record import make_record  # noqa: E402
 from gateway.streams import PositionStore, RecordWriter, StreamSpec  # noqa: E402
 from gateway.streams.embedded import EmbeddedStore  # noqa: E402
@@ -157,7 +157,7 @@ def run() -> dict[str, float]:
         mosquitto = start_mosquitto(root / "mosquitto")
         kinesalite = start_kinesalite(root)
         sitewise_port = free_port()
-        sitewise = start([sys.executable, "-m", "gateway.dev.sitewise_fake", "--auto-create", "--port",
+        sitewise = start([sys.executable, "-m", "devkit.sitewise_fake", "--auto-create", "--port",
                           str(sitewise_port)], root / "sitewise.log", env={"PYTHONPATH": str(ROOT)})
         try:
             wait_for(lambda: port_open(sitewise_port), 30, "the SiteWise fake")

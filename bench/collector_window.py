@@ -21,7 +21,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from gateway.dev.peers import start, wait_for  # noqa: E402
+from devkit.peers import start, wait_for  # noqa: E402
 from gateway.streams import PositionStore, RecordReader  # noqa: E402
 from gateway.streams.embedded import EmbeddedStore  # noqa: E402
 

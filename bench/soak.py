@@ -36,8 +36,8 @@ from typing import Any
 
 from bench.soak_count import file_lines, gaps, reckon, stored_records
 from bench.soak_rig import SMALL_STREAM, STREAMS, Rig
-from gateway.dev.kinesis_peer import gateway_records
-from gateway.dev.peers import ROOT, RecordSubscriber, wait_for
+from devkit.kinesis_peer import gateway_records
+from devkit.peers import ROOT, RecordSubscriber, wait_for
 from gateway.streams import PositionStore
 from gateway.streams.embedded import EmbeddedStore
 

@@ -1,5 +1,5 @@
 """The soak's rig: peers, links and gateway components as processes on 127.0.0.1, and a supervisor that restarts
-what was killed and notices crash loops. Every process is started and stopped by PID (gateway/dev/peers.py).
+what was killed and notices crash loops. Every process is started and stopped by PID (devkit/peers.py).
 
 A component that exits on its own (not killed by the soak) within ``QUICK_EXIT_S`` of its start ``CRASH_LOOP_RUNS``
 times in a row is a crash loop: a process that cannot come back up after a kill is the failure a supervisor (the
@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
-from gateway.dev.faultproxy import FaultProxy
-from gateway.dev.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, start_kinesalite
-from gateway.dev.peers import (
+from devkit.faultproxy import FaultProxy
+from devkit.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, start_kinesalite
+from devkit.peers import (
     ROOT,
     Mosquitto,
     Proc,

@@ -8,7 +8,7 @@ always run on the loop. SDK errors become :mod:`gateway.errors` classes whose me
 the topic or key, and whose fix says what to change (most often the recipe's ``accessControl``).
 
 Outside Greengrass, ``gatewayctl dev run`` and the tests serve the same protocol with
-:class:`gateway.dev.ipc_server.IpcServer`.
+:class:`devkit.ipc_server.IpcServer`.
 
 **A dropped connection** (the nucleus still running) is made again with backoff (:data:`RECONNECT_FIRST_S` to
 :data:`RECONNECT_MAX_S`), and every subscription made on it is made again on the new one: the nucleus forgets a

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.dev.kinesis_peer import Kinesalite, start_kinesalite
-from gateway.dev.peers import Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for
+from devkit.kinesis_peer import Kinesalite, start_kinesalite
+from devkit.peers import Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for
 
 
 @pytest.fixture(scope="session")

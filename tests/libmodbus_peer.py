@@ -12,7 +12,7 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-from gateway.dev.peers import Proc, free_port, port_open, start, wait_for
+from devkit.peers import Proc, free_port, port_open, start, wait_for
 
 SRC = Path(__file__).parent / "peers" / "modbus_server.c"
 # Table names of the case folders' registers.json -> the server's table file keys.

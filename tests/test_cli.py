@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from devkit.peers import ROOT
 from gateway.cli.main import main
-from gateway.dev.peers import ROOT
 from gateway.record import make_record
 from gateway.streams import PositionStore, RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore

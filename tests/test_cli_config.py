@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from devkit.ipc_server import IpcServer
+from devkit.peers import ROOT
 from gateway.cli.checks import clock_vs_ntp, ntp_offset
 from gateway.cli.common import parse_time
 from gateway.cli.doctor import parse_component_list
-from gateway.dev.ipc_server import IpcServer
-from gateway.dev.peers import ROOT
 from gateway.errors import ConfigError
 from tests.test_cli_pipeline import cli, cli_err
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.dev.peers import Proc, free_port, port_open, start, wait_for
+from devkit.peers import Proc, free_port, port_open, start, wait_for
 from gateway.errors import StreamFull
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.dev.peers import ROOT, Proc, start, wait_for
+from devkit.peers import ROOT, Proc, start, wait_for
 from tests.conftest import start_simulator
 
 COLLECTOR, PUBLISHER, CLI = "factoryedge.OpcUaCollector", "factoryedge.Publisher", "factoryedge.Cli"

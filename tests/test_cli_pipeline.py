@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.peers import ROOT, Mosquitto, Proc, free_port, start, start_mosquitto, wait_for
 from gateway.cli.main import main
-from gateway.dev.peers import ROOT, Mosquitto, Proc, free_port, start, start_mosquitto, wait_for
 from gateway.streams import PositionStore
 from tests.conftest import start_simulator
 

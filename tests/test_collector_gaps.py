@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.peers import ROOT, Proc, start, wait_for
 from gateway.codec import decode_batch
 from gateway.collector import SEQ_RESERVE, Collector
-from gateway.dev.peers import ROOT, Proc, start, wait_for
 from gateway.record import Kind, Quality, Record, make_record
 from gateway.sources.common import ConnectionBase, Emitter
 from gateway.streams import StreamSpec

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.faultproxy import FaultProxy
+from devkit.peers import free_port, port_open, start, wait_for
 from gateway.collector import Collector
-from gateway.dev.faultproxy import FaultProxy
-from gateway.dev.peers import free_port, port_open, start, wait_for
 from gateway.record import Quality, Record
 from gateway.sources.modbus import ModbusSource, diagnose
 from gateway.sources.modbus_config import ModbusConnection

@@ -14,11 +14,11 @@ import OpenOPC
 import Pyro4
 import pytest
 
+from devkit.faultproxy import FaultProxy
+from devkit.peers import Proc, free_port, wait_for
 from gateway.collector import Collector
 from gateway.componentconfig import OpcDaCollectorConfig
 from gateway.config import validate
-from gateway.dev.faultproxy import FaultProxy
-from gateway.dev.peers import Proc, free_port, wait_for
 from gateway.errors import ConfigError
 from gateway.record import Quality, Record
 from gateway.sources.opcda import OpcDaSource, diagnose, parse_timestamp, quality_of

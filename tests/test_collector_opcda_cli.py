@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from devkit.faultproxy import FaultProxy
+from devkit.peers import free_port
 from gateway.cli.main import main
-from gateway.dev.faultproxy import FaultProxy
-from gateway.dev.peers import free_port
 from tests.conftest import start_opcda_simulator
 
 

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
+from devkit.peers import free_port
 from gateway.collector import Collector
-from gateway.dev.peers import free_port
 from gateway.record import Quality, Record
 from gateway.sources.common import Deadband, DeadbandFilter
 from gateway.sources.opcua import OpcUaSource

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.peers import free_port
 from gateway.cli.main import main as gatewayctl
-from gateway.dev.peers import free_port
 from gateway.diagnostics import Finding
 from gateway.sources.opcua import diagnose
 from gateway.sources.opcua_security import load_der, trust

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from devkit.peers import ROOT, Proc, free_port, start, wait_for
 from gateway.collector import Collector
-from gateway.dev.peers import ROOT, Proc, free_port, start, wait_for
 from gateway.record import Quality, Record
 from gateway.sources.opcua import OpcUaSource
 from gateway.sources.opcua_config import OpcUaConnection

@@ -8,7 +8,7 @@ import os
 import signal
 from pathlib import Path
 
-from gateway.dev.faultproxy import FaultProxy
+from devkit.faultproxy import FaultProxy
 from gateway.record import Quality
 from tests.test_collector_opcua_peer import conn, records, running, start_node_opcua, until
 

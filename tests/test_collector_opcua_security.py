@@ -19,11 +19,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from devkit.peers import free_port
 from gateway.cli.main import main as gatewayctl
 from gateway.collector import Collector
 from gateway.componentconfig import OpcUaCollectorConfig
 from gateway.config import validate
-from gateway.dev.peers import free_port
 from gateway.errors import ConfigError, SourceError
 from gateway.record import Quality
 from gateway.sources.opcua_config import OpcUaSecurity

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from devkit.peers import ROOT
 from gateway.componentconfig import OpcUaCollectorConfig, PublisherConfig
 from gateway.config import load_file, validate
-from gateway.dev.peers import ROOT
 from gateway.errors import ConfigError
 
 

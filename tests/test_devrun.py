@@ -25,8 +25,8 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
+from devkit.peers import ROOT, Mosquitto, Proc, start, wait_for
 from gateway.componentconfig import PublisherConfig
-from gateway.dev.peers import ROOT, Mosquitto, Proc, start, wait_for
 from gateway.revision import revision_of
 from tests.conftest import start_simulator
 
@@ -264,8 +264,8 @@ def _one_recipe(build: Path, script: str, setenv: dict[str, str] | None = None) 
 
 
 def test_recipe_variables_are_interpolated_as_the_nucleus_does(tmp_path: Path) -> None:
-    from gateway.dev import devrun_recipe as rcp
-    from gateway.dev.devrun import DevRun, Options
+    from devkit import devrun_recipe as rcp
+    from devkit.devrun import DevRun, Options
 
     _one_recipe(tmp_path / "build", 'sh "{artifacts:decompressedPath}/factoryedge.Probe/run.sh" {configuration:/port}',
                 {"SITE": "{configuration:/site/name}", "THING": "{iot:thingName}", "WORK": "{work:path}",
@@ -294,7 +294,7 @@ def test_recipe_variables_are_interpolated_as_the_nucleus_does(tmp_path: Path) -
 def test_an_unknown_recipe_variable_stops_the_run_naming_recipe_and_key(
     tmp_path: Path, script: str, message: str
 ) -> None:
-    from gateway.dev.devrun import DevRun, Options
+    from devkit.devrun import DevRun, Options
     from gateway.errors import ConfigError
 
     recipe = _one_recipe(tmp_path / "build", script)

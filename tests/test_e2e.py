@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from gateway.dev.peers import ROOT, Mosquitto, Proc, RecordSubscriber, start, wait_for
+from devkit.peers import ROOT, Mosquitto, Proc, RecordSubscriber, start, wait_for
 from gateway.record import Kind
 from gateway.streams import PositionStore, RecordReader
 from gateway.streams.embedded import EmbeddedStore

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.dev.faultproxy import FaultProxy
+from devkit.faultproxy import FaultProxy
 
 
 class _Echo(socketserver.BaseRequestHandler):

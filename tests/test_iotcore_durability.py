@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from devkit.ipc_server import IpcServer
+from devkit.spooler import SPOOL_FULL, NucleusSpool
 from gateway.destinations.base import Route
 from gateway.destinations.iotcore import IotCoreDestination, IotCoreSink
-from gateway.dev.ipc_server import IpcServer
-from gateway.dev.spooler import SPOOL_FULL, NucleusSpool
 from gateway.publisher import Publisher
 from gateway.streams import PositionStore
 from gateway.streams.embedded import EmbeddedStore

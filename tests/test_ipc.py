@@ -1,4 +1,4 @@
-"""gateway.ipc end to end: the real awsiotsdk client against gateway.dev.ipc_server over a real Unix socket."""
+"""gateway.ipc end to end: the real awsiotsdk client against devkit.ipc_server over a real Unix socket."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from gateway.dev.eventstream import FrameError, HeaderValue, encode_frame, read_frame
-from gateway.dev.ipc_server import IpcServer, topic_matches
+from devkit.eventstream import FrameError, HeaderValue, encode_frame, read_frame
+from devkit.ipc_server import IpcServer, topic_matches
 from gateway.errors import ConfigError, DestinationError, GatewayError
 from gateway.ipc import GreengrassIpc, running_under_greengrass
 

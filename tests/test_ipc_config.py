@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
+from devkit.ipc_server import IpcServer
+from devkit.peers import free_port
 from gateway.componentconfig import PublisherConfig
-from gateway.dev.ipc_server import IpcServer
-from gateway.dev.peers import free_port
 from gateway.errors import ConfigError, StreamUnavailable
 from gateway.ipc_config import load_deployed, watch_deployments
 from gateway.revision import revision_of

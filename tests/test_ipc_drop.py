@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.dev.ipc_server import IpcServer
+from devkit.ipc_server import IpcServer
 from gateway.ipc_config import connect_deployment
 
 NAME = "factoryedge.Toy"

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
-from gateway.dev.devrun_lifecycle import ComponentLifecycle
-from gateway.dev.ipc_server import IpcServer
-from gateway.dev.peers import ROOT
+from devkit.devrun_lifecycle import ComponentLifecycle
+from devkit.ipc_server import IpcServer
+from devkit.peers import ROOT
 from gateway.ipc import GreengrassIpc
 
 T = TypeVar("T")
@@ -211,7 +211,7 @@ def _probe_build(build: Path, lifecycle: dict[str, Any]) -> None:
 
 
 def test_dev_run_restarts_a_component_that_reports_errored_and_breaks_it_at_the_third(tmp_path: Path) -> None:
-    from gateway.dev.devrun import DevRun, Options
+    from devkit.devrun import DevRun, Options
 
     starts = tmp_path / "starts"
     _probe_build(tmp_path / "build", {"Startup": {
@@ -252,7 +252,7 @@ def _free_port() -> int:
 
 
 def test_a_slow_stream_manager_does_not_break_a_collector(socket_path: Path, tmp_path: Path) -> None:
-    from gateway.dev.stream_manager_service import StreamManagerService
+    from devkit.stream_manager_service import StreamManagerService
 
     collector = "factoryedge.OpcUaCollector"
     port = _free_port()

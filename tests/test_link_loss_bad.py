@@ -8,7 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from gateway.dev.faultproxy import FaultProxy
+from devkit.faultproxy import FaultProxy
 from gateway.record import Quality, Record
 from tests.conftest import start_opcda_simulator
 from tests.test_collector_modbus import collecting, counters, libmodbus_bin, peers, until

@@ -20,9 +20,9 @@ from typing import Any
 
 import yaml
 
-from gateway.dev.faultproxy import FaultProxy
-from gateway.dev.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, gateway_records
-from gateway.dev.peers import ROOT, Mosquitto, Proc, RecordSubscriber, start, wait_for
+from devkit.faultproxy import FaultProxy
+from devkit.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, gateway_records
+from devkit.peers import ROOT, Mosquitto, Proc, RecordSubscriber, start, wait_for
 from gateway.record import make_record
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from asyncua import Node, Server, ua
 
+from devkit.peers import free_port
 from gateway.codec import decode_batch
 from gateway.collector import Collector
-from gateway.dev.peers import free_port
 from gateway.record import MAX_VALUE_BYTES, Quality, Record, make_record
 from gateway.sources.opcua import OpcUaSource
 from gateway.sources.opcua_config import OpcUaConnection

@@ -132,7 +132,7 @@ def test_cli_zip_ships_gatewayctl_and_no_entry_point(built: Path) -> None:
     assert {f.split("/")[0] for f in files} == {"gateway", "install.sh", "requirements.txt",
                                                 "requirements-bootstrap.txt"}
     assert {"gateway/cli/main.py", "gateway/cli/core.py", "gateway/cli/doctor.py"} <= files
-    assert [f for f in files if re.search(r"^gateway/dev/|(^|/)(simulator|tests|__pycache__)(/|$)|\.pyc$", f)] == []
+    assert [f for f in files if re.search(r"^devkit/|(^|/)(simulator|tests|__pycache__)(/|$)|\.pyc$", f)] == []
 
 
 def test_cli_installs_a_root_owned_command_and_runs_nothing(built: Path) -> None:
@@ -200,9 +200,9 @@ def test_access_control_is_least_privilege_with_unique_policy_ids(built: Path) -
 
 def test_access_control_allows_exactly_what_the_default_topics_need(built: Path) -> None:
     """The topics the models publish to by default fall under the recipe's policies, as the nucleus matches them."""
+    from devkit.ipc_server import MQTT_PROXY, PUBSUB, _allowed
     from gateway.anomaly.config import AlarmEvents
     from gateway.destinations.iotcore import IotCoreDestination
-    from gateway.dev.ipc_server import MQTT_PROXY, PUBSUB, _allowed
 
     def allowed(name: str, service: str, operation: str, template: str | None) -> bool:
         assert template is not None
@@ -397,9 +397,9 @@ def test_publish_without_a_bucket_says_how_to_name_one(built: Path) -> None:
 def test_deployment_examples_validate_against_the_models(built: Path) -> None:
     """docs/examples: every configuration merged onto the built defaults is valid; the bundle and the services the
     product relies on (stream manager with client authentication, nucleus) are deployed; versions are the build's."""
+    from devkit.devrun_recipe import configuration_update
     from gateway.componentconfig import COMPONENTS
     from gateway.config import validate
-    from gateway.dev.devrun_recipe import configuration_update
 
     fleet = json.loads((ROOT / "docs" / "examples" / "fleet-deployment.json").read_text())
     local = json.loads((ROOT / "docs" / "examples" / "local-config.json").read_text())

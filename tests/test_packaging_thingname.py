@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.ipc_server import MQTT_PROXY, IpcServer, _allowed, _Fault
 from gateway.anomaly.config import AlarmEvents
 from gateway.destinations.iotcore import IotCoreDestination
-from gateway.dev.ipc_server import MQTT_PROXY, IpcServer, _allowed, _Fault
 
 ROOT = Path(__file__).resolve().parents[1]
 OP = "aws.greengrass#PublishToIoTCore"

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.peers import ROOT
 from gateway.anomaly.engine import Engine
 from gateway.codec import decode_batch
 from gateway.componentconfig import AnomalyDetectorConfig
 from gateway.destinations.base import Route
 from gateway.destinations.file import FileDestination, FileSink
-from gateway.dev.peers import ROOT
 from gateway.errors import CodecError
 from gateway.publisher import Publisher
 from gateway.record import Record, make_record

@@ -12,10 +12,10 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from devkit.peers import Mosquitto, free_port
 from gateway.destinations.base import DestinationBase, Route, SendResult
 from gateway.destinations.file import FileDestination, FileSink
 from gateway.destinations.mqtt import MqttDestination, MqttSink, MqttTls
-from gateway.dev.peers import Mosquitto, free_port
 from gateway.errors import DestinationError
 from gateway.publisher import Publisher
 from gateway.record import Record, make_record

@@ -1,4 +1,4 @@
-"""IoT Core destination: the real awsiotsdk client publishing through gateway.dev.ipc_server (the IPC wire protocol)."""
+"""IoT Core destination: the real awsiotsdk client publishing through devkit.ipc_server (the IPC wire protocol)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from devkit.ipc_server import MQTT_PROXY, IpcServer
 from gateway.destinations.base import Route
 from gateway.destinations.iotcore import IotCoreDestination, IotCoreSink, RateLimiter, check_iot_topic, diagnose
-from gateway.dev.ipc_server import MQTT_PROXY, IpcServer
 from gateway.ipc_connection import SOCKET_ENV, TOKEN_ENV
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec

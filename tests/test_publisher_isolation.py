@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from devkit.peers import Mosquitto
 from gateway.destinations.base import Route, SendResult
 from gateway.destinations.file import FileDestination, FileSink
 from gateway.destinations.file import diagnose as file_diagnose
 from gateway.destinations.mqtt import MqttDestination, MqttSink, MqttTls
 from gateway.destinations.mqtt import diagnose as mqtt_diagnose
-from gateway.dev.peers import Mosquitto
 from gateway.errors import DestinationError
 from gateway.record import Kind, Record, make_record
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec

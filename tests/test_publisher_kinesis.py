@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from devkit.kinesis_fault import KinesisFaultProxy
+from devkit.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, gateway_records, read_all
 from gateway.destinations.aws import AwsSettings
 from gateway.destinations.base import Route
 from gateway.destinations.kinesis import KinesisDestination, KinesisSink, diagnose
-from gateway.dev.kinesis_fault import KinesisFaultProxy
-from gateway.dev.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, gateway_records, read_all
 from gateway.record import Record, make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore

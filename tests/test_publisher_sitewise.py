@@ -1,4 +1,4 @@
-"""SiteWise destination against gateway.dev.sitewise_fake: quotas, per-entry errors, credentials."""
+"""SiteWise destination against devkit.sitewise_fake: quotas, per-entry errors, credentials."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from devkit.kinesis_peer import TEST_CREDENTIALS
+from devkit.sitewise_fake import SiteWiseFake
 from gateway.destinations.aws import AwsSettings
 from gateway.destinations.base import Route
 from gateway.destinations.sitewise import SiteWiseDestination, SiteWiseSink, diagnose
-from gateway.dev.kinesis_peer import TEST_CREDENTIALS
-from gateway.dev.sitewise_fake import SiteWiseFake
 from gateway.errors import DestinationError
 from gateway.record import Record, make_record
 from gateway.streams import RecordWriter, StreamSpec

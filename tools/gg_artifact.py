@@ -5,7 +5,7 @@ third-party distributions it needs (names only: versions always come from ``pypr
 ``gateway`` subpackages it ships. Everything else about a zip follows from it.
 
 A zip holds, at its root (Greengrass unpacks ``X.zip`` into ``{artifacts:decompressedPath}/X/``):
-``gateway/`` (without ``dev/`` and ``cli/`` unless asked for), ``components/__init__.py``,
+``gateway/`` (without ``cli/`` unless asked for; ``devkit/`` never), ``components/__init__.py``,
 ``components/<dir>/``, ``requirements.txt`` (the component's lock, ``locks/<Name>.txt``),
 ``requirements-bootstrap.txt`` (``locks/bootstrap.txt``), ``install.sh`` and, with offline wheels, ``wheels/``
 (exactly the locked files, see tools/gg_lock.py).
@@ -30,7 +30,7 @@ COMMON = ("pydantic", "PyYAML", "cbor2", "stream-manager", "awsiotsdk", "awscrt"
 # first use), so each component ships only its own. import_problems() fails the build when a component lacks a
 # library its entry point imports.
 # Parts of the gateway package that only development tools use; shipped only to components that list them.
-OPTIONAL_GATEWAY_PARTS = ("dev", "cli")
+OPTIONAL_GATEWAY_PARTS = ("cli",)
 EXCLUDED_NAMES = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
 EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)

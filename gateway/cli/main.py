@@ -41,7 +41,7 @@ COMMANDS: list[tuple[tuple[str, ...], str]] = [
     (("opcua",), "gateway.cli.opcua"),
     (("opcda",), "gateway.cli.opcda"),
     (("anomaly",), "gateway.anomaly.cli"),
-    (("dev",), "gateway.cli.dev"),
+    (("dev",), "devkit.cli"),
 ]
 
 # Options every command understands, wherever they are written; (flags, keyword arguments).

@@ -1,5 +1,5 @@
 """factoryedge.AnomalyDetector on real streams (embedded store): the engine, the asyncio component with alarm
-events over the real awsiotsdk client (gateway.dev.ipc_server), restart and crash replay, bad input, the entry
+events over the real awsiotsdk client (devkit.ipc_server), restart and crash replay, bad input, the entry
 point and ``gatewayctl anomaly status``."""
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import yaml
 
+from devkit.ipc_server import IpcServer
+from devkit.peers import ROOT, start, wait_for
 from gateway.anomaly import AnomalyConfig, offline, persist
 from gateway.anomaly.component import AnomalyComponent
 from gateway.anomaly.engine import Engine
 from gateway.cli.main import main as gatewayctl
 from gateway.codec import decode_batch
 from gateway.componentconfig import AnomalyDetectorConfig
-from gateway.dev.ipc_server import IpcServer
-from gateway.dev.peers import ROOT, start, wait_for
 from gateway.ipc import GreengrassIpc
 from gateway.record import Kind, Record
 from gateway.runtime import Context

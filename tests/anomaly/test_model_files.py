@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from devkit.peers import ROOT
 from gateway.anomaly import persist
-from gateway.dev.peers import ROOT
 from tests.anomaly.test_component import _data, _drain, _engine, _write
 
 Edit = Callable[[dict[str, Any]], None]

@@ -18,12 +18,12 @@ from typing import Any, get_args
 import pytest
 import yaml
 
+from devkit.peers import ROOT
 from gateway.componentconfig import PublisherConfig
 from gateway.config import validate
 from gateway.destinations.aws import AwsSettings
 from gateway.destinations.base import DestinationBase
 from gateway.destinations.registry import make_sink
-from gateway.dev.peers import ROOT
 from gateway.errors import ConfigError
 
 SECRET = "wJalr-S3CRET-key"

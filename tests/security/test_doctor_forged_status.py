@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import yaml
 
+from devkit.peers import Proc, wait_for
 from gateway.cli.main import main
-from gateway.dev.peers import Proc, wait_for
 from tests.security.test_opcda_rogue import RogueGateway, _tls
 
 NOBODY = 65534

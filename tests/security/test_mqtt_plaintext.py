@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from devkit.peers import wait_for
 from gateway.componentconfig import PublisherConfig
 from gateway.config import validate
 from gateway.destinations.base import Route
 from gateway.destinations.mqtt import MqttDestination, MqttSink
-from gateway.dev.peers import wait_for
 from gateway.errors import ConfigError
 from gateway.record import make_record
 

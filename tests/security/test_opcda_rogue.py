@@ -29,9 +29,9 @@ import pytest
 import serpent  # type: ignore[import-untyped]
 import yaml
 
+from devkit.peers import ROOT
 from gateway.cli.main import main
 from gateway.collector import Collector
-from gateway.dev.peers import ROOT
 from gateway.sources.opcda import OpcDaSource
 from gateway.sources.opcda_config import OpcDaConnection
 from gateway.streams import StreamSpec

@@ -26,11 +26,11 @@ from asyncua.crypto.security_policies import SecurityPolicyNone
 from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from devkit.peers import free_port
 from gateway.cli.main import main as gatewayctl
 from gateway.collector import Collector
 from gateway.componentconfig import OpcUaCollectorConfig
 from gateway.config import validate
-from gateway.dev.peers import free_port
 from gateway.errors import ConfigError, SourceError
 from gateway.sources.opcua import connect, disconnect
 from gateway.sources.opcua_config import OpcUaConnection

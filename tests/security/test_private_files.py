@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from devkit.peers import ROOT, start, wait_for
 from gateway.componentconfig import OpcUaCollectorConfig
-from gateway.dev.peers import ROOT, start, wait_for
 from gateway.revision import revision_of
 
 

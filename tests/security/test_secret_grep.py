@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.dev.peers import ROOT, free_port, start, wait_for
+from devkit.peers import ROOT, free_port, start, wait_for
 
 SECRET = "Zq7-S3CRET-do-not-print"
 OPCUA, PUBLISHER, OPCDA = "factoryedge.OpcUaCollector", "factoryedge.Publisher", "factoryedge.OpcDaCollector"

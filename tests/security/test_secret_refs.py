@@ -21,10 +21,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from devkit.ipc_server import SECRET_MANAGER, IpcServer
+from devkit.peers import ROOT, Proc, free_port, make_pki, mosquitto_binary, port_open, start, wait_for
 from gateway.componentconfig import PublisherConfig
 from gateway.config import load_file
-from gateway.dev.ipc_server import SECRET_MANAGER, IpcServer
-from gateway.dev.peers import ROOT, Proc, free_port, make_pki, mosquitto_binary, port_open, start, wait_for
 from gateway.errors import ConfigError
 from gateway.ipc import GreengrassIpc
 from gateway.ipc_config import connect_deployment

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.dev.kinesis_peer import TEST_CREDENTIALS
-from gateway.dev.peers import ROOT
-from gateway.dev.sitewise_fake import SiteWiseFake
+from devkit.kinesis_peer import TEST_CREDENTIALS
+from devkit.peers import ROOT
+from devkit.sitewise_fake import SiteWiseFake
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.dev.stream_manager_server import StreamManagerServer
+from devkit.stream_manager_server import StreamManagerServer
 from gateway.streams.base import StreamStore
 from gateway.streams.stream_manager import StreamManagerStore
 

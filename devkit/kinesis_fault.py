@@ -19,7 +19,7 @@ import threading
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from gateway.dev.localhttp import LocalHttpServer
+from devkit.localhttp import LocalHttpServer
 
 _PUT_RECORDS = "Kinesis_20131202.PutRecords"
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}

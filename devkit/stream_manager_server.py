@@ -27,7 +27,7 @@ restart of the server. Differences from the real server, on purpose:
 - no export statuses are reported.
 
 The command line and the long-running service (``gatewayctl dev run`` runs one) are in
-:mod:`gateway.dev.stream_manager_service`: ``python -m gateway.dev.stream_manager_service --port 8088 --store DIR``.
+:mod:`devkit.stream_manager_service`: ``python -m devkit.stream_manager_service --port 8088 --store DIR``.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from stream_manager import data as smd
 
-from gateway.dev import stream_manager_wire as _wire
-from gateway.dev.stream_manager_wire import Refused
+from devkit import stream_manager_wire as _wire
+from devkit.stream_manager_wire import Refused
 from gateway.errors import ConfigError, StreamError, StreamFull, StreamNotFound
 from gateway.streams import segments as seg
 from gateway.streams.base import Persistence, StreamSpec
@@ -373,6 +373,6 @@ class StreamManagerServer:
 
 
 if __name__ == "__main__":  # the command line lives in the service module; kept here for old scripts
-    from gateway.dev.stream_manager_service import main
+    from devkit.stream_manager_service import main
 
     main()

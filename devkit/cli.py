@@ -69,7 +69,7 @@ def _root(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gateway.dev.devrun import DevRun, Options
+    from devkit.devrun import DevRun, Options
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = Options(build=args.build, root=args.root, config=args.config, mqtt=args.mqtt, iot_file=args.iot_file,
@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
-    from gateway.dev.devrun_control import request
+    from devkit.devrun_control import request
     from gateway.errors import ConfigError
 
     merge: Any = {}
@@ -103,7 +103,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from gateway.dev.devrun_control import request
+    from devkit.devrun_control import request
 
     answer = request(args.root, {"op": "status"}, timeout_s=10)
     if getattr(args, "json", False):
@@ -119,7 +119,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from gateway.dev.devrun_control import request
+    from devkit.devrun_control import request
 
     answer = request(args.root, {"op": "stop"}, timeout_s=10)
     print(json.dumps(answer) if getattr(args, "json", False) else "stopping")

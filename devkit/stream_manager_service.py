@@ -1,11 +1,11 @@
-"""Stream manager as a long-running local service: the protocol server of :mod:`gateway.dev.stream_manager_server`
+"""Stream manager as a long-running local service: the protocol server of :mod:`devkit.stream_manager_server`
 on the embedded store, with a command line, signals and a port file.
 
 Durable like the real service: the streams are files of the embedded store under ``--store``, so a stop and a start
 (or a crash) keep every stream and message, and clients of the real SDK reconnect to the same port (the gateway's
 stream adapter does so on its own). ``gatewayctl dev run`` runs one in-process; alone::
 
-    python -m gateway.dev.stream_manager_service --store .run/streams --port 8088 --auth-token TOKEN
+    python -m devkit.stream_manager_service --store .run/streams --port 8088 --auth-token TOKEN
 
 Clients find it as under Greengrass: ``STREAM_MANAGER_SERVER_PORT`` (default 8088) and
 ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` (one of the ``--auth-token`` values, or anything when none is given).
@@ -20,7 +20,7 @@ import signal
 from collections.abc import Iterable
 from pathlib import Path
 
-from gateway.dev.stream_manager_server import StreamManagerServer
+from devkit.stream_manager_server import StreamManagerServer
 from gateway.fsutil import atomic_write
 
 log = logging.getLogger(__name__)

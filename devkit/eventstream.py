@@ -8,7 +8,7 @@ Stream 0 carries the connection handshake (CONNECT, CONNECT_ACK) and pings; each
 whose first client message names the ``operation``. The server answers on the same stream id; a frame with the
 TERMINATE_STREAM flag closes the stream on both sides.
 
-This module knows nothing about Greengrass: :mod:`gateway.dev.ipc_server` gives the operations their meaning.
+This module knows nothing about Greengrass: :mod:`devkit.ipc_server` gives the operations their meaning.
 """
 
 from __future__ import annotations

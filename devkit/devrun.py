@@ -2,7 +2,7 @@
 
 From ``greengrass-build/`` it takes every component the bundle depends on (or those named), picks each recipe's
 manifest for this platform, unpacks the artifacts, merges the configuration (recipe defaults + ``--config``
-overrides), interpolates the recipe variables (:mod:`gateway.dev.devrun_recipe`), then runs ``Install`` and ``Run``
+overrides), interpolates the recipe variables (:mod:`devkit.devrun_recipe`), then runs ``Install`` and ``Run``
 as ``sh -c`` in the component's work folder with the environment a nucleus gives:
 
 ``SVCUID`` and ``AWS_CONTAINER_AUTHORIZATION_TOKEN`` (one token per component), ``AWS_GG_NUCLEUS_DOMAIN_SOCKET_
@@ -13,13 +13,13 @@ Around them it serves what the nucleus would: one Greengrass IPC endpoint (:clas
 updates and validation, UpdateState, pub/sub, PublishToIoTCore forwarded to an MQTT broker or a JSON-lines file,
 authorised by each recipe's ``accessControl``) and one stream manager (:class:`StreamManagerService`, streams kept
 under the root). Each component's state follows the nucleus's state machine
-(:mod:`gateway.dev.devrun_lifecycle`, after ``Lifecycle`` and ``GenericExternalService``): under ``Startup`` it
+(:mod:`devkit.devrun_lifecycle`, after ``Lifecycle`` and ``GenericExternalService``): under ``Startup`` it
 is STARTING until it reports RUNNING (ERRORED after the Startup timeout), under ``Run`` RUNNING once started; an
 ERRORED, reported or from a failed exit, stops the process and starts it again at once, and the third error
 within the error reset time (an hour) makes it BROKEN: stopped, and not started again until a configuration is
 deployed to it (``gatewayctl dev config``). Ctrl-C or SIGTERM stops every process (SIGTERM to its process group, SIGKILL
 after the Shutdown timeout). ``gatewayctl dev config`` deploys a configuration change through the control socket
-(:mod:`gateway.dev.devrun_control`): it is validated by the component first, as a deployment is.
+(:mod:`devkit.devrun_control`): it is validated by the component first, as a deployment is.
 """
 
 from __future__ import annotations
@@ -38,16 +38,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway.dev import devrun_recipe as rcp
-from gateway.dev.devrun_control import ControlServer, IotCoreForwarder
-from gateway.dev.devrun_lifecycle import (
+from devkit import devrun_recipe as rcp
+from devkit.devrun_control import ControlServer, IotCoreForwarder
+from devkit.devrun_lifecycle import (
     DEFAULT_ERROR_RESET_TIME_S,
     MAXIMUM_CONTINUAL_ERROR,
     ComponentLifecycle,
     Kind,
 )
-from gateway.dev.ipc_server import IpcServer
-from gateway.dev.stream_manager_service import StreamManagerService
+from devkit.ipc_server import IpcServer
+from devkit.stream_manager_service import StreamManagerService
 from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ The faults are the ones a site link actually has:
   connections get an RST. ``pass_through`` listens again on the same port.
 
 One thread, one selector, non-blocking sockets; bound to 127.0.0.1 only. Use in-process from tests
-(``FaultProxy(port).start()``) or as ``python -m gateway.dev.faultproxy --target 127.0.0.1:1883`` with the mode
+(``FaultProxy(port).start()``) or as ``python -m devkit.faultproxy --target 127.0.0.1:1883`` with the mode
 read line by line from standard input.
 """
 

@@ -15,7 +15,7 @@ enforces and answers:
 - ``inject(code, entries)`` makes the next entries fail with ``code`` (e.g. ``InternalFailureException``).
 
 Accepted values are kept per alias, duplicates included (SiteWise bills them twice), so a test can check exactly
-what arrived. Run in-process (``SiteWiseFake(...).start()``) or as ``python -m gateway.dev.sitewise_fake``.
+what arrived. Run in-process (``SiteWiseFake(...).start()``) or as ``python -m devkit.sitewise_fake``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from gateway.dev.localhttp import LocalHttpServer
+from devkit.localhttp import LocalHttpServer
 
 DataType = str  # DOUBLE | INTEGER | BOOLEAN | STRING
 _VARIANT = {"DOUBLE": "doubleValue", "INTEGER": "integerValue", "BOOLEAN": "booleanValue", "STRING": "stringValue"}

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from gateway.dev.peers import ROOT, Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for
+from devkit.peers import ROOT, Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for
 
 SPEED = 180
 IDV_SCHEDULE = "1@12h"

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.dev.devrun_lifecycle import ComponentLifecycle
-from gateway.dev.eventstream import RpcConnection, RpcStream
-from gateway.dev.spooler import NucleusSpool, SpoolerStoreError
+from devkit.devrun_lifecycle import ComponentLifecycle
+from devkit.eventstream import RpcConnection, RpcStream
+from devkit.spooler import NucleusSpool, SpoolerStoreError
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class IpcServer:
         access_control: per-component ``accessControl`` as written in recipes; components absent are trusted.
         iot_core_sink: "IoT Core": receives every message the spooler delivers (also recorded in
             :attr:`published`); raising refuses it and the spooler retries it, as the nucleus does.
-        spool: the nucleus' MQTT spooler (:class:`~gateway.dev.spooler.NucleusSpool`); by default the nucleus'
+        spool: the nucleus' MQTT spooler (:class:`~devkit.spooler.NucleusSpool`); by default the nucleus'
             default, 2.5 MB in memory and online. PublishToIoTCore answers once the message is queued there, not
             when IoT Core got it (``MqttProxyIPCAgent``); :meth:`restart_nucleus` loses a memory spool.
         secrets: secret ARN -> SecretString (str) or SecretBinary (bytes): the secrets the SecretManager component

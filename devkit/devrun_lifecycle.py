@@ -1,4 +1,4 @@
-"""The nucleus's component state machine, reproduced for the stand-ins (:class:`~gateway.dev.ipc_server.IpcServer`
+"""The nucleus's component state machine, reproduced for the stand-ins (:class:`~devkit.ipc_server.IpcServer`
 and ``gatewayctl dev run``), so that what our components report means there what it means on a core.
 
 Source: aws-greengrass/aws-greengrass-nucleus, ``com.aws.greengrass.lifecyclemanager``:
@@ -55,7 +55,7 @@ class ComponentLifecycle:
     Args:
         name: the component.
         state: where it starts: NEW under a supervisor; STARTING for a component some other process started
-            (an :class:`~gateway.dev.ipc_server.IpcServer` without a dev run).
+            (an :class:`~devkit.ipc_server.IpcServer` without a dev run).
         kind: the lifecycle step its process runs under (``Startup`` or ``Run``).
         error_reset_s: the recipe's ``Lifecycle.errorResetTime`` (seconds).
         clock: seconds, monotonic (tests pass their own).

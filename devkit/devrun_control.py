@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.dev import devrun_recipe as rcp
+from devkit import devrun_recipe as rcp
 from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
-    from gateway.dev.devrun import DevRun
+    from devkit.devrun import DevRun
 
 log = logging.getLogger(__name__)
 _MAX_REQUEST = 16 * 1024 * 1024

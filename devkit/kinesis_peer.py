@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.dev.peers import ROOT, Proc, free_port, port_open, start, wait_for
+from devkit.peers import ROOT, Proc, free_port, port_open, start, wait_for
 
 KINESALITE = ROOT / "tests" / "peers" / "node_modules" / "kinesalite"
 # Fake credentials for local peers: kinesalite checks that requests are signed, not by whom.
