@@ -8,11 +8,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway.anomaly.config import AlarmEvents, AnomalyConfig, TagGroup
-from gateway.destinations.file import FileDestination
-from gateway.destinations.iotcore import IotCoreDestination
-from gateway.destinations.kinesis import KinesisDestination
-from gateway.destinations.mqtt import MqttDestination
-from gateway.destinations.sitewise import SiteWiseDestination
+from gateway.destinations.file import FileConfig
+from gateway.destinations.iotcore import IotCoreConfig
+from gateway.destinations.kinesis import KinesisConfig
+from gateway.destinations.mqtt import MqttConfig
+from gateway.destinations.sitewise import SiteWiseConfig
 from gateway.sources.modbus_config import ModbusConnection
 from gateway.sources.opcda_config import OpcDaConnection
 from gateway.sources.opcua_config import OpcUaConnection
@@ -80,14 +80,14 @@ class OpcUaCollectorConfig(_Collector, _Component):
     connections: list[OpcUaConnection] = Field(default_factory=list, description="OPC UA servers to read.")
 
 
-Destination = Annotated[
-    FileDestination | MqttDestination | IotCoreDestination | SiteWiseDestination | KinesisDestination,
+DestinationConfig = Annotated[
+    FileConfig | MqttConfig | IotCoreConfig | SiteWiseConfig | KinesisConfig,
     Field(discriminator="type"),
 ]
 
 
-def _default_destinations() -> list[Destination]:
-    return [FileDestination(name="local-file")]
+def _default_destinations() -> list[DestinationConfig]:
+    return [FileConfig(name="local-file")]
 
 
 class ModbusCollectorConfig(_Collector, _Component):
@@ -113,7 +113,7 @@ class OpcDaCollectorConfig(_Collector, _Component):
 class PublisherConfig(_Component):
     """factoryedge.Publisher."""
 
-    destinations: list[Destination] = Field(
+    destinations: list[DestinationConfig] = Field(
         default_factory=lambda: _default_destinations(),
         description="Where records go; each has its own position in every stream it reads.",
     )
@@ -127,7 +127,7 @@ class PublisherConfig(_Component):
 
     @field_validator("destinations")
     @classmethod
-    def _unique(cls, destinations: list[Destination]) -> list[Destination]:
+    def _unique(cls, destinations: list[DestinationConfig]) -> list[DestinationConfig]:
         return unique_names(destinations, "destination")
 
 

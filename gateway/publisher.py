@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.destinations.base import Destination, DestinationBase, Router, SendResult
+from gateway.destinations.base import Destination, DestinationConfigBase, Router, SendResult
 from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
 from gateway.publisher_counters import (
     DIGITS,
@@ -64,7 +64,7 @@ class Publisher:
         self,
         store: StreamStore,
         positions: PositionStore,
-        destinations: Mapping[str, tuple[DestinationBase, Destination]],
+        destinations: Mapping[str, tuple[DestinationConfigBase, Destination]],
         *,
         dead_letter_stream: str,
         metrics_stream: str,
@@ -115,7 +115,7 @@ class Publisher:
         self._write_status()
         self._aux.close()
 
-    async def _destination(self, name: str, cfg: DestinationBase, sink: Destination, stop: asyncio.Event) -> None:
+    async def _destination(self, name: str, cfg: DestinationConfigBase, sink: Destination, stop: asyncio.Event) -> None:
         """Start the destination, then run its pumps; a start that raises is retried by the supervisor."""
         await sink.start()
         self._started.add(name)
@@ -131,7 +131,9 @@ class Publisher:
         counters.restarts += 1
         counters.last_error = error
 
-    async def _pump(self, name: str, cfg: DestinationBase, sink: Destination, stream: str, stop: asyncio.Event) -> None:
+    async def _pump(
+        self, name: str, cfg: DestinationConfigBase, sink: Destination, stream: str, stop: asyncio.Event
+    ) -> None:
         offload = Offload(f"read-{name}-{stream}")
         counters = self.counters[name]
         reader = await self._open_reader(offload, name, stream, stop)

@@ -18,7 +18,7 @@ import pytest
 from devkit.ipc_server import IpcServer
 from devkit.spooler import SPOOL_FULL, NucleusSpool
 from gateway.destinations.base import Route
-from gateway.destinations.iotcore import IotCoreDestination, IotCoreSink
+from gateway.destinations.iotcore import IotCoreConfig, IotCoreSink
 from gateway.publisher import Publisher
 from gateway.streams import PositionStore
 from gateway.streams.embedded import EmbeddedStore
@@ -47,8 +47,8 @@ async def _until(what: str, done: Any, task: asyncio.Task[None] | None = None, t
         await asyncio.sleep(0.05)
 
 
-def _destination(**kw: Any) -> IotCoreDestination:
-    return IotCoreDestination(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{source}",
+def _destination(**kw: Any) -> IotCoreConfig:
+    return IotCoreConfig(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{source}",
                               max_message_bytes=4096, retry_min_s=0.05, retry_max_s=0.2, **kw)
 
 

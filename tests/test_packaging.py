@@ -202,7 +202,7 @@ def test_access_control_allows_exactly_what_the_default_topics_need(built: Path)
     """The topics the models publish to by default fall under the recipe's policies, as the nucleus matches them."""
     from devkit.ipc_server import MQTT_PROXY, PUBSUB, _allowed
     from gateway.anomaly.config import AlarmEvents
-    from gateway.destinations.iotcore import IotCoreDestination
+    from gateway.destinations.iotcore import IotCoreConfig
 
     def allowed(name: str, service: str, operation: str, template: str | None) -> bool:
         assert template is not None
@@ -211,12 +211,12 @@ def test_access_control_allows_exactly_what_the_default_topics_need(built: Path)
         return _allowed(acl, service, f"aws.greengrass#{operation}", topic, "x")  # x: the thing name too
 
     publisher, anomaly = "factoryedge.Publisher", "factoryedge.AnomalyDetector"
-    assert allowed(publisher, MQTT_PROXY, "PublishToIoTCore", IotCoreDestination(name="cloud").topic)
+    assert allowed(publisher, MQTT_PROXY, "PublishToIoTCore", IotCoreConfig(name="cloud").topic)
     assert not allowed(publisher, MQTT_PROXY, "PublishToIoTCore", "factoryedge/x/alarms/x")
     assert not allowed(publisher, PUBSUB, "PublishToTopic", "factoryedge/alarms/x")
     assert allowed(anomaly, MQTT_PROXY, "PublishToIoTCore", AlarmEvents().iot_core_topic)
     assert allowed(anomaly, PUBSUB, "PublishToTopic", AlarmEvents().local_topic)
-    assert not allowed(anomaly, MQTT_PROXY, "PublishToIoTCore", IotCoreDestination(name="cloud").topic)
+    assert not allowed(anomaly, MQTT_PROXY, "PublishToIoTCore", IotCoreConfig(name="cloud").topic)
 
 
 def test_same_sources_give_the_same_zip_bytes(built: Path, tmp_path: Path) -> None:

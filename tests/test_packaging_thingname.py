@@ -15,7 +15,7 @@ import yaml
 
 from devkit.ipc_server import MQTT_PROXY, IpcServer, _allowed, _Fault
 from gateway.anomaly.config import AlarmEvents
-from gateway.destinations.iotcore import IotCoreDestination
+from gateway.destinations.iotcore import IotCoreConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 OP = "aws.greengrass#PublishToIoTCore"
@@ -39,7 +39,7 @@ def test_iot_core_resources_are_scoped_to_the_thing_name(name: str) -> None:
 
 
 @pytest.mark.parametrize(("name", "template"), [
-    ("factoryedge.Publisher", IotCoreDestination(name="cloud").topic),
+    ("factoryedge.Publisher", IotCoreConfig(name="cloud").topic),
     ("factoryedge.AnomalyDetector", AlarmEvents().iot_core_topic)])
 def test_own_thing_allowed_another_thing_refused(name: str, template: str | None) -> None:
     assert template is not None and "{thing}" in template

@@ -25,8 +25,8 @@ from gateway.cli.main import main as gatewayctl
 from gateway.componentconfig import AnomalyDetectorConfig, PublisherConfig
 from gateway.config import validate
 from gateway.destinations.base import Route, SendResult
-from gateway.destinations.file import FileDestination, FileSink
-from gateway.destinations.mqtt import MqttDestination, MqttTls
+from gateway.destinations.file import FileConfig, FileSink
+from gateway.destinations.mqtt import MqttConfig, MqttTls
 from gateway.destinations.registry import make_sink
 from gateway.errors import ConfigError
 from gateway.fsutil import atomic_write
@@ -132,7 +132,7 @@ def test_publisher_survives_a_full_disk_and_resumes_when_space_returns(
     positions = PositionStore(small_disk / "positions")
     (small_disk / "status").mkdir()
     out = tmp_path / "out.jsonl"
-    cfg = FileDestination(name="f", path=str(out), route=ROUTE, batch_messages=2, retry_min_s=0.05,
+    cfg = FileConfig(name="f", path=str(out), route=ROUTE, batch_messages=2, retry_min_s=0.05,
                           retry_max_s=0.2)
     pub = Publisher(store, positions, {"f": (cfg, FileSink(cfg))}, dead_letter_stream="dlq",
                     metrics_stream="metrics", status_dir=small_disk / "status", status_interval_s=0.1)
@@ -173,7 +173,7 @@ def test_corrupt_position_file_fails_that_pump_alone_visibly_and_it_recovers(
     bad_pos = tmp_path / "positions" / "a" / "values.pos"
     bad_pos.parent.mkdir(parents=True)
     bad_pos.write_text("{not json")
-    dests = {n: FileDestination(name=n, path=str(tmp_path / f"{n}.jsonl"), route=ROUTE, retry_min_s=0.05,
+    dests = {n: FileConfig(name=n, path=str(tmp_path / f"{n}.jsonl"), route=ROUTE, retry_min_s=0.05,
                                 retry_max_s=0.2) for n in ("a", "b")}
     pub = Publisher(store, positions, {n: (c, FileSink(c)) for n, c in dests.items()}, dead_letter_stream="dlq",
                     metrics_stream="metrics", status_dir=tmp_path / "store" / "status", status_interval_s=0.1)
@@ -224,13 +224,13 @@ class _BrokenStart:
 def test_a_destination_that_cannot_start_is_isolated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = EmbeddedStore(tmp_path / "store")
     _fill(store, 200)
-    ok = FileDestination(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
-    broken_cfg = FileDestination(name="broken", route=ROUTE, retry_min_s=0.05, retry_max_s=0.1)
+    ok = FileConfig(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
+    broken_cfg = FileConfig(name="broken", route=ROUTE, retry_min_s=0.05, retry_max_s=0.1)
     broken = _BrokenStart()
     # A CA file deleted after validation: the MQTT destination fails at start, the others run.
     ca = tmp_path / "missing-ca.pem"
     ca.write_text("not yet deleted")
-    mqtt_cfg = MqttDestination(name="m", host="127.0.0.1", port=1, route=ROUTE, tls=MqttTls(ca_file=str(ca)),
+    mqtt_cfg = MqttConfig(name="m", host="127.0.0.1", port=1, route=ROUTE, tls=MqttTls(ca_file=str(ca)),
                                retry_min_s=0.05, retry_max_s=0.1)
     ca.unlink()
     pub = Publisher(store, PositionStore(tmp_path / "positions"),

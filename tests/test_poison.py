@@ -24,7 +24,7 @@ from gateway.anomaly.engine import Engine
 from gateway.codec import decode_batch
 from gateway.componentconfig import AnomalyDetectorConfig
 from gateway.destinations.base import Route
-from gateway.destinations.file import FileDestination, FileSink
+from gateway.destinations.file import FileConfig, FileSink
 from gateway.errors import CodecError
 from gateway.publisher import Publisher
 from gateway.record import Record, make_record
@@ -95,7 +95,7 @@ async def _publish(pub: Publisher, done: Any) -> None:
 def test_the_publisher_dead_letters_poison_and_delivers_everything_else(tmp_path: Path) -> None:
     store, good, poison = _poisoned_stream(tmp_path / "data")
     out = tmp_path / "out.jsonl"
-    cfg = FileDestination(name="f", path=str(out), route=Route(streams=[STREAM]))
+    cfg = FileConfig(name="f", path=str(out), route=Route(streams=[STREAM]))
     pub = Publisher(store, PositionStore(tmp_path / "positions"), {"f": (cfg, FileSink(cfg))},
                     dead_letter_stream="dlq", metrics_stream="metrics", status_dir=tmp_path / "status",
                     status_interval_s=0.2)

@@ -13,9 +13,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devkit.peers import Mosquitto, free_port
-from gateway.destinations.base import DestinationBase, Route, SendResult
-from gateway.destinations.file import FileDestination, FileSink
-from gateway.destinations.mqtt import MqttDestination, MqttSink, MqttTls
+from gateway.destinations.base import DestinationConfigBase, Route, SendResult
+from gateway.destinations.file import FileConfig, FileSink
+from gateway.destinations.mqtt import MqttConfig, MqttSink, MqttTls
 from gateway.errors import DestinationError
 from gateway.publisher import Publisher
 from gateway.record import Record, make_record
@@ -48,7 +48,7 @@ async def _run_until(publisher: Publisher, done: Any, timeout: float = 30) -> No
     await task
 
 
-def _publisher(store: EmbeddedStore, tmp: Path, sinks: dict[str, tuple[DestinationBase, Any]]) -> Publisher:
+def _publisher(store: EmbeddedStore, tmp: Path, sinks: dict[str, tuple[DestinationConfigBase, Any]]) -> Publisher:
     return Publisher(store, PositionStore(tmp / "positions"), sinks, dead_letter_stream="dlq",
                      metrics_stream="metrics", status_dir=tmp / "status", status_interval_s=0.2)
 
@@ -60,7 +60,7 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 def test_file_destination_delivers_everything_once_and_commits(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
     records = _fill(store, 1000)
-    cfg = FileDestination(name="f", path=str(tmp_path / "out.jsonl"), route=ROUTE)
+    cfg = FileConfig(name="f", path=str(tmp_path / "out.jsonl"), route=ROUTE)
     pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})
     asyncio.run(_run_until(pub, lambda: len(_lines(tmp_path / "out.jsonl")) >= 1000))
     got = _lines(tmp_path / "out.jsonl")
@@ -93,7 +93,7 @@ def test_mqtt_with_mutual_tls_delivers_batched_records(tmp_path: Path, mosquitto
         records = _fill(store, 3000)
         tls = MqttTls(ca_file=str(mosquitto.pki.ca), cert_file=str(mosquitto.pki.client_cert),
                       key_file=str(mosquitto.pki.client_key))
-        cfg = MqttDestination(name="m", host="127.0.0.1", port=mosquitto.tls_port, tls=tls, route=ROUTE,
+        cfg = MqttConfig(name="m", host="127.0.0.1", port=mosquitto.tls_port, tls=tls, route=ROUTE,
                               client_id="pub-mtls", max_message_bytes=16 * 1024)
         pub = _publisher(store, tmp_path, {"m": (cfg, MqttSink(cfg))})
         asyncio.run(_run_until(pub, lambda: len(received) >= 3000))
@@ -119,8 +119,8 @@ def test_broker_refuses_a_client_without_certificate(mosquitto: Mosquitto) -> No
 def test_dead_destination_does_not_hold_back_the_file(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
     _fill(store, 500)
-    dead = MqttDestination(name="dead", host="127.0.0.1", port=free_port(), route=ROUTE, retry_min_s=0.05)
-    ok = FileDestination(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
+    dead = MqttConfig(name="dead", host="127.0.0.1", port=free_port(), route=ROUTE, retry_min_s=0.05)
+    ok = FileConfig(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
     pub = _publisher(store, tmp_path, {"dead": (dead, MqttSink(dead)), "ok": (ok, FileSink(ok))})
     asyncio.run(_run_until(pub, lambda: len(_lines(tmp_path / "ok.jsonl")) >= 500 and pub.counters["dead"].retries > 2))
     assert pub.counters["dead"].records_sent == 0
@@ -151,7 +151,7 @@ def test_poison_record_is_dead_lettered_alone(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
     _fill(store, 200, per_batch=100)
     sink = _PoisonSink()
-    cfg = FileDestination(name="poison", route=ROUTE)
+    cfg = FileConfig(name="poison", route=ROUTE)
     pub = _publisher(store, tmp_path, {"poison": (cfg, sink)})
     asyncio.run(_run_until(pub, lambda: len(sink.accepted) >= 199))
     assert 13.0 not in [r.value for r in sink.accepted] and len(sink.accepted) == 199
@@ -163,7 +163,7 @@ def test_poison_record_is_dead_lettered_alone(tmp_path: Path) -> None:
 def test_routing_by_tag_pattern(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
     _fill(store, 70)
-    cfg = FileDestination(name="f", path=str(tmp_path / "o.jsonl"),
+    cfg = FileConfig(name="f", path=str(tmp_path / "o.jsonl"),
                           route=Route(streams=["values"], tags=["line/temp3", "line/temp5"]))
     pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})
     asyncio.run(_run_until(pub, lambda: PositionStore(tmp_path / "positions").get("f", "values") == 2))

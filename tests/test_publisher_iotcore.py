@@ -14,7 +14,7 @@ import pytest
 
 from devkit.ipc_server import MQTT_PROXY, IpcServer
 from gateway.destinations.base import Route
-from gateway.destinations.iotcore import IotCoreDestination, IotCoreSink, RateLimiter, check_iot_topic, diagnose
+from gateway.destinations.iotcore import IotCoreConfig, IotCoreSink, RateLimiter, check_iot_topic, diagnose
 from gateway.ipc_connection import SOCKET_ENV, TOKEN_ENV
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec
@@ -48,7 +48,7 @@ def test_everything_arrives_batched_within_128kb_in_order_per_topic(tmp_path: Pa
     async def body() -> None:
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, access_control={PUBLISHER: ALLOW_TELEMETRY})
         await server.start()
-        cfg = IotCoreDestination(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{site}/{group}",
+        cfg = IotCoreConfig(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{site}/{group}",
                                  topic_vars={"site": "plant7"}, max_message_bytes=16 * 1024,
                                  max_messages_per_s=10_000, max_bytes_per_s=100e6)
         pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
@@ -74,7 +74,7 @@ def test_refused_topic_is_retried_and_logged_once_until_the_recipe_allows_it(
     async def body() -> None:
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, access_control={PUBLISHER: ALLOW_TELEMETRY})
         await server.start()
-        cfg = IotCoreDestination(name="iot", route=ROUTE, topic="plant/{source}", retry_min_s=0.02, retry_max_s=0.05)
+        cfg = IotCoreConfig(name="iot", route=ROUTE, topic="plant/{source}", retry_min_s=0.02, retry_max_s=0.05)
         pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
 
         def allow_after_retries() -> bool:
@@ -107,7 +107,7 @@ def test_oversized_records_and_bad_topics_are_dead_lettered(tmp_path: Path, ipc_
     async def body() -> None:
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER})
         await server.start()
-        cfg = IotCoreDestination(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{tag}")
+        cfg = IotCoreConfig(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{tag}")
         pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
         try:
             await _run_until(pub, lambda: pub.counters["iot"].dead_lettered + pub.counters["iot"].records_sent >= 4)
@@ -127,7 +127,7 @@ def test_topic_rules_and_diagnose(ipc_env: Path) -> None:
     assert "$" in str(check_iot_topic("$aws/things/x"))
 
     async def body() -> None:
-        cfg = IotCoreDestination(name="iot")
+        cfg = IotCoreConfig(name="iot")
         findings = {f.check: f for f in await diagnose(cfg, 2.0)}
         assert findings["topic template"].ok is True
         assert findings["greengrass ipc"].ok is False  # no server listening on the socket yet
@@ -161,8 +161,8 @@ def test_iotcore_destinations_share_one_device_budget_below_the_quota() -> None:
     assert PUBLISHER_BUDGET[1] + DETECTOR_BUDGET[1] <= 0.8 * IOT_CORE_QUOTA[1]
 
     async def body() -> float:
-        sinks = [IotCoreSink(IotCoreDestination(name=n)) for n in ("a", "b")]
-        own = IotCoreSink(IotCoreDestination(name="own", max_messages_per_s=5))
+        sinks = [IotCoreSink(IotCoreConfig(name=n)) for n in ("a", "b")]
+        own = IotCoreSink(IotCoreConfig(name="own", max_messages_per_s=5))
         assert own._own_limiter is not None and sinks[0]._own_limiter is None
         limiters = [s._own_limiter or publisher_limiter() for s in sinks]
         assert limiters[0] is limiters[1]

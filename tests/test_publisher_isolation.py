@@ -11,9 +11,9 @@ import pytest
 
 from devkit.peers import Mosquitto
 from gateway.destinations.base import Route, SendResult
-from gateway.destinations.file import FileDestination, FileSink
+from gateway.destinations.file import FileConfig, FileSink
 from gateway.destinations.file import diagnose as file_diagnose
-from gateway.destinations.mqtt import MqttDestination, MqttSink, MqttTls
+from gateway.destinations.mqtt import MqttConfig, MqttSink, MqttTls
 from gateway.destinations.mqtt import diagnose as mqtt_diagnose
 from gateway.errors import DestinationError
 from gateway.record import Kind, Record, make_record
@@ -45,8 +45,8 @@ class _RejectAll:
 def test_a_destination_that_rejects_everything_does_not_slow_the_others(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
     _fill(store, 2000)
-    ok = FileDestination(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
-    bad = FileDestination(name="reject", route=ROUTE)
+    ok = FileConfig(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
+    bad = FileConfig(name="reject", route=ROUTE)
     rejecting = _RejectAll()
     pub = _publisher(store, tmp_path, {"reject": (bad, rejecting), "ok": (ok, FileSink(ok))})
 
@@ -73,7 +73,7 @@ def test_malformed_stream_messages_are_skipped_counted_and_logged_once(
     for junk in (b"not a record batch", b"\x00\x01\x02", b"{}"):
         store.append("values", junk)
     writer.write([make_record("plc", "a", 2.0, seq=2)])
-    cfg = FileDestination(name="f", path=str(tmp_path / "o.jsonl"), route=ROUTE)
+    cfg = FileConfig(name="f", path=str(tmp_path / "o.jsonl"), route=ROUTE)
     pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})
     with caplog.at_level(logging.ERROR):
         asyncio.run(_run_until(pub, lambda: pub.counters["f"].records_sent >= 2 and pub.counters["f"].corrupt_messages
@@ -89,7 +89,7 @@ def test_broker_refusing_the_client_is_retried_counted_logged_once_and_diagnosed
 ) -> None:
     store = EmbeddedStore(tmp_path / "store")
     _fill(store, 100)
-    no_cert = MqttDestination(name="m", host="127.0.0.1", port=mosquitto.tls_port, route=ROUTE,
+    no_cert = MqttConfig(name="m", host="127.0.0.1", port=mosquitto.tls_port, route=ROUTE,
                               tls=MqttTls(ca_file=str(mosquitto.pki.ca)), retry_min_s=0.05, retry_max_s=0.1)
     pub = _publisher(store, tmp_path, {"m": (no_cert, MqttSink(no_cert))})
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
@@ -115,10 +115,10 @@ def test_broker_refusing_the_client_is_retried_counted_logged_once_and_diagnosed
 
 
 def test_file_diagnose(tmp_path: Path) -> None:
-    ok = asyncio.run(file_diagnose(FileDestination(name="f", path=str(tmp_path / "out" / "r.jsonl")), 1.0))
+    ok = asyncio.run(file_diagnose(FileConfig(name="f", path=str(tmp_path / "out" / "r.jsonl")), 1.0))
     assert ok[0].ok is True
     (tmp_path / "blocker").write_text("a file where a folder should be")
-    bad = asyncio.run(file_diagnose(FileDestination(name="f", path=str(tmp_path / "blocker" / "r.jsonl")), 1.0))
+    bad = asyncio.run(file_diagnose(FileConfig(name="f", path=str(tmp_path / "blocker" / "r.jsonl")), 1.0))
     assert bad[0].ok is False and "writable" in bad[0].fix
 
 
@@ -132,7 +132,7 @@ def test_routing_by_kind_source_and_excluded_tags_and_metrics_as_records(tmp_pat
         make_record("rcf", "anomaly/plant/alarm", True, seq=4, kind=Kind.ALARM),
         make_record("other", "line/temp", 5.0, seq=5),
     ])
-    cfg = FileDestination(name="f", path=str(tmp_path / "o.jsonl"), route=Route(
+    cfg = FileConfig(name="f", path=str(tmp_path / "o.jsonl"), route=Route(
         streams=["values", "metrics"], kinds=["value", "alarm", "metric"], sources=["plc", "rcf", "factoryedge.*"],
         exclude_tags=["*/debug"]))
     pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})

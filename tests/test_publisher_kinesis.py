@@ -16,7 +16,7 @@ from devkit.kinesis_fault import KinesisFaultProxy
 from devkit.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, gateway_records, read_all
 from gateway.destinations.aws import AwsSettings
 from gateway.destinations.base import Route
-from gateway.destinations.kinesis import KinesisDestination, KinesisSink, diagnose
+from gateway.destinations.kinesis import KinesisConfig, KinesisSink, diagnose
 from gateway.record import Record, make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
@@ -47,10 +47,10 @@ def proxy(kinesalite: Kinesalite) -> Iterator[KinesisFaultProxy]:
     p.stop()
 
 
-def _cfg(endpoint: str, stream: str, **kw: Any) -> KinesisDestination:
+def _cfg(endpoint: str, stream: str, **kw: Any) -> KinesisConfig:
     # kinesalite speaks plain HTTP on 127.0.0.1: allowed here, refused by default
     aws = AwsSettings(endpoint_url=endpoint, allow_insecure_endpoint=True)
-    return KinesisDestination(name="k", route=ROUTE, stream_name=stream, aws=aws,
+    return KinesisConfig(name="k", route=ROUTE, stream_name=stream, aws=aws,
                               retry_min_s=0.02, retry_max_s=0.1, **kw)
 
 

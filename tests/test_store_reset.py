@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.destinations.file import FileDestination, FileSink
+from gateway.destinations.file import FileConfig, FileSink
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
@@ -22,7 +22,7 @@ def test_publisher_resumes_from_the_oldest_record_after_the_stream_restarts(
     store = EmbeddedStore(tmp_path / "store")
     _fill(store, 500)
     out = tmp_path / "out.jsonl"
-    cfg = FileDestination(name="f", path=str(out), route=ROUTE)
+    cfg = FileConfig(name="f", path=str(out), route=ROUTE)
     pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})
     fresh = [make_record("plc", "line/after", float(i), seq=i) for i in range(20)]
 

@@ -58,7 +58,7 @@ class Route(BaseModel):
     )
 
 
-class DestinationBase(BaseModel):
+class DestinationConfigBase(BaseModel):
     """Settings every destination has."""
 
     model_config = ConfigDict(extra="forbid")

@@ -11,14 +11,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from gateway.destinations.base import DestinationBase, SendResult, dumps, record_json
+from gateway.destinations.base import DestinationConfigBase, SendResult, dumps, record_json
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import DestinationError
 from gateway.record import Record
 from gateway.streams.aio import Offload
 
 
-class FileDestination(DestinationBase):
+class FileConfig(DestinationConfigBase):
     """Write records as JSON lines to rotating files."""
 
     type: Literal["file"] = Field(default="file", description="Destination type.")
@@ -31,7 +31,7 @@ class FileDestination(DestinationBase):
 
 
 class FileSink:
-    def __init__(self, cfg: FileDestination) -> None:
+    def __init__(self, cfg: FileConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.path = Path(cfg.path)
@@ -88,7 +88,7 @@ class FileSink:
         self._offload.close()
 
 
-async def diagnose(cfg: FileDestination, timeout_s: float) -> list[Finding]:
+async def diagnose(cfg: FileConfig, timeout_s: float) -> list[Finding]:
     """The folder exists (or can be made) and is writable, and how much disk is left for it."""
     folder = Path(cfg.path).parent
     try:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from gateway.destinations.base import RECORD_FIELDS, DestinationBase, SendResult, pack_by_topic, template_problem
+from gateway.destinations.base import RECORD_FIELDS, DestinationConfigBase, SendResult, pack_by_topic, template_problem
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import ConfigError, DestinationError, GatewayError
 from gateway.record import Record
@@ -63,7 +63,7 @@ IOT_CORE_MAX_TOPIC_BYTES = 256
 IOT_CORE_MAX_SLASHES = 7
 
 
-class IotCoreDestination(DestinationBase):
+class IotCoreConfig(DestinationConfigBase):
     """Publish records to AWS IoT Core through Greengrass IPC (QoS 1)."""
 
     type: Literal["iotcore"] = Field(default="iotcore", description="Destination type.")
@@ -169,7 +169,7 @@ def thing_name() -> str:
 
 
 class IotCoreSink:
-    def __init__(self, cfg: IotCoreDestination) -> None:
+    def __init__(self, cfg: IotCoreConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self._ipc: GreengrassIpc | None = None
@@ -338,7 +338,7 @@ class SpoolLedger:
         return safe, False
 
 
-async def diagnose(cfg: IotCoreDestination, timeout_s: float) -> list[Finding]:
+async def diagnose(cfg: IotCoreConfig, timeout_s: float) -> list[Finding]:
     """Greengrass IPC reachable with our token; topic template within IoT Core's limits."""
     from gateway.ipc import GreengrassIpc, running_under_greengrass
 

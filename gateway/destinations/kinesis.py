@@ -27,7 +27,7 @@ from gateway.destinations.aws import (
     make_client,
     warn_insecure_endpoint,
 )
-from gateway.destinations.base import ENVELOPE_OVERHEAD, DestinationBase, SendResult, dumps, envelope, record_json
+from gateway.destinations.base import ENVELOPE_OVERHEAD, DestinationConfigBase, SendResult, dumps, envelope, record_json
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
 from gateway.record import Record
@@ -47,7 +47,7 @@ _STREAM_CODES = {
 }
 
 
-class KinesisDestination(DestinationBase):
+class KinesisConfig(DestinationConfigBase):
     """Put records to a Kinesis data stream."""
 
     type: Literal["kinesis"] = Field(default="kinesis", description="Destination type.")
@@ -67,7 +67,7 @@ class KinesisDestination(DestinationBase):
 
 
 class KinesisSink:
-    def __init__(self, cfg: KinesisDestination) -> None:
+    def __init__(self, cfg: KinesisConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.what = f"kinesis destination {cfg.name} (stream {cfg.stream_name})"
@@ -179,7 +179,7 @@ def _calls(heads: list[tuple[str, tuple[bytes, list[Record]]]]) -> list[list[tup
     return calls
 
 
-async def diagnose(cfg: KinesisDestination, timeout_s: float) -> list[Finding]:
+async def diagnose(cfg: KinesisConfig, timeout_s: float) -> list[Finding]:
     """Credentials, region, the Kinesis endpoint, and the stream: it exists and is ACTIVE."""
     findings = await diagnose_aws("kinesis", cfg.aws, timeout_s)
     if not all(f.ok is not False for f in findings):

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
-from gateway.destinations.base import RECORD_FIELDS, DestinationBase, SendResult, pack_by_topic, template_problem
+from gateway.destinations.base import RECORD_FIELDS, DestinationConfigBase, SendResult, pack_by_topic, template_problem
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
 from gateway.record import Record
@@ -65,7 +65,7 @@ class MqttTls(BaseModel):
         return path
 
 
-class MqttDestination(DestinationBase):
+class MqttConfig(DestinationConfigBase):
     """Publish records to an MQTT broker."""
 
     type: Literal["mqtt"] = Field(default="mqtt", description="Destination type.")
@@ -114,7 +114,7 @@ class MqttDestination(DestinationBase):
 
 
 class MqttSink:
-    def __init__(self, cfg: MqttDestination) -> None:
+    def __init__(self, cfg: MqttConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self._offload = Offload(f"mqtt-{cfg.name}")
@@ -226,12 +226,12 @@ class MqttSink:
         self._offload.close()
 
 
-async def diagnose(cfg: MqttDestination, timeout_s: float) -> list[Finding]:
+async def diagnose(cfg: MqttConfig, timeout_s: float) -> list[Finding]:
     """TCP reachability, the TLS handshake (when configured) and the broker's CONNACK, each its own finding."""
     return await asyncio.to_thread(_diagnose, cfg, timeout_s)
 
 
-def _diagnose(cfg: MqttDestination, timeout_s: float) -> list[Finding]:
+def _diagnose(cfg: MqttConfig, timeout_s: float) -> list[Finding]:
     where = f"{cfg.host}:{cfg.port}"
     try:
         raw = socket.create_connection((cfg.host, cfg.port), timeout=timeout_s)
@@ -256,7 +256,7 @@ def _diagnose(cfg: MqttDestination, timeout_s: float) -> list[Finding]:
     return findings
 
 
-def _connack(cfg: MqttDestination, ctx: ssl.SSLContext | None, timeout_s: float) -> Finding:
+def _connack(cfg: MqttConfig, ctx: ssl.SSLContext | None, timeout_s: float) -> Finding:
     # Another client id: reusing the publisher's would disconnect the running component.
     client = _paho_client(f"{cfg.client_id}-doctor")
     outcome: list[str] = []

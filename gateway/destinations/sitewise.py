@@ -30,7 +30,7 @@ from gateway.destinations.aws import (
     make_client,
     warn_insecure_endpoint,
 )
-from gateway.destinations.base import DestinationBase, SendResult, topic_fields
+from gateway.destinations.base import DestinationConfigBase, SendResult, topic_fields
 from gateway.diagnostics import Finding
 from gateway.errors import DestinationError
 from gateway.record import Record
@@ -51,7 +51,7 @@ _FIX = {
 }
 
 
-class SiteWiseDestination(DestinationBase):
+class SiteWiseConfig(DestinationConfigBase):
     """Send values to AWS IoT SiteWise asset properties by alias."""
 
     type: Literal["sitewise"] = Field(default="sitewise", description="Destination type.")
@@ -95,7 +95,7 @@ def variant(value: object) -> dict[str, Any] | str:
 
 
 class SiteWiseSink:
-    def __init__(self, cfg: SiteWiseDestination) -> None:
+    def __init__(self, cfg: SiteWiseConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.what = f"sitewise destination {cfg.name}"
@@ -207,6 +207,6 @@ class SiteWiseSink:
         self._pool.shutdown(wait=True)
 
 
-async def diagnose(cfg: SiteWiseDestination, timeout_s: float) -> list[Finding]:
+async def diagnose(cfg: SiteWiseConfig, timeout_s: float) -> list[Finding]:
     """Credentials, region and the SiteWise data endpoint (data.iotsitewise.<region>.amazonaws.com)."""
     return await diagnose_aws("data.iotsitewise", cfg.aws, timeout_s)

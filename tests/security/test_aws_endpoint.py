@@ -22,7 +22,7 @@ from devkit.peers import ROOT
 from gateway.componentconfig import PublisherConfig
 from gateway.config import validate
 from gateway.destinations.aws import AwsSettings
-from gateway.destinations.base import DestinationBase
+from gateway.destinations.base import DestinationConfigBase
 from gateway.destinations.registry import make_sink
 from gateway.errors import ConfigError
 
@@ -35,7 +35,7 @@ def _aws_types() -> list[str]:
     union = PublisherConfig.model_fields["destinations"].annotation
     found = []
     for model in _models(union):
-        if issubclass(model, DestinationBase) and "aws" in model.model_fields:
+        if issubclass(model, DestinationConfigBase) and "aws" in model.model_fields:
             assert model.model_fields["aws"].annotation is AwsSettings
             found.append(str(model.model_fields["type"].default))
     return sorted(found)

@@ -19,7 +19,7 @@ from devkit.peers import wait_for
 from gateway.componentconfig import PublisherConfig
 from gateway.config import validate
 from gateway.destinations.base import Route
-from gateway.destinations.mqtt import MqttDestination, MqttSink
+from gateway.destinations.mqtt import MqttConfig, MqttSink
 from gateway.errors import ConfigError
 from gateway.record import make_record
 
@@ -113,7 +113,7 @@ def _dest(port: int, **extra: object) -> dict[str, object]:
             "password": SECRET, "retry_min_s": 0.05, **extra}
 
 
-def _publish_once(cfg: MqttDestination) -> None:
+def _publish_once(cfg: MqttConfig) -> None:
     async def go() -> None:
         sink = MqttSink(cfg)
         await sink.start()
@@ -148,7 +148,7 @@ def test_allowed_plaintext_connects_sends_the_password_in_clear_and_warns_once(
         broker: RawBroker, caplog: pytest.LogCaptureFixture) -> None:
     cfg = validate(PublisherConfig, {"destinations": [_dest(broker.port, allow_plaintext=True, route=Route(
         streams=["values"]).model_dump())]}, origin="test").destinations[0]
-    assert isinstance(cfg, MqttDestination)
+    assert isinstance(cfg, MqttConfig)
     with caplog.at_level(logging.WARNING, logger="gateway.destinations.mqtt"):
         _publish_once(cfg)
     wait_for(lambda: broker.publishes >= 3, 10, "three acknowledged publishes")
@@ -163,7 +163,7 @@ def test_allowed_plaintext_connects_sends_the_password_in_clear_and_warns_once(
 
 def test_a_plain_channel_without_password_warns_once_too(broker: RawBroker,
                                                          caplog: pytest.LogCaptureFixture) -> None:
-    cfg = MqttDestination(name="open", host="127.0.0.1", port=broker.port, retry_min_s=0.05)
+    cfg = MqttConfig(name="open", host="127.0.0.1", port=broker.port, retry_min_s=0.05)
     with caplog.at_level(logging.WARNING, logger="gateway.destinations.mqtt"):
         _publish_once(cfg)
     plain = [r for r in caplog.records if r.levelno == logging.WARNING and "plain" in r.getMessage()]
