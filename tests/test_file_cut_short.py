@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.destinations.file import FileConfig, FileSink
+from gateway.destinations.file import FileConfig, FileDestination
 from gateway.errors import DestinationError
 from gateway.record import make_record
 
 
 def test_a_write_cut_short_is_undone_so_the_retry_leaves_whole_lines(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    sink = FileSink(FileConfig(name="f", path=str(path), fsync=False))
+    sink = FileDestination(FileConfig(name="f", path=str(path), fsync=False))
     records = [make_record("plc", "Line1/Counter", i, seq=i) for i in range(40)]
     # A file size limit cuts a write short exactly as a full disk does: the bytes up to the limit are written, then
     # the call fails (EFBIG rather than ENOSPC once SIGXFSZ is ignored).

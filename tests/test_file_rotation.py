@@ -7,7 +7,7 @@ import asyncio
 import re
 from pathlib import Path
 
-from gateway.destinations.file import FileConfig, FileSink
+from gateway.destinations.file import FileConfig, FileDestination
 from gateway.record import Quality, Record
 
 ROTATED = r"\.\d{8}T\d{6}\.\d{6}"
@@ -20,7 +20,7 @@ def _records(n: int, size: int = 300) -> list[Record]:
 
 def _write_batches(path: Path, keep: int, batches: int) -> None:
     async def go() -> None:
-        sink = FileSink(FileConfig(name="f", path=str(path), max_bytes=1024, keep=keep, fsync=False))
+        sink = FileDestination(FileConfig(name="f", path=str(path), max_bytes=1024, keep=keep, fsync=False))
         await sink.start()
         try:
             for _ in range(batches):

@@ -18,7 +18,7 @@ import pytest
 from devkit.ipc_server import IpcServer
 from devkit.spooler import SPOOL_FULL, NucleusSpool
 from gateway.destinations.base import Route
-from gateway.destinations.iotcore import IotCoreConfig, IotCoreSink
+from gateway.destinations.iotcore import IotCoreConfig, IotCoreDestination
 from gateway.publisher import Publisher
 from gateway.streams import PositionStore
 from gateway.streams.embedded import EmbeddedStore
@@ -67,7 +67,7 @@ def test_memory_spool_restart_while_offline_loses_no_record(tmp_path: Path, ipc_
         await server.start()
         try:
             cfg = _destination()
-            pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+            pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
             stop, task = await _started(pub)
             await _until("every record handed to the spooler", lambda: len(_spooled_ids(spool)) == 400, task)
             # A nucleus restart stops every component, then the nucleus starts again with an empty memory spool.
@@ -76,7 +76,7 @@ def test_memory_spool_restart_while_offline_loses_no_record(tmp_path: Path, ipc_
             server.restart_nucleus()
             assert spool.queued == 0
             spool.set_online(True)
-            pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+            pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
             stop, task = await _started(pub)
             try:
                 await _until("every record at IoT Core after the restart",
@@ -100,7 +100,7 @@ def test_restart_under_a_running_publisher_resends_what_the_spool_lost(tmp_path:
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, spool=spool)
         await server.start()
         cfg = _destination()
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         stop, task = await _started(pub)
         try:
             await _until("every record handed to the spooler", lambda: len(_spooled_ids(spool)) == 300, task)
@@ -129,7 +129,7 @@ def test_a_restart_the_connection_survives_by_itself_still_resends(
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, spool=spool)
         await server.start()
         cfg = _destination()
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         stop, task = await _started(pub)
         try:
             await _until("every record handed to the spooler", lambda: len(_spooled_ids(spool)) == 300, task)
@@ -164,7 +164,7 @@ def test_a_full_spool_holds_the_publisher_without_loss(tmp_path: Path, ipc_env: 
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, spool=spool)
         await server.start()
         cfg = _destination(spool_bytes=40_000)
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         stop, task = await _started(pub)
         try:
             await _until("the spool full", lambda: SPOOL_FULL in pub.counters["iot"].last_error, task)
@@ -190,7 +190,7 @@ def test_disk_spooler_commits_on_acceptance_and_survives_restart(tmp_path: Path,
         server.set_configuration(NUCLEUS, {"mqtt": {"spooler": {"storageType": "Disk"}}})
         await server.start()
         cfg = _destination(spooler="disk")
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         stop, task = await _started(pub)
         try:
             end = store.describe("values").next_seq
@@ -224,7 +224,7 @@ def test_disk_asked_but_the_nucleus_spools_in_memory_keeps_the_window(
             server.set_configuration(NUCLEUS, nucleus)
         await server.start()
         cfg = _destination(spooler="disk")
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         stop, task = await _started(pub)
         try:
             await _until("every record handed to the spooler", lambda: len(_spooled_ids(spool)) == 200, task)

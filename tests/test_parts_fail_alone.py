@@ -25,7 +25,7 @@ from gateway.cli.main import main as gatewayctl
 from gateway.componentconfig import AnomalyDetectorConfig, PublisherConfig
 from gateway.config import validate
 from gateway.destinations.base import Route, SendResult
-from gateway.destinations.file import FileConfig, FileSink
+from gateway.destinations.file import FileConfig, FileDestination
 from gateway.destinations.mqtt import MqttConfig, MqttTls
 from gateway.destinations.registry import make_sink
 from gateway.errors import ConfigError
@@ -134,7 +134,7 @@ def test_publisher_survives_a_full_disk_and_resumes_when_space_returns(
     out = tmp_path / "out.jsonl"
     cfg = FileConfig(name="f", path=str(out), route=ROUTE, batch_messages=2, retry_min_s=0.05,
                           retry_max_s=0.2)
-    pub = Publisher(store, positions, {"f": (cfg, FileSink(cfg))}, dead_letter_stream="dlq",
+    pub = Publisher(store, positions, {"f": (cfg, FileDestination(cfg))}, dead_letter_stream="dlq",
                     metrics_stream="metrics", status_dir=small_disk / "status", status_interval_s=0.1)
     filler = _fill_disk(small_disk)
 
@@ -175,7 +175,7 @@ def test_corrupt_position_file_fails_that_pump_alone_visibly_and_it_recovers(
     bad_pos.write_text("{not json")
     dests = {n: FileConfig(name=n, path=str(tmp_path / f"{n}.jsonl"), route=ROUTE, retry_min_s=0.05,
                                 retry_max_s=0.2) for n in ("a", "b")}
-    pub = Publisher(store, positions, {n: (c, FileSink(c)) for n, c in dests.items()}, dead_letter_stream="dlq",
+    pub = Publisher(store, positions, {n: (c, FileDestination(c)) for n, c in dests.items()}, dead_letter_stream="dlq",
                     metrics_stream="metrics", status_dir=tmp_path / "store" / "status", status_interval_s=0.1)
     status_path = tmp_path / "store" / "status" / STATUS
 
@@ -235,7 +235,7 @@ def test_a_destination_that_cannot_start_is_isolated(tmp_path: Path, caplog: pyt
     ca.unlink()
     pub = Publisher(store, PositionStore(tmp_path / "positions"),
                     {"broken": (broken_cfg, broken), "m": (mqtt_cfg, make_sink(mqtt_cfg)),
-                     "ok": (ok, FileSink(ok))},
+                     "ok": (ok, FileDestination(ok))},
                     dead_letter_stream="dlq", metrics_stream="metrics", status_dir=tmp_path / "status",
                     status_interval_s=0.1)
 

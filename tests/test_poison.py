@@ -24,7 +24,7 @@ from gateway.anomaly.engine import Engine
 from gateway.codec import decode_batch
 from gateway.componentconfig import AnomalyDetectorConfig
 from gateway.destinations.base import Route
-from gateway.destinations.file import FileConfig, FileSink
+from gateway.destinations.file import FileConfig, FileDestination
 from gateway.errors import CodecError
 from gateway.publisher import Publisher
 from gateway.record import Record, make_record
@@ -96,7 +96,7 @@ def test_the_publisher_dead_letters_poison_and_delivers_everything_else(tmp_path
     store, good, poison = _poisoned_stream(tmp_path / "data")
     out = tmp_path / "out.jsonl"
     cfg = FileConfig(name="f", path=str(out), route=Route(streams=[STREAM]))
-    pub = Publisher(store, PositionStore(tmp_path / "positions"), {"f": (cfg, FileSink(cfg))},
+    pub = Publisher(store, PositionStore(tmp_path / "positions"), {"f": (cfg, FileDestination(cfg))},
                     dead_letter_stream="dlq", metrics_stream="metrics", status_dir=tmp_path / "status",
                     status_interval_s=0.2)
     end = store.describe(STREAM).next_seq

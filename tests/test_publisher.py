@@ -14,8 +14,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from devkit.peers import Mosquitto, free_port
 from gateway.destinations.base import DestinationConfigBase, Route, SendResult
-from gateway.destinations.file import FileConfig, FileSink
-from gateway.destinations.mqtt import MqttConfig, MqttSink, MqttTls
+from gateway.destinations.file import FileConfig, FileDestination
+from gateway.destinations.mqtt import MqttConfig, MqttDestination, MqttTls
 from gateway.errors import DestinationError
 from gateway.publisher import Publisher
 from gateway.record import Record, make_record
@@ -61,7 +61,7 @@ def test_file_destination_delivers_everything_once_and_commits(tmp_path: Path) -
     store = EmbeddedStore(tmp_path / "store")
     records = _fill(store, 1000)
     cfg = FileConfig(name="f", path=str(tmp_path / "out.jsonl"), route=ROUTE)
-    pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})
+    pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
     asyncio.run(_run_until(pub, lambda: len(_lines(tmp_path / "out.jsonl")) >= 1000))
     got = _lines(tmp_path / "out.jsonl")
     assert [g["id"] for g in got] == [r.id for r in records]
@@ -95,7 +95,7 @@ def test_mqtt_with_mutual_tls_delivers_batched_records(tmp_path: Path, mosquitto
                       key_file=str(mosquitto.pki.client_key))
         cfg = MqttConfig(name="m", host="127.0.0.1", port=mosquitto.tls_port, tls=tls, route=ROUTE,
                               client_id="pub-mtls", max_message_bytes=16 * 1024)
-        pub = _publisher(store, tmp_path, {"m": (cfg, MqttSink(cfg))})
+        pub = _publisher(store, tmp_path, {"m": (cfg, MqttDestination(cfg))})
         asyncio.run(_run_until(pub, lambda: len(received) >= 3000))
         assert sorted(r["id"] for r in received) == sorted(r.id for r in records)
         assert pub.counters["m"].records_sent == 3000
@@ -121,7 +121,7 @@ def test_dead_destination_does_not_hold_back_the_file(tmp_path: Path) -> None:
     _fill(store, 500)
     dead = MqttConfig(name="dead", host="127.0.0.1", port=free_port(), route=ROUTE, retry_min_s=0.05)
     ok = FileConfig(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
-    pub = _publisher(store, tmp_path, {"dead": (dead, MqttSink(dead)), "ok": (ok, FileSink(ok))})
+    pub = _publisher(store, tmp_path, {"dead": (dead, MqttDestination(dead)), "ok": (ok, FileDestination(ok))})
     asyncio.run(_run_until(pub, lambda: len(_lines(tmp_path / "ok.jsonl")) >= 500 and pub.counters["dead"].retries > 2))
     assert pub.counters["dead"].records_sent == 0
     assert "not connected" in pub.counters["dead"].last_error
@@ -165,7 +165,7 @@ def test_routing_by_tag_pattern(tmp_path: Path) -> None:
     _fill(store, 70)
     cfg = FileConfig(name="f", path=str(tmp_path / "o.jsonl"),
                           route=Route(streams=["values"], tags=["line/temp3", "line/temp5"]))
-    pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})
+    pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
     asyncio.run(_run_until(pub, lambda: PositionStore(tmp_path / "positions").get("f", "values") == 2))
     assert sorted({g["tag"] for g in _lines(tmp_path / "o.jsonl")}) == ["line/temp3", "line/temp5"]
     assert len(_lines(tmp_path / "o.jsonl")) == 20

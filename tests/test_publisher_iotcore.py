@@ -14,7 +14,7 @@ import pytest
 
 from devkit.ipc_server import MQTT_PROXY, IpcServer
 from gateway.destinations.base import Route
-from gateway.destinations.iotcore import IotCoreConfig, IotCoreSink, RateLimiter, check_iot_topic, diagnose
+from gateway.destinations.iotcore import IotCoreConfig, IotCoreDestination, RateLimiter, check_iot_topic, diagnose
 from gateway.ipc_connection import SOCKET_ENV, TOKEN_ENV
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec
@@ -51,7 +51,7 @@ def test_everything_arrives_batched_within_128kb_in_order_per_topic(tmp_path: Pa
         cfg = IotCoreConfig(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{site}/{group}",
                                  topic_vars={"site": "plant7"}, max_message_bytes=16 * 1024,
                                  max_messages_per_s=10_000, max_bytes_per_s=100e6)
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         try:
             await _run_until(pub, lambda: len(_records([m.payload for m in server.published])) >= 6000)
         finally:
@@ -75,7 +75,7 @@ def test_refused_topic_is_retried_and_logged_once_until_the_recipe_allows_it(
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, access_control={PUBLISHER: ALLOW_TELEMETRY})
         await server.start()
         cfg = IotCoreConfig(name="iot", route=ROUTE, topic="plant/{source}", retry_min_s=0.02, retry_max_s=0.05)
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
 
         def allow_after_retries() -> bool:
             if pub.counters["iot"].retries >= 5:  # the operator fixes the recipe's accessControl and redeploys
@@ -108,7 +108,7 @@ def test_oversized_records_and_bad_topics_are_dead_lettered(tmp_path: Path, ipc_
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER})
         await server.start()
         cfg = IotCoreConfig(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{tag}")
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreSink(cfg))})
+        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         try:
             await _run_until(pub, lambda: pub.counters["iot"].dead_lettered + pub.counters["iot"].records_sent >= 4)
         finally:
@@ -161,8 +161,8 @@ def test_iotcore_destinations_share_one_device_budget_below_the_quota() -> None:
     assert PUBLISHER_BUDGET[1] + DETECTOR_BUDGET[1] <= 0.8 * IOT_CORE_QUOTA[1]
 
     async def body() -> float:
-        sinks = [IotCoreSink(IotCoreConfig(name=n)) for n in ("a", "b")]
-        own = IotCoreSink(IotCoreConfig(name="own", max_messages_per_s=5))
+        sinks = [IotCoreDestination(IotCoreConfig(name=n)) for n in ("a", "b")]
+        own = IotCoreDestination(IotCoreConfig(name="own", max_messages_per_s=5))
         assert own._own_limiter is not None and sinks[0]._own_limiter is None
         limiters = [s._own_limiter or publisher_limiter() for s in sinks]
         assert limiters[0] is limiters[1]

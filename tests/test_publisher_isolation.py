@@ -11,9 +11,9 @@ import pytest
 
 from devkit.peers import Mosquitto
 from gateway.destinations.base import Route, SendResult
-from gateway.destinations.file import FileConfig, FileSink
+from gateway.destinations.file import FileConfig, FileDestination
 from gateway.destinations.file import diagnose as file_diagnose
-from gateway.destinations.mqtt import MqttConfig, MqttSink, MqttTls
+from gateway.destinations.mqtt import MqttConfig, MqttDestination, MqttTls
 from gateway.destinations.mqtt import diagnose as mqtt_diagnose
 from gateway.errors import DestinationError
 from gateway.record import Kind, Record, make_record
@@ -48,7 +48,7 @@ def test_a_destination_that_rejects_everything_does_not_slow_the_others(tmp_path
     ok = FileConfig(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
     bad = FileConfig(name="reject", route=ROUTE)
     rejecting = _RejectAll()
-    pub = _publisher(store, tmp_path, {"reject": (bad, rejecting), "ok": (ok, FileSink(ok))})
+    pub = _publisher(store, tmp_path, {"reject": (bad, rejecting), "ok": (ok, FileDestination(ok))})
 
     def ok_done_then_release() -> bool:
         if len(_lines(tmp_path / "ok.jsonl")) >= 2000:
@@ -74,7 +74,7 @@ def test_malformed_stream_messages_are_skipped_counted_and_logged_once(
         store.append("values", junk)
     writer.write([make_record("plc", "a", 2.0, seq=2)])
     cfg = FileConfig(name="f", path=str(tmp_path / "o.jsonl"), route=ROUTE)
-    pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})
+    pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
     with caplog.at_level(logging.ERROR):
         asyncio.run(_run_until(pub, lambda: pub.counters["f"].records_sent >= 2 and pub.counters["f"].corrupt_messages
                                >= 3))
@@ -91,7 +91,7 @@ def test_broker_refusing_the_client_is_retried_counted_logged_once_and_diagnosed
     _fill(store, 100)
     no_cert = MqttConfig(name="m", host="127.0.0.1", port=mosquitto.tls_port, route=ROUTE,
                               tls=MqttTls(ca_file=str(mosquitto.pki.ca)), retry_min_s=0.05, retry_max_s=0.1)
-    pub = _publisher(store, tmp_path, {"m": (no_cert, MqttSink(no_cert))})
+    pub = _publisher(store, tmp_path, {"m": (no_cert, MqttDestination(no_cert))})
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
         asyncio.run(_run_until(pub, lambda: pub.counters["m"].retries >= 5))
     assert pub.counters["m"].records_sent == 0 and pub.counters["m"].dead_lettered == 0  # kept, not dropped
@@ -135,7 +135,7 @@ def test_routing_by_kind_source_and_excluded_tags_and_metrics_as_records(tmp_pat
     cfg = FileConfig(name="f", path=str(tmp_path / "o.jsonl"), route=Route(
         streams=["values", "metrics"], kinds=["value", "alarm", "metric"], sources=["plc", "rcf", "factoryedge.*"],
         exclude_tags=["*/debug"]))
-    pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})
+    pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
     pub.metrics_interval_s = 0.2
     asyncio.run(_run_until(pub, lambda: {"metric", "alarm"} <= {g["kind"] for g in _lines(tmp_path / "o.jsonl")}))
     got = _lines(tmp_path / "o.jsonl")

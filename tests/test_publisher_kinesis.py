@@ -16,7 +16,7 @@ from devkit.kinesis_fault import KinesisFaultProxy
 from devkit.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, gateway_records, read_all
 from gateway.destinations.aws import AwsSettings
 from gateway.destinations.base import Route
-from gateway.destinations.kinesis import KinesisConfig, KinesisSink, diagnose
+from gateway.destinations.kinesis import KinesisConfig, KinesisDestination, diagnose
 from gateway.record import Record, make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
@@ -67,7 +67,7 @@ def test_records_arrive_once_in_order_per_tag_read_back_with_get_records(
     store = EmbeddedStore(tmp_path / "store")
     written = _fill(store, 5000)
     cfg = _cfg(kinesalite.endpoint_url, stream, records_per_kinesis_record=50)
-    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisSink(cfg))})
+    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
     asyncio.run(_run_until(pub, lambda: pub.counters["k"].records_sent >= 5000))
     raw = read_all(kinesalite.endpoint_url, stream)
     assert {key for key, _ in raw} == {f"line/temp{i}" for i in range(7)}  # partition key per tag
@@ -84,7 +84,7 @@ def test_partial_failure_resends_only_the_failed_records(
     proxy.fail_records(3, "ProvisionedThroughputExceededException")
     proxy.fail_records(2, "InternalFailure")
     cfg = _cfg(proxy.endpoint_url, stream, records_per_kinesis_record=20)
-    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisSink(cfg))})
+    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
     asyncio.run(_run_until(pub, lambda: pub.counters["k"].records_sent >= 3000))
     assert proxy.records_failed == 5 and pub.counters["k"].retries >= 1
     got = gateway_records(kinesalite.endpoint_url, stream)
@@ -100,7 +100,7 @@ def test_throttled_calls_are_retried_with_backoff_and_logged_once(
     _fill(store, 1000)
     proxy.throttle_calls(6)
     cfg = _cfg(proxy.endpoint_url, stream)
-    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisSink(cfg))})
+    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
         asyncio.run(_run_until(pub, lambda: pub.counters["k"].records_sent >= 1000))
     assert proxy.calls_throttled == 6 and pub.counters["k"].retries >= 6
@@ -118,7 +118,7 @@ def test_oversized_record_dead_lettered_missing_stream_waited_for(
     records.insert(5, make_record("plc", "a", "x" * (1024 * 1024), seq=99))
     RecordWriter(store, "values").write(records)
     cfg = _cfg(kinesalite.endpoint_url, name)
-    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisSink(cfg))})
+    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
 
     created: list[str] = []
 

@@ -18,7 +18,7 @@ from devkit.kinesis_peer import TEST_CREDENTIALS
 from devkit.sitewise_fake import SiteWiseFake
 from gateway.destinations.aws import AwsSettings
 from gateway.destinations.base import Route
-from gateway.destinations.sitewise import SiteWiseConfig, SiteWiseSink, diagnose
+from gateway.destinations.sitewise import SiteWiseConfig, SiteWiseDestination, diagnose
 from gateway.errors import DestinationError
 from gateway.record import Record, make_record
 from gateway.streams import RecordWriter, StreamSpec
@@ -56,11 +56,11 @@ def _values(n: int, now_ns: int) -> list[Record]:
             for i in range(n)]
 
 
-def _sink(fake: SiteWiseFake, **kw: Any) -> tuple[SiteWiseConfig, SiteWiseSink]:
+def _sink(fake: SiteWiseFake, **kw: Any) -> tuple[SiteWiseConfig, SiteWiseDestination]:
     aws = AwsSettings(endpoint_url=fake.endpoint_url, allow_insecure_endpoint=True)  # the fake is plain HTTP
     cfg = SiteWiseConfig(name="sw", route=ROUTE, aws=aws,
                               retry_min_s=0.02, retry_max_s=0.1, **kw)
-    return cfg, SiteWiseSink(cfg)
+    return cfg, SiteWiseDestination(cfg)
 
 
 def test_values_arrive_in_requests_within_the_quotas(tmp_path: Path, aws_env: None, fake: SiteWiseFake) -> None:

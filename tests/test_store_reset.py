@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.destinations.file import FileConfig, FileSink
+from gateway.destinations.file import FileConfig, FileDestination
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
@@ -23,7 +23,7 @@ def test_publisher_resumes_from_the_oldest_record_after_the_stream_restarts(
     _fill(store, 500)
     out = tmp_path / "out.jsonl"
     cfg = FileConfig(name="f", path=str(out), route=ROUTE)
-    pub = _publisher(store, tmp_path, {"f": (cfg, FileSink(cfg))})
+    pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
     fresh = [make_record("plc", "line/after", float(i), seq=i) for i in range(20)]
 
     async def body() -> None:

@@ -30,7 +30,7 @@ class FileConfig(DestinationConfigBase):
     fsync: bool = Field(default=True, description="fsync after every batch before the position moves on.")
 
 
-class FileSink:
+class FileDestination:
     def __init__(self, cfg: FileConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name

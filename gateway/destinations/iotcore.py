@@ -168,7 +168,7 @@ def thing_name() -> str:
     return os.environ.get("AWS_IOT_THING_NAME", "local")
 
 
-class IotCoreSink:
+class IotCoreDestination:
     def __init__(self, cfg: IotCoreConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name

@@ -66,7 +66,7 @@ class KinesisConfig(DestinationConfigBase):
     concurrent_calls: int = Field(default=4, ge=1, le=32, description="PutRecords calls in flight at once.")
 
 
-class KinesisSink:
+class KinesisDestination:
     def __init__(self, cfg: KinesisConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name

@@ -113,7 +113,7 @@ class MqttConfig(DestinationConfigBase):
         return password
 
 
-class MqttSink:
+class MqttDestination:
     def __init__(self, cfg: MqttConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -242,7 +242,7 @@ def _diagnose(cfg: MqttConfig, timeout_s: float) -> list[Finding]:
     with raw:
         if cfg.tls:
             try:
-                ctx = MqttSink(cfg)._tls_context(cfg.tls)
+                ctx = MqttDestination(cfg)._tls_context(cfg.tls)
                 with ctx.wrap_socket(raw, server_hostname=cfg.host) as tls:
                     peer: Any = tls.getpeercert() or {}
                     cn = next((v for rdn in peer.get("subject", ()) for k, v in rdn if k == "commonName"), "?")

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 from gateway.destinations.base import Destination, DestinationConfigBase
-from gateway.destinations.file import FileConfig, FileSink
-from gateway.destinations.iotcore import IotCoreConfig, IotCoreSink
-from gateway.destinations.kinesis import KinesisConfig, KinesisSink
-from gateway.destinations.mqtt import MqttConfig, MqttSink
-from gateway.destinations.sitewise import SiteWiseConfig, SiteWiseSink
+from gateway.destinations.file import FileConfig, FileDestination
+from gateway.destinations.iotcore import IotCoreConfig, IotCoreDestination
+from gateway.destinations.kinesis import KinesisConfig, KinesisDestination
+from gateway.destinations.mqtt import MqttConfig, MqttDestination
+from gateway.destinations.sitewise import SiteWiseConfig, SiteWiseDestination
 
 
 def make_sink(cfg: DestinationConfigBase) -> Destination:
     if isinstance(cfg, FileConfig):
-        return FileSink(cfg)
+        return FileDestination(cfg)
     if isinstance(cfg, MqttConfig):
-        return MqttSink(cfg)
+        return MqttDestination(cfg)
     if isinstance(cfg, IotCoreConfig):
-        return IotCoreSink(cfg)
+        return IotCoreDestination(cfg)
     if isinstance(cfg, SiteWiseConfig):
-        return SiteWiseSink(cfg)
+        return SiteWiseDestination(cfg)
     if isinstance(cfg, KinesisConfig):
-        return KinesisSink(cfg)
+        return KinesisDestination(cfg)
     raise TypeError(f"no implementation for destination type {type(cfg).__name__}")

@@ -94,7 +94,7 @@ def variant(value: object) -> dict[str, Any] | str:
     return "no value (quality BAD at the source): SiteWise needs one; fix the source or route BAD values elsewhere"
 
 
-class SiteWiseSink:
+class SiteWiseDestination:
     def __init__(self, cfg: SiteWiseConfig) -> None:
         self.cfg = cfg
         self.name = cfg.name

@@ -19,7 +19,7 @@ from devkit.peers import wait_for
 from gateway.componentconfig import PublisherConfig
 from gateway.config import validate
 from gateway.destinations.base import Route
-from gateway.destinations.mqtt import MqttConfig, MqttSink
+from gateway.destinations.mqtt import MqttConfig, MqttDestination
 from gateway.errors import ConfigError
 from gateway.record import make_record
 
@@ -115,7 +115,7 @@ def _dest(port: int, **extra: object) -> dict[str, object]:
 
 def _publish_once(cfg: MqttConfig) -> None:
     async def go() -> None:
-        sink = MqttSink(cfg)
+        sink = MqttDestination(cfg)
         await sink.start()
         try:
             for i in range(3):
