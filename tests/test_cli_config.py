@@ -63,6 +63,31 @@ def test_check_recognises_each_file_and_reports_problems(tmp_path: Path, capsys:
     assert code == 0
 
 
+def test_check_names_the_component_it_chose_and_why(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    by_content = tmp_path / "site-a.yaml"
+    by_content.write_text(json.dumps(GOOD_PUBLISHER))
+    by_name = tmp_path / "opcua_collector.yaml"
+    by_name.write_text("connections: [{name: plc, endpoint: 'opc.tcp://10.0.0.5:4840', nodes: ['ns=2;s=X']}]\n")
+    code, out = cli(capsys, "config", "check", str(by_content), str(by_name))
+    assert code == 0
+    assert "checked as factoryedge.Publisher (the only model it fits)" in out
+    assert "checked as factoryedge.OpcUaCollector (from the file name)" in out
+    closest = tmp_path / "plant.yaml"  # a Modbus collector with one mistake: no model fits, one fits best
+    closest.write_text("connections: [{name: plc, host: 10.0.0.5, port: 0, units: [{unit_id: 1, tags: "
+                       "[{name: t, address: 0}]}]}]\n")
+    code, err = cli_err(capsys, "config", "check", str(closest))
+    assert code == 2 and "checked as factoryedge.ModbusCollector (the model it fits best" in err
+    assert "--component" in err
+    empty = tmp_path / "x.yaml"
+    empty.write_text("{}\n")
+    code, err = cli_err(capsys, "config", "check", str(empty))
+    assert code == 2 and "--component" in err
+    assert all(name in err for name in ("factoryedge.Publisher", "factoryedge.OpcUaCollector",
+                                        "factoryedge.ModbusCollector", "factoryedge.AnomalyDetector"))
+    code, out = cli(capsys, "config", "check", "--component", "factoryedge.Publisher", str(empty))
+    assert code == 0 and "checked as factoryedge.Publisher (given)" in out
+
+
 @pytest.fixture
 def nucleus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[IpcServer]:
     loop = asyncio.new_event_loop()

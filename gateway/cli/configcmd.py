@@ -57,14 +57,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         print("no configuration found (no component deployed?)", file=sys.stderr)
         return EXIT_USAGE
     if args.json:
-        print_json([{"component": c.component, "origin": c.origin, "valid": c.ok, "problems": c.problems}
-                    for c in loaded])
+        print_json([{"component": c.component, "origin": c.origin, "valid": c.ok, "problems": c.problems,
+                     **({"recognised": c.how} if c.how else {})} for c in loaded])
     else:
         for c in loaded:
+            # a file checked against the wrong model reports the wrong problems: say which model and why
+            what = f"checked as {c.component} ({c.how})" if c.how else f"the {c.component} configuration"
             if c.ok:
-                print(f"✔ {c.origin}: valid {c.component} configuration")
+                print(f"✔ {c.origin}: valid, {what}")
             else:
-                print(f"✘ {c.origin}: {len(c.problems)} problem(s) in the {c.component} configuration", file=sys.stderr)
+                print(f"✘ {c.origin}: {len(c.problems)} problem(s), {what}", file=sys.stderr)
                 for p in c.problems:
                     print(f"    {p}", file=sys.stderr)
     return EXIT_OK if all(c.ok for c in loaded) else EXIT_USAGE

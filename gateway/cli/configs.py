@@ -49,6 +49,7 @@ class LoadedConfig:
     problems: list[str] = field(default_factory=list)
     base_dir: Path = field(default_factory=Path)  # relative paths in the configuration are relative to this
     raw: Any = None  # the data as read, so an invalid configuration still names its store
+    how: str = ""  # how the component was decided: "given", "from the file name", "the only model it fits", ...
 
     @property
     def store_path(self) -> str | None:
@@ -84,13 +85,25 @@ def _norm(text: str) -> str:
 
 
 def recognise(path: Path, data: Any) -> str:
-    """The component a configuration file is for: from its name, else the only model it fits (or fits best)."""
+    """The component a configuration file is for (:func:`recognise_how` without the reason)."""
+    return recognise_how(path, data)[0]
+
+
+def recognise_how(path: Path, data: Any) -> tuple[str, str]:
+    """The component a configuration file is for, and how it was decided: from its name, else among the models that
+    have every top-level key it uses, the only one it fits, else the one it fits with fewest problems.
+
+    Raises:
+        ConfigError: two or more models fit equally well; the message lists them, the fix says how to name one.
+    """
     known = components()
     stem = _norm(path.stem)
     by_name = [c for c in known if _norm(c.split(".")[-1]) in stem or stem in _norm(c.split(".")[-1])]
+    if len(by_name) == 1:
+        return by_name[0], "from the file name"
     candidates = by_name or list(known)
-    if len(candidates) == 1:
-        return candidates[0]
+    keys = set(data) if isinstance(data, dict) else set()
+    candidates = [c for c in candidates if keys <= set(known[c].model_fields)] or candidates
     from gateway.config import validate
 
     errors: dict[str, int] = {}
@@ -102,10 +115,15 @@ def recognise(path: Path, data: Any) -> str:
             errors[name] = len(exc.problems) or 1
     best = min(errors.values())
     winners = [n for n, e in errors.items() if e == best]
+    if len(winners) == 1 and best == 0:
+        return winners[0], "the only model it fits"
     if len(winners) == 1:
-        return winners[0]
-    raise ConfigError(f"cannot tell which component {path} configures (could be {', '.join(winners)})",
-                      fix=f"write --config COMPONENT={path}, e.g. --config {winners[0]}={path}")
+        others = [e for n, e in errors.items() if n != winners[0]]
+        why = f"{best} problem(s), the others {min(others)} or more" if others else "the only one with its keys"
+        return winners[0], f"the model it fits best: {why}; give --component if it is another"
+    raise ConfigError(f"cannot tell which component {path} configures: it could be {', '.join(winners)}",
+                      fix=f"name it: gatewayctl config check --component {winners[0]} {path}, or "
+                      f"--config {winners[0]}={path}")
 
 
 def load_file_for(spec: str, component: str | None = None) -> LoadedConfig:
@@ -117,12 +135,12 @@ def load_file_for(spec: str, component: str | None = None) -> LoadedConfig:
         name, file = component or "", spec
     path = Path(file)
     data = read_file(path)
-    name = _resolve_name(name) if name else recognise(path, data)
+    name, how = (_resolve_name(name), "given") if name else recognise_how(path, data)
     try:
         config = validate(components()[name], data, origin=str(path))
     except ConfigError as exc:
-        return LoadedConfig(name, str(path), problems=exc.problems or [str(exc)], raw=data)
-    return LoadedConfig(name, str(path), config, raw=data)
+        return LoadedConfig(name, str(path), problems=exc.problems or [str(exc)], raw=data, how=how)
+    return LoadedConfig(name, str(path), config, raw=data, how=how)
 
 
 def _resolve_name(name: str) -> str:
