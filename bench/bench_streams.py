@@ -31,7 +31,7 @@ from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpe
 from gateway.streams.base import StreamStore  # noqa: E402
 from gateway.streams.embedded import EmbeddedStore  # noqa: E402
 from gateway.streams.stream_manager import StreamManagerStore  # noqa: E402
-from tests.streams.sm_fixture import ServerThread  # noqa: E402
+from tests.support.stream_manager import ServerThread  # noqa: E402
 
 BATCH = 100
 EMBEDDED_BATCHES = 2000  # 200,000 records

@@ -152,7 +152,7 @@ def test_anomaly_groups_in_status_and_doctor(tmp_path: Path, capsys: pytest.Capt
 def test_store_through_stream_manager(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Under Greengrass the streams are in stream manager: doctor and streams connect to it (the real SDK against the
     dev server), and an unreachable stream manager is a failed check with the fix."""
-    from tests.streams.sm_fixture import ServerThread
+    from tests.support.stream_manager import ServerThread
 
     server = ServerThread(tmp_path / "sm")
     port = server.start()

@@ -30,7 +30,7 @@ from gateway.sources.common import ConnectionBase, Emitter
 from gateway.streams import StreamSpec
 from gateway.streams.base import StrategyOnFull
 from gateway.streams.embedded import EmbeddedStore
-from tests.libmodbus_peer import LibModbus, compile_server
+from tests.support.modbus_peer import LibModbus, compile_server
 
 COMPONENT = "factoryedge.ModbusCollector"
 STREAM = "modbus"

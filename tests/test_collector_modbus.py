@@ -1,8 +1,8 @@
 """The Modbus collector against real servers: an independent libmodbus C server and the simulator's Modbus endpoint.
 
-The libmodbus server (tests/peers/modbus_server.c, run by tests/libmodbus_peer.py) is compiled once per session; each
-test writes its tables to a file, starts the server by PID on a free port, and reads its request log (``-v``) to
-count what the collector asked.
+The libmodbus server (tests/peers/modbus_server.c, run by tests/support/modbus_peer.py) is compiled once per
+session; each test writes its tables to a file, starts the server by PID on a free port, and reads its request log
+(``-v``) to count what the collector asked.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from gateway.sources.modbus import ModbusSource, diagnose
 from gateway.sources.modbus_config import ModbusConnection
 from gateway.streams import PositionStore, RecordReader, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
-from tests.libmodbus_peer import FILE_KEYS, LibModbus, Tables, compile_server
+from tests.support.modbus_peer import FILE_KEYS, LibModbus, Tables, compile_server
 from tests.test_collector_modbus_codec import CASES, load_case, same
 
 
@@ -381,3 +381,43 @@ def test_gatewayctl_modbus_read_shows_every_order(peers: Any, capsys: pytest.Cap
     assert "exception 11" in capsys.readouterr().err
     assert main(["modbus", "read", "127.0.0.1", "0", "--port", str(server.port), "--type", "string"]) == 2
     assert "--length" in capsys.readouterr().err
+
+
+def _regs64(fmt: str, value: float) -> list[int]:
+    import struct
+
+    return list(struct.unpack(">4H", struct.pack(fmt, value)))  # ABCD: the Modbus standard's big endian
+
+
+def _columns_align(table: str) -> None:
+    """Every row of the value table ends each column where its header does (right-aligned cells)."""
+    import re
+
+    lines = table.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("address"))
+    rows = [line for line in lines[header + 1 :] if line[:1] == " "]
+    ends = [m.end() for m in re.finditer(r"[A-D]{4}\*?", lines[header])]
+    assert len(ends) == 4 and rows, table
+    for row in rows:
+        assert len(row) == ends[-1], f"row {row!r} does not end at its header's last column:\n{table}"
+        for end in ends:
+            assert row[end - 1] != " ", f"a cell does not end at its column (char {end}):\n{table}"
+
+
+def test_gatewayctl_modbus_read_aligns_64_bit_values_and_shows_float64_exactly(
+    peers: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli.main import main
+
+    server = peers({1: {"hr": {0: _regs64(">q", -(2**63)) + _regs64(">q", 12345678901234567),
+                               8: _regs64(">Q", 2**64 - 1) + _regs64(">Q", 7),
+                               16: _regs64(">d", 0.1 + 0.2) + _regs64(">d", -1.2345678901234567e-300)}}})
+    read = ["modbus", "read", "127.0.0.1", "--port", str(server.port), "--count", "2"]
+    for address, kind, shown in (("0", "int64", "-9223372036854775808"), ("8", "uint64", "18446744073709551615"),
+                                 ("16", "float64", "0.30000000000000004")):
+        assert main([*read[:3], address, *read[3:], "--type", kind]) == 0
+        table = capsys.readouterr().out
+        assert shown in table, table
+        _columns_align(table)
+    assert main([*read[:3], "16", *read[3:], "--type", "float64", "--json"]) == 0
+    assert [v["value"] for v in json.loads(capsys.readouterr().out)["values"]] == [0.1 + 0.2, -1.2345678901234567e-300]

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.streams.base import StreamStore
 from gateway.streams.embedded import EmbeddedStore
+from tests.support.stream_manager import stream_manager_factory
 
 # Each factory takes a fresh folder and returns (store, cleanup). Implementations register here.
 STORE_FACTORIES: dict[str, Callable[[Path], tuple[StreamStore, Callable[[], None]]]] = {}
@@ -20,13 +21,7 @@ def _embedded(tmp: Path) -> tuple[StreamStore, Callable[[], None]]:
 
 
 STORE_FACTORIES["embedded"] = _embedded
-
-try:  # the stream manager implementation runs the real SDK against our protocol server
-    from tests.streams.sm_fixture import stream_manager_factory
-
-    STORE_FACTORIES["stream_manager"] = stream_manager_factory
-except ImportError:  # pragma: no cover - until the adapter lands
-    pass
+STORE_FACTORIES["stream_manager"] = stream_manager_factory  # the real SDK against our protocol server
 
 
 @pytest.fixture(params=sorted(STORE_FACTORIES))

@@ -15,7 +15,7 @@ import pytest
 from gateway.errors import ConfigError, StreamFull
 from gateway.streams import PositionStore, StrategyOnFull, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
-from tests.streams.sm_fixture import stream_manager_factory
+from tests.support.stream_manager import stream_manager_factory
 
 KB = 1024
 

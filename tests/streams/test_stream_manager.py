@@ -22,7 +22,7 @@ from gateway.errors import StreamError, StreamUnavailable
 from gateway.streams import StrategyOnFull, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
 from gateway.streams.stream_manager import StreamManagerStore
-from tests.streams.sm_fixture import ServerThread
+from tests.support.stream_manager import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from devkit.peers import Proc, free_port, port_open, start, wait_for
 
-SRC = Path(__file__).parent / "peers" / "modbus_server.c"
+SRC = Path(__file__).parents[1] / "peers" / "modbus_server.c"
 # Table names of the case folders' registers.json -> the server's table file keys.
 FILE_KEYS = {"coils": "co", "discrete_inputs": "di", "holding_registers": "hr", "input_registers": "ir"}
 Tables = dict[int, dict[str, dict[int, list[int]]]]  # unit id -> table (co/di/hr/ir) -> start address -> values
