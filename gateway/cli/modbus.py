@@ -148,17 +148,25 @@ def _table(result: dict[str, Any]) -> str:
         lines += [f"{r['address']:>8}  {_cell(r['value'])}" for r in result["values"]]
         return "\n".join(lines)
     cols = [f"{o}{'*' if o == result['order'] else ''}" for o in ORDERS]
-    lines.append(f"{'address':>8}  {'registers (hex)':24}" + "".join(f"{c:>18}" for c in cols))
-    for r in result["values"]:
-        regs = " ".join(f"{x:04X}" for x in r["registers"])
-        cells = [f"{_cell(r['orders'][o])}{'' if o in r['plausible'] else '?'}" for o in ORDERS]
-        lines.append(f"{r['address']:>8}  {regs:24}" + "".join(f"{c:>18}" for c in cells))
+    rows = [(r["address"], " ".join(f"{x:04X}" for x in r["registers"]),
+             [f"{_cell(r['orders'][o], result['type'])}{'' if o in r['plausible'] else '?'}" for o in ORDERS])
+            for r in result["values"]]
+    # each column as wide as its longest cell: a 64-bit integer has up to 20 digits, float64 up to 24 characters
+    widths = [max(16, len(c), *(len(cells[i]) for _, _, cells in rows)) + 2 for i, c in enumerate(cols)]
+    regs_width = max(24, *(len(regs) for _, regs, _ in rows))
+
+    def line(address: str, regs: str, cells: list[str]) -> str:
+        return f"{address:>8}  {regs:{regs_width}}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True))
+
+    lines.append(line("address", "registers (hex)", cols))
+    lines += [line(str(address), regs, cells) for address, regs, cells in rows]
     lines.append("* the order asked for (--order); ? implausible (NaN, infinite, denormal or beyond 1e9): "
                  "a float that reads plausibly in only one order shows the device's order")
     return "\n".join(lines)
 
 
-def _cell(v: Any) -> str:
+def _cell(v: Any, kind: str = "") -> str:
     if isinstance(v, float):
-        return f"{v:.7g}"
+        # float32 holds about 7 significant digits; a float64 is shown exactly (repr round-trips it)
+        return repr(v) if kind == "float64" else f"{v:.7g}"
     return safe(v)  # a string value is whatever bytes the device holds: escaped for the terminal
