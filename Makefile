@@ -2,10 +2,15 @@
 PY := .venv/bin/python
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup test soak check demo bench build clean
+.PHONY: setup setup-demo test soak check demo bench build clean
 
+# What the tests, the checks and the benchmarks need (Debian peers, npm peers, dev tools), as CI installs it.
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh test
+
+# What the demo needs only: mosquitto and the venv with the simulator; no npm registry, no test peers.
+setup-demo:
+	@bash scripts/setup.sh demo
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider -m "not index" tests
@@ -22,7 +27,7 @@ check: setup
 	.venv/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider -m index tests/security/test_lock.py
 
-demo: setup
+demo: setup-demo
 	$(PY) -m devkit.demo
 
 bench: setup
