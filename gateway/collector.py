@@ -28,14 +28,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.aio import Backoff, Offload
 from gateway.errors import GatewayError, StreamError
 from gateway.fsutil import atomic_write
 from gateway.record import Kind, Quality, Record, metric_records, start_seq
 from gateway.runtime import Context
-from gateway.sources.common import Backoff, ConnectionBase, Counters, Emitter
+from gateway.sources.common import ConnectionBase, Counters, Emitter
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordWriter, StreamSpec, StreamStore, open_store
-from gateway.streams.aio import Offload
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.aio import Backoff, Offload, wait
 from gateway.destinations.base import Destination, DestinationConfigBase, Router, SendResult
 from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
 from gateway.publisher_counters import (
@@ -36,10 +37,8 @@ from gateway.publisher_counters import (
     refresh_backlog,
 )
 from gateway.record import Record, now_ns, start_seq
-from gateway.sources.common import Backoff
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec, StreamStore
-from gateway.streams.aio import Offload
 from gateway.supervise import Supervisor, describe
 
 log = logging.getLogger(__name__)
@@ -152,7 +151,7 @@ class Publisher:
                     if str(exc) != counters.last_error:
                         log.warning("destination %s: reading %s failed: %s", name, stream, exc)
                     counters.last_error = str(exc)
-                    if await _wait(stop, backoff.next_delay()):
+                    if await wait(stop, backoff.next_delay()):
                         return
                     continue
                 if not batch.messages:
@@ -178,7 +177,7 @@ class Publisher:
                 elif not await self._commit(name, stream, offload, reader, batch.next_seq, stop):
                     return
                 if cfg.max_records_per_s and wanted:
-                    await _wait(stop, len(wanted) / cfg.max_records_per_s - (time.monotonic() - t0))
+                    await wait(stop, len(wanted) / cfg.max_records_per_s - (time.monotonic() - t0))
         finally:
             offload.close()
 
@@ -234,7 +233,7 @@ class Publisher:
                                 "positions folder writable", name, error)
                 failing = True
                 counters.last_error = error
-                if await _wait(stop, backoff.next_delay()):
+                if await wait(stop, backoff.next_delay()):
                     return False
                 continue
             if failing:
@@ -256,14 +255,14 @@ class Publisher:
                 result = await self._deliver(sink, pending)
             except GatewayError as exc:  # a DestinationError, or e.g. IPC refused: retry, never crash the pump
                 self._retrying(name, str(exc))
-                if await _wait(stop, backoff.next_delay()):
+                if await wait(stop, backoff.next_delay()):
                     return False
                 continue
             except Exception as exc:  # a bug in a destination must not stop the others or crash-loop the component
                 if counters.last_error != repr(exc):
                     log.exception("destination %s: unexpected failure (a bug: please report it); retrying", name)
                 self._retrying(name, repr(exc))
-                if await _wait(stop, backoff.next_delay()):
+                if await wait(stop, backoff.next_delay()):
                     return False
                 continue
             if result.rejected and not await self._dead_letter(name, result.rejected, stop):
@@ -275,7 +274,7 @@ class Publisher:
             pending = result.retry
             if pending:
                 self._retrying(name, result.retry_reason, len(pending))
-                if await _wait(stop, backoff.next_delay()):
+                if await wait(stop, backoff.next_delay()):
                     return False
         backoff.reset()
         counters.last_error = ""
@@ -303,7 +302,7 @@ class Publisher:
                 if not announced:
                     log.info("destination %s: waiting for stream %s to be created", name, stream)
                     announced = True
-                if await _wait(stop, 2.0):
+                if await wait(stop, 2.0):
                     return None
         return None
 
@@ -351,7 +350,7 @@ class Publisher:
                                 name, error)
                 failing = True
                 counters.last_error = error
-                if await _wait(stop, backoff.next_delay()):
+                if await wait(stop, backoff.next_delay()):
                     return False
         count_dead_lettered(counters, name, rejected)
         return True
@@ -375,13 +374,13 @@ class Publisher:
         while True:
             await self.refresh_backlog()
             self._write_status()
-            if await _wait(stop, self.status_interval_s):
+            if await wait(stop, self.status_interval_s):
                 return
 
     async def _metrics_loop(self, stop: asyncio.Event) -> None:
         writer = RecordWriter(self.store, self.metrics_stream)
         failing = ""
-        while not await _wait(stop, self.metrics_interval_s):
+        while not await wait(stop, self.metrics_interval_s):
             records = metric_records(COMPONENT, self.counters, now_ns(), self._seq)
             self._seq += len(records)
             try:
@@ -396,13 +395,3 @@ class Publisher:
             if failing:
                 log.info("metrics records written again")
                 failing = ""
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to ``seconds`` unless stopped; return True if stopping."""
-    if seconds > 0:
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
-    return stop.is_set()

@@ -16,10 +16,10 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from gateway.aio import Offload
 from gateway.record import Quality, Record, make_record
 from gateway.record import metric_records as make_metrics
 from gateway.streams import RecordReader, StreamStore
-from gateway.streams.aio import Offload
 
 log = logging.getLogger("gateway.publisher")
 DIGITS = re.compile(r"\d+")

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from gateway.aio import Backoff, wait
 from gateway.errors import GatewayError
-from gateway.sources.common import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ class Supervisor:
                 raise
             except Exception as exc:  # noqa: BLE001 - the point of a supervisor: log, show, restart
                 self._failed(name, exc, health, on_error)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stop.wait(), timeout=backoff.next_delay())
+            await wait(self.stop, backoff.next_delay())
 
     def _failed(self, name: str, exc: Exception, health: TaskHealth, on_error: Callable[[str], None] | None) -> None:
         text = describe(exc)

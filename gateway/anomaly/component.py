@@ -50,6 +50,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from gateway.aio import Offload, wait
 from gateway.anomaly.engine import COMPONENT, Engine
 from gateway.anomaly.events import AlarmPublisher
 from gateway.componentconfig import AnomalyDetectorConfig
@@ -57,7 +58,6 @@ from gateway.record import metric_records, now_ns, start_seq
 from gateway.runtime import Context
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, StreamStore, open_store
-from gateway.streams.aio import Offload
 from gateway.supervise import Supervisor, describe
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class AnomalyComponent:
                 while not ctx.updates.empty():
                     await self.apply(ctx.updates.get_nowait())
                 if not await self._step():
-                    await _wait(ctx.stop, IDLE_S)
+                    await wait(ctx.stop, IDLE_S)
         except Exception:
             # Reopened from its model file by the restart, exactly as after a crash (see gateway.anomaly.engine):
             # what was read since the last save is read and scored again, what was written is not written twice.
@@ -120,14 +120,14 @@ class AnomalyComponent:
         # A loop of its own: the status must go on telling what failed while the engine waits for its restart.
         while not stop.is_set():
             await self._write_status()
-            await _wait(stop, self.cfg.status_interval_s)
+            await wait(stop, self.cfg.status_interval_s)
 
     async def _metrics_loop(self, stop: asyncio.Event) -> None:
         # Its counters as METRIC records in its output stream, as the collectors and the publisher do: a fleet sees
         # in the cloud what it read, wrote, dropped (future timestamps) and lost (input gaps, corrupt messages).
         seq = start_seq()
         while not stop.is_set():
-            await _wait(stop, self.cfg.metrics_interval_s)
+            await wait(stop, self.cfg.metrics_interval_s)
             engine = self.engine
             if engine is None or stop.is_set():
                 continue
@@ -205,10 +205,3 @@ class AnomalyComponent:
 async def run(ctx: Context[AnomalyDetectorConfig]) -> None:
     """The component's ``run`` for :func:`gateway.runtime.component_main`."""
     await AnomalyComponent(ctx.config, name=ctx.name).serve(ctx)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
-    except asyncio.TimeoutError:
-        pass

@@ -26,11 +26,11 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.aio import Backoff
 from gateway.anomaly.config import AlarmEvents
 from gateway.destinations.iotcore import DETECTOR_BUDGET, RateLimiter
 from gateway.errors import ConfigError, GatewayError
 from gateway.ipc import GreengrassIpc, running_under_greengrass
-from gateway.sources.common import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ from typing import Literal
 
 from pydantic import Field
 
+from gateway.aio import Offload
 from gateway.destinations.base import DestinationConfigBase, SendResult, dumps, record_json
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import DestinationError
 from gateway.record import Record
-from gateway.streams.aio import Offload
 
 
 class FileConfig(DestinationConfigBase):

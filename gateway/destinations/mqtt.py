@@ -19,11 +19,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
+from gateway.aio import Offload
 from gateway.destinations.base import RECORD_FIELDS, DestinationConfigBase, SendResult, pack_by_topic, template_problem
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
 from gateway.record import Record
-from gateway.streams.aio import Offload
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -83,23 +82,6 @@ class Counters:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class Backoff:
-    """Exponential backoff with full jitter; never gives up (a collector that stops for good is a bug)."""
-
-    def __init__(self, first_s: float, max_s: float, rng: random.Random | None = None) -> None:
-        self.first_s, self.max_s = first_s, max_s
-        self._attempt = 0
-        self._rng = rng or random.Random()
-
-    def next_delay(self) -> float:
-        ceiling = min(self.max_s, self.first_s * (2**self._attempt))
-        self._attempt = min(self._attempt + 1, 30)
-        return self._rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 class DeadbandFilter:

@@ -13,7 +13,7 @@ It keeps stream manager's semantics so that code tested on the embedded store be
   ``RejectNewData`` without ``ttl_s`` (docs/publisher.md, "Offline buffering").
 
 Implementations are synchronous (both the file store and the stream manager SDK block); async callers go through
-:mod:`gateway.streams.aio`, which runs them off the event loop.
+:class:`gateway.aio.Offload`, which runs them off the event loop.
 """
 
 from __future__ import annotations
