@@ -7,12 +7,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway import components
 from gateway.anomaly.config import AlarmEvents, AnomalyConfig, TagGroup
 from gateway.destinations.file import FileConfig
 from gateway.destinations.iotcore import IotCoreConfig
 from gateway.destinations.kinesis import KinesisConfig
 from gateway.destinations.mqtt import MqttConfig
 from gateway.destinations.sitewise import SiteWiseConfig
+from gateway.errors import ConfigError
 from gateway.sources.modbus_config import ModbusConnection
 from gateway.sources.opcda_config import OpcDaConnection
 from gateway.sources.opcua_config import OpcUaConnection
@@ -75,7 +77,8 @@ class OpcUaCollectorConfig(_Collector, _Component):
     """factoryedge.OpcUaCollector."""
 
     stream: StreamSpec = Field(
-        default_factory=lambda: StreamSpec(name="factoryedge-opcua"), description="Stream the values are written to."
+        default_factory=lambda: StreamSpec(name=components.component("factoryedge.OpcUaCollector").stream),
+        description="Stream the values are written to.",
     )
     connections: list[OpcUaConnection] = Field(default_factory=list, description="OPC UA servers to read.")
 
@@ -94,7 +97,8 @@ class ModbusCollectorConfig(_Collector, _Component):
     """factoryedge.ModbusCollector."""
 
     stream: StreamSpec = Field(
-        default_factory=lambda: StreamSpec(name="factoryedge-modbus"), description="Stream the values are written to."
+        default_factory=lambda: StreamSpec(name=components.component("factoryedge.ModbusCollector").stream),
+        description="Stream the values are written to.",
     )
     connections: list[ModbusConnection] = Field(default_factory=list, description="Modbus TCP servers to read.")
 
@@ -103,7 +107,8 @@ class OpcDaCollectorConfig(_Collector, _Component):
     """factoryedge.OpcDaCollector."""
 
     stream: StreamSpec = Field(
-        default_factory=lambda: StreamSpec(name="factoryedge-opcda"), description="Stream the values are written to."
+        default_factory=lambda: StreamSpec(name=components.component("factoryedge.OpcDaCollector").stream),
+        description="Stream the values are written to.",
     )
     connections: list[OpcDaConnection] = Field(
         default_factory=list, description="OPC DA servers to read, each through its OpenOPC gateway service."
@@ -121,7 +126,8 @@ class PublisherConfig(_Component):
         default="factoryedge-deadletter", description="Stream for records a destination refused for good."
     )
     metrics_stream: str = Field(
-        default="factoryedge-metrics", description="Stream the publisher writes its own counters to, as records."
+        default=components.component("factoryedge.Publisher").stream,
+        description="Stream the publisher writes its own counters to, as records.",
     )
     metrics_interval_s: float = Field(default=60.0, gt=0, description="How often counters are published as records.")
 
@@ -135,12 +141,12 @@ class AnomalyDetectorConfig(_Component):
     """factoryedge.AnomalyDetector (tag groups: :class:`gateway.anomaly.config.TagGroup`, docs/anomaly.md)."""
 
     input_streams: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_ ,.\-]{1,255}$")]] = Field(
-        default_factory=lambda: ["factoryedge-opcua", "factoryedge-modbus", "factoryedge-opcda"],
+        default_factory=components.collector_streams,
         description="Collector streams to read, each from this component's own durable position; a stream that "
         "does not exist yet is waited for.",
     )
     output_stream: StreamSpec = Field(
-        default_factory=lambda: StreamSpec(name="factoryedge-anomaly"),
+        default_factory=lambda: StreamSpec(name=components.component("factoryedge.AnomalyDetector").stream),
         description="Stream the score, alarm, attribution and state records are written to.",
     )
     start_from: Literal["latest", "oldest"] = Field(
@@ -184,15 +190,6 @@ class AnomalyDetectorConfig(_Component):
         return self
 
 
-COMPONENTS: dict[str, type[BaseModel]] = {
-    "factoryedge.OpcUaCollector": OpcUaCollectorConfig,
-    "factoryedge.ModbusCollector": ModbusCollectorConfig,
-    "factoryedge.OpcDaCollector": OpcDaCollectorConfig,
-    "factoryedge.Publisher": PublisherConfig,
-    "factoryedge.AnomalyDetector": AnomalyDetectorConfig,
-}
-
-
 def default_configuration(component: str) -> dict[str, Any]:
     """The model's defaults in the JSON shape of a deployment: the recipe's ``DefaultConfiguration``.
 
@@ -201,11 +198,12 @@ def default_configuration(component: str) -> dict[str, Any]:
     out: a missing key validates to the same None, and the recipe carries no nulls for the nucleus to interpret.
 
     Raises:
-        KeyError: ``component`` has no configuration model in :data:`COMPONENTS`.
+        KeyError: ``component`` has no configuration model (gateway/components.py names none, or no such component).
     """
-    model = COMPONENTS.get(component)
-    if model is None:
-        raise KeyError(f"{component}: no configuration model in gateway.componentconfig.COMPONENTS; add it there")
+    try:
+        model = components.config_model(component)
+    except ConfigError as exc:
+        raise KeyError(str(exc)) from None
     data: dict[str, Any] = json.loads(model().model_dump_json(exclude_none=True))
     if data.get("connections") == []:  # an explicit empty list is refused; left out, the collector deploys idle
         del data["connections"]

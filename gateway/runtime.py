@@ -104,12 +104,13 @@ class Context(Generic[M]):
     revision: str = ""
 
 
-def setup_logging(level: str = "INFO") -> None:
+def setup_logging(level: str = "INFO", quiet_loggers: tuple[str, ...] = ()) -> None:
+    """Log to stderr with secrets redacted; ``quiet_loggers`` (a component's noisy libraries, declared in
+    gateway/components.py) log CRITICAL only."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=[handler])
-    # asyncua logs a full traceback at ERROR on every network cut; our reconnect loop reports the state change once.
-    for noisy in ("asyncua", "pymodbus", "Pyro4"):
+    for noisy in quiet_loggers:
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
 
 
@@ -131,6 +132,7 @@ def component_main(
     model: type[M],
     run: Callable[[Context[M]], Awaitable[None]],
     argv: list[str] | None = None,
+    quiet_loggers: tuple[str, ...] = (),
 ) -> int:
     """Parse arguments, load and validate the configuration, run until SIGTERM/SIGINT. Returns the exit code."""
     parser = argparse.ArgumentParser(prog=name, description=f"{name} component of factory-edge-gateway")
@@ -139,7 +141,7 @@ def component_main(
     args = parser.parse_args(argv)
     # Everything a component writes (store, positions, status, models, keys, output files) is its own: 0600/0700.
     os.umask(0o077)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, quiet_loggers)
     fewer_malloc_arenas()
     config: M | None = None
     if args.config is not None:

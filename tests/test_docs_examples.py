@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from gateway.cli.configs import recognise
-from gateway.componentconfig import COMPONENTS
+from gateway.components import config_models
 from gateway.config import read_file, validate
 from gateway.errors import ConfigError
 
@@ -35,10 +35,10 @@ def test_every_yaml_example_validates_against_its_component_model() -> None:
     for path in files:
         data = read_file(path)
         component = _component(path, data)
-        assert component in COMPONENTS, f"{path.name}: unknown component {component!r}"
+        assert component in config_models(), f"{path.name}: unknown component {component!r}"
         seen.add(component)
         try:
-            validate(COMPONENTS[component], data, origin=path.name)
+            validate(config_models()[component], data, origin=path.name)
         except ConfigError as exc:
             problems += [f"{path.name} ({component}): {p}" for p in exc.problems or [str(exc)]
                          if not _DEVICE_FILE_MISSING.search(p)]

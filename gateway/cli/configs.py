@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.components import COMPONENTS, config_models
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -65,9 +66,7 @@ class LoadedConfig:
 
 
 def components() -> dict[str, type[BaseModel]]:
-    from gateway.componentconfig import COMPONENTS
-
-    return COMPONENTS
+    return config_models()  # imports the models (pydantic) on first use
 
 
 def component_model(name: str) -> type[BaseModel]:
@@ -187,9 +186,7 @@ def from_deployment(timeout_s: float = 5.0) -> list[LoadedConfig]:
 
 
 # Component -> its folder under components/ (the entry point components/<entry>/main.py).
-ENTRY_POINTS = {"factoryedge.OpcUaCollector": "opcua_collector", "factoryedge.ModbusCollector": "modbus_collector",
-                "factoryedge.OpcDaCollector": "opcda_collector", "factoryedge.AnomalyDetector": "anomaly_detector",
-                "factoryedge.Publisher": "publisher"}
+ENTRY_POINTS = {spec.name: spec.entry for spec in COMPONENTS if spec.entry}
 
 
 def _trusted_uid(uid: int) -> bool:

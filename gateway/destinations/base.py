@@ -29,6 +29,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.components import published_streams
 from gateway.record import Kind, Record
 
 KindName = Literal["value", "score", "alarm", "metric"]
@@ -42,8 +43,7 @@ class Route(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     streams: list[str] = Field(
-        default_factory=lambda: ["factoryedge-opcua", "factoryedge-modbus", "factoryedge-opcda",
-                                 "factoryedge-anomaly", "factoryedge-metrics"],
+        default_factory=published_streams,  # every component's stream (gateway/components.py): none is forgotten
         description="Streams to read; streams that do not exist yet are waited for.",
     )
     tags: list[str] = Field(default_factory=lambda: ["*"], description="Tag patterns (shell style: *, ?, [..]).")
