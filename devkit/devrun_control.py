@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devkit import devrun_recipe as rcp
+from gateway.endpoints import host_port
 from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
@@ -54,9 +55,7 @@ class IotCoreForwarder:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        host, _, port = self.mqtt.rpartition(":")
-        if not host or not port.isdigit():
-            raise ConfigError(f"--mqtt {self.mqtt}: not HOST:PORT", fix="e.g. --mqtt 127.0.0.1:1883")
+        host, port = host_port(self.mqtt, what="--mqtt")
         connected = asyncio.Event()
         loop = asyncio.get_running_loop()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gatewayctl-devrun-{time.time_ns()}")
@@ -66,7 +65,7 @@ class IotCoreForwarder:
 
         client.on_connect = on_connect
         try:
-            await asyncio.to_thread(client.connect, host, int(port))
+            await asyncio.to_thread(client.connect, host, port)
         except OSError as exc:
             raise ConfigError(f"--mqtt {self.mqtt}: cannot connect ({exc})", fix="start the broker or fix the address"
                               ) from exc

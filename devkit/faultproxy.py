@@ -26,6 +26,8 @@ import sys
 import threading
 from typing import Literal
 
+from gateway.endpoints import host_port
+
 log = logging.getLogger(__name__)
 
 Mode = Literal["pass", "blackhole", "reset", "refuse"]
@@ -253,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--target", required=True, help="HOST:PORT to forward to")
     ap.add_argument("--port", type=int, default=0, help="listen port (0: any free port)")
     args = ap.parse_args(argv)
-    host, _, port = args.target.rpartition(":")
-    proxy = FaultProxy(int(port), host or "127.0.0.1", args.port).start()
+    host, port = host_port(args.target, what="--target", default_host="127.0.0.1")
+    proxy = FaultProxy(port, host, args.port).start()
     print(f"READY 127.0.0.1:{proxy.port}", flush=True)
     actions = {"pass": proxy.pass_through, "blackhole": proxy.blackhole, "reset": proxy.reset, "refuse": proxy.refuse}
     for line in sys.stdin:

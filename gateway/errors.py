@@ -8,6 +8,7 @@ Tree::
 
     GatewayError
      ├── ConfigError                 bad configuration; never retried
+     │    └── EndpointError          an address that is not scheme://host[:port] or host:port
      ├── CodecError                  a stream message that cannot be decoded; the reader skips and counts it
      ├── StreamError
      │    ├── StreamNotFound         the stream does not exist (create it, or check the name)
@@ -46,6 +47,10 @@ class ConfigError(GatewayError):
         if not self.problems:
             return super().__str__()
         return "\n".join([self.message, *(f"  {p}" for p in self.problems)])
+
+
+class EndpointError(ConfigError):
+    """An endpoint (a URL or ``host:port``) with no host, a port that is not a number, or no port to assume."""
 
 
 class CodecError(GatewayError):

@@ -28,13 +28,13 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
 from gateway import secretrefs
 from gateway.config import validate
-from gateway.errors import ConfigError, GatewayError
+from gateway.endpoints import host_port
+from gateway.errors import ConfigError, EndpointError, GatewayError
 from gateway.ipc import GreengrassIpc
 from gateway.runtime import Context
 
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 3.0
 RECENT_MESSAGES = 200
-_DEFAULT_PORTS = {"opc.tcp": 4840, "mqtt": 1883, "mqtts": 8883, "tcp": 502, "http": 80, "https": 443}
 
 
 def load_deployed(model: type[M], *, origin: str) -> M:
@@ -76,13 +75,12 @@ def endpoints(config: BaseModel, prefix: str = "") -> Iterator[tuple[str, str, i
     for name in type(config).model_fields:
         value = getattr(config, name)
         if name in ("endpoint", "url") and isinstance(value, str) and "://" in value:
-            parts = urlsplit(value)
             try:
-                found = parts.port or _DEFAULT_PORTS.get(parts.scheme)
-            except ValueError:  # a port that is not a number: the model should have refused it
-                found = None
-            if parts.hostname and found:
-                yield f"{prefix}{name}", parts.hostname, found
+                found = host_port(value, what=f"{prefix}{name}")
+            except EndpointError:  # no host or no port: the model should have refused it; nothing to probe
+                pass
+            else:
+                yield f"{prefix}{name}", *found
         for path, item in _children(value, f"{prefix}{name}"):
             yield from endpoints(item, f"{path}.")
 

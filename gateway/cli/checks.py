@@ -8,6 +8,7 @@ data actually flows, which no probe can: "connected but no data" shows up here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 import socket
@@ -16,12 +17,12 @@ import struct
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from gateway.cli.common import age_s, fmt_age, fmt_duration
 from gateway.diagnostics import Finding, failed, passed, warning
+from gateway.endpoints import host_port
+from gateway.errors import EndpointError
 
-DEFAULT_PORTS = {"opc.tcp": 4840, "mqtt": 1883, "mqtts": 8883, "https": 443, "http": 80, "modbus": 502}
 FUTURE_LIMIT_S = 10 * 60  # SiteWise rejects values more than 10 minutes in the future ...
 PAST_LIMIT_S = 7 * 86400  # ... and more than 7 days in the past
 SKEW_WARN_S = 60.0
@@ -32,9 +33,8 @@ def endpoint_of(cfg: Any) -> tuple[str, int] | None:
     for attr in ("endpoint", "url", "endpoint_url"):
         text = getattr(cfg, attr, None)
         if isinstance(text, str) and "://" in text:
-            u = urlparse(text)
-            if u.hostname:
-                return u.hostname, u.port or DEFAULT_PORTS.get(u.scheme, 0)
+            with contextlib.suppress(EndpointError):  # no host, or no port known: no endpoint to check
+                return host_port(text, what=attr)
     host = getattr(cfg, "host", None)
     port = getattr(cfg, "port", None)
     if isinstance(host, str) and isinstance(port, int):
@@ -210,12 +210,12 @@ def recent_records(store: Any, stream: str, messages: int = 20) -> list[Any]:
 
 def ntp_offset(server: str, timeout_s: float) -> float:
     """The gateway clock's offset from an NTP server in seconds (positive: the gateway is ahead). SNTP, RFC 4330."""
-    host, _, port = server.partition(":")
+    host, port = host_port(server, "ntp", what="NTP server")
     packet = b"\x23" + 47 * b"\0"  # LI 0, version 4, mode 3 (client)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout_s)
         t0 = time.time()
-        s.sendto(packet, (host, int(port or 123)))
+        s.sendto(packet, (host, port))
         data, _ = s.recvfrom(512)
         t3 = time.time()
     if len(data) < 48:
@@ -229,7 +229,7 @@ def clock_vs_ntp(server: str, timeout_s: float) -> Finding:
     check = "gateway clock"
     try:
         offset = ntp_offset(server, timeout_s)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EndpointError) as exc:
         return warning(check, f"NTP server {server} did not answer ({exc})", "check --ntp and UDP port 123")
     way = f"{fmt_duration(abs(offset))} {'ahead of' if offset > 0 else 'behind'} {server}"
     fix = "enable time synchronisation on the gateway (timedatectl set-ntp true, or chrony)"

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.endpoints import host_port
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -80,11 +81,8 @@ def open_store(args: argparse.Namespace, *, connect_timeout_s: float = 3.0) -> S
     if target:
         from gateway.streams.stream_manager import StreamManagerStore
 
-        host, _, port = target.rpartition(":")
-        if not port.isdigit():
-            raise ConfigError(f"--stream-manager {target!r} is not HOST:PORT",
-                              fix="e.g. --stream-manager 127.0.0.1:8088")
-        return StreamManagerStore(host or "127.0.0.1", int(port), connect_timeout_s=connect_timeout_s)
+        host, port = host_port(target, what="--stream-manager", default_host="127.0.0.1")
+        return StreamManagerStore(host, port, connect_timeout_s=connect_timeout_s)
     from gateway.streams.embedded import EmbeddedStore
 
     folder = store_dir(args)

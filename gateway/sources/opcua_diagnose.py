@@ -8,7 +8,6 @@ browse matches) and every browse pattern matching something. A problem is a find
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import urlparse
 
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
@@ -16,7 +15,8 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError
 
 from gateway.diagnostics import Finding, failed, passed, warning
-from gateway.errors import SourceError
+from gateway.endpoints import host_port
+from gateway.errors import EndpointError, SourceError
 from gateway.redact import redact_text
 from gateway.sources.opcua import connect, disconnect, resolve_nodes, tag_of
 from gateway.sources.opcua_browse import all_variables, closest
@@ -25,16 +25,18 @@ from gateway.sources.opcua_security import MODES, POLICY_URIS, check_server_cert
 
 
 async def _reachable(cfg: OpcUaConnection, timeout_s: float) -> Finding:
-    url = urlparse(cfg.endpoint)
     check = f"opcua {cfg.name}: endpoint reachable"
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, url.port or 4840), timeout_s)
+        host, port = host_port(cfg.endpoint, what="endpoint")
+    except EndpointError as exc:
+        return failed(check, exc.message, exc.fix)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
     except (OSError, asyncio.TimeoutError) as exc:
-        return failed(check, f"{url.hostname}:{url.port or 4840} does not accept TCP connections "
-                      f"({type(exc).__name__}: {exc})",
+        return failed(check, f"{host}:{port} does not accept TCP connections ({type(exc).__name__}: {exc})",
                       "check that the server runs, the host and port in endpoint, and firewalls between")
     writer.close()
-    return passed(check, f"{url.hostname}:{url.port or 4840} accepts connections")
+    return passed(check, f"{host}:{port} accepts connections")
 
 
 async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:
