@@ -26,14 +26,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.aio import Backoff, Offload
 from gateway.errors import GatewayError, StreamError
 from gateway.fsutil import atomic_write
 from gateway.record import Kind, Quality, Record, metric_records, start_seq
 from gateway.runtime import Context
-from gateway.sources.common import ConnectionBase, Counters, Emitter
+from gateway.sources.common import ConnectionBase, Counters, Emitter, SourceFactory
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordWriter, StreamSpec, StreamStore, open_store
 
@@ -48,16 +48,6 @@ SEQ_RESERVE = 100_000
 METRICS_INTERVAL_S = 60.0  # the publisher's default: counters as records once a minute
 METRICS = ("values_read", "values_written", "values_suppressed", "values_bad", "values_dropped", "read_errors",
            "reconnects", "gaps", "gap_s")
-
-
-class Source(Protocol):
-    """A protocol module's connection. ``run`` reads until the link fails, then raises; it never returns normally
-    while the connection is wanted. It calls ``on_connected`` once the session is up and data can flow."""
-
-    async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None: ...
-
-
-SourceFactory = Callable[[Any], Source]
 
 
 class _Connection:

@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -197,3 +197,35 @@ class Emitter:
         out, self.pending = self.pending, []
         self._taken.set()
         return out
+
+
+class Source(Protocol):
+    """One protocol module's connection to its peer (``OpcUaSource``, ``ModbusSource``, ``OpcDaSource``).
+
+    The contract, checked for every module by tests/sources/test_conformance.py against its real peer:
+
+    - The collector makes a new source for every connection attempt (``factory(cfg)``: construction does no I/O)
+      and calls :meth:`run` once on it, from its event loop, then drops it.
+    - ``run`` connects, calls ``on_connected`` once the session is up and values can flow, then reads until the
+      link fails. It never returns while the connection is wanted: it raises (a retryable
+      :class:`~gateway.errors.SourceError` naming the peer) and the collector counts a reconnect, backs off and
+      makes the next source.
+    - Every value read goes to :meth:`Emitter.emit` with its quality and the peer's source timestamp when the
+      protocol has one (``None`` otherwise: the read time is used). A value the peer reports bad or does not have,
+      or that cannot be decoded, is a per-tag BAD (or UNCERTAIN) emit with no value or the tag's last one, never a
+      made-up number, and never ends the session: the other tags keep flowing. A tag the peer refuses is also a
+      read error, its reason logged when it first appears.
+    - When a session that was up fails, ``run`` emits every tag BAD once, carrying its last value, before raising,
+      so a subscription's last GOOD value does not stand for the whole outage.
+    - Cancelling ``run`` is how the collector stops or reconfigures a connection: it returns within a few seconds
+      whatever the peer does (a peer that hangs included), releasing the peer's session on a best-effort basis.
+
+    A protocol module also has ``async def diagnose(cfg, timeout_s) -> list[Finding]`` for ``gatewayctl doctor``
+    (:mod:`gateway.diagnostics`): a peer problem is a failed finding, never an exception, found within about
+    ``timeout_s``.
+    """
+
+    async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None: ...
+
+
+SourceFactory = Callable[[Any], Source]  # the source class of a protocol module, called with one connection's settings
