@@ -46,8 +46,8 @@ FLUSH_AT_RECORDS = 4_000
 # Sequence numbers a marker reserves ahead of what was written (see Collector._append): a restart jumps past them.
 SEQ_RESERVE = 100_000
 METRICS_INTERVAL_S = 60.0  # the publisher's default: counters as records once a minute
-METRICS = ("values_read", "values_written", "values_suppressed", "values_bad", "values_dropped", "read_errors",
-           "reconnects", "gaps", "gap_s")
+METRICS = ("values_read", "values_written", "values_suppressed", "bad_values_read", "values_dropped", "read_errors",
+           "connect_retries", "gaps", "gap_s")
 
 
 class _Connection:
@@ -65,7 +65,7 @@ class _Connection:
         first = True
         while True:
             if not first:
-                self.counters.reconnects += 1
+                self.counters.connect_retries += 1
             first = False
 
             def connected() -> None:
@@ -121,7 +121,7 @@ class Collector:
         self.positions = positions
         self.metrics_interval_s = metrics_interval_s
         self.connections: dict[str, _Connection] = {}
-        self.dropped_pending = 0
+        self.values_dropped = 0
         self._offload = Offload(f"{component}-stream")
         self._writer = RecordWriter(store, stream.name)
         self._wake = asyncio.Event()
@@ -310,7 +310,7 @@ class Collector:
         """Count, log (ERROR) and durably record values that will never be written; returns the empty backlog."""
         n = sum(r.kind == Kind.VALUE for r in records)
         if n:
-            self.dropped_pending += n
+            self.values_dropped += n
             conn = self.connections.get(name)
             if conn:
                 conn.counters.values_dropped += n
@@ -364,7 +364,7 @@ class Collector:
             **self.status_file.header(),
             "status_interval_s": self.status_interval_s,
             "stream": self.stream.name,
-            "dropped_pending": self.dropped_pending,
+            "values_dropped": self.values_dropped,
             "connections": connections,
         }
 

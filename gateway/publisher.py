@@ -283,7 +283,7 @@ class Publisher:
     def _retrying(self, name: str, error: str, pending: int | None = None) -> None:
         """Count a retry; log only when the reason changes (a long outage is one line, not one per attempt)."""
         counters = self.counters[name]
-        counters.retries += 1
+        counters.send_retries += 1
         if DIGITS.sub("N", error) != DIGITS.sub("N", counters.last_error):
             what = f"{pending} records refused for now: " if pending is not None else ""
             log.warning("destination %s: %s%s (retrying with backoff; the data stays in the stream)",

@@ -24,18 +24,18 @@ from gateway.streams import RecordReader, StreamStore
 log = logging.getLogger("gateway.publisher")
 DIGITS = re.compile(r"\d+")
 _MAX_REASONS = 50
-METRICS = ("records_sent", "bytes_sent", "retries", "dead_lettered", "backlog_messages", "oldest_unsent_age_s",
-           "last_success_age_s", "lost_messages", "corrupt_messages")
+METRICS = ("records_sent", "bytes_sent", "send_retries", "records_dead_lettered", "backlog_messages",
+           "oldest_unsent_age_s", "last_success_age_s", "messages_lost", "corrupt_messages_read")
 
 
 @dataclass
 class DestinationCounters:
     records_sent: int = 0
     bytes_sent: int = 0
-    retries: int = 0
-    dead_lettered: int = 0
-    lost_messages: int = 0
-    corrupt_messages: int = 0
+    send_retries: int = 0
+    records_dead_lettered: int = 0
+    messages_lost: int = 0
+    corrupt_messages_read: int = 0
     backlog_messages: int = 0
     oldest_unsent_age_s: float = 0.0
     last_success_ns: int = 0
@@ -57,7 +57,7 @@ def count_dead_lettered(counters: DestinationCounters, name: str, rejected: list
             log.error("destination %s: dead-lettered a record (further ones like it are only counted): %s",
                       name, reason)
         counters.dead_letter_reasons[key] = counters.dead_letter_reasons.get(key, 0) + 1
-    counters.dead_lettered += len(rejected)
+    counters.records_dead_lettered += len(rejected)
 
 
 def metric_records(component: str, counters: dict[str, DestinationCounters], ts: int, seq: int) -> list[Record]:
@@ -83,12 +83,12 @@ async def refresh_backlog(counters: dict[str, DestinationCounters], readers: dic
         for (dest, stream), reader in list(readers.items()):
             if dest != name:
                 continue
-            lost, corrupt = lost + reader.lost_messages, corrupt + reader.corrupt_messages
+            lost, corrupt = lost + reader.messages_lost, corrupt + reader.corrupt_messages_read
             depth += await aux(reader.backlog)
             head = await aux(store.read, stream, reader.committed, max_count=1)
             if head:
                 age = max(age, time.time() - head[0].ts_ms / 1000)
         dest_counters.backlog_messages, dest_counters.oldest_unsent_age_s = depth, round(age, 3)
-        dest_counters.lost_messages, dest_counters.corrupt_messages = lost, corrupt
+        dest_counters.messages_lost, dest_counters.corrupt_messages_read = lost, corrupt
         if dest_counters.last_success_ns:
             dest_counters.last_success_age_s = round((time.time_ns() - dest_counters.last_success_ns) / 1e9, 3)

@@ -36,7 +36,7 @@ def test_wrong_node_id_is_connected_but_no_data(sim: tuple[Proc, int], tmp_path:
     p = Pipeline(tmp_path, sim[1])
     p.start("opcua_collector", p.collector_config(nodes=["s=Reactor/NoSuchTag"]))
     try:
-        wait_for(lambda: p.connection().get("connected") is True and p.connection().get("values_bad", 0) > 0, 60,
+        wait_for(lambda: p.connection().get("connected") is True and p.connection().get("bad_values_read", 0) > 0, 60,
                  "the collector to connect and mark the node BAD")
         code, out = cli(capsys, "--json", "doctor", "--store", str(p.store))
         checks = findings(out)

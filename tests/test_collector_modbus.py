@@ -94,7 +94,7 @@ def counters(c: Collector, name: str = "plc") -> Any:
 def assert_nothing_dropped(c: Collector, tmp: Path) -> None:
     """Every value read is in the stream, suppressed by the deadband, or still pending (and counted)."""
     stored = records(tmp)
-    assert c.dropped_pending == 0
+    assert c.values_dropped == 0
     for name, conn_ in c.connections.items():
         k = conn_.counters
         pending = len(conn_.backlog) + len(conn_.emitter.pending)
@@ -217,7 +217,7 @@ def test_exception_makes_exactly_the_tags_of_its_request_bad(peers: Any, tmp_pat
     assert len(warnings) == 1 and "holding registers 50-52" in warnings[0].getMessage()
     assert sum(r.getMessage().endswith("reads again") for r in caplog.records) == 1
     assert last_by_tag(records(tmp_path))["d"].value == 3
-    assert k.reconnects == 0
+    assert k.connect_retries == 0
     assert_nothing_dropped(c, tmp_path)
 
 
@@ -237,7 +237,7 @@ def test_unknown_and_silent_unit_ids_go_bad_while_the_good_unit_flows(peers: Any
     assert got["u5"].quality == Quality.BAD and got["u6"].quality == Quality.BAD
     errors = counters(c).extra["errors"]
     assert set(errors) == {"exception 11 (gateway target device failed to respond)", "no answer within 0.2 s"}
-    assert counters(c).reconnects == 0  # a silent unit is not a dead link
+    assert counters(c).connect_retries == 0  # a silent unit is not a dead link
     assert sum(r.tag == "u1" and r.quality == Quality.GOOD for r in records(tmp_path)) >= 1
 
 
@@ -255,7 +255,7 @@ def test_server_restart_mid_run_resumes_without_loss(peers: Any, tmp_path: Path)
         async with collecting(tmp_path, [c_]) as c:
             await until(lambda: counters(c).values_written >= 20, "values before the restart")
             await asyncio.to_thread(server.stop)
-            await until(lambda: not counters(c).connected and counters(c).reconnects >= 1, "the disconnect")
+            await until(lambda: not counters(c).connected and counters(c).connect_retries >= 1, "the disconnect")
             await until(lambda: last_by_tag(records(tmp_path)).get("x", None) is not None
                         and last_by_tag(records(tmp_path))["x"].quality == Quality.BAD, "x to go BAD")
             down = counters(c).values_read
@@ -281,11 +281,11 @@ def test_network_cut_blackhole_then_reset_resumes_without_loss(peers: Any, tmp_p
         async with collecting(tmp_path, [c_]) as c:
             await until(lambda: counters(c).values_written >= 20, "values before the cut")
             await asyncio.to_thread(proxy.blackhole)
-            await until(lambda: counters(c).reconnects >= 1, "the blackhole to be noticed")
+            await until(lambda: counters(c).connect_retries >= 1, "the blackhole to be noticed")
             await until(lambda: last_by_tag(records(tmp_path))["x"].quality == Quality.BAD, "x to go BAD")
             await asyncio.to_thread(proxy.reset)
-            cut = counters(c).reconnects
-            await until(lambda: counters(c).reconnects >= cut + 2, "reconnects refused by the reset")
+            cut = counters(c).connect_retries
+            await until(lambda: counters(c).connect_retries >= cut + 2, "reconnects refused by the reset")
             await asyncio.to_thread(proxy.pass_through)
             back = counters(c).values_read
             await until(lambda: counters(c).connected and counters(c).values_read > back + 10, "data after the cut")

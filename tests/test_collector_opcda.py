@@ -138,7 +138,7 @@ def test_unknown_items_go_bad_alone_and_the_rest_flows(tmp_path: Path, gateway: 
     assert bad and all(r.quality == Quality.BAD and r.value is None for r in bad)
     good = [r for r in records if r.tag != "Reactor.NoSuchItem"]
     assert len(good) >= 10 and all(r.quality == Quality.GOOD for r in good)
-    assert status["extra"]["unknown_items"] == ["Reactor.NoSuchItem"] and status["reconnects"] == 0
+    assert status["extra"]["unknown_items"] == ["Reactor.NoSuchItem"] and status["connect_retries"] == 0
     assert any("Reactor.NoSuchItem (The item ID is not defined" in m for m in caplog.messages)
 
 
@@ -174,7 +174,7 @@ def test_legacy_timestamps_and_host_rewrite_through_a_cut_network(tmp_path: Path
     assert all(abs(r.gateway_ts_ns - r.source_ts_ns) < 120e9 for r in good)  # read as UTC
     # each cut: every tag BAD, carrying its last value (issue 13 item 9)
     assert sum(r.quality == Quality.BAD and r.value is not None for r in cut_records) >= 4
-    assert status["cut"]["reconnects"] >= 2 and status["direct"]["reconnects"] == 0
+    assert status["cut"]["connect_retries"] >= 2 and status["direct"]["connect_retries"] == 0
 
 
 def test_gateway_restart_gets_a_new_client_and_data_resumes(tmp_path: Path) -> None:
@@ -214,7 +214,7 @@ def test_mutual_tls_and_the_plain_link_warning(tmp_path: Path, caplog: pytest.Lo
     async def body() -> dict[str, Any]:
         run = Run(tmp_path, [secure, plain])
         await run.written(3, "secure")
-        await run.until(lambda: run.counters("plain").reconnects >= 1, "the plain connection to be refused")
+        await run.until(lambda: run.counters("plain").connect_retries >= 1, "the plain connection to be refused")
         await run.finish()
         status: dict[str, Any] = run.collector.status()["connections"]
         return status
@@ -244,7 +244,7 @@ def test_changed_connection_restarts_alone(tmp_path: Path, gateway: int) -> None
         task_b = run.collector.connections["b"].task
         await run.collector.apply([a.model_copy(update={"items": ["Reactor.Pressure", "Reactor.Level"]}), b])
         await run.until(lambda: run.counters("a").values_written >= 10, "the changed connection")
-        assert run.collector.connections["b"].task is task_b and run.counters("b").reconnects == 0
+        assert run.collector.connections["b"].task is task_b and run.counters("b").connect_retries == 0
         sessions: list[Any] = []
 
         def two_sessions() -> bool:  # the old client of "a" was closed on the gateway: no session leak
@@ -265,7 +265,7 @@ def test_a_server_the_gateway_cannot_open_is_retried_without_leaking_clients(tmp
 
     async def body() -> tuple[dict[str, Any], list[Any]]:
         run = Run(tmp_path, [conn])
-        await run.until(lambda: (c := run.counters("wrong")) is not None and c.reconnects >= 3, "three attempts")
+        await run.until(lambda: (c := run.counters("wrong")) is not None and c.connect_retries >= 3, "three attempts")
         sessions = await asyncio.to_thread(OpenOPC.get_sessions, "127.0.0.1", gateway)
         await run.finish()
         return run.collector.status()["connections"]["wrong"], sessions
@@ -338,7 +338,8 @@ def test_hmac_key_of_the_gateway(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     async def body() -> dict[str, Any]:
         run = Run(tmp_path, [signed, wrong, unsigned])
         await run.written(3, "signed")
-        await run.until(lambda: run.counters("wrong").reconnects >= 1 and run.counters("unsigned").reconnects >= 1,
+        await run.until(lambda: run.counters("wrong").connect_retries >= 1
+                        and run.counters("unsigned").connect_retries >= 1,
                         "the connections without the right key to be refused")
         await run.finish()
         status: dict[str, Any] = run.collector.status()["connections"]

@@ -79,7 +79,8 @@ def test_unreachable_server_does_not_stall_another_connection(tmp_path: Path, si
     dead = OpcUaConnection(name="dead", endpoint=f"opc.tcp://127.0.0.1:{free_port()}", nodes=["ns=2;s=X"],
                            reconnect_min_s=0.05, reconnect_max_s=0.2, timeout_s=1)
     def done(c: Collector) -> bool:
-        return _written("good", 10)(c) and "dead" in c.connections and c.connections["dead"].counters.reconnects >= 2
+        return (_written("good", 10)(c) and "dead" in c.connections
+                and c.connections["dead"].counters.connect_retries >= 2)
 
     collector = asyncio.run(_collect(tmp_path, [good, dead], done))
     status = collector.status()["connections"]

@@ -24,7 +24,7 @@ def test_server_restart_renumbers_namespaces_and_data_resumes(tmp_path: Path) ->
             old_ns = server.ns
             await asyncio.to_thread(server.restart, namespaces_before=3)
             assert server.ns == old_ns + 3  # the server renumbered our namespace
-            await until(col, task, lambda _: counters.reconnects >= 1 and counters.connected)
+            await until(col, task, lambda _: counters.connect_retries >= 1 and counters.connected)
             mark = counters.values_written
             await until(col, task, lambda _: counters.values_written >= mark + 20)
 
@@ -61,7 +61,7 @@ def test_network_cut_blackhole_then_reset_resumes_with_counted_reconnect(tmp_pat
             await until(col, task, lambda _: counters.connected)
             mark = counters.values_written
             await until(col, task, lambda _: counters.values_written >= mark + 10)
-            assert counters.reconnects >= 2
+            assert counters.connect_retries >= 2
 
     try:
         asyncio.run(scenario())
@@ -87,7 +87,7 @@ def test_silent_subscription_is_rebuilt_by_the_watchdog(tmp_path: Path) -> None:
             await until(col, task, lambda _: counters.extra.get("subscription_rebuilds", 0) >= 1)
             mark = counters.values_written
             await until(col, task, lambda _: counters.values_written >= mark + 10)
-            assert counters.reconnects == 0  # rebuilt on the same session
+            assert counters.connect_retries == 0  # rebuilt on the same session
 
     try:
         asyncio.run(scenario())
@@ -111,7 +111,7 @@ def test_config_change_of_one_connection_restarts_only_it(tmp_path: Path) -> Non
             mark = counters_a.values_written
             await until(col, task, lambda _: col.connections["b"].counters.values_written >= 5
                         and counters_a.values_written >= mark + 5)
-            assert counters_a.reconnects == 0
+            assert counters_a.connect_retries == 0
 
     try:
         asyncio.run(scenario())

@@ -78,10 +78,10 @@ def test_modbus_cut_makes_every_tag_bad_once_with_its_last_value(peers: Any, tmp
         async with collecting(tmp_path, [c_]) as c:
             await until(lambda: counters(c).values_written >= 20, "values before the cut")
             await asyncio.to_thread(proxy.blackhole)
-            await until(lambda: counters(c).reconnects >= 1, "the blackhole to be noticed")
+            await until(lambda: counters(c).connect_retries >= 1, "the blackhole to be noticed")
             await asyncio.to_thread(proxy.reset)
-            cut = counters(c).reconnects
-            await until(lambda: counters(c).reconnects >= cut + 2, "reconnects refused by the reset")
+            cut = counters(c).connect_retries
+            await until(lambda: counters(c).connect_retries >= cut + 2, "reconnects refused by the reset")
             await asyncio.to_thread(proxy.pass_through)
             back = counters(c).values_read
             await until(lambda: counters(c).connected and counters(c).values_read > back + 10, "data after the cut")

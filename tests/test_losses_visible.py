@@ -58,16 +58,16 @@ def test_reader_losses_survive_a_restart_and_show_until_acknowledged(tmp_path: P
     again.commit()  # and now it moved past the gap: the loss must still show
     store.close()
     [row] = PositionStore(tmp_path / "positions").losses()
-    assert row["unacknowledged"] == {"lost_messages": lost}
+    assert row["unacknowledged"] == {"messages_lost": lost}
 
     store_arg = ["--store", str(tmp_path)]
     code, out = run_cli(capsys, *store_arg, "--json", "status")
     assert [(r["owner"], r["stream"], r["unacknowledged"]) for r in json.loads(out)["losses"]] == \
-        [("dest", "s", {"lost_messages": lost})]
+        [("dest", "s", {"messages_lost": lost})]
     code, out = run_cli(capsys, *store_arg, "status")
-    assert "UNACKNOWLEDGED LOSSES" in out and f"lost_messages {lost}" in out
+    assert "UNACKNOWLEDGED LOSSES" in out and f"messages_lost {lost}" in out
     code, out = run_cli(capsys, *store_arg, "buffer")
-    assert code == 1 and f"lost_messages {lost}" in out and "--ack-losses" in out
+    assert code == 1 and f"messages_lost {lost}" in out and "--ack-losses" in out
     code, out = run_cli(capsys, *store_arg, "--json", "doctor")
     [finding] = [c for c in json.loads(out)["checks"] if c["section"] == "losses"]
     assert finding["ok"] is False and str(lost) in finding["detail"] and "--ack-losses" in finding["fix"]
@@ -78,7 +78,7 @@ def test_reader_losses_survive_a_restart_and_show_until_acknowledged(tmp_path: P
     code, out = run_cli(capsys, *store_arg, "--json", "status")
     assert json.loads(out)["losses"] == []
     code, out = run_cli(capsys, *store_arg, "buffer")
-    assert code == 0 and "lost_messages" not in out
+    assert code == 0 and "messages_lost" not in out
     code, out = run_cli(capsys, *store_arg, "--json", "doctor")
     assert not [c for c in json.loads(out)["checks"] if c["section"] == "losses" and c["ok"] is False]
 
@@ -106,8 +106,8 @@ def write_status(store: Path, *, pid: int, age_s: float) -> None:
     status: dict[str, Any] = {
         "component": "factoryedge.ModbusCollector", "pid": pid, "started_ns": now - 60_000_000_000,
         "updated_ns": now - int(age_s * 1e9), "status_interval_s": 0.5, "stream": "factoryedge-modbus",
-        "connections": {"plc": {"connected": True, "values_read": 5000, "values_bad": 0, "read_errors": 0,
-                                "reconnects": 0, "last_good_read_ns": now - int(age_s * 1e9), "last_error": "",
+        "connections": {"plc": {"connected": True, "values_read": 5000, "bad_values_read": 0, "read_errors": 0,
+                                "connect_retries": 0, "last_good_read_ns": now - int(age_s * 1e9), "last_error": "",
                                 "values_per_s": 250.0}},
     }
     (store / "status").mkdir(parents=True, exist_ok=True)

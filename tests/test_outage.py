@@ -106,8 +106,8 @@ def test_outage_blackhole_reset_and_kill9_lose_nothing(
         # Cable cut: nothing moves, connections stay open. Both destinations fail and retry.
         mqtt_link.blackhole()
         kinesis_link.blackhole()
-        before = {d: _counter(data, d, "retries") for d in DESTINATIONS}
-        wait_for(lambda: all(_counter(data, d, "retries") >= before[d] + 2 for d in DESTINATIONS), 60,
+        before = {d: _counter(data, d, "send_retries") for d in DESTINATIONS}
+        wait_for(lambda: all(_counter(data, d, "send_retries") >= before[d] + 2 for d in DESTINATIONS), 60,
                  "both destinations to notice the blackhole and retry")
         assert _counter(data, "broker", "backlog_messages") > 0
 
@@ -121,7 +121,7 @@ def test_outage_blackhole_reset_and_kill9_lose_nothing(
         # A firewall forgets the flows: every connection is reset, new ones too.
         mqtt_link.reset()
         kinesis_link.reset()
-        wait_for(lambda: all(_counter(data, d, "retries") >= 2 for d in DESTINATIONS), 60,
+        wait_for(lambda: all(_counter(data, d, "send_retries") >= 2 for d in DESTINATIONS), 60,
                  "both destinations to retry through the resets")
 
         mqtt_link.pass_through()

@@ -76,7 +76,7 @@ def test_the_record_reader_skips_counts_and_hands_over_each_poison_message(tmp_p
         handed += [payload for _, payload, _ in batch.poison]
     assert got == good
     assert handed == poison
-    assert reader.corrupt_messages == len(poison)
+    assert reader.corrupt_messages_read == len(poison)
 
 
 async def _publish(pub: Publisher, done: Any) -> None:
@@ -106,7 +106,7 @@ def test_the_publisher_dead_letters_poison_and_delivers_everything_else(tmp_path
     lettered = [r for m in store.read("dlq", 0, max_count=10_000) for r in decode_batch(m.payload)]
     assert [base64.b64decode(str(r.value)) for r in lettered] == poison  # the bytes are kept for examination
     status = json.loads((tmp_path / "status" / "factoryedge.Publisher.json").read_text())
-    assert status["destinations"]["f"]["dead_lettered"] == len(poison)
+    assert status["destinations"]["f"]["records_dead_lettered"] == len(poison)
 
 
 def test_the_anomaly_engine_scores_around_poison(tmp_path: Path) -> None:

@@ -122,7 +122,7 @@ def test_dead_destination_does_not_hold_back_the_file(tmp_path: Path) -> None:
     dead = MqttConfig(name="dead", host="127.0.0.1", port=free_port(), route=ROUTE, retry_min_s=0.05)
     ok = FileConfig(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
     pub = _publisher(store, tmp_path, {"dead": (dead, MqttDestination(dead)), "ok": (ok, FileDestination(ok))})
-    asyncio.run(_run_until(pub, lambda: len(_lines(tmp_path / "ok.jsonl")) >= 500 and pub.counters["dead"].retries > 2))
+    asyncio.run(_run_until(pub, lambda: len(_lines(tmp_path / "ok.jsonl")) >= 500 and pub.counters["dead"].send_retries > 2))
     assert pub.counters["dead"].records_sent == 0
     assert "not connected" in pub.counters["dead"].last_error
     assert PositionStore(tmp_path / "positions").get("dead", "values") is None  # nothing committed: all buffered
@@ -155,7 +155,7 @@ def test_poison_record_is_dead_lettered_alone(tmp_path: Path) -> None:
     pub = _publisher(store, tmp_path, {"poison": (cfg, sink)})
     asyncio.run(_run_until(pub, lambda: len(sink.accepted) >= 199))
     assert 13.0 not in [r.value for r in sink.accepted] and len(sink.accepted) == 199
-    assert pub.counters["poison"].dead_lettered == 1
+    assert pub.counters["poison"].records_dead_lettered == 1
     dlq = RecordReader(store, "dlq", "t", PositionStore(tmp_path / "p2")).poll(timeout_s=0).records
     assert [r.value for r in dlq] == [13.0]
 

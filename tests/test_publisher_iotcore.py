@@ -60,7 +60,7 @@ def test_everything_arrives_batched_within_128kb_in_order_per_topic(tmp_path: Pa
         assert all(m.qos == 1 and len(m.payload) <= 16 * 1024 for m in server.published)
         got = _records([m.payload for m in server.published])
         assert [g["id"] for g in got] == [r.id for r in written]  # once each, in stream order
-        assert pub.counters["iot"].records_sent == 6000 and pub.counters["iot"].dead_lettered == 0
+        assert pub.counters["iot"].records_sent == 6000 and pub.counters["iot"].records_dead_lettered == 0
 
     asyncio.run(body())
 
@@ -78,7 +78,7 @@ def test_refused_topic_is_retried_and_logged_once_until_the_recipe_allows_it(
         pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
 
         def allow_after_retries() -> bool:
-            if pub.counters["iot"].retries >= 5:  # the operator fixes the recipe's accessControl and redeploys
+            if pub.counters["iot"].send_retries >= 5:  # the operator fixes the recipe's accessControl and redeploys
                 server.access_control[PUBLISHER] = {MQTT_PROXY: {"p": {
                     "operations": ["aws.greengrass#PublishToIoTCore"], "resources": ["plant/#"]}}}
             return len(_records([m.payload for m in server.published])) >= 300
@@ -91,7 +91,7 @@ def test_refused_topic_is_retried_and_logged_once_until_the_recipe_allows_it(
         refusals = [r for r in caplog.records if "not authorized" in r.getMessage()]
         assert len(refusals) == 1, [r.getMessage() for r in refusals]
         assert "accessControl" in refusals[0].getMessage()  # the fix is in the one line
-        assert pub.counters["iot"].retries >= 5 and pub.counters["iot"].dead_lettered == 0
+        assert pub.counters["iot"].send_retries >= 5 and pub.counters["iot"].records_dead_lettered == 0
         assert pub.counters["iot"].records_sent == 300
 
     asyncio.run(body())
@@ -110,12 +110,12 @@ def test_oversized_records_and_bad_topics_are_dead_lettered(tmp_path: Path, ipc_
         cfg = IotCoreConfig(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{tag}")
         pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         try:
-            await _run_until(pub, lambda: pub.counters["iot"].dead_lettered + pub.counters["iot"].records_sent >= 4)
+            await _run_until(pub, lambda: pub.counters["iot"].records_dead_lettered + pub.counters["iot"].records_sent >= 4)
         finally:
             await server.stop()
         assert [g["seq"] for g in _records([m.payload for m in server.published])] == [1, 4]
         reasons = " | ".join(pub.counters["iot"].dead_letter_reasons)
-        assert pub.counters["iot"].dead_lettered == 2
+        assert pub.counters["iot"].records_dead_lettered == 2
         assert "does not fit a message" in reasons and "slashes" in reasons
 
     asyncio.run(body())

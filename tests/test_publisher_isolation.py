@@ -53,11 +53,11 @@ def test_a_destination_that_rejects_everything_does_not_slow_the_others(tmp_path
     def ok_done_then_release() -> bool:
         if len(_lines(tmp_path / "ok.jsonl")) >= 2000:
             rejecting.release.set()  # only now may the rejecting destination answer at all
-        return pub.counters["reject"].dead_lettered >= 2000
+        return pub.counters["reject"].records_dead_lettered >= 2000
 
     asyncio.run(_run_until(pub, ok_done_then_release, timeout=60))
-    assert len(_lines(tmp_path / "ok.jsonl")) == 2000 and pub.counters["ok"].dead_lettered == 0
-    assert pub.counters["reject"].records_sent == 0 and pub.counters["reject"].dead_lettered == 2000
+    assert len(_lines(tmp_path / "ok.jsonl")) == 2000 and pub.counters["ok"].records_dead_lettered == 0
+    assert pub.counters["reject"].records_sent == 0 and pub.counters["reject"].records_dead_lettered == 2000
     assert pub.counters["reject"].dead_letter_reasons == {"refused: schema mismatch. Fix: none": 2000}
     dlq = RecordReader(store, "dlq", "t", PositionStore(tmp_path / "p2")).poll(max_messages=10_000, timeout_s=0)
     assert len(dlq.records) == 2000
@@ -76,12 +76,12 @@ def test_malformed_stream_messages_are_skipped_counted_and_logged_once(
     cfg = FileConfig(name="f", path=str(tmp_path / "o.jsonl"), route=ROUTE)
     pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
     with caplog.at_level(logging.ERROR):
-        asyncio.run(_run_until(pub, lambda: pub.counters["f"].records_sent >= 2 and pub.counters["f"].corrupt_messages
+        asyncio.run(_run_until(pub, lambda: pub.counters["f"].records_sent >= 2 and pub.counters["f"].corrupt_messages_read
                                >= 3))
     assert [g["seq"] for g in _lines(tmp_path / "o.jsonl")] == [1, 2]
     assert len([r for r in caplog.records if "skipped message" in r.getMessage()]) == 1
     status = json.loads((tmp_path / "status" / "factoryedge.Publisher.json").read_text())
-    assert status["destinations"]["f"]["corrupt_messages"] == 3
+    assert status["destinations"]["f"]["corrupt_messages_read"] == 3
 
 
 def test_broker_refusing_the_client_is_retried_counted_logged_once_and_diagnosed(
@@ -93,8 +93,8 @@ def test_broker_refusing_the_client_is_retried_counted_logged_once_and_diagnosed
                               tls=MqttTls(ca_file=str(mosquitto.pki.ca)), retry_min_s=0.05, retry_max_s=0.1)
     pub = _publisher(store, tmp_path, {"m": (no_cert, MqttDestination(no_cert))})
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
-        asyncio.run(_run_until(pub, lambda: pub.counters["m"].retries >= 5))
-    assert pub.counters["m"].records_sent == 0 and pub.counters["m"].dead_lettered == 0  # kept, not dropped
+        asyncio.run(_run_until(pub, lambda: pub.counters["m"].send_retries >= 5))
+    assert pub.counters["m"].records_sent == 0 and pub.counters["m"].records_dead_lettered == 0  # kept, not dropped
     # logged once per reason, not per attempt: "not connected yet" may come first when the publisher tries before
     # the broker's refusal arrives, then the refusal itself; neither is repeated over the 5+ retries
     reasons = [r.getMessage() for r in caplog.records if "not connected" in r.getMessage()]
@@ -142,4 +142,4 @@ def test_routing_by_kind_source_and_excluded_tags_and_metrics_as_records(tmp_pat
     assert [g["seq"] for g in got if g["kind"] != "metric"] == [1, 4]
     metrics = {g["tag"] for g in got if g["kind"] == "metric"}
     assert {"publisher/f/records_sent", "publisher/f/oldest_unsent_age_s", "publisher/f/last_success_age_s",
-            "publisher/f/dead_lettered", "publisher/f/backlog_messages"} <= metrics
+            "publisher/f/records_dead_lettered", "publisher/f/backlog_messages"} <= metrics

@@ -86,7 +86,7 @@ def test_partial_failure_resends_only_the_failed_records(
     cfg = _cfg(proxy.endpoint_url, stream, records_per_kinesis_record=20)
     pub = _publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
     asyncio.run(_run_until(pub, lambda: pub.counters["k"].records_sent >= 3000))
-    assert proxy.records_failed == 5 and pub.counters["k"].retries >= 1
+    assert proxy.records_failed == 5 and pub.counters["k"].send_retries >= 1
     got = gateway_records(kinesalite.endpoint_url, stream)
     ids = [g["id"] for g in got]
     assert len(ids) == len(set(ids)) == 3000 and set(ids) == {r.id for r in written}  # no duplicate, none lost
@@ -103,7 +103,7 @@ def test_throttled_calls_are_retried_with_backoff_and_logged_once(
     pub = _publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
         asyncio.run(_run_until(pub, lambda: pub.counters["k"].records_sent >= 1000))
-    assert proxy.calls_throttled == 6 and pub.counters["k"].retries >= 6
+    assert proxy.calls_throttled == 6 and pub.counters["k"].send_retries >= 6
     assert len([r for r in caplog.records if "ProvisionedThroughputExceeded" in r.getMessage()]) == 1
     assert len(gateway_records(kinesalite.endpoint_url, stream)) == 1000
 
@@ -123,14 +123,14 @@ def test_oversized_record_dead_lettered_missing_stream_waited_for(
     created: list[str] = []
 
     def created_later() -> bool:
-        if pub.counters["k"].retries >= 3 and not created:  # the operator creates the stream
+        if pub.counters["k"].send_retries >= 3 and not created:  # the operator creates the stream
             create_stream(kinesalite.endpoint_url, name)
             created.append(name)
         return pub.counters["k"].records_sent >= 10
 
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
         asyncio.run(_run_until(pub, created_later))
-    assert pub.counters["k"].dead_lettered == 1 and "Kinesis record limit" in caplog.text
+    assert pub.counters["k"].records_dead_lettered == 1 and "Kinesis record limit" in caplog.text
     assert len([r for r in caplog.records if "ResourceNotFoundException" in r.getMessage()]) == 1
     assert "create the Kinesis stream" in caplog.text
     assert [g["seq"] for g in gateway_records(kinesalite.endpoint_url, name)] == list(range(10))

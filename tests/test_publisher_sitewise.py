@@ -94,10 +94,10 @@ def test_bad_values_are_dead_lettered_counted_and_logged_once_each(
     _write(store, good + bad, per_message=20)
     pub = _publisher(store, tmp_path, {"sw": _sink(fake)})
     with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
-        asyncio.run(_run_until(pub, lambda: pub.counters["sw"].dead_lettered >= len(bad)
+        asyncio.run(_run_until(pub, lambda: pub.counters["sw"].records_dead_lettered >= len(bad)
                                and pub.counters["sw"].records_sent >= 50))
     c = pub.counters["sw"]
-    assert c.records_sent == 50 and c.dead_lettered == len(bad) and fake.value_count() == 50
+    assert c.records_sent == 50 and c.records_dead_lettered == len(bad) and fake.value_count() == 50
     assert fake.entry_errors["ResourceNotFoundException"] >= 1 and fake.entry_errors["InvalidRequestException"] >= 1
     lines = [r.getMessage() for r in caplog.records]
     for needle, fix in (("ResourceNotFoundException", "create the asset property"),
@@ -117,7 +117,7 @@ def test_retryable_entry_errors_resend_only_those_values(tmp_path: Path, aws_env
     pub = _publisher(store, tmp_path, {"sw": _sink(fake)})
     asyncio.run(_run_until(pub, lambda: fake.value_count() >= 1000 and pub.counters["sw"].records_sent >= 1000))
     assert fake.value_count() == 1000  # no value twice: the accepted entries were not resent
-    assert pub.counters["sw"].retries >= 1 and pub.counters["sw"].dead_lettered == 0
+    assert pub.counters["sw"].send_retries >= 1 and pub.counters["sw"].records_dead_lettered == 0
 
 
 def test_request_throttling_is_waited_out(tmp_path: Path, aws_env: None) -> None:
@@ -128,8 +128,8 @@ def test_request_throttling_is_waited_out(tmp_path: Path, aws_env: None) -> None
         pub = _publisher(store, tmp_path, {"sw": _sink(fake, concurrent_requests=8)})
         asyncio.run(_run_until(pub, lambda: pub.counters["sw"].records_sent >= 3000, timeout=60))
         assert fake.throttled > 0 and fake.entry_errors["ThrottlingException"] > 0
-        assert pub.counters["sw"].retries > 0
-        assert fake.value_count() == 3000 and pub.counters["sw"].dead_lettered == 0
+        assert pub.counters["sw"].send_retries > 0
+        assert fake.value_count() == 3000 and pub.counters["sw"].records_dead_lettered == 0
     finally:
         fake.stop()
 
@@ -144,7 +144,7 @@ def test_expired_then_missing_credentials_retry_with_one_line_then_recover(
     pub = _publisher(store, tmp_path, {"sw": _sink(fake)})
 
     def renewed() -> bool:
-        if pub.counters["sw"].retries >= 4:
+        if pub.counters["sw"].send_retries >= 4:
             fake.expired_keys.clear()  # the token exchange service hands out a fresh token
         return fake.value_count() >= 200
 
@@ -153,7 +153,7 @@ def test_expired_then_missing_credentials_retry_with_one_line_then_recover(
     lines = [r.getMessage() for r in caplog.records if "credentials" in r.getMessage()]
     assert len(lines) == 1 and "ExpiredTokenException" in lines[0] and "TokenExchangeService" in lines[0]
     assert TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in caplog.text
-    assert pub.counters["sw"].dead_lettered == 0 and fake.value_count() == 200
+    assert pub.counters["sw"].records_dead_lettered == 0 and fake.value_count() == 200
 
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -210,7 +210,7 @@ def test_credentials_from_the_token_exchange_service(
         _write(store, _values(100, time.time_ns()))
         pub = _publisher(store, tmp_path, {"sw": _sink(fake)})
         asyncio.run(_run_until(pub, lambda: fake.value_count() >= 100))
-        assert _TokenExchange.served >= 1 and pub.counters["sw"].retries == 0
+        assert _TokenExchange.served >= 1 and pub.counters["sw"].send_retries == 0
     finally:
         tes.shutdown()
         tes.server_close()

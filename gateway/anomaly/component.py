@@ -25,20 +25,21 @@ Status file ``<store.path>/status/factoryedge.AnomalyDetector.json``, rewritten 
       "model_dir": "anomaly-model", "restore": "fresh" | "restored" | "relearning", "last_save_ns": ... | null,
       "clock_ns": ... | null,                       # detector clock (newest source time read)
       "inputs": {"factoryedge-opcua": {"state": "reading" | "waiting" | "error", "position": 812, "committed": 790,
-                  "backlog_messages": 3, "records_read": 81200, "lost_messages": 0, "corrupt_messages": 0}, ...},
+                  "backlog_messages": 3, "records_read": 81200, "messages_lost": 0, "corrupt_messages_read": 0}, ...},
       "output_stream": "factoryedge-anomaly", "pending_outputs": 0,
-      "counters": {"records_read": .., "written": .., "suppressed": .., "future": .., "saves": .., "save_errors": ..},
+      "counters": {"records_read": .., "records_written": .., "records_suppressed": .., "future_records_dropped": ..,
+                   "model_saves": .., "model_save_errors": ..},      # names: docs/counters.md
       "errors": {"<stream>" | "output" | "save": "last error text"},
       "groups": {"reactor": {
           "state": "learning" | "scoring", "learning_progress": "412/1000", "learning_share": 0.412,
           "score": 0.42 | null, "last_scored_ns": ... | null,   # score relative to the threshold: 1.0 = alarm line
           "threshold": 7.93,                                    # calibrated forest-score threshold (0 while learning)
           "alarm": false, "backend": "krcf",
-          "counters": {"scored": .., "anomalous": .., "updates": ..},
+          "counters": {"vectors_scored": .., "anomalous_vectors_scored": .., "model_updates": ..},
           "invalid": {"missing:XMEAS99": 10, "stale:XMV10": 2, "bad:XMEAS7": 1},
           "missing_tags": ["XMEAS99"]}},
-      "events": {"enabled": true, "iot_core_topic": "...", "local_topic": "...", "queued": 0, "published": 4,
-                 "failed": 0, "dropped": 0, "last_error": ""}
+      "events": {"enabled": true, "iot_core_topic": "...", "local_topic": "...", "queued": 0, "events_sent": 4,
+                 "event_send_errors": 0, "events_dropped": 0, "last_error": ""}
     }
 """
 
@@ -131,8 +132,7 @@ class AnomalyComponent:
             engine = self.engine
             if engine is None or stop.is_set():
                 continue
-            counters = {**engine.counters, "lost_messages": sum(r.lost_messages for r in engine.readers.values() if r),
-                        "corrupt_messages": sum(r.corrupt_messages for r in engine.readers.values() if r)}
+            counters = engine.metric_values()
             records = metric_records(self.name, ((f"detector/{k}", v) for k, v in sorted(counters.items())), now_ns(),
                                      seq)
             seq += len(records)

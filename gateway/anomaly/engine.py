@@ -54,6 +54,11 @@ NS = 1_000_000_000
 MAX_FUTURE_S = 300.0
 MAX_MESSAGES = 200  # per input stream and step
 REOPEN_S = 5.0  # how often a missing input stream is looked for
+# The engine's counters (status ``counters``, METRIC ``detector/<name>``) and each input reader's (status ``inputs``);
+# names per gateway/counters.py.
+COUNTERS = ("records_read", "records_written", "records_suppressed", "future_records_dropped", "model_saves",
+            "model_save_errors")
+INPUT_COUNTERS = ("records_read", "messages_lost", "corrupt_messages_read")
 
 
 @dataclass
@@ -127,7 +132,7 @@ class Engine:
         self._next_reopen = 0
         self._waiting_logged: set[str] = set()
         self._errors: dict[str, str] = {}
-        self.counters = {"records_read": 0, "written": 0, "suppressed": 0, "future": 0, "saves": 0, "save_errors": 0}
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self.last_save_ns: int | None = None
 
     # ---- start and stop -------------------------------------------------------------------------------------
@@ -239,9 +244,9 @@ class Engine:
             for g, r in results
             if r.changed and g in self.det.models
         ]
-        before = self.counters["written"]
+        before = self.counters["records_written"]
         self._flush()
-        out.written = self.counters["written"] - before
+        out.written = self.counters["records_written"] - before
         return out
 
     def _process(self, records: list[Record], mono: int) -> list[tuple[str, StepResult]]:
@@ -250,8 +255,8 @@ class Engine:
         for r in records:
             ts = r.source_ts_ns
             if ts > horizon:
-                self.counters["future"] += 1
-                if self.counters["future"] == 1:
+                self.counters["future_records_dropped"] += 1
+                if self.counters["future_records_dropped"] == 1:
                     log.error("%s: %s/%s is stamped %.0f s in the future: dropped (counted). Fix: set the "
                               "device's clock", self.name, r.source, r.tag, (ts - now_ns()) / NS)
                 continue
@@ -274,7 +279,7 @@ class Engine:
         kept = []
         for g, r in results:
             if r.ts_ns <= self._hwm.get(g, -1):
-                self.counters["suppressed"] += 1
+                self.counters["records_suppressed"] += 1
             else:
                 kept.append((g, r))
                 self._hwm.pop(g, None)  # past the crash point for this group
@@ -297,7 +302,7 @@ class Engine:
             self._errors["output"] = str(exc)
             return False
         self._errors.pop("output", None)
-        self.counters["written"] += len(self._pending)
+        self.counters["records_written"] += len(self._pending)
         self._pending = []
         self._out_next_seq = seq + 1
         return True
@@ -341,7 +346,7 @@ class Engine:
         return True
 
     def _saved(self) -> None:
-        self.counters["saves"] += 1
+        self.counters["model_saves"] += 1
         self.last_save_ns = now_ns()
         self._saved_positions = dict(self.det.context["positions"])
         self._errors.pop("save", None)
@@ -359,7 +364,7 @@ class Engine:
         self._errors.pop("positions", None)
 
     def _save_failed(self, exc: OSError) -> bool:
-        self.counters["save_errors"] += 1
+        self.counters["model_save_errors"] += 1
         if self._errors.get("save") != str(exc):
             log.error("%s: saving the model to %s failed (retried at the next save): %s",
                       self.name, self.cfg.model_dir, exc)
@@ -378,6 +383,12 @@ class Engine:
         self.save()  # a relearning group must not come back from an old file after a crash
         return outcome
 
+    def metric_values(self) -> dict[str, int]:
+        """The counters written as METRIC records: the engine's, and its input readers' losses summed."""
+        readers = [r for r in self.readers.values() if r is not None]
+        return {**self.counters, "messages_lost": sum(r.messages_lost for r in readers),
+                "corrupt_messages_read": sum(r.corrupt_messages_read for r in readers)}
+
     def status(self) -> dict[str, Any]:
         """The engine's part of the status file (see :mod:`gateway.anomaly.component`)."""
         inputs: dict[str, Any] = {}
@@ -394,9 +405,7 @@ class Engine:
                 "position": reader.position,
                 "committed": reader.committed,
                 "backlog_messages": backlog,
-                "records_read": reader.records_read,
-                "lost_messages": reader.lost_messages,
-                "corrupt_messages": reader.corrupt_messages,
+                **{k: getattr(reader, k) for k in INPUT_COUNTERS},
             }
         return {
             "model_dir": self.cfg.model_dir,

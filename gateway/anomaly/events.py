@@ -35,6 +35,7 @@ from gateway.ipc import GreengrassIpc, running_under_greengrass
 log = logging.getLogger(__name__)
 
 MAX_QUEUED = 1000
+COUNTERS = ("events_sent", "event_send_errors", "events_dropped")  # refused targets are errors; a full queue drops
 THING_ENV = "AWS_IOT_THING_NAME"
 
 
@@ -55,7 +56,7 @@ class AlarmPublisher:
         self._wake = asyncio.Event()
         self._refused: set[str] = set()
         self._limiter: RateLimiter | None = None  # made on the loop that publishes
-        self.counters = {"published": 0, "failed": 0, "dropped": 0}
+        self.counters = dict.fromkeys(COUNTERS, 0)
         self.last_error = ""
         if not self.enabled:
             log.info("not running under Greengrass: alarm events are not published over IPC (the alarm records "
@@ -76,7 +77,7 @@ class AlarmPublisher:
                 self._queue.append(_Queued(json.dumps(event).encode(), targets))
         while len(self._queue) > MAX_QUEUED:
             self._queue.popleft()
-            self.counters["dropped"] += 1
+            self.counters["events_dropped"] += 1
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -103,7 +104,7 @@ class AlarmPublisher:
                 continue
             backoff.reset()
             self._queue.popleft()
-            self.counters["published"] += 1
+            self.counters["events_sent"] += 1
             self.last_error = ""
 
     async def _publish(self, item: _Queued) -> None:
@@ -122,7 +123,7 @@ class AlarmPublisher:
     def _drop_target(self, exc: ConfigError) -> None:
         item = self._queue[0]
         kind, topic = item.targets.pop(0)
-        self.counters["failed"] += 1
+        self.counters["event_send_errors"] += 1
         self.last_error = str(exc)
         if topic not in self._refused:
             self._refused.add(topic)

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.counters import current_names
+
 COMPONENT = "factoryedge.AnomalyDetector"
 STALE_S = 30.0
 
@@ -96,9 +98,9 @@ def live_status(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    ev = status.get("events", {})
-    print(f"  alarm events: {'published ' + str(ev.get('published', 0)) if ev.get('enabled') else 'off (no IPC)'}"
-          + (f", failed {ev['failed']}" if ev.get("failed") else ""))
+    ev = current_names(status.get("events", {}))  # the previous version's names, from a gateway upgraded in place
+    print(f"  alarm events: {'sent ' + str(ev.get('events_sent', 0)) if ev.get('enabled') else 'off (no IPC)'}"
+          + (f", refused {ev['event_send_errors']}" if ev.get("event_send_errors") else ""))
     for p in found:
         print(f"  PROBLEM: {p}")
     return 1 if found else 0

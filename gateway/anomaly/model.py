@@ -23,10 +23,12 @@ from gateway.anomaly.assembler import NS, Shingler, Smoother, Vector
 from gateway.anomaly.backends import Forest, load_forest, make_forest
 from gateway.anomaly.config import TagGroup, min_training_vectors
 from gateway.anomaly.transform import Whitener
+from gateway.counters import current_names
 from gateway.errors import ConfigError
 
 Array = NDArray[np.float64]
 Updates = Literal["gated", "frozen"]
+COUNTERS = ("vectors_scored", "anomalous_vectors_scored", "model_updates")  # per group, saved with the model
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +82,7 @@ class GroupModel:
     alarm: AlarmState = field(default_factory=AlarmState)
     learning: list[list[float]] = field(default_factory=list)
     last_ts_ns: int | None = None
-    counters: dict[str, int] = field(default_factory=lambda: {"scored": 0, "anomalous": 0, "updates": 0})
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     shingler: Shingler = field(init=False)
     smoother: Smoother = field(init=False)
 
@@ -162,10 +164,10 @@ class GroupModel:
         anomalous = score > 1.0
         if updates == "gated" and score < g.update_below and not self.alarm.active:
             self.forest.update(point)
-            self.counters["updates"] += 1
+            self.counters["model_updates"] += 1
         changed = self.alarm.feed(anomalous, g.raise_after, g.clear_after)
-        self.counters["scored"] += 1
-        self.counters["anomalous"] += int(anomalous)
+        self.counters["vectors_scored"] += 1
+        self.counters["anomalous_vectors_scored"] += int(anomalous)
         top = self.attribute(values) if anomalous or self.alarm.active else ()
         return StepResult(vec.ts_ns, score, anomalous, self.alarm.active, changed, top)
 
@@ -215,7 +217,8 @@ class GroupModel:
         m.shingler = Shingler(group.shingle, state["shingle"])
         m.smoother = Smoother(group.smoothing, state["smoothing"])
         m.last_ts_ns = state["last_ts_ns"]
-        m.counters.update({k: int(v) for k, v in state["counters"].items()})
+        # a model saved by the previous version has the old counter names
+        m.counters.update({k: int(v) for k, v in current_names(state["counters"]).items()})
         return m
 
 

@@ -86,7 +86,8 @@ class GroupState(_Part):
     shingle: list[list[float]] = Field(description="Vectors in the shingle.")
     smoothing: list[list[float]] = Field(description="Vectors in the moving average.")
     last_ts_ns: int | None = Field(description="Time of the last vector.")
-    counters: dict[str, int] = Field(description="Scored, anomalous and update counts.")
+    counters: dict[str, int] = Field(
+        description="Vectors scored, anomalous vectors scored and model updates (docs/counters.md).")
 
 
 class AssemblerSaved(_Part):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.cli.common import age_s, fmt_age, fmt_duration
+from gateway.counters import current_names
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.endpoints import host_port
 from gateway.errors import EndpointError
@@ -93,12 +94,14 @@ def source_counters(name: str, c: dict[str, Any] | None, max_age_s: float, now_n
     if stale:
         return failed(check, f"STALE: {stale}; its counters are history, no data is read",
                       "restart the collector; its log (or journalctl) says why it stopped")
-    bad, read = c.get("values_bad", 0), c.get("values_read", 0)
+    c = current_names(c)  # a status file of the previous version, upgraded in place, has the old names
+    bad, read = c.get("bad_values_read", 0), c.get("values_read", 0)
     last_good = age_s(c.get("last_good_read_ns"), now_ns)
     error = c.get("last_error") or ""
     rate = c.get("values_per_s")
     if not c.get("connected"):
-        return failed(check, f"not connected ({error or 'no error recorded'}), {c.get('reconnects', 0)} reconnects",
+        retries = c.get("connect_retries", 0)
+        return failed(check, f"not connected ({error or 'no error recorded'}), {retries} reconnects",
                       "see the reachability checks above; the collector keeps retrying with backoff")
     if last_good is None:
         return failed(check, f"connected but no good value read ({bad} BAD of {read} read){_err(error)}",
@@ -124,6 +127,7 @@ def destination_counters(name: str, d: dict[str, Any] | None, max_age_s: float, 
         return [failed(check, f"STALE: {stale}; its counters are history, nothing is sent",
                        "restart the publisher; its log (or journalctl) says why it stopped")]
     backlog, oldest = d.get("backlog_messages", 0), float(d.get("oldest_unsent_age_s") or 0.0)
+    d = current_names(d)
     last = age_s(d.get("last_success_ns"), now_ns)
     error = d.get("last_error") or ""
     detail = f"last success {fmt_age(last)}, backlog {backlog} messages, oldest unsent {fmt_duration(oldest)}"
@@ -138,9 +142,9 @@ def destination_counters(name: str, d: dict[str, Any] | None, max_age_s: float, 
                           "max_records_per_s, check the link's bandwidth, or route fewer tags here"))
     else:
         out.append(passed(check, detail))
-    if d.get("dead_lettered"):
+    if d.get("records_dead_lettered"):
         reasons = "; ".join(list(d.get("dead_letter_reasons", {}))[:3])
-        out.append(warning(f"{name} dead letters", f"{d['dead_lettered']} records refused for good ({reasons})",
+        out.append(warning(f"{name} dead letters", f"{d['records_dead_lettered']} records refused for good ({reasons})",
                            "the records are in the dead-letter stream: fix their mapping, then gatewayctl replay"))
     return out
 

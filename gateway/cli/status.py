@@ -28,6 +28,7 @@ from gateway.cli.common import (
     safe,
     store_dir,
 )
+from gateway.counters import current_names
 
 STALE_S = 30.0  # without its status_interval_s in the file, a status older than this is stale
 STALE_INTERVALS = 3  # a status older than three of its component's intervals is stale: its counters are history
@@ -74,8 +75,9 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
                                   "config_revision": s.get("config_revision"),
                                   "last_error": str(s.get("last_error") or "")})  # a supervised task's failure
         for conn, c in (s.get("connections") or {}).items():
+            c = current_names(c)  # a status file of the previous version, upgraded in place, has the old names
             row = {"component": name, "name": conn, "connected": c.get("connected"),
-                   "values_read": c.get("values_read", 0), "values_bad": c.get("values_bad", 0),
+                   "values_read": c.get("values_read", 0), "bad_values_read": c.get("bad_values_read", 0),
                    "last_good_read_age_s": age_s(c.get("last_good_read_ns"), now),
                    "read_errors": c.get("read_errors", 0), "last_error": c.get("last_error", "")}
             row["values_per_s"] = _rate(c, "values_per_s", "values_read", prev_conn.get((name, conn)), prev_dt)
@@ -84,11 +86,12 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
                 row["values_per_s"] = None
             out["connections"].append(row)
         for dest, d in (s.get("destinations") or {}).items():
+            d = current_names(d)
             row = {"name": dest, "records_sent": d.get("records_sent", 0),
                    "backlog_messages": d.get("backlog_messages", 0),
                    "oldest_unsent_age_s": d.get("oldest_unsent_age_s", 0.0),
-                   "last_success_age_s": age_s(d.get("last_success_ns"), now), "retries": d.get("retries", 0),
-                   "dead_lettered": d.get("dead_lettered", 0), "last_error": d.get("last_error", "")}
+                   "last_success_age_s": age_s(d.get("last_success_ns"), now), "send_retries": d.get("send_retries", 0),
+                   "records_dead_lettered": d.get("records_dead_lettered", 0), "last_error": d.get("last_error", "")}
             row["records_per_s"] = _rate(d, "records_per_s", "records_sent", prev_dest.get(dest), prev_dt)
             row["stale"] = stale
             if stale:
@@ -166,8 +169,8 @@ def render(data: dict[str, Any]) -> list[str]:
     for c in data["connections"]:
         conn = "STALE" if c.get("stale") else "yes" if c["connected"] else "NO"
         lines.append(f"{c['name'][:23]:24}{conn:>5}{_num(c['values_per_s']):>10}"
-                     f"{fmt_age(c['last_good_read_age_s']):>16}{c['values_bad']:>8}{c['read_errors']:>8}  "
-                     f"{c['last_error'][:60] if not c['connected'] or c['values_bad'] else ''}")
+                     f"{fmt_age(c['last_good_read_age_s']):>16}{c['bad_values_read']:>8}{c['read_errors']:>8}  "
+                     f"{c['last_error'][:60] if not c['connected'] or c['bad_values_read'] else ''}")
     lines += ["", f"{'STREAM':28}{'messages':>10}{'size':>12}{'full %':>8}{'dropped':>9}{'rejected':>9}"]
     if "store_error" in data:
         lines.append(f"  store unreachable: {data['store_error'][:100]}")

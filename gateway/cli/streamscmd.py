@@ -230,9 +230,9 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     by_key = {(r["owner"], r["stream"]): r["unacknowledged"] for r in losses}
     for r in rows:  # what the reader counted durably, even after it moved past the gap
         r["unacknowledged_losses"] = by_key.pop((r["reader"], r["stream"]), {})
-        r["lost"] = max(r["lost"], int(r["unacknowledged_losses"].get("lost_messages", 0)))
+        r["lost"] = max(r["lost"], int(r["unacknowledged_losses"].get("messages_lost", 0)))
     rows += [{"reader": owner, "stream": stream, "committed": None, "backlog": None, "oldest_unsent_age_s": None,
-              "lost": int(counts.get("lost_messages", 0)), "unacknowledged_losses": counts, "note": "losses"}
+              "lost": int(counts.get("messages_lost", 0)), "unacknowledged_losses": counts, "note": "losses"}
              for (owner, stream), counts in by_key.items()]  # writers (collectors): no backlog, only losses
     if args.json:
         print_json(rows)

@@ -66,13 +66,13 @@ class Counters:
     values_read: int = 0
     values_written: int = 0
     values_suppressed: int = 0
-    values_bad: int = 0
+    bad_values_read: int = 0
     values_dropped: int = 0  # read but never written (a stream that refused them past the pending bound, or at stop)
     gaps: int = 0  # times this connection was not read because the collector was not running (gap records written)
     gap_s: float = 0.0  # how long those gaps lasted in total
     gap_open_since_ns: int = 0  # a gap that started then and is not closed yet (no value read since the restart)
     read_errors: int = 0
-    reconnects: int = 0
+    connect_retries: int = 0
     connected: bool = False
     last_good_read_ns: int = 0
     last_error: str = ""
@@ -162,7 +162,7 @@ class Emitter:
         if quality == Quality.GOOD:
             self.counters.last_good_read_ns = gw
         else:
-            self.counters.values_bad += 1
+            self.counters.bad_values_read += 1
         tag = self.name_of(source_tag)
         if not self.deadband.accept(tag, value, quality, gw):
             self.counters.values_suppressed += 1
@@ -175,11 +175,11 @@ class Emitter:
 
     def _oversize(self, source_tag: str, value: str) -> None:
         extra = self.counters.extra
-        extra["values_oversize"] = int(extra.get("values_oversize", 0)) + 1
+        extra["oversize_values_read"] = int(extra.get("oversize_values_read", 0)) + 1
         if source_tag not in self._oversize_logged:
             self._oversize_logged.add(source_tag)
             log.warning("connection %s: tag %s sent a value of %d bytes, over the %d a record carries: it is BAD "
-                        "with no value while this lasts (counted as values_oversize); the other tags are not "
+                        "with no value while this lasts (counted as oversize_values_read); the other tags are not "
                         "affected. Fix: leave this tag out of the configuration, or read a smaller node or item",
                         self.cfg.name, source_tag, value_size(value), MAX_VALUE_BYTES)
 

@@ -19,13 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.counters import current_names
 from gateway.errors import ConfigError
 from gateway.fsutil import atomic_write
 
 _NAME = re.compile(r"^[\w ,.\-]{1,255}$")
 # Loss counters, in the order they are shown: messages a reader never got (overwritten, time to live), values a
 # collector read but could not write, times a collector was not reading and the seconds that lasted.
-LOSS_KEYS = ("lost_messages", "values_dropped", "gaps", "gap_s")
+LOSS_KEYS = ("messages_lost", "values_dropped", "gaps", "gap_s")
 
 
 class PositionStore:
@@ -90,7 +91,7 @@ class PositionStore:
         through = int(data.get("lost_through_seq", 0))
         new = max(0, end - max(start, through))
         if new:
-            self._write_losses(path, data, {"lost_messages": new}, lost_through_seq=max(through, end))
+            self._write_losses(path, data, {"messages_lost": new}, lost_through_seq=max(through, end))
         return new
 
     def losses(self) -> list[dict[str, Any]]:
@@ -128,7 +129,8 @@ class PositionStore:
             return {}
         except ValueError:
             return {}  # a damaged counter file: counting starts again rather than stopping a reader
-        return data if isinstance(data, dict) else {}
+        # counts written by the previous version, under its names (lost_messages), go on under today's
+        return current_names(data) if isinstance(data, dict) else {}
 
     def _path(self, reader: str, stream: str) -> Path:
         for what, name in (("reader", reader), ("stream", stream)):

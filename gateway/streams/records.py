@@ -84,8 +84,8 @@ class RecordReader:
         self.committed = committed
         self.position = committed
         self.records_read = 0
-        self.corrupt_messages = 0
-        self.lost_messages = 0
+        self.corrupt_messages_read = 0
+        self.messages_lost = 0
 
     def poll(self, *, max_messages: int = 100, timeout_s: float = 1.0) -> ReadBatch:
         """Read up to ``max_messages`` messages after the current read position (not committed)."""
@@ -105,10 +105,10 @@ class RecordReader:
             except CodecError as exc:
                 batch.corrupt += 1
                 batch.poison.append((msg.seq, msg.payload, exc.message))
-                self.corrupt_messages += 1
-                if self.corrupt_messages == 1 or self.corrupt_messages % 1000 == 0:
+                self.corrupt_messages_read += 1
+                if self.corrupt_messages_read == 1 or self.corrupt_messages_read % 1000 == 0:
                     log.error("%s on %r: skipped message %d (%d so far): %s",
-                              self.reader, self.stream, msg.seq, self.corrupt_messages, exc)
+                              self.reader, self.stream, msg.seq, self.corrupt_messages_read, exc)
                 continue
             batch.records.extend(records)
             batch.by_message.append((msg.seq, records))
@@ -143,7 +143,7 @@ class RecordReader:
         except OSError as exc:  # a read-only or full disk: count it here at least, and say so
             new = n
             log.error("%s on %r: could not record %d lost messages durably: %s", self.reader, self.stream, n, exc)
-        self.lost_messages += new
+        self.messages_lost += new
         if new:
             log.warning(
                 "%s on %r: %d messages from seq %d were dropped by the stream before they were read (stream full "

@@ -150,7 +150,7 @@ def test_restart_continues_identically_and_a_crash_never_scores_twice(tmp_path: 
     assert again.restore == "restored"
     _write(store, data[440:], 440)
     assert _drain(again) == []  # the raise is not sent a second time
-    assert again.counters["suppressed"] > 0
+    assert again.counters["records_suppressed"] > 0
     assert _outputs(store) == reference  # every tick exactly once, same values
     # and the sequence of every output tag keeps rising across the crash (it restarted from 0: out of order)
     highest: dict[str, int] = {}
@@ -209,7 +209,7 @@ def test_component_over_ipc_learns_raises_publishes_and_takes_a_new_configuratio
             unit = status()["groups"]["unit"]
             assert unit["state"] == "scoring" and unit["score"] > 1.0 and unit["last_scored_ns"] >= T0
             # counted once the local publish was answered too, which may come after the subscriber got it
-            await until("the event counted", lambda: status()["events"]["published"] == 1)
+            await until("the event counted", lambda: status()["events"]["events_sent"] == 1)
 
             # a deployment adds a group and changes only scoring-time settings of the other: kept, not relearned
             new = _cfg(tmp_path, groups=[group(raise_after=2).model_dump(), group(name="pair", tags=TAGS[:2])
@@ -395,5 +395,5 @@ def test_the_detector_publishes_its_counters_as_metric_records(tmp_path: Path) -
             await asyncio.wait_for(task, 20)
 
     found = asyncio.run(scenario())
-    assert {"detector/records_read", "detector/written", "detector/future", "detector/lost_messages",
-            "detector/corrupt_messages"} <= set(found)
+    assert {"detector/records_read", "detector/records_written", "detector/future_records_dropped",
+            "detector/messages_lost", "detector/corrupt_messages_read"} <= set(found)

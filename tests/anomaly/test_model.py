@@ -145,6 +145,6 @@ def test_update_below_keeps_near_threshold_points_out_of_the_forest() -> None:
         model.fit([synthetic(400, seed=18)])
         out = _run(model, synthetic(200, seed=19))
         below = sum(1 for s, _, _ in out if s < fraction)
-        assert model.counters["updates"] == below
-        learned[fraction] = model.counters["updates"]
+        assert model.counters["model_updates"] == below
+        learned[fraction] = model.counters["model_updates"]
     assert learned[0.5] < learned[1.0]

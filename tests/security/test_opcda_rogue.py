@@ -168,7 +168,7 @@ def test_collector_never_decodes_a_foreign_serializer(rogue: Any, certs: Path, t
         task = asyncio.create_task(collector.run([conn], stop))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
-        while not ((c := collector.connections.get("da")) and c.counters.reconnects >= 1):
+        while not ((c := collector.connections.get("da")) and c.counters.connect_retries >= 1):
             assert loop.time() < deadline and not task.done(), collector.status()
             await asyncio.sleep(0.02)
         stop.set()

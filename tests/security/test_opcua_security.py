@@ -212,7 +212,7 @@ def test_allowed_insecure_identity_connects_and_warns_once(tmp_path: Path, fresh
     async def scenario() -> None:
         def reconnected(col: Collector) -> bool:
             c = col.connections["rogue"].counters
-            return c.reconnects >= 1 and c.connected and c.values_read >= 10
+            return c.connect_retries >= 1 and c.connected and c.values_read >= 10
 
         await collect(tmp_path, [cfg], read("rogue", 3))
         async with running(tmp_path / "again", [cfg]) as (col, task):  # a reload in the same process, then a cut

@@ -142,7 +142,7 @@ def test_corrupt_message_is_skipped_and_counted(store: StreamStore, tmp_path: Pa
     reader = RecordReader(store, "s", "r", PositionStore(tmp_path / "pos"))
     batch = reader.poll(max_messages=100, timeout_s=0)
     assert [r.value for r in batch.records] == [1.0, 2.0]
-    assert batch.corrupt == 3 and reader.corrupt_messages == 3
+    assert batch.corrupt == 3 and reader.corrupt_messages_read == 3
     assert batch.next_seq == 5
 
 
