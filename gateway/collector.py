@@ -376,9 +376,14 @@ def _iso(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns / 1e9)) + f".{ns % 1_000_000_000 // 1_000_000:03d}Z"
 
 
-def collector_runner(name: str, source: SourceFactory) -> Callable[[Context[Any]], Awaitable[None]]:
+def collector_runner(name: str, source: SourceFactory | None = None) -> Callable[[Context[Any]], Awaitable[None]]:
     """The ``run`` of a collector component (for :func:`gateway.runtime.component_main`): open the store, serve the
-    configured connections into the component's stream until stopped, applying deployments as they come."""
+    configured connections into the component's stream until stopped, applying deployments as they come.
+
+    Each connection attempt builds its source from the connection's model (``conn.build()``, see
+    :mod:`gateway.plugin`); ``source`` overrides that (a stand-in).
+    """
+    factory: SourceFactory = source or (lambda conn: conn.build())
 
     async def run(ctx: Context[Any]) -> None:
         cfg = ctx.config
@@ -387,7 +392,7 @@ def collector_runner(name: str, source: SourceFactory) -> Callable[[Context[Any]
                         "adds connections (docs/collectors.md)", name)
         store, positions = open_store(cfg.store)
         root = Path(cfg.store.path)
-        collector = Collector(name, store, cfg.stream, source, status_dir=root / "status",
+        collector = Collector(name, store, cfg.stream, factory, status_dir=root / "status",
                               status_interval_s=cfg.status_interval_s, state_dir=root / "state" / name,
                               positions=positions,
                               metrics_interval_s=getattr(cfg, "metrics_interval_s", METRICS_INTERVAL_S))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from gateway import components
 from gateway.anomaly.config import AlarmEvents, AnomalyConfig, TagGroup
+from gateway.destinations.base import DestinationConfigBase
 from gateway.destinations.file import FileConfig
 from gateway.destinations.iotcore import IotCoreConfig
 from gateway.destinations.kinesis import KinesisConfig
@@ -83,10 +84,18 @@ class OpcUaCollectorConfig(_Collector, _Component):
     connections: list[OpcUaConnection] = Field(default_factory=list, description="OPC UA servers to read.")
 
 
+#: The destination registry: one line per destination type, its config model (which builds and diagnoses it:
+#: gateway/plugin.py). ``type`` in a configuration picks the member.
 DestinationConfig = Annotated[
-    FileConfig | MqttConfig | IotCoreConfig | SiteWiseConfig | KinesisConfig,
+    FileConfig
+    | MqttConfig
+    | IotCoreConfig
+    | SiteWiseConfig
+    | KinesisConfig,
     Field(discriminator="type"),
 ]
+#: The members of :data:`DestinationConfig`, for what goes over every destination type (tests, docs).
+DESTINATION_CONFIGS: tuple[type[DestinationConfigBase], ...] = get_args(get_args(DestinationConfig)[0])
 
 
 def _default_destinations() -> list[DestinationConfig]:
@@ -135,6 +144,23 @@ class PublisherConfig(_Component):
     @classmethod
     def _unique(cls, destinations: list[DestinationConfig]) -> list[DestinationConfig]:
         return unique_names(destinations, "destination")
+
+
+def publisher_config_with(*extra: type[DestinationConfigBase]) -> type[PublisherConfig]:
+    """A :class:`PublisherConfig` whose ``destinations`` also take the config models ``extra``.
+
+    For a destination kept outside the product, such as the walk-through example in tests/destinations/: it is
+    validated, discriminated by ``type``, built and diagnosed exactly as the members of :data:`DestinationConfig`.
+    A destination that ships is one line in :data:`DestinationConfig` instead.
+    """
+    members: Any = Union[(*DESTINATION_CONFIGS, *extra)]  # built at run time: a union over a tuple of models
+    field = PublisherConfig.model_fields["destinations"]
+    model = create_model(
+        "PublisherConfig", __base__=PublisherConfig,
+        destinations=(list[Annotated[members, Field(discriminator="type")]],
+                      Field(default_factory=_default_destinations, description=field.description)),
+    )
+    return cast(type[PublisherConfig], model)
 
 
 class AnomalyDetectorConfig(_Component):

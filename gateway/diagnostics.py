@@ -1,11 +1,10 @@
-"""What `gatewayctl doctor` asks of every protocol and destination module.
+"""What `gatewayctl doctor` gets from every connection and destination: a list of :class:`Finding`.
 
-Each source module (``gateway/sources/<type>.py``) and destination module (``gateway/destinations/<type>.py``) may
-define ``async def diagnose(cfg, timeout_s: float) -> list[Finding]`` for one configured connection or destination.
-It checks the live peer the way the component would use it (reachability, security, a first read or send) and says
-what is wrong and how to fix it, in words for the engineer standing next to the gateway. It never raises for a
-peer problem: a problem is a finding. Doctor finds the function by the config's ``type`` and falls back to a plain
-TCP reachability check for modules that have none.
+Every connection and destination configuration model has ``async def diagnose(self, timeout_s: float) ->
+list[Finding]`` (the plugin contract, :mod:`gateway.plugin`), which calls its module's checks. They check the live
+peer the way the component would use it (reachability, security, a first read or send) and say what is wrong and
+how to fix it, in words for the engineer standing next to the gateway. They never raise for a peer problem: a
+problem is a finding.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.aio import Backoff, Offload, wait
-from gateway.destinations.base import Destination, DestinationConfigBase, Router, SendResult
+from gateway.destinations.base import CLOSE_TIMEOUT_S, Destination, DestinationConfigBase, Router, SendResult
 from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
 from gateway.publisher_counters import (
     DIGITS,
@@ -102,11 +102,7 @@ class Publisher:
                   sup.spawn("metrics", partial(self._metrics_loop, stop))]
         await stop.wait()
         await asyncio.gather(*tasks)
-        for name in self._started:
-            try:
-                await self.destinations[name][1].close()
-            except Exception as exc:  # noqa: BLE001 - one destination failing to close must not keep the others open
-                log.warning("destination %s: close failed: %s", name, describe(exc))
+        await asyncio.gather(*(self._close(name) for name in self._started))
         try:
             await self.refresh_backlog()  # the last status must tell what is left to send
         except Exception as exc:  # noqa: BLE001 - the status is written anyway, with the last known backlog
@@ -124,6 +120,15 @@ class Publisher:
                                   on_error=partial(self._task_failed, name), first_s=cfg.retry_min_s,
                                   max_s=cfg.retry_max_s)
             for stream in cfg.route.streams))
+
+    async def _close(self, name: str) -> None:
+        """Close one destination within its deadline (they close concurrently); failures are logged, not raised."""
+        try:
+            await asyncio.wait_for(self.destinations[name][1].close(CLOSE_TIMEOUT_S), CLOSE_TIMEOUT_S + 1)
+        except asyncio.TimeoutError:  # the destination broke its contract; stopping goes on regardless
+            log.warning("destination %s: close overran its %.0f s deadline: abandoned", name, CLOSE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - one destination failing to close must not keep the others open
+            log.warning("destination %s: close failed: %s", name, describe(exc))
 
     def _task_failed(self, name: str, error: str) -> None:
         counters = self.counters[name]

@@ -39,7 +39,7 @@ def test_a_write_cut_short_is_undone_so_the_retry_leaves_whole_lines(tmp_path: P
         finally:
             resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
         await sink.send(records[10:])  # the publisher's retry of the same batch
-        await sink.close()
+        await sink.close(5.0)
 
     try:
         asyncio.run(scenario())

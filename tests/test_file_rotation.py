@@ -26,7 +26,7 @@ def _write_batches(path: Path, keep: int, batches: int) -> None:
             for _ in range(batches):
                 await sink.send(_records(3))  # ~1 KiB: every batch rotates the one before
         finally:
-            await sink.close()
+            await sink.close(5.0)
 
     asyncio.run(go())
 

@@ -27,7 +27,6 @@ from gateway.config import validate
 from gateway.destinations.base import Route, SendResult
 from gateway.destinations.file import FileConfig, FileDestination
 from gateway.destinations.mqtt import MqttConfig, MqttTls
-from gateway.destinations.registry import make_sink
 from gateway.errors import ConfigError
 from gateway.fsutil import atomic_write
 from gateway.publisher import Publisher
@@ -218,7 +217,7 @@ class _BrokenStart:
     async def send(self, records: list[Record]) -> SendResult:
         raise AssertionError("never started, never sent to")
 
-    async def close(self) -> None: ...
+    async def close(self, timeout_s: float) -> None: ...
 
 
 def test_a_destination_that_cannot_start_is_isolated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -234,7 +233,7 @@ def test_a_destination_that_cannot_start_is_isolated(tmp_path: Path, caplog: pyt
                                retry_min_s=0.05, retry_max_s=0.1)
     ca.unlink()
     pub = Publisher(store, PositionStore(tmp_path / "positions"),
-                    {"broken": (broken_cfg, broken), "m": (mqtt_cfg, make_sink(mqtt_cfg)),
+                    {"broken": (broken_cfg, broken), "m": (mqtt_cfg, mqtt_cfg.build()),
                      "ok": (ok, FileDestination(ok))},
                     dead_letter_stream="dlq", metrics_stream="metrics", status_dir=tmp_path / "status",
                     status_interval_s=0.1)

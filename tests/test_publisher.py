@@ -144,7 +144,7 @@ class _PoisonSink:
         self.accepted.extend(records)
         return SendResult()
 
-    async def close(self) -> None: ...
+    async def close(self, timeout_s: float) -> None: ...
 
 
 def test_poison_record_is_dead_lettered_alone(tmp_path: Path) -> None:

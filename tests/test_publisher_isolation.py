@@ -39,7 +39,7 @@ class _RejectAll:
         await self.release.wait()
         raise DestinationError("refused: schema mismatch", fix="none", retryable=False)
 
-    async def close(self) -> None: ...
+    async def close(self, timeout_s: float) -> None: ...
 
 
 def test_a_destination_that_rejects_everything_does_not_slow_the_others(tmp_path: Path) -> None:

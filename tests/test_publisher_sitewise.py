@@ -167,7 +167,7 @@ def test_expired_then_missing_credentials_retry_with_one_line_then_recover(
             with pytest.raises(DestinationError, match="NoCredentialsError") as missing:
                 await sink.send(_values(3, time.time_ns()))
         finally:
-            await sink.close()
+            await sink.close(5.0)
         assert missing.value.retryable and "AWS_PROFILE" in missing.value.fix
 
     asyncio.run(send_without_credentials())

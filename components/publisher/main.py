@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from gateway.componentconfig import PublisherConfig
-from gateway.destinations.registry import make_sink
 from gateway.publisher import COMPONENT, Publisher
 from gateway.runtime import Context, component_main
 from gateway.streams import open_store
@@ -15,7 +14,7 @@ from gateway.streams import open_store
 async def run(ctx: Context[PublisherConfig]) -> None:
     cfg = ctx.config
     store, positions = open_store(cfg.store)
-    sinks = {d.name: (d, make_sink(d)) for d in cfg.destinations if d.enabled}
+    sinks = {d.name: (d, d.build()) for d in cfg.destinations if d.enabled}
     publisher = Publisher(
         store, positions, sinks,
         dead_letter_stream=cfg.dead_letter_stream, metrics_stream=cfg.metrics_stream,

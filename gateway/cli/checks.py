@@ -1,15 +1,15 @@
 """The checks of ``gatewayctl doctor`` that look at peers and data: sources, destinations and clocks.
 
-A source or destination module's own ``diagnose(cfg, timeout_s)`` (see :mod:`gateway.diagnostics`) is used when it
-exists; otherwise a TCP connect to the configured endpoint. The components' counters (status files) then say whether
-data actually flows, which no probe can: "connected but no data" shows up here.
+Each connection's and destination's configuration model checks its own peer (``cfg.diagnose(timeout_s)``, see
+:mod:`gateway.plugin`); a TCP connect to the configured endpoint is only the fallback for a model without one.
+The components' counters (status files) then say whether data actually flows, which no probe can: "connected but
+no data" shows up here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import socket
 import statistics
@@ -44,7 +44,7 @@ def endpoint_of(cfg: Any) -> tuple[str, int] | None:
 
 
 async def tcp_check(check: str, cfg: Any, timeout_s: float) -> list[Finding]:
-    """The fallback for modules without ``diagnose``: can a TCP connection be opened to the peer?"""
+    """The fallback for a model without ``diagnose``: can a TCP connection be opened to the peer?"""
     target = endpoint_of(cfg)
     path = getattr(cfg, "path", None)
     if target is None and isinstance(path, str):  # a file destination: is its folder writable?
@@ -66,23 +66,24 @@ async def tcp_check(check: str, cfg: Any, timeout_s: float) -> list[Finding]:
     return [passed(check, f"{host}:{port} accepts connections")]
 
 
-async def probe(kind: str, cfg: Any, timeout_s: float) -> list[Finding]:
-    """Run ``gateway.<kind>.<type>.diagnose`` for one connection or destination, or the TCP fallback."""
+async def probe(cfg: Any, timeout_s: float) -> list[Finding]:
+    """``cfg.diagnose(timeout_s)`` for one connection or destination (its model's own checks), within a margin.
+
+    Every model in the configuration unions has ``diagnose`` (tests/destinations, tests/sources check it); the TCP
+    check is the fallback for a model that has none.
+    """
     check = f"{getattr(cfg, 'name', '?')} reachable"
-    fn = None
-    try:
-        fn = getattr(importlib.import_module(f"gateway.{kind}.{cfg.type}"), "diagnose", None)
-    except ImportError:
-        pass
-    if fn is None:
+    diagnose = getattr(cfg, "diagnose", None)
+    if diagnose is None:
         return await tcp_check(check, cfg, timeout_s)
     try:
-        return list(await asyncio.wait_for(fn(cfg, timeout_s), timeout_s + 2))
+        return list(await asyncio.wait_for(diagnose(timeout_s), timeout_s + 2))
     except asyncio.TimeoutError:
         return [failed(check, f"no verdict within {timeout_s + 2:.0f} s", "the peer hangs: check it and the network")]
-    except Exception as exc:  # noqa: BLE001 - a module's bug must not hide every other check
-        return [warning(f"{cfg.name} diagnose", f"{kind}.{cfg.type}.diagnose raised {type(exc).__name__}: {exc}",
-                        "report this bug; the counters below still tell whether data flows")]
+    except Exception as exc:  # noqa: BLE001 - a plugin's bug must not hide every other check
+        return [warning(f"{cfg.name} diagnose", f"{type(cfg).__name__}.diagnose ({cfg.type}) raised "
+                        f"{type(exc).__name__}: {exc}", "report this bug; the counters below still tell whether data "
+                        "flows")]
 
 
 def source_counters(name: str, c: dict[str, Any] | None, max_age_s: float, now_ns: int, stale: str = "") -> Finding:

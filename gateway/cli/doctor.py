@@ -247,7 +247,7 @@ async def _peer_checks(args: argparse.Namespace, loaded: list[configs.LoadedConf
                 seen_sources.add(conn.name)
                 counters = checks.source_counters(conn.name, status.get("connections", {}).get(conn.name),
                                                   args.max_age, now_ns, stale)
-                jobs.append((f"source {conn.name} ({conn.type})", checks.probe("sources", conn, args.timeout),
+                jobs.append((f"source {conn.name} ({conn.type})", checks.probe(conn, args.timeout),
                              [counters]))
         for dest in getattr(c.config, "destinations", None) or []:
             if getattr(dest, "enabled", True):
@@ -255,7 +255,7 @@ async def _peer_checks(args: argparse.Namespace, loaded: list[configs.LoadedConf
                 counters_d = checks.destination_counters(dest.name, status.get("destinations", {}).get(dest.name),
                                                          args.max_age, now_ns, stale)
                 jobs.append((f"destination {dest.name} ({dest.type})",
-                             checks.probe("destinations", dest, args.timeout), counters_d))
+                             checks.probe(dest, args.timeout), counters_d))
     results = await asyncio.gather(*(j[1] for j in jobs))
     sections = [(title, [*found, *after]) for (title, _, after), found in zip(jobs, results, strict=True)]
     for s in statuses.values():  # what runs without a configuration we know: its counters still tell a lot

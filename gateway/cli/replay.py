@@ -110,8 +110,7 @@ async def _deliver(sink: Any, records: list[Any], retries: int) -> tuple[int, li
 
 async def replay(args: argparse.Namespace, cfg: Any, progress: Progress) -> dict[str, Any]:
     from gateway.codec import decode_batch
-    from gateway.destinations.base import Router
-    from gateway.destinations.registry import make_sink
+    from gateway.destinations.base import CLOSE_TIMEOUT_S, Router
     from gateway.errors import CodecError
 
     start_ns, end_ns = parse_time(args.start), parse_time(args.end)
@@ -120,7 +119,7 @@ async def replay(args: argparse.Namespace, cfg: Any, progress: Progress) -> dict
     store = open_store(args)
     info = store.describe(args.stream)
     router = Router(cfg.route)
-    sink = make_sink(cfg)
+    sink = cfg.build()
     await sink.start()
     t0 = time.monotonic()
     scanned = matched = sent = corrupt = 0
@@ -159,7 +158,7 @@ async def replay(args: argparse.Namespace, cfg: Any, progress: Progress) -> dict
             sent += ok
             rejected += bad
     finally:
-        await sink.close()
+        await sink.close(CLOSE_TIMEOUT_S)
         store.close()
     progress(total, total, sent, final=True)
     return {"stream": args.stream, "destination": cfg.name, "from_ns": start_ns, "to_ns": end_ns,

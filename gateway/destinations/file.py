@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from gateway.aio import Offload
-from gateway.destinations.base import DestinationConfigBase, SendResult, dumps, record_json
+from gateway.destinations.base import DestinationConfigBase, SendResult, dumps, finish_within, record_json
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import DestinationError
 from gateway.record import Record
@@ -28,6 +28,14 @@ class FileConfig(DestinationConfigBase):
     keep: int = Field(default=5, ge=1, description="Rotated files to keep (oldest deleted; other files are never "
                       "touched, even when their names start with the file's).")
     fsync: bool = Field(default=True, description="fsync after every batch before the position moves on.")
+
+    def build(self) -> FileDestination:
+        """The destination for this configuration (see :mod:`gateway.plugin`)."""
+        return FileDestination(self)
+
+    async def diagnose(self, timeout_s: float) -> list[Finding]:
+        """Doctor's checks of the folder and the disk (see :mod:`gateway.plugin`)."""
+        return await diagnose(self, timeout_s)
 
 
 class FileDestination:
@@ -84,8 +92,9 @@ class FileDestination:
         for old in rotated[: max(0, len(rotated) - self.cfg.keep)]:
             (self.path.parent / old).unlink()
 
-    async def close(self) -> None:
-        self._offload.close()
+    async def close(self, timeout_s: float) -> None:
+        # a write in flight on a slow or hung disk (NFS, a dying SD card) is waited for off the loop, until then
+        await finish_within(f"file destination {self.name}", timeout_s, self._offload.close)
 
 
 async def diagnose(cfg: FileConfig, timeout_s: float) -> list[Finding]:

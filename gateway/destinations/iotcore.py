@@ -110,6 +110,14 @@ class IotCoreConfig(DestinationConfigBase):
                 raise ValueError(problem)
         return topic
 
+    def build(self) -> IotCoreDestination:
+        """The destination for this configuration (see :mod:`gateway.plugin`)."""
+        return IotCoreDestination(self)
+
+    async def diagnose(self, timeout_s: float) -> list[Finding]:
+        """Doctor's checks of the topic template and Greengrass IPC (see :mod:`gateway.plugin`)."""
+        return await diagnose(self, timeout_s)
+
 
 def check_iot_topic(topic: str) -> str | None:
     """Why IoT Core would refuse ``topic`` (wildcards, reserved $ prefix, > 256 bytes, > 7 slashes), or None."""
@@ -272,7 +280,10 @@ class IotCoreDestination:
             self._ipc.close()
             self._ipc = None
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float) -> None:
+        # Bounded as it is, on the loop (GreengrassIpc cancels its tasks there): the SDK's close does not wait for
+        # the nucleus, only for its callback executor, which runs subscription callbacks and this connection has
+        # none. A publish in flight ends with the connection.
         self._drop_connection()
 
 

@@ -27,7 +27,15 @@ from gateway.destinations.aws import (
     make_client,
     warn_insecure_endpoint,
 )
-from gateway.destinations.base import ENVELOPE_OVERHEAD, DestinationConfigBase, SendResult, dumps, envelope, record_json
+from gateway.destinations.base import (
+    ENVELOPE_OVERHEAD,
+    DestinationConfigBase,
+    SendResult,
+    dumps,
+    envelope,
+    finish_within,
+    record_json,
+)
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
 from gateway.record import Record
@@ -64,6 +72,14 @@ class KinesisConfig(DestinationConfigBase):
         default=MAX_RECORD_BYTES, ge=1024, le=MAX_RECORD_BYTES, description="Largest Kinesis record (key + data)."
     )
     concurrent_calls: int = Field(default=4, ge=1, le=32, description="PutRecords calls in flight at once.")
+
+    def build(self) -> KinesisDestination:
+        """The destination for this configuration (see :mod:`gateway.plugin`)."""
+        return KinesisDestination(self)
+
+    async def diagnose(self, timeout_s: float) -> list[Finding]:
+        """Doctor's checks of credentials, the endpoint and the stream (see :mod:`gateway.plugin`)."""
+        return await diagnose(self, timeout_s)
 
 
 class KinesisDestination:
@@ -161,8 +177,11 @@ class KinesisDestination:
             raise classify(exc, self.what) from exc
         return [str(r.get("ErrorCode") or "") for r in answer["Records"]]
 
-    async def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    async def close(self, timeout_s: float) -> None:
+        # Calls not started yet are dropped (their records were not committed: sent again after a restart). A call
+        # in flight waits for its answer up to aws.read_timeout_s: waited for off the loop, until the deadline.
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        await finish_within(self.what, timeout_s, lambda: self._pool.shutdown(wait=True))
 
 
 def _calls(heads: list[tuple[str, tuple[bytes, list[Record]]]]) -> list[list[tuple[str, tuple[bytes, list[Record]]]]]:

@@ -20,7 +20,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from gateway.aio import Offload
-from gateway.destinations.base import RECORD_FIELDS, DestinationConfigBase, SendResult, pack_by_topic, template_problem
+from gateway.destinations.base import (
+    RECORD_FIELDS,
+    DestinationConfigBase,
+    SendResult,
+    finish_within,
+    pack_by_topic,
+    template_problem,
+)
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
 from gateway.record import Record
@@ -84,7 +91,8 @@ class MqttConfig(DestinationConfigBase):
     topic_vars: dict[str, str] = Field(default_factory=dict, description="Extra template fields, e.g. site, line.")
     topic: str = Field(
         default="factoryedge/{source}/{kind}",
-        description="Topic template; fields {source}, {kind}, {tag} and any key of topic_vars (e.g. {site}).",
+        description="Topic template; fields {source}, {kind}, {tag}, {group} (the tag's parent path: Reactor for "
+        "Reactor/Pressure) and any key of topic_vars (e.g. {site}); any other field is refused at validation.",
     )
     qos: Literal[0, 1] = Field(default=1, description="QoS; 1 (acknowledged) unless the data may be lost.")
     max_message_bytes: int = Field(default=128 * 1024, ge=1024, description="Largest message (IoT Core: 128 KB).")
@@ -111,6 +119,14 @@ class MqttConfig(DestinationConfigBase):
             raise ValueError("a password without tls is sent in clear in the MQTT CONNECT packet: set tls "
                              "(tls.ca_file, port 8883), or set allow_plaintext: true to send it anyway")
         return password
+
+    def build(self) -> MqttDestination:
+        """The destination for this configuration (see :mod:`gateway.plugin`)."""
+        return MqttDestination(self)
+
+    async def diagnose(self, timeout_s: float) -> list[Finding]:
+        """Doctor's checks of the broker: TCP, TLS and CONNACK (see :mod:`gateway.plugin`)."""
+        return await diagnose(self, timeout_s)
 
 
 class MqttDestination:
@@ -219,8 +235,13 @@ class MqttDestination:
                 raise DestinationError(f"mqtt destination {self.name}: no acknowledgement within "
                                        f"{self.cfg.ack_timeout_s} s", fix="the batch will be retried", retryable=True)
 
-    async def close(self) -> None:
+    async def close(self, timeout_s: float) -> None:
         self._closing = True
+        # paho's network thread is joined, and a publish in flight waits for its PUBACK (up to ack_timeout_s from
+        # a broker that may never answer): off the loop, until the deadline
+        await finish_within(f"mqtt destination {self.name}", timeout_s, self._shutdown)
+
+    def _shutdown(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
         self._offload.close()

@@ -30,7 +30,7 @@ from gateway.destinations.aws import (
     make_client,
     warn_insecure_endpoint,
 )
-from gateway.destinations.base import DestinationConfigBase, SendResult, topic_fields
+from gateway.destinations.base import DestinationConfigBase, SendResult, finish_within, topic_fields
 from gateway.diagnostics import Finding
 from gateway.errors import DestinationError
 from gateway.record import Record
@@ -68,6 +68,14 @@ class SiteWiseConfig(DestinationConfigBase):
     entries_per_request: int = Field(default=MAX_ENTRIES, ge=1, le=MAX_ENTRIES, description="Entries per call.")
     values_per_entry: int = Field(default=MAX_VALUES, ge=1, le=MAX_VALUES, description="Values per entry.")
     concurrent_requests: int = Field(default=4, ge=1, le=32, description="Calls in flight at once.")
+
+    def build(self) -> SiteWiseDestination:
+        """The destination for this configuration (see :mod:`gateway.plugin`)."""
+        return SiteWiseDestination(self)
+
+    async def diagnose(self, timeout_s: float) -> list[Finding]:
+        """Doctor's checks of credentials and the SiteWise endpoint (see :mod:`gateway.plugin`)."""
+        return await diagnose(self, timeout_s)
 
 
 @dataclass
@@ -203,8 +211,11 @@ class SiteWiseDestination:
                     reason = f"{self.what}: {code} for alias {entry.alias}: {e.get('errorMessage', '')}. Fix: {fix}"
                     result.rejected += [(r, reason) for r in hit]
 
-    async def close(self) -> None:
-        self._pool.shutdown(wait=True)
+    async def close(self, timeout_s: float) -> None:
+        # Calls not started yet are dropped (their records were not committed: sent again after a restart). A call
+        # in flight waits for its answer up to aws.read_timeout_s: waited for off the loop, until the deadline.
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        await finish_within(self.what, timeout_s, lambda: self._pool.shutdown(wait=True))
 
 
 async def diagnose(cfg: SiteWiseConfig, timeout_s: float) -> list[Finding]:

@@ -6,12 +6,16 @@ gatewayctl, the build) never imports pymodbus.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from gateway.diagnostics import Finding
 from gateway.sources.common import ConnectionBase
 from gateway.sources.modbus_codec import MAX_ADDRESS, MAX_BITS, MAX_REGISTERS, TABLES, ModbusTag, Order, Request, plan
+
+if TYPE_CHECKING:
+    from gateway.sources.modbus import ModbusSource
 
 
 class ModbusUnit(BaseModel):
@@ -92,6 +96,18 @@ class ModbusConnection(ConnectionBase):
         """The coalesced reads of one scan, unit by unit."""
         return [r for u in self.units for r in plan(u.unit_id, u.tags, base=self.address_base, max_gap=self.max_gap,
                                                       max_registers=self.max_registers, max_bits=self.max_bits)]
+
+    def build(self) -> ModbusSource:
+        """The connection's source (see :mod:`gateway.plugin`); pymodbus is loaded here, not by validation."""
+        from gateway.sources.modbus import ModbusSource
+
+        return ModbusSource(self)
+
+    async def diagnose(self, timeout_s: float) -> list[Finding]:
+        """Doctor's checks of this device (see :mod:`gateway.plugin`)."""
+        from gateway.sources.modbus import diagnose
+
+        return await diagnose(self, timeout_s)
 
 
 def _overlaps(unit: int, spans: list[tuple[int, int, int, ModbusTag]]) -> list[str]:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from datetime import timezone, tzinfo
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
+from gateway.diagnostics import Finding
 from gateway.sources.common import ConnectionBase
+
+if TYPE_CHECKING:
+    from gateway.sources.opcda import OpcDaSource
 
 
 class OpcDaTls(BaseModel):
@@ -101,6 +105,19 @@ class OpcDaConnection(ConnectionBase):
         if not self.items and not self.browse:
             raise ValueError("nothing to read: give items (item ids) or browse (patterns such as 'Reactor.*')")
         return self
+
+    def build(self) -> OpcDaSource:
+        """The connection's source (see :mod:`gateway.plugin`); OpenOPC and Pyro4 are loaded here, not by
+        validation."""
+        from gateway.sources.opcda import OpcDaSource
+
+        return OpcDaSource(self)
+
+    async def diagnose(self, timeout_s: float) -> list[Finding]:
+        """Doctor's checks of this gateway service and server (see :mod:`gateway.plugin`)."""
+        from gateway.sources.opcda import diagnose
+
+        return await diagnose(self, timeout_s)
 
 
 def zone_of(name: str) -> tzinfo:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
+from gateway.diagnostics import Finding
 from gateway.redact import userinfo_problem
 from gateway.sources.common import ConnectionBase
+
+if TYPE_CHECKING:
+    from gateway.sources.opcua import OpcUaSource
 
 # The OPC UA string form of a node id (Part 6, 5.3.1.10), after an optional nsu= prefix has been taken off.
 _NODE_ID = re.compile(
@@ -198,3 +202,15 @@ class OpcUaConnection(ConnectionBase):
             raise ValueError(f"node ids {bad} cannot be parsed: write them like 'ns=2;s=Reactor/Pressure', "
                              "'nsu=urn:site:plant;s=Tag' or 'i=1001'")
         return nodes
+
+    def build(self) -> OpcUaSource:
+        """The connection's source (see :mod:`gateway.plugin`); asyncua is loaded here, not by validation."""
+        from gateway.sources.opcua import OpcUaSource
+
+        return OpcUaSource(self)
+
+    async def diagnose(self, timeout_s: float) -> list[Finding]:
+        """Doctor's checks of this server (see :mod:`gateway.plugin`)."""
+        from gateway.sources.opcua_diagnose import diagnose
+
+        return await diagnose(self, timeout_s)

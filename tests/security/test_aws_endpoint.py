@@ -23,7 +23,6 @@ from gateway.componentconfig import PublisherConfig
 from gateway.config import validate
 from gateway.destinations.aws import AwsSettings
 from gateway.destinations.base import DestinationConfigBase
-from gateway.destinations.registry import make_sink
 from gateway.errors import ConfigError
 
 SECRET = "wJalr-S3CRET-key"
@@ -114,9 +113,9 @@ def test_an_allowed_plain_endpoint_warns_once_at_start(kind: str, caplog: pytest
     secure = validate(PublisherConfig, _cfg(kind), origin="test").destinations[0]
 
     async def start_and_close(dest: Any) -> None:
-        sink = make_sink(dest)
+        sink = dest.build()
         await sink.start()
-        await sink.close()
+        await sink.close(5.0)
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(start_and_close(cfg))

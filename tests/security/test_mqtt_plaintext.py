@@ -121,7 +121,7 @@ def _publish_once(cfg: MqttConfig) -> None:
             for i in range(3):
                 await sink.send([make_record("plc", "line/temp", float(i), seq=i)])
         finally:
-            await sink.close()
+            await sink.close(5.0)
 
     asyncio.run(go())
 
