@@ -1,16 +1,14 @@
-"""factoryedge.AnomalyDetector: scores tag groups of the collectors' streams with random cut forests.
+"""Entry point of factoryedge.AnomalyDetector.
 
-The wiring lives in :mod:`gateway.anomaly.component`; this entry point only hands it to the shared runtime.
+Anomaly detector: random cut forest scoring of collected streams, raises alarms.
+Generated from gateway/components.py by tools/gg_templates.py: change those, not this file.
 """
-
-from __future__ import annotations
 
 import sys
 
-from gateway.anomaly.component import run
-from gateway.anomaly.engine import COMPONENT
-from gateway.componentconfig import AnomalyDetectorConfig
-from gateway.runtime import component_main
+from gateway.components import entry_point
+
+main = entry_point("factoryedge.AnomalyDetector")  # imports what it runs: the build checks that from the zip
 
 if __name__ == "__main__":
-    sys.exit(component_main(COMPONENT, AnomalyDetectorConfig, run))
+    sys.exit(main())

@@ -1,15 +1,14 @@
-"""factoryedge.ModbusCollector: polls Modbus TCP devices into its stream."""
+"""Entry point of factoryedge.ModbusCollector.
 
-from __future__ import annotations
+Modbus TCP collector: polls registers into a local stream.
+Generated from gateway/components.py by tools/gg_templates.py: change those, not this file.
+"""
 
 import sys
 
-from gateway.collector import collector_runner
-from gateway.componentconfig import ModbusCollectorConfig
-from gateway.runtime import component_main
-from gateway.sources.modbus import ModbusSource
+from gateway.components import entry_point
 
-NAME = "factoryedge.ModbusCollector"
+main = entry_point("factoryedge.ModbusCollector")  # imports what it runs: the build checks that from the zip
 
 if __name__ == "__main__":
-    sys.exit(component_main(NAME, ModbusCollectorConfig, collector_runner(NAME, ModbusSource)))
+    sys.exit(main())

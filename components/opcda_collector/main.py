@@ -1,15 +1,14 @@
-"""factoryedge.OpcDaCollector: reads OPC DA servers through OpenOPC gateway services into its stream."""
+"""Entry point of factoryedge.OpcDaCollector.
 
-from __future__ import annotations
+OPC DA collector (through the OpenOPC gateway service): reads tags into a local stream.
+Generated from gateway/components.py by tools/gg_templates.py: change those, not this file.
+"""
 
 import sys
 
-from gateway.collector import collector_runner
-from gateway.componentconfig import OpcDaCollectorConfig
-from gateway.runtime import component_main
-from gateway.sources.opcda import OpcDaSource
+from gateway.components import entry_point
 
-NAME = "factoryedge.OpcDaCollector"
+main = entry_point("factoryedge.OpcDaCollector")  # imports what it runs: the build checks that from the zip
 
 if __name__ == "__main__":
-    sys.exit(component_main(NAME, OpcDaCollectorConfig, collector_runner(NAME, OpcDaSource)))
+    sys.exit(main())

@@ -1,15 +1,14 @@
-"""factoryedge.OpcUaCollector: reads OPC UA servers into its stream."""
+"""Entry point of factoryedge.OpcUaCollector.
 
-from __future__ import annotations
+OPC UA collector: reads OPC UA nodes into a local stream.
+Generated from gateway/components.py by tools/gg_templates.py: change those, not this file.
+"""
 
 import sys
 
-from gateway.collector import collector_runner
-from gateway.componentconfig import OpcUaCollectorConfig
-from gateway.runtime import component_main
-from gateway.sources.opcua import OpcUaSource
+from gateway.components import entry_point
 
-NAME = "factoryedge.OpcUaCollector"
+main = entry_point("factoryedge.OpcUaCollector")  # imports what it runs: the build checks that from the zip
 
 if __name__ == "__main__":
-    sys.exit(component_main(NAME, OpcUaCollectorConfig, collector_runner(NAME, OpcUaSource)))
+    sys.exit(main())

@@ -1,29 +1,14 @@
-"""factoryedge.Publisher: delivers the streams to the configured destinations with offline buffering."""
+"""Entry point of factoryedge.Publisher.
 
-from __future__ import annotations
+Publisher: forwards streams to AWS IoT Core, Kinesis, SiteWise and MQTT brokers.
+Generated from gateway/components.py by tools/gg_templates.py: change those, not this file.
+"""
 
 import sys
-from pathlib import Path
 
-from gateway.componentconfig import PublisherConfig
-from gateway.publisher import COMPONENT, Publisher
-from gateway.runtime import Context, component_main
-from gateway.streams import open_store
+from gateway.components import entry_point
 
-
-async def run(ctx: Context[PublisherConfig]) -> None:
-    cfg = ctx.config
-    store, positions = open_store(cfg.store)
-    sinks = {d.name: (d, d.build()) for d in cfg.destinations if d.enabled}
-    publisher = Publisher(
-        store, positions, sinks,
-        dead_letter_stream=cfg.dead_letter_stream, metrics_stream=cfg.metrics_stream,
-        metrics_interval_s=cfg.metrics_interval_s, status_dir=Path(cfg.store.path) / "status",
-        status_interval_s=cfg.status_interval_s,
-    )
-    await publisher.run(ctx.stop)
-    store.close()
-
+main = entry_point("factoryedge.Publisher")  # imports what it runs: the build checks that from the zip
 
 if __name__ == "__main__":
-    sys.exit(component_main(COMPONENT, PublisherConfig, run))
+    sys.exit(main())
