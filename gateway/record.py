@@ -96,6 +96,24 @@ def oversize(value: Value) -> bool:
     return value_size(value) > MAX_VALUE_BYTES
 
 
+def normalised(value: Value, quality: Quality) -> tuple[Value, Quality]:
+    """``value`` and ``quality`` as a record carries them: every maker of records (a source's emitter, the detector,
+    the dead-letter path) goes through here, so that no destination meets what it could not carry.
+
+    NaN and infinite floats become BAD quality with no value (JSON and SiteWise cannot carry them, and a PLC that
+    reports NaN is reporting a fault), and so does a string over :data:`MAX_VALUE_BYTES`; a missing value is never
+    GOOD.
+    """
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None, Quality.BAD
+    elif isinstance(value, str) and oversize(value):
+        return None, Quality.BAD
+    if value is None and quality == Quality.GOOD:
+        return None, Quality.BAD
+    return value, quality
+
+
 def make_record(
     source: str,
     tag: str,
@@ -107,17 +125,9 @@ def make_record(
     quality: Quality = Quality.GOOD,
     kind: Kind = Kind.VALUE,
 ) -> Record:
-    """Build a record, normalising what a destination could not carry.
-
-    NaN and infinite floats become BAD quality with no value (JSON and SiteWise cannot carry them, and a PLC that
-    reports NaN is reporting a fault), and so does a string over :data:`MAX_VALUE_BYTES`; a missing value is never
-    GOOD.
-    """
+    """Build a record, its value and quality :func:`normalised`."""
     gw = gateway_ts_ns if gateway_ts_ns is not None else now_ns()
-    if (isinstance(value, float) and not math.isfinite(value)) or oversize(value):
-        value, quality = None, Quality.BAD
-    if value is None and quality == Quality.GOOD:
-        quality = Quality.BAD
+    value, quality = normalised(value, quality)
     return Record(source, tag, value, quality, source_ts_ns if source_ts_ns is not None else gw, gw, seq, kind)
 
 

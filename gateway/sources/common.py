@@ -15,7 +15,17 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.record import MAX_VALUE_BYTES, Quality, Record, Value, now_ns, oversize, start_seq, value_size
+from gateway.record import (
+    MAX_VALUE_BYTES,
+    Quality,
+    Record,
+    Value,
+    normalised,
+    now_ns,
+    oversize,
+    start_seq,
+    value_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +162,9 @@ class Emitter:
         """Accept one value read from the peer (call from the event loop)."""
         gw = now_ns()
         self.counters.values_read += 1
-        if isinstance(value, float) and not math.isfinite(value):
-            value, quality = None, Quality.BAD
-        elif type(value) is str and oversize(value):  # any protocol: one huge string must not stall a connection
+        if type(value) is str and oversize(value):  # any protocol: one huge string must not stall a connection
             self._oversize(source_tag, value)
-            value, quality = None, Quality.BAD
-        if value is None and quality == Quality.GOOD:
-            quality = Quality.BAD
+        value, quality = normalised(value, quality)
         if quality == Quality.GOOD:
             self.counters.last_good_read_ns = gw
         else:
