@@ -22,7 +22,7 @@ from gateway.cli.checks import clock_vs_ntp, ntp_offset
 from gateway.cli.common import parse_time
 from gateway.cli.doctor import parse_component_list
 from gateway.errors import ConfigError
-from tests.test_cli_pipeline import cli, cli_err
+from tests.support.cli import cli, cli_err
 
 GOOD_PUBLISHER = {"destinations": [{"type": "file", "name": "deployed", "path": "out/x.jsonl"}]}
 
@@ -123,6 +123,12 @@ def test_defaults_are_valid_configurations(tmp_path: Path, capsys: pytest.Captur
     path.write_text(out)
     assert code == 0 and cli(capsys, "config", "check", str(path))[0] == 0
     assert cli(capsys, "config", "defaults", "NoSuchComponent")[0] == 2
+    for name in ("factoryedge.OpcUaCollector", "factoryedge.ModbusCollector", "factoryedge.OpcDaCollector",
+                 "factoryedge.AnomalyDetector"):  # as YAML, the way the README has a newcomer start
+        code, out = cli(capsys, "config", "defaults", name)
+        path = tmp_path / "defaults.yaml"
+        path.write_text(out)
+        assert code == 0 and cli(capsys, "config", "check", "--component", name, str(path))[0] == 0, out
 
 
 def test_time_arguments() -> None:
