@@ -36,7 +36,6 @@ from gateway.config import validate
 from gateway.endpoints import host_port
 from gateway.errors import ConfigError, EndpointError, GatewayError
 from gateway.ipc import GreengrassIpc
-from gateway.runtime import Context
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -233,10 +232,3 @@ async def connect_deployment(
         except GatewayError as exc:  # also the nucleus not answering for a secret: ERRORED until redeployed
             log.error("%s:\n%s", name, exc)
     return ipc, config
-
-
-async def watch_deployments(ctx: Context[M], model: type[M]) -> GreengrassIpc:
-    """Reject bad deployments before they apply; queue accepted ones on ``ctx.updates``; report RUNNING."""
-    ipc, _config = await connect_deployment(ctx.name, model, ctx.updates.put_nowait, lambda: ctx.config)
-    await ipc.update_state("RUNNING")
-    return ipc

@@ -49,7 +49,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -61,6 +61,9 @@ from gateway.revision import revision_of
 from gateway.secretrefs import refuse_outside_greengrass
 from gateway.status import applied as _applied
 from gateway.status import status_fields
+
+if TYPE_CHECKING:  # the IPC SDK loads only under Greengrass
+    from gateway.ipc import GreengrassIpc
 
 M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -102,6 +105,19 @@ class Context(Generic[M]):
     stop: asyncio.Event
     updates: asyncio.Queue[M] = field(default_factory=_Updates)
     revision: str = ""
+
+
+async def watch_deployments(ctx: Context[M], model: type[M]) -> GreengrassIpc:
+    """Reject bad deployments before they apply; queue accepted ones on ``ctx.updates``; report RUNNING.
+
+    Returns:
+        The IPC connection; the caller closes it.
+    """
+    from gateway.ipc_config import connect_deployment  # loads the IPC SDK: only under Greengrass
+
+    ipc, _config = await connect_deployment(ctx.name, model, ctx.updates.put_nowait, lambda: ctx.config)
+    await ipc.update_state("RUNNING")
+    return ipc
 
 
 def setup_logging(level: str = "INFO", quiet_loggers: tuple[str, ...] = ()) -> None:

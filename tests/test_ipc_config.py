@@ -19,9 +19,9 @@ from devkit.ipc_server import IpcServer
 from devkit.peers import free_port
 from gateway.componentconfig import PublisherConfig
 from gateway.errors import ConfigError, StreamUnavailable
-from gateway.ipc_config import load_deployed, watch_deployments
+from gateway.ipc_config import load_deployed
 from gateway.revision import revision_of
-from gateway.runtime import Context
+from gateway.runtime import Context, watch_deployments
 from gateway.streams import StoreConfig
 
 COMPONENT = "factoryedge.Publisher"
