@@ -100,7 +100,7 @@ def live_status(args: argparse.Namespace) -> int:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     ev = current_names(status.get("events", {}))  # the previous version's names, from a gateway upgraded in place
     print(f"  alarm events: {'sent ' + str(ev.get('events_sent', 0)) if ev.get('enabled') else 'off (no IPC)'}"
-          + (f", refused {ev['event_send_errors']}" if ev.get("event_send_errors") else ""))
+          + (f", send errors {ev['event_send_errors']}" if ev.get("event_send_errors") else ""))
     for p in found:
         print(f"  PROBLEM: {p}")
     return 1 if found else 0
