@@ -143,3 +143,14 @@ def test_quick_start_commands_run_as_written(tmp_path: Path, capsys: pytest.Capt
     # the quick start keeps showing a configuration checked, the status, doctor and a component started by hand
     assert any("config check" in r for r in ran) and any(r.endswith(" status") for r in ran), ran
     assert any(r.endswith(" doctor") for r in ran) and any(r.endswith("--help") for r in ran), ran
+
+
+def test_make_demo_installs_only_what_the_demo_needs() -> None:
+    # the npm test peers need 15 s and registry access a plant network may not allow: the demo never asks for them
+    dry = {t: subprocess.run(["make", "-n", t], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+           for t in ("demo", "test", "check")}
+    assert "scripts/setup.sh demo" in dry["demo"] and "setup.sh test" not in dry["demo"], dry["demo"]
+    assert all("scripts/setup.sh test" in dry[t] for t in ("test", "check")), dry
+    script = (ROOT / "scripts" / "setup.sh").read_text()
+    demo_done = script.index('echo "setup: ready for the demo"\n  exit 0')
+    assert demo_done < script.index("npm ci"), "scripts/setup.sh demo reaches the npm test peers"
