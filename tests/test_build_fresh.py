@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.gdk_build import BUNDLE, ENTRY_DIRS, PYTHON, VERSION, make_project, zip_of
+from tests.support.gdk_build import BUILT, BUNDLE, PYTHON, VERSION, make_project, zip_of
 
 # isort: split
-import gg_bootstrap  # tools/ is on sys.path through tests.gdk_build
+import gg_bootstrap  # tools/ is on sys.path through tests.support.gdk_build
 import gg_lock as lk
 
 
@@ -53,7 +53,7 @@ def test_build_works_with_a_python_that_has_nothing_installed(tmp_path: Path, wh
     assert result.returncode == 0, result.stderr
     assert "preparing" in result.stderr
     build = project / "greengrass-build"
-    for name in ENTRY_DIRS:
+    for name in BUILT:
         assert zip_of(build, name).is_file()
     # What `gdk component publish` reads: the built bundle under the template's name, and its artifact folder.
     published = yaml.safe_load((build / "recipes" / "recipe.yaml").read_text())

@@ -1,5 +1,6 @@
-"""Greengrass packaging: runs the build exactly as GDK does (tests/gdk_build.py), in a copy of the project, and checks
-its output: recipes, zips, default configuration, access control, publishing. install.sh: test_packaging_install.py.
+"""Greengrass packaging: runs the build exactly as GDK does (tests/support/gdk_build.py), in a copy of the project, and
+checks its output: recipes, zips, default configuration, access control, publishing. install.sh:
+test_packaging_install.py. The components checked are the table's (gateway/components.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.gdk_build import (
+from gateway.components import COMMON, component, of_kind
+from tests.support.gdk_build import (
+    BUILT,
     BUNDLE,
     COLLECTORS,
     ENTRY_DIRS,
@@ -27,12 +30,11 @@ from tests.gdk_build import (
 )
 
 # isort: split
-import gg_artifact  # tools/ is on sys.path through tests.gdk_build
+import gg_artifact  # tools/ is on sys.path through tests.support.gdk_build
 import gg_lock
 import gg_recipe
 
-CLI = "factoryedge.Cli"  # installs gatewayctl; no entry point of its own (ENTRY_DIRS are the ones with one)
-BUILT = [*ENTRY_DIRS, CLI]  # every component with an artifact zip
+(CLI,) = (spec.name for spec in of_kind("cli"))  # installs gatewayctl; no entry point (ENTRY_DIRS have one)
 
 
 @pytest.fixture(scope="module")
@@ -111,12 +113,13 @@ def test_requirements_follow_the_one_table_and_the_pyproject_pins(built: Path) -
         assert all(locked[key] in [p.split(" ;")[0] for p in pins[key]] for key in top), locked
         return top
 
-    # Each component ships its own protocol libraries and no other's (the config models import none of them).
-    own = {"factoryedge.OpcUaCollector": {"asyncua"}, "factoryedge.ModbusCollector": {"pymodbus"},
-           "factoryedge.OpcDaCollector": {"openopc-python3x", "pyro4"}}
-    heavy = {"asyncua", "pymodbus", "openopc-python3x", "pyro4", "paho-mqtt", "numpy", "krcf", "rrcf", "boto3"}
+    # Each collector ships its own protocol libraries and no other's (the config models import none of them).
+    own = {name: {gg_artifact.normalize(d) for d in component(name).requires if d not in COMMON}
+           for name in COLLECTORS}
+    assert own["factoryedge.OpcDaCollector"] == {"openopc-python3x", "pyro4"}
+    heavy = {"paho-mqtt", "numpy", "krcf", "rrcf", "boto3"}.union(*own.values())
     for name, libs in own.items():
-        assert libs <= reqs(name)
+        assert libs and libs <= reqs(name)
         assert reqs(name) & heavy == libs, name
     assert reqs("factoryedge.AnomalyDetector") & heavy == {"krcf", "rrcf", "numpy"}
     assert reqs("factoryedge.Publisher") & heavy == {"paho-mqtt", "boto3"}
@@ -164,7 +167,7 @@ def test_install_step_installs_only_hashed_locked_files(built: Path, name: str) 
     assert re.findall(r"^pip_install .*-r \"\$(\w+)\"$", script, re.M) == ["boot", "req"]
 
 
-def test_bundle_depends_on_all_five_at_the_built_version(built: Path) -> None:
+def test_bundle_depends_on_every_component_at_the_built_version(built: Path) -> None:
     bundle = recipe_of(built, BUNDLE)
     assert bundle["ComponentDependencies"] == {
         name: {"VersionRequirement": f"={VERSION}", "DependencyType": "HARD"} for name in BUILT

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.gdk_build import PYTHON, ROOT, gdk_build, make_project, members, recipe_of, zip_of
+from tests.support.gdk_build import PYTHON, ROOT, gdk_build, make_project, members, recipe_of, zip_of
 from tests.security.test_lock import lock_line, wheel
 
 # isort: split
-import gg_lock  # tools/ is on sys.path through tests.gdk_build
+import gg_lock  # tools/ is on sys.path through tests.support.gdk_build
 
 
 def test_install_script_is_idempotent_and_installs_offline(tmp_path: Path) -> None:

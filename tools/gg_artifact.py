@@ -1,8 +1,9 @@
 """What goes into each component's artifact zip, and building it.
 
-The one table :data:`COMPONENTS` says, per Greengrass component, which entry point it runs, which pinned
-third-party distributions it needs (names only: versions always come from ``pyproject.toml``) and which optional
-``gateway`` subpackages it ships. Everything else about a zip follows from it.
+The component table (``gateway/components.py``, :class:`~gateway.components.ComponentSpec`) says, per Greengrass
+component, which entry point it runs, which pinned third-party distributions it needs (names only: versions always
+come from ``pyproject.toml``) and which optional ``gateway`` subpackages it ships. Everything else about a zip
+follows from it.
 
 A zip holds, at its root (Greengrass unpacks ``X.zip`` into ``{artifacts:decompressedPath}/X/``):
 ``gateway/`` (without ``cli/`` unless asked for; ``devkit/`` never), ``components/__init__.py``,
@@ -21,14 +22,15 @@ import subprocess
 import sys
 import tempfile
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
-# Every component imports the gateway package, whose core needs these (config models, codec, streams, IPC).
-COMMON = ("pydantic", "PyYAML", "cbor2", "stream-manager", "awsiotsdk", "awscrt")
-# The config models import no protocol library (gateway/sources/*_config.py; paho, boto3 and numpy are loaded on
-# first use), so each component ships only its own. import_problems() fails the build when a component lacks a
-# library its entry point imports.
+PROJECT = Path(__file__).resolve().parents[1]
+if str(PROJECT) not in sys.path:  # run as a script from tools/ by any python3: the table is the project's own
+    sys.path.insert(0, str(PROJECT))
+
+from gateway.components import ComponentSpec, component, names  # noqa: E402  (standard library only)
+from gateway.errors import ConfigError  # noqa: E402
+
 # Parts of the gateway package that only development tools use; shipped only to components that list them.
 OPTIONAL_GATEWAY_PARTS = ("cli",)
 EXCLUDED_NAMES = {"__pycache__", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
@@ -36,45 +38,23 @@ EXCLUDED_SUFFIXES = {".pyc", ".pyo"}
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
-@dataclass(frozen=True)
-class Component:
-    """One Greengrass component: its entry point and what its zip needs.
-
-    ``entry_dir`` is the folder of ``components/<entry_dir>/main.py``; empty for a component that runs no entry point
-    of its own (factoryedge.Cli installs gatewayctl). ``check_modules`` are imported from the zip at build time with
-    only ``requires`` installed (default: the entry point).
-    """
-
-    entry_dir: str
-    requires: tuple[str, ...]
-    gateway_parts: tuple[str, ...] = ()
-    check_modules: tuple[str, ...] = ()
+def spec(name: str) -> ComponentSpec:
+    """The table's entry for component ``name``; BuildError naming the known ones otherwise."""
+    try:
+        return component(name)
+    except ConfigError as exc:  # its message lists the known names
+        raise BuildError(str(exc)) from None
 
 
-# gatewayctl's commands that work on a core (doctor, status, streams/tail/buffer, replay, config, opcua, modbus):
-# the build imports each from the Cli's zip with only the Cli's libraries.
-CLI_MODULES = ("gateway.cli.main", "gateway.cli.core", "gateway.cli.doctor", "gateway.cli.status",
-               "gateway.cli.streamscmd", "gateway.cli.replay", "gateway.cli.configcmd", "gateway.cli.opcua",
-               "gateway.cli.modbus")
-
-
-COMPONENTS: dict[str, Component] = {
-    "factoryedge.OpcUaCollector": Component("opcua_collector", (*COMMON, "asyncua")),
-    "factoryedge.ModbusCollector": Component("modbus_collector", (*COMMON, "pymodbus")),
-    "factoryedge.OpcDaCollector": Component("opcda_collector", (*COMMON, "OpenOPC-Python3x", "Pyro4")),
-    "factoryedge.AnomalyDetector": Component("anomaly_detector", (*COMMON, "numpy", "krcf", "rrcf")),
-    "factoryedge.Publisher": Component("publisher", (*COMMON, "paho-mqtt", "boto3")),
-    # gatewayctl on the device: doctor's probes for OPC UA, Modbus and MQTT peers (the rest fall back to a TCP check);
-    # no OpenOPC/Pyro4 (a client that can be made to unpickle, NOTES 13: not under sudo) and no numpy/boto3.
-    "factoryedge.Cli": Component("", (*COMMON, "asyncua", "pymodbus", "paho-mqtt"), gateway_parts=("cli",),
-                                 check_modules=CLI_MODULES),
-}
+def component_names() -> list[str]:
+    """Every component of the table, sorted (the order of builds, locks and the summary)."""
+    return sorted(names())
 
 
 def entry_modules(name: str) -> tuple[str, ...]:
     """The modules the build imports from ``name``'s zip to prove it ships what they import."""
-    comp = COMPONENTS[name]
-    return comp.check_modules or (f"components.{comp.entry_dir}.main",)
+    comp = spec(name)
+    return comp.check_modules or (comp.entry_module,)
 
 
 class BuildError(Exception):
@@ -127,12 +107,12 @@ def project_version(pyproject_text: str) -> str:
 def requirements_for(name: str, pins: dict[str, list[str]]) -> list[str]:
     """The pinned requirement lines of one component, in table order (markers kept)."""
     lines = []
-    for dist in COMPONENTS[name].requires:
+    for dist in spec(name).requires:
         pin = pins.get(normalize(dist))
         if pin is None:
             raise BuildError(
-                f"tools/gg_artifact.py: {name} needs {dist!r}, which is not pinned in pyproject.toml: "
-                "pin it there (name==version) or drop it from COMPONENTS"
+                f"gateway/components.py: {name} needs {dist!r}, which is not pinned in pyproject.toml: "
+                "pin it there (name==version) or drop it from the component's requires"
             )
         lines.extend(pin)
     return lines
@@ -140,7 +120,7 @@ def requirements_for(name: str, pins: dict[str, list[str]]) -> list[str]:
 
 def unused_pins(pins: dict[str, list[str]]) -> list[str]:
     """Pinned runtime dependencies that no component ships (worth a warning: dead weight or a missing entry)."""
-    used = {normalize(dist) for comp in COMPONENTS.values() for dist in comp.requires}
+    used = {normalize(dist) for name in names() for dist in spec(name).requires}
     return sorted(line for key, lines in pins.items() if key not in used for line in lines)
 
 
@@ -156,12 +136,12 @@ def _files_under(directory: Path) -> list[Path]:
 
 def source_files(project: Path, name: str) -> dict[str, Path | None]:
     """Map each archive path of a component's zip to its source file (None: an empty file)."""
-    comp = COMPONENTS[name]
-    entry = project / "components" / comp.entry_dir / "main.py"
-    if comp.entry_dir and not entry.is_file():
+    comp = spec(name)
+    entry = project / "components" / comp.entry / "main.py"
+    if comp.entry and not entry.is_file():
         raise BuildError(
-            f"{entry.relative_to(project)} is missing: {name} has no entry point; write it, or fix entry_dir "
-            "in tools/gg_artifact.py COMPONENTS"
+            f"{entry.relative_to(project)} is missing: {name} has no entry point; write it (python3 "
+            "tools/gg_templates.py), or fix its entry in gateway/components.py"
         )
     files: dict[str, Path | None] = {}
     gateway = project / "gateway"
@@ -170,13 +150,13 @@ def source_files(project: Path, name: str) -> dict[str, Path | None]:
         rel = path.relative_to(gateway)
         if rel.parts[0] not in skipped:
             files[f"gateway/{rel.as_posix()}"] = path
-    if not comp.entry_dir:
+    if not comp.entry:
         return files
     init = project / "components" / "__init__.py"
     files["components/__init__.py"] = init if init.is_file() else None
     entry_root = entry.parent
     for path in _files_under(entry_root):
-        files[f"components/{comp.entry_dir}/{path.relative_to(entry_root).as_posix()}"] = path
+        files[f"components/{comp.entry}/{path.relative_to(entry_root).as_posix()}"] = path
     return files
 
 
@@ -253,7 +233,7 @@ def import_problems(name: str, zip_path: Path, module: str, pins: dict[str, list
     Catches a shared module importing a heavy dependency at module level (numpy in every collector, say), which a
     device would only discover at start-up as a crash loop.
     """
-    shipped = {normalize(dist) for dist in COMPONENTS[name].requires}
+    shipped = {normalize(dist) for dist in spec(name).requires}
     blocked = sorted(key for key in pins if key not in shipped)
     # Zips are reproducible, so a zip and blocked list that passed once pass again: remember them (builds in a row,
     # the tests) instead of starting an interpreter that imports asyncua and numpy every time.
@@ -279,5 +259,5 @@ def import_problems(name: str, zip_path: Path, module: str, pins: dict[str, list
     chain = " -> ".join(found["chain"]) or module
     return [
         f"{module}: imports {found['missing']} ({chain}), which {name} does not ship: add it to the component's "
-        "requires in tools/gg_artifact.py COMPONENTS, or import it only where it is used"
+        "requires in gateway/components.py, or import it only where it is used"
     ]

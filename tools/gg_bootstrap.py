@@ -57,7 +57,7 @@ def requirements(project: Path) -> str:
     """Every component lock merged into one hash-checked requirements file (a version's files and targets joined)."""
     merged: dict[tuple[str, str], lk.Entry] = {}
     markers: dict[tuple[str, str], list[str | None]] = {}
-    for name in sorted(art.COMPONENTS):
+    for name in art.component_names():
         for entry in lk.read(project, name):
             key = (entry.key, entry.version)
             if key not in merged:

@@ -188,9 +188,9 @@ class Build:
         self.summary.append((name, zip_path.stat().st_size))
         self.import_checks.append((source, name, zip_path))
         recipe = self._fill(_load_template(self.project / source, self.project), name)
-        # a component without an entry point has no configuration model: its template's defaults are its own
+        # a component without a configuration model (factoryedge.Cli): its template's defaults are its own
         recipe, problems = rcp.apply_default_configuration(
-            recipe, name, hook if art.COMPONENTS[name].entry_dir else None, source)
+            recipe, name, hook if art.spec(name).config else None, source)
         self.problems.extend(f"{source}: {p}" for p in problems)
         recipe = _keep_architectures(recipe, self.platforms)
         self._check(source, name, recipe, {zip_path.name: members})
@@ -199,10 +199,10 @@ class Build:
     def bundle_recipe(self) -> None:
         recipe = self._fill(_load_template(self.project / BUNDLE_TEMPLATE, self.project), self.bundle)
         deps = recipe.get("ComponentDependencies") or {}
-        for name in sorted(set(art.COMPONENTS) - set(deps)):
+        for name in sorted(set(art.component_names()) - set(deps)):
             self.problems.append(f"{BUNDLE_TEMPLATE}: ComponentDependencies: {name} is missing")
         for dep, spec in deps.items():
-            if dep not in art.COMPONENTS:
+            if dep not in art.component_names():
                 self.problems.append(f"{BUNDLE_TEMPLATE}: ComponentDependencies.{dep}: not a component of this build")
             elif (spec or {}).get("VersionRequirement") != f"={self.version}":
                 self.problems.append(
@@ -212,18 +212,19 @@ class Build:
 
     def run(self) -> int:
         templates = {p.stem for p in (self.project / "recipes").glob("*.yaml")}
-        for name in sorted(templates ^ set(art.COMPONENTS)):
-            where = "no recipe template" if name in art.COMPONENTS else "not in tools/gg_artifact.py COMPONENTS"
+        for name in sorted(templates ^ set(art.component_names())):
+            where = ("no recipe template (python3 tools/gg_templates.py writes it)" if name in art.component_names()
+                     else "not a component of gateway/components.py")
             self.problems.append(f"recipes/{name}.yaml: {where}")
         for stale in ("recipes", "artifacts"):
             shutil.rmtree(self.out / stale, ignore_errors=True)
         hook = _load_hook(self.project)
-        names = self.only or sorted(art.COMPONENTS)
+        names = self.only or art.component_names()
         ids: dict[str, str] = {}
         with tempfile.TemporaryDirectory(prefix="gg-wheels-") as wheel_dir:
             for name in names:
-                if name not in art.COMPONENTS:
-                    raise art.BuildError(f"--component {name}: not one of {', '.join(sorted(art.COMPONENTS))}")
+                if name not in art.component_names():
+                    raise art.BuildError(f"--component {name}: not one of {', '.join(art.component_names())}")
                 for policy in rcp.policy_ids(self.component(name, hook, Path(wheel_dir))):
                     if policy in ids:
                         self.problems.append(

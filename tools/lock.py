@@ -1,7 +1,7 @@
 """Write ``locks/``: every distribution each component installs, indirect ones included, with its files' sha256.
 
 Usage: ``python tools/lock.py [--check]`` (needs the package index; PIP_INDEX_URL names a mirror). Run it after
-changing a pin in ``pyproject.toml``, a component's ``requires`` in ``tools/gg_artifact.py``, or
+changing a pin in ``pyproject.toml``, a component's ``requires`` in ``gateway/components.py``, or
 ``BOOTSTRAP`` / ``TARGETS`` in ``tools/gg_lock.py``; commit ``locks/``. ``--check`` writes nothing and exits 1 when
 the committed locks differ from a fresh resolution (a new release of an indirect dependency shows up there too).
 
@@ -144,7 +144,7 @@ def merge(per_target: dict[lk.Target, Resolved], targets: tuple[lk.Target, ...])
 def generate(project: Path, targets: tuple[lk.Target, ...] = lk.TARGETS) -> dict[str, str]:
     """``{file name under locks/: text}`` for every component and the bootstrap lock."""
     pins = art.project_pins((project / "pyproject.toml").read_text())
-    wanted = {name: art.requirements_for(name, pins) for name in sorted(art.COMPONENTS)}
+    wanted = {name: art.requirements_for(name, pins) for name in art.component_names()}
     wanted["bootstrap"] = list(lk.BOOTSTRAP)
     texts: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="factoryedge-lock-") as work:

@@ -24,14 +24,14 @@ from packaging.requirements import Requirement
 from packaging.tags import Tag, compatible_tags, cpython_tags, parse_tag
 from packaging.utils import parse_wheel_filename
 
-from tests.gdk_build import PYTHON, ROOT, gdk_build, make_project
+from tests.support.gdk_build import PYTHON, ROOT, gdk_build, make_project
 
 # isort: split
-import gg_artifact as art  # tools/ is on sys.path through tests.gdk_build
+import gg_artifact as art  # tools/ is on sys.path through tests.support.gdk_build
 import gg_lock as lk
 
 PINS = art.project_pins((ROOT / "pyproject.toml").read_text())
-LOCKS = [*sorted(art.COMPONENTS), "bootstrap"]
+LOCKS = [*art.component_names(), "bootstrap"]
 THIS = lk.Target(PYTHON, "manylinux_2_28_x86_64")  # this venv's Python: whose installed metadata closure() reads
 
 
@@ -127,7 +127,7 @@ def test_a_pin_changed_without_regenerating_is_drift() -> None:
 
 
 @pytest.mark.parametrize("target", lk.TARGETS, ids=str)
-@pytest.mark.parametrize("name", sorted(art.COMPONENTS))  # bootstrap: pip and setuptools require nothing
+@pytest.mark.parametrize("name", art.component_names())  # bootstrap: pip and setuptools require nothing
 def test_lock_is_exactly_the_closure_of_the_pins(name: str, target: lk.Target) -> None:
     entries = lk.read(ROOT, name)
     roots = _top_level(name, target)

@@ -3,6 +3,7 @@
 GDK itself is not installable here (not on PyPI), but for ``build_system: custom`` it only runs the command of
 gdk-config.json in the project root, so running that command is the real build. The packaging tests
 (test_packaging.py, test_packaging_install.py) build through :func:`gdk_build` in a :func:`make_project` copy.
+What they iterate over comes from the component table (gateway/components.py) and gdk-config.json.
 """
 
 from __future__ import annotations
@@ -18,23 +19,20 @@ from typing import Any
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "tools") not in sys.path:  # the build's modules are scripts in tools/, imported by their file names
     sys.path.insert(0, str(ROOT / "tools"))
 
 import gg_artifact  # noqa: E402
 
+from gateway.components import COMPONENTS, of_kind  # noqa: E402
+
 VERSION = gg_artifact.project_version((ROOT / "pyproject.toml").read_text())
-BUNDLE = "factoryedge.Gateway"
+(BUNDLE,) = json.loads((ROOT / "gdk-config.json").read_text())["component"]  # GDK's one component: the bundle
 PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
-ENTRY_DIRS = {
-    "factoryedge.OpcUaCollector": "opcua_collector",
-    "factoryedge.ModbusCollector": "modbus_collector",
-    "factoryedge.OpcDaCollector": "opcda_collector",
-    "factoryedge.AnomalyDetector": "anomaly_detector",
-    "factoryedge.Publisher": "publisher",
-}
-COLLECTORS = ("factoryedge.OpcUaCollector", "factoryedge.ModbusCollector", "factoryedge.OpcDaCollector")
+ENTRY_DIRS = {spec.name: spec.entry for spec in COMPONENTS if spec.entry}  # those with components/<entry>/main.py
+BUILT = [spec.name for spec in COMPONENTS]  # every component with an artifact zip
+COLLECTORS = tuple(spec.name for spec in of_kind("collector"))
 
 
 def make_project(dest: Path) -> Path:
