@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devkit.peers import free_port
 from simulator.tags import PROCESS_TAGS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,14 +156,6 @@ def client_main(protocol: str, port: int, seconds: float) -> None:
 
 
 # ---------------------------------------------------------------- the bench
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _wait_line(proc: subprocess.Popen[str], prefix: str, deadline_s: float, seen: list[str]) -> None:
     cmd = " ".join(map(str, proc.args)) if isinstance(proc.args, list) else str(proc.args)
     end = time.monotonic() + deadline_s
@@ -215,7 +208,7 @@ def measure(
     With ``notify_s`` > 0, an asyncua subscription then counts notifications for that long. ``protocols`` limits
     the sweeping clients (all three endpoints serve regardless), to see what one protocol costs.
     """
-    ports = {p: _free_port() for p in PROTOCOLS}
+    ports = {p: free_port() for p in PROTOCOLS}
     server = subprocess.Popen(
         [sys.executable, "-m", "simulator", "--plant", "tep", "--speed", f"{speed:g}", "--seed", "1",
          "--status-every", "0", "--opcua-port", str(ports["opcua"]), "--modbus-port", str(ports["modbus"]),

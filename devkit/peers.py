@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -31,13 +32,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str, interval: float = 0.02) -> None:
-    """Poll ``cond`` until true or fail after ``timeout`` seconds naming ``what``."""
+def wait_for(cond: Callable[[], T], timeout: float = 10.0, what: str = "condition", interval: float = 0.02) -> T:
+    """Poll ``cond`` until it returns something truthy, and return that; fail after ``timeout`` seconds.
+
+    Args:
+        cond: checked at once, then every ``interval`` seconds.
+        timeout: seconds to wait before giving up.
+        what: what is awaited, for the error message.
+        interval: seconds between checks.
+
+    Returns:
+        The first truthy value ``cond`` returned (so a caller can wait for a line, a snapshot or a status).
+
+    Raises:
+        TimeoutError: ``cond`` stayed falsy for ``timeout`` seconds; the message names ``what``.
+    """
     deadline = time.monotonic() + timeout
-    while not cond():
+    while not (result := cond()):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+    return result
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import yaml
 
 from devkit.devrun_lifecycle import ComponentLifecycle
 from devkit.ipc_server import IpcServer
-from devkit.peers import ROOT
+from devkit.peers import ROOT, free_port
 from gateway.ipc import GreengrassIpc
 
 T = TypeVar("T")
@@ -245,17 +244,11 @@ def test_dev_run_restarts_a_component_that_reports_errored_and_breaks_it_at_the_
 # ---- a stream manager slower than the connect timeout -------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_a_slow_stream_manager_does_not_break_a_collector(socket_path: Path, tmp_path: Path) -> None:
     from devkit.stream_manager_service import StreamManagerService
 
     collector = "factoryedge.OpcUaCollector"
-    port = _free_port()
+    port = free_port()
     store = tmp_path / "data"
     config = {"store": {"kind": "stream_manager", "path": str(store), "stream_manager_port": port,
                         "connect_timeout_s": 0.5},  # a core's 60 s, scaled down: the port opens much later

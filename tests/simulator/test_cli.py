@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from devkit.peers import free_port, wait_for
 from gateway.cli.main import main as gatewayctl
 from simulator import cli
-from tests.simulator.conftest import free_port, wait_for
 
 
 def _port_open(port: int) -> bool:

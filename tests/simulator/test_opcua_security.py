@@ -15,11 +15,11 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from asyncua.ua.uaerrors import UaError, UaStatusCodeError
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from devkit.peers import free_port
 from simulator.opcua_server import NAMESPACE_URI, OpcUaConfig, OpcUaEndpoint
 from simulator.plant import SyntheticPlant
 from simulator.runtime import Simulation
 from simulator.tags import PROCESS_TAGS
-from tests.simulator.conftest import free_port
 
 BASIC256 = "http://opcfoundation.org/UA/SecurityPolicy#Basic256Sha256"
 NONE = "http://opcfoundation.org/UA/SecurityPolicy#None"

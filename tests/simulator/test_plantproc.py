@@ -9,10 +9,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from devkit.peers import wait_for
 from simulator.plant import IdvEvent, SyntheticPlant
 from simulator.plantproc import SIZE, RemoteSimulation, _Reader, _Writer
 from simulator.runtime import Simulation, Snapshot, run_clock
-from tests.simulator.conftest import wait_for
 
 
 def test_shared_memory_round_trip_keeps_every_field() -> None:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pytest
 import stream_manager as sm
 from stream_manager.data import Operation
 
+from devkit.peers import free_port, wait_for
 from gateway.errors import StreamError, StreamUnavailable
 from gateway.streams import StrategyOnFull, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
@@ -25,21 +26,6 @@ from gateway.streams.stream_manager import StreamManagerStore
 from tests.support.stream_manager import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.fixture
