@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from devkit.kinesis_peer import Kinesalite, start_kinesalite
-from devkit.peers import Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for
+from devkit.peers import Mosquitto, start_mosquitto
+from gateway.ipc_connection import SOCKET_ENV, TOKEN_ENV
+from tests.support.modbus_peer import LibModbus, Tables, compile_server
+from tests.support.opcua_peer import NodeOpcUa, start_node_opcua
+from tests.support.simulator import start_simulator
 
 
 @pytest.fixture(scope="session")
@@ -28,29 +32,6 @@ def kinesalite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kinesalite]
     peer.stop()
 
 
-def start_simulator(folder: Path, *, speed: float = 10, extra: list[str] | None = None) -> tuple[Proc, int]:
-    """The simulator's OPC UA endpoint on the synthetic plant (fast to start, no TEP compile needed)."""
-    port = free_port()
-    proc = start([sys.executable, "-m", "simulator", "--plant", "synthetic", "--endpoints", "opcua",
-                  "--opcua-port", str(port), "--speed", str(speed), "--status-every", "0", *(extra or [])],
-                 folder / "simulator.log")
-    wait_for(lambda: port_open(port) or proc.popen.poll() is not None, 60, "the simulator's OPC UA endpoint")
-    assert proc.popen.poll() is None, proc.output()
-    return proc, port
-
-
-def start_opcda_simulator(folder: Path, *, port: int | None = None, speed: float = 1,
-                          extra: list[str] | None = None) -> tuple[Proc, int]:
-    """The simulator's OPC DA endpoint (an OpenOPC gateway over Pyro4) on the synthetic plant; ``port`` to restart."""
-    port = port or free_port()
-    proc = start([sys.executable, "-m", "simulator", "--plant", "synthetic", "--endpoints", "opcda",
-                  "--opcda-port", str(port), "--speed", str(speed), "--status-every", "0", *(extra or [])],
-                 folder / "simulator-opcda.log")
-    wait_for(lambda: port_open(port) or proc.popen.poll() is not None, 60, "the simulator's OPC DA endpoint")
-    assert proc.popen.poll() is None, proc.output()
-    return proc, port
-
-
 @pytest.fixture
 def simulator(tmp_path: Path) -> Iterator[int]:
     proc, port = start_simulator(tmp_path)
@@ -59,11 +40,41 @@ def simulator(tmp_path: Path) -> Iterator[int]:
 
 
 @pytest.fixture(scope="session")
-def node_opcua_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def node_opcua_shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeOpcUa]:
     """One node-opcua peer for the OPC UA tests that only read from it (None and SignAndEncrypt, any client cert)."""
-    from tests.test_collector_opcua_peer import start_node_opcua
-
     server = start_node_opcua(tmp_path_factory.mktemp("node-opcua"), variables=20, rate=10, namespaces_before=1,
                               security="none,signandencrypt", auto_accept=True)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def libmodbus_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The libmodbus C server (tests/peers/modbus_server.c), compiled once per session."""
+    return compile_server(tmp_path_factory.mktemp("libmodbus"))
+
+
+@pytest.fixture
+def peers(libmodbus_bin: Path, tmp_path: Path) -> Iterator[Callable[..., LibModbus]]:
+    """Start libmodbus servers on tables (``peers(tables, **options)``); all are stopped after the test."""
+    started: list[LibModbus] = []
+
+    def make(tables: Tables, **kw: Any) -> LibModbus:
+        started.append(LibModbus(libmodbus_bin, tmp_path / f"srv{len(started)}", tables, **kw))
+        return started[-1]
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def ipc_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The environment of a publisher under Greengrass: the IPC socket path (returned; nothing listens yet), its
+    token and the thing name."""
+    with tempfile.TemporaryDirectory(prefix="ipc") as folder:  # Unix socket paths are limited to 107 bytes
+        sock = Path(folder) / "ipc.sock"
+        monkeypatch.setenv(SOCKET_ENV, str(sock))
+        monkeypatch.setenv(TOKEN_ENV, "token-publisher")
+        monkeypatch.setenv("AWS_IOT_THING_NAME", "line1-gw")
+        yield sock

@@ -20,8 +20,8 @@ from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.base import StrategyOnFull
 from gateway.streams.embedded import EmbeddedStore
-from tests.conftest import start_simulator
-from tests.test_cli_pipeline import Pipeline, cli, findings
+from tests.support.cli import Pipeline, cli, findings
+from tests.support.simulator import start_simulator
 
 
 @pytest.fixture

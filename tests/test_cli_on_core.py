@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from devkit.peers import ROOT, Proc, start, wait_for
-from tests.conftest import start_simulator
+from tests.support.simulator import start_simulator
 
 COLLECTOR, PUBLISHER, CLI = "factoryedge.OpcUaCollector", "factoryedge.Publisher", "factoryedge.Cli"
 USER = "factoryedge-test"

@@ -8,12 +8,11 @@ session; each test writes its tables to a file, starts the server by PID on a fr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,71 +23,17 @@ from devkit.faultproxy import FaultProxy
 from devkit.peers import free_port, port_open, start, wait_for
 from gateway.collector import Collector
 from gateway.record import Quality, Record
-from gateway.sources.modbus import ModbusSource, diagnose
+from gateway.sources.modbus import diagnose
 from gateway.sources.modbus_config import ModbusConnection
-from gateway.streams import PositionStore, RecordReader, StreamSpec
+from gateway.streams import PositionStore, RecordReader
 from gateway.streams.embedded import EmbeddedStore
-from tests.support.modbus_peer import FILE_KEYS, LibModbus, Tables, compile_server
-from tests.test_collector_modbus_codec import CASES, load_case, same
-
-
-@pytest.fixture(scope="session")
-def libmodbus_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return compile_server(tmp_path_factory.mktemp("libmodbus"))
-
-
-@pytest.fixture
-def peers(libmodbus_bin: Path, tmp_path: Path) -> Any:
-    started: list[LibModbus] = []
-
-    def make(tables: Tables, **kw: Any) -> LibModbus:
-        started.append(LibModbus(libmodbus_bin, tmp_path / f"srv{len(started)}", tables, **kw))
-        return started[-1]
-
-    yield make
-    for s in started:
-        s.stop()
-
-
-def conn(port: int, units: list[dict[str, Any]], **kw: Any) -> ModbusConnection:
-    settings = {"name": "plc", "host": "127.0.0.1", "port": port, "scan_interval_s": 0.05, "timeout_s": 0.5,
-                "reconnect_min_s": 0.05, "reconnect_max_s": 0.2, "flush_interval_s": 0.05, **kw}
-    return ModbusConnection(units=units, **settings)
-
-
-async def until(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    """Poll ``cond`` on the event loop until true; fail after ``timeout`` naming ``what``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-@contextlib.asynccontextmanager
-async def collecting(tmp: Path, conns: list[ModbusConnection]) -> AsyncIterator[Collector]:
-    collector = Collector("test", EmbeddedStore(tmp / "store"), StreamSpec(name="modbus"), ModbusSource)
-    stop = asyncio.Event()
-    task = asyncio.create_task(collector.run(conns, stop))
-    try:
-        await until(lambda: len(collector.connections) == len(conns) or task.done(), "the connections to start")
-        yield collector
-    finally:
-        stop.set()
-        await task
-
-
-def records(tmp: Path) -> list[Record]:
-    reader = RecordReader(EmbeddedStore(tmp / "store"), "modbus", "t", PositionStore(tmp / "pos"))
-    return reader.poll(max_messages=1_000_000, timeout_s=0).records
+from tests.support.modbus import collecting, conn, counters, records, until
+from tests.support.modbus_cases import CASES, load_case, same
+from tests.support.modbus_peer import FILE_KEYS, Tables
 
 
 def last_by_tag(recs: list[Record], source: str | None = None) -> dict[str, Record]:
     return {r.tag: r for r in recs if source is None or r.source == source}
-
-
-def counters(c: Collector, name: str = "plc") -> Any:
-    return c.connections[name].counters
 
 
 def assert_nothing_dropped(c: Collector, tmp: Path) -> None:

@@ -1,21 +1,16 @@
 """Modbus decoding and register-map validation without a server: case folders and static config mistakes.
 
-Each folder in tests/cases/modbus holds ``map.yaml`` (the connection's register map), ``registers.json`` (raw table
-contents per unit id: ``{"1": {"holding_registers": {"0": [..]}, "coils": ...}}``) and ``expected.json``
-(``values`` per tag; NaN for a value that must go BAD; optional ``requests``: reads per scan; optional
-``order_hint``: the order diagnostics must propose for a tag read in the wrong order).
+The case folders (tests/cases/modbus) and what each file in them holds: tests/support/modbus_cases.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from gateway.componentconfig import ModbusCollectorConfig
 from gateway.config import validate
@@ -23,14 +18,9 @@ from gateway.errors import ConfigError
 from gateway.record import Value
 from gateway.sources.modbus_codec import ORDERS, Decoder, decode_value, plausible
 from gateway.sources.modbus_config import ModbusConnection
+from tests.support.modbus_cases import CASES, load_case, same
 
-CASES = Path(__file__).parent / "cases" / "modbus"
 TABLE_KEYS = {1: "coils", 2: "discrete_inputs", 3: "holding_registers", 4: "input_registers"}
-
-
-def load_case(folder: Path) -> tuple[ModbusConnection, dict[str, Any], dict[str, Any]]:
-    conn = ModbusConnection(name=folder.name, host="127.0.0.1", **yaml.safe_load((folder / "map.yaml").read_text()))
-    return conn, json.loads((folder / "registers.json").read_text()), json.loads((folder / "expected.json").read_text())
 
 
 def table(registers: dict[str, Any], unit: int, fc: int) -> dict[int, int]:
@@ -39,14 +29,6 @@ def table(registers: dict[str, Any], unit: int, fc: int) -> dict[int, int]:
         for i, v in enumerate(values):
             out[int(start) + i] = int(v)
     return out
-
-
-def same(got: Value, want: Any) -> bool:
-    if isinstance(want, float) and math.isnan(want):
-        return isinstance(got, float) and math.isnan(got)
-    if isinstance(want, float) or isinstance(got, float):
-        return isinstance(got, int | float) and not isinstance(got, bool) and math.isclose(got, want, rel_tol=1e-12)
-    return type(got) is type(want) and got == want
 
 
 def decode_case(conn: ModbusConnection, registers: dict[str, Any]) -> dict[str, Value]:

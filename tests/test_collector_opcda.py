@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,21 +16,14 @@ import pytest
 
 from devkit.faultproxy import FaultProxy
 from devkit.peers import Proc, free_port, wait_for
-from gateway.collector import Collector
 from gateway.componentconfig import OpcDaCollectorConfig
 from gateway.config import validate
 from gateway.errors import ConfigError
 from gateway.record import Quality, Record
-from gateway.sources.opcda import OpcDaSource, diagnose, parse_timestamp, quality_of
-from gateway.sources.opcda_config import OpcDaConnection
-from gateway.streams import PositionStore, RecordReader, StreamSpec
-from gateway.streams.embedded import EmbeddedStore
-from tests.conftest import start_opcda_simulator
+from gateway.sources.opcda import diagnose, parse_timestamp, quality_of
+from tests.support.opcda import PLAIN, SERVER, Run, opcda_conn
+from tests.support.simulator import start_opcda_simulator
 
-SERVER = "FactoryEdge.TEP.1"
-FAST = {"scan_interval_s": 0.05, "reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "timeout_s": 1.0,
-        "connect_timeout_s": 1.0}
-PLAIN = {"allow_plaintext": True}  # the simulator's endpoint without --opcda-tls-dir has no TLS
 # Connections a test asserts never reconnected: a loaded CI machine may stall the simulator past FAST's 1 s.
 STEADY = {"timeout_s": 10.0, "connect_timeout_s": 10.0}
 
@@ -43,53 +36,11 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     proc.stop()
 
 
-def _conn(port: int, **kw: Any) -> OpcDaConnection:
-    return OpcDaConnection(**{"name": "da", "host": "127.0.0.1", "port": port, "server": SERVER, **FAST, **PLAIN,
-                              **kw})
-
-
-class Run:
-    """A collector running in this process's event loop; ``until`` waits on its counters with a deadline."""
-
-    def __init__(self, tmp: Path, conns: list[OpcDaConnection]) -> None:
-        self.tmp = tmp
-        self.collector = Collector("test", EmbeddedStore(tmp / "store"), StreamSpec(name="opcda"), OpcDaSource)
-        self.stop = asyncio.Event()
-        self.task = asyncio.create_task(self.collector.run(conns, self.stop))
-
-    def counters(self, name: str = "da") -> Any:
-        conn = self.collector.connections.get(name)
-        return conn.counters if conn else None
-
-    async def until(self, cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while not cond():
-            assert loop.time() < deadline, f"timed out waiting for {what}: {self.collector.status()}"
-            assert not self.task.done(), self.task.exception()
-            await asyncio.sleep(0.02)
-
-    async def written(self, n: int, name: str = "da") -> None:
-        await self.until(lambda: (c := self.counters(name)) is not None and c.values_written >= n, f"{n} written")
-
-    async def more(self, n: int, name: str = "da") -> None:
-        """Wait until connection ``name`` is connected and wrote ``n`` more values than now."""
-        start = self.counters(name).values_written
-        await self.until(lambda: self.counters(name).connected and self.counters(name).values_written >= start + n,
-                         f"{n} more values from {name}")
-
-    async def finish(self) -> list[Record]:
-        self.stop.set()
-        await self.task
-        reader = RecordReader(EmbeddedStore(self.tmp / "store"), "opcda", "t", PositionStore(self.tmp / "pos"))
-        return reader.poll(max_messages=100_000, timeout_s=0).records
-
-
 def test_values_qualities_timestamps_and_mapping(tmp_path: Path, gateway: int,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "gateway.sources.opcda")
-    conn = _conn(gateway, items=["Reactor.Pressure"], browse=["Separator.*"],
-                 tag_map={"Reactor.Pressure": "/site/area1/tep/reactor/pressure"}, tag_prefix="tep/")
+    conn = opcda_conn(gateway, items=["Reactor.Pressure"], browse=["Separator.*"],
+                      tag_map={"Reactor.Pressure": "/site/area1/tep/reactor/pressure"}, tag_prefix="tep/")
     Pyro4.config.COMMTIMEOUT = 10
     direct = OpenOPC.open_client("127.0.0.1", gateway)
     direct.connect(SERVER)
@@ -125,8 +76,9 @@ def test_values_qualities_timestamps_and_mapping(tmp_path: Path, gateway: int,
 def test_unknown_items_go_bad_alone_and_the_rest_flows(tmp_path: Path, gateway: int,
                                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "gateway.sources.opcda")
-    conn = _conn(gateway, name="unknown", items=["Reactor.Pressure", "Reactor.NoSuchItem", "Reactor.Temperature"],
-                 deadband={"heartbeat_s": 0.01}, **STEADY)
+    conn = opcda_conn(gateway, name="unknown",
+                      items=["Reactor.Pressure", "Reactor.NoSuchItem", "Reactor.Temperature"],
+                      deadband={"heartbeat_s": 0.01}, **STEADY)
 
     async def body() -> tuple[list[Record], dict[str, Any]]:
         run = Run(tmp_path, [conn])
@@ -147,8 +99,9 @@ def test_legacy_timestamps_and_host_rewrite_through_a_cut_network(tmp_path: Path
     proc, port = start_opcda_simulator(tmp_path, extra=["--opcda-time-format", "legacy",
                                                         "--opcda-report-host", "0.0.0.0"])
     proxy = FaultProxy(port).start()
-    cut = _conn(proxy.port, name="cut", items=["Reactor.Pressure", "Reactor.Level"], deadband={"heartbeat_s": 0.01})
-    direct = _conn(port, name="direct", items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01}, **STEADY)
+    cut = opcda_conn(proxy.port, name="cut", items=["Reactor.Pressure", "Reactor.Level"],
+                     deadband={"heartbeat_s": 0.01})
+    direct = opcda_conn(port, name="direct", items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01}, **STEADY)
 
     async def body() -> tuple[list[Record], dict[str, Any]]:
         run = Run(tmp_path, [cut, direct])
@@ -180,7 +133,7 @@ def test_legacy_timestamps_and_host_rewrite_through_a_cut_network(tmp_path: Path
 def test_gateway_restart_gets_a_new_client_and_data_resumes(tmp_path: Path) -> None:
     port = free_port()
     procs: list[Proc] = [start_opcda_simulator(tmp_path / "first", port=port)[0]]
-    conn = _conn(port, items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01})
+    conn = opcda_conn(port, items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01})
 
     async def body() -> list[Record]:
         run = Run(tmp_path, [conn])
@@ -208,8 +161,8 @@ def test_mutual_tls_and_the_plain_link_warning(tmp_path: Path, caplog: pytest.Lo
     certs = tmp_path / "certs"
     proc, port = start_opcda_simulator(tmp_path, extra=["--opcda-tls-dir", str(certs)])
     tls = {"ca_file": certs / "ca.pem", "cert_file": certs / "client.pem", "key_file": certs / "client.key"}
-    secure = _conn(port, name="secure", items=["Reactor.Pressure"], tls=tls)
-    plain = _conn(port, name="plain", items=["Reactor.Pressure"])
+    secure = opcda_conn(port, name="secure", items=["Reactor.Pressure"], tls=tls)
+    plain = opcda_conn(port, name="plain", items=["Reactor.Pressure"])
 
     async def body() -> dict[str, Any]:
         run = Run(tmp_path, [secure, plain])
@@ -234,8 +187,8 @@ def test_mutual_tls_and_the_plain_link_warning(tmp_path: Path, caplog: pytest.Lo
 
 
 def test_changed_connection_restarts_alone(tmp_path: Path, gateway: int) -> None:
-    a = _conn(gateway, name="a", items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01})
-    b = _conn(gateway, name="b", items=["Reactor.Temperature"], deadband={"heartbeat_s": 0.01}, **STEADY)
+    a = opcda_conn(gateway, name="a", items=["Reactor.Pressure"], deadband={"heartbeat_s": 0.01})
+    b = opcda_conn(gateway, name="b", items=["Reactor.Temperature"], deadband={"heartbeat_s": 0.01}, **STEADY)
 
     async def body() -> list[Record]:
         run = Run(tmp_path, [a, b])
@@ -261,7 +214,7 @@ def test_changed_connection_restarts_alone(tmp_path: Path, gateway: int) -> None
 
 
 def test_a_server_the_gateway_cannot_open_is_retried_without_leaking_clients(tmp_path: Path, gateway: int) -> None:
-    conn = _conn(gateway, name="wrong", server="Matrikon.OPC.Simulation.1", items=["Random.Real8"])
+    conn = opcda_conn(gateway, name="wrong", server="Matrikon.OPC.Simulation.1", items=["Random.Real8"])
 
     async def body() -> tuple[dict[str, Any], list[Any]]:
         run = Run(tmp_path, [conn])
@@ -277,19 +230,19 @@ def test_a_server_the_gateway_cannot_open_is_retried_without_leaking_clients(tmp
 
 
 def test_diagnose_names_unknown_items_and_an_unreachable_gateway(gateway: int) -> None:
-    findings = asyncio.run(diagnose(_conn(gateway, items=["Reactor.Pressure", "Reactor.NoSuchItem"]), 5))
+    findings = asyncio.run(diagnose(opcda_conn(gateway, items=["Reactor.Pressure", "Reactor.NoSuchItem"]), 5))
     verdicts = {f.check: f for f in findings}
     assert verdicts["opcda gateway reachable"].ok and verdicts["opcda pyro ping"].ok
     assert verdicts["opcda tls"].ok is None and "PYRO_SSL" in verdicts["opcda tls"].fix
     assert verdicts["opcda server"].ok and verdicts["opcda first read"].ok
     unknown = verdicts["opcda unknown items"]
     assert unknown.ok is False and "Reactor.NoSuchItem" in unknown.detail
-    wrong_server = asyncio.run(diagnose(_conn(gateway, items=["X"], server="Matrikon.OPC.Simulation.1"), 5))
+    wrong_server = asyncio.run(diagnose(opcda_conn(gateway, items=["X"], server="Matrikon.OPC.Simulation.1"), 5))
     assert wrong_server[-1].ok is False and SERVER in wrong_server[-1].detail  # the offered servers are named
-    no_match = {f.check: f for f in asyncio.run(diagnose(_conn(gateway, browse=["Nothing.*"]), 5))}
+    no_match = {f.check: f for f in asyncio.run(diagnose(opcda_conn(gateway, browse=["Nothing.*"]), 5))}
     assert no_match["opcda server"].ok and no_match["opcda first read"].ok is False
     assert "Nothing.*" in no_match["opcda first read"].detail
-    down = asyncio.run(diagnose(_conn(free_port(), items=["X"]), 2))
+    down = asyncio.run(diagnose(opcda_conn(free_port(), items=["X"]), 2))
     assert len(down) == 1 and down[0].ok is False and "OpenOPC Gateway Service" in down[0].fix
 
 
@@ -331,9 +284,9 @@ def test_hmac_key_of_the_gateway(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     key_file = tmp_path / "hmac.key"
     key_file.write_text(secret + "\n")
     proc, port = start_opcda_simulator(tmp_path, extra=["--opcda-hmac-key-file", str(key_file)])
-    signed = _conn(port, name="signed", items=["Reactor.Pressure"], hmac_key=secret, **STEADY)
-    wrong = _conn(port, name="wrong", items=["Reactor.Pressure"], hmac_key="not-the-key")
-    unsigned = _conn(port, name="unsigned", items=["Reactor.Pressure"])
+    signed = opcda_conn(port, name="signed", items=["Reactor.Pressure"], hmac_key=secret, **STEADY)
+    wrong = opcda_conn(port, name="wrong", items=["Reactor.Pressure"], hmac_key="not-the-key")
+    unsigned = opcda_conn(port, name="unsigned", items=["Reactor.Pressure"])
 
     async def body() -> dict[str, Any]:
         run = Run(tmp_path, [signed, wrong, unsigned])

@@ -10,7 +10,7 @@ import pytest
 from devkit.faultproxy import FaultProxy
 from devkit.peers import free_port
 from gateway.cli.main import main
-from tests.conftest import start_opcda_simulator
+from tests.support.simulator import start_opcda_simulator
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from gateway.cli.main import main as gatewayctl
 from gateway.diagnostics import Finding
 from gateway.sources.opcua import diagnose
 from gateway.sources.opcua_security import load_der, trust
-from tests.conftest import start_simulator
-from tests.test_collector_opcua_peer import NodeOpcUa, conn
+from tests.support.opcua_peer import NodeOpcUa, conn
+from tests.support.simulator import start_simulator
 
 
 @pytest.fixture

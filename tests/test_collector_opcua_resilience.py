@@ -10,7 +10,7 @@ from pathlib import Path
 
 from devkit.faultproxy import FaultProxy
 from gateway.record import Quality
-from tests.test_collector_opcua_peer import conn, records, running, start_node_opcua, until
+from tests.support.opcua_peer import conn, records, running, start_node_opcua, until
 
 
 def test_server_restart_renumbers_namespaces_and_data_resumes(tmp_path: Path) -> None:

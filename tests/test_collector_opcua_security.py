@@ -34,7 +34,7 @@ from gateway.sources.opcua_security import (
     load_der,
     trust,
 )
-from tests.test_collector_opcua_peer import NodeOpcUa, collect, conn, records, require_node, written
+from tests.support.opcua_peer import NodeOpcUa, collect, conn, records, require_node, written
 
 PASSWORD = "s3cret-Pw-9f2"
 

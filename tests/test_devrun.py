@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from devkit.peers import ROOT, Mosquitto, Proc, start, wait_for
 from gateway.componentconfig import PublisherConfig
 from gateway.revision import revision_of
-from tests.conftest import start_simulator
+from tests.support.simulator import start_simulator
 
 COLLECTOR, PUBLISHER, ANOMALY = "factoryedge.OpcUaCollector", "factoryedge.Publisher", "factoryedge.AnomalyDetector"
 TAGS = ["Reactor/Pressure", "Reactor/Temperature"]

@@ -22,8 +22,7 @@ from gateway.destinations.iotcore import IotCoreConfig, IotCoreDestination
 from gateway.publisher import Publisher
 from gateway.streams import PositionStore
 from gateway.streams.embedded import EmbeddedStore
-from tests.test_publisher import _fill, _publisher
-from tests.test_publisher_iotcore import PUBLISHER, ipc_env  # noqa: F401 - the fixture is used by name
+from tests.support.publisher import PUBLISHER, fill_values, make_publisher
 
 ROUTE = Route(streams=["values"])
 NUCLEUS = "aws.greengrass.Nucleus"
@@ -57,9 +56,9 @@ async def _started(pub: Publisher) -> tuple[asyncio.Event, asyncio.Task[None]]:
     return stop, asyncio.create_task(pub.run(stop))
 
 
-def test_memory_spool_restart_while_offline_loses_no_record(tmp_path: Path, ipc_env: Path) -> None:  # noqa: F811
+def test_memory_spool_restart_while_offline_loses_no_record(tmp_path: Path, ipc_env: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    records = _fill(store, 400)  # ~100 KB of messages: all of it fits the 2.5 MB spool
+    records = fill_values(store, 400)  # ~100 KB of messages: all of it fits the 2.5 MB spool
 
     async def body() -> None:
         spool = NucleusSpool(lambda *a: None, online=False)  # the site link is down: nothing drains
@@ -67,7 +66,7 @@ def test_memory_spool_restart_while_offline_loses_no_record(tmp_path: Path, ipc_
         await server.start()
         try:
             cfg = _destination()
-            pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
+            pub = make_publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
             stop, task = await _started(pub)
             await _until("every record handed to the spooler", lambda: len(_spooled_ids(spool)) == 400, task)
             # A nucleus restart stops every component, then the nucleus starts again with an empty memory spool.
@@ -76,7 +75,7 @@ def test_memory_spool_restart_while_offline_loses_no_record(tmp_path: Path, ipc_
             server.restart_nucleus()
             assert spool.queued == 0
             spool.set_online(True)
-            pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
+            pub = make_publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
             stop, task = await _started(pub)
             try:
                 await _until("every record at IoT Core after the restart",
@@ -90,17 +89,17 @@ def test_memory_spool_restart_while_offline_loses_no_record(tmp_path: Path, ipc_
     asyncio.run(body())
 
 
-def test_restart_under_a_running_publisher_resends_what_the_spool_lost(tmp_path: Path, ipc_env: Path) -> None:  # noqa: F811
+def test_restart_under_a_running_publisher_resends_what_the_spool_lost(tmp_path: Path, ipc_env: Path) -> None:
     """The nucleus restarts but the publisher process survives it (its IPC connection dropped)."""
     store = EmbeddedStore(tmp_path / "store")
-    records = _fill(store, 300)
+    records = fill_values(store, 300)
 
     async def body() -> None:
         spool = NucleusSpool(lambda *a: None, online=False)
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, spool=spool)
         await server.start()
         cfg = _destination()
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
+        pub = make_publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         stop, task = await _started(pub)
         try:
             await _until("every record handed to the spooler", lambda: len(_spooled_ids(spool)) == 300, task)
@@ -117,19 +116,19 @@ def test_restart_under_a_running_publisher_resends_what_the_spool_lost(tmp_path:
 
 
 def test_a_restart_the_connection_survives_by_itself_still_resends(
-    tmp_path: Path, ipc_env: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+    tmp_path: Path, ipc_env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """GreengrassIpc connects again on its own when the nucleus drops it: no publish fails, nothing new is written,
     yet the memory spool is gone; the destination must learn of the reconnection and read again (a race before)."""
     store = EmbeddedStore(tmp_path / "store")
-    records = _fill(store, 300)
+    records = fill_values(store, 300)
 
     async def body() -> None:
         spool = NucleusSpool(lambda *a: None, online=False)
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, spool=spool)
         await server.start()
         cfg = _destination()
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
+        pub = make_publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         stop, task = await _started(pub)
         try:
             await _until("every record handed to the spooler", lambda: len(_spooled_ids(spool)) == 300, task)
@@ -154,17 +153,17 @@ def _fill_more(store: EmbeddedStore, n: int) -> None:
     RecordWriter(store, "values").write([make_record("plc", "line/more", float(i), seq=10_000 + i) for i in range(n)])
 
 
-def test_a_full_spool_holds_the_publisher_without_loss(tmp_path: Path, ipc_env: Path) -> None:  # noqa: F811
+def test_a_full_spool_holds_the_publisher_without_loss(tmp_path: Path, ipc_env: Path) -> None:
     """Offline long enough to fill the spool: "Message spool is full" is retried, nothing is skipped."""
     store = EmbeddedStore(tmp_path / "store")
-    records = _fill(store, 600)
+    records = fill_values(store, 600)
 
     async def body() -> None:
         spool = NucleusSpool(lambda *a: None, online=False, max_bytes=40_000)
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, spool=spool)
         await server.start()
         cfg = _destination(spool_bytes=40_000)
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
+        pub = make_publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         stop, task = await _started(pub)
         try:
             await _until("the spool full", lambda: SPOOL_FULL in pub.counters["iot"].last_error, task)
@@ -180,9 +179,9 @@ def test_a_full_spool_holds_the_publisher_without_loss(tmp_path: Path, ipc_env: 
     asyncio.run(body())
 
 
-def test_disk_spooler_commits_on_acceptance_and_survives_restart(tmp_path: Path, ipc_env: Path) -> None:  # noqa: F811
+def test_disk_spooler_commits_on_acceptance_and_survives_restart(tmp_path: Path, ipc_env: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    records = _fill(store, 300)
+    records = fill_values(store, 300)
 
     async def body() -> None:
         spool = NucleusSpool(lambda *a: None, online=False, storage="Disk", path=tmp_path / "spool.jsonl")
@@ -190,7 +189,7 @@ def test_disk_spooler_commits_on_acceptance_and_survives_restart(tmp_path: Path,
         server.set_configuration(NUCLEUS, {"mqtt": {"spooler": {"storageType": "Disk"}}})
         await server.start()
         cfg = _destination(spooler="disk")
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
+        pub = make_publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         stop, task = await _started(pub)
         try:
             end = store.describe("values").next_seq
@@ -212,10 +211,10 @@ def test_disk_spooler_commits_on_acceptance_and_survives_restart(tmp_path: Path,
 
 @pytest.mark.parametrize("nucleus", [{"mqtt": {"spooler": {"storageType": "Memory"}}}, None])
 def test_disk_asked_but_the_nucleus_spools_in_memory_keeps_the_window(
-        tmp_path: Path, ipc_env: Path, nucleus: dict[str, Any] | None,  # noqa: F811
+        tmp_path: Path, ipc_env: Path, nucleus: dict[str, Any] | None,
         caplog: pytest.LogCaptureFixture) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    _fill(store, 200)
+    fill_values(store, 200)
 
     async def body() -> None:
         spool = NucleusSpool(lambda *a: None, online=False)
@@ -224,7 +223,7 @@ def test_disk_asked_but_the_nucleus_spools_in_memory_keeps_the_window(
             server.set_configuration(NUCLEUS, nucleus)
         await server.start()
         cfg = _destination(spooler="disk")
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
+        pub = make_publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         stop, task = await _started(pub)
         try:
             await _until("every record handed to the spooler", lambda: len(_spooled_ids(spool)) == 200, task)

@@ -10,18 +10,15 @@ from typing import Any
 
 from devkit.faultproxy import FaultProxy
 from gateway.record import Quality, Record
-from tests.conftest import start_opcda_simulator
-from tests.test_collector_modbus import collecting, counters, libmodbus_bin, peers, until
-from tests.test_collector_modbus import conn as modbus_conn
-from tests.test_collector_modbus import records as modbus_records
-from tests.test_collector_opcda import Run
-from tests.test_collector_opcda import _conn as opcda_conn
-from tests.test_collector_opcua_peer import conn as opcua_conn
-from tests.test_collector_opcua_peer import records as opcua_records
-from tests.test_collector_opcua_peer import running, start_node_opcua
-from tests.test_collector_opcua_peer import until as opcua_until
-
-__all__ = ["libmodbus_bin", "peers"]  # fixtures used by name
+from tests.support.modbus import collecting, counters, until
+from tests.support.modbus import conn as modbus_conn
+from tests.support.modbus import records as modbus_records
+from tests.support.opcda import Run, opcda_conn
+from tests.support.opcua_peer import conn as opcua_conn
+from tests.support.opcua_peer import records as opcua_records
+from tests.support.opcua_peer import running, start_node_opcua
+from tests.support.opcua_peer import until as opcua_until
+from tests.support.simulator import start_opcda_simulator
 
 
 def assert_one_bad_with_last_value_then_good(records: list[Record], tags: set[str]) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.gdk_build import PYTHON, ROOT, gdk_build, make_project, members, recipe_of, zip_of
-from tests.security.test_lock import lock_line, wheel
+from tests.support.wheels import lock_line, wheel
 
 # isort: split
 import gg_lock  # tools/ is on sys.path through tests.support.gdk_build

@@ -35,8 +35,8 @@ from gateway.runtime import Context
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordWriter, StreamSpec, open_store
 from gateway.streams.embedded import EmbeddedStore
-from tests.anomaly.conftest import NS, T0, group, records, synthetic
-from tests.test_publisher import _fill, _lines
+from tests.support.anomaly import NS, T0, group, records, synthetic
+from tests.support.publisher import fill_values, read_jsonl
 
 ROUTE = Route(streams=["values"])
 STATUS = "factoryedge.Publisher.json"
@@ -127,7 +127,7 @@ def test_publisher_survives_a_full_disk_and_resumes_when_space_returns(
     tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = EmbeddedStore(tmp_path / "store")  # the data is elsewhere; positions and status are on the full disk
-    records = _fill(store, 500)
+    records = fill_values(store, 500)
     positions = PositionStore(small_disk / "positions")
     (small_disk / "status").mkdir()
     out = tmp_path / "out.jsonl"
@@ -141,10 +141,10 @@ def test_publisher_survives_a_full_disk_and_resumes_when_space_returns(
         stop = asyncio.Event()
         task = asyncio.create_task(pub.run(stop))
         await _until(pub, stop, lambda: "No space left" in pub.counters["f"].last_error)
-        assert len(_lines(out)) == 100  # the first batch went out; nothing more until its position is recorded
+        assert len(read_jsonl(out)) == 100  # the first batch went out; nothing more until its position is recorded
         freed_ns = time.time_ns()
         filler.unlink()
-        await _until(pub, stop, lambda: len(_lines(out)) >= 500
+        await _until(pub, stop, lambda: len(read_jsonl(out)) >= 500
                      and positions.get("f", "values") == store.describe("values").next_seq)
         status_path = small_disk / "status" / STATUS
         await _until(pub, stop, lambda: status_path.exists()
@@ -156,7 +156,7 @@ def test_publisher_survives_a_full_disk_and_resumes_when_space_returns(
 
     with caplog.at_level(logging.INFO):
         asyncio.run(scenario())
-    ids = [line["id"] for line in _lines(out)]
+    ids = [line["id"] for line in read_jsonl(out)]
     assert ids == [r.id for r in records]  # nothing lost, nothing twice
     assert pub.counters["f"].last_error == ""
     assert len(_messages(caplog, "cannot record its position")) == 1
@@ -167,7 +167,7 @@ def test_corrupt_position_file_fails_that_pump_alone_visibly_and_it_recovers(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    records = _fill(store, 300)
+    records = fill_values(store, 300)
     positions = PositionStore(tmp_path / "positions")
     bad_pos = tmp_path / "positions" / "a" / "values.pos"
     bad_pos.parent.mkdir(parents=True)
@@ -184,22 +184,22 @@ def test_corrupt_position_file_fails_that_pump_alone_visibly_and_it_recovers(
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(pub.run(stop))
-        await _until(pub, stop, lambda: len(_lines(tmp_path / "b.jsonl")) >= 300
+        await _until(pub, stop, lambda: len(read_jsonl(tmp_path / "b.jsonl")) >= 300
                      and "corrupt" in shown().get("last_error", "") and shown().get("restarts", 0) >= 2)
-        assert _lines(tmp_path / "a.jsonl") == []
+        assert read_jsonl(tmp_path / "a.jsonl") == []
         assert gatewayctl(["--store", str(tmp_path / "store"), "status"]) in (0, 1)
         screen = capsys.readouterr().out
         rows = screen.split("DESTINATION")[1].splitlines()
         assert any(line.startswith("a ") and "reader position file" in line for line in rows), screen
         assert any("is corrupt" in line and "Fix: delete the file" in line for line in rows), screen
         bad_pos.unlink()  # the fix the error names: the pump restarts by itself and delivers
-        await _until(pub, stop, lambda: len(_lines(tmp_path / "a.jsonl")) >= 300)
+        await _until(pub, stop, lambda: len(read_jsonl(tmp_path / "a.jsonl")) >= 300)
         stop.set()
         await task
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(scenario())
-    assert [r["id"] for r in _lines(tmp_path / "a.jsonl")] == [r.id for r in records]
+    assert [r["id"] for r in read_jsonl(tmp_path / "a.jsonl")] == [r.id for r in records]
     assert len(_messages(caplog, "corrupt")) == 1  # restarted several times, logged once
 
 
@@ -222,7 +222,7 @@ class _BrokenStart:
 
 def test_a_destination_that_cannot_start_is_isolated(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    _fill(store, 200)
+    fill_values(store, 200)
     ok = FileConfig(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
     broken_cfg = FileConfig(name="broken", route=ROUTE, retry_min_s=0.05, retry_max_s=0.1)
     broken = _BrokenStart()
@@ -241,7 +241,7 @@ def test_a_destination_that_cannot_start_is_isolated(tmp_path: Path, caplog: pyt
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(pub.run(stop))
-        await _until(pub, stop, lambda: len(_lines(tmp_path / "ok.jsonl")) >= 200 and broken.starts >= 3
+        await _until(pub, stop, lambda: len(read_jsonl(tmp_path / "ok.jsonl")) >= 200 and broken.starts >= 3
                      and "missing-ca.pem" in pub.counters["m"].last_error)
         stop.set()
         await task

@@ -30,7 +30,7 @@ from gateway.publisher import Publisher
 from gateway.record import Record, make_record
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec, open_store
 from gateway.streams.embedded import EmbeddedStore
-from tests.anomaly.conftest import NS, T0, TAGS, group
+from tests.support.anomaly import NS, T0, TAGS, group
 
 CORPUS = sorted((ROOT / "tests" / "cases" / "poison").glob("*.bin"))
 STREAM = "factoryedge-opcua"

@@ -13,57 +13,23 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from devkit.peers import Mosquitto, free_port
-from gateway.destinations.base import DestinationConfigBase, Route, SendResult
+from gateway.destinations.base import Route, SendResult
 from gateway.destinations.file import FileConfig, FileDestination
 from gateway.destinations.mqtt import MqttConfig, MqttDestination, MqttTls
 from gateway.errors import DestinationError
-from gateway.publisher import Publisher
-from gateway.record import Record, make_record
-from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec
+from gateway.record import Record
+from gateway.streams import PositionStore, RecordReader
 from gateway.streams.embedded import EmbeddedStore
-
-ROUTE = Route(streams=["values"])
-
-
-def _fill(store: EmbeddedStore, n: int, *, per_batch: int = 50, tag: str = "line/temp") -> list[Record]:
-    store.create_stream(StreamSpec(name="values"))
-    writer = RecordWriter(store, "values")
-    records = [make_record("plc", f"{tag}{i % 7}", float(i), seq=i, source_ts_ns=1_700_000_000_000_000_000 + i)
-               for i in range(n)]
-    for start in range(0, n, per_batch):
-        writer.write(records[start : start + per_batch])
-    return records
-
-
-async def _run_until(publisher: Publisher, done: Any, timeout: float = 30) -> None:
-    stop = asyncio.Event()
-    task = asyncio.create_task(publisher.run(stop))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not done():
-        assert loop.time() < deadline, "publisher did not deliver in time"
-        assert not task.done(), task.exception()
-        await asyncio.sleep(0.05)
-    stop.set()
-    await task
-
-
-def _publisher(store: EmbeddedStore, tmp: Path, sinks: dict[str, tuple[DestinationConfigBase, Any]]) -> Publisher:
-    return Publisher(store, PositionStore(tmp / "positions"), sinks, dead_letter_stream="dlq",
-                     metrics_stream="metrics", status_dir=tmp / "status", status_interval_s=0.2)
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+from tests.support.publisher import ROUTE, fill_values, make_publisher, read_jsonl, run_until
 
 
 def test_file_destination_delivers_everything_once_and_commits(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    records = _fill(store, 1000)
+    records = fill_values(store, 1000)
     cfg = FileConfig(name="f", path=str(tmp_path / "out.jsonl"), route=ROUTE)
-    pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
-    asyncio.run(_run_until(pub, lambda: len(_lines(tmp_path / "out.jsonl")) >= 1000))
-    got = _lines(tmp_path / "out.jsonl")
+    pub = make_publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
+    asyncio.run(run_until(pub, lambda: len(read_jsonl(tmp_path / "out.jsonl")) >= 1000))
+    got = read_jsonl(tmp_path / "out.jsonl")
     assert [g["id"] for g in got] == [r.id for r in records]
     assert got[0]["quality"] == "GOOD" and got[0]["sourceTs"] == "2023-11-14T22:13:20.000000000Z"
     assert PositionStore(tmp_path / "positions").get("f", "values") == store.describe("values").next_seq
@@ -90,13 +56,13 @@ def test_mqtt_with_mutual_tls_delivers_batched_records(tmp_path: Path, mosquitto
     sub = _subscriber(mosquitto, received, threading.Event())
     try:
         store = EmbeddedStore(tmp_path / "store")
-        records = _fill(store, 3000)
+        records = fill_values(store, 3000)
         tls = MqttTls(ca_file=str(mosquitto.pki.ca), cert_file=str(mosquitto.pki.client_cert),
                       key_file=str(mosquitto.pki.client_key))
         cfg = MqttConfig(name="m", host="127.0.0.1", port=mosquitto.tls_port, tls=tls, route=ROUTE,
                               client_id="pub-mtls", max_message_bytes=16 * 1024)
-        pub = _publisher(store, tmp_path, {"m": (cfg, MqttDestination(cfg))})
-        asyncio.run(_run_until(pub, lambda: len(received) >= 3000))
+        pub = make_publisher(store, tmp_path, {"m": (cfg, MqttDestination(cfg))})
+        asyncio.run(run_until(pub, lambda: len(received) >= 3000))
         assert sorted(r["id"] for r in received) == sorted(r.id for r in records)
         assert pub.counters["m"].records_sent == 3000
     finally:
@@ -118,11 +84,12 @@ def test_broker_refuses_a_client_without_certificate(mosquitto: Mosquitto) -> No
 
 def test_dead_destination_does_not_hold_back_the_file(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    _fill(store, 500)
+    fill_values(store, 500)
     dead = MqttConfig(name="dead", host="127.0.0.1", port=free_port(), route=ROUTE, retry_min_s=0.05)
     ok = FileConfig(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
-    pub = _publisher(store, tmp_path, {"dead": (dead, MqttDestination(dead)), "ok": (ok, FileDestination(ok))})
-    asyncio.run(_run_until(pub, lambda: len(_lines(tmp_path / "ok.jsonl")) >= 500 and pub.counters["dead"].send_retries > 2))
+    pub = make_publisher(store, tmp_path, {"dead": (dead, MqttDestination(dead)), "ok": (ok, FileDestination(ok))})
+    asyncio.run(run_until(pub, lambda: len(read_jsonl(tmp_path / "ok.jsonl")) >= 500
+                          and pub.counters["dead"].send_retries > 2))
     assert pub.counters["dead"].records_sent == 0
     assert "not connected" in pub.counters["dead"].last_error
     assert PositionStore(tmp_path / "positions").get("dead", "values") is None  # nothing committed: all buffered
@@ -149,11 +116,11 @@ class _PoisonSink:
 
 def test_poison_record_is_dead_lettered_alone(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    _fill(store, 200, per_batch=100)
+    fill_values(store, 200, per_batch=100)
     sink = _PoisonSink()
     cfg = FileConfig(name="poison", route=ROUTE)
-    pub = _publisher(store, tmp_path, {"poison": (cfg, sink)})
-    asyncio.run(_run_until(pub, lambda: len(sink.accepted) >= 199))
+    pub = make_publisher(store, tmp_path, {"poison": (cfg, sink)})
+    asyncio.run(run_until(pub, lambda: len(sink.accepted) >= 199))
     assert 13.0 not in [r.value for r in sink.accepted] and len(sink.accepted) == 199
     assert pub.counters["poison"].records_dead_lettered == 1
     dlq = RecordReader(store, "dlq", "t", PositionStore(tmp_path / "p2")).poll(timeout_s=0).records
@@ -162,10 +129,10 @@ def test_poison_record_is_dead_lettered_alone(tmp_path: Path) -> None:
 
 def test_routing_by_tag_pattern(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    _fill(store, 70)
+    fill_values(store, 70)
     cfg = FileConfig(name="f", path=str(tmp_path / "o.jsonl"),
                           route=Route(streams=["values"], tags=["line/temp3", "line/temp5"]))
-    pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
-    asyncio.run(_run_until(pub, lambda: PositionStore(tmp_path / "positions").get("f", "values") == 2))
-    assert sorted({g["tag"] for g in _lines(tmp_path / "o.jsonl")}) == ["line/temp3", "line/temp5"]
-    assert len(_lines(tmp_path / "o.jsonl")) == 20
+    pub = make_publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
+    asyncio.run(run_until(pub, lambda: PositionStore(tmp_path / "positions").get("f", "values") == 2))
+    assert sorted({g["tag"] for g in read_jsonl(tmp_path / "o.jsonl")}) == ["line/temp3", "line/temp5"]
+    assert len(read_jsonl(tmp_path / "o.jsonl")) == 20

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,26 +13,14 @@ import pytest
 from devkit.ipc_server import MQTT_PROXY, IpcServer
 from gateway.destinations.base import Route
 from gateway.destinations.iotcore import IotCoreConfig, IotCoreDestination, RateLimiter, check_iot_topic, diagnose
-from gateway.ipc_connection import SOCKET_ENV, TOKEN_ENV
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
-from tests.test_publisher import _fill, _publisher, _run_until
+from tests.support.publisher import PUBLISHER, fill_values, make_publisher, run_until
 
-PUBLISHER = "factoryedge.Publisher"
 ROUTE = Route(streams=["values"])
 ALLOW_TELEMETRY = {MQTT_PROXY: {"factoryedge.Publisher:mqttproxy:1": {
     "operations": ["aws.greengrass#PublishToIoTCore"], "resources": ["factoryedge/+/telemetry/#"]}}}
-
-
-@pytest.fixture
-def ipc_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="ipc") as folder:  # Unix socket paths are limited to 107 bytes
-        sock = Path(folder) / "ipc.sock"
-        monkeypatch.setenv(SOCKET_ENV, str(sock))
-        monkeypatch.setenv(TOKEN_ENV, "token-publisher")
-        monkeypatch.setenv("AWS_IOT_THING_NAME", "line1-gw")
-        yield sock
 
 
 def _records(payloads: list[bytes]) -> list[dict[str, object]]:
@@ -43,7 +29,7 @@ def _records(payloads: list[bytes]) -> list[dict[str, object]]:
 
 def test_everything_arrives_batched_within_128kb_in_order_per_topic(tmp_path: Path, ipc_env: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    written = _fill(store, 6000)
+    written = fill_values(store, 6000)
 
     async def body() -> None:
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, access_control={PUBLISHER: ALLOW_TELEMETRY})
@@ -51,9 +37,9 @@ def test_everything_arrives_batched_within_128kb_in_order_per_topic(tmp_path: Pa
         cfg = IotCoreConfig(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{site}/{group}",
                                  topic_vars={"site": "plant7"}, max_message_bytes=16 * 1024,
                                  max_messages_per_s=10_000, max_bytes_per_s=100e6)
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
+        pub = make_publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         try:
-            await _run_until(pub, lambda: len(_records([m.payload for m in server.published])) >= 6000)
+            await run_until(pub, lambda: len(_records([m.payload for m in server.published])) >= 6000)
         finally:
             await server.stop()
         assert {m.topic for m in server.published} == {"factoryedge/line1-gw/telemetry/plant7/line"}
@@ -69,13 +55,13 @@ def test_refused_topic_is_retried_and_logged_once_until_the_recipe_allows_it(
     tmp_path: Path, ipc_env: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    _fill(store, 300)
+    fill_values(store, 300)
 
     async def body() -> None:
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER}, access_control={PUBLISHER: ALLOW_TELEMETRY})
         await server.start()
         cfg = IotCoreConfig(name="iot", route=ROUTE, topic="plant/{source}", retry_min_s=0.02, retry_max_s=0.05)
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
+        pub = make_publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
 
         def allow_after_retries() -> bool:
             if pub.counters["iot"].send_retries >= 5:  # the operator fixes the recipe's accessControl and redeploys
@@ -85,7 +71,7 @@ def test_refused_topic_is_retried_and_logged_once_until_the_recipe_allows_it(
 
         try:
             with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
-                await _run_until(pub, allow_after_retries)
+                await run_until(pub, allow_after_retries)
         finally:
             await server.stop()
         refusals = [r for r in caplog.records if "not authorized" in r.getMessage()]
@@ -108,9 +94,10 @@ def test_oversized_records_and_bad_topics_are_dead_lettered(tmp_path: Path, ipc_
         server = IpcServer(ipc_env, {"token-publisher": PUBLISHER})
         await server.start()
         cfg = IotCoreConfig(name="iot", route=ROUTE, topic="factoryedge/{thing}/telemetry/{tag}")
-        pub = _publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
+        pub = make_publisher(store, tmp_path, {"iot": (cfg, IotCoreDestination(cfg))})
         try:
-            await _run_until(pub, lambda: pub.counters["iot"].records_dead_lettered + pub.counters["iot"].records_sent >= 4)
+            await run_until(pub, lambda: pub.counters["iot"].records_dead_lettered
+                            + pub.counters["iot"].records_sent >= 4)
         finally:
             await server.stop()
         assert [g["seq"] for g in _records([m.payload for m in server.published])] == [1, 4]

@@ -19,7 +19,7 @@ from gateway.errors import DestinationError
 from gateway.record import Kind, Record, make_record
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
-from tests.test_publisher import _fill, _lines, _publisher, _run_until
+from tests.support.publisher import fill_values, make_publisher, read_jsonl, run_until
 
 ROUTE = Route(streams=["values"])
 
@@ -44,19 +44,19 @@ class _RejectAll:
 
 def test_a_destination_that_rejects_everything_does_not_slow_the_others(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    _fill(store, 2000)
+    fill_values(store, 2000)
     ok = FileConfig(name="ok", path=str(tmp_path / "ok.jsonl"), route=ROUTE)
     bad = FileConfig(name="reject", route=ROUTE)
     rejecting = _RejectAll()
-    pub = _publisher(store, tmp_path, {"reject": (bad, rejecting), "ok": (ok, FileDestination(ok))})
+    pub = make_publisher(store, tmp_path, {"reject": (bad, rejecting), "ok": (ok, FileDestination(ok))})
 
     def ok_done_then_release() -> bool:
-        if len(_lines(tmp_path / "ok.jsonl")) >= 2000:
+        if len(read_jsonl(tmp_path / "ok.jsonl")) >= 2000:
             rejecting.release.set()  # only now may the rejecting destination answer at all
         return pub.counters["reject"].records_dead_lettered >= 2000
 
-    asyncio.run(_run_until(pub, ok_done_then_release, timeout=60))
-    assert len(_lines(tmp_path / "ok.jsonl")) == 2000 and pub.counters["ok"].records_dead_lettered == 0
+    asyncio.run(run_until(pub, ok_done_then_release, timeout=60))
+    assert len(read_jsonl(tmp_path / "ok.jsonl")) == 2000 and pub.counters["ok"].records_dead_lettered == 0
     assert pub.counters["reject"].records_sent == 0 and pub.counters["reject"].records_dead_lettered == 2000
     assert pub.counters["reject"].dead_letter_reasons == {"refused: schema mismatch. Fix: none": 2000}
     dlq = RecordReader(store, "dlq", "t", PositionStore(tmp_path / "p2")).poll(max_messages=10_000, timeout_s=0)
@@ -74,11 +74,11 @@ def test_malformed_stream_messages_are_skipped_counted_and_logged_once(
         store.append("values", junk)
     writer.write([make_record("plc", "a", 2.0, seq=2)])
     cfg = FileConfig(name="f", path=str(tmp_path / "o.jsonl"), route=ROUTE)
-    pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
+    pub = make_publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
     with caplog.at_level(logging.ERROR):
-        asyncio.run(_run_until(pub, lambda: pub.counters["f"].records_sent >= 2 and pub.counters["f"].corrupt_messages_read
-                               >= 3))
-    assert [g["seq"] for g in _lines(tmp_path / "o.jsonl")] == [1, 2]
+        asyncio.run(run_until(pub, lambda: pub.counters["f"].records_sent >= 2
+                              and pub.counters["f"].corrupt_messages_read >= 3))
+    assert [g["seq"] for g in read_jsonl(tmp_path / "o.jsonl")] == [1, 2]
     assert len([r for r in caplog.records if "skipped message" in r.getMessage()]) == 1
     status = json.loads((tmp_path / "status" / "factoryedge.Publisher.json").read_text())
     assert status["destinations"]["f"]["corrupt_messages_read"] == 3
@@ -88,12 +88,12 @@ def test_broker_refusing_the_client_is_retried_counted_logged_once_and_diagnosed
     tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    _fill(store, 100)
+    fill_values(store, 100)
     no_cert = MqttConfig(name="m", host="127.0.0.1", port=mosquitto.tls_port, route=ROUTE,
                               tls=MqttTls(ca_file=str(mosquitto.pki.ca)), retry_min_s=0.05, retry_max_s=0.1)
-    pub = _publisher(store, tmp_path, {"m": (no_cert, MqttDestination(no_cert))})
+    pub = make_publisher(store, tmp_path, {"m": (no_cert, MqttDestination(no_cert))})
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
-        asyncio.run(_run_until(pub, lambda: pub.counters["m"].send_retries >= 5))
+        asyncio.run(run_until(pub, lambda: pub.counters["m"].send_retries >= 5))
     assert pub.counters["m"].records_sent == 0 and pub.counters["m"].records_dead_lettered == 0  # kept, not dropped
     # logged once per reason, not per attempt: "not connected yet" may come first when the publisher tries before
     # the broker's refusal arrives, then the refusal itself; neither is repeated over the 5+ retries
@@ -135,10 +135,10 @@ def test_routing_by_kind_source_and_excluded_tags_and_metrics_as_records(tmp_pat
     cfg = FileConfig(name="f", path=str(tmp_path / "o.jsonl"), route=Route(
         streams=["values", "metrics"], kinds=["value", "alarm", "metric"], sources=["plc", "rcf", "factoryedge.*"],
         exclude_tags=["*/debug"]))
-    pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
+    pub = make_publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
     pub.metrics_interval_s = 0.2
-    asyncio.run(_run_until(pub, lambda: {"metric", "alarm"} <= {g["kind"] for g in _lines(tmp_path / "o.jsonl")}))
-    got = _lines(tmp_path / "o.jsonl")
+    asyncio.run(run_until(pub, lambda: {"metric", "alarm"} <= {g["kind"] for g in read_jsonl(tmp_path / "o.jsonl")}))
+    got = read_jsonl(tmp_path / "o.jsonl")
     assert [g["seq"] for g in got if g["kind"] != "metric"] == [1, 4]
     metrics = {g["tag"] for g in got if g["kind"] == "metric"}
     assert {"publisher/f/records_sent", "publisher/f/oldest_unsent_age_s", "publisher/f/last_success_age_s",

@@ -20,7 +20,7 @@ from gateway.destinations.kinesis import KinesisConfig, KinesisDestination, diag
 from gateway.record import Record, make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
-from tests.test_publisher import _fill, _publisher, _run_until
+from tests.support.publisher import fill_values, make_publisher, run_until
 
 ROUTE = Route(streams=["values"])
 _names = itertools.count()
@@ -65,10 +65,10 @@ def test_records_arrive_once_in_order_per_tag_read_back_with_get_records(
     tmp_path: Path, kinesalite: Kinesalite, stream: str
 ) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    written = _fill(store, 5000)
+    written = fill_values(store, 5000)
     cfg = _cfg(kinesalite.endpoint_url, stream, records_per_kinesis_record=50)
-    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
-    asyncio.run(_run_until(pub, lambda: pub.counters["k"].records_sent >= 5000))
+    pub = make_publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
+    asyncio.run(run_until(pub, lambda: pub.counters["k"].records_sent >= 5000))
     raw = read_all(kinesalite.endpoint_url, stream)
     assert {key for key, _ in raw} == {f"line/temp{i}" for i in range(7)}  # partition key per tag
     assert all(len(json.loads(data)["records"]) <= 50 for _, data in raw)
@@ -80,12 +80,12 @@ def test_partial_failure_resends_only_the_failed_records(
     tmp_path: Path, kinesalite: Kinesalite, stream: str, proxy: KinesisFaultProxy
 ) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    written = _fill(store, 3000)
+    written = fill_values(store, 3000)
     proxy.fail_records(3, "ProvisionedThroughputExceededException")
     proxy.fail_records(2, "InternalFailure")
     cfg = _cfg(proxy.endpoint_url, stream, records_per_kinesis_record=20)
-    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
-    asyncio.run(_run_until(pub, lambda: pub.counters["k"].records_sent >= 3000))
+    pub = make_publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
+    asyncio.run(run_until(pub, lambda: pub.counters["k"].records_sent >= 3000))
     assert proxy.records_failed == 5 and pub.counters["k"].send_retries >= 1
     got = gateway_records(kinesalite.endpoint_url, stream)
     ids = [g["id"] for g in got]
@@ -97,12 +97,12 @@ def test_throttled_calls_are_retried_with_backoff_and_logged_once(
     tmp_path: Path, kinesalite: Kinesalite, stream: str, proxy: KinesisFaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    _fill(store, 1000)
+    fill_values(store, 1000)
     proxy.throttle_calls(6)
     cfg = _cfg(proxy.endpoint_url, stream)
-    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
+    pub = make_publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
-        asyncio.run(_run_until(pub, lambda: pub.counters["k"].records_sent >= 1000))
+        asyncio.run(run_until(pub, lambda: pub.counters["k"].records_sent >= 1000))
     assert proxy.calls_throttled == 6 and pub.counters["k"].send_retries >= 6
     assert len([r for r in caplog.records if "ProvisionedThroughputExceeded" in r.getMessage()]) == 1
     assert len(gateway_records(kinesalite.endpoint_url, stream)) == 1000
@@ -118,7 +118,7 @@ def test_oversized_record_dead_lettered_missing_stream_waited_for(
     records.insert(5, make_record("plc", "a", "x" * (1024 * 1024), seq=99))
     RecordWriter(store, "values").write(records)
     cfg = _cfg(kinesalite.endpoint_url, name)
-    pub = _publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
+    pub = make_publisher(store, tmp_path, {"k": (cfg, KinesisDestination(cfg))})
 
     created: list[str] = []
 
@@ -129,7 +129,7 @@ def test_oversized_record_dead_lettered_missing_stream_waited_for(
         return pub.counters["k"].records_sent >= 10
 
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
-        asyncio.run(_run_until(pub, created_later))
+        asyncio.run(run_until(pub, created_later))
     assert pub.counters["k"].records_dead_lettered == 1 and "Kinesis record limit" in caplog.text
     assert len([r for r in caplog.records if "ResourceNotFoundException" in r.getMessage()]) == 1
     assert "create the Kinesis stream" in caplog.text

@@ -23,7 +23,7 @@ from gateway.errors import DestinationError
 from gateway.record import Record, make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
-from tests.test_publisher import _publisher, _run_until
+from tests.support.publisher import make_publisher, run_until
 
 ROUTE = Route(streams=["values"])
 TAGS = {f"/plant/line1/t{i}": "DOUBLE" for i in range(12)}
@@ -67,8 +67,8 @@ def test_values_arrive_in_requests_within_the_quotas(tmp_path: Path, aws_env: No
     store = EmbeddedStore(tmp_path / "store")
     records = _values(3000, time.time_ns())
     _write(store, records)
-    pub = _publisher(store, tmp_path, {"sw": _sink(fake)})
-    asyncio.run(_run_until(pub, lambda: fake.value_count() >= 3000))
+    pub = make_publisher(store, tmp_path, {"sw": _sink(fake)})
+    asyncio.run(run_until(pub, lambda: fake.value_count() >= 3000))
     assert fake.value_count() == 3000 and not fake.entry_errors  # each value once; no request over 10 x 10
     assert fake.requests >= 3000 / 100
     stored = {(alias, ts) for alias, vs in fake.values.items() for ts, _, _ in vs}
@@ -92,10 +92,10 @@ def test_bad_values_are_dead_lettered_counted_and_logged_once_each(
     ]
     store = EmbeddedStore(tmp_path / "store")
     _write(store, good + bad, per_message=20)
-    pub = _publisher(store, tmp_path, {"sw": _sink(fake)})
+    pub = make_publisher(store, tmp_path, {"sw": _sink(fake)})
     with caplog.at_level(logging.ERROR, logger="gateway.publisher"):
-        asyncio.run(_run_until(pub, lambda: pub.counters["sw"].records_dead_lettered >= len(bad)
-                               and pub.counters["sw"].records_sent >= 50))
+        asyncio.run(run_until(pub, lambda: pub.counters["sw"].records_dead_lettered >= len(bad)
+                              and pub.counters["sw"].records_sent >= 50))
     c = pub.counters["sw"]
     assert c.records_sent == 50 and c.records_dead_lettered == len(bad) and fake.value_count() == 50
     assert fake.entry_errors["ResourceNotFoundException"] >= 1 and fake.entry_errors["InvalidRequestException"] >= 1
@@ -114,8 +114,8 @@ def test_retryable_entry_errors_resend_only_those_values(tmp_path: Path, aws_env
     fake.inject("InternalFailureException", 3)
     fake.inject("ThrottlingException", 2)
     fake.inject("ServiceUnavailableException", 1)
-    pub = _publisher(store, tmp_path, {"sw": _sink(fake)})
-    asyncio.run(_run_until(pub, lambda: fake.value_count() >= 1000 and pub.counters["sw"].records_sent >= 1000))
+    pub = make_publisher(store, tmp_path, {"sw": _sink(fake)})
+    asyncio.run(run_until(pub, lambda: fake.value_count() >= 1000 and pub.counters["sw"].records_sent >= 1000))
     assert fake.value_count() == 1000  # no value twice: the accepted entries were not resent
     assert pub.counters["sw"].send_retries >= 1 and pub.counters["sw"].records_dead_lettered == 0
 
@@ -125,8 +125,8 @@ def test_request_throttling_is_waited_out(tmp_path: Path, aws_env: None) -> None
     try:
         store = EmbeddedStore(tmp_path / "store")
         _write(store, _values(3000, time.time_ns()))
-        pub = _publisher(store, tmp_path, {"sw": _sink(fake, concurrent_requests=8)})
-        asyncio.run(_run_until(pub, lambda: pub.counters["sw"].records_sent >= 3000, timeout=60))
+        pub = make_publisher(store, tmp_path, {"sw": _sink(fake, concurrent_requests=8)})
+        asyncio.run(run_until(pub, lambda: pub.counters["sw"].records_sent >= 3000, timeout=60))
         assert fake.throttled > 0 and fake.entry_errors["ThrottlingException"] > 0
         assert pub.counters["sw"].send_retries > 0
         assert fake.value_count() == 3000 and pub.counters["sw"].records_dead_lettered == 0
@@ -141,7 +141,7 @@ def test_expired_then_missing_credentials_retry_with_one_line_then_recover(
     fake.expired_keys.add(TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"])
     store = EmbeddedStore(tmp_path / "store")
     _write(store, _values(200, time.time_ns()))
-    pub = _publisher(store, tmp_path, {"sw": _sink(fake)})
+    pub = make_publisher(store, tmp_path, {"sw": _sink(fake)})
 
     def renewed() -> bool:
         if pub.counters["sw"].send_retries >= 4:
@@ -149,7 +149,7 @@ def test_expired_then_missing_credentials_retry_with_one_line_then_recover(
         return fake.value_count() >= 200
 
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
-        asyncio.run(_run_until(pub, renewed))
+        asyncio.run(run_until(pub, renewed))
     lines = [r.getMessage() for r in caplog.records if "credentials" in r.getMessage()]
     assert len(lines) == 1 and "ExpiredTokenException" in lines[0] and "TokenExchangeService" in lines[0]
     assert TEST_CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in caplog.text
@@ -208,8 +208,8 @@ def test_credentials_from_the_token_exchange_service(
         fake.expired_keys.add(TEST_CREDENTIALS["AWS_ACCESS_KEY_ID"])  # only the TES' key may work
         store = EmbeddedStore(tmp_path / "store")
         _write(store, _values(100, time.time_ns()))
-        pub = _publisher(store, tmp_path, {"sw": _sink(fake)})
-        asyncio.run(_run_until(pub, lambda: fake.value_count() >= 100))
+        pub = make_publisher(store, tmp_path, {"sw": _sink(fake)})
+        asyncio.run(run_until(pub, lambda: fake.value_count() >= 100))
         assert _TokenExchange.served >= 1 and pub.counters["sw"].send_retries == 0
     finally:
         tes.shutdown()

@@ -14,16 +14,16 @@ from gateway.destinations.file import FileConfig, FileDestination
 from gateway.record import make_record
 from gateway.streams import RecordWriter, StreamSpec
 from gateway.streams.embedded import EmbeddedStore
-from tests.test_publisher import ROUTE, _fill, _lines, _publisher
+from tests.support.publisher import ROUTE, fill_values, make_publisher, read_jsonl
 
 
 def test_publisher_resumes_from_the_oldest_record_after_the_stream_restarts(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = EmbeddedStore(tmp_path / "store")
-    _fill(store, 500)
+    fill_values(store, 500)
     out = tmp_path / "out.jsonl"
     cfg = FileConfig(name="f", path=str(out), route=ROUTE)
-    pub = _publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
+    pub = make_publisher(store, tmp_path, {"f": (cfg, FileDestination(cfg))})
     fresh = [make_record("plc", "line/after", float(i), seq=i) for i in range(20)]
 
     async def body() -> None:
@@ -39,18 +39,18 @@ def test_publisher_resumes_from_the_oldest_record_after_the_stream_restarts(
                 await asyncio.sleep(0.05)
 
         try:
-            await until("the first 500 records", lambda: len(_lines(out)) >= 500)
+            await until("the first 500 records", lambda: len(read_jsonl(out)) >= 500)
             store.delete_stream("values")  # the store was reset: the stream starts again at seq 0
             store.create_stream(StreamSpec(name="values"))
             RecordWriter(store, "values").write(fresh)
-            await until("the records written after the reset", lambda: len(_lines(out)) >= 520)
+            await until("the records written after the reset", lambda: len(read_jsonl(out)) >= 520)
         finally:
             stop.set()
             await task
 
     with caplog.at_level(logging.WARNING, logger="gateway.publisher"):
         asyncio.run(body())
-    assert [r["id"] for r in _lines(out)[500:]] == [r.id for r in fresh]
+    assert [r["id"] for r in read_jsonl(out)[500:]] == [r.id for r in fresh]
     resets = [m for m in caplog.messages if "restarted at seq" in m]
     assert len(resets) == 1, caplog.messages  # logged once, not once per poll
     assert pub.counters["f"].store_resets == 1

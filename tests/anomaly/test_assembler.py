@@ -8,7 +8,7 @@ import numpy as np
 
 from gateway.anomaly import Shingler, VectorAssembler
 from gateway.record import make_record
-from tests.anomaly.conftest import NS, T0, TAGS, bad, group, records
+from tests.support.anomaly import NS, T0, TAGS, bad, group, records
 
 
 def test_cadence_emits_one_vector_per_tick_in_tag_order() -> None:

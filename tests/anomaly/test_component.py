@@ -26,53 +26,28 @@ from devkit.ipc_server import IpcServer
 from devkit.peers import ROOT, start, wait_for
 from gateway.anomaly import AnomalyConfig, offline, persist
 from gateway.anomaly.component import AnomalyComponent
-from gateway.anomaly.engine import Engine
 from gateway.cli.main import main as gatewayctl
 from gateway.codec import decode_batch
-from gateway.componentconfig import AnomalyDetectorConfig
 from gateway.ipc import GreengrassIpc
 from gateway.record import Kind, Record
 from gateway.runtime import Context
-from gateway.streams import PositionStore, RecordWriter, StreamSpec, StreamStore, open_store
-from tests.anomaly.conftest import NS, T0, TAGS, group, records, synthetic
+from gateway.streams import PositionStore, StreamStore, open_store
+from tests.support.anomaly import (
+    IN,
+    NS,
+    OUT,
+    T0,
+    TAGS,
+    detector_config,
+    drain,
+    group,
+    make_engine,
+    stepped_data,
+    synthetic,
+    write_rows,
+)
 
-IN = "factoryedge-opcua"
-OUT = "factoryedge-anomaly"
 COMPONENT = "factoryedge.AnomalyDetector"
-
-
-def _cfg(tmp: Path, groups: list[dict[str, Any]] | None = None, **over: Any) -> AnomalyDetectorConfig:
-    spec: dict[str, Any] = {
-        "store": {"kind": "embedded", "path": str(tmp / "data")},
-        "model_dir": str(tmp / "model"),
-        "input_streams": [IN, "factoryedge-modbus"],  # the second never exists: waited for, not an error
-        "start_from": "oldest",
-        "groups": groups if groups is not None else [group().model_dump()],
-        "status_interval_s": 0.1,
-        **over,
-    }
-    return AnomalyDetectorConfig.model_validate(spec)
-
-
-def _data() -> np.ndarray:
-    """400 normal rows (the learning window), then 100 with the valve stepped from row 420."""
-    return np.vstack([synthetic(400, seed=1), synthetic(100, seed=2, shift={"valve": 4.0}, start=20)])
-
-
-def _write(store: StreamStore, rows: np.ndarray, first: int, tags: list[str] = TAGS) -> None:
-    store.create_stream(StreamSpec(name=IN))
-    writer = RecordWriter(store, IN)
-    for k, row in enumerate(rows, start=first):
-        writer.write(list(records(row, T0 + k * NS, tags)))
-
-
-def _drain(engine: Engine) -> list[dict[str, Any]]:
-    events = []
-    while True:
-        out = engine.step()
-        events += [e.as_json() for e in out.events]
-        if not out.messages:
-            return events
 
 
 def _outputs(store: StreamStore, kinds: tuple[Kind, ...] = (Kind.SCORE, Kind.ALARM)) -> list[tuple[str, int, Any]]:
@@ -82,19 +57,11 @@ def _outputs(store: StreamStore, kinds: tuple[Kind, ...] = (Kind.SCORE, Kind.ALA
     return [(r.tag, r.source_ts_ns, r.value) for r in found if r.kind in kinds]
 
 
-def _engine(tmp: Path, **over: Any) -> tuple[Engine, StreamStore]:
-    cfg = _cfg(tmp, **over)
-    store, positions = open_store(cfg.store)
-    engine = Engine(cfg, store, positions)
-    engine.open()
-    return engine, store
-
-
 def test_the_component_scores_a_stream_exactly_as_the_offline_replay(tmp_path: Path) -> None:
     """The streaming path (records, source-time clock, gated updates) is the path the evaluation measures."""
     g = group()
     head = ["timestamp", *TAGS]
-    for name, rows, first in (("train", synthetic(400, seed=1), 0), ("test", _data()[400:], 400)):
+    for name, rows, first in (("train", synthetic(400, seed=1), 0), ("test", stepped_data()[400:], 400)):
         with open(tmp_path / f"{name}.csv", "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(head)
@@ -103,10 +70,10 @@ def test_the_component_scores_a_stream_exactly_as_the_offline_replay(tmp_path: P
     shutil.copytree(tmp_path / "fitted", tmp_path / "model")
     expected = offline.score(tmp_path / "fitted", tmp_path / "test.csv", None, updates="gated")
 
-    engine, store = _engine(tmp_path)
+    engine, store = make_engine(tmp_path)
     assert engine.restore == "restored"
-    _write(store, _data()[400:], 400)  # %.17g in the CSV round-trips every float exactly
-    _drain(engine)
+    write_rows(store, stepped_data()[400:], 400)  # %.17g in the CSV round-trips every float exactly
+    drain(engine)
     got = [v for tag, _ts, v in _outputs(store, (Kind.SCORE,))]
     want = [r["score_unit"] for r in expected if r["score_unit"] != ""]
     assert len(got) == len(want) - 1  # the last tick is assembled when a newer record (or late_s) arrives
@@ -115,41 +82,41 @@ def test_the_component_scores_a_stream_exactly_as_the_offline_replay(tmp_path: P
 
 
 def test_restart_continues_identically_and_a_crash_never_scores_twice(tmp_path: Path) -> None:
-    data = _data()
-    ref, ref_store = _engine(tmp_path / "ref")
-    _write(ref_store, data, 0)
-    ref_events = _drain(ref)
+    data = stepped_data()
+    ref, ref_store = make_engine(tmp_path / "ref")
+    write_rows(ref_store, data, 0)
+    ref_events = drain(ref)
     reference = _outputs(ref_store)
     assert [e["event"] for e in ref_events] == ["raised"]
     assert [str(v).split(":")[0] for t, _ts, v in reference if t == "anomaly/unit/attribution"] == ["valve"]
 
     # clean stop after 410 rows (scoring, before the fault), start again: restored, the same records
-    first, store = _engine(tmp_path / "clean")
-    _write(store, data[:410], 0)
-    _drain(first)
+    first, store = make_engine(tmp_path / "clean")
+    write_rows(store, data[:410], 0)
+    drain(first)
     first.close()
-    second, _ = _engine(tmp_path / "clean")
+    second, _ = make_engine(tmp_path / "clean")
     assert second.restore == "restored"
     assert second.det.models["unit"].state == "scoring"
-    _write(store, data[410:], 410)
-    _drain(second)
+    write_rows(store, data[410:], 410)
+    drain(second)
     assert _outputs(store) == reference
     states = [v for _t, _ts, v in _outputs(store, (Kind.METRIC,))]
     assert states == ["learning", "scoring", "scoring"]  # announced again on restart, never "learning"
 
     # crash: saved at 410 rows, 30 more scored and written (the alarm raised), then the process dies
-    crashed, store = _engine(tmp_path / "crash")
-    _write(store, data[:410], 0)
-    _drain(crashed)
+    crashed, store = make_engine(tmp_path / "crash")
+    write_rows(store, data[:410], 0)
+    drain(crashed)
     assert crashed.save()
-    _write(store, data[410:440], 410)
-    events = _drain(crashed)
+    write_rows(store, data[410:440], 410)
+    events = drain(crashed)
     assert [e["event"] for e in events] == ["raised"]
     del crashed  # no close(): the input since the save is read again
-    again, _ = _engine(tmp_path / "crash")
+    again, _ = make_engine(tmp_path / "crash")
     assert again.restore == "restored"
-    _write(store, data[440:], 440)
-    assert _drain(again) == []  # the raise is not sent a second time
+    write_rows(store, data[440:], 440)
+    assert drain(again) == []  # the raise is not sent a second time
     assert again.counters["records_suppressed"] > 0
     assert _outputs(store) == reference  # every tick exactly once, same values
     # and the sequence of every output tag keeps rising across the crash (it restarted from 0: out of order)
@@ -168,7 +135,7 @@ def test_component_over_ipc_learns_raises_publishes_and_takes_a_new_configuratio
     monkeypatch.setenv("AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT", str(socket_path))
     monkeypatch.setenv("SVCUID", "tok-anomaly")
     monkeypatch.setenv("AWS_IOT_THING_NAME", "line1-gw")
-    cfg = _cfg(tmp_path)
+    cfg = detector_config(tmp_path)
 
     async def until(what: str, cond: Any, timeout: float = 30.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -196,7 +163,7 @@ def test_component_over_ipc_learns_raises_publishes_and_takes_a_new_configuratio
             await until("the component waiting for its inputs", lambda: status().get("inputs", {}).get(IN))
             assert status()["inputs"]["factoryedge-modbus"] == {"state": "waiting"}
             store, _ = open_store(cfg.store)
-            _write(store, _data(), 0)
+            write_rows(store, stepped_data(), 0)
             await until("an alarm event on local pub/sub", lambda: received)
             topic, event = received[0]
             assert topic == "factoryedge/alarms/unit"
@@ -212,8 +179,8 @@ def test_component_over_ipc_learns_raises_publishes_and_takes_a_new_configuratio
             await until("the event counted", lambda: status()["events"]["events_sent"] == 1)
 
             # a deployment adds a group and changes only scoring-time settings of the other: kept, not relearned
-            new = _cfg(tmp_path, groups=[group(raise_after=2).model_dump(), group(name="pair", tags=TAGS[:2])
-                                         .model_dump()])
+            new = detector_config(tmp_path, groups=[group(raise_after=2).model_dump(),
+                                                    group(name="pair", tags=TAGS[:2]).model_dump()])
             ctx.updates.put_nowait(new)
             await until("the new group", lambda: "pair" in status().get("groups", {}))
             assert status()["groups"]["unit"]["state"] == "scoring"
@@ -235,12 +202,12 @@ def test_component_over_ipc_learns_raises_publishes_and_takes_a_new_configuratio
 
 
 def test_a_tag_that_never_arrives_is_reported_and_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    engine, store = _engine(tmp_path, groups=[group(tags=[*TAGS, "typo_tag"]).model_dump()])
+    engine, store = make_engine(tmp_path, groups=[group(tags=[*TAGS, "typo_tag"]).model_dump()])
     with caplog.at_level(logging.ERROR):
-        _write(store, synthetic(60, seed=3), 0)
-        _drain(engine)
-        _write(store, synthetic(60, seed=4), 60)
-        _drain(engine)
+        write_rows(store, synthetic(60, seed=3), 0)
+        drain(engine)
+        write_rows(store, synthetic(60, seed=4), 60)
+        drain(engine)
     unit = engine.status()["groups"]["unit"]
     assert unit["missing_tags"] == ["typo_tag"]
     assert unit["invalid"]["missing:typo_tag"] >= 100
@@ -249,12 +216,12 @@ def test_a_tag_that_never_arrives_is_reported_and_logged_once(tmp_path: Path, ca
 
 
 def test_constant_tags_learn_and_nan_values_are_counted_not_scored(tmp_path: Path) -> None:
-    data = _data()
+    data = stepped_data()
     data[:, TAGS.index("power")] = 1000.0  # zero variance
     data[430:435, TAGS.index("pressure")] = np.nan  # becomes BAD quality, no value
-    engine, store = _engine(tmp_path)
-    _write(store, data, 0)
-    _drain(engine)
+    engine, store = make_engine(tmp_path)
+    write_rows(store, data, 0)
+    drain(engine)
     unit = engine.status()["groups"]["unit"]
     assert unit["state"] == "scoring"
     assert unit["invalid"] == {"bad:pressure": 5}
@@ -267,9 +234,9 @@ def test_constant_tags_learn_and_nan_values_are_counted_not_scored(tmp_path: Pat
 def test_a_model_from_another_version_or_corrupt_is_set_aside_and_every_group_relearns(
     tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    engine, store = _engine(tmp_path)
-    _write(store, _data()[:420], 0)
-    _drain(engine)
+    engine, store = make_engine(tmp_path)
+    write_rows(store, stepped_data()[:420], 0)
+    drain(engine)
     engine.close()
     path = persist.model_path(tmp_path / "model")
     if damage == "version":
@@ -284,13 +251,13 @@ def test_a_model_from_another_version_or_corrupt_is_set_aside_and_every_group_re
         blob[len(blob) // 2] ^= 0xFF
         path.write_bytes(bytes(blob))
     with caplog.at_level(logging.ERROR):
-        again, _ = _engine(tmp_path)
+        again, _ = make_engine(tmp_path)
     assert again.restore == "relearning"
     assert "ALL GROUPS RELEARN" in caplog.text
     assert len(list((tmp_path / "model").glob(f"model.zip.{damage}-*"))) == 1
     assert again.status()["groups"]["unit"]["state"] == "learning"
-    _write(store, _data()[420:], 420)
-    _drain(again)  # reads on from the committed position, learning: nothing scored, nothing silently "normal"
+    write_rows(store, stepped_data()[420:], 420)
+    drain(again)  # reads on from the committed position, learning: nothing scored, nothing silently "normal"
     assert again.status()["groups"]["unit"]["learning_progress"] == "79/400"  # ticks 420..498
     assert [(t, v) for t, _ts, v in _outputs(store, (Kind.METRIC,))][-1] == ("anomaly/unit/state", "learning")
     assert _outputs(store)[-1][1] < T0 + 420 * NS  # nothing scored after the model was lost
@@ -298,10 +265,10 @@ def test_a_model_from_another_version_or_corrupt_is_set_aside_and_every_group_re
 
 @pytest.fixture
 def component_files(tmp_path: Path) -> Iterator[Path]:
-    cfg = _cfg(tmp_path).model_dump(mode="json")
+    cfg = detector_config(tmp_path).model_dump(mode="json")
     (tmp_path / "anomaly.yaml").write_text(yaml.safe_dump(cfg))
-    store, _ = open_store(_cfg(tmp_path).store)
-    _write(store, _data(), 0)
+    store, _ = open_store(detector_config(tmp_path).store)
+    write_rows(store, stepped_data(), 0)
     store.close()
     yield tmp_path / "anomaly.yaml"
 
@@ -343,7 +310,7 @@ def test_without_groups_the_component_waits_for_a_deployment_that_adds_them(tmp_
     status_file = tmp_path / "data" / "status" / f"{COMPONENT}.json"
 
     async def scenario() -> None:
-        cfg = _cfg(tmp_path, groups=[])
+        cfg = detector_config(tmp_path, groups=[])
         ctx = Context(COMPONENT, cfg, asyncio.Event())
         component = AnomalyComponent(cfg)
         task = asyncio.create_task(component.serve(ctx))
@@ -354,7 +321,7 @@ def test_without_groups_the_component_waits_for_a_deployment_that_adds_them(tmp_
                 await asyncio.sleep(0.02)
             first = json.loads(status_file.read_text())
             assert first["problem"] == "no groups configured" and first["groups"] == {}
-            ctx.updates.put_nowait(_cfg(tmp_path))
+            ctx.updates.put_nowait(detector_config(tmp_path))
             while json.loads(status_file.read_text()).get("groups", {}).get("unit", {}).get("state") != "learning":
                 assert asyncio.get_running_loop().time() < deadline, "the deployed group did not start"
                 await asyncio.sleep(0.02)
@@ -369,9 +336,9 @@ def test_without_groups_the_component_waits_for_a_deployment_that_adds_them(tmp_
 
 def test_the_detector_publishes_its_counters_as_metric_records(tmp_path: Path) -> None:
     """Issue 13 item 14: its counters reach the fleet as METRIC records in its output stream, as the collectors'."""
-    cfg = _cfg(tmp_path, metrics_interval_s=0.1)
+    cfg = detector_config(tmp_path, metrics_interval_s=0.1)
     store, _ = open_store(cfg.store)
-    _write(store, synthetic(50, seed=5), 0)
+    write_rows(store, synthetic(50, seed=5), 0)
 
     def metrics() -> dict[str, float]:
         found: dict[str, float] = {}

@@ -12,7 +12,7 @@ import pytest
 
 from gateway.anomaly import Detector, ModelVersionError, persist
 from gateway.record import Kind, Record
-from tests.anomaly.conftest import NS, T0, config, records, synthetic
+from tests.support.anomaly import NS, T0, config, group, records, synthetic
 
 
 def _feed(det: Detector, data: np.ndarray, start: int) -> list[Record]:
@@ -163,7 +163,6 @@ def test_a_well_formed_file_with_a_broken_forest_is_corrupt_too(tmp_path: Path) 
 
 def test_a_group_whose_tags_changed_relearns_while_others_are_restored(tmp_path: Path) -> None:
     from gateway.anomaly import AnomalyConfig
-    from tests.anomaly.conftest import group
 
     two = AnomalyConfig(groups=[group(training_points=300), group(name="other", training_points=300)])
     det = Detector(two, tmp_path)

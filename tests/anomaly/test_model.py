@@ -9,7 +9,7 @@ from gateway.anomaly import GroupModel, Vector
 from gateway.anomaly.model import AlarmState
 from gateway.anomaly.transform import Whitener
 from gateway.errors import ConfigError
-from tests.anomaly.conftest import NS, T0, TAGS, group, synthetic
+from tests.support.anomaly import NS, T0, TAGS, group, synthetic
 
 
 def _run(model: GroupModel, data: np.ndarray, start_ts: int = T0) -> list[tuple[float, bool, bool]]:

@@ -18,16 +18,16 @@ import pytest
 
 from devkit.peers import ROOT
 from gateway.anomaly import persist
-from tests.anomaly.test_component import _data, _drain, _engine, _write
+from tests.support.anomaly import drain, make_engine, stepped_data, write_rows
 
 Edit = Callable[[dict[str, Any]], None]
 
 
 def _saved_model(tmp_path: Path) -> Path:
     """A real model file, fitted and saved by the engine (the unit group scores)."""
-    engine, store = _engine(tmp_path)
-    _write(store, _data()[:420], 0)
-    _drain(engine)
+    engine, store = make_engine(tmp_path)
+    write_rows(store, stepped_data()[:420], 0)
+    drain(engine)
     engine.close()
     store.close()
     return persist.model_path(tmp_path / "model")
@@ -74,14 +74,14 @@ def test_a_crc_valid_manifest_that_does_not_fit_is_refused_and_every_group_relea
     path = _saved_model(tmp_path)
     _edit_manifest(path, edit)
     with caplog.at_level(logging.ERROR):
-        again, store = _engine(tmp_path)  # today: AttributeError/KeyError out of open(), every restart
+        again, store = make_engine(tmp_path)  # today: AttributeError/KeyError out of open(), every restart
     assert again.restore == "relearning"
     errors = [r.getMessage() for r in caplog.records if "ALL GROUPS RELEARN" in r.getMessage()]
     assert len(errors) == 1 and named in errors[0], errors  # the message names what is wrong
     assert len(list((tmp_path / "model").glob("model.zip.corrupt-*"))) == 1
     assert again.status()["groups"]["unit"]["state"] == "learning"
-    _write(store, _data()[420:], 420)
-    _drain(again)  # runs on: learning, no crash
+    write_rows(store, stepped_data()[420:], 420)
+    drain(again)  # runs on: learning, no crash
     assert again.status()["groups"]["unit"]["learning_progress"] == "79/400"
     again.close()
     store.close()

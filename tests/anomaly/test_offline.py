@@ -12,7 +12,7 @@ import yaml
 
 from gateway.anomaly import AnomalyConfig, offline
 from gateway.anomaly.cli import register
-from tests.anomaly.conftest import TAGS, synthetic
+from tests.support.anomaly import TAGS, synthetic
 
 GROUPS = {
     "groups": [

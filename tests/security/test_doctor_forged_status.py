@@ -27,7 +27,7 @@ import yaml
 
 from devkit.peers import Proc, wait_for
 from gateway.cli.main import main
-from tests.security.test_opcda_rogue import RogueGateway, _tls
+from tests.support.rogue_opcda import RogueGateway, client_tls
 
 NOBODY = 65534
 COMPONENT = "factoryedge.OpcDaCollector"
@@ -74,7 +74,7 @@ def _fake_entry_point(world: Path) -> Path:
 
 
 def _evil_config(world: Path, rogue: Any, certs: Path) -> Path:
-    tls = {k: str(v) for k, v in _tls(certs).items()}
+    tls = {k: str(v) for k, v in client_tls(certs).items()}
     cfg = world / "evil.yaml"
     cfg.write_text(yaml.safe_dump({"store": {"kind": "embedded", "path": str(world / "data")}, "connections": [
         {"name": "da", "host": "127.0.0.1", "port": rogue.port, "server": "FactoryEdge.TEP.1",

@@ -8,15 +8,12 @@ index: a changed file, an unhashed line or a dependency left out of the lock fai
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import importlib.metadata
 import os
 import re
 import shutil
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +22,7 @@ from packaging.tags import Tag, compatible_tags, cpython_tags, parse_tag
 from packaging.utils import parse_wheel_filename
 
 from tests.support.gdk_build import PYTHON, ROOT, gdk_build, make_project
+from tests.support.wheels import lock_line, wheel
 
 # isort: split
 import gg_artifact as art  # tools/ is on sys.path through tests.support.gdk_build
@@ -213,31 +211,6 @@ def test_the_build_refuses_a_lock_that_lost_a_pin(tmp_path: Path) -> None:
 
 
 # --- install.sh on a device, with hand-made wheels and no index --------------------------------------------------
-
-
-def wheel(directory: Path, name: str, body: bytes = b"VALUE = 42\n", requires: tuple[str, ...] = ()) -> Path:
-    """A real minimal wheel of ``name`` 1.0 (module of the same name)."""
-    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
-    files = {
-        f"{name}/__init__.py": body,
-        f"{name}-1.0.dist-info/METADATA": meta.encode(),
-        f"{name}-1.0.dist-info/WHEEL": b"Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = ""
-    for path, data in files.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-        record += f"{path},sha256={digest},{len(data)}\n"
-    record += f"{name}-1.0.dist-info/RECORD,,\n"
-    target = directory / f"{name}-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(target, "w") as archive:
-        for path, data in files.items():
-            archive.writestr(path, data)
-        archive.writestr(f"{name}-1.0.dist-info/RECORD", record)
-    return target
-
-
-def lock_line(path: Path, name: str) -> str:
-    return lk.Entry(name, "1.0", None, [lk.sha256(path)], [path.name]).render()
 
 
 def artifact(tmp_path: Path, requirements: str, bootstrap: str = "") -> Path:

@@ -1,12 +1,12 @@
 """Issue 12 item 1: a rogue OpenOPC gateway cannot make any OPC DA client of ours decode anything but serpent.
 
 Pyro4 4.82 decodes a handshake answer with whatever serializer the *server* names in the message header (NOTES
-13), and pickle is always registered. The rogue gateway here is a raw TCP server written against Pyro4's wire
-format, not Pyro4 itself: it answers the connect handshake (CONNECTOK and CONNECTFAIL), a later call, a later call
-flagged as an exception, and calls on the per-client object it hands out (itself asking for pickle) with a message
-whose header names pickle, marshal, json, dill, cloudpickle or msgpack. For the pickle family the payload creates
-a marker folder when decoded; for the others decoding must simply be refused. It speaks mutual TLS with
-certificates our CA signed: a compromised or impersonated gateway holds exactly such a certificate.
+13), and pickle is always registered. The rogue gateway (tests/support/rogue_opcda.py) is a raw TCP server written
+against Pyro4's wire format, not Pyro4 itself: it answers the connect handshake (CONNECTOK and CONNECTFAIL), a later
+call, a later call flagged as an exception, and calls on the per-client object it hands out (itself asking for
+pickle) with a message whose header names pickle, marshal, json, dill, cloudpickle or msgpack. For the pickle family
+the payload creates a marker folder when decoded; for the others decoding must simply be refused. It speaks mutual
+TLS with certificates our CA signed: a compromised or impersonated gateway holds exactly such a certificate.
 
 Every client path runs against it: the collector, ``gatewayctl opcda servers | list | read`` and ``gatewayctl
 doctor``. The marker must never appear and each must report a refusal that names the serializer.
@@ -15,18 +15,13 @@ doctor``. The marker must never appear and each must report a refusal that names
 from __future__ import annotations
 
 import asyncio
-import socket
-import ssl
-import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import serpent  # type: ignore[import-untyped]
 import yaml
 
 from devkit.peers import ROOT
@@ -37,97 +32,7 @@ from gateway.sources.opcda_config import OpcDaConnection
 from gateway.streams import StreamSpec
 from gateway.streams.embedded import EmbeddedStore
 from simulator.opcda_server import ensure_tls_files
-
-# Pyro4 wire format (Pyro4/message.py): header '!4sHHHHiHHHH' = tag, version 48, type, flags, seq, data size,
-# serializer id, annotations size, reserved, checksum.
-HEADER = struct.Struct("!4sHHHHiHHHH")
-VERSION, MAGIC = 48, 0x34E9
-CONNECT, CONNECTOK, CONNECTFAIL, INVOKE, RESULT = 1, 2, 3, 4, 5
-EXCEPTION, META_ON_CONNECT = 1, 16
-SERPENT = 1
-FOREIGN = {"json": 2, "marshal": 3, "pickle": 4, "dill": 5, "msgpack": 6, "cloudpickle": 7}
-STAGES = ("connectok", "connectfail", "result", "exception", "client-object")
-
-
-def _payload(serializer: str, marker: Path) -> bytes:
-    """What the rogue sends: for the pickle family, protocol-0 opcodes calling os.mkdir(marker) when decoded."""
-    if serializer in ("pickle", "dill", "cloudpickle"):  # written out by hand: this project never imports pickle
-        return b"cos\nmkdir\n(V" + str(marker).encode() + b"\ntR."
-    return {"json": b'"hello"', "marshal": b"z\x05hello", "msgpack": b"\xa5hello"}[serializer]
-
-
-def _frame(msg_type: int, data: bytes, sid: int, flags: int, seq: int) -> bytes:
-    checksum = (msg_type + VERSION + len(data) + flags + sid + seq + MAGIC) & 0xFFFF
-    return HEADER.pack(b"PYRO", VERSION, msg_type, flags, seq, len(data), sid, 0, 0, checksum) + data
-
-
-def _recv(conn: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = conn.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("peer closed")
-        buf += chunk
-    return buf
-
-
-class RogueGateway:
-    """Answers like an OpenOPC gateway until ``stage``, then with ``serializer``'s id and payload."""
-
-    def __init__(self, certs: Path, serializer: str, stage: str, marker: Path) -> None:
-        server_cert, server_key, ca = ensure_tls_files(certs)
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(server_cert, server_key)
-        self.ctx.load_verify_locations(ca)
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
-        self.sid, self.evil, self.stage = FOREIGN[serializer], _payload(serializer, marker), stage
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.evil_sent = 0
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                raw, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._session, args=(raw,), daemon=True).start()
-
-    def _session(self, raw: socket.socket) -> None:
-        try:
-            with self.ctx.wrap_socket(raw, server_side=True) as conn:
-                conn.settimeout(10)
-                while True:
-                    (_, _, msg_type, _, seq, size, _, anns, _, _) = HEADER.unpack(_recv(conn, HEADER.size))
-                    data = _recv(conn, anns + size)[anns:]
-                    conn.sendall(self._answer(msg_type, seq, data))
-        except (OSError, ConnectionError, ssl.SSLError, struct.error):
-            return  # the client gave up, as it should
-
-    def _evil(self, msg_type: int, seq: int, flags: int = 0) -> bytes:
-        self.evil_sent += 1
-        return _frame(msg_type, self.evil, self.sid, flags, seq)
-
-    def _answer(self, msg_type: int, seq: int, data: bytes) -> bytes:
-        if msg_type == CONNECT:
-            if self.stage in ("connectok", "connectfail"):
-                return self._evil(CONNECTOK if self.stage == "connectok" else CONNECTFAIL, seq)
-            methods = ["create_client", "ping", "servers", "connect", "list", "read", "close", "info", "get_metadata"]
-            ok = serpent.dumps({"handshake": "hello", "meta": {"methods": methods, "oneway": [], "attrs": []}})
-            return _frame(CONNECTOK, ok, SERPENT, META_ON_CONNECT, seq)
-        obj, method = serpent.loads(data)[:2]
-        if self.stage == "client-object" and (obj, method) == ("opc", "create_client"):
-            # a per-client proxy that asks to be spoken to in pickle (its serializer is part of its state)
-            uri = f"PYRO:client-1@127.0.0.1:{self.port}"
-            state = (uri, (), ("servers", "connect", "list", "read", "close"), (), 0.0, None, "hello", 0, "pickle")
-            proxy = serpent.dumps({"__class__": "Pyro4.core.Proxy", "state": state})
-            return _frame(RESULT, proxy, SERPENT, 0, seq)
-        return self._evil(RESULT, seq, EXCEPTION if self.stage == "exception" else 0)
-
-    def stop(self) -> None:
-        self.sock.close()
+from tests.support.rogue_opcda import FOREIGN, STAGES, RogueGateway, client_tls
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +52,6 @@ def rogue(request: pytest.FixtureRequest, certs: Path, tmp_path: Path) -> Iterat
     gw.stop()
 
 
-def _tls(certs: Path) -> dict[str, Path]:
-    return {"ca_file": certs / "ca.pem", "cert_file": certs / "client.pem", "key_file": certs / "client.key"}
-
-
 def _refused(text: str, rogue: Any) -> None:
     assert rogue.evil_sent >= 1, "the rogue never got to answer: the test did not test anything"
     assert not rogue.marker.exists(), "the rogue gateway's pickle payload was decoded: code execution"
@@ -159,7 +60,7 @@ def _refused(text: str, rogue: Any) -> None:
 
 def test_collector_never_decodes_a_foreign_serializer(rogue: Any, certs: Path, tmp_path: Path) -> None:
     conn = OpcDaConnection(name="da", host="127.0.0.1", port=rogue.port, server="FactoryEdge.TEP.1",
-                           items=["Reactor.Pressure"], tls=_tls(certs), timeout_s=3, connect_timeout_s=3,
+                           items=["Reactor.Pressure"], tls=client_tls(certs), timeout_s=3, connect_timeout_s=3,
                            reconnect_min_s=0.05, reconnect_max_s=0.2)
 
     async def body() -> str:
@@ -182,7 +83,7 @@ def test_collector_never_decodes_a_foreign_serializer(rogue: Any, certs: Path, t
                          ids=lambda c: c[0])
 def test_opcda_probes_never_decode_a_foreign_serializer(rogue: Any, certs: Path, command: list[str],
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    tls = _tls(certs)
+    tls = client_tls(certs)
     args = ["opcda", command[0], "127.0.0.1", *command[1:], "--port", str(rogue.port), "--timeout", "3",
             "--tls-ca", str(tls["ca_file"]), "--tls-cert", str(tls["cert_file"]), "--tls-key", str(tls["key_file"])]
     if command[0] != "servers":
@@ -199,7 +100,7 @@ def test_doctor_never_decodes_a_foreign_serializer(rogue: Any, certs: Path, tmp_
     cfg.write_text(yaml.safe_dump({
         "store": {"kind": "embedded", "path": str(tmp_path / "data")},
         "connections": [{"name": "da", "host": "127.0.0.1", "port": rogue.port, "server": "FactoryEdge.TEP.1",
-                         "items": ["Reactor.Pressure"], "tls": {k: str(v) for k, v in _tls(certs).items()}}]}))
+                         "items": ["Reactor.Pressure"], "tls": {k: str(v) for k, v in client_tls(certs).items()}}]}))
     code = main(["--json", "doctor", "--config", f"factoryedge.OpcDaCollector={cfg}", "--timeout", "3"])
     out = capsys.readouterr().out
     assert code == 1
@@ -244,7 +145,7 @@ def test_serpent_only_survives_re_registration(pickle_rogue: Any, certs: Path) -
     Pyro4.util.get_serializer_by_id = lambda sid: Pyro4.util._serializers_by_id[sid]  # type: ignore[attr-defined]
     try:
         session = Session(OpcDaConnection(name="da", host="127.0.0.1", port=pickle_rogue.port, server="S",
-                                          items=["X"], tls=_tls(certs), timeout_s=3, connect_timeout_s=3))
+                                          items=["X"], tls=client_tls(certs), timeout_s=3, connect_timeout_s=3))
         with pytest.raises(Exception) as err:
             session.open_client()
     finally:
@@ -260,7 +161,7 @@ def test_with_an_hmac_key_an_unsigned_answer_is_refused_before_decoding(pickle_r
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     key = tmp_path / "hmac.key"
     key.write_text("Zq7-HMAC-do-not-print\n")
-    tls = _tls(certs)
+    tls = client_tls(certs)
     code = main(["opcda", "servers", "127.0.0.1", "--port", str(pickle_rogue.port), "--timeout", "3",
                  "--tls-ca", str(tls["ca_file"]), "--tls-cert", str(tls["cert_file"]), "--tls-key",
                  str(tls["key_file"]), "--hmac-key-file", str(key)])

@@ -34,7 +34,7 @@ from gateway.config import validate
 from gateway.errors import ConfigError, SourceError
 from gateway.sources.opcua import connect, disconnect
 from gateway.sources.opcua_config import OpcUaConnection
-from tests.test_collector_opcua_peer import collect, running, until
+from tests.support.opcua_peer import collect, running, until
 
 PASSWORD = "R0gue-sees-Th1s-7"
 NS = "urn:factoryedge:test:rogue"

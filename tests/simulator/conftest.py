@@ -1,54 +1,21 @@
-"""Fixtures for the simulator tests: free ports, and all three endpoints serving one manually stepped plant."""
+"""Fixtures for the simulator tests: all three endpoints serving one manually stepped plant."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import TypeVar
 
 import pytest
 
+from devkit.peers import free_port
 from simulator.modbus_server import ModbusConfig, ModbusEndpoint
 from simulator.opcda_server import OpcDaConfig, OpcDaEndpoint
 from simulator.opcua_server import OpcUaConfig, OpcUaEndpoint
 from simulator.plant import TepPlant
 from simulator.runtime import Simulation
-
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition") -> T:
-    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
-
-
-@dataclass
-class Served:
-    """A simulation (real TEP, stepped only by the test) served on all three endpoints."""
-
-    sim: Simulation
-    loop: asyncio.AbstractEventLoop
-    opcua_url: str
-    modbus_port: int
-    opcda_port: int
+from tests.support.simulator import Served
 
 
 @pytest.fixture(scope="package")

@@ -14,7 +14,7 @@ from asyncua import Client, ua
 from asyncua.ua.uaerrors import UaStatusCodeError
 from pymodbus.client import ModbusTcpClient
 
-from tests.simulator.conftest import Served
+from tests.support.simulator import Served
 
 NS_URI = "urn:factoryedge:tep"
 

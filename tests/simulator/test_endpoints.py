@@ -16,7 +16,7 @@ from pymodbus.client import ModbusTcpClient
 
 from simulator.modbus_server import decode32
 from simulator.tags import PROCESS_TAGS
-from tests.simulator.conftest import Served
+from tests.support.simulator import Served
 
 NS_URI = "urn:factoryedge:tep"
 A_FEED = 0  # XMEAS 1, lost under IDV 6

@@ -17,8 +17,7 @@ from pathlib import Path
 import OpenOPC
 import Pyro4
 
-from tests.conftest import start_opcda_simulator
-from tests.simulator.conftest import Served
+from tests.support.simulator import Served, start_opcda_simulator
 
 _CLIENT = """
 import json, sys, OpenOPC, Pyro4
