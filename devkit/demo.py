@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from devkit.peers import ROOT, Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for
+from gateway.components import component
 
 SPEED = 180
 IDV_SCHEDULE = "1@12h"
@@ -38,34 +39,36 @@ def _modbus_tags() -> list[dict[str, Any]]:
 
 
 def _configs(run: Path, ports: dict[str, int], broker: Mosquitto | None) -> dict[str, Path]:
+    """``{component name: its configuration file}``: every component of the demo, in start order."""
     store = {"kind": "embedded", "path": str(run / "data")}
     common = {"store": store, "status_interval_s": 1}
     configs: dict[str, dict[str, Any]] = {
-        "opcua": {**common, "connections": [{
+        "factoryedge.OpcUaCollector": {**common, "connections": [{
             "name": "tep-opcua", "endpoint": f"opc.tcp://127.0.0.1:{ports['opcua']}",
             "namespace_uri": "urn:factoryedge:tep", "nodes": ["s=" + t for t in REACTOR_TAGS + OPCUA_EXTRA],
             "publishing_interval_ms": 250, "deadband": {"heartbeat_s": 1},
         }]},
-        "modbus": {**common, "connections": [{
+        "factoryedge.ModbusCollector": {**common, "connections": [{
             "name": "tep-modbus", "host": "127.0.0.1", "port": ports["modbus"], "scan_interval_s": 1,
             "tag_prefix": "Modbus/", "units": [{"unit_id": 1, "order": "ABCD", "tags": _modbus_tags()}],
         }]},
-        "opcda": {**common, "connections": [{
+        "factoryedge.OpcDaCollector": {**common, "connections": [{
             "name": "tep-opcda", "host": "127.0.0.1", "port": ports["opcda"], "server": "FactoryEdge.TEP.1",
             "browse": ["Compressor.*", "ProductAnalyzer.*"], "scan_interval_s": 1, "tag_prefix": "OpcDa/",
             # mutual TLS with the certificates the simulator generates (--opcda-tls-dir): no plain OPC DA link
             "tls": {"ca_file": str(run / OPCDA_PKI / "ca.pem"), "cert_file": str(run / OPCDA_PKI / "client.pem"),
                     "key_file": str(run / OPCDA_PKI / "client.key")},
         }]},
-        "anomaly": {**common, "input_streams": ["factoryedge-opcua"], "model_dir": str(run / "anomaly-model"),
-                    "start_from": "oldest", "save_interval_s": 30, "groups": [{
-                        "name": "reactor", "tags": REACTOR_TAGS, "shingle": 4, "cadence_s": 1.0, "max_age_s": 3.0,
-                        "training_points": 120, "false_alarm_rate": 0.005}]},
-        "publisher": {**common, "metrics_interval_s": 10, "destinations": [
+        "factoryedge.AnomalyDetector": {
+            **common, "input_streams": [component("factoryedge.OpcUaCollector").stream],
+            "model_dir": str(run / "anomaly-model"), "start_from": "oldest", "save_interval_s": 30, "groups": [{
+                "name": "reactor", "tags": REACTOR_TAGS, "shingle": 4, "cadence_s": 1.0, "max_age_s": 3.0,
+                "training_points": 120, "false_alarm_rate": 0.005}]},
+        "factoryedge.Publisher": {**common, "metrics_interval_s": 10, "destinations": [
             {"type": "file", "name": "local-file", "path": str(run / "out/records.jsonl")}]},
     }
     if broker is not None:
-        configs["publisher"]["destinations"].append({
+        configs["factoryedge.Publisher"]["destinations"].append({
             "type": "mqtt", "name": "mosquitto", "host": "127.0.0.1", "port": broker.tls_port,
             "client_id": "factoryedge-demo",
             "tls": {"ca_file": str(broker.pki.ca), "cert_file": str(broker.pki.client_cert),
@@ -74,16 +77,9 @@ def _configs(run: Path, ports: dict[str, int], broker: Mosquitto | None) -> dict
         })
     paths = {}
     for name, cfg in configs.items():
-        paths[name] = run / f"{name}.yaml"
+        paths[name] = run / f"{component(name).entry}.yaml"
         paths[name].write_text(yaml.safe_dump(cfg, sort_keys=False))
     return paths
-
-
-COMPONENTS = {
-    "opcua": "components.opcua_collector.main", "modbus": "components.modbus_collector.main",
-    "opcda": "components.opcda_collector.main", "anomaly": "components.anomaly_detector.main",
-    "publisher": "components.publisher.main",
-}
 
 
 def main() -> int:
@@ -115,9 +111,10 @@ def main() -> int:
             print(f"demo: the simulator exited:\n{sim.output()[-2000:]}")
             return 1
         paths = _configs(run, ports, broker)
-        for name, module in COMPONENTS.items():
-            procs.append(start([sys.executable, "-m", module, "--config", str(paths[name])], run / f"{name}.log",
-                               env={"PYTHONPATH": str(ROOT)}))
+        for name, path in paths.items():
+            spec = component(name)
+            procs.append(start([sys.executable, "-m", spec.entry_module, "--config", str(path)],
+                               run / f"{spec.entry}.log", env={"PYTHONPATH": str(ROOT)}))
         print(f"demo: {plant} plant at {SPEED}x real time, IDV {IDV_SCHEDULE.replace('@', ' on at ')} simulated; "
               f"configs and logs in {run}; records in {run / 'out/records.jsonl'}")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
