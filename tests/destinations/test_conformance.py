@@ -2,7 +2,8 @@
 
 File in a temporary folder, MQTT against mosquitto, IoT Core through the Greengrass IPC stand-in, SiteWise against
 its wire fake, Kinesis against kinesalite (behind devkit.kinesis_fault for per-record failures): the same tests,
-each type one harness in :mod:`tests.destinations.harness`. A type that cannot express a case skips it saying why.
+each type one harness in :mod:`tests.support.destination_harness`. A type that cannot express a case skips it
+saying why.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from gateway.diagnostics import Finding
 from gateway.errors import GatewayError
 from gateway.plugin import Plugin
 from gateway.record import Record
-from tests.destinations.harness import HARNESSES, Harness, records, until
+from tests.support.destination_harness import HARNESSES, Harness, records, until
 
 CLOSE_DEADLINE_S = 1.0
 #: What close may take beyond its deadline on a loaded machine (thread start, the loop's turn).
@@ -53,7 +54,7 @@ async def send_once(harness: Harness, batch: list[Record], **settings: object) -
 
 def test_every_type_in_the_union_has_a_harness() -> None:
     types = {cls.model_fields["type"].default for cls in DESTINATION_CONFIGS}
-    assert types == set(HARNESSES), "add a harness for each new destination type to tests/destinations/harness.py"
+    assert types == set(HARNESSES), "add a harness for each new destination type to tests.support.destination_harness"
 
 
 @pytest.mark.parametrize("model", DESTINATION_CONFIGS, ids=lambda m: m.__name__)

@@ -1,4 +1,4 @@
-"""The walk-through destination (tests/destinations/example_destination.py) added without touching the product:
+"""The walk-through destination (tests/support/example_destination.py) added without touching the product:
 validated, built and run by the publisher's own entry point, dead letters included, and diagnosed by doctor."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from gateway.publisher_component import run as run_publisher
 from gateway.runtime import Context
 from gateway.streams import PositionStore, RecordReader
 from gateway.streams.embedded import EmbeddedStore
-from tests.destinations.example_destination import COUNTED, NullConfig
+from tests.support.example_destination import COUNTED, NullConfig
 from tests.support.publisher import fill_values
 
 PUBLISHER = "factoryedge.Publisher"

@@ -14,7 +14,7 @@ A destination is one module holding three things, as this one does:
 3. its checks, which ``diagnose`` runs against the live peer.
 
 A shipped destination then takes one line in the union ``DestinationConfig`` (gateway/componentconfig.py) and a
-harness in tests/destinations/harness.py, which runs the conformance suite over it. This one stays out of the
+harness in tests/support/destination_harness.py, which runs the conformance suite over it. This one stays out of the
 union: tests extend the publisher's configuration with it (``publisher_config_with(NullConfig)``).
 """
 
