@@ -44,6 +44,7 @@ NEVER = 1_000_000_000  # pymodbus closes the link after this many unanswered req
 # session that fails before its first read marks its tags BAD with the same value as the outage's first BAD record,
 # which the deadband then suppresses: one BAD per tag and outage. Bounded by the configured tags.
 _LAST_VALUES: dict[str, dict[str, Value]] = {}
+_warned_plain: set[tuple[str, str, int]] = set()  # (connection, host, port) told it has no security, once a process
 
 
 def describe(pdu: ModbusPDU) -> str:
@@ -78,13 +79,10 @@ class ModbusSource:
         self.decoders = [Decoder(r, orders[r.unit]) for r in cfg.requests()]
         self._failing: dict[str, str] = {}  # request label -> reason it currently fails
         self._last = _LAST_VALUES.setdefault(cfg.name, {})  # tag -> last value read (a BAD record carries it)
-        # once per connection start (a reconnect reuses this source): the protocol has no security to configure
-        log.warning("connection %s: Modbus TCP to %s:%d is unauthenticated and unencrypted (the protocol has "
-                    "neither; the collector only reads, function codes 1-4): network segmentation is the control "
-                    "(docs/collectors.md, Modbus TCP)", cfg.name, cfg.host, cfg.port)
 
     async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
         cfg = self.cfg
+        warn_if_plain(cfg)
         client = client_for(cfg.host, cfg.port, cfg.timeout_s)
         try:
             if not await client.connect():
@@ -165,6 +163,17 @@ class ModbusSource:
             emitter.emit(tag.name, self._last.get(tag.name), Quality.BAD)
 
 
+def warn_if_plain(cfg: ModbusConnection) -> None:
+    """Once per connection and device, as OPC UA and OPC DA do: the protocol has no security to configure. The
+    collector makes a source per connection attempt, so a device that is down must not repeat this at every retry."""
+    key = (cfg.name, cfg.host, cfg.port)
+    if key not in _warned_plain:
+        _warned_plain.add(key)
+        log.warning("connection %s: Modbus TCP to %s:%d is unauthenticated and unencrypted (the protocol has "
+                    "neither; the collector only reads, function codes 1-4): network segmentation is the control "
+                    "(docs/collectors.md, Modbus TCP)", cfg.name, cfg.host, cfg.port)
+
+
 def _cancel_requested() -> bool:
     """True when this task was cancelled but the cancellation got lost.
 
@@ -187,8 +196,14 @@ def _hint(reason: str) -> str:
 
 
 async def diagnose(cfg: ModbusConnection, timeout_s: float) -> list[Finding]:
-    """Host reachable, each unit id answers every planned request, float tags plausible in the configured order."""
+    """Host reachable, each unit id answers every planned request, float tags plausible in the configured order.
+
+    Within ``timeout_s`` in all: a device that accepts the connection and never answers would otherwise cost one
+    timeout per request (doctor gives up on the whole check after ``timeout_s`` + 2 s, losing what was found).
+    """
     where = f"modbus {cfg.host}:{cfg.port}"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
     client = client_for(cfg.host, cfg.port, min(cfg.timeout_s, timeout_s))
     try:
         if not await asyncio.wait_for(client.connect(), timeout_s):
@@ -201,12 +216,17 @@ async def diagnose(cfg: ModbusConnection, timeout_s: float) -> list[Finding]:
         orders = {u.unit_id: u.order for u in cfg.units}
         reads: dict[int, list[tuple[Request, Data | None, str]]] = {}
         for req in cfg.requests():
+            left = deadline - loop.time()
             try:
-                pdu = await read(client, req)
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                pdu = await asyncio.wait_for(read(client, req), left)
                 result = (req, None, describe(pdu)) if pdu.isError() else (
                     req, pdu.bits if req.fc in (1, 2) else pdu.registers, "")
             except ModbusException as exc:
                 result = (req, None, f"no answer ({type(exc).__name__})")
+            except asyncio.TimeoutError:
+                result = (req, None, f"no answer within this check's {timeout_s:g} s")
             reads.setdefault(req.unit, []).append(result)
         for unit, results in reads.items():
             findings.extend(_unit_findings(unit, orders[unit], results))
