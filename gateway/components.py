@@ -4,7 +4,8 @@ Everything else about a component is derived from its :class:`ComponentSpec`: th
 dependencies (``tools/gg_templates.py`` writes ``recipes/*.yaml`` and ``recipe.yaml``), what its artifact zip ships
 (``tools/gg_artifact.py``), its lock (``tools/lock.py``), its entry point (``components/<entry>/main.py`` calls
 :func:`entry_point`), the streams the detector and the publisher's routes read by default, the demo, ``dev run`` and
-the packaging tests. Adding a protocol is one :class:`ComponentSpec` here (see docs/DEVELOPING.md).
+the packaging tests. A new component is one :class:`ComponentSpec` here besides its own modules (the checklist
+for a protocol: docs/DEVELOPING.md).
 
 Standard library only at import: ``tools/gg_bootstrap.py`` reads the table before anything is installed, and the
 configuration models (``gateway.componentconfig``, ``gateway.destinations.base``) read their default stream names
