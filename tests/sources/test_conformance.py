@@ -2,9 +2,9 @@
 
 OPC UA against node-opcua, Modbus TCP against libmodbus, OPC DA against the simulator's OpenOPC gateway: the same
 tests, through the collector (the caller the contract is written for). Each protocol is one :class:`Peer`: its
-source class and ``diagnose``, one running peer per module (stopped by PID), and settings reading two good tags,
-one tag the peer does not have and one value that cannot be decoded. A protocol that cannot express a case skips it
-saying why.
+source class and ``diagnose``, one running peer per module (stopped by PID), settings reading two good tags, one tag
+the peer does not have and one value that cannot be decoded, and a peer whose values are all marked bad (the
+simulator after a trip). A protocol that cannot express a case skips it saying why.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from tests.support.simulator import start_opcda_simulator, start_simulator
 
 FAST = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "flush_interval_s": 0.05}
 DIAGNOSE_TIMEOUT_S = 2.0
-CLOSE_DEADLINE_S = 5.0  # every source's own timeouts are set far above it while the peer hangs
-HUNG_TIMEOUT_S = 30.0
+CLOSE_DEADLINE_S = 5.0
+PATIENT_S = 30.0
 
 
 @dataclass
@@ -65,7 +65,9 @@ class Peer:
     reason: str
     garbage: str | None  # None: the protocol cannot express it, ``garbage_skip`` says why
     source_time: bool  # the protocol carries a source timestamp
-    hang: dict[str, Any]  # settings whose own timeouts are far above CLOSE_DEADLINE_S
+    # settings whose own timeouts are far above any deadline here: a slow machine never trips them, and a peer that
+    # hangs is noticed by the test, not by the source
+    patient: dict[str, Any]
     proxied: dict[str, Any] = field(default_factory=dict)  # settings for a link through the fault proxy
     garbage_skip: str = ""
     # a peer whose values are all marked bad (the simulator after a trip) and settings reading two of them
@@ -98,10 +100,10 @@ def _opcua(folder: Path) -> Peer:
         proc, port = start_simulator(folder, speed=0, extra=TRIP)
         return proc, make(port, namespace_uri="urn:factoryedge:tep", nodes=["s=Reactor/Pressure", "s=Reactor/Level"])
 
-    return Peer("opcua", SOURCES["opcua"], opcua.diagnose, make, server.port, kill, restart, server.stop,
-                ("Reactor/Pressure", "Reactor/Temperature"), "Reactor/NoSuchNode",
-                "BadNodeIdUnknown", "2255", True,
-                {"timeout_s": HUNG_TIMEOUT_S, "keepalive_s": HUNG_TIMEOUT_S, "watchdog_s": HUNG_TIMEOUT_S},
+    return Peer(protocol="opcua", source=SOURCES["opcua"], diagnose=opcua.diagnose, make=make, port=server.port,
+                kill=kill, restart=restart, stop=server.stop, good=("Reactor/Pressure", "Reactor/Temperature"),
+                missing="Reactor/NoSuchNode", reason="BadNodeIdUnknown", garbage="2255", source_time=True,
+                patient={"timeout_s": PATIENT_S, "keepalive_s": PATIENT_S, "watchdog_s": PATIENT_S},
                 tripped=tripped)
 
 
@@ -121,9 +123,10 @@ def _modbus(folder: Path) -> Peer:
         assert server.proc is not None
         server.proc.stop(signal.SIGKILL)
 
-    return Peer("modbus", SOURCES["modbus"], modbus.diagnose, make, server.port, kill, server.start, server.stop,
-                ("x", "y"), "gone", "holding registers 20000-20000: exception 2", "nan", False,
-                {"timeout_s": HUNG_TIMEOUT_S},
+    return Peer(protocol="modbus", source=SOURCES["modbus"], diagnose=modbus.diagnose, make=make, port=server.port,
+                kill=kill, restart=server.start, stop=server.stop, good=("x", "y"), missing="gone",
+                reason="holding registers 20000-20000: exception 2", garbage="nan", source_time=False,
+                patient={"timeout_s": PATIENT_S},
                 tripped_skip="Modbus has no quality: a register answers or its request gets an exception (the case of "
                 "the tag the peer does not have)")
 
@@ -151,9 +154,10 @@ def _opcda(folder: Path) -> Peer:
         proc, at = start_opcda_simulator(folder, speed=0, extra=TRIP)
         return proc, make(at, faults=False)
 
-    return Peer("opcda", SOURCES["opcda"], opcda.diagnose, make, port, kill, restart, stop,
-                ("Reactor.Pressure", "Reactor.Level"), "Reactor.NoSuchItem", "The item ID is not defined", None, True,
-                {"timeout_s": HUNG_TIMEOUT_S, "connect_timeout_s": HUNG_TIMEOUT_S},
+    return Peer(protocol="opcda", source=SOURCES["opcda"], diagnose=opcda.diagnose, make=make, port=port,
+                kill=kill, restart=restart, stop=stop, good=("Reactor.Pressure", "Reactor.Level"),
+                missing="Reactor.NoSuchItem", reason="The item ID is not defined", garbage=None, source_time=True,
+                patient={"timeout_s": PATIENT_S, "connect_timeout_s": PATIENT_S},
                 proxied={"rewrite_proxy_host": "always"},  # the per-client object through the proxy too
                 tripped=tripped,
                 garbage_skip="OPC DA settings name items only, with no type or count to get wrong: the server "
@@ -268,7 +272,7 @@ def steady(peer: Peer, tmp_path_factory: pytest.TempPathFactory) -> Observed:
 
     async def body() -> Observed:
         before = start_seq()
-        run = Run(tmp_path_factory.mktemp(f"steady-{peer.protocol}"), peer, peer.make(peer.port))
+        run = Run(tmp_path_factory.mktemp(f"steady-{peer.protocol}"), peer, peer.make(peer.port, **peer.patient))
         await run.more(30)
         records = await run.finish()
         return Observed(records, run.counters, logs.lines, before, start_seq())
@@ -401,7 +405,7 @@ def test_diagnose_of_a_peer_that_hangs_fails_within_its_timeout(peer: Peer) -> N
     proxy.blackhole()  # connections are accepted (the listen backlog) and never answered
     try:
         t0 = time.monotonic()
-        cfg = peer.make(proxy.port, **peer.proxied, **peer.hang)  # every tag: one request each may hang
+        cfg = peer.make(proxy.port, **peer.proxied, **peer.patient)  # every tag: one request each may hang
         findings = asyncio.run(peer.diagnose(cfg, DIAGNOSE_TIMEOUT_S))
         elapsed = time.monotonic() - t0
     finally:
@@ -415,7 +419,7 @@ def test_stop_returns_within_a_deadline_while_the_peer_hangs(peer: Peer, tmp_pat
     proxy = FaultProxy(peer.port).start()
 
     async def body() -> float:
-        run = Run(tmp_path, peer, peer.make(proxy.port, faults=False, **peer.proxied, **peer.hang))
+        run = Run(tmp_path, peer, peer.make(proxy.port, faults=False, **peer.proxied, **peer.patient))
         await run.more(5)
         await asyncio.to_thread(proxy.blackhole)  # a cut link: the peer answers nothing, sockets stay open
         await run.stalled()
