@@ -1,10 +1,11 @@
 """The source contract (:class:`gateway.sources.common.Source`), run over every protocol module against its real peer.
 
 OPC UA against node-opcua, Modbus TCP against libmodbus, OPC DA against the simulator's OpenOPC gateway: the same
-tests, through the collector (the caller the contract is written for). Each protocol is one :class:`Peer`: its
-source class and ``diagnose``, one running peer per module (stopped by PID), settings reading two good tags, one tag
-the peer does not have and one value that cannot be decoded, and a peer whose values are all marked bad (the
-simulator after a trip). A protocol that cannot express a case skips it saying why.
+tests, through the production paths: the collector builds each attempt's source from the connection model
+(``build()``) and doctor's checks are the model's ``diagnose``. Each protocol is one :class:`Peer`: one running peer
+per module (stopped by PID), settings reading two good tags, one tag the peer does not have and one value that
+cannot be decoded, and a peer whose values are all marked bad (the simulator after a trip). A protocol that cannot
+express a case skips it saying why.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from gateway.components import of_kind
 from gateway.diagnostics import Finding
 from gateway.record import Kind, Quality, Record, start_seq
 from gateway.sources import modbus, opcda, opcua
-from gateway.sources.common import ConnectionBase, Counters, SourceFactory
+from gateway.sources.common import Counters, Source
 from gateway.sources.modbus_config import ModbusConnection
 from gateway.sources.opcda_config import OpcDaConnection
 from gateway.sources.opcua_config import OpcUaConnection
@@ -42,20 +43,19 @@ FAST = {"reconnect_min_s": 0.05, "reconnect_max_s": 0.3, "flush_interval_s": 0.0
 DIAGNOSE_TIMEOUT_S = 2.0
 CLOSE_DEADLINE_S = 5.0
 PATIENT_S = 30.0
+Connection = OpcUaConnection | ModbusConnection | OpcDaConnection
 
 
 @dataclass
 class Peer:
-    """One protocol: its source, its ``diagnose`` and a running real peer.
+    """One protocol's running real peer and connection settings for it (whose model builds the source).
 
     ``make(port, faults=True, **settings)`` is a connection to the peer at ``port`` reading the ``good`` tags and,
     with ``faults``, the ``missing`` tag (whose warning names ``reason``) and the ``garbage`` tag.
     """
 
     protocol: str
-    source: SourceFactory
-    diagnose: Callable[[Any, float], Coroutine[Any, Any, list[Finding]]]
-    make: Callable[..., ConnectionBase]
+    make: Callable[..., Connection]
     port: int
     kill: Callable[[], None]  # SIGKILL by PID
     restart: Callable[[], None]  # on the same port
@@ -71,7 +71,7 @@ class Peer:
     proxied: dict[str, Any] = field(default_factory=dict)  # settings for a link through the fault proxy
     garbage_skip: str = ""
     # a peer whose values are all marked bad (the simulator after a trip) and settings reading two of them
-    tripped: Callable[[Path], tuple[Proc, ConnectionBase]] | None = None
+    tripped: Callable[[Path], tuple[Proc, Connection]] | None = None
     tripped_skip: str = ""
 
 
@@ -96,12 +96,12 @@ def _opcua(folder: Path) -> Peer:
     def restart() -> None:
         server.start()
 
-    def tripped(folder: Path) -> tuple[Proc, ConnectionBase]:
+    def tripped(folder: Path) -> tuple[Proc, Connection]:
         proc, port = start_simulator(folder, speed=0, extra=TRIP)
         return proc, make(port, namespace_uri="urn:factoryedge:tep", nodes=["s=Reactor/Pressure", "s=Reactor/Level"])
 
-    return Peer(protocol="opcua", source=SOURCES["opcua"], diagnose=opcua.diagnose, make=make, port=server.port,
-                kill=kill, restart=restart, stop=server.stop, good=("Reactor/Pressure", "Reactor/Temperature"),
+    return Peer(protocol="opcua", make=make, port=server.port, kill=kill, restart=restart, stop=server.stop,
+                good=("Reactor/Pressure", "Reactor/Temperature"),
                 missing="Reactor/NoSuchNode", reason="BadNodeIdUnknown", garbage="2255", source_time=True,
                 patient={"timeout_s": PATIENT_S, "keepalive_s": PATIENT_S, "watchdog_s": PATIENT_S},
                 tripped=tripped)
@@ -123,8 +123,8 @@ def _modbus(folder: Path) -> Peer:
         assert server.proc is not None
         server.proc.stop(signal.SIGKILL)
 
-    return Peer(protocol="modbus", source=SOURCES["modbus"], diagnose=modbus.diagnose, make=make, port=server.port,
-                kill=kill, restart=server.start, stop=server.stop, good=("x", "y"), missing="gone",
+    return Peer(protocol="modbus", make=make, port=server.port, kill=kill, restart=server.start, stop=server.stop,
+                good=("x", "y"), missing="gone",
                 reason="holding registers 20000-20000: exception 2", garbage="nan", source_time=False,
                 patient={"timeout_s": PATIENT_S},
                 tripped_skip="Modbus has no quality: a register answers or its request gets an exception (the case of "
@@ -150,12 +150,12 @@ def _opcda(folder: Path) -> Peer:
     def stop() -> None:
         procs[-1].stop()
 
-    def tripped(folder: Path) -> tuple[Proc, ConnectionBase]:
+    def tripped(folder: Path) -> tuple[Proc, Connection]:
         proc, at = start_opcda_simulator(folder, speed=0, extra=TRIP)
         return proc, make(at, faults=False)
 
-    return Peer(protocol="opcda", source=SOURCES["opcda"], diagnose=opcda.diagnose, make=make, port=port,
-                kill=kill, restart=restart, stop=stop, good=("Reactor.Pressure", "Reactor.Level"),
+    return Peer(protocol="opcda", make=make, port=port, kill=kill, restart=restart, stop=stop,
+                good=("Reactor.Pressure", "Reactor.Level"),
                 missing="Reactor.NoSuchItem", reason="The item ID is not defined", garbage=None, source_time=True,
                 patient={"timeout_s": PATIENT_S, "connect_timeout_s": PATIENT_S},
                 proxied={"rewrite_proxy_host": "always"},  # the per-client object through the proxy too
@@ -165,15 +165,20 @@ def _opcda(folder: Path) -> Peer:
 
 
 STARTERS: dict[str, Callable[[Path], Peer]] = {"opcua": _opcua, "modbus": _modbus, "opcda": _opcda}
-SOURCES: dict[str, SourceFactory] = {"opcua": opcua.OpcUaSource, "modbus": modbus.ModbusSource,
+SOURCES: dict[str, type[Source]] = {"opcua": opcua.OpcUaSource, "modbus": modbus.ModbusSource,
                                      "opcda": opcda.OpcDaSource}
 
 
 def test_every_collectors_source_has_a_peer_here() -> None:
     """A new protocol's collector fails here until its source runs through this suite."""
     declared = {spec.source for spec in of_kind("collector")}
-    assert {f"{cls.__module__}:{cls.__qualname__}" for cls in SOURCES.values()} == declared  # type: ignore[attr-defined]
+    assert {f"{cls.__module__}:{cls.__qualname__}" for cls in SOURCES.values()} == declared
     assert set(STARTERS) == set(SOURCES)
+
+
+def test_the_connection_model_builds_its_protocols_source(peer: Peer) -> None:
+    built = peer.make(peer.port).build()
+    assert isinstance(built, SOURCES[peer.protocol]), built
 
 
 @pytest.fixture(scope="module", params=sorted(STARTERS))
@@ -198,10 +203,11 @@ class Logs(logging.Handler):
 class Run:
     """A collector running one connection in this event loop: the source's real caller."""
 
-    def __init__(self, tmp: Path, peer: Peer, cfg: ConnectionBase) -> None:
+    def __init__(self, tmp: Path, cfg: Connection) -> None:
         self.tmp, self.name = tmp, cfg.name
         self.store = EmbeddedStore(tmp / "store")
-        self.collector = Collector("conformance", self.store, StreamSpec(name="values"), peer.source)
+        # the production factory: the model builds its source (gateway.plugin), one per connection attempt
+        self.collector = Collector("conformance", self.store, StreamSpec(name="values"), lambda c: c.build())
         self.stop = asyncio.Event()
         self.task = asyncio.create_task(self.collector.run([cfg], self.stop))
 
@@ -272,7 +278,7 @@ def steady(peer: Peer, tmp_path_factory: pytest.TempPathFactory) -> Observed:
 
     async def body() -> Observed:
         before = start_seq()
-        run = Run(tmp_path_factory.mktemp(f"steady-{peer.protocol}"), peer, peer.make(peer.port, **peer.patient))
+        run = Run(tmp_path_factory.mktemp(f"steady-{peer.protocol}"), peer.make(peer.port, **peer.patient))
         await run.more(30)
         records = await run.finish()
         return Observed(records, run.counters, logs.lines, before, start_seq())
@@ -306,7 +312,7 @@ def test_values_the_peer_marks_bad_are_bad_with_the_peers_value_or_none(peer: Pe
     proc, cfg = peer.tripped(tmp_path / "tripped")
 
     async def body() -> list[Record]:
-        run = Run(tmp_path, peer, cfg)
+        run = Run(tmp_path, cfg)
         await run.until(lambda: run.counters.bad_values_read >= 2, "the plant's trip")
         return await run.finish()
 
@@ -356,7 +362,7 @@ def test_a_killed_peer_is_reconnected_with_bad_records_for_the_outage(peer: Peer
                                                                       caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "gateway")
     async def body() -> tuple[list[Record], Counters, int, int]:
-        run = Run(tmp_path, peer, peer.make(peer.port, faults=False))
+        run = Run(tmp_path, peer.make(peer.port, faults=False))
         await run.more(10)
         killed = time.time_ns()
         await asyncio.to_thread(peer.kill)
@@ -385,7 +391,7 @@ def test_a_killed_peer_is_reconnected_with_bad_records_for_the_outage(peer: Peer
 
 
 def test_diagnose_passes_for_the_live_peer(peer: Peer) -> None:
-    findings = asyncio.run(peer.diagnose(peer.make(peer.port, faults=False), DIAGNOSE_TIMEOUT_S))
+    findings = asyncio.run(peer.make(peer.port, faults=False).diagnose(DIAGNOSE_TIMEOUT_S))
     assert findings and all(isinstance(f, Finding) for f in findings), findings
     assert all(f.ok is not False for f in findings), [f for f in findings if f.ok is False]
     assert any(f.ok for f in findings), findings
@@ -393,7 +399,7 @@ def test_diagnose_passes_for_the_live_peer(peer: Peer) -> None:
 
 def test_diagnose_fails_for_a_dead_port_within_its_timeout(peer: Peer) -> None:
     t0 = time.monotonic()
-    findings = asyncio.run(peer.diagnose(peer.make(free_port(), faults=False), DIAGNOSE_TIMEOUT_S))
+    findings = asyncio.run(peer.make(free_port(), faults=False).diagnose(DIAGNOSE_TIMEOUT_S))
     elapsed = time.monotonic() - t0
     assert elapsed < DIAGNOSE_TIMEOUT_S, elapsed
     failed = [f for f in findings if f.ok is False]
@@ -406,7 +412,7 @@ def test_diagnose_of_a_peer_that_hangs_fails_within_its_timeout(peer: Peer) -> N
     try:
         t0 = time.monotonic()
         cfg = peer.make(proxy.port, **peer.proxied, **peer.patient)  # every tag: one request each may hang
-        findings = asyncio.run(peer.diagnose(cfg, DIAGNOSE_TIMEOUT_S))
+        findings = asyncio.run(cfg.diagnose(DIAGNOSE_TIMEOUT_S))
         elapsed = time.monotonic() - t0
     finally:
         proxy.stop()
@@ -419,7 +425,7 @@ def test_stop_returns_within_a_deadline_while_the_peer_hangs(peer: Peer, tmp_pat
     proxy = FaultProxy(peer.port).start()
 
     async def body() -> float:
-        run = Run(tmp_path, peer, peer.make(proxy.port, faults=False, **peer.proxied, **peer.patient))
+        run = Run(tmp_path, peer.make(proxy.port, faults=False, **peer.proxied, **peer.patient))
         await run.more(5)
         await asyncio.to_thread(proxy.blackhole)  # a cut link: the peer answers nothing, sockets stay open
         await run.stalled()
