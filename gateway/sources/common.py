@@ -210,12 +210,12 @@ class Source(Protocol):
 
     The contract, checked for every module by tests/sources/test_conformance.py against its real peer:
 
-    - The collector makes a new source for every connection attempt (``factory(cfg)``: construction does no I/O)
-      and calls :meth:`run` once on it, from its event loop, then drops it.
+    - The collector makes a new source for every connection attempt (``cfg.build()``, see :mod:`gateway.plugin`;
+      construction does no I/O) and calls :meth:`run` once on it, from its event loop, then drops it.
     - ``run`` connects, calls ``on_connected`` once the session is up and values can flow, then reads until the
       link fails. It never returns while the connection is wanted: it raises (a retryable
-      :class:`~gateway.errors.SourceError` naming the peer) and the collector counts a reconnect, backs off and
-      makes the next source.
+      :class:`~gateway.errors.SourceError` naming the peer) and the collector counts a retry (``connect_retries``),
+      backs off and makes the next source.
     - Every value read goes to :meth:`Emitter.emit` with its quality and the peer's source timestamp when the
       protocol has one (``None`` otherwise: the read time is used). A value the peer reports bad or does not have,
       or that cannot be decoded, is a per-tag BAD (or UNCERTAIN) emit with no value or the tag's last one, never a
@@ -226,12 +226,12 @@ class Source(Protocol):
     - Cancelling ``run`` is how the collector stops or reconfigures a connection: it returns within a few seconds
       whatever the peer does (a peer that hangs included), releasing the peer's session on a best-effort basis.
 
-    A protocol module also has ``async def diagnose(cfg, timeout_s) -> list[Finding]`` for ``gatewayctl doctor``
-    (:mod:`gateway.diagnostics`): a peer problem is a failed finding, never an exception, found within about
-    ``timeout_s``.
+    A protocol module also has ``async def diagnose(cfg, timeout_s) -> list[Finding]``, which ``gatewayctl doctor``
+    reaches through the model's ``diagnose`` (:mod:`gateway.diagnostics`): a peer problem is a failed finding, never
+    an exception, found within about ``timeout_s`` even when the peer hangs (doctor gives up 2 s later).
     """
 
     async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None: ...
 
 
-SourceFactory = Callable[[Any], Source]  # the source class of a protocol module, called with one connection's settings
+SourceFactory = Callable[[Any], Source]  # one connection's settings -> its source (``cfg.build()`` or a stand-in)
