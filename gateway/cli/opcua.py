@@ -135,7 +135,7 @@ def _quiet() -> None:
 
 
 async def _with_client(args: argparse.Namespace, nodes: list[str], work: Any) -> Any:
-    from gateway.sources.opcua import connect, disconnect
+    from gateway.sources.opcua_session import connect, disconnect
 
     _quiet()
 
@@ -149,7 +149,7 @@ async def _with_client(args: argparse.Namespace, nodes: list[str], work: Any) ->
 async def _nodes(client: Any, node_ids: list[str]) -> list[Any]:
     """Nodes for node ids, 'nsu=URI;...' resolved against the server's namespaces."""
     from gateway.errors import SourceError
-    from gateway.sources.opcua import with_index
+    from gateway.sources.opcua_session import with_index
 
     namespaces = await client.get_namespace_array()
     try:

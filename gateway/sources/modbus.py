@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -32,7 +33,9 @@ from gateway.sources.modbus_codec import (
     decode_value,
     plausible,
 )
-from gateway.sources.modbus_config import ModbusConnection
+
+if TYPE_CHECKING:  # hints only: the config model imports this module (build, diagnose), not the reverse
+    from gateway.sources.modbus_config import ModbusConnection
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import OpenOPC
 import Pyro4
@@ -42,9 +42,11 @@ from gateway.errors import SourceError
 from gateway.record import Quality, Value
 from gateway.redact import redact_text
 from gateway.sources.common import Emitter
-from gateway.sources.opcda_config import OpcDaConnection, OpcDaTls, zone_of
 from gateway.sources.opcda_wire import check as check_serpent_only
 from gateway.sources.opcda_wire import refusal
+
+if TYPE_CHECKING:  # hints only: the config model imports this module (build, diagnose), not the reverse
+    from gateway.sources.opcda_config import OpcDaConnection, OpcDaTls
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +165,7 @@ class Session:
         self.items: list[str] = []
         self.unknown: dict[str, str] = {}
         self.group = f"factoryedge-{cfg.name}"
-        self._naive_tz = zone_of(cfg.naive_timestamp_tz)
+        self._naive_tz = cfg.naive_tz
 
     def open(self) -> None:
         """Create a client on the gateway and connect it to the OPC DA server."""

@@ -106,6 +106,11 @@ class OpcDaConnection(ConnectionBase):
             raise ValueError("nothing to read: give items (item ids) or browse (patterns such as 'Reactor.*')")
         return self
 
+    @property
+    def naive_tz(self) -> tzinfo:
+        """The zone of ``naive_timestamp_tz``, for timestamps the server sends without one."""
+        return zone_of(self.naive_timestamp_tz)
+
     def build(self) -> OpcDaSource:
         """The connection's source (see :mod:`gateway.plugin`); OpenOPC and Pyro4 are loaded here, not by
         validation."""

@@ -8,6 +8,7 @@ browse matches) and every browse pattern matching something. A problem is a find
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from asyncua.client.client import Client
 from asyncua.ua.attribute_ids import AttributeIds
@@ -18,10 +19,12 @@ from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.endpoints import host_port
 from gateway.errors import EndpointError, SourceError
 from gateway.redact import redact_text
-from gateway.sources.opcua import connect, disconnect, resolve_nodes, tag_of
 from gateway.sources.opcua_browse import all_variables, closest
-from gateway.sources.opcua_config import OpcUaConnection
 from gateway.sources.opcua_security import MODES, POLICY_URIS, check_server_certificate, first_cert, server_certificate
+from gateway.sources.opcua_session import connect, disconnect, resolve_nodes, tag_of
+
+if TYPE_CHECKING:  # hints only: the config model imports this module (build, diagnose), not the reverse
+    from gateway.sources.opcua_config import OpcUaConnection
 
 
 async def _reachable(cfg: OpcUaConnection, timeout_s: float) -> Finding:

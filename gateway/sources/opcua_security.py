@@ -20,6 +20,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -31,7 +32,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.errors import SourceError
 from gateway.redact import redact_url
-from gateway.sources.opcua_config import OpcUaSecurity
+
+if TYPE_CHECKING:  # hints only: the config model imports this module (build, diagnose), not the reverse
+    from gateway.sources.opcua_config import OpcUaSecurity
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from gateway.collector import Collector
 from gateway.componentconfig import OpcUaCollectorConfig
 from gateway.config import validate
 from gateway.errors import ConfigError, SourceError
-from gateway.sources.opcua import connect, disconnect
 from gateway.sources.opcua_config import OpcUaConnection
+from gateway.sources.opcua_session import connect, disconnect
 from tests.support.opcua_peer import collect, running, until
 
 PASSWORD = "R0gue-sees-Th1s-7"
