@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gateway.cli import core
 from gateway.endpoints import host_port
 from gateway.errors import ConfigError
 
@@ -38,8 +39,6 @@ def core_setup(args: argparse.Namespace) -> None:
     if getattr(args, "core_checked", False):
         return
     args.core_checked = True
-    from gateway.cli import core
-
     root = Path(getattr(args, "greengrass_root", None) or core.DEFAULT_ROOT)
     if not getattr(args, "store", None):
         problem = core.unreadable(root, sys.argv[1:])
@@ -65,8 +64,6 @@ def store_dir(args: argparse.Namespace) -> Path:
     for loaded in configs:
         if loaded.store_path:
             return Path(loaded.base_dir) / str(loaded.store_path)
-    from gateway.cli import core
-
     folders = core.work_folders(Path(getattr(args, "greengrass_root", None) or core.DEFAULT_ROOT))
     for folder in sorted(folders, key=lambda f: f.name != "factoryedge.Publisher"):
         if (folder / DEFAULT_STORE).is_dir():
@@ -117,6 +114,21 @@ def read_statuses(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             if name not in found or data.get("updated_ns", 0) > found[name].get("updated_ns", 0):
                 found[name] = data
     return found
+
+
+def unacknowledged_losses(store: Path | str) -> list[dict[str, Any]]:
+    """Loss counters not acknowledged yet (``gatewayctl buffer --ack-losses``), from the store's positions folder."""
+    from gateway.streams.positions import PositionStore
+
+    folder = Path(store) / "positions"
+    if not folder.is_dir():
+        return []
+    return [r for r in PositionStore(folder).losses() if r["unacknowledged"]]
+
+
+def fmt_losses(counts: dict[str, Any]) -> str:
+    """Loss counters as one line: ``messages_lost 3, bytes_lost 1.5e+06``."""
+    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in counts.items())
 
 
 def pid_alive(pid: int) -> bool:

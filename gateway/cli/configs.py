@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.components import COMPONENTS, config_models
+from gateway.cli.common import core_setup, read_statuses
+from gateway.cli.core import ENTRY_POINTS
+from gateway.components import config_models
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -185,10 +187,6 @@ def from_deployment(timeout_s: float = 5.0) -> list[LoadedConfig]:
     return asyncio.run(fetch())
 
 
-# Component -> its folder under components/ (the entry point components/<entry>/main.py).
-ENTRY_POINTS = {spec.name: spec.entry for spec in COMPONENTS if spec.entry}
-
-
 def _trusted_uid(uid: int) -> bool:
     return uid in (0, os.geteuid())
 
@@ -292,8 +290,6 @@ def load(args: argparse.Namespace, statuses: dict[str, dict[str, Any]] | None = 
 
 def gather(args: argparse.Namespace) -> tuple[list[LoadedConfig], dict[str, dict[str, Any]]]:
     """The configurations and the components' statuses, each found with the help of the other when needed."""
-    from gateway.cli.common import core_setup, read_statuses
-
     core_setup(args)  # next to a core: refuse unreadable files in one line, or borrow a component's IPC access
     explicit = bool(getattr(args, "config_files", None) or getattr(args, "config_dir", None)
                     or getattr(args, "deployed", False) or under_greengrass())

@@ -27,12 +27,15 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.components import COMPONENTS
 from gateway.errors import ConfigError
 
 DEFAULT_ROOT = "/greengrass/v2"
 PREFIX = "factoryedge."
 SOCKET_ENV = "AWS_GG_NUCLEUS_DOMAIN_SOCKET_FILEPATH_FOR_COMPONENT"
 BORROWED = (SOCKET_ENV, "SVCUID", "AWS_CONTAINER_AUTHORIZATION_TOKEN", "STREAM_MANAGER_SERVER_PORT")
+# Component -> its folder under components/ (the entry point components/<entry>/main.py).
+ENTRY_POINTS = {spec.name: spec.entry for spec in COMPONENTS if spec.entry}
 
 
 @dataclass(frozen=True)
@@ -78,8 +81,6 @@ def unreadable(root: Path, argv: list[str]) -> ConfigError | None:
     elif not os.access(work, os.R_OK | os.X_OK):
         blocked = work
     else:
-        from gateway.cli.configs import ENTRY_POINTS
-
         folders = [f for f in work_folders(root) if f.name in ENTRY_POINTS]  # those with a store (not the Cli)
         blocked = next((f / "data" for f in folders if not os.access(f, os.X_OK)
                         or ((f / "data").exists() and not os.access(f / "data", os.R_OK | os.X_OK))), None)
@@ -115,8 +116,6 @@ def untrusted(pid: int, component: str, root: Path) -> str | None:
 
     Raises OSError when the process is gone or cannot be inspected.
     """
-    from gateway.cli.configs import ENTRY_POINTS
-
     root = root.resolve()
     root_st, work_st = root.stat(), (root / "work").stat()
     if _writable_by_others(root_st) or _writable_by_others(work_st):

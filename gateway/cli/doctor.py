@@ -272,7 +272,7 @@ async def _peer_checks(args: argparse.Namespace, loaded: list[configs.LoadedConf
 
 def check_losses(args: argparse.Namespace) -> list[Finding]:
     """Loss counters nobody acknowledged yet: data that never reached a stream or a destination."""
-    from gateway.cli.status import fmt_losses, unacknowledged_losses
+    from gateway.cli.common import fmt_losses, unacknowledged_losses
 
     out = []
     for r in unacknowledged_losses(store_dir(args)):

@@ -21,13 +21,16 @@ from gateway.cli.common import (
     age_s,
     fmt_age,
     fmt_bytes,
+    fmt_losses,
     open_store,
     pid_alive,
     print_json,
     read_statuses,
     safe,
     store_dir,
+    unacknowledged_losses,
 )
+from gateway.cli.streamscmd import stream_rows
 from gateway.counters import current_names
 
 STALE_S = 30.0  # without its status_interval_s in the file, a status older than this is stale
@@ -107,8 +110,6 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
                                    "threshold": g.get("threshold"), "alarm": bool(g.get("alarm"))})
     out["losses"] = unacknowledged_losses(store_dir(args))
     try:
-        from gateway.cli.streamscmd import stream_rows
-
         own = store is None
         store = store or open_store(args)
         out["streams"] = stream_rows(store)
@@ -132,22 +133,6 @@ def stale_limit_s(status: dict[str, Any], default_s: float) -> float:
     if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0:
         return STALE_INTERVALS * float(interval)
     return default_s
-
-
-def unacknowledged_losses(store: Any) -> list[dict[str, Any]]:
-    """Loss counters not acknowledged yet (``gatewayctl buffer --ack-losses``), from the store's positions folder."""
-    from pathlib import Path
-
-    from gateway.streams.positions import PositionStore
-
-    folder = Path(store) / "positions"
-    if not folder.is_dir():
-        return []
-    return [r for r in PositionStore(folder).losses() if r["unacknowledged"]]
-
-
-def fmt_losses(counts: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in counts.items())
 
 
 def _num(v: float | None, fmt: str = "{:.1f}") -> str:

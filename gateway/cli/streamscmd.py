@@ -19,11 +19,13 @@ from gateway.cli.common import (
     SELF_READERS,
     fmt_bytes,
     fmt_duration,
+    fmt_losses,
     open_store,
     print_json,
     safe,
     store_dir,
     table,
+    unacknowledged_losses,
 )
 
 if TYPE_CHECKING:
@@ -205,19 +207,11 @@ def _ack_losses(args: argparse.Namespace) -> int:
     elif not done:
         print("no unacknowledged losses")
     for r in [] if args.json else done:
-        print(safe(f"acknowledged {r['owner']} on {r['stream']}: {_fmt_losses(r['unacknowledged'])}"))
+        print(safe(f"acknowledged {r['owner']} on {r['stream']}: {fmt_losses(r['unacknowledged'])}"))
     return EXIT_OK
 
 
-def _fmt_losses(counts: dict[str, Any]) -> str:
-    from gateway.cli.status import fmt_losses
-
-    return fmt_losses(counts)
-
-
 def cmd_buffer(args: argparse.Namespace) -> int:
-    from gateway.cli.status import unacknowledged_losses
-
     if args.ack_losses:
         return _ack_losses(args)
     losses = unacknowledged_losses(store_dir(args))
@@ -247,5 +241,5 @@ def cmd_buffer(args: argparse.Namespace) -> int:
     if losses and not args.json:
         print("\nunacknowledged losses (cumulative; gatewayctl buffer --ack-losses once their cause is dealt with):")
         for loss in losses:
-            print(safe(f"  {loss['owner']} on {loss['stream']}: {_fmt_losses(loss['unacknowledged'])}"))
+            print(safe(f"  {loss['owner']} on {loss['stream']}: {fmt_losses(loss['unacknowledged'])}"))
     return EXIT_UNHEALTHY if late or losses else EXIT_OK
