@@ -45,6 +45,7 @@ from devkit.devrun_lifecycle import (
     MAXIMUM_CONTINUAL_ERROR,
     ComponentLifecycle,
     Kind,
+    Running,
 )
 from devkit.ipc_server import IpcServer
 from devkit.stream_manager_service import StreamManagerService
@@ -73,26 +74,6 @@ class Options:
     components: list[str] = field(default_factory=list)
     stream_manager_port: int = 8088
     region: str = field(default_factory=lambda: os.environ.get("AWS_REGION", "us-east-1"))
-
-
-@dataclass
-class Running:
-    """A supervised component: its state as the nucleus would show it, its process and restarts."""
-
-    component: rcp.Component
-    token: str
-    lifecycle: ComponentLifecycle
-    pid: int | None = None
-    last_exit: int | None = None
-    process: asyncio.subprocess.Process | None = None
-
-    @property
-    def state(self) -> str:
-        return self.lifecycle.state
-
-    @property
-    def restarts(self) -> int:
-        return self.lifecycle.restarts
 
 
 def select(recipes: dict[str, tuple[Path, dict[str, Any]]], wanted: list[str]) -> list[str]:

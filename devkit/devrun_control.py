@@ -23,14 +23,15 @@ import logging
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from devkit import devrun_recipe as rcp
 from gateway.endpoints import host_port
 from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
-    from devkit.devrun import DevRun
+    from devkit.devrun_lifecycle import Running
+    from devkit.ipc_server import IpcServer
 
 log = logging.getLogger(__name__)
 _MAX_REQUEST = 16 * 1024 * 1024
@@ -101,10 +102,21 @@ class IotCoreForwarder:
             self._client = None
 
 
+class Controlled(Protocol):
+    """What the control socket drives: a :class:`devkit.devrun.DevRun` (which makes the server, so that the server
+    knows the dev run by this much only)."""
+
+    stopping: asyncio.Event
+    components: dict[str, Running]
+    ipc: IpcServer | None
+
+    def status(self) -> dict[str, Any]: ...
+
+
 class ControlServer:
     """Serves the control socket of one dev run."""
 
-    def __init__(self, path: str, devrun: DevRun) -> None:
+    def __init__(self, path: str, devrun: Controlled) -> None:
         self.path = path
         self.devrun = devrun
         self._server: asyncio.AbstractServer | None = None

@@ -31,7 +31,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from devkit import devrun_recipe as rcp
 
 log = logging.getLogger(__name__)
 
@@ -169,3 +173,23 @@ class ComponentLifecycle:
         self._errors.clear()
         self._last_reported = None
         self._set("NEW", "deployment")
+
+
+@dataclass
+class Running:
+    """A supervised component: its state as the nucleus would show it, its process and restarts."""
+
+    component: rcp.Component
+    token: str
+    lifecycle: ComponentLifecycle
+    pid: int | None = None
+    last_exit: int | None = None
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def state(self) -> str:
+        return self.lifecycle.state
+
+    @property
+    def restarts(self) -> int:
+        return self.lifecycle.restarts

@@ -370,9 +370,3 @@ class StreamManagerServer:
             raise Refused(Status.InvalidRequest, exc.message) from exc
         except (StreamError, OSError) as exc:
             raise Refused(Status.UnknownFailure, str(exc)) from exc
-
-
-if __name__ == "__main__":  # the command line lives in the service module; kept here for old scripts
-    from devkit.stream_manager_service import main
-
-    main()

@@ -235,7 +235,7 @@ def test_wire_protocol_handshake_and_unknown_operation(server: ServerThread) -> 
 def test_command_line_server_is_durable_on_the_embedded_store(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "devkit.stream_manager_server", "--port", str(port), "--store", str(tmp_path)],
+        [sys.executable, "-m", "devkit.stream_manager_service", "--port", str(port), "--store", str(tmp_path)],
         cwd=ROOT,
     )
     try:
