@@ -127,8 +127,8 @@ def destination_counters(name: str, d: dict[str, Any] | None, max_age_s: float, 
     if stale:
         return [failed(check, f"STALE: {stale}; its counters are history, nothing is sent",
                        "restart the publisher; its log (or journalctl) says why it stopped")]
-    backlog, oldest = d.get("backlog_messages", 0), float(d.get("oldest_unsent_age_s") or 0.0)
     d = current_names(d)
+    backlog, oldest = d.get("backlog_messages", 0), float(d.get("oldest_unsent_age_s") or 0.0)
     last = age_s(d.get("last_success_ns"), now_ns)
     error = d.get("last_error") or ""
     detail = f"last success {fmt_age(last)}, backlog {backlog} messages, oldest unsent {fmt_duration(oldest)}"
