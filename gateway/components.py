@@ -16,7 +16,6 @@ and loaded on first use (:func:`config_model`, :func:`entry_point`); ``tests/tes
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -162,7 +161,8 @@ def published_streams() -> list[str]:
     return [spec.stream for spec in COMPONENTS if spec.stream]
 
 
-def _load(path: str) -> Any:
+def load(path: str) -> Any:
+    """The object an import path ``module:attribute`` of the table names (imports the module)."""
     module, _, attribute = path.partition(":")
     return getattr(importlib.import_module(module), attribute)
 
@@ -177,35 +177,10 @@ def config_model(name: str) -> type[BaseModel]:
     if not spec.config:
         configurable = ", ".join(s.name for s in COMPONENTS if s.config)
         raise ConfigError(f"{name} has no configuration model", fix=f"use one of {configurable}")
-    model: type[BaseModel] = _load(f"gateway.componentconfig:{spec.config}")
+    model: type[BaseModel] = load(f"gateway.componentconfig:{spec.config}")
     return model
 
 
 def config_models() -> dict[str, type[BaseModel]]:
     """``{component name: configuration model}`` of every component that has one, in table order."""
     return {spec.name: config_model(spec.name) for spec in COMPONENTS if spec.config}
-
-
-def entry_point(name: str) -> Callable[[], int]:
-    """The ``main`` of component ``name``'s entry point: ``components/<entry>/main.py`` is only this call.
-
-    Loads (imports) the configuration model and the runner now, so that importing the entry point imports
-    everything the component runs: the build checks that from its zip with only its requirements installed.
-    """
-    from gateway.runtime import component_main
-
-    spec = component(name)
-    model = config_model(name)
-    if spec.kind == "collector":
-        from gateway.collector import collector_runner
-
-        run = collector_runner(name, _load(spec.source))
-    elif spec.run:
-        run = _load(spec.run)
-    else:
-        raise ConfigError(f"{name} has no entry point", fix="it runs nothing of its own (see its recipe)")
-
-    def main() -> int:
-        return component_main(name, model, run, quiet_loggers=spec.noisy_loggers)
-
-    return main

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from gateway import components
+from gateway import components, entry
 from gateway.componentconfig import AnomalyDetectorConfig, PublisherConfig
 from gateway.components import COMPONENTS, collector_streams, component, config_model, of_kind, published_streams
 from gateway.destinations.base import Route
@@ -70,13 +70,13 @@ def test_every_reference_of_the_table_loads(spec: components.ComponentSpec) -> N
     assert (ROOT / "components" / spec.entry / "main.py").is_file()
     if spec.kind == "collector":
         assert spec.protocol and spec.stream
-        assert inspect.isclass(components._load(spec.source))
+        assert inspect.isclass(components.load(spec.source))
         assert model().stream.name == spec.stream  # type: ignore[attr-defined]
     else:
-        assert inspect.iscoroutinefunction(components._load(spec.run))
+        assert inspect.iscoroutinefunction(components.load(spec.run))
     shipped = {gg_artifact.normalize(dist) for dist in spec.requires}
     assert {gg_artifact.normalize(logger) for logger in spec.noisy_loggers} <= shipped
-    assert callable(components.entry_point(spec.name))
+    assert callable(entry.entry_point(spec.name))
 
 
 def test_default_streams_follow_the_table() -> None:

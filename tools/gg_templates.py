@@ -2,7 +2,7 @@
 
 - ``recipes/<Name>.yaml``: each component's recipe template (tools/gg_build.py fills and validates it);
 - ``recipe.yaml``: the bundle, which depends on every component (GDK requires it at the root);
-- ``components/<entry>/main.py``: each entry point, one call of :func:`gateway.components.entry_point` (a new
+- ``components/<entry>/main.py``: each entry point, one call of :func:`gateway.entry.entry_point` (a new
   entry folder also gets an empty ``__init__.py``).
 
 Recipes are text with comments, not dumped YAML: the comments say why each setting is what it is, and they belong
@@ -232,7 +232,7 @@ Generated from gateway/components.py by tools/gg_templates.py: change those, not
 
 import sys
 
-from gateway.components import entry_point
+from gateway.entry import entry_point
 
 main = entry_point("{name}")  # imports what it runs: the build checks that from the zip
 

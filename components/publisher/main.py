@@ -6,7 +6,7 @@ Generated from gateway/components.py by tools/gg_templates.py: change those, not
 
 import sys
 
-from gateway.components import entry_point
+from gateway.entry import entry_point
 
 main = entry_point("factoryedge.Publisher")  # imports what it runs: the build checks that from the zip
 
