@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union, cast, get_args
+from typing import Annotated, Any, Union, cast, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import Field, create_model, field_validator
 
 from gateway import components
-from gateway.anomaly.config import AlarmEvents, AnomalyConfig, TagGroup
+from gateway.anomaly.config import AnomalyDetectorConfig
+from gateway.componentbase import CollectorBase, ComponentBase, unique_names
 from gateway.destinations.base import DestinationConfigBase
 from gateway.destinations.file import FileConfig
 from gateway.destinations.iotcore import IotCoreConfig
@@ -19,62 +20,15 @@ from gateway.errors import ConfigError
 from gateway.sources.modbus_config import ModbusConnection
 from gateway.sources.opcda_config import OpcDaConnection
 from gateway.sources.opcua_config import OpcUaConnection
-from gateway.streams import StoreConfig, StreamSpec
+from gateway.streams import StreamSpec
 
+# Every component's model is reached from here (gateway/components.py names them by "gateway.componentconfig:<name>"),
+# the detector's included, although it lives in its own package beside the library it configures.
+__all__ = ["DESTINATION_CONFIGS", "AnomalyDetectorConfig", "DestinationConfig", "ModbusCollectorConfig",
+           "OpcDaCollectorConfig", "OpcUaCollectorConfig", "PublisherConfig", "default_configuration",
+           "publisher_config_with", "unique_names"]
 
-def unique_names(items: list[Any], what: str) -> list[Any]:
-    """``items`` if no two share a name; each name keys positions, status and restarts, so a repeat would silently
-    drop one of them."""
-    seen: set[str] = set()
-    repeated = [i.name for i in items if i.name in seen or seen.add(i.name)]  # type: ignore[func-returns-value]
-    if repeated:
-        raise ValueError(f"{what} names {sorted(set(repeated))} are used more than once: give every {what} its own "
-                         "name")
-    return items
-
-
-class _Collector(BaseModel):
-    """What every collector configuration has: its connection list, checked, and its counters as records."""
-
-    metrics_interval_s: float = Field(
-        default=60.0, gt=0, description="How often the connections' counters (read, written, dropped, gaps) are "
-        "written to the stream as METRIC records, for the fleet to see in the cloud; also at stop."
-    )
-
-    @field_validator("connections", check_fields=False)
-    @classmethod
-    def _unique(cls, connections: list[Any]) -> list[Any]:
-        # runs only on a list that was given (pydantic does not validate the default): left out, the collector
-        # deploys idle, as a bare deployment of the bundle does; written empty, it is a mistake
-        if not connections:
-            raise ValueError("an empty list: list the servers to read (see docs/examples), or leave connections out "
-                             "to deploy the component idle")
-        return unique_names(connections, "connection")
-
-
-class _Component(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    store: StoreConfig = Field(default_factory=StoreConfig, description="Where streams and reader positions live.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
-    status_interval_s: float = Field(default=2.0, gt=0, description="How often counters are written for gatewayctl.")
-
-    @model_validator(mode="after")
-    def _streams_that_cannot_jam(self) -> _Component:
-        # Stream manager frees a full RejectNewData stream only by time to live (reading deletes nothing): without
-        # one it refuses data for good. With store kind auto the same check runs when the stream is created.
-        if self.store.kind != "stream_manager":
-            return self
-        for name in type(self).model_fields:
-            spec = getattr(self, name)
-            if isinstance(spec, StreamSpec) and spec.strategy_on_full == "RejectNewData" and spec.ttl_s is None:
-                raise ValueError(f"{name}: RejectNewData without ttl_s on stream manager refuses data for good once "
-                                 f"the stream is full (reading frees nothing there): set {name}.ttl_s, or use "
-                                 "strategy_on_full: OverwriteOldestData")
-        return self
-
-
-class OpcUaCollectorConfig(_Collector, _Component):
+class OpcUaCollectorConfig(CollectorBase, ComponentBase):
     """factoryedge.OpcUaCollector."""
 
     stream: StreamSpec = Field(
@@ -102,7 +56,7 @@ def _default_destinations() -> list[DestinationConfig]:
     return [FileConfig(name="local-file")]
 
 
-class ModbusCollectorConfig(_Collector, _Component):
+class ModbusCollectorConfig(CollectorBase, ComponentBase):
     """factoryedge.ModbusCollector."""
 
     stream: StreamSpec = Field(
@@ -112,7 +66,7 @@ class ModbusCollectorConfig(_Collector, _Component):
     connections: list[ModbusConnection] = Field(default_factory=list, description="Modbus TCP servers to read.")
 
 
-class OpcDaCollectorConfig(_Collector, _Component):
+class OpcDaCollectorConfig(CollectorBase, ComponentBase):
     """factoryedge.OpcDaCollector."""
 
     stream: StreamSpec = Field(
@@ -124,7 +78,7 @@ class OpcDaCollectorConfig(_Collector, _Component):
     )
 
 
-class PublisherConfig(_Component):
+class PublisherConfig(ComponentBase):
     """factoryedge.Publisher."""
 
     destinations: list[DestinationConfig] = Field(
@@ -161,59 +115,6 @@ def publisher_config_with(*extra: type[DestinationConfigBase]) -> type[Publisher
                       Field(default_factory=_default_destinations, description=field.description)),
     )
     return cast(type[PublisherConfig], model)
-
-
-class AnomalyDetectorConfig(_Component):
-    """factoryedge.AnomalyDetector (tag groups: :class:`gateway.anomaly.config.TagGroup`, docs/anomaly.md)."""
-
-    input_streams: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_ ,.\-]{1,255}$")]] = Field(
-        default_factory=components.collector_streams,
-        description="Collector streams to read, each from this component's own durable position; a stream that "
-        "does not exist yet is waited for.",
-    )
-    output_stream: StreamSpec = Field(
-        default_factory=lambda: StreamSpec(name=components.component("factoryedge.AnomalyDetector").stream),
-        description="Stream the score, alarm, attribution and state records are written to.",
-    )
-    start_from: Literal["latest", "oldest"] = Field(
-        default="latest",
-        description="Where a stream this component never read is started: latest (learn from the live data after "
-        "deployment) or oldest (also learn from what the stream retains).",
-    )
-    model_dir: str = Field(
-        default="anomaly-model",
-        description="Folder of the saved model (model.zip), relative to the working directory (the component's "
-        "work path under Greengrass); `gatewayctl anomaly fit --model` writes one to start already scoring.",
-    )
-    groups: list[TagGroup] = Field(default_factory=list, description="Tag groups, each scored by its own forest.")
-    save_interval_s: float = Field(default=300.0, gt=0, description="Seconds between periodic model saves.")
-    output_prefix: str = Field(
-        default="anomaly", description="Prefix of output tags: <prefix>/<group>/score, /alarm, /attribution, /state."
-    )
-    late_s: float = Field(
-        default=2.0,
-        ge=0,
-        description="When no new records arrive, the detector's clock keeps moving this many seconds behind the "
-        "wall clock, so that members that stopped are reported stale.",
-    )
-    alarms: AlarmEvents = Field(default_factory=AlarmEvents, description="Alarm events over Greengrass IPC.")
-    metrics_interval_s: float = Field(
-        default=60.0, gt=0, description="How often the detector's counters (read, written, dropped, lost) are "
-        "written to the output stream as METRIC records."
-    )
-
-    def detector_config(self) -> AnomalyConfig | None:
-        """The library configuration of the groups, or None when no group is configured."""
-        if not self.groups:
-            return None
-        return AnomalyConfig(
-            groups=self.groups, save_interval_s=self.save_interval_s, output_prefix=self.output_prefix
-        )
-
-    @model_validator(mode="after")
-    def _valid_groups(self) -> AnomalyDetectorConfig:
-        self.detector_config()  # group names used twice fail here, as in a groups file
-        return self
 
 
 def default_configuration(component: str) -> dict[str, Any]:

@@ -52,9 +52,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.aio import Offload, wait
+from gateway.anomaly.config import AnomalyDetectorConfig
 from gateway.anomaly.engine import COMPONENT, Engine
 from gateway.anomaly.events import AlarmPublisher
-from gateway.componentconfig import AnomalyDetectorConfig
 from gateway.record import metric_records, now_ns, start_seq
 from gateway.runtime import Context
 from gateway.status import StatusFile

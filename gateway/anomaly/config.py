@@ -7,12 +7,15 @@ truth: the CLI, the component and the docs read them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from gateway import components
+from gateway.componentbase import ComponentBase
 from gateway.errors import ConfigError
+from gateway.streams import StreamSpec
 
 
 class ForestSettings(BaseModel):
@@ -195,3 +198,56 @@ def load_config(path: str | Path) -> AnomalyConfig:
     except ValidationError as exc:
         problems = [f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors()]
         raise ConfigError(f"invalid anomaly config {p}", problems=problems, fix="correct the fields listed") from exc
+
+
+class AnomalyDetectorConfig(ComponentBase):
+    """factoryedge.AnomalyDetector (tag groups: :class:`gateway.anomaly.config.TagGroup`, docs/anomaly.md)."""
+
+    input_streams: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_ ,.\-]{1,255}$")]] = Field(
+        default_factory=components.collector_streams,
+        description="Collector streams to read, each from this component's own durable position; a stream that "
+        "does not exist yet is waited for.",
+    )
+    output_stream: StreamSpec = Field(
+        default_factory=lambda: StreamSpec(name=components.component("factoryedge.AnomalyDetector").stream),
+        description="Stream the score, alarm, attribution and state records are written to.",
+    )
+    start_from: Literal["latest", "oldest"] = Field(
+        default="latest",
+        description="Where a stream this component never read is started: latest (learn from the live data after "
+        "deployment) or oldest (also learn from what the stream retains).",
+    )
+    model_dir: str = Field(
+        default="anomaly-model",
+        description="Folder of the saved model (model.zip), relative to the working directory (the component's "
+        "work path under Greengrass); `gatewayctl anomaly fit --model` writes one to start already scoring.",
+    )
+    groups: list[TagGroup] = Field(default_factory=list, description="Tag groups, each scored by its own forest.")
+    save_interval_s: float = Field(default=300.0, gt=0, description="Seconds between periodic model saves.")
+    output_prefix: str = Field(
+        default="anomaly", description="Prefix of output tags: <prefix>/<group>/score, /alarm, /attribution, /state."
+    )
+    late_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="When no new records arrive, the detector's clock keeps moving this many seconds behind the "
+        "wall clock, so that members that stopped are reported stale.",
+    )
+    alarms: AlarmEvents = Field(default_factory=AlarmEvents, description="Alarm events over Greengrass IPC.")
+    metrics_interval_s: float = Field(
+        default=60.0, gt=0, description="How often the detector's counters (read, written, dropped, lost) are "
+        "written to the output stream as METRIC records."
+    )
+
+    def detector_config(self) -> AnomalyConfig | None:
+        """The library configuration of the groups, or None when no group is configured."""
+        if not self.groups:
+            return None
+        return AnomalyConfig(
+            groups=self.groups, save_interval_s=self.save_interval_s, output_prefix=self.output_prefix
+        )
+
+    @model_validator(mode="after")
+    def _valid_groups(self) -> AnomalyDetectorConfig:
+        self.detector_config()  # group names used twice fail here, as in a groups file
+        return self

@@ -38,11 +38,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from gateway.anomaly.config import AnomalyDetectorConfig
 from gateway.anomaly.detector import Detector
 from gateway.anomaly.model import StepResult
 from gateway.anomaly.persist import ModelVersionError
 from gateway.codec import decode_batch
-from gateway.componentconfig import AnomalyDetectorConfig
 from gateway.errors import CodecError, StreamError, StreamNotFound
 from gateway.record import Kind, Record, now_ns
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamStore
