@@ -1,4 +1,5 @@
-"""asyncio utilities every layer shares: retry backoff, a stoppable wait, and running blocking calls off the loop.
+"""asyncio utilities every layer shares: retry backoff, a stoppable wait, running blocking calls off the loop, and
+waiting for a blocking shutdown at most until a deadline.
 
 They live here, below sources, streams, destinations and components alike, so that no module imports another
 layer's module just for one of them.
@@ -8,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class Backoff:
@@ -68,3 +73,48 @@ class Offload:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+async def finish_within(what: str, timeout_s: float, fn: Callable[[], object]) -> bool:
+    """Run the blocking ``fn`` on a thread of its own and wait for it at most ``timeout_s``.
+
+    For a destination's ``close``: shutting down a worker pool or an SDK client waits for the call in flight, which
+    waits for a peer that may never answer. Past the deadline ``fn`` is abandoned: its daemon thread finishes on
+    its own (SDK calls have their own timeouts), and one WARNING names ``what`` was left.
+
+    Returns:
+        True when ``fn`` finished in time; False when it was abandoned.
+
+    Raises:
+        Exception: what ``fn`` raised, when it finished in time.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: Exception | None) -> None:
+        if done.done():
+            return
+        if exc is None:
+            done.set_result(None)
+        else:
+            done.set_exception(exc)
+
+    def run() -> None:
+        error: Exception | None = None
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine, which re-raises it
+            error = exc
+        try:
+            loop.call_soon_threadsafe(settle, error)
+        except RuntimeError:  # the loop is gone: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name=f"close-{what}", daemon=True).start()
+    finished, _ = await asyncio.wait({done}, timeout=max(0.0, timeout_s))
+    if finished:
+        done.result()
+        return True
+    log.warning("%s: close did not finish within %.1f s (the peer does not answer): abandoned; records not "
+                "acknowledged were not committed and are sent again after a restart", what, timeout_s)
+    return False

@@ -6,7 +6,8 @@ Contract (the publisher calls; a destination implements). The configuration mode
 - ``start()`` once before the first send; ``close(timeout_s)`` once after the last send returned (or was given up
   at stop). ``close`` returns within ``timeout_s`` whatever the peer does: blocking work (an SDK's shutdown, a
   worker thread still in a call) is waited for off the event loop and abandoned at the deadline, logged once
-  (:func:`finish_within`). Records of an abandoned call were not committed: they are sent again after a restart.
+  (:func:`gateway.aio.finish_within`). Records of an abandoned call were not committed: they are sent again after a
+  restart.
 - ``send(records)`` delivers the records and returns only when the service answered (the publisher then
   commits the stream position once nothing is left to retry). It raises a retryable
   :class:`~gateway.errors.DestinationError` when nothing can be known to have arrived (the publisher retries the
@@ -21,15 +22,13 @@ Contract (the publisher calls; a destination implements). The configuration mode
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import functools
 import json
 import logging
 import re
 import string
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
@@ -136,51 +135,6 @@ class Destination(Protocol):
     async def send(self, records: list[Record]) -> SendResult: ...
 
     async def close(self, timeout_s: float) -> None: ...
-
-
-async def finish_within(what: str, timeout_s: float, fn: Callable[[], object]) -> bool:
-    """Run the blocking ``fn`` on a thread of its own and wait for it at most ``timeout_s``.
-
-    For a destination's ``close``: shutting down a worker pool or an SDK client waits for the call in flight, which
-    waits for a peer that may never answer. Past the deadline ``fn`` is abandoned: its daemon thread finishes on
-    its own (SDK calls have their own timeouts), and one WARNING names ``what`` was left.
-
-    Returns:
-        True when ``fn`` finished in time; False when it was abandoned.
-
-    Raises:
-        Exception: what ``fn`` raised, when it finished in time.
-    """
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def settle(exc: Exception | None) -> None:
-        if done.done():
-            return
-        if exc is None:
-            done.set_result(None)
-        else:
-            done.set_exception(exc)
-
-    def run() -> None:
-        error: Exception | None = None
-        try:
-            fn()
-        except Exception as exc:  # noqa: BLE001 - handed to the awaiting coroutine, which re-raises it
-            error = exc
-        try:
-            loop.call_soon_threadsafe(settle, error)
-        except RuntimeError:  # the loop is gone: nobody waits any more
-            pass
-
-    threading.Thread(target=run, name=f"close-{what}", daemon=True).start()
-    finished, _ = await asyncio.wait({done}, timeout=max(0.0, timeout_s))
-    if finished:
-        done.result()
-        return True
-    log.warning("%s: close did not finish within %.1f s (the peer does not answer): abandoned; records not "
-                "acknowledged were not committed and are sent again after a restart", what, timeout_s)
-    return False
 
 
 def iso_ns(ts_ns: int) -> str:

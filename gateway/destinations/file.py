@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from gateway.aio import Offload
-from gateway.destinations.base import DestinationConfigBase, SendResult, dumps, finish_within, record_json
+from gateway.aio import Offload, finish_within
+from gateway.destinations.base import DestinationConfigBase, SendResult, dumps, record_json
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import DestinationError
 from gateway.record import Record

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from gateway.aio import finish_within
 from gateway.destinations.aws import (
     AwsSettings,
     classify,
@@ -33,7 +34,6 @@ from gateway.destinations.base import (
     SendResult,
     dumps,
     envelope,
-    finish_within,
     record_json,
 )
 from gateway.diagnostics import Finding, failed, passed

@@ -19,12 +19,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
-from gateway.aio import Offload
+from gateway.aio import Offload, finish_within
 from gateway.destinations.base import (
     RECORD_FIELDS,
     DestinationConfigBase,
     SendResult,
-    finish_within,
     pack_by_topic,
     template_problem,
 )

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from gateway.aio import finish_within
 from gateway.destinations.aws import (
     CREDENTIAL_CODES,
     RETRYABLE_CODES,
@@ -30,7 +31,7 @@ from gateway.destinations.aws import (
     make_client,
     warn_insecure_endpoint,
 )
-from gateway.destinations.base import DestinationConfigBase, SendResult, finish_within, topic_fields
+from gateway.destinations.base import DestinationConfigBase, SendResult, topic_fields
 from gateway.diagnostics import Finding
 from gateway.errors import DestinationError
 from gateway.record import Record
