@@ -51,13 +51,9 @@ REGION = re.compile(r"(<!-- BEGIN GENERATED: (?P<key>[^>]+?) -->\n)(?P<body>.*?)
 
 
 def component_models() -> dict[str, type[BaseModel]]:
-    """``{component name: configuration model}``, from wherever the component table lives today."""
-    try:
-        from gateway.components import config_models
-    except ImportError:  # before the component table moved out of the configuration models
-        import gateway.componentconfig
+    """``{component name: configuration model}``, from the component table."""
+    from gateway.components import config_models
 
-        return dict(gateway.componentconfig.COMPONENTS)  # type: ignore[attr-defined,unused-ignore]
     return config_models()
 
 
