@@ -2,18 +2,45 @@
 
 Collectors make records, the anomaly component makes records (scores, alarms), the publisher sends records. A record
 is immutable and cheap (a slotted dataclass, not a pydantic model: a collector makes tens of thousands a second).
+
+The record API (issue #16):
+
+- ``Record(source, tag, value, quality, source_ts_ns, gateway_ts_ns, seq, kind=Kind.VALUE, status=0, flags=0)``.
+  ``status`` is the protocol's own status code (the OPC UA StatusCode value; 0 when Good or when the protocol has
+  none); :func:`gateway.statuscodes.name` names it. ``flags`` is a :class:`Flag` set: ``BACKFILL`` (read from the
+  server's history, not live), ``OVERFLOW`` (the server's queue overflowed before this value: values were lost
+  before it), ``SERVER_TS`` (the source timestamp is the server's and identifies the reading).
+- ``value`` is a :data:`Value`: a number, boolean, text, ``None`` or a JSON list/dict of those (arrays as lists,
+  structures as dicts; the source turns a ByteString into base64 text and a LocalizedText into its text).
+  :func:`normalised` makes a value fit (a non-finite float anywhere in it, a value over :data:`MAX_VALUE_BYTES` as
+  JSON, or anything that is not JSON makes the record BAD with no value); :func:`json_problem` says why.
+- ``Kind.META``: a tag's metadata, value a dict such as ``{"unit": "degC", "unit_id": 4408652, "eu_range": [0.0,
+  100.0], "description": "..."}``, emitted once per tag per session and again when it changes. It flows through
+  streams and routes like any record (a route's ``kinds`` selects it as ``meta``).
+- Record ids (:attr:`Record.id`): over (source, tag, source_ts_ns, seq), except when ``flags`` has ``SERVER_TS`` or
+  ``BACKFILL``: then over (source, tag, source_ts_ns, value) and not ``seq``, so that a value read live and read
+  again from the server's history is one id downstream, while two live values with the same server timestamp and
+  different values stay distinct. A re-send of an unchanged value (a heartbeat) must therefore not carry
+  ``SERVER_TS`` with the same timestamp unless it is meant to collapse into the first one.
+- Records are not hashable when the value is a list or dict: nothing in the gateway puts records in sets or dict
+  keys (use :attr:`Record.id`).
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
+import json
 import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-Value = float | int | bool | str | None
+JsonValue = float | int | bool | str | list["JsonValue"] | dict[str, "JsonValue"] | None
+Value = JsonValue  # what a record carries: a scalar, or an array (list) or structure (dict) of JSON values
+
+# How deep a list/dict value may nest: deeper is not process data, and a bound keeps checking it off the C stack.
+MAX_VALUE_DEPTH = 32
 
 # The largest value a record carries, in UTF-8 bytes. A record must always fit one stream message (the embedded
 # store's frame limit is 8 MiB, gateway/streams/segments.py) with room to spare, and no destination takes more in
@@ -37,6 +64,27 @@ class Kind(enum.IntEnum):
     SCORE = 1
     ALARM = 2
     METRIC = 3
+    META = 4
+
+
+class Flag(enum.IntFlag):
+    """What else is known about how a record was obtained (a bit set, stored as one integer)."""
+
+    BACKFILL = 1  # read from the server's history after a gap, not live
+    OVERFLOW = 2  # the server reported its queue overflowed before this value: values were lost before it
+    SERVER_TS = 4  # the source timestamp is the server's and identifies the reading: the id is not over seq
+
+
+_IDENTITY_FLAGS = Flag.SERVER_TS | Flag.BACKFILL
+_FLAG_NAMES = tuple((int(f), (f.name or "").lower()) for f in Flag)
+
+
+def flag_names(flags: int) -> list[str]:
+    """The lower-case names of the flags set in ``flags`` (``["backfill", "server_ts"]``); unknown bits as
+    ``"0x…"`` so that a newer writer's flag is shown, not lost."""
+    names = [n for bit, n in _FLAG_NAMES if flags & bit]
+    rest = flags & ~sum(bit for bit, _ in _FLAG_NAMES)
+    return [*names, hex(rest)] if rest else names
 
 
 def now_ns() -> int:
@@ -51,12 +99,14 @@ class Record:
     Attributes:
         source: the connection (or component) the value came from, e.g. ``plant-opcua``.
         tag: the tag name after mapping, e.g. ``/site/area/line/Reactor/Pressure``.
-        value: float, int, bool or str; ``None`` only when quality is not GOOD (no value could be read).
+        value: float, int, bool, str or a JSON list/dict of them; ``None`` only when quality is not GOOD.
         quality: GOOD, BAD or UNCERTAIN.
         source_ts_ns: when the source says the value was valid (UTC ns).
         gateway_ts_ns: when the gateway received it (UTC ns).
         seq: per-source sequence number, so two values with the same timestamp still get distinct ids.
-        kind: value, score, alarm or metric.
+        kind: value, score, alarm, metric or meta.
+        status: the protocol's status code (OPC UA StatusCode), 0 when Good or when the protocol has none.
+        flags: :class:`Flag` bits (backfill, overflow, server timestamp).
     """
 
     source: str
@@ -67,28 +117,89 @@ class Record:
     gateway_ts_ns: int
     seq: int
     kind: Kind = Kind.VALUE
+    status: int = 0
+    flags: int = 0
 
     @property
     def id(self) -> str:
-        """Deterministic id: the same reading replayed yields the same id, so consumers can drop duplicates."""
+        """Deterministic id: the same reading replayed yields the same id, so consumers can drop duplicates.
+
+        Over ``seq`` normally; over the value instead when ``flags`` marks the server's timestamp as identity
+        (``SERVER_TS`` or ``BACKFILL``), so a value read live and again from history is one id.
+        """
+        if self.flags & _IDENTITY_FLAGS:
+            return record_id(self.source, self.tag, self.source_ts_ns, value_key(self.value))
         return record_id(self.source, self.tag, self.source_ts_ns, self.seq)
 
 
-def record_id(source: str, tag: str, source_ts_ns: int, seq: int) -> str:
-    """24 hex characters of BLAKE2b over the identifying fields (96 bits: collisions are not a concern)."""
+def record_id(source: str, tag: str, source_ts_ns: int, seq: int | str) -> str:
+    """24 hex characters of BLAKE2b over the identifying fields (96 bits: collisions are not a concern).
+
+    ``seq`` is the sequence number, or a :func:`value_key` (text, so it never equals a number's key).
+    """
     key = f"{source}\x1f{tag}\x1f{source_ts_ns}\x1f{seq}".encode()
     return hashlib.blake2b(key, digest_size=12).hexdigest()
 
 
+def value_key(value: Value) -> str:
+    """A canonical text of ``value`` for ids: the type is part of it (``1``, ``1.0`` and ``true`` differ) and a
+    dict's key order is not."""
+    if isinstance(value, list | dict):
+        return "j" + json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"{type(value).__name__}:{value!r}"
+
+
 def value_size(value: Value) -> int:
-    """The size of ``value`` in UTF-8 bytes when it is a string, else 0 (numbers and booleans are small).
+    """The size of ``value`` in UTF-8 bytes when it is a string, its JSON text's size when it is a list or dict,
+    else 0 (numbers and booleans are small).
 
     Cheap for the common case: a string of fewer than ``MAX_VALUE_BYTES / 4`` characters cannot be over the cap, so
-    it is not encoded to find out.
+    it is not encoded to find out (its length is returned).
     """
+    if isinstance(value, list | dict):
+        try:
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        except (TypeError, ValueError, RecursionError):
+            return 0  # not JSON at all: json_problem says so
+        return value_size(text)
     if not isinstance(value, str) or len(value) * 4 <= MAX_VALUE_BYTES:
         return 0 if not isinstance(value, str) else len(value)
     return len(value.encode("utf-8", "surrogatepass"))
+
+
+def json_problem(value: Value) -> str | None:
+    """Why a list or dict ``value`` cannot be carried (``None`` when it can): an element that is not a JSON value,
+    a key that is not text, a non-finite float, nesting deeper than :data:`MAX_VALUE_DEPTH`, or a JSON text over
+    :data:`MAX_VALUE_BYTES`. Scalars are checked by :func:`normalised` itself."""
+    problem = _element_problem(value, 0)
+    if problem is None and value_size(value) > MAX_VALUE_BYTES:
+        problem = f"{value_size(value)} bytes as JSON, over the {MAX_VALUE_BYTES} a record carries"
+    return problem
+
+
+def _element_problem(value: object, depth: int) -> str | None:
+    if depth > MAX_VALUE_DEPTH:
+        return f"nested deeper than {MAX_VALUE_DEPTH} levels"
+    if type(value) is list:
+        items: Iterable[object] = value
+    elif type(value) is dict:
+        if not all(type(k) is str for k in value):
+            return "a structure has a field name that is not text"
+        items = value.values()
+    else:
+        return f"an element of type {type(value).__name__} is not a JSON value"
+    for v in items:
+        t = type(v)
+        if t is float:
+            if not math.isfinite(v):  # type: ignore[arg-type]
+                return "an element is NaN or infinite"
+        elif t is list or t is dict:
+            problem = _element_problem(v, depth + 1)
+            if problem is not None:
+                return problem
+        elif t is not int and t is not str and t is not bool and v is not None:
+            return f"an element of type {t.__name__} is not a JSON value"
+    return None
 
 
 def oversize(value: Value) -> bool:
@@ -101,13 +212,16 @@ def normalised(value: Value, quality: Quality) -> tuple[Value, Quality]:
     the dead-letter path) goes through here, so that no destination meets what it could not carry.
 
     NaN and infinite floats become BAD quality with no value (JSON and SiteWise cannot carry them, and a PLC that
-    reports NaN is reporting a fault), and so does a string over :data:`MAX_VALUE_BYTES`; a missing value is never
-    GOOD.
+    reports NaN is reporting a fault), and so does a string over :data:`MAX_VALUE_BYTES`, and a list or dict that
+    :func:`json_problem` refuses (a NaN inside, too large as JSON, not JSON); a missing value is never GOOD.
     """
     if isinstance(value, float):
         if not math.isfinite(value):
             return None, Quality.BAD
-    elif isinstance(value, str) and oversize(value):
+    elif isinstance(value, str):
+        if oversize(value):
+            return None, Quality.BAD
+    elif isinstance(value, list | dict) and json_problem(value) is not None:
         return None, Quality.BAD
     if value is None and quality == Quality.GOOD:
         return None, Quality.BAD
@@ -124,11 +238,14 @@ def make_record(
     gateway_ts_ns: int | None = None,
     quality: Quality = Quality.GOOD,
     kind: Kind = Kind.VALUE,
+    status: int = 0,
+    flags: int = 0,
 ) -> Record:
     """Build a record, its value and quality :func:`normalised`."""
     gw = gateway_ts_ns if gateway_ts_ns is not None else now_ns()
     value, quality = normalised(value, quality)
-    return Record(source, tag, value, quality, source_ts_ns if source_ts_ns is not None else gw, gw, seq, kind)
+    return Record(source, tag, value, quality, source_ts_ns if source_ts_ns is not None else gw, gw, seq, kind,
+                  int(status), int(flags))
 
 
 def start_seq() -> int:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.record import (
     MAX_VALUE_BYTES,
+    Kind,
     Quality,
     Record,
     Value,
@@ -158,11 +159,16 @@ class Emitter:
     def name_of(self, source_tag: str) -> str:
         return self.cfg.tag_map.get(source_tag) or f"{self.cfg.tag_prefix}{source_tag}"
 
-    def emit(self, source_tag: str, value: Value, quality: Quality, source_ts_ns: int | None = None) -> None:
-        """Accept one value read from the peer (call from the event loop)."""
+    def emit(self, source_tag: str, value: Value, quality: Quality, source_ts_ns: int | None = None, *,
+             status: int = 0, flags: int = 0) -> None:
+        """Accept one value read from the peer (call from the event loop).
+
+        ``status`` is the protocol's status code (OPC UA StatusCode, 0 when Good) and ``flags`` the
+        :class:`~gateway.record.Flag` bits; both go onto the record unchanged (see :mod:`gateway.record`).
+        """
         gw = now_ns()
         self.counters.values_read += 1
-        if type(value) is str and oversize(value):  # any protocol: one huge string must not stall a connection
+        if type(value) in (str, list, dict) and oversize(value):  # one huge value must not stall a connection
             self._oversize(source_tag, value)
         value, quality = normalised(value, quality)
         if quality == Quality.GOOD:
@@ -175,11 +181,26 @@ class Emitter:
             return
         self._seq += 1
         ts = source_ts_ns if source_ts_ns else gw
-        self.pending.append(Record(self.cfg.name, tag, value, quality, ts, gw, self._seq))
+        self.pending.append(Record(self.cfg.name, tag, value, quality, ts, gw, self._seq, Kind.VALUE, status, flags))
         if self.on_full is not None and len(self.pending) >= self.on_full[0]:
             self.on_full[1]()
 
-    def _oversize(self, source_tag: str, value: str) -> None:
+    def emit_meta(self, source_tag: str, meta: dict[str, Value], source_ts_ns: int | None = None) -> None:
+        """Accept a tag's metadata (units, range, description): one ``Kind.META`` record, call it once per tag per
+        session and again when the metadata changes.
+
+        It bypasses the deadband (whose state per tag is the tag's values) and the value counters; the record id
+        follows the sequence like any record's.
+        """
+        gw = now_ns()
+        value, quality = normalised(meta, Quality.GOOD)
+        self._seq += 1
+        self.pending.append(Record(self.cfg.name, self.name_of(source_tag), value, quality,
+                                   source_ts_ns if source_ts_ns else gw, gw, self._seq, Kind.META))
+        if self.on_full is not None and len(self.pending) >= self.on_full[0]:
+            self.on_full[1]()
+
+    def _oversize(self, source_tag: str, value: Value) -> None:
         extra = self.counters.extra
         extra["oversize_values_read"] = int(extra.get("oversize_values_read", 0)) + 1
         if source_tag not in self._oversize_logged:
