@@ -2,11 +2,20 @@
 
 Stream manager messages are bytes and cost a round trip each, so a collector writes one message per scan batch.
 
-Format version 1::
+Format version 2 (issue #16)::
 
-    b"FE" | u8 version (=1) | CBOR [strings, rows]
+    b"FE" | u8 version (=2) | CBOR [strings, rows]
     strings: [str, ...]                 every distinct source and tag name once
-    rows:    [[source_index, tag_index, value, quality, source_ts_ns, gateway_ts_ns, seq, kind], ...]
+    rows:    [[source_index, tag_index, value, quality, source_ts_ns, gateway_ts_ns, seq, kind, status, flags], ...]
+
+    value:   null, bool, int (int64 or uint64), float (finite), text, or a CBOR array / map (text keys) of those,
+             nested at most gateway.record.MAX_VALUE_DEPTH deep
+    status:  the protocol's status code, uint32 (0 when Good); flags: gateway.record.Flag bits, uint32
+
+Format version 1 is version 2 without ``status`` and ``flags`` (rows of 8 fields) and with scalar values only. The
+writer still writes version 1 for a batch that needs nothing of version 2 (all status and flags 0, no list or dict
+value, no META record), so that a component not yet upgraded (Greengrass deploys components one by one) reads what
+an upgraded one writes as long as the new fields are not used; the reader reads both.
 
 Interning names keeps a batch of 100 values of one source near 40 bytes a record. A reader meeting an unknown
 version raises :class:`CodecError` naming the version, so an old gateway never misreads a newer writer's data.
@@ -21,27 +30,41 @@ from typing import Any
 import cbor2
 
 from gateway.errors import CodecError
-from gateway.record import Kind, Quality, Record
+from gateway.record import Kind, Quality, Record, json_problem
 
 MAGIC = b"FE"
-VERSION = 1
-_HEADER = MAGIC + bytes([VERSION])
+VERSION = 2
+VERSIONS = (1, 2)  # what this reader reads
+_HEADERS = {v: MAGIC + bytes([v]) for v in VERSIONS}
+_ROW_FIELDS = {1: 8, 2: 10}
 _QUALITIES = tuple(Quality)
 _KINDS = tuple(Kind)
+_V1_KINDS = 4  # VALUE, SCORE, ALARM, METRIC: META is new in version 2
 _INT_END = 2**63  # timestamps and sequence numbers are int64 everywhere (stream manager, SiteWise, Kinesis)
 _INT_MIN, _UINT_END = -(2**63), 2**64  # values: int64 and uint64 (OPC UA UInt64) both occur
-_VALUE_TYPES = {type(None), bool, int, float, str}
+_U32_END = 2**32  # status codes and flag sets
+_SCALAR_TYPES = {type(None), bool, int, float, str}
+_VALUE_TYPES = {1: _SCALAR_TYPES, 2: _SCALAR_TYPES | {list, dict}}
 
 
 def encode_batch(records: Iterable[Record]) -> bytes:
-    """Encode records into one message."""
+    """Encode records into one message: version 1 when no record needs version 2, else version 2."""
     index: dict[str, int] = {}
     rows = []
+    kept: list[Record] = []  # for the second pass, when a record needs version 2
+    needs_v2 = False
     for r in records:
         si = index.setdefault(r.source, len(index))
         ti = index.setdefault(r.tag, len(index))
         rows.append([si, ti, r.value, int(r.quality), r.source_ts_ns, r.gateway_ts_ns, r.seq, int(r.kind)])
-    return _HEADER + cbor2.dumps([list(index), rows])
+        kept.append(r)
+        if not needs_v2 and (r.status or r.flags or r.kind == Kind.META or type(r.value) in (list, dict)):
+            needs_v2 = True
+    if not needs_v2:
+        return _HEADERS[1] + cbor2.dumps([list(index), rows])
+    for row, r in zip(rows, kept, strict=True):
+        row += (int(r.status), int(r.flags))
+    return _HEADERS[2] + cbor2.dumps([list(index), rows])
 
 
 def decode_batch(message: bytes) -> list[Record]:
@@ -51,9 +74,11 @@ def decode_batch(message: bytes) -> list[Record]:
             f"message of {len(message)} bytes is not a record batch (bad magic)",
             fix="only gateway components may write to gateway streams; the message is skipped",
         )
-    if message[2] != VERSION:
+    version = message[2]
+    if version not in VERSIONS:
         raise CodecError(
-            f"record batch version {message[2]} is not supported (this gateway reads version {VERSION})",
+            f"record batch version {version} is not supported (this gateway reads versions "
+            f"{', '.join(map(str, VERSIONS))})",
             fix="upgrade this component to the version of the writer",
         )
     try:
@@ -61,10 +86,10 @@ def decode_batch(message: bytes) -> list[Record]:
     except (ValueError, TypeError, IndexError, KeyError, EOFError, OverflowError, RecursionError,
             cbor2.CBORDecodeError) as exc:
         raise _corrupt(message, str(exc)) from exc
-    return _records(doc, message)
+    return _records(doc, message, version)
 
 
-def _records(doc: Any, message: bytes) -> list[Record]:
+def _records(doc: Any, message: bytes, version: int) -> list[Record]:
     """The records of a decoded batch, every field checked for its type and range.
 
     A CRC-valid message can still be poison (a bug in a writer, a hostile process with access to the store): an
@@ -80,27 +105,45 @@ def _records(doc: Any, message: bytes) -> list[Record]:
     if not rows:
         return []
     # Checked a column at a time with builtins (C loops): a per-row Python check cost 15 % of read throughput.
-    if not set(map(type, rows)) <= {list} or {len(r) for r in rows} != {8}:
-        raise _corrupt(message, "a row is not 8 fields")
-    si, ti, values, q, sts, gts, seq, kind = zip(*rows, strict=True)
-    if set(map(type, si + ti + q + kind + sts + gts + seq)) != {int}:
-        raise _corrupt(message, "a name index, quality, kind, timestamp or sequence number is not an integer")
-    for column, end, what in ((si, len(strings), "a name index"), (ti, len(strings), "a name index"),
-                              (sts, _INT_END, "a source timestamp"), (gts, _INT_END, "a gateway timestamp"),
-                              (seq, _INT_END, "a sequence number"), (q, len(_QUALITIES), "a quality"),
-                              (kind, len(_KINDS), "a kind")):
+    fields = _ROW_FIELDS[version]
+    if not set(map(type, rows)) <= {list} or {len(r) for r in rows} != {fields}:
+        raise _corrupt(message, f"a row is not {fields} fields")
+    columns = list(zip(*rows, strict=True))
+    si, ti, values, q, sts, gts, seq, kind = columns[:8]
+    status, flags = columns[8:] if version >= 2 else ((), ())
+    if set(map(type, si + ti + q + kind + sts + gts + seq + status + flags)) != {int}:
+        raise _corrupt(message, "a name index, quality, kind, timestamp, sequence number, status or flag set is not "
+                       "an integer")
+    checks = [(si, len(strings), "a name index"), (ti, len(strings), "a name index"),
+              (sts, _INT_END, "a source timestamp"), (gts, _INT_END, "a gateway timestamp"),
+              (seq, _INT_END, "a sequence number"), (q, len(_QUALITIES), "a quality"),
+              (kind, len(_KINDS) if version >= 2 else _V1_KINDS, "a kind")]
+    if version >= 2:
+        checks += [(status, _U32_END, "a status code"), (flags, _U32_END, "a flag set")]
+    for column, end, what in checks:
         if min(column) < 0 or max(column) >= end:
             raise _corrupt(message, f"{what} is outside [0, {end})")
-    _check_values(values, message)
-    return [Record(strings[a], strings[b], v, _QUALITIES[c], d, e, f, _KINDS[g])
-            for a, b, v, c, d, e, f, g in rows]
+    _check_values(values, message, version)
+    if version == 1:
+        return [Record(strings[a], strings[b], v, _QUALITIES[c], d, e, f, _KINDS[g])
+                for a, b, v, c, d, e, f, g in rows]
+    return [Record(strings[a], strings[b], v, _QUALITIES[c], d, e, f, _KINDS[g], h, i)
+            for a, b, v, c, d, e, f, g, h, i in rows]
 
 
-def _check_values(values: tuple[Any, ...], message: bytes) -> None:
+def _check_values(values: tuple[Any, ...], message: bytes, version: int) -> None:
     types = set(map(type, values))
-    if not types <= _VALUE_TYPES:
-        odd = ", ".join(sorted(t.__name__ for t in types - _VALUE_TYPES))
-        raise _corrupt(message, f"a value of type {odd} (only numbers, booleans, text, null)")
+    allowed = _VALUE_TYPES[version]
+    if not types <= allowed:
+        odd = ", ".join(sorted(t.__name__ for t in types - allowed))
+        what = "numbers, booleans, text, null" + (", arrays and maps of them" if version >= 2 else "")
+        raise _corrupt(message, f"a value of type {odd} (only {what})")
+    if list in types or dict in types:
+        for v in values:
+            if type(v) is list or type(v) is dict:
+                problem = json_problem(v)
+                if problem is not None:
+                    raise _corrupt(message, f"an array or map value: {problem}")
     if float in types:
         floats = [v for v in values if type(v) is float]
         if not all(map(math.isfinite, floats)):
