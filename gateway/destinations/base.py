@@ -18,6 +18,15 @@ Contract (the publisher calls; a destination implements). The configuration mode
 - ``send`` is never called concurrently for one destination instance by one pump; a destination reading several
   streams gets one call per stream at a time, so its client must tolerate that (they all do: calls run on one
   worker thread or are awaited on the loop).
+
+Payloads (:func:`record_json`): a record's ``status`` (number, and ``statusName`` from :mod:`gateway.statuscodes`)
+appears only when it is not 0, its ``flags`` (names, e.g. ``["backfill"]``) only when any is set, and list/dict
+values as JSON arrays/objects. A ``Kind.META`` record (a tag's units, range, description) is routed like any other
+record (``kinds`` lists ``meta``; the default route has it); MQTT, IoT Core and Kinesis also remember the latest
+metadata per (source, tag) they were given (:class:`MetaCache`) and put it in a ``meta`` header of every message
+carrying values of that tag: ``{"meta":[{"source":…,"tag":…,"meta":{…}}],"records":[…]}``. The cache lives as long
+as the destination: after a publisher restart a tag's header returns with its next META record (collectors send it
+at every session). SiteWise has no place for metadata and leaves META records out (:mod:`.sitewise`).
 """
 
 from __future__ import annotations
@@ -36,15 +45,17 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.components import published_streams
-from gateway.record import Kind, Record
+from gateway.record import Kind, Record, flag_names
+from gateway.statuscodes import name as status_name
 
 log = logging.getLogger(__name__)
 
 #: What the publisher gives each destination's ``close`` at stop (they close concurrently).
 CLOSE_TIMEOUT_S = 5.0
-KindName = Literal["value", "score", "alarm", "metric"]
-_ALL_KINDS: tuple[KindName, ...] = ("value", "score", "alarm", "metric")
-_KINDS: dict[str, Kind] = {"value": Kind.VALUE, "score": Kind.SCORE, "alarm": Kind.ALARM, "metric": Kind.METRIC}
+KindName = Literal["value", "score", "alarm", "metric", "meta"]
+_ALL_KINDS: tuple[KindName, ...] = ("value", "score", "alarm", "metric", "meta")
+_KINDS: dict[str, Kind] = {"value": Kind.VALUE, "score": Kind.SCORE, "alarm": Kind.ALARM, "metric": Kind.METRIC,
+                           "meta": Kind.META}
 
 
 class Route(BaseModel):
@@ -150,8 +161,12 @@ def _iso_seconds(secs: int) -> str:
 
 
 def record_json(r: Record) -> dict[str, Any]:
-    """The JSON form of a record. ``id`` lets consumers drop duplicates after a replay."""
-    return {
+    """The JSON form of a record. ``id`` lets consumers drop duplicates after a replay.
+
+    ``status``/``statusName`` only when the status is not 0 and ``flags`` only when any is set, so that the common
+    record costs nothing more.
+    """
+    out = {
         "id": r.id,
         "source": r.source,
         "tag": r.tag,
@@ -162,6 +177,41 @@ def record_json(r: Record) -> dict[str, Any]:
         "gatewayTs": iso_ns(r.gateway_ts_ns),
         "seq": r.seq,
     }
+    if r.status:
+        out["status"] = r.status
+        out["statusName"] = status_name(r.status)
+    if r.flags:
+        out["flags"] = flag_names(r.flags)
+    return out
+
+
+class MetaCache:
+    """The latest metadata (``Kind.META`` value) of each (source, tag) one destination was given, and the ``meta``
+    header entries of a message's records.
+
+    Bounded like SiteWise's alias cache: past ``limit`` tags, new tags get no header (their META records still go
+    out as records).
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._meta: dict[tuple[str, str], bytes] = {}
+        self._limit = limit
+
+    def observe(self, records: Iterable[Record]) -> None:
+        """Remember the META records among ``records`` (in order: the last one of a tag wins)."""
+        for r in records:
+            if r.kind == Kind.META:
+                key = (r.source, r.tag)
+                if key in self._meta or len(self._meta) < self._limit:
+                    self._meta[key] = dumps({"source": r.source, "tag": r.tag, "meta": r.value})
+
+    def entry(self, r: Record) -> tuple[tuple[str, str], bytes] | None:
+        """The header entry (key, JSON) for a record's tag, or None: none known, or the record is META itself."""
+        if not self._meta or r.kind == Kind.META:
+            return None
+        key = (r.source, r.tag)
+        found = self._meta.get(key)
+        return None if found is None else (key, found)
 
 
 def dumps(obj: Any) -> bytes:
@@ -207,38 +257,77 @@ def template_problem(template: str, fields: Iterable[str]) -> str | None:
     return None
 
 
-def pack_json(items: list[bytes], limit: int) -> list[list[bytes]]:
-    """Split JSON items into chunks whose ``{"records":[...]}`` envelope stays within ``limit`` bytes."""
-    chunks: list[list[bytes]] = []
-    chunk: list[bytes] = []
-    size = len(ENVELOPE_OVERHEAD)
-    for item in items:
-        if chunk and size + len(item) + 1 > limit:
-            chunks.append(chunk)
-            chunk, size = [], len(ENVELOPE_OVERHEAD)
-        chunk.append(item)
-        size += len(item) + 1
-    if chunk:
-        chunks.append(chunk)
-    return chunks
-
-
 ENVELOPE_OVERHEAD = b'{"records":[]}'
+META_OVERHEAD = len(b'"meta":[],')
 
 
-def envelope(chunk: list[bytes]) -> bytes:
-    """The message body every batching destination sends: ``{"records":[record_json, ...]}``."""
-    return b'{"records":[' + b",".join(chunk) + b"]}"
+class Chunk:
+    """One message being packed: its record items and the ``meta`` header entries they need, sized as it grows."""
+
+    def __init__(self) -> None:
+        self.items: list[bytes] = []
+        self.records: list[Record] = []
+        self.meta: dict[tuple[str, str], bytes] = {}
+        self.size = len(ENVELOPE_OVERHEAD)
+
+    def cost(self, item: bytes, meta: tuple[tuple[str, str], bytes] | None) -> int:
+        """Bytes ``item`` (and its header entry when this chunk has none for its tag yet) would add."""
+        extra = 0
+        if meta is not None and meta[0] not in self.meta:
+            extra = len(meta[1]) + 1 + (META_OVERHEAD if not self.meta else 0)
+        return len(item) + 1 + extra
+
+    def add(self, item: bytes, r: Record, meta: tuple[tuple[str, str], bytes] | None) -> None:
+        self.size += self.cost(item, meta)
+        self.items.append(item)
+        self.records.append(r)
+        if meta is not None:
+            self.meta.setdefault(*meta)
+
+    def payload(self) -> bytes:
+        return envelope(self.items, list(self.meta.values()))
+
+
+def pack_with_meta(pairs: list[tuple[bytes, Record]], limit: int, cache: MetaCache | None,
+                   max_records: int | None = None) -> list[tuple[bytes, list[Record]]]:
+    """Pack (JSON item, record) pairs in order into envelopes of at most ``limit`` bytes (and ``max_records``),
+    each with the ``meta`` header of its records' tags. A header entry that would not fit even beside its record
+    alone is left out of that message (the record is never refused for its metadata)."""
+    out: list[tuple[bytes, list[Record]]] = []
+    chunk = Chunk()
+    for item, r in pairs:
+        meta = cache.entry(r) if cache is not None else None
+        full = max_records is not None and len(chunk.items) >= max_records
+        if chunk.items and (full or chunk.size + chunk.cost(item, meta) > limit):
+            out.append((chunk.payload(), chunk.records))
+            chunk = Chunk()
+        if meta is not None and chunk.size + chunk.cost(item, meta) > limit:
+            meta = None
+        chunk.add(item, r, meta)
+    if chunk.items:
+        out.append((chunk.payload(), chunk.records))
+    return out
+
+
+def envelope(chunk: list[bytes], meta: list[bytes] | None = None) -> bytes:
+    """The message body every batching destination sends: ``{"records":[record_json, ...]}``, with a ``meta``
+    header first when ``meta`` has entries (see :class:`MetaCache`)."""
+    head = b'{"meta":[' + b",".join(meta) + b"]," if meta else b"{"
+    return head + b'"records":[' + b",".join(chunk) + b"]}"
 
 
 def pack_by_topic(
-    records: list[Record], template: str, extra: dict[str, str], limit: int, check_topic: Any = None
+    records: list[Record], template: str, extra: dict[str, str], limit: int, check_topic: Any = None,
+    meta: MetaCache | None = None,
 ) -> tuple[list[tuple[str, bytes, list[Record]]], list[tuple[Record, str]]]:
     """Group records by their topic and pack them into messages of at most ``limit`` bytes, order kept per topic.
 
     Returns (messages as (topic, payload, records), refused records with the reason): a record larger than a
-    message, or one whose topic ``check_topic`` (returns a problem or None) refuses.
+    message, or one whose topic ``check_topic`` (returns a problem or None) refuses. With ``meta``, the META
+    records among ``records`` update it first and each message gets the header of its tags.
     """
+    if meta is not None:
+        meta.observe(records)
     by_topic: dict[str, list[tuple[bytes, Record]]] = {}
     refused: list[tuple[Record, str]] = []
     room = limit - len(ENVELOPE_OVERHEAD)
@@ -261,8 +350,5 @@ def pack_by_topic(
         by_topic.setdefault(topic, []).append((item, r))
     out = []
     for topic, pairs in by_topic.items():
-        start = 0
-        for chunk in pack_json([p[0] for p in pairs], limit):
-            out.append((topic, envelope(chunk), [p[1] for p in pairs[start : start + len(chunk)]]))
-            start += len(chunk)
+        out += [(topic, payload, recs) for payload, recs in pack_with_meta(pairs, limit, meta)]
     return out, refused

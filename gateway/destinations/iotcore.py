@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from gateway.destinations.base import RECORD_FIELDS, DestinationConfigBase, SendResult, pack_by_topic, template_problem
+from gateway.destinations.base import (
+    RECORD_FIELDS,
+    DestinationConfigBase,
+    MetaCache,
+    SendResult,
+    pack_by_topic,
+    template_problem,
+)
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import ConfigError, DestinationError, GatewayError
 from gateway.record import Record
@@ -188,6 +195,7 @@ class IotCoreDestination:
         self._fields = {"thing": thing_name(), **cfg.topic_vars}
         self.ledger = SpoolLedger(cfg.spool_bytes or NUCLEUS_SPOOL_BYTES, NUCLEUS_IN_FLIGHT * cfg.max_message_bytes)
         self._ever_connected = False
+        self._meta = MetaCache()  # the latest metadata per tag: each message's header (gateway.destinations.base)
 
     def settle(self, stream: str, next_seq: int | None) -> tuple[int | None, bool]:
         """See :meth:`SpoolLedger.settle`: which position of ``stream`` may be committed, or rewind."""
@@ -238,7 +246,8 @@ class IotCoreDestination:
         self.ledger.configure(0 if disk else size + in_flight * self.cfg.max_message_bytes)
 
     def messages(self, records: list[Record]) -> tuple[list[tuple[str, bytes, list[Record]]], list[tuple[Record, str]]]:
-        return pack_by_topic(records, self.cfg.topic, self._fields, self.cfg.max_message_bytes, check_iot_topic)
+        return pack_by_topic(records, self.cfg.topic, self._fields, self.cfg.max_message_bytes, check_iot_topic,
+                             self._meta)
 
     async def send(self, records: list[Record]) -> SendResult:
         packed, refused = self.messages(records)

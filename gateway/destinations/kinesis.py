@@ -8,7 +8,8 @@ Order per partition key survives partial failures because a call never holds two
 key's next aggregate goes in a later round, after the previous one was accepted, and a key whose record failed
 sends nothing more in this batch (its records are resent, in order, after the backoff). Throughput comes from
 aggregation, so this costs nothing in practice. A gateway record larger than a Kinesis record can hold is
-dead-lettered.
+dead-lettered. Each Kinesis record carries the ``meta`` header of its tags (units, range: see
+:mod:`gateway.destinations.base`).
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ from gateway.destinations.aws import (
 from gateway.destinations.base import (
     ENVELOPE_OVERHEAD,
     DestinationConfigBase,
+    MetaCache,
     SendResult,
     dumps,
-    envelope,
+    pack_with_meta,
     record_json,
 )
 from gateway.diagnostics import Finding, failed, passed
@@ -89,6 +91,7 @@ class KinesisDestination:
         self.what = f"kinesis destination {cfg.name} (stream {cfg.stream_name})"
         self._client: Any = None
         self._pool = ThreadPoolExecutor(cfg.concurrent_calls, thread_name_prefix=f"kinesis-{cfg.name}")
+        self._meta = MetaCache()  # the latest metadata per tag: the header of each Kinesis record
 
     async def start(self) -> None:
         """Only a warning: the client is made by the first send, so a missing region or credential is a retry."""
@@ -100,6 +103,7 @@ class KinesisDestination:
         """Per partition key, in order: (Kinesis record data, the gateway records in it); and what cannot fit."""
         keyed: dict[str, list[tuple[bytes, Record]]] = {}
         refused: list[tuple[Record, str]] = []
+        self._meta.observe(records)
         for r in records:
             key = (r.tag if self.cfg.partition_key == "tag" else r.source)[:256] or "-"
             item = dumps(record_json(r))
@@ -108,21 +112,9 @@ class KinesisDestination:
                                    f"{self.cfg.max_record_bytes} bytes: shorten the value at the source"))
                 continue
             keyed.setdefault(key, []).append((item, r))
-        out: dict[str, list[tuple[bytes, list[Record]]]] = {}
-        for key, items in keyed.items():
-            room = self.cfg.max_record_bytes - len(key.encode())
-            chunks = out.setdefault(key, [])
-            chunk: list[tuple[bytes, Record]] = []
-            size = len(ENVELOPE_OVERHEAD)
-            for item, r in items:
-                if chunk and (size + len(item) + 1 > room or len(chunk) >= self.cfg.records_per_kinesis_record):
-                    chunks.append((envelope([c[0] for c in chunk]), [c[1] for c in chunk]))
-                    chunk, size = [], len(ENVELOPE_OVERHEAD)
-                chunk.append((item, r))
-                size += len(item) + 1
-            if chunk:
-                chunks.append((envelope([c[0] for c in chunk]), [c[1] for c in chunk]))
-        return out, refused
+        return {key: pack_with_meta(items, self.cfg.max_record_bytes - len(key.encode()), self._meta,
+                                    self.cfg.records_per_kinesis_record)
+                for key, items in keyed.items()}, refused
 
     async def send(self, records: list[Record]) -> SendResult:
         queues, refused = self.aggregates(records)

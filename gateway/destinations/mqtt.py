@@ -3,7 +3,7 @@
 Records are batched into JSON messages up to ``max_message_bytes`` (IoT Core's limit is 128 KB) on topics from a
 template, published with QoS 1, and a send returns only when every message was acknowledged (PUBACK). While the
 broker is unreachable a send fails fast and the stream keeps the data; paho's own queue is memory only and is not
-relied on.
+relied on. Each message carries the ``meta`` header of its tags (units, range: see :mod:`gateway.destinations.base`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from gateway.aio import Offload, finish_within
 from gateway.destinations.base import (
     RECORD_FIELDS,
     DestinationConfigBase,
+    MetaCache,
     SendResult,
     pack_by_topic,
     template_problem,
@@ -147,6 +148,7 @@ class MqttDestination:
         if cfg.username:
             self._client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
         self._tls_loaded = False
+        self._meta = MetaCache()  # the latest metadata per tag: each message's header (gateway.destinations.base)
 
     def _tls_context(self, tls: MqttTls) -> ssl.SSLContext:
         for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):
@@ -205,7 +207,7 @@ class MqttDestination:
     def messages(self, records: list[Record]) -> tuple[list[tuple[str, bytes]], list[tuple[Record, str]]]:
         """Group records by topic and pack them into messages under the size limit; return (messages, refused)."""
         packed, refused = pack_by_topic(records, self.cfg.topic, self.cfg.topic_vars, self.cfg.max_message_bytes,
-                                        check_mqtt_topic)
+                                        check_mqtt_topic, self._meta)
         return [(topic, payload) for topic, payload, _ in packed], refused
 
     async def send(self, records: list[Record]) -> SendResult:

@@ -5,7 +5,13 @@ A record's tag is its property alias (collectors' ``tag_map`` is where aliases a
 most 10 entries, sent on a few concurrent calls (SiteWise stores by timestamp, so arrival order does not matter).
 
 What SiteWise cannot take is decided here, before sending, and dead-lettered with the reason: timestamps outside
-[now - 7 days, now + 10 min], records without a value, integers beyond 32 bits, strings over 1024 characters.
+[now - 7 days, now + 10 min], records without a value, integers beyond 32 bits, strings over 1024 characters. A
+list or dict value (an OPC UA array or structure) goes as its compact JSON text to a STRING property when that text
+fits the 1024 characters, and is dead-lettered with the reason when it does not (configure one tag per array
+element at the collector instead). ``Kind.META`` records (a tag's units and range) are left out: SiteWise keeps
+units in the asset model, not as values. They are neither sent nor dead-lettered (a dead letter is a record that
+should have arrived), so the publisher counts them in ``records_sent`` like the values of the same batch; route
+``kinds`` without ``meta`` to keep them out of that count.
 Per-entry errors in the answer: ThrottlingException, InternalFailureException, ServiceUnavailableException (and
 AccessDenied, an IAM fix away) are resent, only for those values; ResourceNotFoundException (unknown alias),
 InvalidRequestException (e.g. a type mismatch) and TimestampOutOfRangeException are dead-lettered.
@@ -14,6 +20,7 @@ InvalidRequestException (e.g. a type mismatch) and TimestampOutOfRangeException 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,7 +41,7 @@ from gateway.destinations.aws import (
 from gateway.destinations.base import DestinationConfigBase, SendResult, topic_fields
 from gateway.diagnostics import Finding
 from gateway.errors import DestinationError
-from gateway.record import Record
+from gateway.record import Kind, Record
 
 MAX_ENTRIES = 10
 MAX_VALUES = 10
@@ -100,6 +107,13 @@ def variant(value: object) -> dict[str, Any] | str:
         if len(value) > MAX_STRING:
             return f"string of {len(value)} characters exceeds SiteWise's {MAX_STRING}: shorten it at the source"
         return {"stringValue": value}
+    if isinstance(value, list | dict):
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        if len(text) > MAX_STRING:
+            what = "array" if isinstance(value, list) else "structure"
+            return (f"{what} of {len(text)} characters as JSON exceeds SiteWise's {MAX_STRING}-character string: "
+                    "configure one tag per element at the collector, or route this tag to another destination")
+        return {"stringValue": text}
     return "no value (quality BAD at the source): SiteWise needs one; fix the source or route BAD values elsewhere"
 
 
@@ -133,6 +147,8 @@ class SiteWiseDestination:
         out: list[_Entry] = []
         low, high = (now_s - MAX_AGE_S) * 1e9, (now_s + MAX_FUTURE_S) * 1e9
         for r in records:
+            if r.kind == Kind.META:
+                continue  # no place for metadata in SiteWise (module docstring)
             if not low <= r.source_ts_ns <= high:
                 side = "older than 7 days" if r.source_ts_ns < low else "more than 10 minutes in the future"
                 refused.append((r, f"timestamp {r.source_ts_ns} is {side}: {_FIX['TimestampOutOfRangeException']}"))
