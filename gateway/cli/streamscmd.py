@@ -29,6 +29,7 @@ from gateway.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from gateway.record import Record
     from gateway.streams.base import StreamStore
 
 
@@ -109,14 +110,33 @@ def cmd_tail(args: argparse.Namespace) -> int:
                         continue
                     rec = record_json(r)
                     # tag, source and value come from devices: escaped (JSON escapes them by itself)
-                    print(json.dumps(rec) if args.json else
-                          f"{rec['sourceTs']}  {safe(r.source):14} {safe(r.tag):40} {safe(r.value):>14} "
-                          f"{r.quality.name:9} {rec['kind']}")
+                    print(json.dumps(rec) if args.json else tail_line(r, rec))
             sys.stdout.flush()
             if not args.follow and not messages:
                 return EXIT_OK
     finally:
         store.close()
+
+
+#: The most characters of an array or structure value ``tail`` prints on a line (``--json`` prints it whole).
+TAIL_VALUE_CHARS = 120
+
+
+def tail_line(r: Record, rec: dict[str, Any]) -> str:
+    """One record as ``tail`` prints it: time, source, tag, value, quality, kind, then the status name when the
+    status is not Good (with its info bits, e.g. ``Good [Overflow]``) and the flags when any is set."""
+    from gateway.statuscodes import describe
+
+    value = r.value
+    if isinstance(value, list | dict):
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        value = text if len(text) <= TAIL_VALUE_CHARS else text[: TAIL_VALUE_CHARS - 1] + "…"
+    line = f"{rec['sourceTs']}  {safe(r.source):14} {safe(r.tag):40} {safe(value):>14} {r.quality.name:9} {rec['kind']}"
+    if r.status:
+        line += f"  {describe(r.status)}"
+    if r.flags:
+        line += f"  [{','.join(rec['flags'])}]"
+    return line
 
 
 def backlog_rows(store: StreamStore, positions: dict[str, dict[str, int | None]],
