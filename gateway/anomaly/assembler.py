@@ -5,11 +5,14 @@ vector per elapsed cadence tick, built from the latest values; in ``on_sample`` 
 member delivers a *new* value (sample-and-hold analyzers repeat the held value between samples; a repeat is not a
 sample). A vector is invalid when a member is missing, BAD/UNCERTAIN, non-numeric, NaN or older than ``max_age_s``:
 it is counted under its reason and never scored, because a forest fed with a frozen or fake value either alarms
-for the wrong reason or, worse, learns it as normal.
+for the wrong reason or, worse, learns it as normal. A member whose value is text, an array or a structure (an OPC
+UA tag that is not a number) makes the vectors invalid as ``non_numeric:<tag>``; such values are counted per tag
+(``non_numeric_values``) and logged once per tag, never converted and never a crash.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import Counter, deque
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from gateway.record import Kind, Quality, Record
 
 Array = NDArray[np.float64]
 NS = 1_000_000_000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,7 @@ class _Latest:
     value: float
     good: bool
     ts_ns: int
+    numeric: bool = True  # False: a GOOD value that is not a number (text, array, structure)
 
 
 class VectorAssembler:
@@ -45,7 +50,8 @@ class VectorAssembler:
 
     Call :meth:`offer` for every record (records of other tags are ignored), then :meth:`poll` with the current
     time to collect the vectors that became due. ``invalid`` counts dropped vectors by reason
-    (``missing:<tag>``, ``bad:<tag>``, ``stale:<tag>``).
+    (``missing:<tag>``, ``bad:<tag>``, ``non_numeric:<tag>``, ``stale:<tag>``); ``non_numeric_values`` counts the
+    member values that were not numbers, per tag.
     """
 
     def __init__(self, group: TagGroup) -> None:
@@ -55,6 +61,7 @@ class VectorAssembler:
         self._next_tick_ns: int | None = None
         self._sample_due_ns: int | None = None
         self.invalid: Counter[str] = Counter()
+        self.non_numeric_values: Counter[str] = Counter()
         self.emitted = 0
 
     def offer(self, record: Record) -> None:
@@ -62,14 +69,27 @@ class VectorAssembler:
         if record.kind != Kind.VALUE or record.tag not in self._index:
             return
         value = record.value
+        numeric = value is None or isinstance(value, int | float)  # a bool is 1 or 0; None is a BAD record's
         number = float(value) if isinstance(value, int | float) else math.nan
+        if not numeric:
+            self._count_non_numeric(record)
         good = record.quality == Quality.GOOD and math.isfinite(number)
         prev = self._latest.get(record.tag)
         if prev is not None and record.source_ts_ns < prev.ts_ns:
             return  # late or replayed: the newer value stands
-        self._latest[record.tag] = _Latest(number, good, record.source_ts_ns)
+        self._latest[record.tag] = _Latest(number, good, record.source_ts_ns,
+                                           numeric or record.quality != Quality.GOOD)
         if self.group.mode == "on_sample" and (prev is None or prev.value != number or prev.good != good):
             self._sample_due_ns = max(self._sample_due_ns or 0, record.source_ts_ns)
+
+    def _count_non_numeric(self, record: Record) -> None:
+        tag = record.tag
+        if not self.non_numeric_values[tag]:
+            log.warning("anomaly group %r: tag %s carries a %s value, not a number: its vectors are not scored while "
+                        "it does (counted as non_numeric:%s). Fix: leave the tag out of the group, or collect a "
+                        "numeric element of it (e.g. one tag per array element)", self.group.name, tag,
+                        type(record.value).__name__, tag)
+        self.non_numeric_values[tag] += 1
 
     def poll(self, now_ns: int) -> list[Vector]:
         """Vectors due at ``now_ns`` (at most one per cadence tick, ticks aligned to whole multiples)."""
@@ -99,7 +119,7 @@ class VectorAssembler:
                 if latest is None:
                     reason = f"missing:{tag}"
                 elif not latest.good:
-                    reason = f"bad:{tag}"
+                    reason = f"bad:{tag}" if latest.numeric else f"non_numeric:{tag}"
                 elif tick - latest.ts_ns > max_age:
                     reason = f"stale:{tag}"
                 else:

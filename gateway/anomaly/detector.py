@@ -274,6 +274,7 @@ class Detector:
                 "alarm": m.alarm.active,
                 "counters": dict(m.counters),
                 "invalid": dict(self.assemblers[name].invalid),
+                "non_numeric_values": dict(self.assemblers[name].non_numeric_values),
                 "missing_tags": self.assemblers[name].missing_tags(),
             }
         return out
