@@ -40,6 +40,8 @@ _ROW_FIELDS = {1: 8, 2: 10}
 _QUALITIES = tuple(Quality)
 _KINDS = tuple(Kind)
 _V1_KINDS = 4  # VALUE, SCORE, ALARM, METRIC: META is new in version 2
+_META = int(Kind.META)
+_JSON_TYPES = (list, dict)
 _INT_END = 2**63  # timestamps and sequence numbers are int64 everywhere (stream manager, SiteWise, Kinesis)
 _INT_MIN, _UINT_END = -(2**63), 2**64  # values: int64 and uint64 (OPC UA UInt64) both occur
 _U32_END = 2**32  # status codes and flag sets
@@ -49,20 +51,16 @@ _VALUE_TYPES = {1: _SCALAR_TYPES, 2: _SCALAR_TYPES | {list, dict}}
 
 def encode_batch(records: Iterable[Record]) -> bytes:
     """Encode records into one message: version 1 when no record needs version 2, else version 2."""
+    batch = records if isinstance(records, list) else list(records)
     index: dict[str, int] = {}
     rows = []
-    kept: list[Record] = []  # for the second pass, when a record needs version 2
-    needs_v2 = False
-    for r in records:
+    for r in batch:
         si = index.setdefault(r.source, len(index))
         ti = index.setdefault(r.tag, len(index))
         rows.append([si, ti, r.value, int(r.quality), r.source_ts_ns, r.gateway_ts_ns, r.seq, int(r.kind)])
-        kept.append(r)
-        if not needs_v2 and (r.status or r.flags or r.kind == Kind.META or type(r.value) in (list, dict)):
-            needs_v2 = True
-    if not needs_v2:
+    if not any(r.status or r.flags or r.kind == _META or type(r.value) in _JSON_TYPES for r in batch):
         return _HEADERS[1] + cbor2.dumps([list(index), rows])
-    for row, r in zip(rows, kept, strict=True):
+    for row, r in zip(rows, batch, strict=True):
         row += (int(r.status), int(r.flags))
     return _HEADERS[2] + cbor2.dumps([list(index), rows])
 
@@ -110,7 +108,8 @@ def _records(doc: Any, message: bytes, version: int) -> list[Record]:
         raise _corrupt(message, f"a row is not {fields} fields")
     columns = list(zip(*rows, strict=True))
     si, ti, values, q, sts, gts, seq, kind = columns[:8]
-    status, flags = columns[8:] if version >= 2 else ((), ())
+    status: tuple[Any, ...] = columns[8] if version >= 2 else ()
+    flags: tuple[Any, ...] = columns[9] if version >= 2 else ()
     if set(map(type, si + ti + q + kind + sts + gts + seq + status + flags)) != {int}:
         raise _corrupt(message, "a name index, quality, kind, timestamp, sequence number, status or flag set is not "
                        "an integer")

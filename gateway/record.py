@@ -36,6 +36,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+Scalar = float | int | bool | str | None  # what protocols without arrays (Modbus, OPC DA) read
 JsonValue = float | int | bool | str | list["JsonValue"] | dict[str, "JsonValue"] | None
 Value = JsonValue  # what a record carries: a scalar, or an array (list) or structure (dict) of JSON values
 
@@ -75,7 +76,7 @@ class Flag(enum.IntFlag):
     SERVER_TS = 4  # the source timestamp is the server's and identifies the reading: the id is not over seq
 
 
-_IDENTITY_FLAGS = Flag.SERVER_TS | Flag.BACKFILL
+_IDENTITY_FLAGS = int(Flag.SERVER_TS | Flag.BACKFILL)  # an int: & on two ints stays in C
 _FLAG_NAMES = tuple((int(f), (f.name or "").lower()) for f in Flag)
 
 

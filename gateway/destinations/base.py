@@ -166,7 +166,7 @@ def record_json(r: Record) -> dict[str, Any]:
     ``status``/``statusName`` only when the status is not 0 and ``flags`` only when any is set, so that the common
     record costs nothing more.
     """
-    out = {
+    out: dict[str, Any] = {
         "id": r.id,
         "source": r.source,
         "tag": r.tag,

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from gateway.record import Value
+from gateway.record import Scalar, Value
 
 DataType = Literal["bool", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string"]
 Order = Literal["ABCD", "CDAB", "BADC", "DCBA"]
@@ -161,13 +161,13 @@ class Decoder:
                 st = struct.Struct(("<" if little else ">") + _FORMATS[tag.type])
             self._fields.append((tag.name, offset, swap, st, tag))
 
-    def decode(self, data: Sequence[int] | Sequence[bool]) -> list[tuple[str, Value]]:
+    def decode(self, data: Sequence[int] | Sequence[bool]) -> list[tuple[str, Scalar]]:
         """``data``: the registers (FC 3/4) or bits (FC 1/2) the request returned."""
         if self._bits:
             return [(name, bool(data[offset])) for name, offset, _, _, _ in self._fields]
         wire = struct.pack(f">{len(data)}H", *data)
         swapped: bytes | None = None
-        out: list[tuple[str, Value]] = []
+        out: list[tuple[str, Scalar]] = []
         for name, offset, swap, st, tag in self._fields:
             if swap:
                 if swapped is None:
@@ -175,7 +175,7 @@ class Decoder:
                 buf = swapped
             else:
                 buf = wire
-            value: Value
+            value: Scalar
             if st is not None:
                 raw = st.unpack_from(buf, offset * 2)[0]
                 value = raw * tag.scale + tag.offset if (tag.scale != 1.0 or tag.offset != 0.0) else raw
@@ -188,7 +188,7 @@ class Decoder:
         return out
 
 
-def decode_value(registers: Sequence[int], type_: DataType, order: Order, length: int | None = None) -> Value:
+def decode_value(registers: Sequence[int], type_: DataType, order: Order, length: int | None = None) -> Scalar:
     """Decode one value from its registers (the CLI and diagnostics use this)."""
     tag = ModbusTag(name="value", address=0, type=type_, order=order, length=length,
                     bit=0 if type_ == "bool" else None)
