@@ -167,7 +167,8 @@ class Mosquitto:
 
 class RecordSubscriber:
     """A QoS 1 subscriber over the broker's mutual-TLS port collecting every record of ``{"records": [...]}``
-    payloads, as a cloud consumer would; ``received`` grows from paho's thread (read a ``list()`` copy)."""
+    payloads, as a cloud consumer would; ``received`` grows from paho's thread (read a ``list()`` copy), and
+    ``bodies`` keeps each whole payload (its ``meta`` header too)."""
 
     def __init__(self, broker: Mosquitto, topic: str, client_id: str, timeout_s: float = 10) -> None:
         import json
@@ -177,13 +178,19 @@ class RecordSubscriber:
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.received: list[dict[str, Any]] = []
+        self.bodies: list[dict[str, Any]] = []
         ready = threading.Event()
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self._client.tls_set(ca_certs=str(broker.pki.ca), certfile=str(broker.pki.client_cert),
                              keyfile=str(broker.pki.client_key))
         self._client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self._client.on_subscribe = lambda *_: ready.set()
-        self._client.on_message = lambda _c, _u, msg: self.received.extend(json.loads(msg.payload)["records"])
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            body = json.loads(msg.payload)
+            self.bodies.append(body)
+            self.received.extend(body["records"])
+
+        self._client.on_message = on_message
         self._client.connect("127.0.0.1", broker.tls_port)
         self._client.loop_start()
         if not ready.wait(timeout_s):

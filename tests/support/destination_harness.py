@@ -11,6 +11,8 @@ one is missing). A harness is built per test and starts its peer only when asked
 - ``hung()`` / ``hang(dest)`` / ``holds_request()`` / ``release()``: a link that goes silent (devkit.faultproxy's
   blackhole; for IoT Core a nucleus socket that never answers), whether our request is stuck in it, and letting
   abandoned threads end after the test (``hang_skip``).
+- ``bodies()``: the JSON documents the peer holds, each ``{"records": [...]}`` with its ``meta`` header when the
+  type sends one (a file: one document of all its lines; ``bodies_skip`` for types that send no JSON).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import pytest
 from devkit.faultproxy import FaultProxy
 from devkit.ipc_server import MQTT_PROXY, IpcServer
 from devkit.kinesis_fault import KinesisFaultProxy
-from devkit.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, gateway_records
+from devkit.kinesis_peer import TEST_CREDENTIALS, Kinesalite, create_stream, gateway_records, read_all
 from devkit.peers import Mosquitto, RecordSubscriber, free_port
 from devkit.sitewise_fake import SiteWiseFake
 from gateway.destinations.aws import AwsSettings
@@ -53,6 +55,7 @@ FAST = {"route": ROUTE, "retry_min_s": 0.02, "retry_max_s": 0.1}
 #: an abandoned call still holds the test process's exit until its own timeout (executor threads are joined at exit).
 HUNG_TIMEOUT_S = 6.0
 TAGS = [f"/plant/line1/t{i}" for i in range(5)]
+TEXT_TAG = "/plant/line1/text"  # a STRING property at SiteWise (the other tags are DOUBLE)
 DestinationPlugin = Plugin[Destination]
 
 
@@ -87,6 +90,7 @@ class Harness:
     partial_skip = ""
     poison_skip = ""
     hang_skip = ""
+    bodies_skip = ""
 
     def __init__(self, request: pytest.FixtureRequest, tmp: Path, env: pytest.MonkeyPatch) -> None:
         self.request, self.tmp, self.env = request, tmp, env
@@ -113,6 +117,9 @@ class Harness:
 
     def poison(self, seq: int) -> Record:
         return too_large(seq)
+
+    def bodies(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
 
     def hung(self) -> DestinationPlugin:
         raise NotImplementedError
@@ -145,6 +152,9 @@ class FileHarness(Harness):
 
     def delivered(self) -> int:
         return len(read_jsonl(self.tmp / "out" / "records.jsonl"))
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [{"records": read_jsonl(self.tmp / "out" / "records.jsonl")}]
 
     def down(self) -> DestinationPlugin:
         blocker = self.tmp / "a-file-not-a-folder"
@@ -179,6 +189,9 @@ class MqttHarness(Harness):
 
     def delivered(self) -> int:
         return len(list(self._subscriber.received)) if self._subscriber else 0
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return list(self._subscriber.bodies) if self._subscriber else []
 
     def down(self) -> DestinationPlugin:
         return MqttConfig(name="conformance", host="127.0.0.1", port=free_port(), **FAST)
@@ -230,6 +243,11 @@ class IotCoreHarness(Harness):
         import json
 
         return sum(len(json.loads(m.payload)["records"]) for m in self.server.published) if self.server else 0
+
+    def bodies(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(m.payload) for m in self.server.published] if self.server else []
 
     def down(self) -> DestinationPlugin:
         self.env.setenv(SOCKET_ENV, str(self.socket.with_name("nobody-listens.sock")))
@@ -288,6 +306,7 @@ class _AwsHarness(Harness):
 
 class SiteWiseHarness(_AwsHarness):
     type = "sitewise"
+    bodies_skip = "SiteWise stores values, not JSON documents (its values are read from the fake)"
 
     def __init__(self, request: pytest.FixtureRequest, tmp: Path, env: pytest.MonkeyPatch) -> None:
         super().__init__(request, tmp, env)
@@ -296,7 +315,7 @@ class SiteWiseHarness(_AwsHarness):
     @property
     def fake(self) -> SiteWiseFake:
         if self._fake is None:
-            self._fake = SiteWiseFake(dict.fromkeys(TAGS, "DOUBLE")).start()
+            self._fake = SiteWiseFake({**dict.fromkeys(TAGS, "DOUBLE"), TEXT_TAG: "STRING"}).start()
             self.request.addfinalizer(self._fake.stop)
         return self._fake
 
@@ -348,6 +367,11 @@ class KinesisHarness(_AwsHarness):
 
     def delivered(self) -> int:
         return len(gateway_records(self.peer.endpoint_url, self.stream)) if self._peer else 0
+
+    def bodies(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads(data) for _, data in read_all(self.peer.endpoint_url, self.stream)] if self._peer else []
 
     def down(self) -> DestinationPlugin:
         return KinesisConfig(name="conformance", stream_name=self.stream,
