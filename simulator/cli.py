@@ -55,6 +55,13 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--opcua-trust-dir", type=Path, default=None,
                    help="folder of trusted client certificates (DER/PEM); others are refused with "
                         "BadCertificateUntrusted and saved in <cert-dir>/rejected (default: accept any)")
+    p.add_argument("--opcua-history-s", type=float, default=3600.0, metavar="SECONDS",
+                   help="OPC UA history: every process tag keeps its value changes this long, for HistoryRead "
+                        "(HistoryReadRawModified, continuation points); 0 historizes nothing (default 3600)")
+    p.add_argument("--opcua-history-values", type=int, default=36_000, metavar="N",
+                   help="OPC UA history: at most N values per tag whatever their age, 20 bytes each: at fast "
+                        "--speed this bound, not --opcua-history-s, decides how far back history goes "
+                        "(default 36000: 38 MB for the 53 tags)")
     p.add_argument("--modbus-port", type=int, default=5020)
     p.add_argument("--modbus-unit", type=int, default=1)
     p.add_argument("--modbus-order", choices=("ABCD", "CDAB", "BADC", "DCBA"), default="ABCD")
@@ -136,7 +143,8 @@ def build_endpoints(args: argparse.Namespace, sim: SimulationView) -> list[Endpo
         from simulator.opcua_server import OpcUaConfig, OpcUaEndpoint
 
         endpoints.append(OpcUaEndpoint(sim, OpcUaConfig(args.host, args.opcua_port, args.opcua_security,
-                                                        args.opcua_cert_dir, args.opcua_trust_dir)))
+                                                        args.opcua_cert_dir, args.opcua_trust_dir,
+                                                        args.opcua_history_s, args.opcua_history_values)))
     if "modbus" in wanted:
         from simulator.modbus_server import ModbusConfig, ModbusEndpoint
 
@@ -162,6 +170,9 @@ def _serve(argv: list[str]) -> int:
         if args.speed < 0:
             raise ValueError(f"--speed {args.speed}: must be >= 0 (0 = as fast as possible)")
         _check_endpoints(args.endpoints)
+        if args.opcua_history_s < 0 or args.opcua_history_values < 1:
+            raise ValueError(f"--opcua-history-s {args.opcua_history_s:g} must be >= 0 (0: no history) and "
+                             f"--opcua-history-values {args.opcua_history_values} >= 1")
         config = AppConfig(args.plant, args.seed, args.speed, schedule, args.status_every,
                            plant_process=not args.in_process)
         sim = build_simulation(config)

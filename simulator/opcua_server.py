@@ -9,12 +9,19 @@ keeps the current seed). After a trip every process value carries ``BadOutOfServ
 Process and status values are not copied into the address space at every plant step (at ``--speed 0`` that
 copying cost more than the plant itself): a read asks the latest snapshot through a value callback, and only
 nodes somebody monitors are written, so subscriptions see every change. Security: :mod:`simulator.opcua_security`.
+
+History (OPC UA Part 11): every process tag is historized (``Historizing`` true, ``AccessLevel`` HistoryRead): each
+value change of every published snapshot is kept for ``history_s`` seconds, at most ``history_max_values`` per tag,
+in :mod:`simulator.opcua_history`, and served by HistoryReadRawModified with continuation points. Status tags,
+disturbance switches and properties are not historized (a history read of one is
+``BadHistoryOperationUnsupported``). A trip is historized as ``BadOutOfService`` at the time it happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -24,6 +31,7 @@ from typing import Any
 from asyncua import ua as _ua
 from asyncua.server.server import Server
 
+from simulator.opcua_history import HistoryService, RingHistory
 from simulator.opcua_security import APPLICATION_URI, ensure_certificate, setup_security
 from simulator.plant import IDV_NUMBERS
 from simulator.runtime import SimulationView, Snapshot
@@ -40,7 +48,8 @@ ua: Any = _ua
 _UNECE = {"kPa": "KPA", "°C": "CEL", "%": "P1", "kg/h": "E93", "m³/h": "MQH", "kW": "KWT"}
 _VARIANT = {"float": ua.VariantType.Double, "int": ua.VariantType.Int64, "str": ua.VariantType.String,
             "bool": ua.VariantType.Boolean}
-_BAD = ua.StatusCode(ua.StatusCodes.BadOutOfService)
+_BAD_CODE = ua.StatusCodes.BadOutOfService
+_BAD = ua.StatusCode(_BAD_CODE)
 _GOOD = ua.StatusCode(ua.StatusCodes.Good)
 _N_PROCESS = len(PROCESS_TAGS)
 
@@ -80,6 +89,9 @@ class OpcUaConfig:
         security: ``"none"``, ``"sign"``, ``"encrypt"`` (Basic256Sha256 SignAndEncrypt) or ``"all"`` (the three).
         cert_dir: where the generated self-signed server certificate lives (needed unless security is ``"none"``).
         trust_dir: folder of trusted client certificates; None accepts any client certificate.
+        history_s: how long each process tag's history keeps a value (seconds); 0 historizes nothing.
+        history_max_values: the most values kept per tag whatever their age (20 bytes each): bounds memory at
+            fast ``--speed`` (53 tags x 36,000 = 38 MB).
     """
 
     host: str = "127.0.0.1"
@@ -87,6 +99,8 @@ class OpcUaConfig:
     security: str = "none"
     cert_dir: Path | None = None
     trust_dir: Path | None = None
+    history_s: float = 3600.0
+    history_max_values: int = 36_000
 
     @property
     def url(self) -> str:
@@ -118,6 +132,12 @@ class OpcUaEndpoint:
         self._cache_now = datetime.now(timezone.utc)
         self._written: Snapshot | None = None  # the snapshot last pushed to monitored nodes
         self._idvs_written: frozenset[int] | None = None
+        self.history: RingHistory | None = None
+        if config.history_s > 0:
+            self.history = RingHistory(config.history_s, config.history_max_values)
+            self.server.iserver.history_manager = HistoryService(self.server.iserver, self.history)
+        self._historized: Snapshot | None = None  # the snapshot last recorded in the history
+        self._history_lock = threading.Lock()  # listeners run on whichever thread changed the simulation
 
     async def start(self) -> None:
         """Build the address space and start listening."""
@@ -132,6 +152,7 @@ class OpcUaEndpoint:
                              self.config.trust_dir)
         self.ns = await server.register_namespace(NAMESPACE_URI)
         await self._build()
+        self._record(self.sim.snapshot)
         self.sim.add_listener(self._on_change)
         await server.start()
         await self._write_idvs(self.sim.snapshot)
@@ -154,6 +175,7 @@ class OpcUaEndpoint:
                 _VARIANT[kind],
             )
             self._value_ids.append(node.nodeid)
+        await self._historize()
         aspace = self.server.iserver.aspace
         for index, node_id in enumerate(self._value_ids):
             self.server.set_attribute_value_callback(node_id, self._reader(index))
@@ -180,6 +202,42 @@ class OpcUaEndpoint:
             ua.NodeId(f"{STATUS_FOLDER}/Reset", ns), ua.QualifiedName("Reset", ns),
             _checked(self._m_reset, "int"), [ua.VariantType.Int64], [],
         )
+
+    async def _historize(self) -> None:
+        """Mark the process tags historized and start their histories; announce the capability."""
+        if self.history is None:
+            return
+        for node_id in self._value_ids[:_N_PROCESS]:
+            node = self.server.get_node(node_id)
+            await node.write_attribute(ua.AttributeIds.Historizing, ua.DataValue(True))
+            for attr in (ua.AttributeIds.AccessLevel, ua.AttributeIds.UserAccessLevel):
+                await node.set_attr_bit(attr, ua.AccessLevel.HistoryRead)
+            await self.history.new_historized_node(node_id, None)
+        capabilities = {ua.ObjectIds.HistoryServerCapabilities_AccessHistoryDataCapability: True,
+                        ua.ObjectIds.HistoryServerCapabilities_MaxReturnDataValues: ua.Variant(
+                            self.history.max_history_data_response_size, ua.VariantType.UInt32)}
+        for object_id, value in capabilities.items():
+            await self.server.write_attribute_value(ua.NodeId(object_id), ua.DataValue(value))
+
+    def _record(self, snap: Snapshot) -> None:
+        """Historize the values of ``snap`` that changed since the last recorded snapshot.
+
+        Listeners may run concurrently and out of order (a disturbance switched from the OPC DA thread while the
+        clock steps): an older snapshot than the last recorded one is skipped.
+        """
+        history = self.history
+        if history is None:
+            return
+        with self._history_lock:
+            last = self._historized
+            if last is not None and snap.seq <= last.seq:
+                return
+            self._historized = snap
+            status = _BAD_CODE if snap.shutdown else 0
+            for index, stamp in enumerate(snap.stamps):
+                if last is not None and stamp == last.stamps[index]:
+                    continue
+                history.record(self._value_ids[index], stamp, None if status else snap.values[index], status)
 
     async def _add_tag(self, folder: Any, tag: Tag) -> ua.NodeId:
         ns = self.ns
@@ -226,7 +284,8 @@ class OpcUaEndpoint:
         value = _STATUS_VALUES[path.split("/", 1)[1]](snap)
         return ua.DataValue(ua.Variant(value, _VARIANT[kind]), _GOOD, now, now)
 
-    def _on_change(self, _snap: Snapshot) -> None:
+    def _on_change(self, snap: Snapshot) -> None:
+        self._record(snap)
         loop = self._loop
         if loop is None:
             return

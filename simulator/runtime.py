@@ -30,8 +30,8 @@ class Snapshot:
         t_s: simulated seconds since the last reset.
         seed: noise seed of the current run.
         values: process values in :data:`simulator.tags.PROCESS_TAGS` order (XMEAS 1-41, XMV 1-12).
-        stamps: source timestamp per value: the wall-clock time the value last changed, so an analyzer's
-            timestamp is the time its last analysis arrived.
+        stamps: source timestamp per value: the wall-clock time the value (or its status, at a trip or the reset
+            after one) last changed, so an analyzer's timestamp is the time its last analysis arrived.
         active_idvs: disturbances switched on.
         shutdown: the plant tripped; values are frozen and BAD until a reset.
         shutdown_reason: why it tripped.
@@ -187,7 +187,8 @@ class Simulation:
         values = (*plant.xmeas, *plant.xmv)
         if len(values) != len(PROCESS_TAGS):
             raise RuntimeError(f"plant returned {len(values)} values, expected {len(PROCESS_TAGS)}")
-        if previous is None:
+        if previous is None or previous.shutdown != plant.shutdown:
+            # a trip (or the reset after one) changes every value's status now: that is its source time
             stamps = (now,) * len(values)
         else:
             old_values, old_stamps = previous.values, previous.stamps
