@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -35,6 +35,7 @@ from gateway.record import Quality, Value, oversize
 from gateway.redact import redact_text, redact_url
 from gateway.sources.common import Emitter
 from gateway.sources.opcua_session import connect, disconnect, resolve_nodes
+from gateway.sources.opcua_values import ValueConverter
 
 if TYPE_CHECKING:  # hints only: the config model imports this module (build, diagnose), not the reverse
     from gateway.diagnostics import Finding
@@ -60,14 +61,6 @@ def _quality(dv: ua.DataValue) -> Quality:
 
 def _ts_ns(dt: datetime | None) -> int | None:
     return int(dt.timestamp() * 1e9) if dt is not None else None
-
-
-def _value(raw: Any) -> tuple[Value, bool]:
-    if raw is None or isinstance(raw, bool | int | float | str):
-        return raw, True
-    if isinstance(raw, datetime):
-        return raw.isoformat(), True
-    return None, False
 
 
 _warned: set[tuple[str, str, str]] = set()
@@ -97,6 +90,7 @@ class OpcUaSource:
         self.cfg = cfg
         self._last_notified: dict[str, int] = {}
         self._last_value = _LAST_VALUES.setdefault(cfg.name, {})  # tag -> last value read (BAD on link loss)
+        self._values = ValueConverter(cfg)  # this session's: arrays, structures, reasons logged once per tag
         self._sub: Subscription | None = None
 
     async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
@@ -110,6 +104,7 @@ class OpcUaSource:
             emitter.counters.extra["tags"] = len(nodes)
             on_connected()
             tags = list(nodes)
+            await self._values.load_definitions(client, nodes.values())  # before any value: structures decode
             if self.cfg.mode == "polling":
                 await self._poll(client, nodes, emitter)
             else:
@@ -131,7 +126,7 @@ class OpcUaSource:
         """Every tag of the session BAD once, carrying the last value it read (as Modbus and OPC DA do): the value
         is what the tag was when the link went, the quality says it is no longer current. A reconnect attempt that
         fails before its session is up has no tags, so an outage makes one BAD per tag, not one per attempt."""
-        for tag in tags:
+        for tag in self._values.expand(tags):  # an array read element by element: each of its element tags
             emitter.emit(tag, self._last_value.get(tag), Quality.BAD)
 
     def _bad(self, emitter: Emitter, tag: str, why: str) -> None:
@@ -231,14 +226,15 @@ class OpcUaSource:
         return ""
 
     def _emit(self, emitter: Emitter, tag: str, dv: ua.DataValue) -> None:
-        value, ok = _value(dv.Value.Value if dv.Value is not None else None)
-        quality = _quality(dv) if ok else Quality.BAD
+        quality = _quality(dv)
         ts = _ts_ns(dv.SourceTimestamp) or _ts_ns(dv.ServerTimestamp)
         if ts is not None:
             self._last_notified[tag] = ts
-        if value is not None and not oversize(value):  # the emitter makes an over-large value BAD, counted, logged
-            self._last_value[tag] = value
-        emitter.emit(tag, value, quality, ts)
+        # one value, or one per array element (arrays: elements); one that cannot be carried is BAD, its reason logged
+        for name, value, reason in self._values.convert(tag, dv.Value, emitter.counters):
+            if value is not None and not oversize(value):  # the emitter makes an over-large value BAD, counted
+                self._last_value[name] = value
+            emitter.emit(name, value, quality if reason is None else Quality.BAD, ts)
 
 
 async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:

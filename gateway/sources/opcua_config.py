@@ -175,6 +175,17 @@ class OpcUaConnection(ConnectionBase):
         "network cut lingers there (short avoids BadTooManySessions after many cuts).",
     )
     timeout_s: float = Field(default=10.0, gt=0, description="Request timeout.")
+    arrays: Literal["json", "elements"] = Field(
+        default="json",
+        description="How an array value is carried: json, one record whose value is the JSON list (a list of lists "
+        "for a matrix); elements, one tag per element named <tag>[i] (<tag>[i][j] for a matrix), each with its "
+        "own deadband, for destinations that take scalars only (SiteWise).",
+    )
+    arrays_by_tag: dict[str, Literal["json", "elements"]] = Field(
+        default_factory=dict,
+        description="Source tag -> json or elements, for tags whose arrays go otherwise than `arrays` says, e.g. "
+        "{'Line/Speeds': elements}.",
+    )
     security: OpcUaSecurity = Field(default_factory=OpcUaSecurity, description="Security policy, certificates and "
                                     "identity.")
 
