@@ -2,13 +2,20 @@
 // An independent OPC UA server for the collector tests and bench (node-opcua, not asyncua).
 //
 //   node tests/peers/opcua_server.js --port P [--variables N] [--rate HZ] [--security none,sign,signandencrypt]
-//        [--pki DIR] [--auto-accept] [--user NAME:PASSWORD] [--no-anonymous] [--namespaces-before K]
+//        [--pki DIR] [--auto-accept] [--user NAME:PASSWORD] [--no-anonymous] [--namespaces-before K] [--values]
 //
 // Binds 127.0.0.1 only. Prints one line "READY port=P ns=I uri=U cert=PATH" once it listens.
 // Address space (namespace --uri, default urn:factoryedge:test):
 //   Objects/Reactor/Pressure, Temperature (Double), Running (Boolean), Batch (String), Count (Int32)
 //   Objects/Tank/Level, Objects/Tank/Flow (Double)
 //   Objects/Bulk/V0 .. V{N-1} (Double), node ids s=Bulk/V{i}
+// --values adds Objects/Values/<Name> (node ids s=Values/<Name>, static) of every kind a value can be, and loads the
+// structured types of tests/peers/opcua_types.xml (namespace urn:factoryedge:test:types):
+//   DoubleArray Double[3], Int32Matrix Int32[2][3], StringArray String[3], ByteArray Byte[3], Text LocalizedText,
+//   Bytes ByteString, Guid, Name QualifiedName, Node NodeId, Time DateTime, Status StatusCode (BadSensorFailure),
+//   Mixed BaseDataType[] of Variants (Double, String, Boolean, Int32), Batch a BatchRecord structure (with an Int32[]
+//   field and a nested Setpoint structure), Batches BatchRecord[2], Opaque a structure whose encoding id
+//   (types namespace, i=9999) no data type describes: a value no client can decode.
 // Every value changes --rate times per second. Node ids are strings "s=<Folder>/<Name>".
 // --namespaces-before K registers K dummy namespaces first, so our namespace index differs across restarts.
 // --pki DIR keeps the server's own certificate across restarts (own/certs/certificate.pem); client certificates are
@@ -21,7 +28,7 @@ const path = require("path");
 function parseArgs(argv) {
     const args = {
         port: 4840, variables: 100, rate: 1, security: "none", pki: null, autoAccept: false, user: null,
-        anonymous: true, namespacesBefore: 0, uri: "urn:factoryedge:test",
+        anonymous: true, namespacesBefore: 0, uri: "urn:factoryedge:test", values: false,
     };
     for (let i = 2; i < argv.length; i++) {
         const a = argv[i];
@@ -36,6 +43,7 @@ function parseArgs(argv) {
         else if (a === "--no-anonymous") args.anonymous = false;
         else if (a === "--namespaces-before") args.namespacesBefore = parseInt(next(), 10);
         else if (a === "--uri") args.uri = next();
+        else if (a === "--values") args.values = true;
         else { console.error(`unknown argument ${a}`); process.exit(2); }
     }
     return args;
@@ -82,6 +90,7 @@ async function main() {
         },
         maxConnectionsPerEndpoint: 100,
         serverCapabilities: { maxSessions: 100 },
+        ...(args.values ? { nodesets: [opcua.nodesets.standard, path.join(__dirname, "opcua_types.xml")] } : {}),
     });
     await server.initialize();
 
@@ -109,6 +118,8 @@ async function main() {
     add(tank, "Tank", "Flow", "Double", (t) => 10 + (t % 100) * 0.01);
     const bulk = folder("Bulk");
     for (let i = 0; i < args.variables; i++) add(bulk, "Bulk", `V${i}`, "Double", (t) => i + t * 0.001);
+
+    if (args.values) await addValues(opcua, addressSpace, ns, folder("Values"));
 
     let tick = 0;
     let changes = 0;
@@ -144,6 +155,54 @@ async function main() {
     const cert = path.join(pki, "own", "certs", "certificate.pem");
     console.log(`READY port=${args.port} ns=${ns.index} uri=${args.uri} cert=${cert} ` +
         `variables=${variables.length} changes_per_s=${Math.round(variables.length * 1000 / period)}`);
+}
+
+// One static variable of each kind of value (see --values above).
+async function addValues(opcua, addressSpace, ns, parent) {
+    const { DataType, Variant, VariantArrayType, LocalizedText, QualifiedName, StatusCodes, coerceNodeId,
+        makeNodeId } = opcua;
+    const { OpaqueStructure } = await import("node-opcua-extension-object");
+    // node-opcua copies a value on every read as new value.constructor(value): an OpaqueStructure copied so loses its
+    // encoding id and body (it goes out as a null structure); this one copies both
+    class Opaque extends OpaqueStructure {
+        constructor(nodeIdOrCopy, buffer) {
+            const copy = nodeIdOrCopy instanceof OpaqueStructure;
+            super(copy ? nodeIdOrCopy.nodeId : nodeIdOrCopy, copy ? nodeIdOrCopy.buffer : buffer);
+        }
+    }
+    const types = addressSpace.getNamespaceIndex("urn:factoryedge:test:types");
+    const add = (name, dataType, value, extra = {}) => ns.addVariable({
+        componentOf: parent, browseName: name, nodeId: `s=Values/${name}`, dataType, value, ...extra,
+    });
+    const array = (dataType, value) => ({ dataType, arrayType: VariantArrayType.Array, value });
+    add("DoubleArray", "Double", array(DataType.Double, [1.5, 2.5, -3.25]), { valueRank: 1, arrayDimensions: [3] });
+    add("Int32Matrix", "Int32", { dataType: DataType.Int32, arrayType: VariantArrayType.Matrix, dimensions: [2, 3],
+        value: new Int32Array([1, 2, 3, 4, 5, 6]) }, { valueRank: 2, arrayDimensions: [2, 3] });
+    add("StringArray", "String", array(DataType.String, ["a", "b", "\u00fc"]), { valueRank: 1, arrayDimensions: [3] });
+    add("ByteArray", "Byte", array(DataType.Byte, new Uint8Array([0, 1, 255])), { valueRank: 1, arrayDimensions: [3] });
+    add("Text", "LocalizedText", { dataType: DataType.LocalizedText,
+        value: new LocalizedText({ text: "Gr\u00fc\u00dfe", locale: "de-DE" }) });
+    add("Bytes", "ByteString", { dataType: DataType.ByteString, value: Buffer.from([0, 1, 2, 254, 255]) });
+    add("Guid", "Guid", { dataType: DataType.Guid, value: "72962B91-FA75-4AE6-8D28-B404DC7DAF63" });
+    add("Name", "QualifiedName", { dataType: DataType.QualifiedName,
+        value: new QualifiedName({ namespaceIndex: ns.index, name: "Q" }) });
+    add("Node", "NodeId", { dataType: DataType.NodeId, value: coerceNodeId(`ns=${ns.index};s=Reactor/Pressure`) });
+    add("Time", "DateTime", { dataType: DataType.DateTime, value: new Date(Date.UTC(2026, 0, 2, 3, 4, 5, 6)) });
+    add("Status", "StatusCode", { dataType: DataType.StatusCode, value: StatusCodes.BadSensorFailure });
+    add("Mixed", "BaseDataType", array(DataType.Variant, [
+        new Variant({ dataType: DataType.Double, value: 1.5 }), new Variant({ dataType: DataType.String, value: "x" }),
+        new Variant({ dataType: DataType.Boolean, value: true }), new Variant({ dataType: DataType.Int32, value: 7 }),
+    ]), { valueRank: 1 });
+    const batchType = addressSpace.findDataType("BatchRecord", types);
+    const setpointType = addressSpace.findDataType("Setpoint", types);
+    const batch = (id, quantity) => addressSpace.constructExtensionObject(batchType, {
+        id, quantity, steps: [1, 2, 3], done: true,
+        target: addressSpace.constructExtensionObject(setpointType, { name: "T", value: 80 }),
+    });
+    add("Batch", batchType, { dataType: DataType.ExtensionObject, value: batch("B-7", 12.5) });
+    add("Batches", batchType, array(DataType.ExtensionObject, [batch("B-8", 1), batch("B-9", 2)]), { valueRank: 1 });
+    add("Opaque", "Structure", { dataType: DataType.ExtensionObject,
+        value: new Opaque(makeNodeId(9999, types), Buffer.from([1, 2, 3, 4])) });
 }
 
 main().catch((err) => { console.error(err); process.exit(1); });

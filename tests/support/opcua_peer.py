@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class NodeOpcUa:
             cmd.append("--auto-accept")
         if o.get("anonymous") is False:
             cmd.append("--no-anonymous")
+        if o.get("values"):
+            cmd.append("--values")
         self.starts += 1
         log = self.folder / f"server-{self.starts}.log"
         self.proc = proc = start(cmd, log)
@@ -93,6 +96,37 @@ def start_node_opcua(folder: Path, **options: Any) -> NodeOpcUa:
     require_node()
     folder.mkdir(parents=True, exist_ok=True)
     return NodeOpcUa(folder, options.pop("port", None) or free_port(), options).start()
+
+
+VALUES_SCRIPT = ROOT / "tests" / "peers" / "opcua_values_server.py"
+VALUES_URI = "urn:factoryedge:test:asyncua"
+
+
+@dataclass
+class AsyncUaValues:
+    """The asyncua peer with a structure of its own type (tests/peers/opcua_values_server.py), in its own process."""
+
+    proc: Proc
+    port: int
+    ns: int
+
+    @property
+    def url(self) -> str:
+        return f"opc.tcp://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def start_asyncua_values(folder: Path) -> AsyncUaValues:
+    """Start the asyncua value peer on a free port and wait for it to listen."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    proc = start([sys.executable, str(VALUES_SCRIPT), "--port", str(port)], folder / "asyncua-values.log")
+    wait_for(lambda: "READY" in proc.output() or proc.popen.poll() is not None, 60, "asyncua value peer READY")
+    m = re.search(r"READY port=\d+ ns=(\d+)", proc.output())
+    assert m, proc.output()
+    return AsyncUaValues(proc, port, int(m.group(1)))
 
 
 def conn(server: NodeOpcUa, **kw: Any) -> OpcUaConnection:
