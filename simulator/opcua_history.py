@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 from array import array
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -170,6 +171,13 @@ class RingHistory(HistoryStorageInterface):
         ts_us = stamp if isinstance(stamp, int) else to_us(stamp)
         with self._lock:
             return self._tags[node_id].append(ts_us, float("nan") if value is None else value, status)
+
+    def record_many(self, rows: Iterable[tuple[Any, int, float | None, int]]) -> None:
+        """Store ``(node id, timestamp µs, value, status)`` rows under one lock (a snapshot's changes)."""
+        nan, tags = float("nan"), self._tags
+        with self._lock:
+            for node_id, ts_us, value, status in rows:
+                tags[node_id].append(ts_us, nan if value is None else value, status)
 
     # ------------------------------------------------------------ HistoryStorageInterface
     async def init(self) -> None:

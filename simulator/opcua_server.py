@@ -31,7 +31,7 @@ from typing import Any
 from asyncua import ua as _ua
 from asyncua.server.server import Server
 
-from simulator.opcua_history import HistoryService, RingHistory
+from simulator.opcua_history import HistoryService, RingHistory, to_us
 from simulator.opcua_security import APPLICATION_URI, ensure_certificate, setup_security
 from simulator.plant import IDV_NUMBERS
 from simulator.runtime import SimulationView, Snapshot
@@ -234,10 +234,17 @@ class OpcUaEndpoint:
                 return
             self._historized = snap
             status = _BAD_CODE if snap.shutdown else 0
+            ids, values, old = self._value_ids, snap.values, last.stamps if last is not None else None
+            micros: dict[int, int] = {}  # the values that changed in one step share one stamp: convert it once
+            rows = []
             for index, stamp in enumerate(snap.stamps):
-                if last is not None and stamp == last.stamps[index]:
+                if old is not None and stamp == old[index]:
                     continue
-                history.record(self._value_ids[index], stamp, None if status else snap.values[index], status)
+                us = micros.get(id(stamp))
+                if us is None:
+                    us = micros[id(stamp)] = to_us(stamp)
+                rows.append((ids[index], us, None if status else values[index], status))
+            history.record_many(rows)
 
     async def _add_tag(self, folder: Any, tag: Tag) -> ua.NodeId:
         ns = self.ns
