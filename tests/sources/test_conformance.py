@@ -79,11 +79,13 @@ TRIP = ["--idv", "6"]  # at --speed 0 the synthetic plant runs the 7.5 h to its 
 
 
 def _opcua(folder: Path) -> Peer:
-    server = start_node_opcua(folder, variables=1, rate=10)
+    server = start_node_opcua(folder, variables=1, rate=10, values=True)
 
     def make(port: int, faults: bool = True, **kw: Any) -> OpcUaConnection:
         nodes = ["s=Reactor/Pressure", "s=Reactor/Temperature"]
-        nodes += ["s=Reactor/NoSuchNode", "ns=0;i=2255"] if faults else []  # i=2255: NamespaceArray, a String[]
+        # Values/Opaque: a structure whose encoding id no data type of the server describes (arrays, such as the
+        # String[] NamespaceArray this case read before, are carried now)
+        nodes += ["s=Reactor/NoSuchNode", "s=Values/Opaque"] if faults else []
         return OpcUaConnection(**{"name": "opcua", "endpoint": f"opc.tcp://127.0.0.1:{port}", "namespace_uri": URI,
                                   "nodes": nodes, "publishing_interval_ms": 100, "timeout_s": 3, "keepalive_s": 1,
                                   **FAST, **kw})
@@ -102,7 +104,7 @@ def _opcua(folder: Path) -> Peer:
 
     return Peer(protocol="opcua", make=make, port=server.port, kill=kill, restart=restart, stop=server.stop,
                 good=("Reactor/Pressure", "Reactor/Temperature"),
-                missing="Reactor/NoSuchNode", reason="BadNodeIdUnknown", garbage="2255", source_time=True,
+                missing="Reactor/NoSuchNode", reason="BadNodeIdUnknown", garbage="Values/Opaque", source_time=True,
                 patient={"timeout_s": PATIENT_S, "keepalive_s": PATIENT_S, "watchdog_s": PATIENT_S},
                 tripped=tripped)
 
