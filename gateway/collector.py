@@ -244,7 +244,8 @@ class Collector:
         if conn:
             ms = (time.perf_counter() - t0) * 1000
             gap = records[0] if records[0].kind == Kind.METRIC else None
-            conn.counters.values_written += len(records) - (gap is not None)
+            metas = sum(r.kind == Kind.META for r in records)  # a tag's metadata is not one of its values
+            conn.counters.values_written += len(records) - (gap is not None) - metas
             conn.counters.append_latency_ms_last = ms
             conn.counters.append_latency_ms_max = max(conn.counters.append_latency_ms_max, ms)
             if gap is not None:
@@ -360,6 +361,7 @@ class Collector:
         for n, c in self.connections.items():
             connections[n] = c.counters.as_dict()
             connections[n]["values_per_s"] = self.status_file.rate(n, c.counters.values_read)
+            connections[n]["tags"] = dict(c.emitter.meta)  # each tag's latest units and ranges (META records)
         return {
             **self.status_file.header(),
             "status_interval_s": self.status_interval_s,

@@ -44,7 +44,7 @@ DURATIONS = frozenset({"gap_s"})
 GAUGES = frozenset({
     # collectors, per connection
     "connected", "last_good_read_ns", "last_error", "append_latency_ms_last", "append_latency_ms_max",
-    "gap_open_since_ns", "values_per_s", "extra", "last_good_read_age_s",
+    "gap_open_since_ns", "values_per_s", "extra", "last_good_read_age_s", "tags",
     # publisher, per destination
     "backlog_messages", "oldest_unsent_age_s", "last_success_ns", "last_success_age_s", "records_per_s",
     "dead_letter_reasons",

@@ -82,7 +82,8 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
             row = {"component": name, "name": conn, "connected": c.get("connected"),
                    "values_read": c.get("values_read", 0), "bad_values_read": c.get("bad_values_read", 0),
                    "last_good_read_age_s": age_s(c.get("last_good_read_ns"), now),
-                   "read_errors": c.get("read_errors", 0), "last_error": c.get("last_error", "")}
+                   "read_errors": c.get("read_errors", 0), "last_error": c.get("last_error", ""),
+                   "tags": c.get("tags") or {}}  # units and ranges by tag (META records), for --json
             row["values_per_s"] = _rate(c, "values_per_s", "values_read", prev_conn.get((name, conn)), prev_dt)
             row["stale"] = stale  # old counters of a component that stopped writing: no live rate to show
             if stale:

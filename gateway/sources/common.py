@@ -140,6 +140,8 @@ class Emitter:
         self.counters = counters
         self.deadband = DeadbandFilter(cfg.deadband)
         self._oversize_logged: set[str] = set()
+        # published tag -> its latest metadata (emit_meta), for the status file; bounded by the connection's tags
+        self.meta: dict[str, dict[str, Value]] = {}
         self._seq = start_seq()
         self.pending: list[Record] = []
         # (count, callback): called once the pending list reaches count, so the owner can flush early
@@ -190,12 +192,16 @@ class Emitter:
         session and again when the metadata changes.
 
         It bypasses the deadband (whose state per tag is the tag's values) and the value counters; the record id
-        follows the sequence like any record's.
+        follows the sequence like any record's. The latest metadata per tag stays in :attr:`meta`, which the
+        collector's status file shows.
         """
         gw = now_ns()
         value, quality = normalised(meta, Quality.GOOD)
+        tag = self.name_of(source_tag)
+        if isinstance(value, dict):
+            self.meta[tag] = value
         self._seq += 1
-        self.pending.append(Record(self.cfg.name, self.name_of(source_tag), value, quality,
+        self.pending.append(Record(self.cfg.name, tag, value, quality,
                                    source_ts_ns if source_ts_ns else gw, gw, self._seq, Kind.META))
         if self.on_full is not None and len(self.pending) >= self.on_full[0]:
             self.on_full[1]()
