@@ -8,7 +8,7 @@ from pathlib import Path
 
 from devkit.peers import free_port
 from gateway.collector import Collector
-from gateway.record import Quality, Record
+from gateway.record import Kind, Quality, Record
 from gateway.sources.common import Deadband, DeadbandFilter
 from gateway.sources.opcua import OpcUaSource
 from gateway.sources.opcua_config import OpcUaConnection
@@ -56,7 +56,9 @@ def test_subscription_reads_plant_values_with_mapping(tmp_path: Path, simulator:
     for r in records:
         by_tag.setdefault(r.tag, []).append(r)
     assert set(by_tag) == {"/site/area1/tep/reactor/pressure", "tep/Reactor/Temperature", "tep/Stripper/Level"}
-    pressures = [r.value for r in by_tag["/site/area1/tep/reactor/pressure"]]
+    pressures = [r.value for r in by_tag["/site/area1/tep/reactor/pressure"] if r.kind == Kind.VALUE]
+    [meta] = [r.value for r in by_tag["/site/area1/tep/reactor/pressure"] if r.kind == Kind.META]  # its units
+    assert isinstance(meta, dict) and meta["unit"] == "kPa", meta
     assert all(isinstance(p, float) and 2600 < p < 2800 for p in pressures), pressures[:5]
     assert all(r.quality == Quality.GOOD and r.source == "plant" for r in records)
     assert all(abs(r.gateway_ts_ns - r.source_ts_ns) < 30e9 for r in records)

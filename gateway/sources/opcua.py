@@ -34,6 +34,7 @@ from gateway.errors import SourceError
 from gateway.record import Quality, Value, oversize
 from gateway.redact import redact_text, redact_url
 from gateway.sources.common import Emitter
+from gateway.sources.opcua_meta import emit_metadata
 from gateway.sources.opcua_session import connect, disconnect, resolve_nodes
 from gateway.sources.opcua_values import ValueConverter
 
@@ -104,6 +105,7 @@ class OpcUaSource:
             emitter.counters.extra["tags"] = len(nodes)
             on_connected()
             tags = list(nodes)
+            await emit_metadata(client, self.cfg, nodes, emitter)  # units and ranges, before the values they describe
             await self._values.load_definitions(client, nodes.values())  # before any value: structures decode
             if self.cfg.mode == "polling":
                 await self._poll(client, nodes, emitter)

@@ -175,6 +175,12 @@ class OpcUaConnection(ConnectionBase):
         "network cut lingers there (short avoids BadTooManySessions after many cuts).",
     )
     timeout_s: float = Field(default=10.0, gt=0, description="Request timeout.")
+    metadata: bool = Field(
+        default=True, description="Read each tag's engineering units and ranges (the EURange, EngineeringUnits "
+        "and InstrumentRange properties, and its Description) once per session and write them as one META record "
+        "per tag, also shown in the status file; tags without those properties get none. false: two requests "
+        "fewer per session.",
+    )
     arrays: Literal["json", "elements"] = Field(
         default="json",
         description="How an array value is carried: json, one record whose value is the JSON list (a list of lists "

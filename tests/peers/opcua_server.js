@@ -9,6 +9,8 @@
 //   Objects/Reactor/Pressure, Temperature (Double), Running (Boolean), Batch (String), Count (Int32)
 //   Objects/Tank/Level, Objects/Tank/Flow (Double)
 //   Objects/Bulk/V0 .. V{N-1} (Double), node ids s=Bulk/V{i}
+//   Objects/Analog/Temperature: an AnalogItem (Double, 21.5, static) with EURange 0..100, InstrumentRange -50..150,
+//     EngineeringUnits degree Celsius (UNECE CEL, UnitId 4408652) and a Description
 // --values adds Objects/Values/<Name> (node ids s=Values/<Name>, static) of every kind a value can be, and loads the
 // structured types of tests/peers/opcua_types.xml (namespace urn:factoryedge:test:types):
 //   DoubleArray Double[3], Int32Matrix Int32[2][3], StringArray String[3], ByteArray Byte[3], Text LocalizedText,
@@ -118,6 +120,13 @@ async function main() {
     add(tank, "Tank", "Flow", "Double", (t) => 10 + (t % 100) * 0.01);
     const bulk = folder("Bulk");
     for (let i = 0; i < args.variables; i++) add(bulk, "Bulk", `V${i}`, "Double", (t) => i + t * 0.001);
+    // units and ranges as properties (Part 8), for the collector's META records; static, so not in `variables`
+    ns.addAnalogDataItem({
+        componentOf: folder("Analog"), browseName: "Temperature", nodeId: "s=Analog/Temperature", dataType: "Double",
+        description: "Analog temperature", engineeringUnitsRange: { low: 0, high: 100 },
+        instrumentRange: { low: -50, high: 150 }, engineeringUnits: opcua.standardUnits.degree_celsius,
+        value: { dataType: DataType.Double, value: 21.5 },
+    });
 
     if (args.values) await addValues(opcua, addressSpace, ns, folder("Values"));
 
