@@ -12,8 +12,8 @@ every value of every tag to a monitored item, work it otherwise does only for ta
   (:meth:`RingHistory.record`) with every published snapshot, and safe to feed from another thread.
 - :class:`HistoryService`: asyncua's ``HistoryManager`` answering, as servers do, ``BadHistoryOperationUnsupported``
   for a node that is not historized (instead of an empty Good answer a client cannot tell from "no changes"),
-  ``BadHistoryOperationInvalid`` when neither bound of the interval is given, and nothing for a request that only
-  releases continuation points.
+  ``BadHistoryOperationInvalid`` when neither bound of the interval is given, and nothing for a node whose
+  continuation point the request releases.
 
 Continuation points are stateless (asyncua's scheme): the source timestamp of the first value not returned, from
 which the next request reads on. A tag's timestamps strictly increase, so no value is returned twice or skipped.
@@ -273,7 +273,9 @@ class HistoryService(HistoryManager):
         results = []
         for rv in params.NodesToRead:
             refusal = None
-            if params.ReleaseContinuationPoints:  # the client only frees its points: stateless here, nothing to do
+            if params.ReleaseContinuationPoints and rv.ContinuationPoint:
+                # the client frees a point: stateless here, nothing to free and nothing to read. Without a point
+                # the flag is ignored and the node read: asyncua's HistoryReadParameters default it to true.
                 refusal = ua.StatusCodes.Good
             elif isinstance(details, ua.ReadRawModifiedDetails):
                 if not self.rings.historized(rv.NodeId):

@@ -154,6 +154,32 @@ def test_history_read_returns_every_published_value_page_by_page(served: Served)
     served.client(body)
 
 
+def test_one_request_reads_every_tag_and_releasing_a_point_reads_nothing(served: Served) -> None:
+    expected = served.steps(300)
+    first, last = expected[0][0], expected[-1][0]
+
+    async def body(client: Client, ns: int) -> None:
+        ids = [client.get_node(f"ns={ns};s={t.path}").nodeid for t in PROCESS_TAGS]
+        params = ua.HistoryReadParameters(  # ReleaseContinuationPoints left at asyncua's default (true)
+            HistoryReadDetails=_details(first, last, 200),
+            NodesToRead=[ua.HistoryReadValueId(NodeId=node_id) for node_id in ids])
+        results = await client.uaclient.history_read(params)
+        assert len(results) == len(PROCESS_TAGS)
+        assert all(r.StatusCode.is_good() for r in results)
+        pressure = results[INDEX]
+        assert [(dv.SourceTimestamp, dv.Value.Value) for dv in pressure.HistoryData.DataValues] == expected[:200]
+        assert pressure.ContinuationPoint
+        params.NodesToRead = [ua.HistoryReadValueId(NodeId=ids[INDEX], ContinuationPoint=pressure.ContinuationPoint)]
+        params.ReleaseContinuationPoints = True
+        (released,) = await client.uaclient.history_read(params)
+        assert released.StatusCode.is_good() and not getattr(released.HistoryData, "DataValues", None)
+        params.ReleaseContinuationPoints = False
+        (rest,) = await client.uaclient.history_read(params)
+        assert [(dv.SourceTimestamp, dv.Value.Value) for dv in rest.HistoryData.DataValues] == expected[200:]
+
+    served.client(body)
+
+
 def test_history_keeps_at_most_its_bound_per_tag(served: Served) -> None:
     expected = served.steps(MAX_VALUES + 500)
     history = served.endpoint.history
