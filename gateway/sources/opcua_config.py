@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 from gateway.diagnostics import Finding
 from gateway.redact import userinfo_problem
 from gateway.sources.common import ConnectionBase
+from gateway.sources.opcua_names import config_problem
 
 if TYPE_CHECKING:
     from gateway.sources.opcua import OpcUaSource
@@ -147,9 +148,16 @@ class OpcUaConnection(ConnectionBase):
     )
     browse: list[str] = Field(
         default_factory=list,
-        description="Browse patterns discovering tags after every connect, e.g. 'Objects/Reactor/*' or "
-        "'Objects/**/Level'; segments are browse names, '**' spans levels. Tags are named by their path below "
-        "Objects.",
+        description="Browse patterns discovering tags after every connect: paths of browse names below Objects "
+        "(a leading 'Objects/' is optional), each segment a shell pattern, '**' zero or more levels, e.g. "
+        "'Reactor/*', 'Plant/**' or '**/Level'. Variables reached by hierarchical references become tags named by "
+        "their path below Objects; properties only with browse_properties.",
+    )
+    browse_properties: bool = Field(
+        default=False,
+        description="Browse patterns also follow HasProperty references, so properties (EURange, "
+        "EngineeringUnits, ...) become tags too. Off by default: properties describe a variable, they are not "
+        "process values.",
     )
     nodes: list[str] = Field(
         default_factory=list,
@@ -218,6 +226,17 @@ class OpcUaConnection(ConnectionBase):
         if bad:
             raise ValueError(f"node ids {bad} cannot be parsed: write them like 'ns=2;s=Reactor/Pressure', "
                              "'nsu=urn:site:plant;s=Tag' or 'i=1001'")
+        return nodes
+
+    @field_validator("nodes")
+    @classmethod
+    def _tags_unique(cls, nodes: list[str], info: ValidationInfo) -> list[str]:
+        # one name in two namespaces is told apart by qualification (opcua_names); what it cannot tell apart is
+        # refused here rather than merged into one tag at run time
+        problem = config_problem(nodes, info.data.get("namespace_uri"), info.data.get("tag_map") or {},
+                                 info.data.get("tag_prefix") or "")
+        if problem:
+            raise PydanticCustomError("tag_collision", problem)
         return nodes
 
     def build(self) -> OpcUaSource:

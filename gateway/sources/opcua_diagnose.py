@@ -21,7 +21,7 @@ from gateway.errors import EndpointError, SourceError
 from gateway.redact import redact_text
 from gateway.sources.opcua_browse import all_variables, closest
 from gateway.sources.opcua_security import MODES, POLICY_URIS, check_server_certificate, first_cert, server_certificate
-from gateway.sources.opcua_session import connect, disconnect, resolve_nodes, tag_of
+from gateway.sources.opcua_session import connect, disconnect, resolve
 
 if TYPE_CHECKING:  # hints only: the config model imports this module (build, diagnose), not the reverse
     from gateway.sources.opcua_config import OpcUaConnection
@@ -100,10 +100,10 @@ async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:
 async def _nodes(client: Client, cfg: OpcUaConnection) -> list[Finding]:
     check = f"opcua {cfg.name}: nodes"
     try:
-        nodes, unresolved = await resolve_nodes(client, cfg)
+        resolved = await resolve(client, cfg)
     except SourceError as exc:
         return [failed(check, exc.message, exc.fix)]
-    configured = {tag_of(n): n for n in cfg.nodes}
+    nodes, unresolved, configured = resolved.nodes, resolved.unresolved, resolved.configured
     values = await client.read_attributes(list(nodes.values()), AttributeIds.Value) if nodes else []
     missing: dict[str, str] = dict(unresolved)
     for (tag, _), dv in zip(nodes.items(), values, strict=True):

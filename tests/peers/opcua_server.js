@@ -18,6 +18,9 @@
 //   Mixed BaseDataType[] of Variants (Double, String, Boolean, Int32), Batch a BatchRecord structure (with an Int32[]
 //   field and a nested Setpoint structure), Batches BatchRecord[2], Opaque a structure whose encoding id
 //   (types namespace, i=9999) no data type describes: a value no client can decode.
+// --names adds a second namespace, <uri>:line2, and nested folders Objects/Plant/Line1/Tank1 holding Level (an
+//   AnalogItem, EURange 0..100, EngineeringUnits percent) and Temperature twice, once per namespace: the same browse
+//   name and node id string s=Plant/Line1/Tank1/Temperature in both (READY also prints ns2=I uri2=U).
 // Every value changes --rate times per second. Node ids are strings "s=<Folder>/<Name>".
 // --namespaces-before K registers K dummy namespaces first, so our namespace index differs across restarts.
 // --pki DIR keeps the server's own certificate across restarts (own/certs/certificate.pem); client certificates are
@@ -30,7 +33,7 @@ const path = require("path");
 function parseArgs(argv) {
     const args = {
         port: 4840, variables: 100, rate: 1, security: "none", pki: null, autoAccept: false, user: null,
-        anonymous: true, namespacesBefore: 0, uri: "urn:factoryedge:test", values: false,
+        anonymous: true, namespacesBefore: 0, uri: "urn:factoryedge:test", values: false, names: false,
     };
     for (let i = 2; i < argv.length; i++) {
         const a = argv[i];
@@ -45,6 +48,7 @@ function parseArgs(argv) {
         else if (a === "--no-anonymous") args.anonymous = false;
         else if (a === "--namespaces-before") args.namespacesBefore = parseInt(next(), 10);
         else if (a === "--uri") args.uri = next();
+        else if (a === "--names") args.names = true;
         else if (a === "--values") args.values = true;
         else { console.error(`unknown argument ${a}`); process.exit(2); }
     }
@@ -129,6 +133,26 @@ async function main() {
     });
 
     if (args.values) await addValues(opcua, addressSpace, ns, folder("Values"));
+    let names = "";
+    if (args.names) {
+        const ns2 = addressSpace.registerNamespace(`${args.uri}:line2`);
+        const sub = (parent, name, id) => ns.addFolder(parent, { browseName: name, nodeId: `s=${id}` });
+        const tank1 = sub(sub(sub(objects, "Plant", "Plant"), "Line1", "Plant/Line1"), "Tank1", "Plant/Line1/Tank1");
+        const level = ns.addAnalogDataItem({
+            componentOf: tank1, browseName: "Level", nodeId: "s=Plant/Line1/Tank1/Level", dataType: "Double",
+            engineeringUnitsRange: { low: 0, high: 100 }, engineeringUnits: opcua.standardUnits.percent,
+            value: { dataType: DataType.Double, value: 0 },
+        });
+        variables.push({ v: level, dataType: DataType.Double, make: (t) => t % 100 });
+        for (const [space, base] of [[ns, 20], [ns2, 80]]) {
+            const v = space.addVariable({
+                componentOf: tank1, browseName: "Temperature", nodeId: "s=Plant/Line1/Tank1/Temperature",
+                dataType: "Double", value: { dataType: DataType.Double, value: base },
+            });
+            variables.push({ v, dataType: DataType.Double, make: (t) => base + (t % 10) * 0.1 });
+        }
+        names = ` ns2=${ns2.index} uri2=${ns2.namespaceUri}`;
+    }
 
     let tick = 0;
     let changes = 0;
@@ -163,7 +187,7 @@ async function main() {
     await server.start();
     const cert = path.join(pki, "own", "certs", "certificate.pem");
     console.log(`READY port=${args.port} ns=${ns.index} uri=${args.uri} cert=${cert} ` +
-        `variables=${variables.length} changes_per_s=${Math.round(variables.length * 1000 / period)}`);
+        `variables=${variables.length} changes_per_s=${Math.round(variables.length * 1000 / period)}${names}`);
 }
 
 // One static variable of each kind of value (see --values above).

@@ -61,6 +61,8 @@ class NodeOpcUa:
             cmd.append("--no-anonymous")
         if o.get("values"):
             cmd.append("--values")
+        if o.get("names"):
+            cmd.append("--names")  # a second namespace with the same names, nested folders (test_opcua_names.py)
         self.starts += 1
         log = self.folder / f"server-{self.starts}.log"
         self.proc = proc = start(cmd, log)
