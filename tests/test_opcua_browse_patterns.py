@@ -10,6 +10,7 @@ EURange and EngineeringUnits) and an asyncua server started here.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from asyncua import Server, ua
 
 from devkit.peers import free_port
+from gateway.cli.main import main as gatewayctl
 from gateway.errors import SourceError
 from gateway.record import Quality
 from gateway.sources.opcua_browse import browse_patterns
@@ -141,3 +143,27 @@ def test_asyncua_patterns_two_namespaces_and_properties(tmp_path: Path) -> None:
     assert props == ["Area/Pump/Speed/EURange"]
     assert everything == plain  # '**' alone: every process variable, no Server diagnostics, no property
 
+
+def test_cli_read_and_browse_show_status_name_and_number(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    url = f"opc.tcp://127.0.0.1:{port}"
+    code = ua.StatusCodes.BadSensorFailure
+
+    async def scenario() -> list[tuple[int, str]]:
+        out = []
+        async with _asyncua(port) as ids:
+            for argv in (["opcua", "read", url, ids["vibration"]], ["opcua", "read", url, ids["vibration"], "--json"],
+                         ["opcua", "browse", url, ids["pump"]], ["opcua", "browse", url, ids["pump"], "--json"]):
+                # gatewayctl runs its own event loop: run it beside the server's
+                rc = await asyncio.to_thread(gatewayctl, argv)
+                out.append((rc, capsys.readouterr().out))
+        return out
+
+    (rc_read, read), (_, read_json), (rc_browse, browse), (_, browse_json) = asyncio.run(scenario())
+    assert rc_read == 1 and f"BadSensorFailure (0x{code:08X})" in read, read
+    [row] = json.loads(read_json)
+    assert row["status"] == "BadSensorFailure" and row["status_code"] == code and not row["good"]
+    assert rc_browse == 0 and f"BadSensorFailure (0x{code:08X})" in browse, browse
+    rows = {r["browse_name"]: r for r in json.loads(browse_json)}
+    assert rows["Vibration"]["status_code"] == code and rows["Speed"]["status"] == "Good"

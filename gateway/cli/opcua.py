@@ -164,12 +164,21 @@ def _fmt(value: Any) -> str:
 
 
 def _dv_row(node: str, dv: Any) -> dict[str, Any]:
+    from gateway.statuscodes import describe
+
     variant = dv.Value
+    code = dv.StatusCode.value if dv.StatusCode is not None else 0
     return {"node": node, "value": variant.Value if variant is not None else None,
             "type": variant.VariantType.name if variant is not None else "",
-            "status": dv.StatusCode.name if dv.StatusCode is not None else "Good",
-            "good": dv.StatusCode is None or dv.StatusCode.is_good(),
+            "status": describe(code), "status_code": code, "good": dv.StatusCode is None or dv.StatusCode.is_good(),
             "source_ts": dv.SourceTimestamp.isoformat() if dv.SourceTimestamp else None}
+
+
+def _status(row: dict[str, Any]) -> str:
+    """The status column: its name, and its number when it is not plain Good (what to look up in the server's
+    documentation or the OPC UA specification)."""
+    code = row["status_code"]
+    return row["status"] if code == 0 else f"{row['status']} (0x{code:08X})"
 
 
 def cmd_browse(args: argparse.Namespace) -> int:
@@ -184,9 +193,9 @@ def cmd_browse(args: argparse.Namespace) -> int:
         values = await client.read_attributes([client.get_node(k.node_id) for k in variables], AttributeIds.Value) \
             if variables else []
         by_id = {k.node_id: _dv_row(k.node_id, dv) for k, dv in zip(variables, values, strict=True)}
+        none = {"value": None, "type": "", "status": "", "status_code": None}
         return [{"browse_name": k.browse_name, "node_class": k.node_class, "node_id": k.node_id,
-                 "value": by_id[k.node_id]["value"] if k.node_id in by_id else None,
-                 "type": by_id[k.node_id]["type"] if k.node_id in by_id else ""} for k in kids]
+                 **{f: by_id.get(k.node_id, none)[f] for f in none}} for k in kids]
 
     rows = asyncio.run(_with_client(args, [], work))
     if args.json:
@@ -195,8 +204,9 @@ def cmd_browse(args: argparse.Namespace) -> int:
         print(f"{args.node} has no children")
     else:
         print(table([[r["browse_name"], r["node_class"], r["node_id"], r["type"],
-                      _fmt(r["value"]) if r["node_class"] == "Variable" else ""] for r in rows],
-                    ["browse name", "class", "node id", "type", "value"]))
+                      _fmt(r["value"]) if r["node_class"] == "Variable" else "",
+                      _status(r) if r["status_code"] is not None else ""] for r in rows],
+                    ["browse name", "class", "node id", "type", "value", "status"]))
     return EXIT_OK
 
 
@@ -211,7 +221,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        print(table([[r["node"], _fmt(r["value"]), r["type"], r["status"], r["source_ts"] or ""] for r in rows],
+        print(table([[r["node"], _fmt(r["value"]), r["type"], _status(r), r["source_ts"] or ""] for r in rows],
                     ["node", "value", "type", "status", "source timestamp"]))
     return EXIT_OK if all(r["good"] for r in rows) else EXIT_UNHEALTHY
 
@@ -241,7 +251,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                 print_json(row)
             else:
                 print(safe(f"{row['source_ts'] or '-':32}  {row['node']:40} {_fmt(row['value']):>20}  "
-                           f"{row['status']}"))
+                           f"{_status(row)}"))
             sys.stdout.flush()
         return EXIT_UNHEALTHY if bad or not seen else EXIT_OK
 
