@@ -59,6 +59,8 @@ NOT_DESCRIBED = "the server's data type definitions do not describe it"
 SKIPPED = ("the server's data type definitions were not loaded: no node's data type needed them when the session "
            "started")
 BATCH = 1000  # nodes per Read of their DataType attribute
+_SCALARS = frozenset({float, int, bool, str, type(None)})  # what an array's elements mostly are, as they are
+_NUMBERS = frozenset({float, int, bool})
 # Data types of namespace 0 a variable may declare and still hold a structure of the server's own types: Structure,
 # BaseDataType, OptionSet, Union. Every other namespace-0 type is decoded by asyncua without definitions.
 _ABSTRACT_HOLDERS = frozenset({22, 24, 12755, 12756})
@@ -111,6 +113,12 @@ def _convert(x: Any, depth: int, missing: str) -> Value:  # one branch per kind 
     if isinstance(x, ua.Variant):  # a Variant inside a Variant (BaseDataType arrays of mixed kinds): no new level
         return _convert(x.Value, depth, missing)
     if isinstance(x, list | tuple):
+        kinds = set(map(type, x))
+        if kinds <= _SCALARS:  # an array of numbers, booleans or text: 10x faster than element by element
+            if float in kinds and not all(map(math.isfinite, x if kinds <= _NUMBERS else
+                                                  [e for e in x if type(e) is float])):
+                raise _NotCarried("an element is NaN or infinite")
+            return list(x)
         return [_convert(e, depth + 1, missing) for e in x]
     if isinstance(x, bool):
         return bool(x)
