@@ -135,6 +135,31 @@ class OpcUaSecurity(BaseModel):
         return Path(self.trust_dir) if self.trust_dir else Path(self.pki_dir) / "trusted"
 
 
+class OpcUaBackfill(BaseModel):
+    """Filling a gap (link loss, server or gateway restart) from the server's history (HistoryRead raw)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="After every (re)connect, read what was missed since the last value stored per tag from the "
+        "server's history and write it flagged backfill; a node the server does not historize gets a gap record.",
+    )
+    max_span_s: float = Field(
+        default=3600.0, gt=0,
+        description="Read at most this far back; the older part of a longer gap is written as a gap record, so a "
+        "long outage does not flood the server or the stream.",
+    )
+    max_values_per_s: float = Field(
+        default=20000.0, gt=0,
+        description="Pace history reads to at most this many values a second, to spare the server.",
+    )
+    values_per_request: int = Field(
+        default=1000, ge=1, le=100000,
+        description="NumValuesPerNode of one HistoryRead request; the rest follows with continuation points.",
+    )
+
+
 class OpcUaConnection(ConnectionBase):
     """One OPC UA server."""
 
@@ -202,6 +227,8 @@ class OpcUaConnection(ConnectionBase):
     )
     security: OpcUaSecurity = Field(default_factory=OpcUaSecurity, description="Security policy, certificates and "
                                     "identity.")
+    backfill: OpcUaBackfill = Field(default_factory=OpcUaBackfill, description="Filling gaps from the server's "
+                                    "history after a link loss or a restart.")
 
     @field_validator("endpoint")
     @classmethod

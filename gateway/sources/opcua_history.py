@@ -1,0 +1,348 @@
+"""Filling a gap from an OPC UA server's history (Part 11, HistoryRead with ReadRawModifiedDetails).
+
+After a link loss, a server restart or a gateway restart, the source (:mod:`gateway.sources.opcua`) knows, per tag,
+the newest source timestamp the stream holds (:mod:`gateway.sources.laststored`). :func:`backfill` reads from the
+server's history every value after it and before the first live value of the new session, in order per tag, and
+hands each to ``emit``; the source writes them flagged ``Flag.BACKFILL``. Their record ids are over (source, tag,
+source timestamp, value) (:mod:`gateway.record`), so a value stored twice (live and again from history) is one
+value downstream.
+
+Bounded: at most ``max_span_s`` back (the older part is reported for a gap record), ``values_per_request`` values
+per node and request (NumValuesPerNode; the rest follows with continuation points, which are released when the
+read stops early), at most ``max_values_per_s`` values a second. Tags are read in batches of nodes whose gaps start
+close together: one request serves many nodes.
+
+A node the server does not historize (no HistoryRead bit in its UserAccessLevel, or a Bad status such as
+BadHistoryOperationUnsupported) is reported in :attr:`Backfilled.no_history`: the source writes a gap record for
+it (no data from t1 to t2) instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from asyncua import ua
+from asyncua.client.client import Client
+from asyncua.common.node import Node
+from asyncua.ua.attribute_ids import AttributeIds
+
+from gateway.record import Flag, Kind
+from gateway.sources.common import Emitter
+
+if TYPE_CHECKING:  # hints only: the config model imports the source, which imports this module
+    from gateway.sources.opcua_config import OpcUaConnection
+
+log = logging.getLogger(__name__)
+
+NODES_PER_REQUEST = 100  # HistoryReadValueIds in one request (servers cap it: MaxNodesPerHistoryReadData)
+RELEASE_TIMEOUT_S = 2.0  # releasing continuation points when a read stops early is best effort
+_SERVER_TIME = Flag.SERVER_TS | Flag.BACKFILL
+_HISTORY_READ = int(ua.AccessLevelType.HistoryRead)
+
+
+def dv_ts_ns(dv: ua.DataValue) -> int | None:
+    """A data value's source timestamp (else its server timestamp) in UTC ns, converted exactly as the live path
+    converts it (:mod:`gateway.sources.opcua`), so that a value read live and from history has one timestamp."""
+    dt = dv.SourceTimestamp or dv.ServerTimestamp
+    return int(dt.timestamp() * 1e9) if dt is not None else None
+
+
+def _dt(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc)
+
+
+@dataclass
+class Backfilled:
+    """What one :func:`backfill` did."""
+
+    values: int = 0  # values handed to emit
+    requests: int = 0  # HistoryRead requests made
+    no_history: dict[str, str] = field(default_factory=dict)  # tag -> why the server has no history of it
+    last_ts: dict[str, int] = field(default_factory=dict)  # tag -> source ts of the newest value emitted
+
+
+@dataclass
+class _Cursor:
+    node: Node
+    read_from: int  # source ts the next request starts at (inclusive)
+    after: int  # only values newer than this are emitted (the stream holds the rest)
+    until: int  # only values older than this are emitted (the live subscription has the rest)
+
+
+async def without_history(client: Client, nodes: Mapping[str, Node]) -> dict[str, str]:
+    """Tags whose node's UserAccessLevel lacks the HistoryRead bit (tag -> why): asking for their history is
+    pointless."""
+    tags, node_list = list(nodes), list(nodes.values())
+    out: dict[str, str] = {}
+    for start in range(0, len(node_list), NODES_PER_REQUEST * 10):
+        dvs = await client.read_attributes(node_list[start : start + NODES_PER_REQUEST * 10],
+                                           AttributeIds.UserAccessLevel)
+        for tag, dv in zip(tags[start:], dvs, strict=False):
+            level = dv.Value.Value if dv.Value is not None else None
+            if dv.StatusCode is not None and not dv.StatusCode.is_good():
+                out[tag] = f"UserAccessLevel unreadable ({dv.StatusCode.name})"
+            elif isinstance(level, int) and not level & _HISTORY_READ:
+                out[tag] = "the server does not historize it (no HistoryRead in its UserAccessLevel)"
+    return out
+
+
+async def backfill(
+    client: Client,
+    nodes: Mapping[str, Node],
+    since: Mapping[str, int],
+    until: Mapping[str, int],
+    emit: Callable[[str, ua.DataValue], None],
+    *,
+    values_per_request: int = 1000,
+    max_values_per_s: float = 20000.0,
+) -> Backfilled:
+    """Read every value of ``since[tag] < source ts < until[tag]`` from the server's history and ``emit(tag, dv)``
+    each, in order per tag.
+
+    Args:
+        client: a connected session.
+        nodes: tag -> node; only tags in ``since`` and ``until`` are read.
+        since: tag -> source ts (UTC ns) of the newest value the stream holds (exclusive).
+        until: tag -> source ts (UTC ns) from which live values cover the tag (exclusive).
+        emit: called with each value read, from the event loop.
+        values_per_request: NumValuesPerNode of one request.
+        max_values_per_s: the pace: reading waits so as not to exceed it.
+
+    Returns:
+        What was read, and the tags the server has no history of. A failure of the session raises (UaError,
+        OSError, TimeoutError); what was emitted before stays emitted.
+    """
+    done = Backfilled()
+    cursors = {t: _Cursor(nodes[t], since[t], since[t], until[t]) for t in since if t in nodes and t in until
+               and since[t] < until[t]}
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    while cursors:
+        again: dict[str, _Cursor] = {}
+        ordered = sorted(cursors.items(), key=lambda kv: kv[1].read_from)
+        for i in range(0, len(ordered), NODES_PER_REQUEST):
+            batch = dict(ordered[i : i + NODES_PER_REQUEST])
+            again.update(await _read_batch(client, batch, emit, values_per_request, done))
+            if max_values_per_s and done.values:  # pace: never ahead of max_values_per_s since the start
+                ahead = done.values / max_values_per_s - (loop.time() - t0)
+                if ahead > 0:
+                    await asyncio.sleep(ahead)
+        cursors = again
+    return done
+
+
+async def _read_batch(client: Client, batch: dict[str, _Cursor], emit: Callable[[str, ua.DataValue], None],
+                      per_node: int, done: Backfilled) -> dict[str, _Cursor]:
+    """One request over ``batch`` (their earliest start, their latest end), continuation points followed until
+    exhausted. Returns the cursors of tags to read again (a server that cut a full page without a continuation
+    point)."""
+    start = min(c.read_from for c in batch.values())
+    end = max(c.until for c in batch.values())
+    details = ua.ReadRawModifiedDetails(IsReadModified=False, StartTime=_dt(start), EndTime=_dt(end),
+                                        NumValuesPerNode=per_node, ReturnBounds=False)
+    pending: list[tuple[str, bytes | None]] = [(tag, None) for tag in batch]
+    page: dict[str, int] = dict.fromkeys(batch, 0)  # values in the current page per tag (continuations included)
+    last_seen: dict[str, int] = {}
+    again: dict[str, _Cursor] = {}
+    try:
+        while pending:
+            results = await client.uaclient.history_read(_params(details, batch, pending, release=False))
+            done.requests += 1
+            follow: list[tuple[str, bytes | None]] = []
+            for (tag, _), res in zip(pending, results, strict=True):
+                status = res.StatusCode
+                if status is not None and not status.is_good() and not status.is_uncertain():
+                    done.no_history[tag] = f"HistoryRead answered {status.name}"
+                    continue
+                dvs = getattr(res.HistoryData, "DataValues", None) or []
+                page[tag] += len(dvs)
+                _emit_page(tag, batch[tag], dvs, emit, done, last_seen)
+                if res.ContinuationPoint:
+                    follow.append((tag, res.ContinuationPoint))
+                    continue
+                cur, seen = batch[tag], last_seen.get(tag)
+                # A full page without a continuation point: some servers cut at NumValuesPerNode without one
+                # (asyncua's own). Read again from the last timestamp seen, if that moves forward.
+                if page[tag] >= per_node and seen is not None and start < seen < cur.until:
+                    again[tag] = _Cursor(cur.node, seen, cur.after, cur.until)
+                page[tag] = 0
+            pending = follow
+    finally:
+        if pending:  # stopped early (cancelled, the link failed): let the server free what it keeps for us
+            await _release(client, details, batch, pending)
+    return again
+
+
+def _emit_page(tag: str, cur: _Cursor, dvs: list[ua.DataValue], emit: Callable[[str, ua.DataValue], None],
+               done: Backfilled, last_seen: dict[str, int]) -> None:
+    for dv in dvs:
+        ts = dv_ts_ns(dv)
+        if ts is None:
+            continue
+        last_seen[tag] = ts
+        if cur.after < ts < cur.until:
+            emit(tag, dv)
+            cur.after = ts  # in order per tag: an older value after a newer one is not emitted
+            done.values += 1
+            done.last_ts[tag] = ts
+
+
+def _params(details: ua.ReadRawModifiedDetails, batch: dict[str, _Cursor],
+            pending: Sequence[tuple[str, bytes | None]], *, release: bool) -> ua.HistoryReadParameters:
+    params = ua.HistoryReadParameters()
+    params.HistoryReadDetails = details
+    params.TimestampsToReturn = ua.TimestampsToReturn.Both
+    params.ReleaseContinuationPoints = release
+    params.NodesToRead = [ua.HistoryReadValueId(NodeId=batch[tag].node.nodeid, IndexRange=None,
+                                                ContinuationPoint=cp) for tag, cp in pending]
+    return params
+
+
+async def _release(client: Client, details: ua.ReadRawModifiedDetails, batch: dict[str, _Cursor],
+                   pending: list[tuple[str, bytes | None]]) -> None:
+    held = [(tag, cp) for tag, cp in pending if cp]
+    if not held:
+        return
+    try:
+        await asyncio.wait_for(client.uaclient.history_read(_params(details, batch, held, release=True)),
+                               RELEASE_TIMEOUT_S)
+    except (asyncio.TimeoutError, asyncio.CancelledError, OSError, ua.UaError, ConnectionError) as exc:
+        log.debug("continuation points not released (%s): the server frees them with the session", exc)
+
+
+class GapFiller:
+    """One session's gap filling: the source creates it after resolving its nodes and before its first live value,
+    tells it the first live value of each tag (:meth:`live`), and runs :meth:`run` as a task beside the
+    subscription (or the polling loop), so live values are never delayed by it.
+
+    ``emit(tag, dv)`` writes one value read from history (the source's conversion, flagged ``Flag.BACKFILL``).
+    Where each tag's gap starts is taken at creation, and held (:meth:`LastStored.hold`) until the values read are
+    stored: the live values of this session must not move it past the gap.
+    """
+
+    def __init__(self, cfg: OpcUaConnection, emitter: Emitter, tags: Iterable[str],
+                 emit: Callable[[str, ua.DataValue], None]) -> None:
+        self.cfg = cfg
+        self.emitter = emitter
+        self.emit = emit
+        self.first_live: dict[str, int] = {}  # tag -> source ts of its first live value in this session
+        self.started_ns = time.time_ns()
+        self.held: dict[str, tuple[int, int]] = {}  # tag -> (source ts, gateway ts) the stream holds it up to
+        self.task: asyncio.Task[None] | None = None
+        if cfg.backfill.enabled:
+            self.held = _held(emitter, tags)
+            emitter.stored.hold({emitter.name_of(t): e[0] for t, e in self.held.items()})
+
+    def start(self, client: Client, nodes: Mapping[str, Node]) -> None:
+        """Run :meth:`run` as a task (when there is a gap to fill)."""
+        if self.held:
+            self.task = asyncio.create_task(self.run(client, nodes), name=f"backfill-{self.cfg.name}")
+
+    async def stop(self) -> None:
+        """Cancel the task (the session ends); what it emitted stays, its tags stay held where it got to."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    def live(self, tag: str, ts_ns: int | None) -> None:
+        """A live value of ``tag`` arrived (call for every one: only the first counts)."""
+        if ts_ns is not None and tag not in self.first_live:
+            self.first_live[tag] = ts_ns
+
+    async def run(self, client: Client, nodes: Mapping[str, Node]) -> None:
+        """Fill the gap of every tag the stream held before this session; never raises but for cancellation (a
+        failing link ends the session through the subscription, which the next session's filler resumes)."""
+        try:
+            await self._run(client, nodes)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the live values must go on whatever the history read did
+            log.warning("connection %s: reading the gap from the server's history stopped (%s: %s); the next "
+                        "session resumes it", self.cfg.name, type(exc).__name__, exc)
+
+    async def _run(self, client: Client, nodes: Mapping[str, Node]) -> None:
+        settings, stored, name_of, held = self.cfg.backfill, self.emitter.stored, self.emitter.name_of, self.held
+        if not held:
+            return  # a first start (or backfill off): nothing was missed that anyone knows of
+        await self._first_live_values(held)
+        until = {t: self.first_live.get(t, self.started_ns) for t in held}
+        oldest = self.started_ns - int(settings.max_span_s * 1e9)
+        since = {t: max(e[0], oldest) for t, e in held.items() if e[0] < until[t] and t in nodes}
+        no_history = await without_history(client, {t: nodes[t] for t in since}) if since else {}
+        for t in no_history:
+            del since[t]
+        cut = {t: held[t][1] for t in since if held[t][0] < oldest and held[t][1] < oldest}
+        t0 = time.monotonic()
+        done, finished, extra = Backfilled(), False, self.emitter.counters.extra
+
+        def emit(tag: str, dv: ua.DataValue) -> None:
+            self.emit(tag, dv)
+            extra["history_values_read"] = int(extra.get("history_values_read", 0)) + 1
+
+        try:
+            if since:
+                done = await backfill(client, nodes, since, until, emit,
+                                      values_per_request=settings.values_per_request,
+                                      max_values_per_s=settings.max_values_per_s)
+            finished = True
+        finally:
+            # a tag whose gap was read to its end (or had none to read) no longer holds its timestamp once what was
+            # read is stored; an interrupted read keeps holding, so the next session reads the rest
+            for t in held:
+                if finished or t not in since:
+                    stored.release(name_of(t), done.last_ts.get(t))
+        no_history.update(done.no_history)
+        self._gap({t: held[t][1] for t in no_history}, self.started_ns, "no history on the server",
+                  ua.StatusCodes.BadHistoryOperationUnsupported)
+        self._gap(cut, oldest, f"older than backfill.max_span_s ({settings.max_span_s:g} s)", 0)
+        if done.values:
+            log.info("connection %s: %d values of %d tags read from the server's history in %.1f s (%d requests), "
+                     "written flagged backfill", self.cfg.name, done.values, len(done.last_ts),
+                     time.monotonic() - t0, done.requests)
+        self.emitter.counters.gap_open_since_ns = 0
+
+    async def _first_live_values(self, tags: Mapping[str, object]) -> None:
+        """Wait (briefly) for the first live value of each tag: history is read up to it, the subscription has
+        the rest, so no value is written twice."""
+        wait_s = max(2.0, 3 * self.cfg.publishing_interval_ms / 1000, 2 * self.cfg.scan_interval_s)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and any(t not in self.first_live for t in tags):
+            await asyncio.sleep(0.02)
+
+    def _gap(self, t1_by_tag: Mapping[str, int], t2: int, why: str, status: int) -> None:
+        """One gap record for the tags whose values from t1 (when the stream last had them) to t2 are not there."""
+        late = {t: t1 for t, t1 in t1_by_tag.items() if t1 < t2}
+        if not late:
+            return
+        t1 = min(late.values())
+        self.emitter.emit_gap(t1, t2, status)
+        names = sorted(self.emitter.name_of(t) for t in late)
+        log.warning("connection %s: no data from %s to %s (%.1f s) for %d tags (%s%s): %s; written as "
+                    "collector/%s/gap", self.cfg.name, _iso(t1), _iso(t2), (t2 - t1) / 1e9, len(names),
+                    ", ".join(names[:5]), ", ..." if len(names) > 5 else "", why, self.cfg.name)
+
+
+def _held(emitter: Emitter, tags: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """Per tag: (source ts, gateway ts) up to which the stream holds it: what the collector stored, or newer values
+    still waiting in the emitter for the next flush (the previous session's last ones)."""
+    pending: dict[str, tuple[int, int]] = {}
+    for r in emitter.pending:
+        if r.flags & _SERVER_TIME and r.kind == Kind.VALUE:
+            pending[r.tag] = max(pending.get(r.tag, (0, 0)), (r.source_ts_ns, r.gateway_ts_ns))
+    out = {}
+    for tag in tags:
+        name = emitter.name_of(tag)
+        entry = max(emitter.stored.get(name) or (0, 0), pending.get(name, (0, 0)))
+        if entry[0]:
+            out[tag] = entry
+    return out
+
+
+def _iso(ns: int) -> str:
+    return _dt(ns).isoformat(timespec="milliseconds").replace("+00:00", "Z")
