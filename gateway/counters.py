@@ -35,7 +35,8 @@ FATES = {
 }
 """The last word(s) of a data counter's name, and what it means."""
 
-EVENTS = frozenset({"restarts", "gaps", "store_resets", "model_saves", "model_updates", "subscription_rebuilds"})
+EVENTS = frozenset({"restarts", "gaps", "store_resets", "model_saves", "model_updates", "subscription_rebuilds",
+                    "overloads"})
 """Counters of events that move no data: the plural noun of the event."""
 
 DURATIONS = frozenset({"gap_s"})

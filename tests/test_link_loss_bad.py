@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from devkit.faultproxy import FaultProxy
-from gateway.record import Quality, Record
+from gateway.record import Kind, Quality, Record
 from tests.support.modbus import collecting, counters, until
 from tests.support.modbus import conn as modbus_conn
 from tests.support.modbus import records as modbus_records
@@ -61,7 +61,11 @@ def test_opcua_cut_makes_every_tag_bad_once_with_its_last_value_and_good_on_reco
     finally:
         proxy.stop()
         server.stop()
-    assert_one_bad_with_last_value_then_good(opcua_records(tmp_path), {"Reactor/Pressure", "Reactor/Temperature"})
+    recs = opcua_records(tmp_path)
+    assert_one_bad_with_last_value_then_good(recs, {"Reactor/Pressure", "Reactor/Temperature"})
+    # the gateway lost the link, not the server its values: BadServerNotConnected, apart from the server's Bad codes
+    assert all(r.status == 0x800D0000 for r in recs if r.quality == Quality.BAD and r.kind == Kind.VALUE)
+    assert all(r.status == 0 for r in recs if r.quality == Quality.GOOD)
 
 
 def test_modbus_cut_makes_every_tag_bad_once_with_its_last_value(peers: Any, tmp_path: Path) -> None:

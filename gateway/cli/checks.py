@@ -112,6 +112,16 @@ def source_counters(name: str, c: dict[str, Any] | None, max_age_s: float, now_n
         return failed(check, f"no good value for {fmt_duration(last_good)} ({bad} BAD of {read}){_err(error)}",
                       "the peer stopped delivering: check the tags on the server and the collector's log")
     detail = f"last good read {fmt_age(last_good)}" + (f", {rate:.1f} values/s" if rate is not None else "")
+    lost, messages = c.get("values_lost", 0), c.get("notification_messages_lost", 0)
+    if lost or messages:  # the server dropped values because the collector did not keep up (OPC UA)
+        text = (f"the server lost values before the collector read them: {lost} values with the Overflow bit, "
+                f"{messages} notification messages missing, in {c.get('overloads', 0)} episodes (values after a "
+                "loss carry the OVERFLOW flag)")
+        detail = f"{detail}; {text}" if not bad else f"{detail}; {bad} of {read} values BAD{_err(error)}; {text}"
+        return warning(check, detail, "the collector does not keep up: give the stream a faster disk, read fewer "
+                       "nodes or sample them less often (sampling_interval_ms), or raise queue_size to ride out "
+                       "bursts" + ("; some node ids / addresses fail: check them with gatewayctl opcua read"
+                                   if bad else ""))
     if bad:
         return warning(check, f"{detail}; {bad} of {read} values BAD{_err(error)}",
                        "some node ids / addresses fail: check them with gatewayctl opcua read (or modbus read)")

@@ -83,6 +83,8 @@ def collect(args: argparse.Namespace, previous: dict[str, Any] | None = None, st
                    "values_read": c.get("values_read", 0), "bad_values_read": c.get("bad_values_read", 0),
                    "last_good_read_age_s": age_s(c.get("last_good_read_ns"), now),
                    "read_errors": c.get("read_errors", 0), "last_error": c.get("last_error", ""),
+                   "values_lost": c.get("values_lost", 0),  # lost at the server before the gateway read them
+                   "notification_messages_lost": c.get("notification_messages_lost", 0),
                    "tags": c.get("tags") or {}}  # units and ranges by tag (META records), for --json
             row["values_per_s"] = _rate(c, "values_per_s", "values_read", prev_conn.get((name, conn)), prev_dt)
             row["stale"] = stale  # old counters of a component that stopped writing: no live rate to show
@@ -150,12 +152,13 @@ def render(data: dict[str, Any]) -> list[str]:
         lines.append(f"  {c['component']:32} pid {c['pid']!s:>7}  {state:18} status {fmt_age(c['status_age_s'])}")
         if c.get("last_error"):
             lines.append(f"    last error: {c['last_error'][:_FULL_ERROR]}")
-    lines += ["", f"{'CONNECTION':24}{'conn':>5}{'values/s':>10}{'last good read':>16}{'bad':>8}{'errors':>8}"
-              "  last error"]
+    lines += ["", f"{'CONNECTION':24}{'conn':>5}{'values/s':>10}{'last good read':>16}{'bad':>8}{'lost':>10}"
+              f"{'errors':>8}  last error"]
     for c in data["connections"]:
         conn = "STALE" if c.get("stale") else "yes" if c["connected"] else "NO"
         lines.append(f"{c['name'][:23]:24}{conn:>5}{_num(c['values_per_s']):>10}"
-                     f"{fmt_age(c['last_good_read_age_s']):>16}{c['bad_values_read']:>8}{c['read_errors']:>8}  "
+                     f"{fmt_age(c['last_good_read_age_s']):>16}{c['bad_values_read']:>8}{_lost(c):>10}"
+                     f"{c['read_errors']:>8}  "
                      f"{c['last_error'][:60] if not c['connected'] or c['bad_values_read'] else ''}")
     lines += ["", f"{'STREAM':28}{'messages':>10}{'size':>12}{'full %':>8}{'dropped':>9}{'rejected':>9}"]
     if "store_error" in data:
@@ -182,6 +185,12 @@ def render(data: dict[str, Any]) -> list[str]:
         lines.append("  (score is relative to the group's threshold: 1.0 is the alarm line)")
     # names, errors and states come from status files that quote devices and servers: escape every line
     return [safe(line) for line in lines]
+
+
+def _lost(c: dict[str, Any]) -> str:
+    """Values the server lost before the connection read them, and missing notification messages ("3+2msg")."""
+    values, messages = c.get("values_lost", 0), c.get("notification_messages_lost", 0)
+    return f"{values}+{messages}msg" if messages else str(values)
 
 
 def _healthy(data: dict[str, Any]) -> bool:

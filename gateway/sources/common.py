@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.record import (
     MAX_VALUE_BYTES,
+    Flag,
     Kind,
     Quality,
     Record,
@@ -29,6 +30,10 @@ from gateway.record import (
 )
 
 log = logging.getLogger(__name__)
+
+_CODE_MASK = 0xFFFF0000  # a status code without its info bits (OPC UA Part 4, 7.39)
+# A heartbeat is the gateway's own observation that a value still holds: it never claims a server's reading identity
+_NOT_ON_HEARTBEAT = Flag.SERVER_TS | Flag.OVERFLOW | Flag.BACKFILL
 
 
 class Deadband(BaseModel):
@@ -83,6 +88,11 @@ class Counters:
     gap_s: float = 0.0  # how long those gaps lasted in total
     gap_open_since_ns: int = 0  # a gap that started then and is not closed yet (no value read since the restart)
     read_errors: int = 0
+    # lost before the gateway read them, as the peer reports it (OPC UA: values with the Overflow bit, notification
+    # messages missing from the sequence) and the episodes of such losses, each logged once
+    values_lost: int = 0
+    notification_messages_lost: int = 0
+    overloads: int = 0
     connect_retries: int = 0
     connected: bool = False
     last_good_read_ns: int = 0
@@ -96,18 +106,32 @@ class Counters:
 
 
 class DeadbandFilter:
-    """Decides per tag whether a value is worth sending."""
+    """Decides per tag whether a value is worth sending.
+
+    A value goes when it is the first of its tag, when its quality or status code (info bits aside) changed, when it
+    moved by more than the deadband, or when ``heartbeat_s`` passed since the tag was last sent; :attr:`beat` then
+    says whether the heartbeat alone let it through (the value did not change).
+    """
 
     def __init__(self, cfg: Deadband) -> None:
         self.cfg = cfg
-        self._last: dict[str, tuple[Value, Quality, int]] = {}
+        self._last: dict[str, tuple[Value, Quality, int, int]] = {}  # tag -> (value, quality, status code, sent ns)
+        self.beat = False  # the last accepted value went only because the heartbeat was due
 
-    def accept(self, tag: str, value: Value, quality: Quality, ts_ns: int) -> bool:
+    def accept(self, tag: str, value: Value, quality: Quality, ts_ns: int, status: int = 0) -> bool:
+        code = status & _CODE_MASK  # info bits (Overflow, limits) alone are no change of state
         last = self._last.get(tag)
-        if last is None or last[1] != quality or ts_ns - last[2] >= self.cfg.heartbeat_s * 1e9:
-            self._last[tag] = (value, quality, ts_ns)
+        self.beat = False
+        if last is None or last[1] != quality or last[2] != code or self._moved(value, last[0]):
+            self._last[tag] = (value, quality, code, ts_ns)
             return True
-        prev = last[0]
+        if ts_ns - last[3] >= self.cfg.heartbeat_s * 1e9:
+            self._last[tag] = (value, quality, code, ts_ns)
+            self.beat = True
+            return True
+        return False
+
+    def _moved(self, value: Value, prev: Value) -> bool:
         if _numeric(value) and _numeric(prev):
             delta = abs(float(value) - float(prev))  # type: ignore[arg-type]
             within = delta == 0
@@ -115,12 +139,21 @@ class DeadbandFilter:
                 within = within or delta <= self.cfg.absolute
             if self.cfg.percent is not None:
                 within = within or delta <= abs(float(prev)) * self.cfg.percent / 100  # type: ignore[arg-type]
-        else:
-            within = value == prev
-        if within:
-            return False
-        self._last[tag] = (value, quality, ts_ns)
-        return True
+            return not within
+        return bool(value != prev)
+
+    def due(self, now_ns: int, within_s: float) -> list[str]:
+        """Tags last sent ``heartbeat_s - within_s`` or longer before ``now_ns``: their heartbeat falls before the
+        next check ``within_s`` from now."""
+        limit = now_ns - int((self.cfg.heartbeat_s - within_s) * 1e9)
+        return [tag for tag, last in self._last.items() if last[3] <= limit]
+
+    def sent(self, tag: str, value: Value, ts_ns: int) -> None:
+        """Note that ``tag`` was sent again at ``ts_ns`` (a heartbeat) with ``value`` (within the deadband of the
+        last one, with the same quality and status)."""
+        last = self._last.get(tag)
+        if last is not None:
+            self._last[tag] = (value, last[1], last[2], ts_ns)
 
 
 def _numeric(v: Value) -> bool:
@@ -140,6 +173,9 @@ class Emitter:
         self.counters = counters
         self.deadband = DeadbandFilter(cfg.deadband)
         self._oversize_logged: set[str] = set()
+        self._last_sent: dict[str, Record] = {}  # published tag -> its last live record, for heartbeats
+        self._readings: dict[str, int] = {}  # published tag -> source time of its last server-stamped record
+        self._suppressed: dict[str, Value] = {}  # published tag -> its newest value, when the deadband held it back
         # published tag -> its latest metadata (emit_meta), for the status file; bounded by the connection's tags
         self.meta: dict[str, dict[str, Value]] = {}
         self._seq = start_seq()
@@ -178,14 +214,71 @@ class Emitter:
         else:
             self.counters.bad_values_read += 1
         tag = self.name_of(source_tag)
-        if not self.deadband.accept(tag, value, quality, gw):
-            self.counters.values_suppressed += 1
-            return
-        self._seq += 1
+        # a value read from history is not a repeat of the live ones (every value of the gap is written), and a
+        # value after a loss carries the mark of it: neither is held back
+        beat = False
+        if not flags & Flag.BACKFILL:
+            if not self.deadband.accept(tag, value, quality, gw, status) and not flags & Flag.OVERFLOW:
+                self.counters.values_suppressed += 1
+                self._suppressed[tag] = value  # within the deadband, but the newest: what a heartbeat sends
+                return
+            beat = self.deadband.beat
+        if self._suppressed:
+            self._suppressed.pop(tag, None)
         ts = source_ts_ns if source_ts_ns else gw
-        self.pending.append(Record(self.cfg.name, tag, value, quality, ts, gw, self._seq, Kind.VALUE, status, flags))
+        last = self._last_sent.get(tag)
+        if (flags & Flag.SERVER_TS and self._readings.get(tag) == ts) or (
+                beat and last is not None and last.source_ts_ns == ts):
+            # a reading already sent, sent again (unchanged at the heartbeat, or GOOD again after a lost link): it
+            # says "still so at gw", so it must not share the first one's time and id, or consumers that drop
+            # duplicates would drop it
+            ts, flags = gw, flags & ~Flag.SERVER_TS
+        self._seq += 1
+        record = Record(self.cfg.name, tag, value, quality, ts, gw, self._seq, Kind.VALUE, status, flags)
+        self.pending.append(record)
+        if not flags & Flag.BACKFILL:
+            self._last_sent[tag] = record
+            if flags & Flag.SERVER_TS:
+                self._readings[tag] = ts
         if self.on_full is not None and len(self.pending) >= self.on_full[0]:
             self.on_full[1]()
+
+    def beat(self, since_ns: int = 0) -> int:
+        """Send again, stamped now, the last value of every tag not sent for ``heartbeat_s`` whose value was read at
+        or after ``since_ns`` (see :meth:`heartbeats`); returns how many."""
+        gw = now_ns()
+        sent = 0
+        for tag in self.deadband.due(gw, self.heartbeat_tick_s):
+            last = self._last_sent.get(tag)
+            if last is None or last.gateway_ts_ns < since_ns:
+                continue  # not read in this session: a tag the server no longer has is not kept alive
+            sent += 1
+            self._seq += 1
+            value = self._suppressed.pop(tag, last.value)
+            # the gateway's observation at gw that the value still holds (the subscription is alive and reported
+            # no change beyond the deadband): source time gw, so that consumers that judge age by it (anomaly
+            # groups) see it current, and no server identity, so that it is not taken for a duplicate of the
+            # reading it repeats
+            self.pending.append(Record(self.cfg.name, tag, value, last.quality, gw, gw, self._seq, Kind.VALUE,
+                                       last.status, last.flags & ~_NOT_ON_HEARTBEAT))
+            self.deadband.sent(tag, value, gw)
+        if sent and self.on_full is not None and len(self.pending) >= self.on_full[0]:
+            self.on_full[1]()
+        return sent
+
+    @property
+    def heartbeat_tick_s(self) -> float:
+        """How often :meth:`heartbeats` looks for due tags: a quarter of ``heartbeat_s``, at most 1 s."""
+        return min(self.cfg.deadband.heartbeat_s / 4, 1.0)
+
+    async def heartbeats(self, since_ns: int) -> None:
+        """Keep the ``heartbeat_s`` promise where no value comes unasked (a subscription reports changes only): run
+        while a session is up, and re-send each tag's last value (its quality and status too) when it was not sent
+        for ``heartbeat_s``, for the tags read since the session started at ``since_ns``. One timer per connection,
+        no work per value. Never returns; cancel it."""
+        while True:
+            await asyncio.sleep(self.heartbeat_tick_s)
+            self.beat(since_ns)
 
     def emit_meta(self, source_tag: str, meta: dict[str, Value], source_ts_ns: int | None = None) -> None:
         """Accept a tag's metadata (units, range, description): one ``Kind.META`` record, call it once per tag per
@@ -203,6 +296,16 @@ class Emitter:
         self._seq += 1
         self.pending.append(Record(self.cfg.name, tag, value, quality,
                                    source_ts_ns if source_ts_ns else gw, gw, self._seq, Kind.META))
+        if self.on_full is not None and len(self.pending) >= self.on_full[0]:
+            self.on_full[1]()
+
+    def emit_gap(self, t1_ns: int, t2_ns: int, status: int = 0, flags: int = 0) -> None:
+        """A gap record of this connection: no data from ``t1_ns`` to ``t2_ns`` (the record described in
+        :mod:`gateway.collector`; ``status`` the protocol's code saying why, e.g. a server without history), which
+        the collector counts in ``gaps`` and ``gap_s``."""
+        self._seq += 1
+        self.pending.append(Record(self.cfg.name, f"collector/{self.cfg.name}/gap", round((t2_ns - t1_ns) / 1e9, 6),
+                                   Quality.BAD, t1_ns, t2_ns, self._seq, Kind.METRIC, status, flags))
         if self.on_full is not None and len(self.pending) >= self.on_full[0]:
             self.on_full[1]()
 

@@ -3,11 +3,16 @@
 After every (re)connect the namespace indexes, the node ids and the browse patterns are resolved again and the
 monitored items are created again: servers renumber namespaces after restarts, and a subscription that is not
 rebuilt is the classic "connected but no data". One subscription per session (asyncua keeps one publish request in
-flight per session, NOTES 4), monitored items created in batches, notifications taken from the subscription's queue
-(a full queue forces a reconnect instead of silently dropping, NOTES 4). asyncua's supervisor reads the server
-state every ``keepalive_s``; a link that stops answering ends the session and the collector reconnects with
-backoff. A watchdog compares what the subscription delivered with what a read returns; a subscription that went
-silent while values moved is deleted and created again on the same session.
+flight per session, NOTES 4), monitored items created in batches; what the server lost before the gateway read it
+(Overflow bits, notification sequence gaps, a publish loop held back by a slow stream) is counted, logged once per
+episode, flagged on the next value and recorded as a gap (:mod:`gateway.sources.opcua_subscription`). asyncua's
+supervisor reads the server state every ``keepalive_s``; a link that stops answering ends the session and the
+collector reconnects with backoff. A watchdog compares what the subscription delivered with what a read returns; a
+subscription that went silent while values moved is deleted and created again on the same session. A subscription
+reports changes only: a timer re-sends each unchanged tag every ``deadband.heartbeat_s`` (:meth:`Emitter.heartbeats`).
+
+Every value carries the server's StatusCode (``Record.status``), Good (0) included, and the server's source
+timestamp as its identity (``Flag.SERVER_TS``). A lost link makes every tag BAD with :data:`LINK_LOST`.
 
 Security, certificates and identities live in :mod:`gateway.sources.opcua_security`, browsing in
 :mod:`gateway.sources.opcua_browse`, connecting and resolving nodes in :mod:`gateway.sources.opcua_session`, the checks
@@ -26,16 +31,16 @@ from typing import TYPE_CHECKING
 from asyncua import ua
 from asyncua.client.client import Client
 from asyncua.common.node import Node
-from asyncua.common.subscription import DataChangeEvent, OverflowPolicy, StatusChangeEvent, Subscription
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError
 
 from gateway.errors import SourceError
-from gateway.record import Quality, Value, oversize
+from gateway.record import Flag, Quality, Value, now_ns, oversize
 from gateway.redact import redact_text, redact_url
 from gateway.sources.common import Emitter
 from gateway.sources.opcua_meta import emit_metadata
 from gateway.sources.opcua_session import connect, disconnect, resolve_nodes
+from gateway.sources.opcua_subscription import Feed, Losses, Lost, overflowed
 from gateway.sources.opcua_values import ValueConverter
 
 if TYPE_CHECKING:  # hints only: the config model imports this module (build, diagnose), not the reverse
@@ -49,8 +54,13 @@ log = logging.getLogger(__name__)
 # record, which the deadband then suppresses: one BAD per tag and outage. Bounded by the configured tags.
 _LAST_VALUES: dict[str, dict[str, Value]] = {}
 
-BATCH = 1000  # monitored items per CreateMonitoredItems call, nodes per Read call
-QUEUE = 200_000  # notifications buffered between asyncua's publish loop and the emitter
+BATCH = 1000  # nodes per Read call
+# The status of the BAD record each tag gets when the gateway loses its link to the server (the value is the last
+# one read): BadServerNotConnected, "the client is not connected to the server" (Part 4), seen from the gateway.
+# No server puts it on a value it serves, so a consumer tells the gateway's lost link from a failure the server
+# reports (BadSensorFailure, or BadCommunicationError from the server's own device link).
+LINK_LOST = ua.StatusCodes.BadServerNotConnected
+UNKNOWN_NODE = ua.StatusCodes.BadNodeIdUnknown  # a configured node id that cannot resolve on this server
 
 
 def _quality(dv: ua.DataValue) -> Quality:
@@ -92,16 +102,20 @@ class OpcUaSource:
         self._last_notified: dict[str, int] = {}
         self._last_value = _LAST_VALUES.setdefault(cfg.name, {})  # tag -> last value read (BAD on link loss)
         self._values = ValueConverter(cfg)  # this session's: arrays, structures, reasons logged once per tag
-        self._sub: Subscription | None = None
+        self._feed: Feed | None = None
+        self._after_loss: set[str] = set()  # tags whose next value follows a loss: it carries Flag.OVERFLOW
+        self._waiting = False  # the consumer waits for the stream: the subscription is behind, not silent
+        self._since = 0  # when the session started (gateway time)
 
     async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
         warn_if_plain(self.cfg)
+        self._since = now_ns()  # heartbeats keep alive what this session read, not what an earlier one did
         client = await connect(self.cfg)
         tags: list[str] = []
         try:
             nodes, unresolved = await resolve_nodes(client, self.cfg)
             for tag, why in unresolved.items():
-                self._bad(emitter, tag, why)
+                self._bad(emitter, tag, why, UNKNOWN_NODE)
             emitter.counters.extra["tags"] = len(nodes)
             on_connected()
             tags = list(nodes)
@@ -122,17 +136,20 @@ class OpcUaSource:
                                   retryable=True) from exc
             raise
         finally:
+            if self._feed is not None:
+                self._feed.close()
             await disconnect(client)
 
     def _link_lost(self, emitter: Emitter, tags: list[str]) -> None:
         """Every tag of the session BAD once, carrying the last value it read (as Modbus and OPC DA do): the value
-        is what the tag was when the link went, the quality says it is no longer current. A reconnect attempt that
+        is what the tag was when the link went, the quality says it is no longer current, the status
+        (:data:`LINK_LOST`) that the gateway lost the link, not the server the value. A reconnect attempt that
         fails before its session is up has no tags, so an outage makes one BAD per tag, not one per attempt."""
         for tag in self._values.expand(tags):  # an array read element by element: each of its element tags
-            emitter.emit(tag, self._last_value.get(tag), Quality.BAD)
+            emitter.emit(tag, self._last_value.get(tag), Quality.BAD, status=LINK_LOST)
 
-    def _bad(self, emitter: Emitter, tag: str, why: str) -> None:
-        emitter.emit(tag, None, Quality.BAD)
+    def _bad(self, emitter: Emitter, tag: str, why: str, status: int) -> None:
+        emitter.emit(tag, None, Quality.BAD, status=status)
         emitter.counters.read_errors += 1
         log.warning("connection %s: tag %s is BAD: %s (fix the node id; `gatewayctl doctor` suggests close "
                     "matches)", self.cfg.name, tag, why)
@@ -146,72 +163,81 @@ class OpcUaSource:
     async def _poll(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> None:
         tags, node_list = list(nodes), list(nodes.values())
         while True:
-            await emitter.room()  # polling only: a subscription's notifications come whether we wait or not
+            await emitter.room()  # waits while the stream writes slower than the server is read
             t0 = time.monotonic()
             for tag, dv in zip(tags, await self._read(client, node_list), strict=True):
                 self._emit(emitter, tag, dv)
             await asyncio.sleep(max(0.0, self.cfg.scan_interval_s - (time.monotonic() - t0)))
 
-    async def _create(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> Subscription:
-        params = ua.CreateSubscriptionParameters(
-            RequestedPublishingInterval=self.cfg.publishing_interval_ms,
-            RequestedLifetimeCount=10000,
-            RequestedMaxKeepAliveCount=client.get_keepalive_count(self.cfg.publishing_interval_ms),
-            MaxNotificationsPerPublish=10000, PublishingEnabled=True, Priority=0)
-        # DISCONNECT: a consumer that falls behind ends the session visibly instead of dropping values silently
-        sub = await client.create_subscription(params, None, queue_maxsize=QUEUE, overflow=OverflowPolicy.DISCONNECT)
-        tags, node_list = list(nodes), list(nodes.values())
-        for start in range(0, len(node_list), BATCH):
-            results = await sub.subscribe_data_change(
-                node_list[start : start + BATCH], queuesize=self.cfg.queue_size,
-                sampling_interval=ua.Double(self.cfg.sampling_interval_ms))
-            for tag, res in zip(tags[start : start + BATCH], results, strict=True):
-                if isinstance(res, ua.StatusCode):
-                    self._bad(emitter, tag, f"the server rejected the monitored item: {res.name}")
-        return sub
+    async def _create(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> Feed:
+        feed = Feed(client, self.cfg, list(nodes))
+        for i, sc in (await feed.create(list(nodes.values()))).items():
+            self._bad(emitter, feed.tags[i], f"the server rejected the monitored item: {sc.name}", sc.value)
+        return feed
 
     async def _subscribe(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> None:
-        self._sub = await self._create(client, nodes, emitter)
-        consumer = asyncio.create_task(self._consume({n.nodeid: t for t, n in nodes.items()}, emitter))
-        watchdog = asyncio.create_task(self._watch(client, nodes, emitter))
+        self._feed = await self._create(client, nodes, emitter)
+        tasks = {asyncio.create_task(self._consume(emitter)), asyncio.create_task(self._watch(client, nodes, emitter)),
+                 asyncio.create_task(emitter.heartbeats(self._since))}
         try:
-            done, _ = await asyncio.wait({consumer, watchdog}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # the failure that ends the session
         finally:
-            for task in (consumer, watchdog):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(consumer, watchdog, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _consume(self, tags: dict[ua.NodeId, str], emitter: Emitter) -> None:
-        # a plain `async for` per event: no timer or task per notification (tens of thousands a second)
+    async def _consume(self, emitter: Emitter) -> None:
+        # one loop over whole notification messages: no task or timer per notification (tens of thousands a second)
+        losses = Losses(self.cfg.name, emitter.counters)
         while True:
-            assert self._sub is not None
-            async for ev in self._sub:  # ends when the watchdog replaced the subscription
-                if isinstance(ev, DataChangeEvent):
-                    tag = tags.get(ev.node.nodeid)
-                    if tag is not None:
-                        self._emit(emitter, tag, ev.data.monitored_item.Value)
-                elif isinstance(ev, StatusChangeEvent):
+            feed = self._feed
+            assert feed is not None
+            while (notice := await feed.next()) is not None:  # None: the watchdog replaced the subscription
+                if isinstance(notice, list):
+                    for item in notice:
+                        if 0 < item.ClientHandle <= len(feed.tags):
+                            self._emit(emitter, feed.tags[item.ClientHandle - 1], item.Value, losses)
+                    self._waiting = True
+                    await emitter.room()  # the stream is slower: hold the server back, not memory (see Feed)
+                    self._waiting = False
+                elif isinstance(notice, Lost):
+                    self._lost(emitter, notice, losses, feed.tags)
+                else:
                     raise SourceError(f"{redact_url(self.cfg.endpoint)}: subscription ended by status "
-                                      f"{ev.notification.Status.name}", retryable=True)
+                                      f"{notice.Status.name}", retryable=True)
+
+    def _lost(self, emitter: Emitter, lost: Lost, losses: Losses, tags: list[str]) -> None:
+        """Messages missing from the sequence, or a time the server was held back: a gap record for the time, and
+        OVERFLOW on the next value of every tag whose values the server may have dropped unreported (any tag, for
+        a missing message; with ``queue_size`` 1, whose overwrites the server never reports, after a hold)."""
+        if lost.messages:
+            losses.count("notification_messages_lost", lost.messages)
+            losses.note(f"{lost.messages} notification messages missing from the subscription's sequence")
+        else:
+            losses.note(f"the stream did not keep up, so the server was not asked for values for "
+                        f"{(lost.t2_ns - lost.t1_ns) / 1e9:.1f} s")
+        if lost.messages or self.cfg.queue_size == 1:
+            self._after_loss.update(tags)
+        emitter.emit_gap(lost.t1_ns, lost.t2_ns, flags=Flag.OVERFLOW)
 
     async def _watch(self, client: Client, nodes: dict[str, Node], emitter: Emitter) -> None:
         while True:
             await asyncio.sleep(self.cfg.watchdog_s)
+            old = self._feed
+            assert old is not None
+            if self._waiting or old.backlog:
+                continue  # behind the server, not silent: values wait here for the stream
             silent = await self._silent(client, nodes)
             if not silent:
                 continue
             emitter.counters.extra["subscription_rebuilds"] = \
                 int(emitter.counters.extra.get("subscription_rebuilds", 0)) + 1
             log.warning("connection %s: subscription went silent (%s); rebuilding it", self.cfg.name, silent)
-            old, self._last_notified = self._sub, {}
-            assert old is not None
-            self._sub = await self._create(client, nodes, emitter)
-            try:
-                await asyncio.wait_for(old.delete(), self.cfg.timeout_s)  # also ends the consumer's loop over it
-            except (UaError, asyncio.TimeoutError):
-                pass  # the server may have dropped it already; the new one replaces it either way
+            self._last_notified = {}
+            self._feed = await self._create(client, nodes, emitter)
+            await old.delete(self.cfg.timeout_s)  # also ends the consumer's loop over it
 
     async def _silent(self, client: Client, nodes: dict[str, Node]) -> str:
         """Why the subscription looks silent ('' if not): a value moved on the server long after its last
@@ -227,16 +253,26 @@ class OpcUaSource:
                 return f"tag {tag} changed on the server {(ts - seen) / 1e9:.1f} s after its last notification"
         return ""
 
-    def _emit(self, emitter: Emitter, tag: str, dv: ua.DataValue) -> None:
+    def _emit(self, emitter: Emitter, tag: str, dv: ua.DataValue, losses: Losses | None = None) -> None:
         quality = _quality(dv)
-        ts = _ts_ns(dv.SourceTimestamp) or _ts_ns(dv.ServerTimestamp)
+        status = dv.StatusCode.value if dv.StatusCode is not None else 0
+        source_ts = _ts_ns(dv.SourceTimestamp)
+        ts = source_ts or _ts_ns(dv.ServerTimestamp)
+        flags = int(Flag.SERVER_TS) if source_ts else 0
         if ts is not None:
             self._last_notified[tag] = ts
+        if losses is not None and overflowed(dv):  # the server dropped values of this tag before this one
+            flags |= Flag.OVERFLOW
+            losses.count("values_lost")
+            losses.note(f"tag {tag}: the server's queue of {self.cfg.queue_size} overflowed")
+        if self._after_loss and tag in self._after_loss:
+            self._after_loss.discard(tag)
+            flags |= Flag.OVERFLOW
         # one value, or one per array element (arrays: elements); one that cannot be carried is BAD, its reason logged
         for name, value, reason in self._values.convert(tag, dv.Value, emitter.counters):
             if value is not None and not oversize(value):  # the emitter makes an over-large value BAD, counted
                 self._last_value[name] = value
-            emitter.emit(name, value, quality if reason is None else Quality.BAD, ts)
+            emitter.emit(name, value, quality if reason is None else Quality.BAD, ts, status=status, flags=flags)
 
 
 async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:

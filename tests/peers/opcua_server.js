@@ -11,6 +11,7 @@
 //   Objects/Bulk/V0 .. V{N-1} (Double), node ids s=Bulk/V{i}
 //   Objects/Analog/Temperature: an AnalogItem (Double, 21.5, static) with EURange 0..100, InstrumentRange -50..150,
 //     EngineeringUnits degree Celsius (UNECE CEL, UnitId 4408652) and a Description
+//   Objects/Faults/Sensor: a Double (0, static) whose status is BadSensorFailure
 // --values adds Objects/Values/<Name> (node ids s=Values/<Name>, static) of every kind a value can be, and loads the
 // structured types of tests/peers/opcua_types.xml (namespace urn:factoryedge:test:types):
 //   DoubleArray Double[3], Int32Matrix Int32[2][3], StringArray String[3], ByteArray Byte[3], Text LocalizedText,
@@ -131,6 +132,11 @@ async function main() {
         instrumentRange: { low: -50, high: 150 }, engineeringUnits: opcua.standardUnits.degree_celsius,
         value: { dataType: DataType.Double, value: 21.5 },
     });
+
+    // a failed sensor: a value whose status is BadSensorFailure (static), for the records' status codes
+    const failed = ns.addVariable({ componentOf: folder("Faults"), browseName: "Sensor", nodeId: "s=Faults/Sensor",
+        dataType: "Double", value: { dataType: DataType.Double, value: 0 } });
+    failed.setValueFromSource(new Variant({ dataType: DataType.Double, value: 0 }), StatusCodes.BadSensorFailure);
 
     if (args.values) await addValues(opcua, addressSpace, ns, folder("Values"));
     let names = "";
