@@ -6,14 +6,21 @@ sample interval the anomaly model was evaluated at); the reactor group learns fo
 simulated time (four wall minutes, well after learning) the schedule switches IDV 1 on (A/C feed ratio step) so an
 alarm shows.
 The screen is ``gatewayctl status --watch``: exactly what an engineer sees on a gateway. q or Ctrl-C stops all.
+
+``python -m devkit.demo --gap`` also kills the OPC UA collector with SIGKILL a minute in and restarts it 30 s later:
+the simulator historizes its tags, so the restarted collector reads the values it missed back from the server's
+history (records flagged ``backfill`` in ``out/records.jsonl``; the demo counts them when it stops). The anomaly
+detector then sees those late values too.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import shutil
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +37,7 @@ REACTOR_TAGS = [
     "Reactor/Pressure", "Reactor/Temperature", "Reactor/Level", "Separator/Temperature", "Separator/Pressure",
     "Stripper/Pressure", "Feeds/AFeed", "Feeds/ACFeed",
 ]
+GAP_AT_S, GAP_S = 60.0, 30.0  # --gap: when the OPC UA collector is killed, and for how long
 OPCUA_EXTRA = ["Separator/Level", "Stripper/Level", "Compressor/Work", "Reactor/CoolingWaterOutletTemp"]
 
 
@@ -82,13 +90,37 @@ def _configs(run: Path, ports: dict[str, int], broker: Mosquitto | None) -> dict
     return paths
 
 
-def main() -> int:
+def _gap(procs: list[Proc], index: int, cmd: list[str], log: Path, stop: threading.Event) -> None:
+    """--gap: SIGKILL ``procs[index]`` (the OPC UA collector) at GAP_AT_S and start it again GAP_S later."""
+    if stop.wait(GAP_AT_S):
+        return
+    procs[index].stop(signal.SIGKILL)
+    if not stop.wait(GAP_S):
+        procs[index] = start(cmd, log, env={"PYTHONPATH": str(ROOT)})
+
+
+def _backfilled(records: Path) -> int:
+    """Records the file destination wrote flagged backfill."""
+    if not records.exists():
+        return 0
+    with records.open(errors="replace") as lines:
+        return sum('"backfill"' in line for line in lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devkit.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gap", action="store_true",
+                        help=f"kill the OPC UA collector {GAP_AT_S:g} s in, restart it {GAP_S:g} s later: the gap is "
+                             "read back from the simulator's history")
+    args = parser.parse_args(argv)
     run = ROOT / ".run" / "demo"
     for old in ("data", "anomaly-model", "out"):
         shutil.rmtree(run / old, ignore_errors=True)  # each demo starts from an empty store and an untrained model
     run.mkdir(parents=True, exist_ok=True)
     procs: list[Proc] = []
     broker = None
+    stop_gap, gap = threading.Event(), None
     try:
         broker = start_mosquitto(run / "mosquitto")
     except RuntimeError as exc:
@@ -113,8 +145,11 @@ def main() -> int:
         paths = _configs(run, ports, broker)
         for name, path in paths.items():
             spec = component(name)
-            procs.append(start([sys.executable, "-m", spec.entry_module, "--config", str(path)],
-                               run / f"{spec.entry}.log", env={"PYTHONPATH": str(ROOT)}))
+            cmd, log = [sys.executable, "-m", spec.entry_module, "--config", str(path)], run / f"{spec.entry}.log"
+            procs.append(start(cmd, log, env={"PYTHONPATH": str(ROOT)}))
+            if args.gap and name == "factoryedge.OpcUaCollector":
+                gap = threading.Thread(target=_gap, args=(procs, len(procs) - 1, cmd, log, stop_gap), daemon=True)
+                gap.start()
         print(f"demo: {plant} plant at {SPEED}x real time, IDV {IDV_SCHEDULE.replace('@', ' on at ')} simulated; "
               f"configs and logs in {run}; records in {run / 'out/records.jsonl'}")
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -127,8 +162,14 @@ def main() -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave processes behind
         print("demo: stopping")
+        stop_gap.set()
+        if gap is not None:
+            gap.join(15)
         for p in reversed(procs):
             p.stop()
+        if gap is not None:
+            print(f"demo: {_backfilled(run / 'out/records.jsonl')} values read back from the simulator's history "
+                  f"after the OPC UA collector's {GAP_S:g} s outage (flagged backfill in {run / 'out/records.jsonl'})")
         if broker:
             broker.stop()
 
