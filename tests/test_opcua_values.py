@@ -35,8 +35,10 @@ from tests.support.opcua_peer import (
     conn,
     counters,
     records,
+    running,
     start_asyncua_values,
     start_node_opcua,
+    until,
 )
 
 BATCH = {"Id": "B-7", "Quantity": 12.5, "Steps": [1, 2, 3], "Done": True, "Target": {"Name": "T", "Value": 80.0}}
@@ -166,6 +168,24 @@ def test_elements_mode_makes_one_tag_per_element_named_by_its_index(tmp_path: Pa
     assert set(got) == set(element_tags), sorted(got)
     for tag, value in element_tags.items():
         assert (got[tag].quality, got[tag].value) == (Quality.GOOD, value), (tag, got[tag])
+
+
+def test_a_lost_link_marks_every_element_tag_bad_with_its_last_value(tmp_path: Path) -> None:
+    server = start_node_opcua(tmp_path / "peer", variables=1, values=True)
+    cfg = conn(server, nodes=["s=Values/DoubleArray"], arrays="elements")
+
+    async def body() -> None:
+        async with running(tmp_path, [cfg]) as (collector, task):
+            await until(collector, task, lambda c: counters(c).values_written >= 3)
+            server.stop()
+            await until(collector, task, lambda c: counters(c).bad_values_read >= 3)
+
+    try:
+        asyncio.run(body())
+    finally:
+        server.stop()
+    bad = {r.tag: r.value for r in records(tmp_path) if r.quality == Quality.BAD}
+    assert bad == {"Values/DoubleArray[0]": 1.5, "Values/DoubleArray[1]": 2.5, "Values/DoubleArray[2]": -3.25}, bad
 
 
 def test_an_undecodable_structure_is_bad_for_that_tag_alone_logged_once_with_its_reason_in_status(
