@@ -109,25 +109,21 @@ class DeadbandFilter:
     """Decides per tag whether a value is worth sending.
 
     A value goes when it is the first of its tag, when its quality or status code (info bits aside) changed, when it
-    moved by more than the deadband, or when ``heartbeat_s`` passed since the tag was last sent; :attr:`beat` then
-    says whether the heartbeat alone let it through (the value did not change).
+    moved by more than the deadband, or when ``heartbeat_s`` passed since the tag was last sent.
     """
 
     def __init__(self, cfg: Deadband) -> None:
         self.cfg = cfg
         self._last: dict[str, tuple[Value, Quality, int, int]] = {}  # tag -> (value, quality, status code, sent ns)
-        self.beat = False  # the last accepted value went only because the heartbeat was due
 
     def accept(self, tag: str, value: Value, quality: Quality, ts_ns: int, status: int = 0) -> bool:
         code = status & _CODE_MASK  # info bits (Overflow, limits) alone are no change of state
         last = self._last.get(tag)
-        self.beat = False
         if last is None or last[1] != quality or last[2] != code or self._moved(value, last[0]):
             self._last[tag] = (value, quality, code, ts_ns)
             return True
         if ts_ns - last[3] >= self.cfg.heartbeat_s * 1e9:
             self._last[tag] = (value, quality, code, ts_ns)
-            self.beat = True
             return True
         return False
 
@@ -216,22 +212,18 @@ class Emitter:
         tag = self.name_of(source_tag)
         # a value read from history is not a repeat of the live ones (every value of the gap is written), and a
         # value after a loss carries the mark of it: neither is held back
-        beat = False
-        if not flags & Flag.BACKFILL:
-            if not self.deadband.accept(tag, value, quality, gw, status) and not flags & Flag.OVERFLOW:
-                self.counters.values_suppressed += 1
-                self._suppressed[tag] = value  # within the deadband, but the newest: what a heartbeat sends
-                return
-            beat = self.deadband.beat
+        if (not flags & Flag.BACKFILL and not self.deadband.accept(tag, value, quality, gw, status)
+                and not flags & Flag.OVERFLOW):
+            self.counters.values_suppressed += 1
+            self._suppressed[tag] = value  # within the deadband, but the newest: what a heartbeat sends
+            return
         if self._suppressed:
             self._suppressed.pop(tag, None)
         ts = source_ts_ns if source_ts_ns else gw
-        last = self._last_sent.get(tag)
-        if (flags & Flag.SERVER_TS and self._readings.get(tag) == ts) or (
-                beat and last is not None and last.source_ts_ns == ts):
-            # a reading already sent, sent again (unchanged at the heartbeat, or GOOD again after a lost link): it
-            # says "still so at gw", so it must not share the first one's time and id, or consumers that drop
-            # duplicates would drop it
+        if flags & Flag.SERVER_TS and self._readings.get(tag) == ts:
+            # a server reading already sent, sent again (re-read unchanged at the heartbeat, or GOOD again after a
+            # lost link): it says "still so at gw", so it must not share the first one's time and id (SERVER_TS
+            # makes the id over time and value), or consumers that drop duplicates would drop it
             ts, flags = gw, flags & ~Flag.SERVER_TS
         self._seq += 1
         record = Record(self.cfg.name, tag, value, quality, ts, gw, self._seq, Kind.VALUE, status, flags)
