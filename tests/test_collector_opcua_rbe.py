@@ -17,6 +17,8 @@ from asyncua import Server, ua
 
 from devkit.peers import free_port
 from gateway import collector as collector_module
+from gateway.cli import checks
+from gateway.cli.status import _lost
 from gateway.collector import Collector
 from gateway.record import Flag, Kind, Quality, Record
 from gateway.sources import opcua_subscription
@@ -122,7 +124,13 @@ def test_values_the_server_drops_from_its_queues_are_counted_logged_and_flagged(
     gaps = [r for r in recs if r.kind == Kind.METRIC and r.tag == "collector/peer/gap"]
     assert gaps and all(r.flags & Flag.OVERFLOW and r.quality == Quality.BAD for r in gaps), gaps
     assert all(r.gateway_ts_ns >= r.source_ts_ns for r in gaps)
-    assert col.status()["connections"]["peer"]["values_lost"] == k.values_lost
+    status = col.status()["connections"]["peer"]
+    assert status["values_lost"] == k.values_lost
+    # gatewayctl doctor warns, naming the loss and the fix; gatewayctl status shows it in its column
+    finding = checks.source_counters("peer", status, 60.0, time.time_ns())
+    assert finding.ok is None and f"{k.values_lost} values with the Overflow bit" in finding.detail, finding
+    assert "does not keep up" in finding.fix
+    assert _lost({**status, "notification_messages_lost": 2}) == f"{k.values_lost}+2msg"
 
 
 def test_a_server_held_back_by_a_slow_stream_is_an_overload_with_a_gap_and_flagged_values(
