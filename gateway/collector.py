@@ -14,6 +14,13 @@ Kind.METRIC, quality BAD, source time t1 = the last value written before, gatewa
 now, value = t2 - t1 in seconds. A consumer tells it from a value by its kind (never VALUE) and its tag; the sequence
 number it takes makes the hole visible in the source's sequence too. Gaps are counted per connection.
 
+Backfill. After each append the collector also advances, per tag, the newest server source timestamp the stream
+holds (:mod:`gateway.sources.laststored`, ``<store>/state/<component>/last_source_ts/<connection>.json``). A
+connection that reads its gaps back from its server's history (OPC UA ``backfill``,
+:mod:`gateway.sources.opcua_history`) starts there, and writes gap records itself for what the server does not have
+(a gap record may then come anywhere in a batch); the collector writes its own only when there is nothing to start
+from.
+
 Metrics. Every ``metrics_interval_s`` and at stop the collector writes its per-connection counters into its stream
 as METRIC records (source = the component, tag ``collector/<connection>/<counter>``), like the publisher's.
 """
@@ -29,11 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.aio import Backoff, Offload
-from gateway.errors import GatewayError, StreamError
+from gateway.codec import decode_batch
+from gateway.errors import CodecError, GatewayError, StreamError
 from gateway.fsutil import atomic_write
 from gateway.record import Kind, Quality, Record, metric_records, start_seq
 from gateway.runtime import Context
 from gateway.sources.common import ConnectionBase, Counters, Emitter, SourceFactory
+from gateway.sources.laststored import LastStored
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordWriter, StreamSpec, StreamStore, open_store
 
@@ -45,6 +54,8 @@ MAX_PENDING_RECORDS = 500_000
 FLUSH_AT_RECORDS = 4_000
 # Sequence numbers a marker reserves ahead of what was written (see Collector._append): a restart jumps past them.
 SEQ_RESERVE = 100_000
+# Newest stream messages read back at start, per connection, to catch the per-tag state up (see _load_stored)
+TAIL_MESSAGES_PER_CONNECTION = 4
 METRICS_INTERVAL_S = 60.0  # the publisher's default: counters as records once a minute
 METRICS = ("values_read", "values_written", "values_suppressed", "bad_values_read", "values_dropped", "read_errors",
            "connect_retries", "gaps", "gap_s")
@@ -59,6 +70,7 @@ class _Connection:
         self.task: asyncio.Task[None] | None = None
         self.backlog: list[Record] = []
         self.gap: tuple[int, int] | None = None  # (t1 ns, seq) of a gap record to write before the first value
+        self.own_gap_seq = -1  # the seq of the gap record the collector wrote for its own restart
 
     async def loop(self) -> None:
         backoff = Backoff(self.cfg.reconnect_min_s, self.cfg.reconnect_max_s)
@@ -128,6 +140,7 @@ class Collector:
         self._seqs: dict[str, int] = {}  # last sequence number per connection name, across changes of its settings
         self._reserved: dict[str, int] = {}  # per connection: the sequence number its marker reserves up to
         self._committed: dict[str, dict[str, Any]] = {}  # per connection: its marker after the last append
+        self._stored: dict[str, LastStored] = {}  # per connection: what the stream holds per tag, across changes
         self._metric_seq = start_seq()
 
     async def run(self, connections: Sequence[ConnectionBase], stop: asyncio.Event) -> None:
@@ -188,6 +201,9 @@ class Collector:
             if name not in self.connections:
                 conn = _Connection(cfg, self.factory)
                 conn.emitter.on_full = (FLUSH_AT_RECORDS, self._wake.set)
+                if name not in self._stored:
+                    self._stored[name] = await self._offload(self._load_stored, name, cfg, len(wanted))
+                conn.emitter.stored = self._stored[name]
                 if name in self._seqs:  # settings changed in this process: same sequence, no gap to speak of
                     conn.emitter.continue_from(self._seqs[name])
                 else:
@@ -196,8 +212,12 @@ class Collector:
                         last_seq, t1 = marker
                         conn.emitter.continue_from(last_seq + 1)  # last_seq + 1 is the gap record's
                         if t1 is not None:
-                            conn.gap = (t1, last_seq + 1)
                             conn.counters.gap_open_since_ns = t1
+                            # a source that fills gaps from its server's history writes gap records for what it
+                            # cannot fill (gateway.sources.opcua_history); without what the stream held per tag it
+                            # cannot know the gap, so the collector writes it
+                            if not (_fills_gaps(cfg) and conn.emitter.stored.snapshot()):
+                                conn.gap = (t1, last_seq + 1)
                 self.connections[name] = conn
                 conn.task = asyncio.create_task(conn.loop(), name=f"conn-{name}")
 
@@ -223,6 +243,7 @@ class Collector:
                 t2 = records[0].gateway_ts_ns
                 records.insert(0, Record(name, f"collector/{name}/gap", round((t2 - t1) / 1e9, 6), Quality.BAD,
                                          t1, t2, seq, Kind.METRIC))
+                conn.own_gap_seq = seq
             if records:
                 conn.backlog = await self._write(name, records)
 
@@ -243,12 +264,12 @@ class Collector:
         conn = self.connections.get(name)
         if conn:
             ms = (time.perf_counter() - t0) * 1000
-            gap = records[0] if records[0].kind == Kind.METRIC else None
+            gaps = [r for r in records if r.kind == Kind.METRIC]  # gap records: the collector's, or the source's
             metas = sum(r.kind == Kind.META for r in records)  # a tag's metadata is not one of its values
-            conn.counters.values_written += len(records) - (gap is not None) - metas
+            conn.counters.values_written += len(records) - len(gaps) - metas
             conn.counters.append_latency_ms_last = ms
             conn.counters.append_latency_ms_max = max(conn.counters.append_latency_ms_max, ms)
-            if gap is not None:
+            for gap in gaps:
                 self._gap_written(name, conn, gap)
         return []
 
@@ -266,6 +287,9 @@ class Collector:
             self._reserved[name] = last.seq + SEQ_RESERVE
             self._write_marker(name, {**self._committed.get(name, {}), "reserved_seq": self._reserved[name]})
         self._writer.write(records)
+        stored = self._stored.get(name)
+        if stored is not None and stored.advance(records):  # after the append: never ahead of the stream
+            stored.save()
         if self.state_dir is not None:
             marker = {"seq": last.seq, "reserved_seq": self._reserved[name], "gateway_ts_ns": last.gateway_ts_ns,
                       "source_ts_ns": last.source_ts_ns, "stream": self.stream.name}
@@ -278,6 +302,27 @@ class Collector:
         # no fsync: the marker must survive a process kill, which the page cache does; after a power cut an older
         # marker only makes the gap start earlier
         atomic_write(self.state_dir / f"{name}.json", json.dumps(marker).encode(), sync=False)
+
+    def _stored_path(self, name: str) -> Path | None:
+        return None if self.state_dir is None else self.state_dir / "last_source_ts" / f"{name}.json"
+
+    def _load_stored(self, name: str, cfg: ConnectionBase, connections: int) -> LastStored:
+        """The connection's per-tag state, caught up with its records in the newest messages of the stream: a kill
+        between an append and the state's write leaves the file one append behind, and what the stream holds is
+        never ahead of the stream (the backfill would otherwise write those values a second time)."""
+        stored = LastStored.load(self._stored_path(name))
+        if not _fills_gaps(cfg) or self.state_dir is None:
+            return stored
+        try:
+            info = self.store.describe(self.stream.name)
+            count = TAIL_MESSAGES_PER_CONNECTION * (connections + 1)  # + 1: the metrics' messages between
+            for msg in self.store.read(self.stream.name, max(info.oldest_seq, info.next_seq - count),
+                                       max_count=count):
+                stored.advance(r for r in decode_batch(msg.payload) if r.source == name)
+        except (StreamError, CodecError) as exc:  # the file alone: at worst a few values are written twice
+            log.warning("connection %s: the newest messages of stream %s could not be read (%s); the next backfill "
+                        "may write the last values before the stop again (same ids)", name, self.stream.name, exc)
+        return stored
 
     def _read_marker(self, name: str) -> tuple[int, int | None] | None:
         """(the last sequence number that may have been used, when the last value was written or None)."""
@@ -304,6 +349,8 @@ class Collector:
         conn.counters.gap_s = round(conn.counters.gap_s + seconds, 6)
         conn.counters.gap_open_since_ns = 0
         self._loss(gaps=1, gap_s=seconds)
+        if gap.seq != conn.own_gap_seq:
+            return  # the source that wrote it logged why
         log.warning("connection %s: no data from %s to %s (%.1f s: the collector was not running); written as %s",
                     name, _iso(gap.source_ts_ns), _iso(gap.gateway_ts_ns), seconds, gap.tag)
 
@@ -372,6 +419,12 @@ class Collector:
 
     def _write_status(self) -> None:
         self.status_file.write(self.status())
+
+
+def _fills_gaps(cfg: ConnectionBase) -> bool:
+    """The connection reads what it missed from its server's history (OPC UA ``backfill.enabled``)."""
+    backfill = getattr(cfg, "backfill", None)
+    return bool(getattr(backfill, "enabled", False))
 
 
 def _iso(ns: int) -> str:

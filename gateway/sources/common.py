@@ -28,6 +28,7 @@ from gateway.record import (
     start_seq,
     value_size,
 )
+from gateway.sources.laststored import LastStored
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,9 @@ class Emitter:
         self._suppressed: dict[str, Value] = {}  # published tag -> its newest value, when the deadband held it back
         # published tag -> its latest metadata (emit_meta), for the status file; bounded by the connection's tags
         self.meta: dict[str, dict[str, Value]] = {}
+        # what the stream holds per tag (newest server source timestamp), kept by the collector after each append;
+        # a source that fills gaps from its server's history starts there (gateway.sources.laststored)
+        self.stored = LastStored()
         self._seq = start_seq()
         self.pending: list[Record] = []
         # (count, callback): called once the pending list reaches count, so the owner can flush early

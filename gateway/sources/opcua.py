@@ -38,6 +38,7 @@ from gateway.errors import SourceError
 from gateway.record import Flag, Quality, Value, now_ns, oversize
 from gateway.redact import redact_text, redact_url
 from gateway.sources.common import Emitter
+from gateway.sources.opcua_history import GapFiller, dv_ts_ns
 from gateway.sources.opcua_meta import emit_metadata
 from gateway.sources.opcua_session import connect, disconnect, resolve_nodes
 from gateway.sources.opcua_subscription import Feed, Losses, Lost, overflowed
@@ -103,6 +104,7 @@ class OpcUaSource:
         self._last_value = _LAST_VALUES.setdefault(cfg.name, {})  # tag -> last value read (BAD on link loss)
         self._values = ValueConverter(cfg)  # this session's: arrays, structures, reasons logged once per tag
         self._feed: Feed | None = None
+        self._filler: GapFiller | None = None  # reads the gap before this session from the server's history
         self._after_loss: set[str] = set()  # tags whose next value follows a loss: it carries Flag.OVERFLOW
         self._waiting = False  # the consumer waits for the stream: the subscription is behind, not silent
         self._since = 0  # when the session started (gateway time)
@@ -121,6 +123,8 @@ class OpcUaSource:
             tags = list(nodes)
             await emit_metadata(client, self.cfg, nodes, emitter)  # units and ranges, before the values they describe
             await self._values.load_definitions(client, nodes.values())  # before any value: structures decode
+            self._filler = GapFiller(self.cfg, emitter, tags, lambda tag, dv: self._emit_history(emitter, tag, dv))
+            self._filler.start(client, nodes)  # a task beside the live values, which it never delays
             if self.cfg.mode == "polling":
                 await self._poll(client, nodes, emitter)
             else:
@@ -136,6 +140,8 @@ class OpcUaSource:
                                   retryable=True) from exc
             raise
         finally:
+            if self._filler is not None:
+                await self._filler.stop()
             if self._feed is not None:
                 self._feed.close()
             await disconnect(client)
@@ -261,6 +267,8 @@ class OpcUaSource:
         flags = int(Flag.SERVER_TS) if source_ts else 0
         if ts is not None:
             self._last_notified[tag] = ts
+            if self._filler is not None:
+                self._filler.live(tag, ts)
         if losses is not None and overflowed(dv):  # the server dropped values of this tag before this one
             flags |= Flag.OVERFLOW
             losses.count("values_lost")
@@ -273,6 +281,16 @@ class OpcUaSource:
             if value is not None and not oversize(value):  # the emitter makes an over-large value BAD, counted
                 self._last_value[name] = value
             emitter.emit(name, value, quality if reason is None else Quality.BAD, ts, status=status, flags=flags)
+
+    def _emit_history(self, emitter: Emitter, tag: str, dv: ua.DataValue) -> None:
+        """A value read from the server's history (:mod:`gateway.sources.opcua_history`): converted as a live one,
+        flagged ``BACKFILL`` (its id is then over its server timestamp and value, like the live reading's), and
+        without touching what the live values keep (the watchdog's times, the last value, overflow marks)."""
+        quality = _quality(dv)
+        status = dv.StatusCode.value if dv.StatusCode is not None else 0
+        for name, value, reason in self._values.convert(tag, dv.Value, emitter.counters):
+            emitter.emit(name, value, quality if reason is None else Quality.BAD, dv_ts_ns(dv), status=status,
+                         flags=Flag.BACKFILL)
 
 
 async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:
