@@ -121,8 +121,8 @@ class OpcUaSource:
             emitter.counters.extra["tags"] = len(nodes)
             on_connected()
             tags = list(nodes)
-            await emit_metadata(client, self.cfg, nodes, emitter)  # units and ranges, before the values they describe
             await self._values.load_definitions(client, nodes.values())  # before any value: structures decode
+            await emit_metadata(client, self.cfg, nodes, emitter)  # units and ranges, before the values they describe
             self._filler = GapFiller(self.cfg, emitter, tags, lambda tag, dv: self._emit_history(emitter, tag, dv))
             self._filler.start(client, nodes)  # a task beside the live values, which it never delays
             if self.cfg.mode == "polling":

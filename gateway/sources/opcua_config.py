@@ -208,12 +208,6 @@ class OpcUaConnection(ConnectionBase):
         "network cut lingers there (short avoids BadTooManySessions after many cuts).",
     )
     timeout_s: float = Field(default=10.0, gt=0, description="Request timeout.")
-    metadata: bool = Field(
-        default=True, description="Read each tag's engineering units and ranges (the EURange, EngineeringUnits "
-        "and InstrumentRange properties, and its Description) once per session and write them as one META record "
-        "per tag, also shown in the status file; tags without those properties get none. false: two requests "
-        "fewer per session.",
-    )
     arrays: Literal["json", "elements"] = Field(
         default="json",
         description="How an array value is carried: json, one record whose value is the JSON list (a list of lists "
@@ -224,6 +218,12 @@ class OpcUaConnection(ConnectionBase):
         default_factory=dict,
         description="Source tag -> json or elements, for tags whose arrays go otherwise than `arrays` says, e.g. "
         "{'Line/Speeds': elements}.",
+    )
+    metadata: bool = Field(
+        default=True, description="Read each tag's engineering units and ranges (the EURange, EngineeringUnits "
+        "and InstrumentRange properties, and its Description) once per session and write them as one META record "
+        "per tag, also shown in the status file; tags without those properties get none. false: two requests "
+        "fewer per session.",
     )
     security: OpcUaSecurity = Field(default_factory=OpcUaSecurity, description="Security policy, certificates and "
                                     "identity.")
