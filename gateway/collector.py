@@ -6,20 +6,15 @@ connection never stalls the others, and a failing stream never loses what was re
 overflow counted) until the stream takes them; what is dropped all the same (past the bound, or refused at stop) is an
 ERROR with its count, a per-connection counter and a durable loss (``gatewayctl buffer``).
 
-Gaps. After each successful write the collector keeps, per connection, a small marker
-``<store>/state/<component>/<connection>.json`` (the last sequence number and gateway time written; one atomic
-replace per flush, not per value). At start it continues the connection's sequence from there, and when the first
-value arrives it writes a gap record before it: source = the connection, tag ``collector/<connection>/gap``,
-Kind.METRIC, quality BAD, source time t1 = the last value written before, gateway time t2 = the first value read
-now, value = t2 - t1 in seconds. A consumer tells it from a value by its kind (never VALUE) and its tag; the sequence
-number it takes makes the hole visible in the source's sequence too. Gaps are counted per connection.
-
-Backfill. After each append the collector also advances, per tag, the newest server source timestamp the stream
-holds (:mod:`gateway.sources.laststored`, ``<store>/state/<component>/last_source_ts/<connection>.json``). A
-connection that reads its gaps back from its server's history (OPC UA ``backfill``,
-:mod:`gateway.sources.opcua_history`) starts there, and writes gap records itself for what the server does not have
-(a gap record may then come anywhere in a batch); the collector writes its own only when there is nothing to start
-from.
+Gaps. At start a connection continues its sequence from its marker (:mod:`gateway.collector_state`), and when the
+first value arrives the collector writes a gap record before it: source = the connection, tag
+``collector/<connection>/gap``, Kind.METRIC, quality BAD, source time t1 = the last value written before, gateway
+time t2 = the first value read now, value = t2 - t1 in seconds. A consumer tells it from a value by its kind (never
+VALUE) and its tag; the sequence number it takes makes the hole visible in the source's sequence too. Gaps are
+counted per connection. A connection that reads its gaps back from its server's history (OPC UA ``backfill``) starts
+from the newest source timestamp the stream holds per tag and writes gap records itself for what the server does
+not have (a gap record may then come anywhere in a batch); the collector writes its own only when there is nothing
+to start from.
 
 Metrics. Every ``metrics_interval_s`` and at stop the collector writes its per-connection counters into its stream
 as METRIC records (source = the component, tag ``collector/<connection>/<counter>``), like the publisher's.
@@ -28,7 +23,6 @@ as METRIC records (source = the component, tag ``collector/<connection>/<counter
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -36,13 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.aio import Backoff, Offload
-from gateway.codec import decode_batch
-from gateway.errors import CodecError, GatewayError, StreamError
-from gateway.fsutil import atomic_write
+from gateway.collector_state import ConnectionState, fills_gaps
+from gateway.errors import GatewayError, StreamError
 from gateway.record import Kind, Quality, Record, metric_records, start_seq
 from gateway.runtime import Context
 from gateway.sources.common import ConnectionBase, Counters, Emitter, SourceFactory
-from gateway.sources.laststored import LastStored
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordWriter, StreamSpec, StreamStore, open_store
 
@@ -52,10 +44,6 @@ MAX_PENDING_RECORDS = 500_000
 # A connection holding this many unwritten values wakes the flusher before its interval: a fast source then writes
 # in bounded batches, which keeps memory flat (a 90,000 values/s Modbus scan made 18,000-record batches at 0.2 s).
 FLUSH_AT_RECORDS = 4_000
-# Sequence numbers a marker reserves ahead of what was written (see Collector._append): a restart jumps past them.
-SEQ_RESERVE = 100_000
-# Newest stream messages read back at start, per connection, to catch the per-tag state up (see _load_stored)
-TAIL_MESSAGES_PER_CONNECTION = 4
 METRICS_INTERVAL_S = 60.0  # the publisher's default: counters as records once a minute
 METRICS = ("values_read", "values_written", "values_suppressed", "bad_values_read", "values_dropped", "read_errors",
            "connect_retries", "gaps", "gap_s")
@@ -138,9 +126,7 @@ class Collector:
         self._writer = RecordWriter(store, stream.name)
         self._wake = asyncio.Event()
         self._seqs: dict[str, int] = {}  # last sequence number per connection name, across changes of its settings
-        self._reserved: dict[str, int] = {}  # per connection: the sequence number its marker reserves up to
-        self._committed: dict[str, dict[str, Any]] = {}  # per connection: its marker after the last append
-        self._stored: dict[str, LastStored] = {}  # per connection: what the stream holds per tag, across changes
+        self.state = ConnectionState(state_dir, store, stream.name)
         self._metric_seq = start_seq()
 
     async def run(self, connections: Sequence[ConnectionBase], stop: asyncio.Event) -> None:
@@ -201,13 +187,11 @@ class Collector:
             if name not in self.connections:
                 conn = _Connection(cfg, self.factory)
                 conn.emitter.on_full = (FLUSH_AT_RECORDS, self._wake.set)
-                if name not in self._stored:
-                    self._stored[name] = await self._offload(self._load_stored, name, cfg, len(wanted))
-                conn.emitter.stored = self._stored[name]
+                conn.emitter.stored = await self._offload(self.state.load_stored, name, cfg, len(wanted))
                 if name in self._seqs:  # settings changed in this process: same sequence, no gap to speak of
                     conn.emitter.continue_from(self._seqs[name])
                 else:
-                    marker = await self._offload(self._read_marker, name)
+                    marker = await self._offload(self.state.read_marker, name)
                     if marker is not None:
                         last_seq, t1 = marker
                         conn.emitter.continue_from(last_seq + 1)  # last_seq + 1 is the gap record's
@@ -216,7 +200,7 @@ class Collector:
                             # a source that fills gaps from its server's history writes gap records for what it
                             # cannot fill (gateway.sources.opcua_history); without what the stream held per tag it
                             # cannot know the gap, so the collector writes it
-                            if not (_fills_gaps(cfg) and conn.emitter.stored.snapshot()):
+                            if not (fills_gaps(cfg) and conn.emitter.stored.snapshot()):
                                 conn.gap = (t1, last_seq + 1)
                 self.connections[name] = conn
                 conn.task = asyncio.create_task(conn.loop(), name=f"conn-{name}")
@@ -274,74 +258,10 @@ class Collector:
         return []
 
     def _append(self, name: str, records: list[Record]) -> None:
-        """Append, then move the connection's marker (a kill between the two makes the next gap start one flush
-        early, never late).
-
-        The marker also holds a reserved sequence number, written *before* an append whose records would pass it:
-        a restart continues above it, so a batch that reached the stream after the marker was last moved never
-        shares its numbers with what comes after the restart. Reserving blocks keeps that to one extra write per
-        :data:`SEQ_RESERVE` records.
-        """
-        last = records[-1]
-        if self.state_dir is not None and last.seq > self._reserved.get(name, -1):
-            self._reserved[name] = last.seq + SEQ_RESERVE
-            self._write_marker(name, {**self._committed.get(name, {}), "reserved_seq": self._reserved[name]})
+        """Append, with the connection's on-disk state moved around it (:class:`ConnectionState`)."""
+        self.state.before_append(name, records[-1].seq)
         self._writer.write(records)
-        stored = self._stored.get(name)
-        if stored is not None and stored.advance(records):  # after the append: never ahead of the stream
-            stored.save()
-        if self.state_dir is not None:
-            marker = {"seq": last.seq, "reserved_seq": self._reserved[name], "gateway_ts_ns": last.gateway_ts_ns,
-                      "source_ts_ns": last.source_ts_ns, "stream": self.stream.name}
-            self._committed[name] = marker
-            self._write_marker(name, marker)
-
-    def _write_marker(self, name: str, marker: dict[str, Any]) -> None:
-        assert self.state_dir is not None
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        # no fsync: the marker must survive a process kill, which the page cache does; after a power cut an older
-        # marker only makes the gap start earlier
-        atomic_write(self.state_dir / f"{name}.json", json.dumps(marker).encode(), sync=False)
-
-    def _stored_path(self, name: str) -> Path | None:
-        return None if self.state_dir is None else self.state_dir / "last_source_ts" / f"{name}.json"
-
-    def _load_stored(self, name: str, cfg: ConnectionBase, connections: int) -> LastStored:
-        """The connection's per-tag state, caught up with its records in the newest messages of the stream: a kill
-        between an append and the state's write leaves the file one append behind, and what the stream holds is
-        never ahead of the stream (the backfill would otherwise write those values a second time)."""
-        stored = LastStored.load(self._stored_path(name))
-        if not _fills_gaps(cfg) or self.state_dir is None:
-            return stored
-        try:
-            info = self.store.describe(self.stream.name)
-            count = TAIL_MESSAGES_PER_CONNECTION * (connections + 1)  # + 1: the metrics' messages between
-            for msg in self.store.read(self.stream.name, max(info.oldest_seq, info.next_seq - count),
-                                       max_count=count):
-                stored.advance(r for r in decode_batch(msg.payload) if r.source == name)
-        except (StreamError, CodecError) as exc:  # the file alone: at worst a few values are written twice
-            log.warning("connection %s: the newest messages of stream %s could not be read (%s); the next backfill "
-                        "may write the last values before the stop again (same ids)", name, self.stream.name, exc)
-        return stored
-
-    def _read_marker(self, name: str) -> tuple[int, int | None] | None:
-        """(the last sequence number that may have been used, when the last value was written or None)."""
-        if self.state_dir is None:
-            return None
-        try:
-            data = json.loads((self.state_dir / f"{name}.json").read_bytes())
-            used = max(int(data.get("seq", -1)), int(data.get("reserved_seq", -1)))
-            if used < 0:
-                raise ValueError("no sequence number")
-            t1 = data.get("gateway_ts_ns")
-            self._committed[name] = data  # kept by the next reservation, so a kill right after it still has t1
-            return used, None if t1 is None else int(t1)  # reserved before a first write that never completed
-        except FileNotFoundError:
-            return None  # never written: the first start of this connection, nothing missed
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("connection %s: marker %s is damaged (%s): no gap record for this start",
-                        name, self.state_dir / f"{name}.json", exc)
-            return None
+        self.state.after_append(name, records)
 
     def _gap_written(self, name: str, conn: _Connection, gap: Record) -> None:
         seconds = float(gap.value)  # type: ignore[arg-type]
@@ -419,12 +339,6 @@ class Collector:
 
     def _write_status(self) -> None:
         self.status_file.write(self.status())
-
-
-def _fills_gaps(cfg: ConnectionBase) -> bool:
-    """The connection reads what it missed from its server's history (OPC UA ``backfill.enabled``)."""
-    backfill = getattr(cfg, "backfill", None)
-    return bool(getattr(backfill, "enabled", False))
 
 
 def _iso(ns: int) -> str:

@@ -24,7 +24,8 @@ import yaml
 
 from devkit.peers import ROOT, Proc, start, wait_for
 from gateway.codec import decode_batch
-from gateway.collector import SEQ_RESERVE, Collector
+from gateway.collector import Collector
+from gateway.collector_state import SEQ_RESERVE
 from gateway.record import Kind, Quality, Record, make_record
 from gateway.sources.common import ConnectionBase, Emitter
 from gateway.streams import StreamSpec
@@ -235,6 +236,6 @@ def test_a_batch_stored_after_the_marker_last_moved_never_shares_numbers_with_th
     first._append("plc", batch)
     unmarked = [make_record("plc", "t", float(i), seq=110 + i) for i in range(10)]
     first._writer.write(unmarked)  # reached the stream; the process died before the marker moved
-    marker = Collector("factoryedge.Test", store, spec, Burst(0), state_dir=tmp_path / "state")._read_marker("plc")
+    marker = Collector("factoryedge.Test", store, spec, Burst(0), state_dir=tmp_path / "state").state.read_marker("plc")
     assert marker is not None and marker[0] + 1 > max(r.seq for r in unmarked)
     assert marker[1] == batch[-1].gateway_ts_ns  # the gap still starts at the last value the marker saw

@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 
 _CODE_MASK = 0xFFFF0000  # a status code without its info bits (OPC UA Part 4, 7.39)
 # A heartbeat is the gateway's own observation that a value still holds: it never claims a server's reading identity
-_NOT_ON_HEARTBEAT = Flag.SERVER_TS | Flag.OVERFLOW | Flag.BACKFILL
+_NOT_ON_HEARTBEAT = int(Flag.SERVER_TS | Flag.OVERFLOW | Flag.BACKFILL)
+# The flags as plain ints: `&` between an int and an IntFlag member goes through enum (~0.6 µs), between two ints it
+# stays in C (~0.01 µs), and emit runs once per value read
+_BACKFILL, _OVERFLOW, _SERVER_TS = int(Flag.BACKFILL), int(Flag.OVERFLOW), int(Flag.SERVER_TS)
 
 
 class Deadband(BaseModel):
@@ -216,25 +219,25 @@ class Emitter:
         tag = self.name_of(source_tag)
         # a value read from history is not a repeat of the live ones (every value of the gap is written), and a
         # value after a loss carries the mark of it: neither is held back
-        if (not flags & Flag.BACKFILL and not self.deadband.accept(tag, value, quality, gw, status)
-                and not flags & Flag.OVERFLOW):
+        if (not flags & _BACKFILL and not self.deadband.accept(tag, value, quality, gw, status)
+                and not flags & _OVERFLOW):
             self.counters.values_suppressed += 1
             self._suppressed[tag] = value  # within the deadband, but the newest: what a heartbeat sends
             return
         if self._suppressed:
             self._suppressed.pop(tag, None)
         ts = source_ts_ns if source_ts_ns else gw
-        if flags & Flag.SERVER_TS and self._readings.get(tag) == ts:
+        if flags & _SERVER_TS and self._readings.get(tag) == ts:
             # a server reading already sent, sent again (re-read unchanged at the heartbeat, or GOOD again after a
             # lost link): it says "still so at gw", so it must not share the first one's time and id (SERVER_TS
             # makes the id over time and value), or consumers that drop duplicates would drop it
-            ts, flags = gw, flags & ~Flag.SERVER_TS
+            ts, flags = gw, flags & ~_SERVER_TS
         self._seq += 1
         record = Record(self.cfg.name, tag, value, quality, ts, gw, self._seq, Kind.VALUE, status, flags)
         self.pending.append(record)
-        if not flags & Flag.BACKFILL:
+        if not flags & _BACKFILL:
             self._last_sent[tag] = record
-            if flags & Flag.SERVER_TS:
+            if flags & _SERVER_TS:
                 self._readings[tag] = ts
         if self.on_full is not None and len(self.pending) >= self.on_full[0]:
             self.on_full[1]()

@@ -27,7 +27,8 @@ from gateway.record import Flag, Kind, Record
 
 log = logging.getLogger(__name__)
 
-_SERVER_TIME = Flag.SERVER_TS | Flag.BACKFILL
+_SERVER_TIME = int(Flag.SERVER_TS | Flag.BACKFILL)  # ints: `&` with an IntFlag member goes through enum
+_BACKFILL = int(Flag.BACKFILL)
 
 
 class LastStored:
@@ -99,7 +100,7 @@ class LastStored:
             for r in records:
                 if not r.flags & _SERVER_TIME or r.kind != Kind.VALUE:
                     continue
-                if r.flags & Flag.BACKFILL:
+                if r.flags & _BACKFILL:
                     held = holds.get(r.tag)
                     if held is not None and r.source_ts_ns > held[0]:
                         held[0] = r.source_ts_ns

@@ -49,6 +49,7 @@ if TYPE_CHECKING:  # hints only: the config model imports this module (build, di
     from gateway.sources.opcua_config import OpcUaConnection
 
 log = logging.getLogger(__name__)
+_BACKFILL, _OVERFLOW, _SERVER_TS = int(Flag.BACKFILL), int(Flag.OVERFLOW), int(Flag.SERVER_TS)  # ints: `&` stays in C
 
 # connection name -> tag -> last value read. Kept across sessions (the collector makes a source per attempt), so a
 # session that dies before its first notification marks its tags BAD with the same value as the outage's first BAD
@@ -264,18 +265,18 @@ class OpcUaSource:
         status = dv.StatusCode.value if dv.StatusCode is not None else 0
         source_ts = _ts_ns(dv.SourceTimestamp)
         ts = source_ts or _ts_ns(dv.ServerTimestamp)
-        flags = int(Flag.SERVER_TS) if source_ts else 0
+        flags = _SERVER_TS if source_ts else 0
         if ts is not None:
             self._last_notified[tag] = ts
             if self._filler is not None:
                 self._filler.live(tag, ts)
         if losses is not None and overflowed(dv):  # the server dropped values of this tag before this one
-            flags |= Flag.OVERFLOW
+            flags |= _OVERFLOW
             losses.count("values_lost")
             losses.note(f"tag {tag}: the server's queue of {self.cfg.queue_size} overflowed")
         if self._after_loss and tag in self._after_loss:
             self._after_loss.discard(tag)
-            flags |= Flag.OVERFLOW
+            flags |= _OVERFLOW
         # one value, or one per array element (arrays: elements); one that cannot be carried is BAD, its reason logged
         for name, value, reason in self._values.convert(tag, dv.Value, emitter.counters):
             if value is not None and not oversize(value):  # the emitter makes an over-large value BAD, counted
@@ -290,7 +291,7 @@ class OpcUaSource:
         status = dv.StatusCode.value if dv.StatusCode is not None else 0
         for name, value, reason in self._values.convert(tag, dv.Value, emitter.counters):
             emitter.emit(name, value, quality if reason is None else Quality.BAD, dv_ts_ns(dv), status=status,
-                         flags=Flag.BACKFILL)
+                         flags=_BACKFILL)
 
 
 async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:

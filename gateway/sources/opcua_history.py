@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 NODES_PER_REQUEST = 100  # HistoryReadValueIds in one request (servers cap it: MaxNodesPerHistoryReadData)
 RELEASE_TIMEOUT_S = 2.0  # releasing continuation points when a read stops early is best effort
-_SERVER_TIME = Flag.SERVER_TS | Flag.BACKFILL
+_SERVER_TIME = int(Flag.SERVER_TS | Flag.BACKFILL)
 _HISTORY_READ = int(ua.AccessLevelType.HistoryRead)
 
 
