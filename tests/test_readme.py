@@ -9,9 +9,11 @@ component's `--help`) are run in a temporary folder exactly as written there.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,9 +91,21 @@ def problem(command: Command) -> str:
         except SystemExit as exc:
             return f"gatewayctl refuses {argv[1:]} (exit {exc.code})"
         return ""
+    if argv[0].endswith(("python", "python3")) and argv[1:2] == ["-m"] and len(argv) > 2:
+        return _module_problem(argv[2], argv[3:])
     if argv[0].endswith(("python", "python3")):
         return "" if (ROOT / argv[1]).is_file() else f"{argv[1]} does not exist"
     return f"{argv[0]}: not a command of this project (add it to EXTERNAL in this test if it is another's)"
+
+
+def _module_problem(module: str, args: list[str]) -> str:
+    """``python -m module args``: the module exists and answers ``--help`` (argparse answers it before it looks at
+    the other arguments, so they are not checked; the module is not run)."""
+    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
+        return f"module {module} does not exist"
+    done = subprocess.run([sys.executable, "-m", module, *args, "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    return "" if done.returncode == 0 else f"python -m {module} refuses {args} (exit {done.returncode})"
 
 
 def test_every_readme_command_exists_and_parses(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,6 +122,7 @@ def test_a_misspelt_command_is_caught() -> None:
     assert [c.text for c in found] == ["make demo", ".venv/bin/gatewayctl stauts", "gatewayctl status"]
     assert [bool(problem(c)) for c in found] == [False, True, True]
     assert "not in the Makefile" in problem(Command("make demoo", "Two commands"))
+    assert "does not exist" in problem(Command(".venv/bin/python -m devkit.demoo", "Two commands"))
 
 
 def _runnable(command: Command) -> tuple[str, tuple[int, ...]] | None:
