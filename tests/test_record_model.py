@@ -22,7 +22,6 @@ from gateway.record import (
     flag_names,
     json_problem,
     make_record,
-    normalised,
 )
 from gateway.sources.common import ConnectionBase, Counters, Deadband, Emitter
 
@@ -50,30 +49,6 @@ def test_make_record_carries_status_and_flags() -> None:
 
 def test_kind_meta_is_four() -> None:
     assert int(Kind.META) == 4 and Kind(4) is Kind.META
-
-
-JSON_CASES: list[tuple[Value, Quality, Value, Quality]] = [
-    ([1.0, 2, True, "x", None], Quality.GOOD, [1.0, 2, True, "x", None], Quality.GOOD),
-    ({"a": [1, {"b": "c"}], "d": None}, Quality.UNCERTAIN, {"a": [1, {"b": "c"}], "d": None}, Quality.UNCERTAIN),
-    ([], Quality.GOOD, [], Quality.GOOD),
-    ([1.0, float("nan")], Quality.GOOD, None, Quality.BAD),
-    ({"a": [float("inf")]}, Quality.GOOD, None, Quality.BAD),
-    (["x" * (MAX_VALUE_BYTES // 2)] * 3, Quality.GOOD, None, Quality.BAD),  # the cap is on the whole JSON text
-    ({1: "not text"}, Quality.GOOD, None, Quality.BAD),  # type: ignore[dict-item]
-    ([b"bytes"], Quality.GOOD, None, Quality.BAD),  # type: ignore[list-item]
-    ([(1, 2)], Quality.GOOD, None, Quality.BAD),  # type: ignore[list-item]
-]
-
-
-@pytest.mark.parametrize(("value", "quality", "value_out", "quality_out"), JSON_CASES)
-def test_json_values_are_normalised_by_every_maker(value: Value, quality: Quality, value_out: Value,
-                                                   quality_out: Quality) -> None:
-    assert normalised(value, quality) == (value_out, quality_out)
-    made = make_record("s", "t", value, seq=1, quality=quality)
-    emitter = Emitter(ConnectionBase(name="s"), Counters())
-    emitter.emit("t", value, quality)
-    [emitted] = emitter.take()
-    assert (made.value, made.quality) == (emitted.value, emitted.quality) == (value_out, quality_out)
 
 
 def test_json_problem_says_why() -> None:

@@ -20,7 +20,21 @@ CASES: list[tuple[Value, Quality, Value, Quality]] = [
 ]
 
 
-@pytest.mark.parametrize(("value", "quality", "value_out", "quality_out"), CASES)
+# JSON values (arrays, structures) follow the same rules as scalars, element by element
+JSON_CASES: list[tuple[Value, Quality, Value, Quality]] = [
+    ([1.0, 2, True, "x", None], Quality.GOOD, [1.0, 2, True, "x", None], Quality.GOOD),
+    ({"a": [1, {"b": "c"}], "d": None}, Quality.UNCERTAIN, {"a": [1, {"b": "c"}], "d": None}, Quality.UNCERTAIN),
+    ([], Quality.GOOD, [], Quality.GOOD),
+    ([1.0, float("nan")], Quality.GOOD, None, Quality.BAD),
+    ({"a": [float("inf")]}, Quality.GOOD, None, Quality.BAD),
+    (["x" * (MAX_VALUE_BYTES // 2)] * 3, Quality.GOOD, None, Quality.BAD),  # the cap is on the whole JSON text
+    ({1: "not text"}, Quality.GOOD, None, Quality.BAD),  # type: ignore[dict-item]
+    ([b"bytes"], Quality.GOOD, None, Quality.BAD),  # type: ignore[list-item]
+    ([(1, 2)], Quality.GOOD, None, Quality.BAD),  # type: ignore[list-item]
+]
+
+
+@pytest.mark.parametrize(("value", "quality", "value_out", "quality_out"), CASES + JSON_CASES)
 def test_every_maker_of_records_normalises_alike(value: Value, quality: Quality, value_out: Value,
                                                   quality_out: Quality) -> None:
     assert normalised(value, quality) == (value_out, quality_out)
