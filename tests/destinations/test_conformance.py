@@ -23,7 +23,7 @@ from gateway.diagnostics import Finding
 from gateway.errors import GatewayError
 from gateway.plugin import Plugin
 from gateway.record import Record
-from tests.support.destination_harness import HARNESSES, Harness, records, until
+from tests.support.destination_harness import HARNESSES, Harness, records, send_retrying, until
 
 CLOSE_DEADLINE_S = 1.0
 #: What close may take beyond its deadline on a loaded machine (thread start, the loop's turn).
@@ -44,20 +44,11 @@ def run(harness: Harness, body: Callable[[], Awaitable[None]]) -> None:
 
 
 async def send_once(harness: Harness, batch: list[Record], **settings: object) -> SendResult:
-    """Send ``batch`` once as the publisher does: a retryable error means nothing is known to have arrived (an MQTT
-    session still coming up on a loaded machine), so it is sent again until a deadline; any other outcome is the
-    answer."""
+    """Send ``batch`` once as the publisher does (retryable errors are retried until a deadline)."""
     dest = harness.config(**settings).build()
     await dest.start()
-    deadline = time.monotonic() + 30
     try:
-        while True:
-            try:
-                return await dest.send(batch)
-            except GatewayError as exc:
-                if not exc.retryable or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.2)  # the publisher's backoff, shortened: not a synchronisation
+        return await send_retrying(dest, batch)
     finally:
         await dest.close(5.0)
 
@@ -107,14 +98,14 @@ def test_partial_failure_returns_only_the_refused_records_for_a_retry(harness: H
         await dest.start()
         try:
             harness.fail_next(1)
-            result = await dest.send(batch)
+            result = await send_retrying(dest, batch)
             assert result.retry and len(result.retry) < len(batch) and result.retry_reason
             assert not result.rejected
             accepted = len(batch) - len(result.retry)
             await until(lambda: harness.delivered() >= accepted, 10, f"{accepted} accepted records at the peer")
             assert harness.delivered() == accepted  # nothing of what it asks to retry arrived
             harness.heal()
-            again = await dest.send(result.retry)
+            again = await send_retrying(dest, result.retry)
             assert not again.retry and not again.rejected
         finally:
             await dest.close(5.0)

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.destinations.base import dumps, record_json
 from gateway.record import Flag, Kind, Quality, Record, Value, make_record
-from tests.support.destination_harness import HARNESSES, TAGS, TEXT_TAG, Harness, SiteWiseHarness, until
+from tests.support.destination_harness import HARNESSES, TAGS, TEXT_TAG, Harness, SiteWiseHarness, send_retrying, until
 
 BAD_SENSOR = 0x808C0000
 META: dict[str, Value] = {"unit": "degC", "unit_id": 4408652, "eu_range": [0.0, 100.0],
@@ -52,7 +52,7 @@ def _send(harness: Harness, records: list[Record],
             dest = harness.config().build()
             await dest.start()
             try:
-                result = await dest.send(records)
+                result = await send_retrying(dest, records)
                 out["result"] = result
                 sent = expect if expect is not None else len(records) - len(result.rejected) - len(result.retry)
                 await until(lambda: harness.delivered() >= sent, 15, f"{sent} records at the peer")
@@ -109,8 +109,8 @@ def test_the_metadata_is_remembered_for_later_batches(harness: Harness) -> None:
             dest = harness.config().build()
             await dest.start()
             try:
-                await dest.send(records)
-                await dest.send([later])
+                await send_retrying(dest, records)
+                await send_retrying(dest, [later])
                 await until(lambda: harness.delivered() >= len(records) + 1, 15, "both batches at the peer")
                 out["bodies"] = harness.bodies()
             finally:
