@@ -22,6 +22,7 @@ from gateway.destinations.base import Route
 from gateway.destinations.mqtt import MqttConfig, MqttDestination
 from gateway.errors import ConfigError
 from gateway.record import make_record
+from tests.support.destination_harness import send_retrying
 
 SECRET = "Zq7-mqtt-S3CRET"
 
@@ -119,7 +120,7 @@ def _publish_once(cfg: MqttConfig) -> None:
         await sink.start()
         try:
             for i in range(3):
-                await sink.send([make_record("plc", "line/temp", float(i), seq=i)])
+                await send_retrying(sink, [make_record("plc", "line/temp", float(i), seq=i)])
         finally:
             await sink.close(5.0)
 
