@@ -30,9 +30,11 @@ from devkit.faultproxy import FaultProxy
 from devkit.peers import ROOT, Proc, free_port, start, wait_for
 from gateway.codec import decode_batch
 from gateway.record import Flag, Kind, Quality, Record
+from gateway.sources import opcua_history
+from gateway.sources.common import Counters, Emitter
 from gateway.sources.laststored import LastStored
 from gateway.sources.opcua_config import OpcUaConnection
-from gateway.sources.opcua_history import backfill, dv_ts_ns
+from gateway.sources.opcua_history import GapFiller, backfill, dv_ts_ns
 from gateway.streams.embedded import EmbeddedStore
 from tests.support.opcua_history_server import FIRST_ID, NO_HISTORY_ID
 from tests.support.opcua_peer import records, running, until
@@ -264,7 +266,10 @@ def test_kill9_of_the_collector_is_filled_from_history(server: HistoryServer, tm
 
 
 # --- in process: backfill() over pages, continuation points and a pace ----------------------------------------------
-async def _history_server(per_response: int, values: int) -> tuple[Server, dict[str, Any], list[int]]:
+async def _history_server(per_response: int, values: int,
+                          ahead_s: int = 0) -> tuple[Server, dict[str, Any], list[int]]:
+    """A server whose nodes T0..T2 have ``values`` historized values one a second, the last ``ahead_s`` s from now
+    (values in the future stand for those a server makes while a session starts)."""
     port = free_port()
     srv = Server()
     await srv.init()
@@ -273,7 +278,7 @@ async def _history_server(per_response: int, values: int) -> tuple[Server, dict[
     ns = await srv.register_namespace(URI)
     nodes = {f"T{i}": await srv.nodes.objects.add_variable(ua.NodeId(f"T{i}", ns), f"T{i}", 0) for i in range(3)}
     await srv.start()
-    t0 = datetime.now(timezone.utc) - timedelta(seconds=values)
+    t0 = datetime.now(timezone.utc) - timedelta(seconds=values - ahead_s)
     for node in nodes.values():
         await srv.historize_node_data_change(node)
         for i in range(values):  # straight into the storage: exactly these values, one a second
@@ -329,7 +334,76 @@ def test_backfill_keeps_to_its_pace() -> None:
     assert elapsed >= 0.9 * (n - 30) / 90, "90 values at 90/s: the last requests wait"
 
 
+def test_a_first_live_value_later_than_the_wait_still_ends_the_read_of_its_tag() -> None:
+    """``make bench`` at f923c05: 66 of 52,451 values the server historized while the collector was dead were in
+    neither the backfill nor the live values. Under load the first live value of some tags came after the filler's
+    wait (the subscription is made after the filler starts); their read then ended at the session start, and the
+    values between it and their first live value were lost. Here T0's first live value is known at once, T1's and
+    T2's come only while T0 is read: every value after the stored one and before each first live value is read."""
+    async def scenario() -> tuple[list[tuple[str, int]], list[int], int]:
+        srv, where, stamps = await _history_server(1000, 40, ahead_s=20)
+        try:
+            async with Client(where["url"], timeout=5) as client:
+                nodes = {t: client.get_node(ua.NodeId(t, where["ns"])) for t in ("T0", "T1", "T2")}
+                cfg = OpcUaConnection(**settings(where["url"], nodes=[f"s={t}" for t in nodes]))
+                emitter = Emitter(cfg, Counters())
+                emitter.stored.advance([_stored(emitter.name_of(t), stamps[5]) for t in nodes])
+                got: list[tuple[str, int]] = []
+
+                def emit(tag: str, dv: Any) -> None:
+                    got.append((tag, dv_ts_ns(dv) or 0))
+                    for late in ("T1", "T2"):  # only while T0 is read: later than the wait
+                        filler.live(late, stamps[30])
+
+                filler = GapFiller(cfg, emitter, list(nodes), emit)
+                filler.live("T0", stamps[30])
+                await filler.run(client, nodes)
+                return got, stamps, filler.started_ns
+        finally:
+            await srv.stop()
+
+    got, stamps, started = asyncio.run(scenario())
+    assert started < stamps[30], "the first live values come after the session start"
+    for tag in ("T0", "T1", "T2"):
+        assert [ts for t, ts in got if t == tag] == stamps[6:30], tag
+
+
+def test_a_tag_without_any_live_value_is_read_up_to_now_after_the_late_wait(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """T1 never gets a live value (a server that does not send a monitored item's first value): once the late wait
+    is over its history is read up to then, said in the log, rather than held for ever or cut at the session start."""
+    monkeypatch.setattr(opcua_history, "FIRST_LIVE_WAIT_S", 0.1)
+    monkeypatch.setattr(opcua_history, "LATE_LIVE_S", 0.3)
+
+    async def scenario() -> tuple[list[tuple[str, int]], list[int], int, int]:
+        srv, where, stamps = await _history_server(1000, 40, ahead_s=20)
+        try:
+            async with Client(where["url"], timeout=5) as client:
+                nodes = {t: client.get_node(ua.NodeId(t, where["ns"])) for t in ("T0", "T1")}
+                cfg = OpcUaConnection(**settings(where["url"], nodes=[f"s={t}" for t in nodes], scan_interval_s=0.05))
+                emitter = Emitter(cfg, Counters())
+                emitter.stored.advance([_stored(emitter.name_of(t), stamps[5]) for t in nodes])
+                got: list[tuple[str, int]] = []
+                filler = GapFiller(cfg, emitter, list(nodes), lambda t, dv: got.append((t, dv_ts_ns(dv) or 0)))
+                filler.live("T0", stamps[30])
+                await filler.run(client, nodes)
+                return got, stamps, filler.started_ns, filler.first_live["T1"]
+        finally:
+            await srv.stop()
+
+    got, stamps, started, read_to = asyncio.run(scenario())
+    assert [ts for t, ts in got if t == "T0"] == stamps[6:30]
+    t1 = [ts for t, ts in got if t == "T1"]
+    assert t1 == [ts for ts in stamps[6:] if ts < read_to]
+    assert t1[-1] > started, "what the server made after the session start is read too"
+    assert "no live value of 1 tags (T1)" in caplog.text
+
+
 # --- the durable timestamps -----------------------------------------------------------------------------------------
+def _stored(tag: str, ts: int) -> Record:
+    return Record("hist", tag, 1.0, Quality.GOOD, ts, ts + 5, 1, Kind.VALUE, 0, Flag.SERVER_TS)
+
+
 def _rec(ts: int, flags: int) -> Record:
     return Record("c", "t", 1.0, Quality.GOOD, ts, ts + 5, ts, Kind.VALUE, 0, flags)
 

@@ -41,6 +41,10 @@ if TYPE_CHECKING:  # hints only: the config model imports the source, which impo
 log = logging.getLogger(__name__)
 
 NODES_PER_REQUEST = 100  # HistoryReadValueIds in one request (servers cap it: MaxNodesPerHistoryReadData)
+# the first live values are awaited this long (at least) before reading starts; tags still without one are read as
+# theirs come, up to LATE_LIVE_S (at least), and then up to now
+FIRST_LIVE_WAIT_S = 2.0
+LATE_LIVE_S = 60.0
 RELEASE_TIMEOUT_S = 2.0  # releasing continuation points when a read stops early is best effort
 _SERVER_TIME = int(Flag.SERVER_TS | Flag.BACKFILL)
 _HISTORY_READ = int(ua.AccessLevelType.HistoryRead)
@@ -235,6 +239,7 @@ class GapFiller:
         self.started_ns = time.time_ns()
         self.held: dict[str, tuple[int, int]] = {}  # tag -> (source ts, gateway ts) the stream holds it up to
         self.task: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()  # a first live value came
         if cfg.backfill.enabled:
             self.held = _held(emitter, tags)
             emitter.stored.hold({emitter.name_of(t): e[0] for t, e in self.held.items()})
@@ -254,6 +259,7 @@ class GapFiller:
         """A live value of ``tag`` arrived (call for every one: only the first counts)."""
         if ts_ns is not None and tag not in self.first_live:
             self.first_live[tag] = ts_ns
+            self._arrived.set()
 
     async def run(self, client: Client, nodes: Mapping[str, Node]) -> None:
         """Fill the gap of every tag the stream held before this session; never raises but for cancellation (a
@@ -267,53 +273,91 @@ class GapFiller:
                         "session resumes it", self.cfg.name, type(exc).__name__, exc)
 
     async def _run(self, client: Client, nodes: Mapping[str, Node]) -> None:
-        settings, stored, name_of, held = self.cfg.backfill, self.emitter.stored, self.emitter.name_of, self.held
+        held, stored, name_of = self.held, self.emitter.stored, self.emitter.name_of
         if not held:
             return  # a first start (or backfill off): nothing was missed that anyone knows of
-        await self._first_live_values(held)
-        until = {t: self.first_live.get(t, self.started_ns) for t in held}
-        oldest = self.started_ns - int(settings.max_span_s * 1e9)
-        since = {t: max(e[0], oldest) for t, e in held.items() if e[0] < until[t] and t in nodes}
-        no_history = await without_history(client, {t: nodes[t] for t in since}) if since else {}
-        for t in no_history:
-            del since[t]
-        cut = {t: held[t][1] for t in since if held[t][0] < oldest and held[t][1] < oldest}
-        t0 = time.monotonic()
-        done, finished, extra = Backfilled(), False, self.emitter.counters.extra
-
-        def emit(tag: str, dv: ua.DataValue) -> None:
-            self.emit(tag, dv)
-            extra["history_values_read"] = int(extra.get("history_values_read", 0)) + 1
-
-        try:
-            if since:
-                done = await backfill(client, nodes, since, until, emit,
-                                      values_per_request=settings.values_per_request,
-                                      max_values_per_s=settings.max_values_per_s)
-            finished = True
-        finally:
-            # a tag whose gap was read to its end (or had none to read) no longer holds its timestamp once what was
-            # read is stored; an interrupted read keeps holding, so the next session reads the rest
-            for t in held:
-                if finished or t not in since:
-                    stored.release(name_of(t), done.last_ts.get(t))
-        no_history.update(done.no_history)
-        self._gap({t: held[t][1] for t in no_history}, self.started_ns, "no history on the server",
-                  ua.StatusCodes.BadHistoryOperationUnsupported)
-        self._gap(cut, oldest, f"older than backfill.max_span_s ({settings.max_span_s:g} s)", 0)
+        for t in held:
+            if t not in nodes:
+                stored.release(name_of(t), None)
+        waiting = {t for t in held if t in nodes}
+        t0, done = time.monotonic(), Backfilled()
+        await self._first_live_values(waiting, time.monotonic() + self._wait_s(), every=True)
+        # Under load the subscription comes up late: a tag is read once its first live value says where its read
+        # ends. Ending it at the session start instead would lose what the server made in between (bench at
+        # f923c05: 66 of 52,451 values).
+        deadline = time.monotonic() + max(LATE_LIVE_S, 10 * self._wait_s())
+        while waiting:
+            ready = {t for t in waiting if t in self.first_live}
+            if not ready and not await self._first_live_values(waiting, deadline, every=False):
+                self._read_to_now(waiting)
+                continue
+            until = {t: self.first_live[t] for t in waiting if t in self.first_live}
+            await self._read(client, nodes, until, done)
+            waiting -= until.keys()
         if done.values:
             log.info("connection %s: %d values of %d tags read from the server's history in %.1f s (%d requests), "
                      "written flagged backfill", self.cfg.name, done.values, len(done.last_ts),
                      time.monotonic() - t0, done.requests)
         self.emitter.counters.gap_open_since_ns = 0
 
-    async def _first_live_values(self, tags: Mapping[str, object]) -> None:
-        """Wait (briefly) for the first live value of each tag: history is read up to it, the subscription has
-        the rest, so no value is written twice."""
-        wait_s = max(2.0, 3 * self.cfg.publishing_interval_ms / 1000, 2 * self.cfg.scan_interval_s)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline and any(t not in self.first_live for t in tags):
-            await asyncio.sleep(0.02)
+    def _read_to_now(self, tags: set[str]) -> None:
+        """No live value of ``tags`` came (a server that does not send a monitored item's first value): read their
+        history up to now; a value also read live later is the same record id (:mod:`gateway.record`)."""
+        now = time.time_ns()
+        log.warning("connection %s: no live value of %d tags (%s) %.0f s into the session: their history is read "
+                    "up to now", self.cfg.name, len(tags), ", ".join(sorted(tags)[:5]), (now - self.started_ns) / 1e9)
+        for t in tags:
+            self.first_live[t] = now
+
+    async def _read(self, client: Client, nodes: Mapping[str, Node], until: dict[str, int], done: Backfilled) -> None:
+        """Read the gap of each tag of ``until`` up to it; write gap records for what history cannot give."""
+        settings, held, stored, name_of = self.cfg.backfill, self.held, self.emitter.stored, self.emitter.name_of
+        oldest = self.started_ns - int(settings.max_span_s * 1e9)
+        since = {t: max(held[t][0], oldest) for t in until if held[t][0] < until[t]}
+        no_history = await without_history(client, {t: nodes[t] for t in since}) if since else {}
+        for t in no_history:
+            del since[t]
+        cut = {t: held[t][1] for t in since if held[t][0] < oldest and held[t][1] < oldest}
+        extra = self.emitter.counters.extra
+
+        def emit(tag: str, dv: ua.DataValue) -> None:
+            self.emit(tag, dv)
+            extra["history_values_read"] = int(extra.get("history_values_read", 0)) + 1
+
+        part = Backfilled()
+        if since:
+            part = await backfill(client, nodes, since, until, emit, values_per_request=settings.values_per_request,
+                                  max_values_per_s=settings.max_values_per_s)
+        # read to its end (or nothing to read): the tag no longer holds its timestamp once what was read is stored;
+        # an interrupted read (an exception above) keeps holding, so the next session reads the rest
+        for t in until:
+            stored.release(name_of(t), part.last_ts.get(t))
+        no_history.update(part.no_history)
+        done.values, done.requests = done.values + part.values, done.requests + part.requests
+        done.last_ts.update(part.last_ts)
+        done.no_history.update(no_history)
+        self._gap({t: held[t][1] for t in no_history}, self.started_ns, "no history on the server",
+                  ua.StatusCodes.BadHistoryOperationUnsupported)
+        self._gap(cut, oldest, f"older than backfill.max_span_s ({settings.max_span_s:g} s)", 0)
+
+    def _wait_s(self) -> float:
+        return max(FIRST_LIVE_WAIT_S, 3 * self.cfg.publishing_interval_ms / 1000, 2 * self.cfg.scan_interval_s)
+
+    async def _first_live_values(self, tags: set[str], deadline: float, *, every: bool) -> bool:
+        """Wait until the first live value of ``every`` tag (else of any) came, or the monotonic ``deadline``;
+        True when it did. History is read up to it, the subscription has the rest: no value is written twice."""
+        while True:
+            missing = sum(t not in self.first_live for t in tags)
+            if missing == 0 or (not every and missing < len(tags)):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), left)
+            except asyncio.TimeoutError:
+                return False
 
     def _gap(self, t1_by_tag: Mapping[str, int], t2: int, why: str, status: int) -> None:
         """One gap record for the tags whose values from t1 (when the stream last had them) to t2 are not there."""
