@@ -17,6 +17,8 @@ from gateway.componentbase import ComponentBase
 from gateway.errors import ConfigError
 from gateway.streams import StreamSpec
 
+DEFAULT_FOLDS = 5
+
 
 class ForestSettings(BaseModel):
     """Random cut forest settings of one group."""
@@ -75,7 +77,19 @@ class TagGroup(BaseModel):
         1000, ge=50, description="Vectors collected from the live stream before fitting (learning window)."
     )
     calibration_share: float = Field(
-        0.33, gt=0.05, lt=0.9, description="Tail share of the training window scored to calibrate the threshold."
+        0.33,
+        gt=0.05,
+        lt=0.9,
+        description="Not used any more: thresholds are cross-fitted over the whole window (calibration_folds); "
+        "accepted so that configurations and model folders written before still load.",
+    )
+    calibration_folds: int = Field(
+        DEFAULT_FOLDS,
+        ge=2,
+        le=20,
+        description="Blocks of time the training window is cut into for the threshold: each block is scored by a "
+        "transform and forest fitted on the other blocks, and the threshold is set from all these out-of-sample "
+        "scores (fewer blocks when the window is short; see docs/anomaly.md, thresholds).",
     )
     eigen_floor: float = Field(
         1e-3,
@@ -121,6 +135,8 @@ class TagGroup(BaseModel):
             "training_points": self.training_points,
             "calibration_share": self.calibration_share,
             "eigen_floor": self.eigen_floor,
+            # settings added after models were first saved appear only when set, so that those models still match
+            **({"calibration_folds": self.calibration_folds} if self.calibration_folds != DEFAULT_FOLDS else {}),
         }
 
 
@@ -176,10 +192,21 @@ class AlarmEvents(BaseModel):
 
 
 def min_training_vectors(group: TagGroup) -> int:
-    """Valid vectors a fit needs: the transform wants 2 per tag in the head, the threshold 20 scored in the tail."""
-    head = max(2 * len(group.tags) + 10, 30) + group.shingle + group.smoothing
-    tail = 20 + group.shingle + group.smoothing
-    return max(int(head / (1 - group.calibration_share)) + 1, int(tail / group.calibration_share) + 1)
+    """Valid vectors a fit needs: at least two calibration blocks (:func:`min_block_vectors` each), and the blocks
+    other than one enough for the transform (2 vectors per tag)."""
+    head, block = fit_vectors(group), min_block_vectors(group)
+    need = min(max(k * block, -(-head * k // (k - 1))) for k in range(2, group.calibration_folds + 1))
+    return need + group.smoothing - 1  # the moving average eats smoothing - 1 vectors at the start
+
+
+def fit_vectors(group: TagGroup) -> int:
+    """Vectors the transform (2 per tag) and the forest need, after smoothing."""
+    return max(2 * len(group.tags) + 10, 30) + group.shingle
+
+
+def min_block_vectors(group: TagGroup) -> int:
+    """Smallest calibration block: 30 scored points once its shingle has filled."""
+    return 30 + group.shingle - 1
 
 
 def load_config(path: str | Path) -> AnomalyConfig:

@@ -1,10 +1,12 @@
 """One group's model: learning window, whitening, forest, threshold, gated updates, alarm hysteresis, attribution.
 
 Lifecycle: LEARNING (collect ``training_points`` valid vectors from the live stream, or get them from
-:meth:`GroupModel.fit`) -> SCORING. Fitting splits the window in time: the head fits the whitening transform and
-feeds the forest, the tail (``calibration_share``) is scored out of sample to calibrate the threshold as the
-``1 - false_alarm_rate`` quantile. Scores are reported divided by that threshold, so 1.0 is the alarm line for every
-group and backend.
+:meth:`GroupModel.fit`) -> SCORING. Fitting cross-fits the threshold: the window is cut into ``calibration_folds``
+blocks of time, each block is scored by a whitening transform and forest fitted on the other blocks, and the
+threshold is set from all these out-of-sample scores (:mod:`gateway.anomaly.calibration`: a peaks-over-threshold
+tail, with the false-alarm rate it is expected to give and a ~90 % interval). The model that then scores is fitted
+on the whole window with the same settings. Scores are reported divided by that threshold, so 1.0 is the alarm line
+for every group and backend.
 
 Scoring a point: score first, then update the forest only if the point is below the threshold *and* no alarm is
 raised (gated updates): a forest that keeps learning during a fault absorbs it (NOTES 11). ``updates="frozen"``
@@ -21,7 +23,8 @@ from numpy.typing import NDArray
 
 from gateway.anomaly.assembler import NS, Shingler, Smoother, Vector
 from gateway.anomaly.backends import Forest, load_forest, make_forest
-from gateway.anomaly.config import TagGroup, min_training_vectors
+from gateway.anomaly.calibration import Calibration, calibrate
+from gateway.anomaly.config import TagGroup, fit_vectors, min_block_vectors, min_training_vectors
 from gateway.anomaly.transform import Whitener
 from gateway.counters import current_names
 from gateway.errors import ConfigError
@@ -79,6 +82,7 @@ class GroupModel:
     whitener: Whitener | None = None
     forest: Forest | None = None
     threshold: float = 0.0
+    calibration: Calibration | None = None  # how the threshold was set; None for a model saved before it was kept
     alarm: AlarmState = field(default_factory=AlarmState)
     learning: list[list[float]] = field(default_factory=list)
     last_ts_ns: int | None = None
@@ -105,41 +109,37 @@ class GroupModel:
         segments = [_moving_average(np.asarray(s, dtype=np.float64), g.smoothing) for s in segments]
         segments = [s for s in segments if len(s)]
         total = sum(len(s) for s in segments)
-        need = min_training_vectors(g)
-        if total < need:
+        folds = _fold_count(g, total)
+        if folds < 2:
             raise ConfigError(
-                f"training window too short for group {g.name!r}: {total} vectors, need at least {need}",
+                f"training window too short for group {g.name!r}: {total} vectors, need at least "
+                f"{min_training_vectors(g)} (two calibration blocks of {min_block_vectors(g)} and "
+                f"{fit_vectors(g)} to fit on)",
                 fix="supply more normal data (or lower shingle / fewer tags)",
             )
-        fit_parts, cal_parts = _split(segments, g.calibration_share)
-        self.whitener = Whitener.fit(np.vstack(fit_parts), g.eigen_floor)
-        dims = self.whitener.dims * g.shingle
-        self.forest = make_forest(g.forest, dims)
-        for seg in fit_parts:
-            for p in self._shingled(seg):
-                self.forest.update(p)
-        scores: list[float] = []
-        for seg in cal_parts:
-            for p in self._shingled(seg):
-                scores.append(self.forest.score(p))
-                self.forest.update(p)
-        if len(scores) < 20:
-            raise ConfigError(
-                f"calibration window too short for group {g.name!r}: {len(scores)} points",
-                fix="supply more normal data or raise calibration_share",
-            )
-        self.threshold = max(float(np.quantile(scores, 1.0 - g.false_alarm_rate)), 1e-12)
+        blocks = _blocks(segments, folds)
+        scores: list[list[Array]] = []  # per block, the out-of-sample scores of each contiguous piece
+        for k, block in enumerate(blocks):
+            whitener, forest = self._fit_forest([p for j, b in enumerate(blocks) if j != k for p in b])
+            scores.append([np.array([forest.score(x) for x in _shingle(whitener, p, g.shingle)]) for p in block])
+        self.whitener, self.forest = self._fit_forest(segments)
+        self.calibration = calibrate([np.concatenate(b) for b in scores], g.false_alarm_rate, seed=g.forest.seed)
+        self.threshold = max(self.calibration.threshold, 1e-12)
         self.learning = []
         self.shingler.reset()
         self.smoother.reset()
         self.alarm = AlarmState()
         self.last_ts_ns = None
 
-    def _shingled(self, seg: Array) -> list[Array]:
-        assert self.whitener is not None
-        w = self.whitener.apply(seg)
-        s = Shingler(self.group.shingle)
-        return [p for p in (s.push(row) for row in w) if p is not None]
+    def _fit_forest(self, pieces: list[Array]) -> tuple[Whitener, Forest]:
+        """A whitener and a forest fitted on ``pieces`` (contiguous runs of vectors, in time order)."""
+        g = self.group
+        whitener = Whitener.fit(np.vstack(pieces), g.eigen_floor)
+        forest = make_forest(g.forest, whitener.dims * g.shingle)
+        for piece in pieces:
+            for x in _shingle(whitener, piece, g.shingle):
+                forest.update(x)
+        return whitener, forest
 
     def step(self, vec: Vector, updates: Updates = "gated") -> StepResult | None:
         """Learn from or score one vector. None while learning or while the shingle fills."""
@@ -186,6 +186,7 @@ class GroupModel:
             "whitener": self.whitener.to_state() if self.whitener else None,
             "backend": self.forest.backend if self.forest else None,
             "threshold": self.threshold,
+            "calibration": self.calibration.to_state() if self.calibration else None,
             "alarm": {"active": self.alarm.active, "run": self.alarm.run},
             "learning": self.learning,
             "shingle": self.shingler.state(),
@@ -212,6 +213,7 @@ class GroupModel:
             m.whitener = Whitener.from_state(state["whitener"])
             m.forest = load_forest(str(state["backend"]), forest)
         m.threshold = float(state["threshold"])
+        m.calibration = Calibration.from_state(state.get("calibration"))
         m.alarm = AlarmState(bool(state["alarm"]["active"]), int(state["alarm"]["run"]))
         m.learning = [list(map(float, r)) for r in state["learning"]]
         m.shingler = Shingler(group.shingle, state["shingle"])
@@ -244,22 +246,33 @@ def _check_shapes(group: TagGroup, state: dict[str, Any]) -> None:
             raise ValueError(f"{key} holds {len(rows)} rows, more than its size {most}")
 
 
-def _split(segments: list[Array], tail_share: float) -> tuple[list[Array], list[Array]]:
-    """Split contiguous segments in time: the last ``tail_share`` of all rows goes to calibration."""
+def _fold_count(group: TagGroup, total: int) -> int:
+    """Calibration blocks for ``total`` vectors: ``calibration_folds`` or fewer, each of at least
+    :func:`min_block_vectors`, the rest always enough to fit on; below 2 the window is too short."""
+    k = min(group.calibration_folds, total // min_block_vectors(group))
+    return k if k >= 2 and total - -(-total // k) >= fit_vectors(group) else 0
+
+
+def _blocks(segments: list[Array], k: int) -> list[list[Array]]:
+    """Cut contiguous segments into ``k`` blocks of consecutive rows, as equal as can be; a block that spans two
+    segments holds one piece of each (pieces are contiguous, so shingles never span a gap)."""
     total = sum(len(s) for s in segments)
-    keep = total - round(total * tail_share)
-    head: list[Array] = []
-    tail: list[Array] = []
+    edges = [round(total * i / k) for i in range(k + 1)]
+    blocks: list[list[Array]] = [[] for _ in range(k)]
+    offset = 0
     for seg in segments:
-        if keep >= len(seg):
-            head.append(seg)
-        elif keep > 0:
-            head.append(seg[:keep])
-            tail.append(seg[keep:])
-        else:
-            tail.append(seg)
-        keep -= len(seg)
-    return head, tail
+        for i in range(k):
+            lo, hi = max(edges[i], offset), min(edges[i + 1], offset + len(seg))
+            if hi > lo:
+                blocks[i].append(seg[lo - offset : hi - offset])
+        offset += len(seg)
+    return blocks
+
+
+def _shingle(whitener: Whitener, piece: Array, size: int) -> list[Array]:
+    """Forest points of one contiguous piece: whitened, then ``size`` consecutive vectors concatenated."""
+    s = Shingler(size)
+    return [p for p in (s.push(row) for row in whitener.apply(piece)) if p is not None]
 
 
 def _moving_average(seg: Array, window: int) -> Array:

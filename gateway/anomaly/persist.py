@@ -74,6 +74,24 @@ class AlarmSaved(_Part):
     run: int = Field(ge=0, description="Consecutive points disagreeing with the state.")
 
 
+class CalibrationSaved(_Part):
+    """How the threshold was set (see :class:`gateway.anomaly.calibration.Calibration`)."""
+
+    method: str = Field(description="pot (tail fit) or empirical (plain quantile).")
+    points: int = Field(ge=0, description="Out-of-sample values calibrated on.")
+    threshold: float = Field(description="Raw forest-score threshold.")
+    target_rate: float = Field(description="Configured false-alarm rate.")
+    expected_rate: float = Field(description="Rate the fitted tail gives at the threshold.")
+    rate_low: float = Field(description="Lower end of the ~90 % interval of the rate on new normal data.")
+    rate_high: float = Field(description="Upper end of that interval.")
+    folds: int = Field(default=1, ge=1, description="Time blocks the scores came from.")
+    level: str = Field(default="point", description="alarm (share of time in alarm) or point (scores).")
+    shape: float | None = Field(default=None, description="GPD shape of the tail.")
+    tail_from: float | None = Field(default=None, description="Where the tail starts (raw score).")
+    exceedances: int = Field(default=0, ge=0, description="Points over tail_from the GPD was fitted to.")
+    note: str = Field(default="", description="Why the fallback was taken, if it was.")
+
+
 class GroupState(_Part):
     """One group's saved model (see :meth:`gateway.anomaly.model.GroupModel.to_state`)."""
 
@@ -81,6 +99,8 @@ class GroupState(_Part):
     whitener: WhitenerState | None = Field(description="The input transform; null while learning.")
     backend: str | None = Field(description="Forest backend of the snapshot; null while learning.")
     threshold: float = Field(ge=0, description="Calibrated score threshold.")
+    calibration: CalibrationSaved | None = Field(
+        default=None, description="How the threshold was set; absent in models saved before it was recorded.")
     alarm: AlarmSaved = Field(description="Alarm hysteresis state.")
     learning: list[list[float]] = Field(description="Learning window collected so far (rows in tag order).")
     shingle: list[list[float]] = Field(description="Vectors in the shingle.")

@@ -122,8 +122,9 @@ def test_smoothing_lifts_a_small_persistent_shift_out_of_the_noise() -> None:
     for window in (1, 6):
         model = GroupModel(group(smoothing=window, shingle=1, false_alarm_rate=0.02))
         model.fit([synthetic(3000, seed=15)])
-        # 'temp' moves by twice its independent noise: invisible point by point, clear in a 6-point average
-        out = _run(model, synthetic(300, seed=16, shift={"temp": 0.2}))
+        # 'temp' moves by 2.5 times its independent noise: invisible point by point, clear in a 6-point average
+        # (at 2 times, detection in the average was 0.4-0.8 over forest seeds once the threshold held its rate)
+        out = _run(model, synthetic(300, seed=16, shift={"temp": 0.25}))
         rates[window] = np.mean([a for _, a, _ in out])
     assert rates[1] < 0.2 < 0.5 < rates[6]
 
