@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway import components
+from gateway.anomaly.features import Feature, levels_only, window_of, windowed
 from gateway.componentbase import ComponentBase
 from gateway.errors import ConfigError
 from gateway.streams import StreamSpec
@@ -50,6 +51,20 @@ class TagGroup(BaseModel):
         le=1000,
         description="Moving average over this many consecutive vectors before whitening; above 1 it lifts small "
         "persistent shifts out of sample noise, at the cost of about half a window of delay.",
+    )
+    features: list[Feature] = Field(
+        default_factory=levels_only,
+        min_length=1,
+        description="What each member tag contributes to the vector, over the last feature_window vectors (after "
+        "smoothing): level (the newest value), std (standard deviation over the window: variability) and delta "
+        "(newest minus oldest: drift). [level] scores levels only, with no window.",
+    )
+    feature_window: int = Field(
+        10,
+        ge=2,
+        le=1000,
+        description="Vectors over which std and delta are taken (only with features other than level alone); the "
+        "first feature vector comes after this many.",
     )
     forest: ForestSettings = Field(default_factory=ForestSettings, description="Forest settings.")
     mode: Literal["cadence", "on_sample"] = Field(
@@ -108,13 +123,36 @@ class TagGroup(BaseModel):
             raise ValueError(f"tags listed twice: {sorted(seen)}")
         return tags
 
+    @field_validator("features", mode="before")
+    @classmethod
+    def _known_features(cls, features: object) -> object:
+        # before the type check, so that a misspelt name gets the list of names instead of a bare enum error
+        if isinstance(features, list):
+            unknown = [f for f in features if f not in ("level", "std", "delta")]
+            if unknown:
+                raise ValueError(f"unknown feature(s) {unknown}: use level, std and/or delta, e.g. [level, std, delta]")
+            twice = sorted({f for f in features if features.count(f) > 1})
+            if twice:
+                raise ValueError(f"features listed twice: {twice}; list each once")
+        return features
+
+    @field_validator("feature_window", mode="before")
+    @classmethod
+    def _window_of_two(cls, window: object) -> object:
+        if isinstance(window, int) and not isinstance(window, bool) and window < 2:
+            raise ValueError(
+                f"feature_window {window} is too short: a standard deviation or a difference needs at least 2 "
+                "vectors; use 2 or more (e.g. 10)"
+            )
+        return window
+
     @model_validator(mode="after")
     def _enough_training(self) -> TagGroup:
         need = min_training_vectors(self)
         if self.training_points < need:
             raise ValueError(
                 f"training_points {self.training_points} is too few for {len(self.tags)} tags, shingle "
-                f"{self.shingle}, smoothing {self.smoothing}: use at least {need}"
+                f"{self.shingle}, smoothing {self.smoothing}{_features_text(self)}: use at least {need}"
             )
         return self
 
@@ -137,6 +175,11 @@ class TagGroup(BaseModel):
             "eigen_floor": self.eigen_floor,
             # settings added after models were first saved appear only when set, so that those models still match
             **({"calibration_folds": self.calibration_folds} if self.calibration_folds != DEFAULT_FOLDS else {}),
+            **(
+                {"features": list(self.features), "feature_window": self.feature_window}
+                if windowed(self.features)
+                else {}
+            ),
         }
 
 
@@ -196,12 +239,19 @@ def min_training_vectors(group: TagGroup) -> int:
     other than one enough for the transform (2 vectors per tag)."""
     head, block = fit_vectors(group), min_block_vectors(group)
     need = min(max(k * block, -(-head * k // (k - 1))) for k in range(2, group.calibration_folds + 1))
-    return need + group.smoothing - 1  # the moving average eats smoothing - 1 vectors at the start
+    # the moving average eats smoothing - 1 vectors at the start, the feature window feature_window - 1 more
+    return need + group.smoothing - 1 + window_of(group.features, group.feature_window) - 1
 
 
 def fit_vectors(group: TagGroup) -> int:
-    """Vectors the transform (2 per tag) and the forest need, after smoothing."""
-    return max(2 * len(group.tags) + 10, 30) + group.shingle
+    """Vectors the transform (2 per column: tags x features) and the forest need, after smoothing and features."""
+    return max(2 * len(group.tags) * len(group.features) + 10, 30) + group.shingle
+
+
+def _features_text(group: TagGroup) -> str:
+    if not windowed(group.features):
+        return ""
+    return f", features {list(group.features)} over {group.feature_window} vectors"
 
 
 def min_block_vectors(group: TagGroup) -> int:

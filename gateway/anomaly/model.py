@@ -25,6 +25,8 @@ from gateway.anomaly.assembler import NS, Shingler, Smoother, Vector
 from gateway.anomaly.backends import Forest, load_forest, make_forest
 from gateway.anomaly.calibration import Calibration, calibrate
 from gateway.anomaly.config import TagGroup, fit_vectors, min_block_vectors, min_training_vectors
+from gateway.anomaly.features import FeatureWindow, per_tag, window_of
+from gateway.anomaly.features import batch as feature_rows
 from gateway.anomaly.transform import Whitener
 from gateway.counters import current_names
 from gateway.errors import ConfigError
@@ -89,10 +91,12 @@ class GroupModel:
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     shingler: Shingler = field(init=False)
     smoother: Smoother = field(init=False)
+    features: FeatureWindow = field(init=False)
 
     def __post_init__(self) -> None:
         self.shingler = Shingler(self.group.shingle)
         self.smoother = Smoother(self.group.smoothing)
+        self.features = FeatureWindow(self.group.features, self.group.feature_window)
 
     @property
     def state(self) -> str:
@@ -107,6 +111,7 @@ class GroupModel:
         """
         g = self.group
         segments = [_moving_average(np.asarray(s, dtype=np.float64), g.smoothing) for s in segments]
+        segments = [feature_rows(s, g.features, g.feature_window) for s in segments]
         segments = [s for s in segments if len(s)]
         total = sum(len(s) for s in segments)
         folds = _fold_count(g, total)
@@ -128,6 +133,7 @@ class GroupModel:
         self.learning = []
         self.shingler.reset()
         self.smoother.reset()
+        self.features.reset()
         self.alarm = AlarmState()
         self.last_ts_ns = None
 
@@ -152,8 +158,12 @@ class GroupModel:
         if g.mode == "cadence" and self.last_ts_ns is not None and vec.ts_ns - self.last_ts_ns > 1.5 * g.cadence_s * NS:
             self.shingler.reset()  # a gap: shingle and average must hold consecutive vectors
             self.smoother.reset()
+            self.features.reset()
         self.last_ts_ns = vec.ts_ns
         values = self.smoother.push(vec.values)
+        if values is None:
+            return None
+        values = self.features.push(values)
         if values is None:
             return None
         point = self.shingler.push(self.whitener.apply(values))
@@ -172,9 +182,13 @@ class GroupModel:
         return StepResult(vec.ts_ns, score, anomalous, self.alarm.active, changed, top)
 
     def attribute(self, values: Array) -> tuple[tuple[str, float], ...]:
-        """The ``top_tags`` tags contributing most to the whitened distance of ``values``, with their shares."""
+        """The ``top_tags`` tags contributing most to the whitened distance of ``values``, with their shares.
+
+        ``values`` is the whitener's input; with features over time (:mod:`gateway.anomaly.features`) a tag's
+        contribution is the sum over its features (level, std, delta), so the attribution still names member tags.
+        """
         assert self.whitener is not None
-        c = self.whitener.contributions(values)
+        c = per_tag(self.whitener.contributions(values), len(self.group.tags))
         total = float(c.sum()) or 1.0
         order = np.argsort(c)[::-1][: self.group.top_tags]
         return tuple((self.group.tags[i], round(float(c[i]) / total, 4)) for i in order)
@@ -191,6 +205,7 @@ class GroupModel:
             "learning": self.learning,
             "shingle": self.shingler.state(),
             "smoothing": self.smoother.state(),
+            "features": self.features.state(),
             "last_ts_ns": self.last_ts_ns,
             "counters": dict(self.counters),
         }
@@ -218,6 +233,7 @@ class GroupModel:
         m.learning = [list(map(float, r)) for r in state["learning"]]
         m.shingler = Shingler(group.shingle, state["shingle"])
         m.smoother = Smoother(group.smoothing, state["smoothing"])
+        m.features = FeatureWindow(group.features, group.feature_window, state.get("features"))  # absent before
         m.last_ts_ns = state["last_ts_ns"]
         # a model saved by the previous version has the old counter names
         m.counters.update({k: int(v) for k, v in current_names(state["counters"]).items()})
@@ -225,23 +241,32 @@ class GroupModel:
 
 
 def _check_shapes(group: TagGroup, state: dict[str, Any]) -> None:
-    """Every vector in ``state`` has one value per tag of ``group``, and windows hold no more than their size."""
+    """Every vector in ``state`` has one value per tag of ``group`` (per tag and feature after the feature window),
+    and windows hold no more than their size."""
     n = len(group.tags)
+    cols = n * len(group.features)  # the whitener's input and the shingle's rows
+    what = f"the group's {n} tags" if cols == n else f"the group's {n} tags x {len(group.features)} features"
     w = state.get("whitener")
     if w is not None:
         for key in ("mean", "scale", "eigenvalues"):
-            if len(w[key]) != n:
-                raise ValueError(f"whitener.{key} has {len(w[key])} values for the group's {n} tags")
-        if len(w["rotation"]) != n or any(len(row) != n for row in w["rotation"]):
-            raise ValueError(f"whitener.rotation is not {n} x {n} (the group's tags)")
+            if len(w[key]) != cols:
+                raise ValueError(f"whitener.{key} has {len(w[key])} values for {what}")
+        if len(w["rotation"]) != cols or any(len(row) != cols for row in w["rotation"]):
+            raise ValueError(f"whitener.rotation is not {cols} x {cols} ({what})")
         if state.get("backend") not in ("krcf", "rrcf"):
             raise ValueError(f"backend {state.get('backend')!r} is not krcf or rrcf")
         if not float(state["threshold"]) > 0:
             raise ValueError(f"threshold {state['threshold']!r} of a fitted group is not above 0")
-    for key, most in (("learning", None), ("shingle", group.shingle), ("smoothing", group.smoothing)):
-        rows = state[key]
-        if any(len(row) != n for row in rows):
-            raise ValueError(f"{key} holds rows that do not have one value per tag ({n})")
+    windows = (
+        ("learning", None, n),
+        ("shingle", group.shingle, cols),
+        ("smoothing", group.smoothing, n),
+        ("features", window_of(group.features, group.feature_window), n),
+    )
+    for key, most, width in windows:
+        rows = state.get(key, [])  # "features" is absent from models saved before it existed
+        if any(len(row) != width for row in rows):
+            raise ValueError(f"{key} holds rows that do not have {width} values ({what})")
         if most is not None and len(rows) > most:
             raise ValueError(f"{key} holds {len(rows)} rows, more than its size {most}")
 

@@ -151,6 +151,7 @@ def load_detector(model_dir: str | Path, updates: Updates = "gated") -> Detector
     for m in det.models.values():
         m.shingler.reset()
         m.smoother.reset()
+        m.features.reset()
         m.last_ts_ns = None
     return det
 

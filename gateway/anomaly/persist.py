@@ -105,6 +105,8 @@ class GroupState(_Part):
     learning: list[list[float]] = Field(description="Learning window collected so far (rows in tag order).")
     shingle: list[list[float]] = Field(description="Vectors in the shingle.")
     smoothing: list[list[float]] = Field(description="Vectors in the moving average.")
+    features: list[list[float]] = Field(
+        default_factory=list, description="Vectors in the feature window; absent in models saved before features.")
     last_ts_ns: int | None = Field(description="Time of the last vector.")
     counters: dict[str, int] = Field(
         description="Vectors scored, anomalous vectors scored and model updates (docs/counters.md).")
