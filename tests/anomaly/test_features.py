@@ -52,8 +52,10 @@ def test_levels_only_passes_vectors_through_and_keeps_the_old_fingerprint() -> N
     assert "features" not in plain.fingerprint()  # models saved before features existed still match
     assert featured.fingerprint()["features"] == FEATURES
     assert featured.fingerprint()["feature_window"] == 8
-    # the window eats feature_window - 1 vectors, and the transform has 3 columns a tag to fit
-    assert min_training_vectors(featured) > min_training_vectors(plain) + 7
+    # the transform has 3 columns a tag to fit, and the window eats feature_window - 1 vectors
+    assert min_training_vectors(featured) > min_training_vectors(plain)
+    longer = group(features=FEATURES, feature_window=20)
+    assert min_training_vectors(longer) - min_training_vectors(featured) == 20 - 8
 
 
 def test_the_model_scores_streamed_vectors_as_the_fit_computes_them() -> None:
