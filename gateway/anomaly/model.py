@@ -122,7 +122,7 @@ class GroupModel:
                 f"{fit_vectors(g)} to fit on)",
                 fix="supply more normal data (or lower shingle / fewer tags)",
             )
-        blocks = _blocks(segments, folds)
+        blocks = _blocks(segments, folds, min_block_vectors(g))
         scores: list[list[Array]] = []  # per block, the out-of-sample scores of each contiguous piece
         for k, block in enumerate(blocks):
             whitener, forest = self._fit_forest([p for j, b in enumerate(blocks) if j != k for p in b])
@@ -278,11 +278,24 @@ def _fold_count(group: TagGroup, total: int) -> int:
     return k if k >= 2 and total - -(-total // k) >= fit_vectors(group) else 0
 
 
-def _blocks(segments: list[Array], k: int) -> list[list[Array]]:
-    """Cut contiguous segments into ``k`` blocks of consecutive rows, as equal as can be; a block that spans two
-    segments holds one piece of each (pieces are contiguous, so shingles never span a gap)."""
+def _blocks(segments: list[Array], k: int, smallest: int) -> list[list[Array]]:
+    """Cut contiguous segments into ``k`` blocks of consecutive rows, about equal in size.
+
+    A cut within half a block of the end of a segment moves there (keeping every block at least ``smallest``
+    long): separate recordings then land in separate blocks, so that a block is scored by a model that never saw
+    its recording, as new data will be. A block that spans two segments holds one piece of each (pieces are
+    contiguous, so shingles never span a gap).
+    """
     total = sum(len(s) for s in segments)
-    edges = [round(total * i / k) for i in range(k + 1)]
+    ends = np.cumsum([len(s) for s in segments])[:-1]
+    edges = [0]
+    for i in range(1, k):
+        edge = round(total * i / k)
+        near = int(ends[np.argmin(np.abs(ends - edge))]) if len(ends) else edge
+        if abs(near - edge) <= total / (2 * k) and near - edges[-1] >= smallest and total - near >= (k - i) * smallest:
+            edge = near
+        edges.append(edge)
+    edges.append(total)
     blocks: list[list[Array]] = [[] for _ in range(k)]
     offset = 0
     for seg in segments:
