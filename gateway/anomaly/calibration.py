@@ -82,7 +82,8 @@ def fit_gpd(excess: Array) -> tuple[float, float]:
     with np.errstate(divide="ignore", invalid="ignore"):
         loglik = n * (np.log(theta / k) + k - 1.0)
     loglik = np.where(np.isfinite(loglik), loglik, -np.inf)
-    weights = 1.0 / np.exp(loglik[None, :] - loglik[:, None]).sum(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # a grid point far below the best gets weight 1/inf = 0
+        weights = np.nan_to_num(1.0 / np.exp(loglik[None, :] - loglik[:, None]).sum(axis=1))
     t = float((theta * weights).sum())
     if abs(t) < 1e-12 * (1.0 / x[-1]):  # exponential limit: shape 0, scale = mean excess
         return 0.0, float(x.mean())
