@@ -1,15 +1,10 @@
-"""``gatewayctl anomaly fit | score | status``: the offline replay, and the running component's state.
+"""``gatewayctl anomaly``: the offline replay (fit, score) and the state of the running component (status).
 
 ``gatewayctl`` calls :func:`register` with its subparsers; each command sets ``func`` to a handler taking the parsed
-namespace and returning the exit code (0 ok, 1 unhealthy, 2 error with the message and fix on stderr).
-
-Examples::
-
-    gatewayctl anomaly status                       # the running component: groups, scores, alarms, problems
-    gatewayctl anomaly status --store /var/lib/factoryedge/data --json
-    gatewayctl anomaly status --model model/        # what a model folder holds
-    gatewayctl anomaly fit --config groups.yaml --data normal.csv --model model/
-    gatewayctl anomaly score --model model/ --data history.csv --out scores.csv --plot scores.png
+namespace and returning the exit code (0 ok, 1 unhealthy or a group that never scored, 2 error with the message and
+fix on stderr). What a user reads with ``gatewayctl anomaly --help`` is :data:`DESCRIPTION` and :data:`EXAMPLES`.
+Each subcommand lists, with ``common_options``, which of gatewayctl's options common to every command it uses
+(none of them by default): an option that does nothing is not offered.
 """
 
 from __future__ import annotations
@@ -21,10 +16,29 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.anomaly import offline
+from gateway.anomaly import offline, suggest
 from gateway.anomaly.config import load_config
 from gateway.anomaly.livestatus import live_status
+from gateway.anomaly.model import Updates
 from gateway.errors import GatewayError
+
+DESCRIPTION = """\
+Anomaly detection on tag groups (docs/anomaly.md). Fit a model of normal behaviour on CSV history, score CSV
+history with it exactly as the running component would, and show the running factoryedge.AnomalyDetector or a
+model folder. Scores are a group's forest score divided by its threshold: 1.0 is the alarm line."""
+
+EXAMPLES = """\
+examples:
+  gatewayctl anomaly suggest --data normal.csv --out groups.yaml
+  gatewayctl anomaly fit --config groups.yaml --data normal.csv --model model/
+  gatewayctl anomaly score --model model/ --data history.csv --out scores.csv --plot scores.png
+  gatewayctl anomaly status                       the running component: groups, scores, alarms, problems
+  gatewayctl anomaly status --model model/        what a model folder holds"""
+
+#: ``--updates`` names (user-facing) and the library's: ``streaming`` is what the component does.
+UPDATES: dict[str, Updates] = {"streaming": "gated", "frozen": "frozen"}
+#: Spellings documented before, still accepted with a deprecation line.
+DEPRECATED_UPDATES = {"gated": "streaming"}
 
 
 def register(subparsers: Any) -> None:
@@ -32,73 +46,155 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "anomaly",
         help="the anomaly component's status; fit, score and inspect models on CSV history",
-        description=__doc__,
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="anomaly_command", required=True)
+    parser.set_defaults(common_options=())
+    sub = parser.add_subparsers(dest="anomaly_command", required=True, metavar="COMMAND", title="commands")
+    _add_fit(sub)
+    _add_score(sub)
+    _add_status(sub)
+    suggest.add_subcommand(sub)
 
-    fit = sub.add_parser("fit", help="learn normal behaviour from CSV history and write a model directory")
+
+def _add_fit(sub: Any) -> None:
+    fit = sub.add_parser(
+        "fit",
+        help="learn normal behaviour from CSV history and write a model folder; prints what it used and dropped, "
+        "each threshold and the false-alarm rate it is expected to give",
+        description="Learn normal behaviour from CSV history and write a model folder the component can start "
+        "from. A group without cadence_s takes the CSV's sample period (median timestamp spacing).",
+    )
     fit.add_argument("--config", required=True, type=Path, help="groups YAML (AnomalyConfig)")
     fit.add_argument("--data", required=True, type=Path, nargs="+", help="normal history CSV file(s)")
-    fit.add_argument("--model", required=True, type=Path, help="model directory to write")
-    _common(fit)
-    fit.set_defaults(func=_fit)
+    fit.add_argument("--model", required=True, type=Path, help="model folder to write")
+    _csv_options(fit)
+    fit.set_defaults(func=_fit, common_options=())
 
-    score = sub.add_parser("score", help="score CSV history with a fitted model (the model is not changed)")
-    score.add_argument("--model", required=True, type=Path, help="model directory written by fit")
+
+def _add_score(sub: Any) -> None:
+    score = sub.add_parser(
+        "score",
+        help="score CSV history with a fitted model (the model folder is not changed); exit 1 when a group "
+        "never produced a score",
+        description="Score CSV history with a fitted model, one output row per input row. The model folder is "
+        "not changed. Exit 1 when a group never produced a score (the rows are written; why on stderr).",
+    )
+    score.add_argument("--model", required=True, type=Path, help="model folder written by fit")
     score.add_argument("--data", required=True, type=Path, help="history CSV to score")
     score.add_argument("--out", required=True, type=Path, help="output CSV, one row per input row")
     score.add_argument("--plot", type=Path, help="also write a PNG of scores, thresholds and alarms (matplotlib)")
     score.add_argument(
         "--updates",
-        choices=["frozen", "gated"],
-        default="gated",
-        help="gated: the forest keeps learning from normal points, as the component does (default); "
-        "frozen: score with the fitted model as it is",
+        type=_updates,
+        default="streaming",
+        metavar="{streaming,frozen}",
+        help="streaming (default): the model keeps learning from normal points while it scores, as the running "
+        "component does; frozen: the fitted model scores unchanged",
     )
-    _common(score)
-    score.set_defaults(func=_score)
+    _csv_options(score)
+    score.set_defaults(func=_score, common_options=())
 
+
+def _add_status(sub: Any) -> None:
     status = sub.add_parser(
         "status",
         help="the running component's groups (state, score, alarm, invalid vectors), or with --model what a model "
-        "directory holds; exit 1 when a group has tags that never arrive or the status is stale",
+        "folder holds; exit 1 when a group has tags that never arrive or the status is stale",
     )
-    status.add_argument("--model", type=Path, help="show this model directory instead of the running component")
+    status.add_argument("--model", type=Path, help="show this model folder instead of the running component")
     status.add_argument("--store", default=argparse.SUPPRESS, help="the component's store.path (default ./data)")
     status.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
-    status.set_defaults(func=_status)
+    # the component's work folder under Greengrass holds its status file too
+    status.set_defaults(func=_status, common_options=("--greengrass-root",))
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _csv_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval-s", type=float, help="seconds between rows when the CSV has no timestamp column")
     p.add_argument("--progress", action="store_true", help="progress bar on stderr even when it is not a TTY")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable summary")
+
+
+def _updates(text: str) -> str:
+    if text not in UPDATES and text not in DEPRECATED_UPDATES:
+        raise argparse.ArgumentTypeError(f"invalid choice {text!r} (choose from {', '.join(UPDATES)})")
+    return text
 
 
 def _fit(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
-        det = offline.fit(config, args.data, args.model, interval_s=args.interval_s, progress=_bar(args))
+        report = offline.fit_report(config, args.data, args.model, interval_s=args.interval_s, progress=_bar(args))
     except GatewayError as exc:
         return _fail(exc)
-    for name, m in det.models.items():
-        print(f"{name}: fitted, threshold {m.threshold:.4g} ({m.group.forest.backend})")
+    if getattr(args, "json", False):
+        print(json.dumps(report.to_json()))
+        return 0
+    period = f" ({report.period_s:g} s apart)" if report.period_s else ""
+    print(f"fitted {len(report.groups)} group(s) on {report.rows} rows of {', '.join(report.files)}{period}")
+    for name, g in report.groups.items():
+        print("\n".join(_fit_lines(name, g)))
+    for note in report.notes:
+        print(f"note: {note}")
     print(f"model written to {args.model}")
     return 0
 
 
+def _fit_lines(name: str, g: offline.GroupFit) -> list[str]:
+    """A group's fit in three lines: vectors and what was dropped, the threshold, the rate it should give."""
+    grp = g.group
+    every = f"a vector every {grp.cadence_s:g} s" if grp.mode == "cadence" else "a vector per new sample"
+    dropped = ", ".join(
+        f"{n} {'filling the ' if r.startswith(('moving average', 'feature window')) else ''}{r}"
+        for r, n in g.dropped.items() if n
+    )
+    lines = [f"{name} ({len(grp.tags)} tags, {grp.forest.backend}, {every}): {g.fitted_vectors} vectors fitted "
+             f"from {g.rows} rows; not fitted: {dropped or 'none'}"]
+    cal = g.calibration
+    if cal is None:
+        lines.append(f"  threshold {g.threshold:.4g} (forest score; 1.0 in reported scores); no calibration record")
+        return lines
+    how = "peaks-over-threshold tail" if cal.method == "pot" else "empirical quantile"
+    note = f" ({cal.note})" if cal.note else ""
+    lines.append(f"  threshold {g.threshold:.4g} (forest score; 1.0 in reported scores) from {cal.points} "
+                 f"out-of-sample scores in {cal.folds} blocks, {how}{note}")
+    unit = " (share of time in alarm)" if cal.level == "alarm" else ""
+    lines.append(f"  expected false-alarm rate {_pct(cal.expected_rate)} % (90 % interval {_pct(cal.rate_low)} to "
+                 f"{_pct(cal.rate_high)} %){unit}, configured {_pct(cal.target_rate)} %")
+    return lines
+
+
+def _pct(rate: float) -> str:
+    """A rate in percent: two decimals, or one significant digit below 0.01 % (so that it never reads 0.00)."""
+    pct = 100 * rate
+    return f"{pct:.2f}" if pct == 0 or pct >= 0.01 else f"{pct:.1g}"
+
+
 def _score(args: argparse.Namespace) -> int:
+    if args.updates in DEPRECATED_UPDATES:
+        print(f"gatewayctl: --updates {args.updates} is deprecated: it is called --updates "
+              f"{DEPRECATED_UPDATES[args.updates]} now (same behaviour)", file=sys.stderr)
+    mode = DEPRECATED_UPDATES.get(args.updates, args.updates)
     try:
-        rows = offline.score(
-            args.model, args.data, args.out, updates=args.updates, interval_s=args.interval_s, progress=_bar(args)
+        report = offline.score_report(
+            args.model, args.data, args.out, updates=UPDATES[mode], interval_s=args.interval_s, progress=_bar(args)
         )
         if args.plot is not None:
-            plot(rows, args.plot)
+            plot(report.rows, args.plot)
     except GatewayError as exc:
         return _fail(exc)
-    alarmed = sum(int(r["alarm"]) for r in rows)
-    print(f"{len(rows)} rows scored, {alarmed} in alarm; written to {args.out}")
-    return 0
+    if getattr(args, "json", False):
+        print(json.dumps({**report.to_json(), "updates": mode, "out": str(args.out)}))
+    else:
+        for name in report.groups:
+            alarmed = sum(int(r[f"alarm_{name}"]) for r in report.rows)
+            print(f"{name}: {report.scores[name]} of {len(report.rows)} rows scored, {alarmed} in alarm")
+        alarmed = sum(int(r["alarm"]) for r in report.rows)
+        print(f"{len(report.rows)} rows, {alarmed} in alarm ({mode}); written to {args.out}")
+    for name, why in report.silent().items():
+        print(f"error: group {name!r} produced no score: {why}", file=sys.stderr)
+    return 1 if report.silent() else 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -80,7 +80,7 @@ def live_status(args: argparse.Namespace) -> int:
         for s, i in status.get("inputs", {}).items()
     )
     print(f"  inputs: {inputs or '-'}   output: {status.get('output_stream', '-')}")
-    rows = [["GROUP", "STATE", "SCORE", "ALARM", "LAST SCORED", "INVALID", "NOTE"]]
+    rows = [["GROUP", "STATE", "SCORE", "THRESHOLD", "RAW", "ALARM", "LAST SCORED", "INVALID", "NOTE"]]
     for name, g in status.get("groups", {}).items():
         learning = g["state"] == "learning"
         invalid = g.get("invalid", {})
@@ -90,6 +90,8 @@ def live_status(args: argparse.Namespace) -> int:
             name,
             f"learning {100 * g.get('learning_share', 0):.0f} %" if learning else "scoring",
             "-" if g.get("score") is None else f"{g['score']:.2f}",
+            "-" if learning else "1.00",
+            _raw(g),
             "-" if learning else ("RAISED" if g.get("alarm") else "no"),
             _ago(g.get("last_scored_ns"), now),
             str(sum(invalid.values())),
@@ -98,12 +100,23 @@ def live_status(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print("  SCORE and THRESHOLD: forest score divided by the group's threshold (1.00 is the alarm line); "
+          "RAW: both in forest-score units")
     ev = current_names(status.get("events", {}))  # the previous version's names, from a gateway upgraded in place
     print(f"  alarm events: {'sent ' + str(ev.get('events_sent', 0)) if ev.get('enabled') else 'off (no IPC)'}"
           + (f", send errors {ev['event_send_errors']}" if ev.get("event_send_errors") else ""))
     for p in found:
         print(f"  PROBLEM: {p}")
     return 1 if found else 0
+
+
+def _raw(group: dict[str, Any]) -> str:
+    """``<forest score> of <threshold>``: the status file holds the score relative to the threshold, and the raw
+    threshold (model.py reports scores divided by it), so both are shown in each unit, never mixed."""
+    score, threshold = group.get("score"), group.get("threshold")
+    if not isinstance(threshold, int | float) or threshold <= 0:
+        return "-"
+    return f"{'-' if score is None else f'{score * threshold:.3g}'} of {threshold:.3g}"
 
 
 def _ago(ts_ns: Any, now_ns: int) -> str:

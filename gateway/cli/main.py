@@ -63,8 +63,12 @@ _VALUE_OPTIONS = {f for flags, kw in _COMMON if kw.get("action") != "store_true"
 
 
 def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # a command may name the common options it uses (set_defaults(common_options=...)); the others do nothing there
+    offered = parser.get_default("common_options")
     for flags, kw in _COMMON:
         if any(f in parser._option_string_actions for f in flags):  # the command has its own meaning for it
+            continue
+        if offered is not None and not set(flags) & set(offered):
             continue
         options = dict(kw)
         if not top:  # absent after the command: keep what was given before it

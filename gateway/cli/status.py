@@ -178,11 +178,16 @@ def render(data: dict[str, Any]) -> list[str]:
         for r in data["losses"]:
             lines.append(f"  {r['owner'][:31]:32}{r['stream'][:27]:28}{fmt_losses(r['unacknowledged'])}")
     if data["anomaly"]:
-        lines += ["", f"{'ANOMALY GROUP':24}{'state':>14}{'score':>10}{'threshold':>11}  alarm"]
+        lines += ["", f"{'ANOMALY GROUP':24}{'state':>14}{'score':>10}{'raw score of threshold':>24}  alarm"]
         for g in data["anomaly"]:
+            thr = g["threshold"] if isinstance(g["threshold"], int | float) and g["threshold"] > 0 else None
+            forest = None if g["score"] is None or thr is None else g["score"] * thr
+            raw = "-" if thr is None else f"{_num(forest, '{:.3g}')} of {thr:.3g}"
             lines.append(f"{g['group'][:23]:24}{g['state'] or '-':>14}{_num(g['score'], '{:.3g}'):>10}"
-                         f"{_num(g['threshold'], '{:.3g}'):>11}  {'ALARM' if g['alarm'] else '-'}")
-        lines.append("  (score is relative to the group's threshold: 1.0 is the alarm line)")
+                         f"{raw:>24}  {'ALARM' if g['alarm'] else '-'}")
+        # the status file has the score divided by the threshold and the raw threshold: never side by side
+        lines.append("  (score: forest score / the group's threshold, 1.0 is the alarm line; raw: both in forest-score "
+                     "units)")
     # names, errors and states come from status files that quote devices and servers: escape every line
     return [safe(line) for line in lines]
 

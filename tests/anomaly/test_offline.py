@@ -110,7 +110,8 @@ def test_a_group_naming_a_missing_column_is_a_clear_error(tmp_path: Path, capsys
         ["anomaly", "fit", "--config", str(tmp_path / "g.yaml"), "--data", str(data), "--model", str(tmp_path / "m")]
     )
     assert code == 2
-    assert "group 'x': tag 'nope' is not a column" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no column for 1 tag(s) the groups name (x 1 of 2): nope;" in err and "Fix:" in err
 
 
 def test_too_little_normal_history_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
