@@ -19,6 +19,10 @@ Uncertainty: the scores come in ``K`` blocks of time (the cross-fitting folds). 
 replacement, refitting the tail and reading the rate each refit gives at the chosen threshold gives a ~90 %
 interval of the rate on new normal data that includes the variation between periods of normal operation, not only
 the sampling noise of one period.
+
+What the rate counts: points above the threshold (``level="point"``). Alarms need ``raise_after`` such points in a
+row and last ``clear_after`` more, so the share of time in alarm is about the same or lower. Calibrating that share
+directly was measured on the TEP tuning runs and rejected (docs/anomaly.md, thresholds).
 """
 
 from __future__ import annotations
