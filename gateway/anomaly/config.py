@@ -77,7 +77,11 @@ class TagGroup(BaseModel):
         5.0, gt=0, description="A member value older than this makes the vector invalid (stale): counted, not scored."
     )
     false_alarm_rate: float = Field(
-        0.005, gt=0, lt=0.5, description="Share of normal calibration points allowed in alarm; sets the threshold."
+        0.005,
+        gt=0,
+        lt=0.5,
+        description="Share of scored points on normal data like the training window allowed above the threshold "
+        "(the share of time in alarm is about the same or lower); sets the threshold.",
     )
     update_below: float = Field(
         1.0,
