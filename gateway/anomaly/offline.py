@@ -353,7 +353,7 @@ def score_report(
 
 
 def status(model_dir: str | Path) -> dict[str, Any]:
-    """What the saved model holds, per group (state, backend, threshold, counters, alarm)."""
+    """What the saved model holds, per group (state, backend, threshold and its calibration, counters, alarm)."""
     manifest, forests = persist.load(model_dir)
     out: dict[str, Any] = {"format_version": manifest["format_version"], "saved_ns": manifest["saved_ns"]}
     for name, g in manifest["groups"].items():
@@ -362,6 +362,7 @@ def status(model_dir: str | Path) -> dict[str, Any]:
             "backend": g["backend"],
             "tags": len(g["fingerprint"]["tags"]),
             "threshold": g["threshold"],
+            "calibration": g.get("calibration"),  # how the threshold was set; absent from models saved before
             "alarm": g["alarm"]["active"],
             "learning_vectors": len(g["learning"]),
             "counters": g["counters"],

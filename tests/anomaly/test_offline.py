@@ -81,6 +81,7 @@ def test_fit_score_status_through_the_cli(tmp_path: Path, capsys: pytest.Capture
     assert _cli(["anomaly", "status", "--model", str(model)]) == 0
     status = capsys.readouterr().out
     assert '"state": "scoring"' in status and '"backend": "rrcf"' in status
+    assert '"calibration": {' in status and '"expected_rate":' in status
 
 
 def test_scoring_does_not_modify_the_model(tmp_path: Path) -> None:
