@@ -282,7 +282,7 @@ def _groups(
             # an averaged fault grows over a window: do not let the forest learn it on its way up (docs/anomaly.md)
             g.update(smoothing=smoothing, update_below=0.6)
         if not _enough(g, rows):
-            raise ConfigError(_too_few(g, rows), fix="supply more normal history, or lower --max-group-size")
+            raise ConfigError(_too_few(g, rows), fix="supply more normal history")
         out.append(g)
         why = (
             f"{len(c)} tags, mean |corr| {_mean(sub):.2f} (weakest pair {sub.min():.2f}), around {tags[centre]}"
@@ -320,7 +320,7 @@ def _plant_groups(
             out.append(g)
             notes.groups.append(GroupNote(g["name"], why[g["name"]]))
         else:
-            notes.groups.append(GroupNote(g["name"], "left out: " + _too_few(g, rows)))
+            notes.groups.append(GroupNote(g["name"], _too_few(g, rows)))
     return out
 
 
@@ -366,7 +366,10 @@ def render_yaml(config: dict[str, Any], notes: Notes) -> str:
         "# Then: gatewayctl anomaly fit --config THIS.yaml --data NORMAL.csv --model DIR",
     ]
     if notes.dropped:
-        lines += ["#", "# Columns left out:"]
+        lines += [
+            "#",
+            "# Columns left out (add one back to a group if a fault may move it: the eigenvalue floor scores it):",
+        ]
         lines += [f"#   {d.column}: {d.reason}" for d in notes.dropped]
     if notes.uncorrelated and o["plant_group"]:
         lines += [
@@ -379,6 +382,10 @@ def render_yaml(config: dict[str, Any], notes: Notes) -> str:
                 subsequent_indent="#   ",
             ),
         ]
+    named = {g["name"] for g in config["groups"]}
+    left_out = [f"#   {n.name}: {n.why}" for n in notes.groups if n.name not in named]
+    if left_out:
+        lines += ["#", "# Groups left out:", *left_out]
     lines += ["", f"save_interval_s: {config['save_interval_s']}", "groups:"]
     why = {n.name: n.why for n in notes.groups}
     for g in config["groups"]:
@@ -398,12 +405,20 @@ def add_subcommand(sub: Any) -> None:
         "plant-wide groups of every tag are added. The defaults were chosen on tuning runs (docs/anomaly.md, "
         "'Choosing groups'). Writes YAML with comments that gatewayctl anomaly fit --config accepts.",
     )
-    p.add_argument("--data", required=True, type=Path, action="extend", nargs="+", help="normal history CSV file(s)")
-    p.add_argument("--out", type=Path, help="groups YAML to write (default: print it)")
     p.add_argument(
-        "--max-group-size", type=int, default=DEFAULTS["max_group_size"], help="most tags in one correlation group"
+        "--data", required=True, type=Path, action="extend", nargs="+", metavar="CSV", help="normal history CSV file(s)"
     )
-    p.add_argument("--interval-s", type=float, help="seconds between rows when the CSV has no timestamp column")
+    p.add_argument("--out", type=Path, metavar="YAML", help="groups YAML to write (default: print it)")
+    p.add_argument(
+        "--max-group-size",
+        type=int,
+        default=DEFAULTS["max_group_size"],
+        metavar="N",
+        help=f"most tags in one correlation group (default {DEFAULTS['max_group_size']})",
+    )
+    p.add_argument(
+        "--interval-s", type=float, metavar="S", help="seconds between rows when the CSV has no timestamp column"
+    )
     p.add_argument("--json", action="store_true", help="print the configuration and the notes as JSON")
     p.set_defaults(func=run, common_options=())
 
@@ -432,5 +447,9 @@ def run(args: Any) -> int:
     else:
         names = ", ".join(f"{g['name']} ({len(g['tags'])})" for g in s.config["groups"])
         print(f"{len(s.config['groups'])} groups: {names}; {len(s.notes.dropped)} column(s) left out")
+        named = {g["name"] for g in s.config["groups"]}
+        for n in s.notes.groups:
+            if n.name not in named:
+                print(f"{n.name} left out: {n.why}")
         print(f"written to {args.out}; next: gatewayctl anomaly fit --config {args.out} --data ... --model DIR")
     return 0

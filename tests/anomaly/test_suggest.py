@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from gateway.anomaly import cli, offline
-from gateway.anomaly.config import AnomalyConfig, load_config
+from gateway.anomaly.config import AnomalyConfig, TagGroup, load_config, min_training_vectors
 from gateway.anomaly.suggest import cluster, render_yaml, suggest, suggest_config
 from gateway.errors import ConfigError
 
@@ -127,3 +127,16 @@ def test_no_timestamp_column_with_interval(tmp_path: Path) -> None:
 def test_unknown_option_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="unknown suggest option"):
         suggest_config([_write(tmp_path / "n.csv")], cutt=0.3)
+
+
+def test_a_group_too_big_for_the_rows_is_left_out_and_said(tmp_path: Path) -> None:
+    kept = [*BLOCK_A, *BLOCK_B, "NOISE"]
+    averaged = TagGroup(name="plant_avg", tags=kept, smoothing=5, raise_after=2, clear_after=3)
+    rows = min_training_vectors(averaged) - 1  # enough for the plain plant group, one short for the averaged one
+    s = suggest([_write(tmp_path / "n.csv", rows=rows)])
+    assert [g["name"] for g in s.config["groups"]][:1] == ["plant"]
+    assert "plant_avg" not in {g["name"] for g in s.config["groups"]}
+    text = render_yaml(s.config, s.notes)
+    assert (
+        f"#   plant_avg: group 'plant_avg' of 8 tags needs at least {rows + 1} rows of normal data, got {rows}" in text
+    )
