@@ -40,6 +40,8 @@ class AppConfig:
     endpoints: list[Endpoint] = field(default_factory=list)
     #: run the plant in its own process (the default of ``python -m simulator``; see simulator.plantproc)
     plant_process: bool = False
+    #: undisturbed simulated seconds after every reset before time starts (see simulator.runtime.Simulation)
+    warmup_s: float = 0.0
 
 
 def status_line(snap: Snapshot) -> str:
@@ -116,7 +118,7 @@ async def serve_forever(config: AppConfig, sim: Simulation | RemoteSimulation) -
 def build_simulation(config: AppConfig) -> Simulation | RemoteSimulation:
     """The simulation ``config`` asks for; a :class:`RemoteSimulation` is started (call ``close()`` after)."""
     if config.plant_process:
-        remote = RemoteSimulation(config.plant, config.seed, config.schedule, config.speed)
+        remote = RemoteSimulation(config.plant, config.seed, config.schedule, config.speed, config.warmup_s)
         remote.start()
         return remote
-    return Simulation(make_plant(config.plant), config.seed, config.schedule)
+    return Simulation(make_plant(config.plant), config.seed, config.schedule, config.warmup_s)

@@ -26,7 +26,7 @@ from simulator.app import AppConfig, Endpoint, build_simulation, serve_forever
 from simulator.opcua_security import SECURITY_MODES
 from simulator.plant import IDV_NUMBERS, check_idv
 from simulator.plantproc import RemoteSimulation
-from simulator.runtime import Simulation, SimulationView, parse_idv_schedule
+from simulator.runtime import Simulation, SimulationView, parse_duration, parse_idv_schedule
 
 ENDPOINTS = ("opcua", "modbus", "opcda")
 CONTROL_COMMANDS = ("idv", "clear", "reset", "status")
@@ -44,6 +44,10 @@ def _serve_parser() -> argparse.ArgumentParser:
                    help="simulated seconds per wall second: 1 = real time, 0 = as fast as possible")
     p.add_argument("--idv", action="append", default=[], metavar="N[@START[-STOP]]",
                    help="disturbance schedule, repeatable: 6 (from the start), 6@8h, 1@30m-2h")
+    p.add_argument("--warmup", default="0", metavar="DURATION",
+                   help="run the plant undisturbed this long (e.g. 12h) before serving, and again after every "
+                        "reset; simulated time and --idv count from its end. The TEP swings for ~10 h after a "
+                        "reset: start-up, not normal operation (default 0)")
     p.add_argument("--host", default="127.0.0.1", help="interface every endpoint binds (default 127.0.0.1)")
     p.add_argument("--endpoints", default=",".join(ENDPOINTS), help="comma-separated subset of opcua,modbus,opcda")
     p.add_argument("--opcua-port", type=int, default=4840)
@@ -167,6 +171,7 @@ def _serve(argv: list[str]) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         schedule = parse_idv_schedule(args.idv)
+        warmup_s = parse_duration(args.warmup)
         if args.speed < 0:
             raise ValueError(f"--speed {args.speed}: must be >= 0 (0 = as fast as possible)")
         _check_endpoints(args.endpoints)
@@ -174,7 +179,7 @@ def _serve(argv: list[str]) -> int:
             raise ValueError(f"--opcua-history-s {args.opcua_history_s:g} must be >= 0 (0: no history) and "
                              f"--opcua-history-values {args.opcua_history_values} >= 1")
         config = AppConfig(args.plant, args.seed, args.speed, schedule, args.status_every,
-                           plant_process=not args.in_process)
+                           plant_process=not args.in_process, warmup_s=warmup_s)
         sim = build_simulation(config)
     except (ValueError, RuntimeError) as exc:
         parser.error(str(exc))

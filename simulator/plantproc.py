@@ -112,14 +112,14 @@ class _Reader:
         return self.snap
 
 
-def _child_main(kind: str, seed: int, schedule: Sequence[IdvEvent], speed: float, shm_name: str,
+def _child_main(kind: str, seed: int, schedule: Sequence[IdvEvent], speed: float, warmup_s: float, shm_name: str,
                 conn: Connection) -> None:
     """Entry point of the plant process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent stops us
     shm = SharedMemory(shm_name)
     try:
         try:
-            sim = Simulation(make_plant(kind), seed, schedule)
+            sim = Simulation(make_plant(kind), seed, schedule, warmup_s)
         except (RuntimeError, ValueError) as exc:
             conn.send(("error", str(exc)))
             return
@@ -179,12 +179,15 @@ class RemoteSimulation:
         seed: noise seed.
         schedule: timed disturbance switches.
         speed: simulated seconds per wall second (0: as fast as possible); the child runs the clock.
+        warmup_s: undisturbed simulated seconds run before time starts, after every reset (see
+            :class:`~simulator.runtime.Simulation`); :meth:`start` returns after it.
 
     Call :meth:`start` before use and :meth:`close` after; :meth:`watch` calls listeners on changes.
     """
 
-    def __init__(self, plant: str, seed: int, schedule: Sequence[IdvEvent], speed: float) -> None:
-        self._args = (plant, seed, list(schedule), speed)
+    def __init__(self, plant: str, seed: int, schedule: Sequence[IdvEvent], speed: float,
+                 warmup_s: float = 0.0) -> None:
+        self._args = (plant, seed, list(schedule), speed, warmup_s)
         self._listeners: list[Listener] = []
         self._lock = threading.Lock()  # one request in flight on the pipe (OPC DA calls come from threads)
         self._shm: SharedMemory | None = None

@@ -107,18 +107,26 @@ class Simulation:
         plant: the model to run.
         seed: noise seed; ``reset()`` without a seed reuses it.
         schedule: timed disturbance switches, replayed from the start after every reset.
+        warmup_s: simulated seconds the plant runs undisturbed after every reset before time starts: the revised
+            TEP swings for about 10 h after a reset (start-up, not normal operation), so a run meant to look like
+            a plant in steady operation starts after it. The served time (``Snapshot.t_s``) and the schedule count
+            from the end of the warm-up.
     """
 
-    def __init__(self, plant: Plant, seed: int = 1, schedule: Sequence[IdvEvent] = ()) -> None:
+    def __init__(self, plant: Plant, seed: int = 1, schedule: Sequence[IdvEvent] = (), warmup_s: float = 0.0) -> None:
+        if warmup_s < 0:
+            raise ValueError(f"warm-up {warmup_s:g} s must be >= 0")
         self.plant = plant
         self.schedule = sorted(schedule, key=lambda e: e.at_s)
+        self.warmup_s = float(warmup_s)
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._seed = seed
         self._seq = 0
+        self._t0 = 0.0
+        self._due: list[IdvEvent] = []
         self._next_event = 0
-        plant.reset(seed)
-        self._next_event = apply_due(plant, self.schedule, 0)
+        self._restart_locked()
         now = datetime.now(timezone.utc)
         self._snapshot = self._build(now, None)
 
@@ -142,7 +150,7 @@ class Simulation:
                 if plant.shutdown:
                     break
                 plant.step()
-                self._next_event = apply_due(plant, self.schedule, self._next_event)
+                self._next_event = apply_due(plant, self._due, self._next_event)
             snap = self._publish_locked()
         self._notify(snap)
         return snap
@@ -168,11 +176,21 @@ class Simulation:
         with self._lock:
             if seed is not None:
                 self._seed = int(seed)
-            self.plant.reset(self._seed)
-            self._next_event = apply_due(self.plant, self.schedule, 0)
+            self._restart_locked()
             snap = self._publish_locked()
         self._notify(snap)
         return snap
+
+    def _restart_locked(self) -> None:
+        """Reset the plant, run the warm-up, and line the schedule up with the time after it."""
+        plant = self.plant
+        plant.reset(self._seed)
+        eps = plant.step_s * 1e-6
+        while plant.t_s + eps < self.warmup_s and not plant.shutdown:
+            plant.step()
+        self._t0 = plant.t_s
+        self._due = [IdvEvent(e.at_s + self._t0, e.idv, e.on) for e in self.schedule]
+        self._next_event = apply_due(plant, self._due, 0)
 
     def _publish_locked(self) -> Snapshot:
         self._snapshot = self._build(datetime.now(timezone.utc), self._snapshot)
@@ -196,7 +214,7 @@ class Simulation:
         self._seq += 1
         return Snapshot(
             seq=self._seq,
-            t_s=plant.t_s,
+            t_s=plant.t_s - self._t0,
             seed=self._seed,
             values=values,
             stamps=stamps,

@@ -110,7 +110,7 @@ def test_unreachable_simulator_is_a_clear_error(capsys: pytest.CaptureFixture[st
 
 def test_bad_arguments_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     for argv, message in ((["--idv", "42@1h"], "1-28"), (["--endpoints", "opcua,telnet"], "subset"),
-                          (["--speed", "-1"], ">= 0")):
+                          (["--speed", "-1"], ">= 0"), (["--warmup", "soon"], "bad duration 'soon'")):
         with pytest.raises(SystemExit) as usage:
             cli.main([*argv, "--plant", "synthetic"])
         assert usage.value.code == 2

@@ -157,3 +157,21 @@ def test_synthetic_plant_base_case_noise_and_trip() -> None:
     assert len({r.xmeas[39] for r in rows}) <= 5  # product analyzer: a new value every 15 minutes
     rows = list(run_plant(plant, 10 * 3600, 600, [IdvEvent(plant.t_s, 6)]))
     assert rows[-1].shutdown and "Stripper" in (plant.shutdown_reason or "")
+
+
+def test_warmup_runs_before_time_starts_and_the_schedule_counts_from_its_end() -> None:
+    sim = Simulation(SyntheticPlant(), seed=3, schedule=[IdvEvent(600, 2)], warmup_s=1800)
+    assert sim.snapshot.t_s == 0 and sim.snapshot.active_idvs == frozenset()
+    reference = SyntheticPlant()
+    reference.reset(3)
+    for _ in range(1800):
+        reference.step()
+    assert sim.snapshot.values == (*reference.xmeas, *reference.xmv)  # the plant after the warm-up, served at 0
+    sim.advance(599)
+    assert sim.snapshot.t_s == 599 and sim.snapshot.active_idvs == frozenset()
+    sim.advance(1)
+    assert sim.snapshot.t_s == 600 and sim.snapshot.active_idvs == {2}  # 600 s after the warm-up, not after reset
+    sim.reset()
+    assert sim.snapshot.t_s == 0 and sim.snapshot.values == (*reference.xmeas, *reference.xmv)  # warmed up again
+    with pytest.raises(ValueError, match="warm-up"):
+        Simulation(SyntheticPlant(), warmup_s=-1)

@@ -90,3 +90,16 @@ def test_the_plant_process_clock_publishes_every_simulated_second() -> None:
 
     asyncio.run(run())
     assert published[:300] == [float(t) for t in range(1, 301)]
+
+
+def test_the_plant_process_warms_up_before_time_starts() -> None:
+    sim = RemoteSimulation("synthetic", 5, [], speed=1, warmup_s=3600)
+    sim.start()
+    try:
+        after = sim.reset()  # the snapshot of the reset itself: warmed up again, time back at 0
+    finally:
+        sim.close()
+    reference = Simulation(SyntheticPlant(), 5)
+    reference.advance(3600)
+    assert after.t_s == 0
+    assert after.values == reference.snapshot.values
