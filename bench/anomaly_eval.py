@@ -177,7 +177,9 @@ def _head(path: Path, rows: int) -> Path:
     if not out.exists():
         with open(path, newline="") as fh:
             lines = fh.readlines()[: rows + 1]
-        out.write_text("".join(lines))
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("".join(lines))
+        tmp.replace(out)
     return out
 
 

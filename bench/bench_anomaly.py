@@ -10,8 +10,9 @@ of a point on one core, not the wall-clock latency under load.
 Detection figures (``anomaly.eval.*``) come from ``bench/anomaly_eval.py``'s evaluation on its TEST split (disjoint
 simulator seeds that nothing was tuned on; see that module), run on every call: the simulated runs are cached as
 CSV under ``bench/data/anomaly/`` (git-ignored), so only the first ``make bench`` on a clone simulates them (needs
-the ``sim`` extra; about 12 minutes with 2 processes for the 34 runs of both splits' fit and test data);
-fitting and scoring the 7 forest variants take a few minutes. ``ANOMALY_EVAL_SPLIT=tuning`` scores the tuning
+the ``sim`` extra; measured: 28 runs in 468 s with 2 processes on 2 shared cores, and the test split needs 33:
+the 6 normal fit runs, 6 unseen normal runs, 21 IDV runs); then fitting the 7 forest variants and scoring 27 runs
+with each takes about 4 minutes. ``ANOMALY_EVAL_SPLIT=tuning`` scores the tuning
 split instead, reported as ``anomaly.eval.tuning.*`` so it cannot pass for a test figure.
 ``anomaly.eval.avg_detection_rate``, ``.false_alarm_rate``, ``.median_delay_min``: streaming (gated updates,
 exactly what the component computes), forest seed 42; ``anomaly.eval.frozen.*`` the frozen model;
