@@ -13,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway import components
-from gateway.anomaly.features import Feature, levels_only, window_of, windowed
+from gateway.anomaly.featurespec import Feature, levels_only, window_of, windowed
 from gateway.componentbase import ComponentBase
 from gateway.errors import ConfigError
 from gateway.streams import StreamSpec

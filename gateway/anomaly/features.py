@@ -24,34 +24,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
+from gateway.anomaly.featurespec import FEATURES, window_of, windowed
+
 Array = NDArray[np.float64]
-Feature = Literal["level", "std", "delta"]
-
-#: Known features, in the order they are documented.
-FEATURES = ("level", "std", "delta")
-#: The default: the levels alone, as before features existed.
-LEVELS_ONLY = ("level",)
-
-
-def levels_only() -> list[Feature]:
-    """The default feature list (a fresh list: pydantic's default factory)."""
-    return ["level"]
-
-
-def windowed(features: Sequence[str]) -> bool:
-    """Whether ``features`` need a window (anything besides the level alone)."""
-    return tuple(features) != LEVELS_ONLY
-
-
-def window_of(features: Sequence[str], window: int) -> int:
-    """Vectors a feature vector needs: ``window``, or 1 for levels only."""
-    return window if windowed(features) else 1
 
 
 def of_windows(windows: Array, features: Sequence[str]) -> Array:

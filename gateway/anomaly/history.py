@@ -29,7 +29,7 @@ import numpy as np
 
 from gateway.anomaly.assembler import NS
 from gateway.anomaly.config import AnomalyConfig, TagGroup
-from gateway.anomaly.features import window_of
+from gateway.anomaly.featurespec import window_of
 from gateway.errors import ConfigError
 
 #: Two vectors further apart than this many cadences are a gap (as in :meth:`GroupModel.step`).

@@ -28,8 +28,9 @@ from gateway.anomaly.assembler import NS, Shingler, Smoother, Vector
 from gateway.anomaly.backends import Forest, load_forest, make_forest
 from gateway.anomaly.calibration import Calibration, calibrate
 from gateway.anomaly.config import TagGroup, fit_vectors, min_block_vectors, min_training_vectors
-from gateway.anomaly.features import FeatureWindow, per_tag, window_of
+from gateway.anomaly.features import FeatureWindow, per_tag
 from gateway.anomaly.features import batch as feature_rows
+from gateway.anomaly.featurespec import window_of
 from gateway.anomaly.transform import Whitener
 from gateway.counters import current_names
 from gateway.errors import ConfigError

@@ -22,7 +22,7 @@ from gateway.anomaly.assembler import NS, Vector, VectorAssembler
 from gateway.anomaly.calibration import Calibration
 from gateway.anomaly.config import AnomalyConfig, TagGroup
 from gateway.anomaly.detector import Detector
-from gateway.anomaly.features import window_of
+from gateway.anomaly.featurespec import window_of
 from gateway.anomaly.history import (
     GAP_CADENCES,
     check_columns,
