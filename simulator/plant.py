@@ -5,6 +5,12 @@ run by ``tep-studio`` with Ricker's decentralized controller). ``SyntheticPlant`
 with measurement noise and analyzer sample-and-hold; it needs nothing but the standard library and is meant for
 tests that exercise endpoints rather than process behaviour.
 
+Besides the model's disturbances (``set_idv``), both plants take one actuator fault: ``hold_xmv`` sticks a valve
+where it is, whatever the controller asks. The widely used TEP benchmark data set's IDV 21 is exactly that (the
+stream 4 valve, XMV 4, fixed at its steady-state position), whereas the revised model's IDV 21 is a random variation
+of the A feed temperature that no measurement sees: ``hold_xmv(4, True)`` on a settled plant reproduces the
+benchmark's fault.
+
 Both are single-threaded objects: the caller serialises access (``simulator.runtime`` holds a lock).
 """
 
@@ -74,9 +80,15 @@ class Plant(Protocol):
     @property
     def shutdown_reason(self) -> str | None: ...
 
+    @property
+    def requested_xmv(self) -> Sequence[float]: ...
+    @property
+    def held_xmvs(self) -> frozenset[int]: ...
+
     def reset(self, seed: int) -> None: ...
     def step(self) -> None: ...
     def set_idv(self, n: int, on: bool) -> None: ...
+    def hold_xmv(self, n: int, on: bool) -> None: ...
 
 
 class _PlantState:
@@ -86,6 +98,8 @@ class _PlantState:
         self.step_s = float(step_s)
         self._xmeas: list[float] = list(BASE_XMEAS)
         self._xmv: list[float] = list(BASE_XMV)
+        self._requested: list[float] = list(BASE_XMV)
+        self._held: dict[int, float] = {}  # XMV number -> the position it is stuck at
         self._t_s = 0.0
         self._reason: str | None = None
 
@@ -100,6 +114,35 @@ class _PlantState:
     @property
     def xmv(self) -> Sequence[float]:
         return self._xmv
+
+    @property
+    def requested_xmv(self) -> Sequence[float]:
+        """What the controller (or, synthetic, the noise) asks of each valve; ``xmv`` is what is implemented."""
+        return self._requested
+
+    @property
+    def held_xmvs(self) -> frozenset[int]:
+        return frozenset(self._held)
+
+    def hold_xmv(self, n: int, on: bool) -> None:
+        """Stick valve XMV ``n`` (1-12) at its present position (``on``), or free it to follow requests again.
+
+        Holding an already held valve keeps its first position. The controller is not told: it keeps asking, as
+        it would of a real stuck valve (its integral action winds up, so freeing the valve bumps the plant).
+
+        Raises:
+            ValueError: naming the valid numbers.
+        """
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(BASE_XMV):
+            raise ValueError(f"unknown valve XMV {n!r}: valid numbers are 1-{len(BASE_XMV)}")
+        if on:
+            self._held.setdefault(n, self._xmv[n - 1])
+        else:
+            self._held.pop(n, None)
+
+    def _apply_holds(self, values: list[float]) -> None:
+        for n, position in self._held.items():
+            values[n - 1] = position
 
     @property
     def shutdown(self) -> bool:
@@ -140,14 +183,16 @@ class TepPlant(_PlantState):
         return frozenset(i + 1 for i, v in enumerate(self._idv) if v)
 
     def reset(self, seed: int) -> None:
-        """Start again from the base case with a new noise seed; disturbances are cleared."""
+        """Start again from the base case with a new noise seed; disturbances and held valves are cleared."""
         self._idv[:] = 0.0
+        self._held.clear()
         meas, _ = self._sim.reset(seed=float(seed), disturbances=self._idv)
         self._controller = self._controller_cls()
         self._controller.reset(meas, time=0.0)
         self._meas = meas
         self._xmeas = meas.tolist()
         self._xmv = self._sim.state[38:50].tolist()
+        self._requested = list(self._xmv)
         self._t_s = 0.0
         self._reason = None
 
@@ -157,6 +202,11 @@ class TepPlant(_PlantState):
             return
         hours = self._t_s / 3600.0
         action, _ = self._controller.compute_action(self._meas, time=hours)
+        self._requested = action.tolist()
+        if self._held:
+            action = action.copy()
+            for n, position in self._held.items():
+                action[n - 1] = position
         result = self._sim.advance(action, control_interval=self.step_s / 3600.0, disturbances=self._idv)
         self._meas = result.measurements
         self._xmeas = self._meas.tolist()
@@ -207,6 +257,8 @@ class SyntheticPlant(_PlantState):
         self._rng = random.Random(seed)
         self._xmeas = list(BASE_XMEAS)
         self._xmv = list(BASE_XMV)
+        self._requested = list(BASE_XMV)
+        self._held.clear()
         self._onset = {}
         self._t_s = 0.0
         self._reason = None
@@ -237,7 +289,9 @@ class SyntheticPlant(_PlantState):
                 for i in range(first - 1, last):
                     self._xmeas[i] = BASE_XMEAS[i] + offsets[i] + gauss(0.0, 0.005 * abs(BASE_XMEAS[i]))
         for j, base in enumerate(BASE_XMV[:11]):
-            self._xmv[j] = min(100.0, max(0.0, base + offsets[_XMV0 + j] + gauss(0.0, 0.2)))
+            self._requested[j] = min(100.0, max(0.0, base + offsets[_XMV0 + j] + gauss(0.0, 0.2)))
+        self._xmv = list(self._requested)
+        self._apply_holds(self._xmv)  # no process response to a stuck valve here: only the valve itself is held
         onset6 = self._onset.get(6)
         if onset6 is not None and self._t_s - onset6 >= _SYNTHETIC_TRIP_AFTER_S:
             self._reason = "Stripper liquid level too low"
@@ -272,6 +326,15 @@ class IdvEvent:
 
 
 @dataclass(frozen=True)
+class XmvHoldEvent:
+    """Stick valve ``xmv`` at its position (``on``) or free it when simulated time reaches ``at_s``."""
+
+    at_s: float
+    xmv: int
+    on: bool = True
+
+
+@dataclass(frozen=True)
 class Sample:
     """One row of a dataset: the plant after ``t_s`` simulated seconds."""
 
@@ -282,17 +345,20 @@ class Sample:
     shutdown: bool
 
 
-def apply_due(plant: Plant, schedule: Sequence[IdvEvent], next_index: int) -> int:
+def apply_due(plant: Plant, schedule: Sequence[IdvEvent | XmvHoldEvent], next_index: int) -> int:
     """Apply the schedule's events due at the plant's time (schedule sorted by time); return the next index."""
     while next_index < len(schedule) and schedule[next_index].at_s <= plant.t_s + 1e-9:
         event = schedule[next_index]
-        plant.set_idv(event.idv, event.on)
+        if isinstance(event, XmvHoldEvent):
+            plant.hold_xmv(event.xmv, event.on)
+        else:
+            plant.set_idv(event.idv, event.on)
         next_index += 1
     return next_index
 
 
 def run_plant(
-    plant: Plant, seconds: float, sample_every_s: float, schedule: Iterable[IdvEvent] = ()
+    plant: Plant, seconds: float, sample_every_s: float, schedule: Iterable[IdvEvent | XmvHoldEvent] = ()
 ) -> Iterator[Sample]:
     """Step ``plant`` for ``seconds`` of simulated time, yielding a sample every ``sample_every_s``.
 
@@ -303,6 +369,8 @@ def run_plant(
 
         plant = TepPlant(); plant.reset(seed=1)
         rows = list(run_plant(plant, 48 * 3600, 180, [IdvEvent(8 * 3600, 6)]))
+
+    The benchmark data set's IDV 21 (the stream 4 valve stuck) on a settled plant: ``[XmvHoldEvent(8 * 3600, 4)]``.
     """
     events = sorted(schedule, key=lambda e: e.at_s)
     index = apply_due(plant, events, 0)

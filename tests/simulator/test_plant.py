@@ -7,7 +7,17 @@ import statistics
 
 import pytest
 
-from simulator.plant import BASE_XMEAS, BASE_XMV, IdvEvent, Sample, SyntheticPlant, TepPlant, make_plant, run_plant
+from simulator.plant import (
+    BASE_XMEAS,
+    BASE_XMV,
+    IdvEvent,
+    Sample,
+    SyntheticPlant,
+    TepPlant,
+    XmvHoldEvent,
+    make_plant,
+    run_plant,
+)
 from simulator.runtime import Simulation, parse_idv_schedule
 
 # Published base case (Downs & Vogel 1993, mode 1) as quoted in NOTES section 10: XMEAS number -> value.
@@ -175,3 +185,39 @@ def test_warmup_runs_before_time_starts_and_the_schedule_counts_from_its_end() -
     assert sim.snapshot.t_s == 0 and sim.snapshot.values == (*reference.xmeas, *reference.xmv)  # warmed up again
     with pytest.raises(ValueError, match="warm-up"):
         Simulation(SyntheticPlant(), warmup_s=-1)
+
+
+def test_held_xmv4_stays_put_while_the_controller_asks_it_to_move() -> None:
+    """The benchmark data set's IDV 21: the stream 4 valve stuck at its position on a settled plant."""
+    plant = TepPlant()
+    plant.reset(1)
+    for _ in run_plant(plant, 3600, 3600):
+        pass
+    position = plant.xmv[3]
+    implemented, requested = [], []
+    for sample in run_plant(plant, 3600, 60, [XmvHoldEvent(plant.t_s, 4)]):
+        implemented.append(sample.xmv[3])
+        requested.append(plant.requested_xmv[3])
+    assert plant.held_xmvs == {4}
+    assert set(implemented) == {position}  # not one sample off the stuck position
+    assert max(abs(r - position) for r in requested) > 1.0  # the loop asks for another flow and does not get it
+    plant.hold_xmv(4, False)
+    plant.step()
+    assert plant.xmv[3] == pytest.approx(plant.requested_xmv[3])  # freed, it follows the controller again
+    plant.hold_xmv(4, True)
+    plant.reset(1)
+    assert plant.held_xmvs == frozenset()
+
+
+def test_synthetic_held_valve_stays_put_and_bad_numbers_are_refused() -> None:
+    plant = SyntheticPlant()
+    plant.reset(4)
+    rows = list(run_plant(plant, 600, 10, [XmvHoldEvent(100, 4)]))
+    assert rows[10].t_s == 100
+    assert len({r.xmv[3] for r in rows[10:]}) == 1  # from t = 100 s on, one position
+    assert len({r.xmv[3] for r in rows[:10]}) > 1  # before, the valve moved with the noise
+    assert plant.requested_xmv[3] != plant.xmv[3]
+    assert len({r.xmv[2] for r in rows[11:]}) > 1  # the others still move
+    for bad in (0, 13, True):
+        with pytest.raises(ValueError, match="1-12"):
+            plant.hold_xmv(bad, True)  # type: ignore[arg-type]
