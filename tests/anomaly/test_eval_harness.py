@@ -12,6 +12,7 @@ import pytest
 from bench import anomaly_baselines as pca
 from bench import anomaly_eval as ev
 from gateway.anomaly.model import AlarmState
+from simulator.plant import IdvEvent, XmvHoldEvent
 
 
 def test_tuning_and_test_runs_share_no_seed() -> None:
@@ -20,6 +21,13 @@ def test_tuning_and_test_runs_share_no_seed() -> None:
     assert not scored["tu"] & scored["te"]
     assert not scored["te"] & set(ev.FIT_SEEDS)  # test runs never fit either
     assert 21 in ev.IDVS and len([i for i in ev.IDVS if i not in ev.INVISIBLE]) == 18
+    assert ev.REVISED21 in ev.scored_keys(tuning) and len(ev.scored_keys(test)) == 21 + 1 + 6
+
+
+def test_idv21_is_the_benchmark_sets_stuck_stream_4_valve_and_the_revised_one_runs_apart() -> None:
+    assert ev._fault(21, False, 100.0) == [XmvHoldEvent(100.0, 4)]
+    assert ev._fault(21, True, 100.0) == [IdvEvent(100.0, 21)]  # tep-studio's A feed temperature variation
+    assert ev._fault(7, False, 100.0) == [IdvEvent(100.0, 7)] and ev._fault(0, False, 100.0) == []
 
 
 def _series(onset_alarm: float, before_alarm: int = 0, warmup: int = 0) -> ev.Series:
@@ -36,15 +44,17 @@ def test_metrics_follow_the_protocol() -> None:
     split = ev.SPLITS["tuning"]
     series = {f"idv{i}": _series(0.5 if i in ev.INVISIBLE else 1.0) for i in ev.IDVS}
     series["idv21"] = _series(0.1, before_alarm=10, warmup=5)
+    series[ev.REVISED21] = _series(0.0, before_alarm=3)
     series |= {f"normal{s}": _series(0.0, warmup=100) for s in split.normal_seeds}
     series["normal11"][1][500:506] = [1] * 6
     m = ev.metrics(split, series)
     assert m["avg_detection_rate"] == pytest.approx((17 + 0.1) / 18)  # 3, 9, 15 left out, IDV 21 counted
     assert m["per_idv"][21]["delay_min"] == 0
-    before = 21 * 160 - 5  # IDV 21's warm-up samples are not counted
+    assert m[ev.REVISED21]["detection_rate"] == 0  # reported apart, not averaged (the 0 would pull the mean down)
+    before = 22 * 160 - 5  # IDV 21's warm-up samples are not counted; the revised IDV 21's pre-onset samples are
     unseen = 2 * (960 - 100)
     assert m["normal_samples"] == before + unseen
-    assert m["false_alarm_rate"] == pytest.approx(16 / (before + unseen))
+    assert m["false_alarm_rate"] == pytest.approx((16 + 3) / (before + unseen))
     assert m["unseen_normal_far"] == pytest.approx(6 / unseen)
 
 
