@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -166,9 +167,17 @@ def _fit_lines(name: str, g: offline.GroupFit) -> list[str]:
 
 
 def _pct(rate: float) -> str:
-    """A rate in percent: two decimals, or one significant digit below 0.01 % (so that it never reads 0.00)."""
+    """A rate in percent: two decimals from 0.1 %, two significant digits below, ``0`` only when it is zero.
+
+    Why: the rates printed here are configured at 0.1 % and less, and the interval's low end runs an order of
+    magnitude below: two decimals would show 0.013 % as 0.01 and 0.004 % as 0.00, which reads as "never". A low
+    end that is exactly 0 (a bounded tail that ends below the threshold in some resamples) prints as 0.
+    """
     pct = 100 * rate
-    return f"{pct:.2f}" if pct == 0 or pct >= 0.01 else f"{pct:.1g}"
+    if pct == 0:
+        return "0"
+    decimals = 2 if pct >= 0.1 else 1 - math.floor(math.log10(pct))  # positional, never 9.5e-05
+    return f"{pct:.{decimals}f}"
 
 
 def _score(args: argparse.Namespace) -> int:

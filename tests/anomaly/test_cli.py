@@ -18,6 +18,9 @@ import pytest
 import yaml
 
 from gateway.anomaly import offline
+from gateway.anomaly.calibration import Calibration
+from gateway.anomaly.cli import _fit_lines, _pct
+from gateway.anomaly.config import TagGroup
 from gateway.anomaly.livestatus import live_status
 from gateway.cli.main import build_parser
 from gateway.cli.main import main as gatewayctl
@@ -148,6 +151,17 @@ def test_fit_reports_vectors_calibration_rate_and_dropped_rows(
     assert "3 bad:flow" in text and "4 filling the moving average of 3" in text
     assert re.search(r"expected false-alarm rate [\d.]+ % \(90 % interval [\d.]+ to [\d.]+ %\)", text), text
     assert "configured 1.00 %" in text
+
+
+def test_fit_prints_small_rates_with_two_significant_digits() -> None:
+    cal = Calibration("pot", 900, 1.7, 0.001, 0.001, 0.000042, 0.0013, folds=5)
+    fit = offline.GroupFit(TagGroup(name="unit", tags=TAGS), rows=900, vectors=900, fitted_vectors=900,
+                           threshold=1.7, calibration=cal)
+    line = _fit_lines("unit", fit)[-1]
+    assert "expected false-alarm rate 0.10 % (90 % interval 0.0042 to 0.13 %)" in line, line
+    assert "configured 0.10 %" in line
+    rates = (0.0, 0.003, 0.00013, 0.0005, 0.0123, 9.5e-07)
+    assert [_pct(r) for r in rates] == ["0", "0.30", "0.013", "0.050", "1.23", "0.000095"]
 
 
 # -- item 6: a CLI a user can read -----------------------------------------------------------------------------------
