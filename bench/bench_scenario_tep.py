@@ -2,9 +2,9 @@
 
 What runs, each as its own process on 127.0.0.1, started and stopped by PID (``devkit.peers``):
 
-- ``python -m simulator --plant tep --speed SPEED --warmup 12h --idv 4@8h``: the real closed-loop model, warmed
-  up 12 simulated hours first (the revised model swings for ~10 h after a reset; the normal runs the model is
-  fitted on are warmed up the same way), then IDV 4 (reactor cooling water inlet temperature step) switched on
+- ``python -m simulator --plant tep --speed SPEED --warmup 24h --idv 4@8h``: the real closed-loop model, warmed
+  up ``WARMUP_H`` (24) simulated hours first (the revised model swings for ~10 h after a reset; the normal runs the
+  model is fitted on are warmed up the same way), then IDV 4 (reactor cooling water inlet temperature step) switched on
   8 simulated hours in. IDV 4 belongs to one unit, the reactor: it shows in ``Reactor/CoolingWaterValve`` (XMV 10)
   and briefly in the reactor temperatures (NOTES 10). Seed ``SEED``, disjoint from every seed the model was fitted
   or tuned on.
@@ -71,7 +71,7 @@ from simulator.tags import XMEAS_TAGS, XMV_TAGS  # noqa: E402
 
 SPEED = 1000.0  # 48 h in under 3 minutes; the target is 500
 TARGET = 500.0
-# the evaluation's protocol: 48 h runs warmed up 12 h, fault at 8 h, 3-minute samples
+# the evaluation's protocol: 48 h runs warmed up WARMUP_H (24 h), fault at 8 h, 3-minute samples
 HOURS, ONSET_H, WARMUP_H = anomaly_eval.HOURS, anomaly_eval.ONSET_H, anomaly_eval.WARMUP_H
 SAMPLE_S = anomaly_eval.SAMPLE_S
 IDV, UNIT = 4, "Reactor"
