@@ -59,7 +59,7 @@ def test_metrics_follow_the_protocol() -> None:
 
 
 def test_budget_is_the_sum_of_the_groups_rates() -> None:
-    assert ev.budget(ev.groups_config()) == pytest.approx(0.004)
+    assert ev.budget(ev.groups_config()) == pytest.approx(0.005)
     assert {g["forest"]["seed"] for g in ev.with_seed(ev.groups_config(), 7)["groups"]} == {7}
 
 
