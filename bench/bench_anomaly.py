@@ -10,10 +10,11 @@ of a point on one core, not the wall-clock latency under load.
 Detection figures (``anomaly.eval.*``) come from ``bench/anomaly_eval.py``'s evaluation on its TEST split (disjoint
 simulator seeds that nothing was tuned on; see that module), run on every call: the simulated runs are cached as
 CSV under ``bench/data/anomaly/`` (git-ignored), so only the first ``make bench`` on a clone simulates them (needs
-the ``sim`` extra; measured: 28 runs in 468 s with 2 processes on 2 shared cores, and the test split needs 34:
-the 6 normal fit runs, 6 unseen normal runs, 21 IDV runs and the revised model's IDV 21); then fitting the 7 forest
-variants and scoring 28 runs with each takes about 4 minutes. ``ANOMALY_EVAL_SPLIT=tuning`` scores the tuning
-split instead, reported as ``anomaly.eval.tuning.*`` so it cannot pass for a test figure.
+the ``sim`` extra; the test split needs 34 runs of 72 simulated hours: the 6 normal fit runs, 6 unseen normal
+runs, 21 IDV runs and the revised model's IDV 21; measured with 2 processes on 2 shared cores: 30 runs in 392 s);
+then fitting the 7 forest variants and scoring 28 runs with each takes about 3 minutes (173 s).
+``ANOMALY_EVAL_SPLIT=tuning`` scores the tuning split instead, reported as ``anomaly.eval.tuning.*`` so it cannot
+pass for a test figure.
 ``anomaly.eval.avg_detection_rate``, ``.false_alarm_rate``, ``.median_delay_min``: streaming (gated updates,
 exactly what the component computes), forest seed 42; ``anomaly.eval.frozen.*`` the frozen model;
 ``anomaly.eval.worst_seed.avg_detection_rate`` the LOWEST average of 5 forest seeds and
