@@ -8,13 +8,16 @@ keeps the current seed). After a trip every process value carries ``BadOutOfServ
 
 Process and status values are not copied into the address space at every plant step (at ``--speed 0`` that
 copying cost more than the plant itself): a read asks the latest snapshot through a value callback, and only
-nodes somebody monitors are written, so subscriptions see every change. Security: :mod:`simulator.opcua_security`.
+nodes somebody monitors are written, so subscriptions see every change the endpoint writes (steps made while its
+loop is busy are coalesced into the newest, as a server sampling its device would). Security:
+:mod:`simulator.opcua_security`.
 
-History (OPC UA Part 11): every process tag is historized (``Historizing`` true, ``AccessLevel`` HistoryRead): each
-value change of every published snapshot is kept for ``history_s`` seconds, at most ``history_max_values`` per tag,
-in :mod:`simulator.opcua_history`, and served by HistoryReadRawModified with continuation points. Status tags,
-disturbance switches and properties are not historized (a history read of one is
-``BadHistoryOperationUnsupported``). A trip is historized as ``BadOutOfService`` at the time it happened.
+History (OPC UA Part 11): every process tag is historized (``Historizing`` true, ``AccessLevel`` HistoryRead):
+each value the nodes take (the snapshots the endpoint writes, so exactly what subscribers are sent) is kept for
+``history_s`` seconds, at most ``history_max_values`` per tag, in :mod:`simulator.opcua_history`, and served by
+HistoryReadRawModified with continuation points. Status tags, disturbance switches and properties are not
+historized (a history read of one is ``BadHistoryOperationUnsupported``). A trip is historized as
+``BadOutOfService`` at the time it happened.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ class OpcUaEndpoint:
         self.server = Server()
         self.ns = 0
         self._dirty = asyncio.Event()
+        self._publishing = asyncio.Lock()  # the write loop and published(): one snapshot written at a time
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: asyncio.Task[None] | None = None
         self._value_ids: list[ua.NodeId] = []  # process tags, then status tags
@@ -137,7 +141,7 @@ class OpcUaEndpoint:
             self.history = RingHistory(config.history_s, config.history_max_values)
             self.server.iserver.history_manager = HistoryService(self.server.iserver, self.history)
         self._historized: Snapshot | None = None  # the snapshot last recorded in the history
-        self._history_lock = threading.Lock()  # listeners run on whichever thread changed the simulation
+        self._history_lock = threading.Lock()  # record() may be called from any thread (RingHistory is shared)
 
     async def start(self) -> None:
         """Build the address space and start listening."""
@@ -220,10 +224,13 @@ class OpcUaEndpoint:
             await self.server.write_attribute_value(ua.NodeId(object_id), ua.DataValue(value))
 
     def _record(self, snap: Snapshot) -> None:
-        """Historize the values of ``snap`` that changed since the last recorded snapshot.
+        """Historize the values of ``snap`` the nodes take now: those that differ from the last recorded snapshot's
+        (all of them when the plant trips or restarts).
 
-        Listeners may run concurrently and out of order (a disturbance switched from the OPC DA thread while the
-        clock steps): an older snapshot than the last recorded one is skipped.
+        Called with the snapshot the endpoint writes to its nodes, not with every step: under load the write loop
+        coalesces steps, and a value no node ever held would be history no subscriber could have been sent (asyncua's
+        own historizing records a node's values through an internal subscription, with the same effect). A changed
+        timestamp alone is no new value either: the subscriptions' default trigger (StatusValue) does not report it.
         """
         history = self.history
         if history is None:
@@ -234,11 +241,12 @@ class OpcUaEndpoint:
                 return
             self._historized = snap
             status = _BAD_CODE if snap.shutdown else 0
-            ids, values, old = self._value_ids, snap.values, last.stamps if last is not None else None
+            every = last is None or last.shutdown != snap.shutdown
+            ids, values, old = self._value_ids, snap.values, None if last is None else last.values
             micros: dict[int, int] = {}  # the values that changed in one step share one stamp: convert it once
             rows = []
             for index, stamp in enumerate(snap.stamps):
-                if old is not None and stamp == old[index]:
+                if not every and old is not None and values[index] == old[index]:
                     continue
                 us = micros.get(id(stamp))
                 if us is None:
@@ -292,7 +300,6 @@ class OpcUaEndpoint:
         return ua.DataValue(ua.Variant(value, _VARIANT[kind]), _GOOD, now, now)
 
     def _on_change(self, snap: Snapshot) -> None:
-        self._record(snap)
         loop = self._loop
         if loop is None:
             return
@@ -308,8 +315,15 @@ class OpcUaEndpoint:
     async def _write_loop(self) -> None:
         while True:
             await self._dirty.wait()
+            await self.published()
+
+    async def published(self) -> None:
+        """Write the newest snapshot to the history and the nodes, as the write loop does after every change (a test
+        that steps the plant calls it to have each step written)."""
+        async with self._publishing:
             self._dirty.clear()
             snap = self.sim.snapshot
+            self._record(snap)
             await self._write_idvs(snap)
             await self._push_monitored(snap)
 
