@@ -9,7 +9,7 @@ set defines it (below).
 
 Disjoint seeds, so that nothing is chosen on the runs that measure it:
 
-- ``tuning`` split: normal seeds ``FIT_SEEDS`` (1-6) to fit, normal seeds 11-12 as unseen normal runs, IDV runs
+- ``tuning`` split: normal seeds ``FIT_SEEDS`` (1-6) to fit, normal seeds 11-16 as unseen normal runs, IDV runs
   seed ``1000 + idv``. Every choice (groups, smoothing, shingle, thresholds, the PCA variance, suggest's defaults)
   is made on this split, by anyone: ``--split tuning``.
 - ``test`` split: the same fit data (normal, tuning seeds: fitting on normal history is the protocol), unseen
@@ -28,9 +28,14 @@ Figures (``results_<split>.json``; ``bench/bench_anomaly.py`` turns them into ``
   thresholds at the forest configuration's false-alarm budget, same hysteresis, frozen;
 - ``suggest``: the groups ``gatewayctl anomaly suggest`` proposes from the tuning normal runs, scored like the
   headline (when ``gateway.anomaly.suggest`` exists);
-- ``far``: false-alarm rate on the unseen normal runs alone (streaming, seed 42) against the configured one, which
-  for several groups is the SUM of the groups' ``false_alarm_rate``: the any-group alarm budget (an alarm is any
-  group in alarm; with rare, mostly separate excursions the rates add). ``ratio`` = measured / configured.
+- ``far``: the configured ``false_alarm_rate`` against the unseen normal runs alone (streaming, seed 42), in its
+  own unit: ``ratio`` (``far_ratio``) = the groups' vectors over their thresholds / the number their
+  ``false_alarm_rate`` expects (pooled over the groups: one 0.1 % group expects ~6 points on these runs, too few to
+  tell a factor of 2 from chance); ``point_ratio`` the same per group; ``alarm_ratio`` = share of time with any
+  group in alarm / the sum of the groups' rates (what an operator sees; ``raise_after`` drops isolated points, so
+  it runs well under 1 at a well calibrated threshold). Why the point rate is the setting: docs/anomaly.md.
+  ``worst_seed`` has each of them for all 5 forest seeds (``far_ratio_min``/``_max``, ``far_ratio_points_min``/
+  ``_max`` over the groups and seeds, ``alarm_ratio_min``/``_max``).
 
 IDV 21 is the benchmark data set's, the one the detection figures of the literature (and issue 17's targets) are
 for: the valve for stream 4 (XMV 4, A and C feed) fixed at its steady-state position, here held where it is at
@@ -107,7 +112,11 @@ class Split:
         return self.idv_base + idv
 
 
-SPLITS = {"tuning": Split("tuning", (11, 12), 1000), "test": Split("test", (101, 102, 103, 104, 105, 106), 2000)}
+# 6 unseen normal runs in each split: with 2 (1,922 samples) the budget expected one or two alarms, too few to tune on
+SPLITS = {
+    "tuning": Split("tuning", (11, 12, 13, 14, 15, 16), 1000),
+    "test": Split("test", (101, 102, 103, 104, 105, 106), 2000),
+}
 
 
 def _x(*numbers: int) -> list[str]:
@@ -273,9 +282,42 @@ def metrics(split: Split, series: dict[str, Series]) -> dict[str, Any]:
     }
 
 
-def _forest_series(model: Path, path: Path, updates: str) -> Series:
-    rows = offline.score(model, path, None, updates=updates)  # type: ignore[arg-type]
+def _forest_series(rows: list[dict[str, Any]]) -> Series:
     return [float(r["timestamp"]) for r in rows], [int(r["alarm"]) for r in rows], [r["score"] != "" for r in rows]
+
+
+Points = dict[str, tuple[int, int]]  # per group: scored vectors over its threshold, scored vectors
+
+
+def points_over(rows: list[dict[str, Any]], groups: list[str]) -> Points:
+    """Per group, how many of its scores are over its threshold (reported scores are divided by it: 1.0)."""
+    out = {}
+    for g in groups:
+        scores = [float(r[f"score_{g}"]) for r in rows if r[f"score_{g}"] != ""]
+        out[g] = (sum(s > 1.0 for s in scores), len(scores))
+    return out
+
+
+def point_ratios(points: list[Points], config: dict[str, Any]) -> dict[str, float]:
+    """Per group: share of its vectors over its threshold on the runs ``points`` counts / its false_alarm_rate.
+
+    This is what ``false_alarm_rate`` is calibrated as (the point rate of one group, docs/anomaly.md thresholds).
+    """
+    rates = {g.name: g.false_alarm_rate for g in AnomalyConfig.model_validate(config).groups}
+    return {g: sum(p[g][0] for p in points) / max(sum(p[g][1] for p in points), 1) / r for g, r in rates.items()}
+
+
+def pooled_ratio(points: list[Points], config: dict[str, Any]) -> float:
+    """All groups' vectors over their thresholds / the number their ``false_alarm_rate`` expects: ``far_ratio``.
+
+    The same unit as the setting (points of each group against its own rate), pooled so that it can be measured:
+    a 0.1 % group expects ~6 points on the six unseen normal runs, in clusters, where a factor of 2 cannot be
+    told from chance; the three groups together expect ~29.
+    """
+    rates = {g.name: g.false_alarm_rate for g in AnomalyConfig.model_validate(config).groups}
+    over = sum(p[g][0] for p in points for g in rates)
+    expected = sum(p[g][1] * r for p in points for g, r in rates.items())
+    return over / expected if expected else math.nan
 
 
 def _forest(job: tuple[str, str, dict[str, Any], list[str], tuple[str, ...], dict[str, str]]) -> dict[str, Any]:
@@ -287,8 +329,14 @@ def _forest(job: tuple[str, str, dict[str, Any], list[str], tuple[str, ...], dic
     offline.fit(AnomalyConfig.model_validate(config), fit, model)
     out: dict[str, Any] = {"fit_s": time.perf_counter() - t, "budget": budget(config)}
     keys = scored_keys(split)
+    groups = [g["name"] for g in config["groups"]]
     for mode in modes:
-        out[mode] = metrics(split, {k: _forest_series(model, Path(runs[k]), mode) for k in keys})
+        rows = {k: offline.score(model, Path(runs[k]), None, updates=mode) for k in keys}  # type: ignore[arg-type]
+        out[mode] = metrics(split, {k: _forest_series(r) for k, r in rows.items()})
+        unseen = [points_over(rows[f"normal{s}"], groups) for s in split.normal_seeds]
+        out[mode]["unseen_point_ratio"] = point_ratios(unseen, config)
+        out[mode]["far_ratio"] = pooled_ratio(unseen, config)
+        out[mode]["alarm_ratio"] = out[mode]["unseen_normal_far"] / out["budget"]
     return out
 
 
@@ -347,10 +395,19 @@ def evaluate(split: Split, runs: dict[str, Path], jobs: int = 2) -> dict[str, An
             "forest_seeds": list(FOREST_SEEDS),
             "avg_detection_rate": min(r["avg_detection_rate"] for r in seeds.values()),
             "false_alarm_rate": max(r["false_alarm_rate"] for r in seeds.values()),
-            "far_ratio_max": max(r["unseen_normal_far"] for r in seeds.values()) / head["budget"],
-            "far_ratio_min": min(r["unseen_normal_far"] for r in seeds.values()) / head["budget"],
+            "far_ratio_max": max(r["far_ratio"] for r in seeds.values()),
+            "far_ratio_min": min(r["far_ratio"] for r in seeds.values()),
+            # per group: share of its vectors over its threshold on the unseen normal runs / its false_alarm_rate
+            "far_ratio_points_max": max(max(r["unseen_point_ratio"].values()) for r in seeds.values()),
+            "far_ratio_points_min": min(min(r["unseen_point_ratio"].values()) for r in seeds.values()),
+            "alarm_ratio_max": max(r["alarm_ratio"] for r in seeds.values()),
+            "alarm_ratio_min": min(r["alarm_ratio"] for r in seeds.values()),
             "per_seed": {
-                str(s): {k: r[k] for k in ("avg_detection_rate", "false_alarm_rate", "unseen_normal_far")}
+                str(s): {
+                    k: r[k]
+                    for k in ("avg_detection_rate", "false_alarm_rate", "unseen_normal_far", "far_ratio",
+                              "alarm_ratio", "unseen_point_ratio")
+                }
                 for s, r in seeds.items()
             },
         },
@@ -358,7 +415,9 @@ def evaluate(split: Split, runs: dict[str, Path], jobs: int = 2) -> dict[str, An
         "far": {
             "measured": head["gated"]["unseen_normal_far"],
             "configured": head["budget"],
-            "ratio": head["gated"]["unseen_normal_far"] / head["budget"],
+            "ratio": head["gated"]["far_ratio"],
+            "alarm_ratio": head["gated"]["alarm_ratio"],
+            "point_ratio": head["gated"]["unseen_point_ratio"],
         },
         **_pca(split, runs, config),
     }
@@ -411,12 +470,19 @@ def table(results: dict[str, Any]) -> str:
     lines += [
         f"- Worst of {len(ws['forest_seeds'])} forest seeds ({', '.join(map(str, ws['forest_seeds']))}), streaming: "
         f"lowest average detection {_pct(ws['avg_detection_rate'])}, highest false-alarm rate "
-        f"{_pct(ws['false_alarm_rate'], 2)}; unseen-normal rate / configured between {ws['far_ratio_min']:.2f} and "
-        f"{ws['far_ratio_max']:.2f}.",
+        f"{_pct(ws['false_alarm_rate'], 2)}.",
+        f"- Unseen normal runs, points over the threshold / the groups' `false_alarm_rate` (`far_ratio`): "
+        f"{far['ratio']:.2f} for seed 42, {ws['far_ratio_min']:.2f} to {ws['far_ratio_max']:.2f} over the "
+        f"{len(ws['forest_seeds'])} forest seeds; per group {ws['far_ratio_points_min']:.2f} to "
+        f"{ws['far_ratio_points_max']:.2f} ("
+        + "; ".join(f"seed {s}: " + ", ".join(f"{g} {x:.2f}" for g, x in r["unseen_point_ratio"].items())
+                    for s, r in ws["per_seed"].items())
+        + ").",
         f"- Small data (fit on {sd['fit_rows']} normal rows: 25 h + one 48 h run), streaming: "
         f"{_pct(sd['avg_detection_rate'])} at {_pct(sd['false_alarm_rate'], 2)} false alarms.",
-        f"- Unseen normal runs alone: {_pct(far['measured'], 2)} in alarm against the configured "
-        f"{_pct(far['configured'], 2)} (sum of the groups' rates): ratio {far['ratio']:.2f}.",
+        f"- Unseen normal runs, share of time in alarm (any group): {_pct(far['measured'], 2)} against the "
+        f"budget {_pct(far['configured'], 2)} (sum of the groups' rates): {far['alarm_ratio']:.2f} for seed 42, "
+        f"{ws['alarm_ratio_min']:.2f} to {ws['alarm_ratio_max']:.2f} over the forest seeds.",
     ]
     if "suggest" in results:
         sg = results["suggest"]

@@ -52,10 +52,33 @@ def test_metrics_follow_the_protocol() -> None:
     assert m["per_idv"][21]["delay_min"] == 0
     assert m[ev.REVISED21]["detection_rate"] == 0  # reported apart, not averaged (the 0 would pull the mean down)
     before = 22 * 160 - 5  # IDV 21's warm-up samples are not counted; the revised IDV 21's pre-onset samples are
-    unseen = 2 * (960 - 100)
+    unseen = len(split.normal_seeds) * (960 - 100)
     assert m["normal_samples"] == before + unseen
     assert m["false_alarm_rate"] == pytest.approx((16 + 3) / (before + unseen))
     assert m["unseen_normal_far"] == pytest.approx(6 / unseen)
+
+
+def test_tuning_split_has_as_many_unseen_normal_runs_as_test() -> None:
+    # two runs (1,922 samples) expect one or two alarms at the budget: no rate can be tuned on that
+    assert len(ev.SPLITS["tuning"].normal_seeds) == len(ev.SPLITS["test"].normal_seeds) == 6
+
+
+def test_point_ratio_is_each_groups_share_over_its_threshold_over_its_rate() -> None:
+    config = ev.groups_config()  # plant 0.003, condenser 0.001, variability 0.001
+    row = {"score_plant": "", "score_condenser": "", "score_variability": ""}
+    rows = [dict(row)] + [
+        {"score_plant": 1.5 if k < 3 else 0.5, "score_condenser": 1.0 if k < 5 else 0.2, "score_variability": 0.1}
+        for k in range(1000)
+    ]
+    run = ev.points_over(rows, ["plant", "condenser", "variability"])
+    assert run == {"plant": (3, 1000), "condenser": (0, 1000), "variability": (0, 1000)}  # 1.0 is not over
+    other = {"plant": (6, 1000), "condenser": (1, 500), "variability": (0, 500)}
+    ratios = ev.point_ratios([run, other], config)
+    assert ratios["plant"] == pytest.approx(9 / 2000 / 0.003)
+    assert ratios["condenser"] == pytest.approx(1 / 1500 / 0.001)
+    assert ratios["variability"] == 0
+    # far_ratio pools the groups: all points over thresholds / all the points the groups' rates expect
+    assert ev.pooled_ratio([run, other], config) == pytest.approx(10 / (2000 * 0.003 + 1500 * 0.001 + 1500 * 0.001))
 
 
 def test_budget_is_the_sum_of_the_groups_rates() -> None:
