@@ -44,14 +44,12 @@ from pydantic import ValidationError
 
 from gateway.errors import ConfigError, StoreWriteError, StreamError, StreamNotFound
 from gateway.fsutil import atomic_write
+from gateway.streams import notify
 from gateway.streams import segments as seg
 from gateway.streams.base import Persistence, StoredMessage, StreamInfo, StreamSpec
 from gateway.streams.retention import Retention, Tail, read_counters
 
 log = logging.getLogger(__name__)
-
-_POLL_MIN_S = 0.002
-_POLL_MAX_S = 0.05
 
 
 @dataclass(slots=True)
@@ -210,19 +208,20 @@ class EmbeddedStore:
     ) -> list[StoredMessage]:
         folder = self._folder(stream)
         deadline = time.monotonic() + timeout_s
-        pause = _POLL_MIN_S
+        pause = notify.Pause(str(folder))  # other processes append: the kernel says when (or we poll)
         out: list[StoredMessage] = []
-        while True:
-            nxt = out[-1].seq + 1 if out else start_seq
-            out.extend(self._read_once(stream, str(folder), nxt, max_count - len(out)))
-            if len(out) >= min_count or len(out) >= max_count:
-                return out
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return out
-            # Another process appends; there is no cross-process wake-up, so poll with a short, growing pause.
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, _POLL_MAX_S)
+        try:
+            while True:
+                nxt = out[-1].seq + 1 if out else start_seq
+                out.extend(self._read_once(stream, str(folder), nxt, max_count - len(out)))
+                if len(out) >= min_count or len(out) >= max_count:
+                    return out
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return out
+                pause.wait(remaining)
+        finally:
+            pause.close()
 
     def _read_once(self, stream: str, folder: str, start_seq: int, max_count: int) -> list[StoredMessage]:
         segs = seg.list_segments(folder)
