@@ -40,8 +40,9 @@ from gateway.codec import decode_batch  # noqa: E402
 from gateway.record import Record, make_record  # noqa: E402
 from gateway.streams import PositionStore, RecordReader, RecordWriter, StreamSpec  # noqa: E402
 from gateway.streams.base import StreamStore  # noqa: E402
+from gateway.streams.batches import encode_messages  # noqa: E402
 from gateway.streams.embedded import EmbeddedStore  # noqa: E402
-from gateway.streams.records import MAX_RECORDS_PER_MESSAGE, encode_messages  # noqa: E402
+from gateway.streams.records import MAX_RECORDS_PER_MESSAGE  # noqa: E402
 from gateway.streams.stream_manager import StreamManagerStore  # noqa: E402
 from tests.support.stream_manager import ServerThread  # noqa: E402
 
