@@ -2,8 +2,10 @@
 
 Markers. After each successful write the collector keeps, per connection, a small marker
 ``<store>/state/<component>/<connection>.json`` (the last sequence number and gateway time written; one atomic
-replace per flush, not per value). At start the connection's sequence continues from there, and the gateway time is
-where the gap record of that start begins (:mod:`gateway.collector`).
+replace at most every ``MARKER_INTERVAL_S`` and at stop, not per value or per append: the collector appends as
+often as the stream takes it, and the replace costs more than the append). At start the connection's sequence
+continues from there, and the gateway time is where the gap record of that start begins (:mod:`gateway.collector`);
+after a kill it may begin up to ``MARKER_INTERVAL_S`` early, never late.
 
 Last stored source timestamps. After each append the newest server source timestamp the stream holds is advanced per
 tag (:mod:`gateway.sources.laststored`, ``<store>/state/<component>/last_source_ts/<connection>.json``). A connection
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,9 @@ log = logging.getLogger("gateway.collector")
 # Sequence numbers a marker reserves ahead of what was written (see ConnectionState.before_append): a restart jumps
 # past them.
 SEQ_RESERVE = 100_000
+# Markers are moved at most this often (and at stop); sequence numbers stay safe through the reservation, which is
+# written before the append that needs it.
+MARKER_INTERVAL_S = 0.2
 # Newest stream messages read back at start, per connection, to catch the per-tag state up (see load_stored)
 TAIL_MESSAGES_PER_CONNECTION = 4
 
@@ -51,6 +57,8 @@ class ConnectionState:
         self.stored: dict[str, LastStored] = {}  # per connection: what the stream holds per tag, across changes
         self._reserved: dict[str, int] = {}  # per connection: the sequence number its marker reserves up to
         self._committed: dict[str, dict[str, Any]] = {}  # per connection: its marker after the last append
+        self._marker_due: dict[str, float] = {}  # per connection: when (monotonic) its marker may move again
+        self._held: set[str] = set()  # connections whose marker after the last append is not on disk yet
 
     def before_append(self, name: str, last_seq: int) -> None:
         """Reserve sequence numbers past ``last_seq`` in the marker before an append that would use them.
@@ -65,7 +73,7 @@ class ConnectionState:
 
     def after_append(self, name: str, records: list[Record]) -> None:
         """Move the per-tag timestamps and the marker over ``records``, which the stream now holds (a kill between
-        the append and this makes the next gap start one flush early, never late)."""
+        the append and the marker's move makes the next gap start up to ``MARKER_INTERVAL_S`` early, never late)."""
         stored = self.stored.get(name)
         if stored is not None and stored.advance(records):  # after the append: never ahead of the stream
             stored.save()
@@ -74,7 +82,23 @@ class ConnectionState:
             marker = {"seq": last.seq, "reserved_seq": self._reserved[name], "gateway_ts_ns": last.gateway_ts_ns,
                       "source_ts_ns": last.source_ts_ns, "stream": self.stream}
             self._committed[name] = marker
+            now = time.monotonic()
+            if now < self._marker_due.get(name, 0.0):
+                self._held.add(name)
+                return
+            self._marker_due[name] = now + MARKER_INTERVAL_S
+            self._held.discard(name)
             self._write_marker(name, marker)
+
+    def sync(self) -> None:
+        """Write the markers held back since their last move (at stop)."""
+        try:
+            for name in sorted(self._held):
+                self._write_marker(name, self._committed[name])
+        except OSError as exc:  # the stop goes on; the reservation still keeps the sequence numbers apart
+            log.warning("collector: could not move the markers in %s at stop (%s): the next gap record may start "
+                        "up to %.1f s early", self.state_dir, exc, MARKER_INTERVAL_S)
+        self._held.clear()
 
     def _write_marker(self, name: str, marker: dict[str, Any]) -> None:
         assert self.state_dir is not None

@@ -1,15 +1,23 @@
-"""The collector writes a fast source in bounded batches: a full pending list wakes the flusher before its interval."""
+"""How the collector writes: a fast source in bounded batches (a full pending list wakes the flusher before its
+interval), and with ``flush_interval_s`` 0 by group commit (an idle stream takes a value at once, the values read
+during an append go together into the next); markers move at most every ``MARKER_INTERVAL_S`` and at stop."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from gateway.codec import decode_batch
 from gateway.collector import FLUSH_AT_RECORDS, Collector
-from gateway.record import Quality
-from gateway.sources.common import ConnectionBase, Emitter
+from gateway.collector_state import MARKER_INTERVAL_S, ConnectionState
+from gateway.record import Quality, make_record
+from gateway.sources.common import ConnectionBase, Counters, Emitter
 from gateway.streams import StreamSpec
 from gateway.streams.embedded import EmbeddedStore
 
@@ -103,4 +111,115 @@ def test_a_poller_faster_than_the_stream_waits_instead_of_piling_values_up(tmp_p
     assert read >= 10 * FLUSH_AT_RECORDS
     # without Emitter.room() the poller reads ~100,000 values per slow append and all of them wait in memory
     assert _Poller.most_pending < 2 * FLUSH_AT_RECORDS + 100
+    store.close()
+
+
+def test_the_emitter_says_when_its_empty_pending_list_gets_a_record() -> None:
+    emitter = Emitter(ConnectionBase(name="c"), Counters())
+    calls: list[int] = []
+    emitter.on_pending = lambda: calls.append(len(emitter.pending))
+    emitter.emit("a", 1.0, Quality.GOOD)
+    emitter.emit("b", 2.0, Quality.GOOD)  # the list was not empty: nothing new to say
+    assert calls == [0]
+    emitter.take()
+    emitter.emit_meta("a", {"units": "bar"})
+    emitter.emit_gap(1, 2)
+    assert calls == [0, 0]
+
+
+class _GatedStore(EmbeddedStore):
+    """A stream whose appends each wait for the test's go-ahead, noting how many records each one carried."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.entered = threading.Semaphore(0)
+        self.go = threading.Semaphore(0)
+        self.appended: list[int] = []
+
+    def append(self, stream: str, payload: bytes) -> int:
+        self.entered.release()
+        assert self.go.acquire(timeout=30), "the test never let the append through"
+        self.appended.append(len(decode_batch(payload)))
+        return super().append(stream, payload)
+
+
+class _Steered:
+    """A source that emits what the test hands it through its queue."""
+
+    queue: asyncio.Queue[list[str]]
+
+    def __init__(self, cfg: ConnectionBase) -> None:
+        self.cfg = cfg
+
+    async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
+        on_connected()
+        while True:
+            for tag in await _Steered.queue.get():
+                emitter.emit(tag, 1.0, Quality.GOOD)
+
+
+def test_group_commit_writes_an_idle_value_alone_and_gathers_values_read_during_an_append(tmp_path: Path) -> None:
+    # flush_interval_s 0: no timer; the first value goes at once, the three read while it is appended go together
+    store = _GatedStore(tmp_path / "store")
+    collector = Collector("test", store, StreamSpec(name="gc"), _Steered)
+    conn = ConnectionBase(name="plc", flush_interval_s=0)
+    assert ConnectionBase(name="default").flush_interval_s == 0
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        _Steered.queue = asyncio.Queue()
+        stop = asyncio.Event()
+        task = asyncio.create_task(collector.run([conn], stop))
+        await _Steered.queue.put(["a"])
+        assert await loop.run_in_executor(None, store.entered.acquire, True, 30), "the idle value was not written"
+        await _Steered.queue.put(["b", "c", "d"])
+        while _Steered.queue.qsize():  # the source took them (polling a queue with the loop's help, not a timer)
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        store.go.release()  # the first append completes; the next one carries b, c and d
+        assert await loop.run_in_executor(None, store.entered.acquire, True, 30), "b, c and d were not written"
+        store.go.release()
+        while collector.connections["plc"].counters.values_written < 4:
+            await asyncio.sleep(0.01)  # polling a counter; the appends above already happened
+        stop.set()
+        for _ in range(4):
+            store.go.release()  # the metrics and anything else written at stop
+        await task
+
+    asyncio.run(scenario())
+    assert store.appended[:2] == [1, 3]
+    store.close()
+
+
+def test_markers_move_at_most_every_interval_and_exactly_at_stop(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # group commit appends as often as the stream takes it; the marker's atomic replace costs more than an append,
+    # so it moves at most every MARKER_INTERVAL_S (a kill then starts the gap at most that early) and at stop
+    store = EmbeddedStore(tmp_path / "store")
+    state = ConnectionState(tmp_path / "state", store, "s")
+    clock = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def append(seq: int) -> None:
+        records = [make_record("plc", "a", float(seq), seq=seq, source_ts_ns=seq)]
+        state.before_append("plc", seq)
+        state.after_append("plc", records)
+
+    def on_disk() -> int:
+        return int(json.loads((tmp_path / "state" / "plc.json").read_text())["seq"])
+
+    append(1)
+    assert on_disk() == 1
+    clock[0] += MARKER_INTERVAL_S / 2
+    append(2)
+    assert on_disk() == 1  # held back
+    used, _ = state.read_marker("plc") or (0, None)
+    assert used > 2  # a kill now: the restart still continues past 2 (the reservation)
+    clock[0] += MARKER_INTERVAL_S
+    append(3)
+    assert on_disk() == 3
+    clock[0] += MARKER_INTERVAL_S / 2
+    append(4)
+    state.sync()  # the stop
+    assert on_disk() == 4
     store.close()

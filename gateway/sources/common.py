@@ -75,7 +75,10 @@ class ConnectionBase(BaseModel):
     reconnect_min_s: float = Field(default=1.0, gt=0, description="First reconnect delay (doubles, with jitter).")
     reconnect_max_s: float = Field(default=60.0, gt=0, description="Longest reconnect delay; retries never stop.")
     flush_interval_s: float = Field(
-        default=0.2, gt=0, description="How often read values are written to the stream as one message."
+        default=0.0, ge=0,
+        description="0: read values are written as soon as the stream is free, those read during a write go "
+                    "together into the next one. Above 0: written every this many seconds (fewer, larger messages; "
+                    "each value waits up to this long).",
     )
 
 
@@ -185,6 +188,9 @@ class Emitter:
         self.pending: list[Record] = []
         # (count, callback): called once the pending list reaches count, so the owner can flush early
         self.on_full: tuple[int, Callable[[], None]] | None = None
+        # called when a record goes into an empty pending list: an idle owner writes it at once instead of at a
+        # timer (the collector's group commit, gateway.collector)
+        self.on_pending: Callable[[], None] | None = None
         self._taken = asyncio.Event()
 
     @property
@@ -234,6 +240,8 @@ class Emitter:
             ts, flags = gw, flags & ~_SERVER_TS
         self._seq += 1
         record = Record(self.cfg.name, tag, value, quality, ts, gw, self._seq, Kind.VALUE, status, flags)
+        if not self.pending and self.on_pending is not None:
+            self.on_pending()
         self.pending.append(record)
         if not flags & _BACKFILL:
             self._last_sent[tag] = record
@@ -251,6 +259,8 @@ class Emitter:
             last = self._last_sent.get(tag)
             if last is None or last.gateway_ts_ns < since_ns:
                 continue  # not read in this session: a tag the server no longer has is not kept alive
+            if not self.pending and self.on_pending is not None:
+                self.on_pending()
             sent += 1
             self._seq += 1
             value = self._suppressed.pop(tag, last.value)
@@ -292,6 +302,8 @@ class Emitter:
         tag = self.name_of(source_tag)
         if isinstance(value, dict):
             self.meta[tag] = value
+        if not self.pending and self.on_pending is not None:
+            self.on_pending()
         self._seq += 1
         self.pending.append(Record(self.cfg.name, tag, value, quality,
                                    source_ts_ns if source_ts_ns else gw, gw, self._seq, Kind.META))
@@ -302,6 +314,8 @@ class Emitter:
         """A gap record of this connection: no data from ``t1_ns`` to ``t2_ns`` (the record described in
         :mod:`gateway.collector`; ``status`` the protocol's code saying why, e.g. a server without history), which
         the collector counts in ``gaps`` and ``gap_s``."""
+        if not self.pending and self.on_pending is not None:
+            self.on_pending()
         self._seq += 1
         self.pending.append(Record(self.cfg.name, f"collector/{self.cfg.name}/gap", round((t2_ns - t1_ns) / 1e9, 6),
                                    Quality.BAD, t1_ns, t2_ns, self._seq, Kind.METRIC, status, flags))
