@@ -15,8 +15,6 @@ to print the figures and the load.
 
 from __future__ import annotations
 
-import struct
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -25,8 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.collector_window import measure, report, write_config  # noqa: E402
-from devkit.peers import free_port, port_open, start, wait_for  # noqa: E402
+from bench.collector_window import measure, modbus_server, report, write_config  # noqa: E402
 
 TAGS = 4000  # float32 tags = 8,000 holding registers = 65 requests of at most 124 registers
 # The tags split over this many TCP connections to the same server. pymodbus keeps one request in flight per
@@ -37,22 +34,6 @@ CONNECTIONS = 2
 WARMUP_S = 3.0
 WINDOW_S = 8.0
 STREAM = "factoryedge-modbus"
-
-
-def _server(folder: Path) -> tuple[subprocess.Popen[bytes], int]:
-    binary = folder / "modbus_server"
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libmodbus"], check=True, capture_output=True,
-                           text=True).stdout.split()
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "tests" / "peers" / "modbus_server.c"), *flags],
-                   check=True)
-    regs: list[int] = []
-    for i in range(TAGS):
-        regs += struct.unpack(">HH", struct.pack(">f", 100.0 + i))
-    (folder / "tables.txt").write_text(f"unit 1\nsize hr {len(regs)}\nhr 0 {' '.join(map(str, regs))}\n")
-    port = free_port()
-    proc = start([str(binary), str(port), str(folder / "tables.txt"), "-m"], folder / "server.log")
-    wait_for(lambda: port_open(port), 10, "the libmodbus server")
-    return proc.popen, port
 
 
 def _connections(port: int) -> list[dict[str, Any]]:
@@ -67,13 +48,12 @@ def _connections(port: int) -> list[dict[str, Any]]:
 def run() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-modbus-") as tmp:
         folder = Path(tmp)
-        server, port = _server(folder)
+        server, port = modbus_server(folder, TAGS)
         try:
             w = measure("components.modbus_collector.main", write_config(folder, STREAM, _connections(port)),
                         folder, STREAM, warmup_s=WARMUP_S, window_s=WINDOW_S)
         finally:
-            server.terminate()
-            server.wait(10)
+            server.stop()
     return {"collector.modbus.values_per_s": w.values_per_s, "collector.modbus.rss_mb": w.rss_mb,
             "collector.modbus.cpu_percent": w.cpu_percent}
 

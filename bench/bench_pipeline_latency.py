@@ -23,8 +23,6 @@ from __future__ import annotations
 import calendar
 import json
 import os
-import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,8 +35,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.collector_window import write_config  # noqa: E402
-from devkit.peers import Mosquitto, Proc, free_port, port_open, start, start_mosquitto, wait_for  # noqa: E402
+from bench.collector_window import modbus_server, write_config  # noqa: E402
+from devkit.peers import Mosquitto, Proc, start, start_mosquitto, wait_for  # noqa: E402
 from gateway.codec import decode_batch  # noqa: E402
 from gateway.streams.embedded import EmbeddedStore  # noqa: E402
 
@@ -48,22 +46,6 @@ WARMUP_S = 4.0
 WINDOW_S = 12.0
 STREAM = "factoryedge-modbus"
 TOPIC = "bench/latency"
-
-
-def _modbus_server(folder: Path) -> tuple[Proc, int]:
-    binary = folder / "modbus_server"
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libmodbus"], check=True, capture_output=True,
-                           text=True).stdout.split()
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "tests" / "peers" / "modbus_server.c"), *flags],
-                   check=True)
-    regs: list[int] = []
-    for i in range(TAGS):
-        regs += struct.unpack(">HH", struct.pack(">f", 100.0 + i))
-    (folder / "tables.txt").write_text(f"unit 1\nsize hr {len(regs)}\nhr 0 {' '.join(map(str, regs))}\n")
-    port = free_port()
-    proc = start([str(binary), str(port), str(folder / "tables.txt"), "-m"], folder / "server.log")
-    wait_for(lambda: port_open(port), 10, "the libmodbus server")
-    return proc, port
 
 
 def _collector(folder: Path, port: int) -> Proc:
@@ -160,7 +142,7 @@ def run() -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         folder = Path(tmp)
         mosq = start_mosquitto(folder / "mosquitto")
-        server, port = _modbus_server(folder)
+        server, port = modbus_server(folder, TAGS)
         procs: list[Proc] = [server]
         try:
             subscriber = _Arrivals(mosq)

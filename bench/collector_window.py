@@ -9,6 +9,8 @@ the window.
 from __future__ import annotations
 
 import os
+import struct
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -21,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from devkit.peers import start, wait_for  # noqa: E402
+from devkit.peers import Proc, free_port, port_open, start, wait_for  # noqa: E402
 from gateway.streams import PositionStore, RecordReader  # noqa: E402
 from gateway.streams.embedded import EmbeddedStore  # noqa: E402
 
@@ -40,6 +42,24 @@ def proc_stat(pid: int) -> tuple[float, float]:
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     rss = int(fields[21]) * os.sysconf("SC_PAGE_SIZE") / 1024**2
     return cpu, rss
+
+
+def modbus_server(folder: Path, tags: int) -> tuple[Proc, int]:
+    """The libmodbus test server (tests/peers/modbus_server.c, built here) on 127.0.0.1 holding ``tags`` float32
+    values 100.0, 101.0, ... from address 0, run with ``-m`` so every read changes them (the deadband passes all)."""
+    binary = folder / "modbus_server"
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libmodbus"], check=True, capture_output=True,
+                           text=True).stdout.split()
+    subprocess.run(["gcc", "-O2", "-o", str(binary), str(ROOT / "tests" / "peers" / "modbus_server.c"), *flags],
+                   check=True)
+    regs: list[int] = []
+    for i in range(tags):
+        regs += struct.unpack(">HH", struct.pack(">f", 100.0 + i))
+    (folder / "tables.txt").write_text(f"unit 1\nsize hr {len(regs)}\nhr 0 {' '.join(map(str, regs))}\n")
+    port = free_port()
+    proc = start([str(binary), str(port), str(folder / "tables.txt"), "-m"], folder / "server.log")
+    wait_for(lambda: port_open(port), 10, "the libmodbus server")
+    return proc, port
 
 
 def write_config(folder: Path, stream: str, connections: list[dict[str, Any]], log_level: str = "WARNING") -> Path:
