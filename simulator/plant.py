@@ -140,7 +140,8 @@ class _PlantState:
         else:
             self._held.pop(n, None)
 
-    def _apply_holds(self, values: list[float]) -> None:
+    def _apply_holds(self, values: Any) -> None:
+        """Put every held valve's position into ``values`` (a list, or the controller's numpy action)."""
         for n, position in self._held.items():
             values[n - 1] = position
 
@@ -205,8 +206,7 @@ class TepPlant(_PlantState):
         self._requested = action.tolist()
         if self._held:
             action = action.copy()
-            for n, position in self._held.items():
-                action[n - 1] = position
+            self._apply_holds(action)
         result = self._sim.advance(action, control_interval=self.step_s / 3600.0, disturbances=self._idv)
         self._meas = result.measurements
         self._xmeas = self._meas.tolist()
