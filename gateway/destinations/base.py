@@ -19,7 +19,7 @@ Contract (the publisher calls; a destination implements). The configuration mode
   streams gets one call per stream at a time, so its client must tolerate that (they all do: calls run on one
   worker thread or are awaited on the loop).
 
-Payloads (:func:`record_json`): a record's ``status`` (number, and ``statusName`` from :mod:`gateway.statuscodes`)
+Payloads (:func:`record_json`; :func:`record_item` writes its JSON bytes): a record's ``status`` (number, and ``statusName`` from :mod:`gateway.statuscodes`)
 appears only when it is not 0, its ``flags`` (names, e.g. ``["backfill"]``) only when any is set, and list/dict
 values as JSON arrays/objects. A ``Kind.META`` record (a tag's units, range, description) is routed like any other
 record (``kinds`` lists ``meta``; the default route has it); MQTT, IoT Core and Kinesis also remember the latest
@@ -35,6 +35,7 @@ import fnmatch
 import functools
 import json
 import logging
+import math
 import re
 import string
 from collections.abc import Iterable
@@ -45,7 +46,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.components import published_streams
-from gateway.record import Kind, Record, flag_names
+from gateway.record import Kind, Quality, Record, flag_names
 from gateway.statuscodes import name as status_name
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,44 @@ def iso_ns(ts_ns: int) -> str:
 def _iso_seconds(secs: int) -> str:
     # Records come in bursts of the same second: formatting each second once halves the cost of a record's JSON.
     return datetime.fromtimestamp(secs, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+_QUALITY_NAMES = {q: q.name for q in Quality}
+_KIND_NAMES = {k: k.name.lower() for k in Kind}
+_ITEM = '{"id":"%s","source":%s,"tag":%s,"value":%s,"quality":"%s","kind":"%s","sourceTs":"%s.%09dZ",' \
+    '"gatewayTs":"%s.%09dZ","seq":%d'
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _json_name(name: str) -> str:
+    # Sources, tags and status names repeat in every batch: each is escaped once.
+    return json.dumps(name, ensure_ascii=False)
+
+
+def record_item(r: Record) -> bytes:
+    """``dumps(record_json(r))`` byte for byte, as one formatted string: the dict and ``json.dumps`` per record were
+    more than half of the publisher's CPU (issue 18). Finite floats and ints are written by their ``repr``, as
+    ``json.dumps`` does; other values go through ``json.dumps`` (tests/destinations/test_record_item.py compares
+    the two over every kind of field and value)."""
+    value = r.value
+    kind = type(value)
+    if (kind is float and math.isfinite(value)) or kind is int:  # type: ignore[arg-type]
+        text = repr(value)
+    elif kind is bool:
+        text = "true" if value else "false"
+    elif value is None:
+        text = "null"
+    else:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    src_s, src_ns = divmod(r.source_ts_ns, 1_000_000_000)
+    gw_s, gw_ns = divmod(r.gateway_ts_ns, 1_000_000_000)
+    item = _ITEM % (r.id, _json_name(r.source), _json_name(r.tag), text, _QUALITY_NAMES[r.quality],
+                    _KIND_NAMES[r.kind], _iso_seconds(src_s), src_ns, _iso_seconds(gw_s), gw_ns, r.seq)
+    if r.status:
+        item += f',"status":{r.status},"statusName":{_json_name(status_name(r.status))}'
+    if r.flags:
+        item += ',"flags":' + json.dumps(flag_names(r.flags), separators=(",", ":"), ensure_ascii=False)
+    return (item + "}").encode()
 
 
 def record_json(r: Record) -> dict[str, Any]:
@@ -309,6 +348,16 @@ def pack_with_meta(pairs: list[tuple[bytes, Record]], limit: int, cache: MetaCac
     return out
 
 
+def _topic(r: Record, template: str, extra: dict[str, str], check_topic: Any) -> tuple[str, str | None]:
+    """The topic of ``r``'s messages, and why it cannot be used (None when it can)."""
+    try:
+        topic = template.format(**topic_fields(r, extra))
+    except (KeyError, IndexError, ValueError) as exc:
+        return "", (f"topic template {template!r} cannot be filled: {exc!r}; use only {{source}} {{kind}} {{tag}} "
+                    "{group} and keys of topic_vars")
+    return topic, check_topic(topic) if check_topic else None
+
+
 def envelope(chunk: list[bytes], meta: list[bytes] | None = None) -> bytes:
     """The message body every batching destination sends: ``{"records":[record_json, ...]}``, with a ``meta``
     header first when ``meta`` has entries (see :class:`MetaCache`)."""
@@ -331,19 +380,19 @@ def pack_by_topic(
     by_topic: dict[str, list[tuple[bytes, Record]]] = {}
     refused: list[tuple[Record, str]] = []
     room = limit - len(ENVELOPE_OVERHEAD)
+    # A batch holds many records of each tag: its topic is filled and checked once per batch, not per record.
+    topics: dict[tuple[str, Kind, str], tuple[str, str | None]] = {}
     for r in records:
-        item = dumps(record_json(r))
+        item = record_item(r)
         if len(item) > room:
             refused.append((r, f"record of {len(item)} bytes does not fit a message of {limit} bytes "
                                "(max_message_bytes): shorten the value or raise max_message_bytes"))
             continue
-        try:
-            topic = template.format(**topic_fields(r, extra))
-        except (KeyError, IndexError, ValueError) as exc:
-            refused.append((r, f"topic template {template!r} cannot be filled: {exc!r}; use only "
-                               "{source} {kind} {tag} {group} and keys of topic_vars"))
-            continue
-        problem = check_topic(topic) if check_topic else None
+        key = (r.source, r.kind, r.tag)
+        found = topics.get(key)
+        if found is None:
+            found = topics[key] = _topic(r, template, extra, check_topic)
+        topic, problem = found
         if problem:
             refused.append((r, problem))
             continue

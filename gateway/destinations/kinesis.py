@@ -34,9 +34,8 @@ from gateway.destinations.base import (
     DestinationConfigBase,
     MetaCache,
     SendResult,
-    dumps,
     pack_with_meta,
-    record_json,
+    record_item,
 )
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
@@ -106,7 +105,7 @@ class KinesisDestination:
         self._meta.observe(records)
         for r in records:
             key = (r.tag if self.cfg.partition_key == "tag" else r.source)[:256] or "-"
-            item = dumps(record_json(r))
+            item = record_item(r)
             if len(item) + len(ENVELOPE_OVERHEAD) + len(key.encode()) > self.cfg.max_record_bytes:
                 refused.append((r, f"record of {len(item)} bytes exceeds the Kinesis record limit of "
                                    f"{self.cfg.max_record_bytes} bytes: shorten the value at the source"))
