@@ -19,14 +19,15 @@ Contract (the publisher calls; a destination implements). The configuration mode
   streams gets one call per stream at a time, so its client must tolerate that (they all do: calls run on one
   worker thread or are awaited on the loop).
 
-Payloads (:func:`record_json`; :func:`record_item` writes its JSON bytes): a record's ``status`` (number, and ``statusName`` from :mod:`gateway.statuscodes`)
-appears only when it is not 0, its ``flags`` (names, e.g. ``["backfill"]``) only when any is set, and list/dict
-values as JSON arrays/objects. A ``Kind.META`` record (a tag's units, range, description) is routed like any other
-record (``kinds`` lists ``meta``; the default route has it); MQTT, IoT Core and Kinesis also remember the latest
-metadata per (source, tag) they were given (:class:`MetaCache`) and put it in a ``meta`` header of every message
-carrying values of that tag: ``{"meta":[{"source":…,"tag":…,"meta":{…}}],"records":[…]}``. The cache lives as long
-as the destination: after a publisher restart a tag's header returns with its next META record (collectors send it
-at every session). SiteWise has no place for metadata and leaves META records out (:mod:`.sitewise`).
+Payloads (:func:`record_json`; :func:`record_item` writes its JSON bytes): a record's ``status`` (number, and
+``statusName`` from :mod:`gateway.statuscodes`) appears only when it is not 0, its ``flags`` (names, e.g.
+``["backfill"]``) only when any is set, and list/dict values as JSON arrays/objects. A ``Kind.META`` record (a tag's
+units, range, description) is routed like any other record (``kinds`` lists ``meta``; the default route has it);
+MQTT, IoT Core and Kinesis also remember the latest metadata per (source, tag) they were given (:class:`MetaCache`)
+and put it in a ``meta`` header of every message carrying values of that tag:
+``{"meta":[{"source":…,"tag":…,"meta":{…}}],"records":[…]}``. The cache lives as long as the destination: after a
+publisher restart a tag's header returns with its next META record (collectors send it at every session). SiteWise
+has no place for metadata and leaves META records out (:mod:`.sitewise`).
 """
 
 from __future__ import annotations
