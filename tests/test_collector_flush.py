@@ -223,3 +223,70 @@ def test_markers_move_at_most_every_interval_and_exactly_at_stop(tmp_path: Path,
     state.sync()  # the stop
     assert on_disk() == 4
     store.close()
+
+
+class _CountingStore(EmbeddedStore):
+    """Notes how many records each append carried, and from which connections."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.appended: list[list[str]] = []
+
+    def append(self, stream: str, payload: bytes) -> int:
+        self.appended.append([r.source for r in decode_batch(payload)])
+        return super().append(stream, payload)
+
+
+class _TenAtOnce:
+    """Reads 10 values as soon as it connects, then stays connected and quiet."""
+
+    def __init__(self, cfg: ConnectionBase) -> None:
+        self.cfg = cfg
+
+    async def run(self, emitter: Emitter, on_connected: Callable[[], None]) -> None:
+        on_connected()
+        for i in range(10):
+            emitter.emit(f"tag{i}", float(i), Quality.GOOD)
+        await asyncio.Event().wait()
+
+
+def _run_until_written(collector: Collector, conns: list[ConnectionBase], total: int) -> None:
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(collector.run(conns, stop))
+        deadline = asyncio.get_running_loop().time() + 30
+        while sum(c.counters.values_written for c in collector.connections.values()) < total:
+            assert asyncio.get_running_loop().time() < deadline, "the values were not written"
+            await asyncio.sleep(0.01)  # polling a counter with a deadline, not synchronising on time
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+
+
+def test_one_flush_writes_every_connection_in_one_append(tmp_path: Path) -> None:
+    # each append is fsynced: one per connection per flush made 200 PLCs cost 200 fsyncs a flush, and their values
+    # waited in memory meanwhile (issue 18: 250 MB with 200 connections)
+    store = _CountingStore(tmp_path / "store")
+    collector = Collector("test", store, StreamSpec(name="many"), _TenAtOnce)
+    conns = [ConnectionBase(name=f"plc{i}") for i in range(5)]
+    _run_until_written(collector, conns, 50)
+    assert len(store.appended) == 1, [len(a) for a in store.appended]
+    assert sorted(set(store.appended[0])) == [f"plc{i}" for i in range(5)]
+    assert [c.counters.values_written for c in collector.connections.values()] == [10] * 5
+    records = decode_batch(store.read("many", 0, max_count=10)[0].payload)
+    for name in {r.source for r in records}:  # each connection's values in its own order and sequence
+        seqs = [r.seq for r in records if r.source == name]
+        assert seqs == sorted(seqs) and len(seqs) == 10
+    store.close()
+
+
+def test_the_pending_budget_is_shared_by_the_connections(tmp_path: Path) -> None:
+    # a bound per connection of 2 x FLUSH_AT_RECORDS let 200 connections hold 1.6 million values while the stream
+    # was busy; the early-flush count (and with it Emitter.room's bound) is the collector's budget split over them
+    collector = Collector("test", _CountingStore(tmp_path / "store"), StreamSpec(name="many"), _TenAtOnce)
+    conns = [ConnectionBase(name=f"plc{i}") for i in range(200)]
+    _run_until_written(collector, conns, 2000)
+    counts = {c.emitter.on_full[0] for c in collector.connections.values() if c.emitter.on_full}
+    assert len(counts) == 1 and max(counts) * len(conns) <= 2 * FLUSH_AT_RECORDS, counts
+    collector.store.close()

@@ -233,7 +233,7 @@ def test_a_batch_stored_after_the_marker_last_moved_never_shares_numbers_with_th
     store.create_stream(spec)
     first = Collector("factoryedge.Test", store, spec, Burst(0), state_dir=tmp_path / "state")
     batch = [make_record("plc", "t", float(i), seq=100 + i) for i in range(10)]
-    first._append("plc", batch)
+    first._append({"plc": batch})
     unmarked = [make_record("plc", "t", float(i), seq=110 + i) for i in range(10)]
     first._writer.write(unmarked)  # reached the stream; the process died before the marker moved
     marker = Collector("factoryedge.Test", store, spec, Burst(0), state_dir=tmp_path / "state").state.read_marker("plc")

@@ -73,10 +73,10 @@ class SlowCollector(Collector):
     delay_s = 0.005
     slow = True
 
-    def _append(self, name: str, records: list[Record]) -> None:
-        if self.slow:
-            time.sleep(self.delay_s * len(records))  # in the collector's stream thread, as a slow disk would
-        super()._append(name, records)
+    def _append(self, batch: dict[str, list[Record]]) -> None:
+        if self.slow:  # in the collector's stream thread, as a slow disk would
+            time.sleep(self.delay_s * sum(len(records) for records in batch.values()))
+        super()._append(batch)
 
 
 async def _overload(tmp: Path, c: OpcUaConnection, done: Callable[[Collector], bool]) -> Collector:
