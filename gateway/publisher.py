@@ -187,7 +187,7 @@ class Publisher:
                 if batch.poison and not await self._dead_letter(
                         name, [poison_record(stream, *p) for p in batch.poison], stop):
                     return
-                wanted = [r for r in batch.records if router.wants(r)]
+                wanted = router.select(batch.records)
                 if settling is None:
                     # Read and decode the next batch while this one is delivered (a third of the CPU per record went
                     # there while nothing was in flight). Only its read position moves: it is committed, like any

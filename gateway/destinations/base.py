@@ -114,6 +114,13 @@ class Router:
         self._sources = _patterns(route.sources)
         self._excluded = re.compile("|".join(fnmatch.translate(p) for p in route.exclude_tags)) \
             if route.exclude_tags else None
+        self._everything = (self._kinds == set(_KINDS.values()) and self._tags is None and self._sources is None
+                            and self._excluded is None)
+
+    def select(self, records: list[Record]) -> list[Record]:
+        """The records this route wants, in order: ``records`` itself when it wants everything (the default route:
+        a test per record cost ~0.2 µs, a few % of the publisher's CPU)."""
+        return records if self._everything else [r for r in records if self.wants(r)]
 
     def wants(self, record: Record) -> bool:
         return (
