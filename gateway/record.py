@@ -33,8 +33,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 
 Scalar = float | int | bool | str | None  # what protocols without arrays (Modbus, OPC DA) read
 JsonValue = float | int | bool | str | list["JsonValue"] | dict[str, "JsonValue"] | None
@@ -131,6 +131,37 @@ class Record:
         if self.flags & _IDENTITY_FLAGS:
             return record_id(self.source, self.tag, self.source_ts_ns, value_key(self.value))
         return record_id(self.source, self.tag, self.source_ts_ns, self.seq)
+
+
+def _fast_init() -> Callable[..., None]:
+    """``Record.__init__``, writing the slots through their descriptors.
+
+    A frozen dataclass's own ``__init__`` assigns every field through ``object.__setattr__`` to get past the
+    ``__setattr__`` that refuses changes: 1.4 µs a record, the largest single cost of a value in a collector (issue
+    18). The slots' descriptors do the same in 0.6 µs. Nothing else changes: the record stays frozen, and equality,
+    hash, repr and ``dataclasses.replace`` are the dataclass's own (tests/test_record_model.py checks the signature
+    against the fields).
+    """
+    setters = tuple(getattr(Record, f.name).__set__ for f in fields(Record))
+    set_source, set_tag, set_value, set_quality, set_sts, set_gts, set_seq, set_kind, set_status, set_flags = setters
+
+    def __init__(self: Record, source: str, tag: str, value: Value, quality: Quality, source_ts_ns: int,
+                 gateway_ts_ns: int, seq: int, kind: Kind = Kind.VALUE, status: int = 0, flags: int = 0) -> None:
+        set_source(self, source)
+        set_tag(self, tag)
+        set_value(self, value)
+        set_quality(self, quality)
+        set_sts(self, source_ts_ns)
+        set_gts(self, gateway_ts_ns)
+        set_seq(self, seq)
+        set_kind(self, kind)
+        set_status(self, status)
+        set_flags(self, flags)
+
+    return __init__
+
+
+Record.__init__ = _fast_init()  # type: ignore[method-assign]
 
 
 def record_id(source: str, tag: str, source_ts_ns: int, seq: int | str) -> str:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
-from dataclasses import fields
+from dataclasses import MISSING, FrozenInstanceError, fields, replace
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,17 @@ def test_tail_json_carries_status_flags_and_values(tmp_path: Path, capsys: pytes
     assert (got[1]["status"], got[1]["statusName"]) == (BAD_SENSOR, "BadSensorFailure")
     assert got[2]["flags"] == ["backfill", "overflow"] and got[2]["value"] == [1.0, 2.0]
     assert got[3]["value"] == list(range(100))
+
+
+def test_the_fast_constructor_is_the_dataclass_one() -> None:
+    # gateway.record replaces the frozen dataclass's __init__ with a faster one: same parameters, same defaults,
+    # and the record still refuses changes
+    params = list(inspect.signature(Record.__init__).parameters.values())[1:]
+    assert [(p.name, p.default) for p in params] == [
+        (f.name, inspect.Parameter.empty if f.default is MISSING else f.default) for f in fields(Record)]
+    r = Record("s", "t", 1.0, Quality.GOOD, T, T, 1, status=BAD_SENSOR, flags=Flag.BACKFILL)
+    assert (r.source, r.tag, r.value, r.quality, r.source_ts_ns, r.gateway_ts_ns, r.seq, r.kind, r.status,
+            r.flags) == ("s", "t", 1.0, Quality.GOOD, T, T, 1, Kind.VALUE, BAD_SENSOR, Flag.BACKFILL)
+    with pytest.raises(FrozenInstanceError):
+        r.value = 2.0  # type: ignore[misc]
+    assert replace(r, value=None).value is None and r == replace(r) and hash(r) == hash(replace(r))
