@@ -86,6 +86,32 @@ def test_orders_match_an_independent_encoder() -> None:
     assert decode_value(words[::-1], "float64", "CDAB") == -1.25
 
 
+def test_a_request_of_mixed_orders_types_and_gaps_decodes_as_each_tag_alone() -> None:
+    # the decoder unpacks a request's numbers in one go per byte order (pad bytes for the gaps): each tag must come
+    # out as if it were decoded alone, whatever sits around it
+    from gateway.sources.modbus_codec import ModbusTag, Request
+
+    rng = [((7 * i + 3) * 2654435761) % 65536 for i in range(40)]
+    tags = [ModbusTag(name="f", address=0, type="float32", order="CDAB"),
+            ModbusTag(name="u", address=2, type="uint16"),
+            ModbusTag(name="d", address=5, type="float64", order="DCBA", scale=0.5, offset=1.0),
+            ModbusTag(name="s", address=9, type="string", length=5, order="BADC"),
+            ModbusTag(name="b", address=12, type="bool", bit=3),
+            ModbusTag(name="i", address=13, type="int32", order="BADC"),
+            ModbusTag(name="q", address=20, type="int64"),
+            ModbusTag(name="g", address=30, type="float32")]
+    request = Request(1, 3, 0, 32, [(t, t.address) for t in tags])
+    # and two numbers that overlap (never in a validated map): each still reads its own registers
+    overlap = Request(1, 3, 0, 4, [(ModbusTag(name="x", address=0, type="uint32"), 0),
+                                   (ModbusTag(name="y", address=1, type="uint16"), 1)])
+    for req in (request, overlap):
+        got = dict(Decoder(req, "ABCD").decode(rng[: req.count]))
+        for tag, offset in req.tags:
+            alone = Decoder(Request(1, 3, 0, tag.width, [(tag, 0)]), "ABCD").decode(rng[offset : offset + tag.width])
+            assert got[tag.name] == alone[0][1], tag.name
+    assert list(dict(Decoder(request, "ABCD").decode(rng[:32]))) == [t.name for t in tags]
+
+
 def _problems(conn: dict[str, Any]) -> str:
     base = {"name": "plc", "host": "127.0.0.1"}
     with pytest.raises(ConfigError) as info:
