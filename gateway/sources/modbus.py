@@ -143,9 +143,9 @@ class ModbusSource:
         if self._failing and req.label in self._failing:
             log.info("connection %s: %s reads again", self.cfg.name, req.label)
             del self._failing[req.label]
-        for name, value in dec.decode(data):
-            self._last[name] = value
-            emitter.emit(name, value, Quality.GOOD)
+        values = dec.decode(data)
+        self._last.update(values)
+        emitter.emit_many(values, Quality.GOOD)
         return True
 
     def _fail(self, emitter: Emitter, req: Request, reason: str) -> None:
@@ -162,8 +162,7 @@ class ModbusSource:
     def _emit_bad(self, emitter: Emitter, req: Request) -> None:
         # the same value and quality again is suppressed by the deadband: a scan of timeouts followed by the link
         # declared dead makes one BAD record per tag, not two
-        for tag, _ in req.tags:
-            emitter.emit(tag.name, self._last.get(tag.name), Quality.BAD)
+        emitter.emit_many([(tag.name, self._last.get(tag.name)) for tag, _ in req.tags], Quality.BAD)
 
 
 def warn_if_plain(cfg: ModbusConnection) -> None:
