@@ -84,8 +84,9 @@ class EmbeddedStore:
             ) from exc
         self._mutex = threading.RLock()
         self._tails: dict[str, Tail] = {}
+        self._segs: dict[str, list[int]] = {}  # per stream, its segments as this process last listed or made them
         self._lock_fds: dict[str, int] = {}
-        self._specs: dict[str, tuple[float, StreamSpec]] = {}
+        self._specs: dict[str, tuple[int, StreamSpec]] = {}
         self._cursors: dict[str, _Cursor] = {}
         self._retention = Retention(self._streams, self.root / "positions")
         self._lock_depth: dict[str, int] = {}
@@ -118,6 +119,7 @@ class EmbeddedStore:
             tail = self._tails.pop(stream, None)
             if tail:
                 os.close(tail.fd)
+            self._segs.pop(stream, None)
             shutil.rmtree(folder)
         self._forget(stream)
 
@@ -130,12 +132,13 @@ class EmbeddedStore:
             )
         spec = self._spec(stream)
         with self._locked(stream):
-            tail = self._refresh_tail(stream)
+            tail, listed = self._refresh_tail(stream)
             frame_len = seg.HEADER_SIZE + len(payload)
-            tail = self._retention.make_room(stream, spec, tail, frame_len,
+            tail = self._retention.make_room(stream, spec, tail, frame_len, self._segs[stream], listed=listed,
                                              reclaim_committed=self.reclaim_committed, rotate=self._rotate)
             if tail.size > 0 and tail.size + frame_len > spec.segment_size_bytes:
                 tail = self._rotate(stream, tail)
+                self._segs[stream].append(tail.first_seq)
             seq = tail.next_seq
             frame = seg.encode_frame(seq, int(time.time() * 1000), payload)
             try:
@@ -158,19 +161,31 @@ class EmbeddedStore:
             tail.next_seq += 1
             return seq
 
-    def _refresh_tail(self, stream: str) -> Tail:
-        """Bring the cached tail up to date with what other processes appended (called under the lock)."""
+    def _refresh_tail(self, stream: str) -> tuple[Tail, bool]:
+        """Bring the cached tail up to date with what other processes appended (called under the lock); True when
+        the folder was listed for it (``self._segs`` is then fresh).
+
+        Without a listing when nothing changed since this process's last append: every append grows the tail
+        file, every rotation creates the segment named after the next sequence number (a writer rotates only
+        with an up-to-date tail), and a deleted stream unlinks it. So a tail of the size this process left it,
+        still linked, with no segment after it, is still the stream's tail.
+        """
         folder = str(self._streams / stream)
-        segs = seg.list_segments(folder)
+        tail = self._tails.get(stream)
+        if tail is not None and stream in self._segs:
+            st = os.fstat(tail.fd)
+            if st.st_size == tail.size and st.st_nlink and tail.next_seq != tail.first_seq and \
+                    not os.path.exists(os.path.join(folder, seg.segment_name(tail.next_seq))):
+                return tail, False
+        segs = self._segs[stream] = seg.list_segments(folder)
         if not segs:
             (self._streams / stream / seg.segment_name(0)).touch()
-            segs = [0]
+            segs.append(0)
         last = segs[-1]
-        tail = self._tails.get(stream)
-        if tail is not None and tail.first_seq == last:
+        if tail is not None and tail.first_seq == last and os.fstat(tail.fd).st_nlink:
             size = os.fstat(tail.fd).st_size
             if size == tail.size:
-                return tail
+                return tail, True
             # Shrunk under us (by hand?): walk it all again, but never hand out a number twice.
             offset, next_seq = (tail.size, tail.next_seq) if size > tail.size else (0, last)
         else:
@@ -191,7 +206,7 @@ class EmbeddedStore:
             )
             os.ftruncate(tail.fd, found.end)
         tail.size, tail.next_seq = found.end, max(found.next_seq, tail.next_seq)
-        return tail
+        return tail, True
 
     def _rotate(self, stream: str, tail: Tail) -> Tail:
         path = self._streams / stream / seg.segment_name(tail.next_seq)
@@ -310,8 +325,8 @@ class EmbeddedStore:
         folder = self._folder(stream)
         spec = self._spec(stream)
         with self._locked(stream):
-            tail = self._refresh_tail(stream)
-            segs = seg.list_segments(str(folder))
+            tail, _ = self._refresh_tail(stream)
+            segs = self._segs[stream] = seg.list_segments(str(folder))
             total = sum(self._retention.sealed_size(stream, s) for s in segs[:-1]) + tail.size
             counters = read_counters(folder)
             damage = seg.read_damage(folder)
@@ -342,13 +357,17 @@ class EmbeddedStore:
         return folder
 
     def _spec(self, stream: str) -> StreamSpec:
-        path = self._folder(stream) / "spec.json"
-        mtime = path.stat().st_mtime
+        path = os.path.join(self._streams, stream, "spec.json")  # one stat per append: no Path objects
+        try:
+            mtime = os.stat(path).st_mtime_ns
+        except FileNotFoundError:
+            self._folder(stream)  # raises StreamNotFound, naming the streams there
+            mtime = os.stat(path).st_mtime_ns  # created meanwhile
         cached = self._specs.get(stream)
         if cached and cached[0] == mtime:
             return cached[1]
         try:
-            spec = StreamSpec.model_validate_json(path.read_bytes())
+            spec = StreamSpec.model_validate_json(Path(path).read_bytes())
         except ValidationError as exc:
             raise StreamError(
                 f"stream {stream!r}: its definition {path} is damaged ({exc.errors()[0]['msg']})",
@@ -360,6 +379,7 @@ class EmbeddedStore:
 
     def _forget(self, stream: str) -> None:
         self._specs.pop(stream, None)
+        self._segs.pop(stream, None)
         self._cursors.pop(stream, None)
         fd = self._lock_fds.pop(stream, None)
         if fd is not None:

@@ -54,11 +54,18 @@ class Retention:
         self._sealed_sizes: dict[tuple[str, int], int] = {}
 
     def make_room(
-        self, stream: str, spec: StreamSpec, tail: Tail, frame_len: int, *, reclaim_committed: bool, rotate: Rotate
+        self, stream: str, spec: StreamSpec, tail: Tail, frame_len: int, segs: list[int], *, listed: bool,
+        reclaim_committed: bool, rotate: Rotate,
     ) -> Tail:
-        """Apply time to live and max size before an append (called under the lock); returns the tail to write to."""
+        """Apply time to live and max size before an append (called under the lock); returns the tail to write to.
+
+        ``segs`` is the stream's segments as the store knows them, updated here in place; ``listed`` says the folder
+        was just listed for them. Not listed, they may miss what another writer freed without appending after (an
+        append it then failed): before anything is dropped, freed or refused, the folder is listed again.
+        """
+        if not listed and self._must_act(stream, spec, tail, frame_len, segs):
+            segs[:] = seg.list_segments(str(self._streams / stream))
         folder = self._streams / stream
-        segs = seg.list_segments(str(folder))
         now = time.time()
         if spec.ttl_s is not None:
             while len(segs) > 1:
@@ -86,6 +93,18 @@ class Retention:
             sealed_total -= self.sealed_size(stream, segs[0])
             self._drop_oldest(stream, segs, "max size (OverwriteOldestData)")
         return tail
+
+    def _must_act(self, stream: str, spec: StreamSpec, tail: Tail, frame_len: int, segs: list[int]) -> bool:
+        """Whether the append needs segments dropped or freed, or fails, going by ``segs`` (True also when one of
+        them is gone)."""
+        try:
+            oldest = self._streams / stream / seg.segment_name(segs[0])
+            if spec.ttl_s is not None and len(segs) > 1 and oldest.stat().st_mtime < time.time() - spec.ttl_s:
+                return True
+            sealed_total = sum(self.sealed_size(stream, s) for s in segs[:-1])
+        except FileNotFoundError:
+            return True
+        return sealed_total + tail.size + frame_len > spec.max_size_bytes
 
     def _reclaim(
         self, stream: str, segs: list[int], tail: Tail, sealed_total: int, frame_len: int, limit: int, floor: int,
