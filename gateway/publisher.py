@@ -48,8 +48,7 @@ _RESET_CHECK_S = 2.0  # how often an idle pump asks whether its stream restarted
 
 
 async def _settled(future: asyncio.Future[Any] | None) -> None:
-    """Wait for a read ahead to finish, whatever its outcome: its batch is dropped (read again from the committed
-    position by whoever reads next)."""
+    """Wait for a read ahead to finish, whatever its outcome; its batch is dropped."""
     if future is not None:
         await asyncio.wait([future])
         if not future.cancelled():
@@ -189,10 +188,8 @@ class Publisher:
                     return
                 wanted = router.select(batch.records)
                 if settling is None:
-                    # Read and decode the next batch while this one is delivered (a third of the CPU per record went
-                    # there while nothing was in flight). Only its read position moves: it is committed, like any
-                    # batch, after the destination accepted it. A settling destination may rewind the reader at
-                    # any time, so it reads one batch at a time.
+                    # Read and decode the next batch while this one is in flight; it is committed in its turn. A
+                    # settling destination may rewind the reader at any time: it reads one batch at a time.
                     ahead = asyncio.ensure_future(offload(reader.poll, max_messages=cfg.batch_messages,
                                                           timeout_s=0.5))
                 t0 = time.monotonic()
