@@ -1,7 +1,8 @@
 """What every collector connection shares: settings, deadband, tag mapping, counters and the record emitter.
 
 A protocol module (opcua.py, modbus.py, opcda.py) only talks to its peer and calls :meth:`Emitter.emit` for every
-value it reads; everything after that (mapping, deadband, record ids, batching into the stream) is here, once.
+value it reads (:meth:`Emitter.emit_many` for the values of one reading); everything after that (mapping, deadband,
+record ids, batching into the stream) is here, once.
 """
 
 from __future__ import annotations
@@ -387,11 +388,11 @@ class Source(Protocol):
       link fails. It never returns while the connection is wanted: it raises (a retryable
       :class:`~gateway.errors.SourceError` naming the peer) and the collector counts a retry (``connect_retries``),
       backs off and makes the next source.
-    - Every value read goes to :meth:`Emitter.emit` with its quality and the peer's source timestamp when the
-      protocol has one (``None`` otherwise: the read time is used). A value the peer reports bad or does not have,
-      or that cannot be decoded, is a per-tag BAD (or UNCERTAIN) emit with no value or the tag's last one, never a
-      made-up number, and never ends the session: the other tags keep flowing. A tag the peer refuses is also a
-      read error, its reason logged when it first appears.
+    - Every value read goes to :meth:`Emitter.emit` (or :meth:`Emitter.emit_many`) with its quality and the peer's
+      source timestamp when the protocol has one (``None`` otherwise: the read time is used). A value the peer
+      reports bad or does not have, or that cannot be decoded, is a per-tag BAD (or UNCERTAIN) emit with no value or
+      the tag's last one, never a made-up number, and never ends the session: the other tags keep flowing. A tag the
+      peer refuses is also a read error, its reason logged when it first appears.
     - When a session that was up fails, ``run`` emits every tag BAD once, carrying its last value, before raising,
       so a subscription's last GOOD value does not stand for the whole outage.
     - Cancelling ``run`` is how the collector stops or reconfigures a connection: it returns within a few seconds
