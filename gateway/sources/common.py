@@ -123,7 +123,7 @@ class DeadbandFilter:
 
     def __init__(self, cfg: Deadband) -> None:
         self.cfg = cfg
-        self._last: dict[str, tuple[Value, Quality, int, int]] = {}  # tag -> (value, quality, status code, sent ns)
+        self._last: dict[str, _Sent] = {}
         # Without a band any change counts, and `!=` says so directly: the comparison through floats costs more
         # than half of this filter's time on every value of a fast scan (issue 18)
         self._exact = cfg.absolute is None and cfg.percent is None
@@ -132,10 +132,16 @@ class DeadbandFilter:
     def accept(self, tag: str, value: Value, quality: Quality, ts_ns: int, status: int = 0) -> bool:
         code = status & _CODE_MASK  # info bits (Overflow, limits) alone are no change of state
         last = self._last.get(tag)
-        if (last is None or last[1] != quality or last[2] != code
-                or (value != last[0] if self._exact else self._moved(value, last[0]))
-                or ts_ns - last[3] >= self._heartbeat_ns):
-            self._last[tag] = (value, quality, code, ts_ns)
+        if last is None:
+            self._last[tag] = _Sent(value, quality, code, ts_ns)
+            return True
+        if (last.quality != quality or last.code != code
+                or (value != last.value if self._exact else self._moved(value, last.value))
+                or ts_ns - last.ts_ns >= self._heartbeat_ns):
+            last.value = value
+            last.quality = quality
+            last.code = code
+            last.ts_ns = ts_ns
             return True
         return False
 
@@ -154,14 +160,26 @@ class DeadbandFilter:
         """Tags last sent ``heartbeat_s - within_s`` or longer before ``now_ns``: their heartbeat falls before the
         next check ``within_s`` from now."""
         limit = now_ns - int((self.cfg.heartbeat_s - within_s) * 1e9)
-        return [tag for tag, last in self._last.items() if last[3] <= limit]
+        return [tag for tag, last in self._last.items() if last.ts_ns <= limit]
 
     def sent(self, tag: str, value: Value, ts_ns: int) -> None:
         """Note that ``tag`` was sent again at ``ts_ns`` (a heartbeat) with ``value`` (within the deadband of the
         last one, with the same quality and status)."""
         last = self._last.get(tag)
         if last is not None:
-            self._last[tag] = (value, last[1], last[2], ts_ns)
+            last.value = value
+            last.ts_ns = ts_ns
+
+
+@dataclass(slots=True)
+class _Sent:
+    """What a tag last sent, changed in place: a new tuple for every value sent was garbage that lived about one
+    scan, long enough for Python's collector to move it to older generations and sweep it there (issue 18)."""
+
+    value: Value
+    quality: Quality
+    code: int  # status code without its info bits
+    ts_ns: int
 
 
 def _numeric(v: Value) -> bool:
