@@ -136,6 +136,9 @@ class Calibration:
         tail_from: where the tail starts (``u``, raw score; None for ``empirical``).
         exceedances: points over ``tail_from`` the GPD was fitted to.
         note: why the fallback was taken, or what to know about this calibration; empty when nothing.
+        scale: the scoring forest's score scale (:func:`gateway.anomaly.model.probe_scale`) that ``threshold`` and
+            ``tail_from`` were multiplied by: the blocks' scores came divided by their own forests' (1.0 for a
+            model saved before).
     """
 
     method: str
@@ -151,6 +154,7 @@ class Calibration:
     tail_from: float | None = None
     exceedances: int = 0
     note: str = ""
+    scale: float = 1.0
 
     def to_state(self) -> dict[str, Any]:
         """JSON-able dict for the model manifest."""
@@ -165,7 +169,9 @@ class Calibration:
         return cls(**known)
 
 
-def calibrate(blocks: list[Array], target_rate: float, *, level: str = "point", seed: int = 0) -> Calibration:
+def calibrate(
+    blocks: list[Array], target_rate: float, *, level: str = "point", seed: int = 0, scale: float = 1.0
+) -> Calibration:
     """The threshold exceeded with probability ``target_rate`` by the values in ``blocks``, with its uncertainty.
 
     Args:
@@ -173,25 +179,18 @@ def calibrate(blocks: list[Array], target_rate: float, *, level: str = "point", 
         target_rate: the rate to aim at.
         level: recorded in the result (what the values are: point scores or the alarm statistic).
         seed: seed of the bootstrap, so that a fit is reproducible.
+        scale: the values are scores divided by their forest's scale; the threshold is for a forest of this scale.
     """
     blocks = [np.asarray(b, dtype=np.float64) for b in blocks if len(b)]
     pooled = np.concatenate(blocks)
     n = len(pooled)
-    tail = fit_tail(pooled)
-    note = _doubt(tail, pooled, target_rate)
-    if tail is not None and not note:
-        threshold = tail.quantile(target_rate)
-        expected = tail.rate(threshold)
-        method = "pot"
-    else:
-        threshold = float(np.quantile(pooled, 1.0 - target_rate))
-        expected = float(np.mean(pooled > threshold)) if n else target_rate
-        method = "empirical"
+    threshold, expected, tail, note = _threshold(pooled, target_rate)
+    method = "empirical" if note else "pot"
     low, high = _interval(blocks, threshold, method == "pot", seed)
     return Calibration(
         method=method,
         points=n,
-        threshold=threshold,
+        threshold=threshold * scale,
         target_rate=target_rate,
         expected_rate=expected,
         rate_low=low,
@@ -199,10 +198,27 @@ def calibrate(blocks: list[Array], target_rate: float, *, level: str = "point", 
         folds=len(blocks),
         level=level,
         shape=tail.shape if method == "pot" and tail else None,
-        tail_from=tail.u if method == "pot" and tail else None,
+        tail_from=tail.u * scale if method == "pot" and tail else None,
         exceedances=tail.exceedances if method == "pot" and tail else 0,
         note=note,
+        scale=scale,
     )
+
+
+def threshold_for(values: Array, target_rate: float) -> float:
+    """The threshold :func:`calibrate` would set on ``values``, without the interval (cheap: no bootstrap)."""
+    return _threshold(np.asarray(values, dtype=np.float64), target_rate)[0]
+
+
+def _threshold(pooled: Array, target_rate: float) -> tuple[float, float, Tail | None, str]:
+    """(threshold, the rate expected there, the tail, why the tail was not used: empty when it was)."""
+    tail = fit_tail(pooled)
+    note = _doubt(tail, pooled, target_rate)
+    if tail is not None and not note:
+        threshold = tail.quantile(target_rate)
+        return threshold, tail.rate(threshold), tail, ""
+    threshold = float(np.quantile(pooled, 1.0 - target_rate))
+    return threshold, float(np.mean(pooled > threshold)) if len(pooled) else target_rate, tail, note
 
 
 def _doubt(tail: Tail | None, pooled: Array, target_rate: float) -> str:

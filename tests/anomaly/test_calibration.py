@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gateway.anomaly.model as model_module
-from gateway.anomaly import GroupModel, Vector, persist
+from gateway.anomaly import GroupModel, Vector, backends, persist
 from gateway.anomaly.calibration import Calibration, calibrate, fit_gpd, fit_tail
 from gateway.errors import ConfigError
 from tests.support.anomaly import NS, T0, group, synthetic
@@ -59,8 +59,10 @@ def _fit(seed: int, data: np.ndarray) -> GroupModel:
 
 
 def test_thresholds_are_stable_across_forest_seeds(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Same normal data, six forest seeds: the POT thresholds spread far less than the empirical 0.3 % quantile of
-    the same out-of-sample scores (measured: range 2.7 % against 6.3 % of the mean)."""
+    """Same normal data, six forest seeds: the POT thresholds spread less than the empirical 0.3 % quantile of the
+    same out-of-sample scores (measured: range 3.6 % against 5.4 % of the mean; 2.7 % against 6.3 % when the left-out
+    blocks were scored by frozen forests: replayed with gated updates, the blocks' scores differ more with the seed
+    themselves, which both estimates share)."""
     captured: list[np.ndarray] = []
 
     def spy(blocks: list[np.ndarray], rate: float, **kw: Any) -> Calibration:
@@ -74,10 +76,10 @@ def test_thresholds_are_stable_across_forest_seeds(monkeypatch: pytest.MonkeyPat
         model = _fit(seed, data)
         assert model.calibration is not None and model.calibration.method == "pot"
         assert model.calibration.points == len(captured[-1]) == 1500  # every vector scored out of sample
-        pot.append(model.threshold)
+        pot.append(model.threshold / model.calibration.scale)  # in the unit of the scores it was set on
         empirical.append(float(np.quantile(captured[-1], 1 - 0.003)))
     spread = {"pot": np.ptp(pot) / np.mean(pot), "empirical": np.ptp(empirical) / np.mean(empirical)}
-    assert spread["pot"] < 0.6 * spread["empirical"], spread
+    assert spread["pot"] < 0.75 * spread["empirical"], spread
 
 
 def test_the_threshold_holds_its_rate_on_new_normal_data() -> None:
@@ -124,3 +126,71 @@ def test_a_window_too_short_for_two_calibration_blocks_names_the_fix() -> None:
     model.fit([synthetic(64, seed=50)])  # the minimum the message names is enough
     assert model.calibration is not None and model.calibration.folds == 2
     assert model.calibration.method == "empirical" and model.calibration.note
+
+
+class _Watched:
+    """A forest that records the calls it gets (``score`` / ``update``) and multiplies its scores by ``factor``."""
+
+    def __init__(self, forest: Any, factor: float = 1.0) -> None:
+        self.forest, self.factor = forest, factor
+        self.calls: list[str] = []
+        self.backend: str = forest.backend
+
+    def score(self, point: np.ndarray) -> float:
+        self.calls.append("score")
+        return float(self.factor * self.forest.score(point))
+
+    def update(self, point: np.ndarray) -> None:
+        self.calls.append("update")
+        self.forest.update(point)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self.forest.to_bytes())
+
+
+def _watched_fit(monkeypatch: pytest.MonkeyPatch, g: Any, data: np.ndarray, final_factor: float = 1.0
+                 ) -> tuple[GroupModel, list[_Watched]]:
+    """Fit with every forest watched; the last one made (the forest that scores) multiplies by ``final_factor``."""
+    made: list[_Watched] = []
+    real = backends.make_forest
+    folds = 5  # calibration_folds' default, which the windows here allow
+
+    def make(settings: Any, dims: int) -> _Watched:
+        made.append(_Watched(real(settings, dims), final_factor if len(made) == folds else 1.0))
+        return made[-1]
+
+    monkeypatch.setattr(model_module, "make_forest", make)
+    model = GroupModel(g)
+    model.fit([data])
+    assert model.calibration is not None and model.calibration.folds == folds == len(made) - 1
+    return model, made
+
+
+def test_the_threshold_follows_the_scale_of_the_forest_that_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The threshold comes from the cross-fitting forests' scores, another forest scores: one whose scores run 4 %
+    higher across the board (as another seed's can, issue 17) gets a threshold 4 % higher, not the same one."""
+    data = synthetic(900, seed=60)
+    plain, _ = _watched_fit(monkeypatch, group(shingle=1), data)
+    high, _ = _watched_fit(monkeypatch, group(shingle=1), data, final_factor=1.04)
+    assert high.threshold == pytest.approx(1.04 * plain.threshold, rel=1e-9)
+    assert high.calibration is not None and plain.calibration is not None
+    assert high.calibration.scale == pytest.approx(1.04 * plain.calibration.scale, rel=1e-9)
+    assert high.calibration.expected_rate == pytest.approx(plain.calibration.expected_rate)
+
+
+def test_left_out_blocks_are_scored_as_the_component_scores_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each cross-fitting forest scores its left-out block point by point and learns the points under the gate as
+    it goes, as step() does live (gated updates lowered the rate on new normal runs by about 0.85x when only the
+    forest that scores learned, issue 17); update_below gates the replay as it gates step()."""
+    learned: dict[float, int] = {}
+    for below in (1.0, 0.5):
+        _, made = _watched_fit(monkeypatch, group(shingle=1, update_below=below), synthetic(900, seed=61))
+        for forest in made[:-1]:
+            after = forest.calls[forest.calls.index("score"):]  # from the first point it scored
+            assert "update" in after
+            # every update follows the score of the same point: score, then learn
+            assert all(after[i - 1] == "score" for i, c in enumerate(after) if c == "update")
+        final = made[-1].calls
+        assert "update" not in final[final.index("score"):]  # the forest that scores is not changed by the fit
+        learned[below] = sum(f.calls.count("update") for f in made[:-1])
+    assert learned[0.5] < learned[1.0]
