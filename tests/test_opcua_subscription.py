@@ -12,8 +12,9 @@ from asyncua import ua
 
 from gateway.record import Flag, Quality
 from gateway.sources.common import ConnectionBase, Counters, Deadband, Emitter
+from gateway.sources.opcua import OpcUaSource
 from gateway.sources.opcua_config import OpcUaConnection
-from gateway.sources.opcua_subscription import Feed, Lost, missing_messages, overflowed
+from gateway.sources.opcua_subscription import Feed, Losses, Lost, missing_messages, overflowed
 
 SERVER_TS = 1_700_000_000_000_000_000
 
@@ -136,3 +137,61 @@ def test_overflow_bit() -> None:
     # the Overflow bit without InfoType DataValue is not the data value's Overflow
     assert not overflowed(ua.DataValue(ua.Variant(1.0), StatusCode=ua.StatusCode(ua.UInt32(0x00000080))))
     assert not overflowed(ua.DataValue(ua.Variant(1.0)))
+
+
+def _item(handle: int, value: Any, second: int | None, status: int = 0) -> ua.MonitoredItemNotification:
+    at = ua.DateTime(2026, 1, 1, 0, 0, second, tzinfo=timezone.utc) if second is not None else None
+    return ua.MonitoredItemNotification(ClientHandle=handle, Value=ua.DataValue(
+        ua.Variant(value), StatusCode=ua.StatusCode(ua.UInt32(status)), SourceTimestamp=at,
+        ServerTimestamp=ua.DateTime(2026, 1, 1, 0, 1, 0, tzinfo=timezone.utc)))
+
+
+def test_a_notification_becomes_its_records_one_gateway_time_per_run_of_values_stamped_alike() -> None:
+    tags = ["A", "B", "C", "D", "E", "F", "G"]
+    cfg = OpcUaConnection(name="notification", endpoint="opc.tcp://127.0.0.1:4840",
+                          nodes=[f"ns=2;s={t}" for t in tags], queue_size=5, arrays_by_tag={"G": "elements"})
+    source = OpcUaSource(cfg)
+    em = Emitter(cfg, Counters())
+    losses = Losses("notification", em.counters)
+    source._after_loss = {"C"}  # a value of C was lost before: its next one carries OVERFLOW
+    items = [_item(1, 1.5, 1), _item(2, 2, 1), _item(3, "x", 1),  # one scan of the server: one run
+             _item(4, 4.5, 1, 0x00000480),  # Good with the Overflow bit: its queue dropped values
+             _item(5, 5.5, 1, 0x808C0000),  # BadSensorFailure
+             _item(6, 6.5, None),  # no source time: the server's, without SERVER_TS
+             _item(7, [1.0, 2.0], 2),  # an array read element by element
+             _item(99, 9.9, 2)]  # a handle we never gave: ignored
+    source._emit_notification(em, items, tags, losses)
+    got = em.take()
+    at1, at2 = (int(datetime(2026, 1, 1, 0, 0, s, tzinfo=timezone.utc).timestamp() * 1e9) for s in (1, 2))
+    server = int(datetime(2026, 1, 1, 0, 1, 0, tzinfo=timezone.utc).timestamp() * 1e9)
+    ts, ov = int(Flag.SERVER_TS), int(Flag.OVERFLOW)
+    assert [(r.tag, r.value, r.quality, r.status, r.source_ts_ns, r.flags) for r in got] == [
+        ("A", 1.5, Quality.GOOD, 0, at1, ts), ("B", 2, Quality.GOOD, 0, at1, ts),
+        ("C", "x", Quality.GOOD, 0, at1, ts | ov), ("D", 4.5, Quality.GOOD, 0x480, at1, ts | ov),
+        ("E", 5.5, Quality.BAD, 0x808C0000, at1, ts), ("F", 6.5, Quality.GOOD, 0, server, 0),
+        ("G[0]", 1.0, Quality.GOOD, 0, at2, ts), ("G[1]", 2.0, Quality.GOOD, 0, at2, ts)]
+    assert got[0].gateway_ts_ns == got[1].gateway_ts_ns  # one reading, one read time (Emitter.emit_many)
+    assert em.counters.values_read == 8 and em.counters.values_lost == 1 and not source._after_loss
+    assert source._last_value == {"A": 1.5, "B": 2, "C": "x", "D": 4.5, "E": 5.5, "F": 6.5, "G[0]": 1.0, "G[1]": 2.0}
+    assert source._last_notified == {"A": at1, "B": at1, "C": at1, "D": at1, "E": at1, "F": server, "G": at2}
+
+
+def test_queued_values_of_a_notification_are_emitted_by_reading_each_tag_in_order() -> None:
+    cfg = OpcUaConnection(name="queued", endpoint="opc.tcp://127.0.0.1:4840", nodes=["ns=2;s=A", "ns=2;s=B"],
+                          queue_size=5)
+    source = OpcUaSource(cfg)
+    em = Emitter(cfg, Counters())
+    losses = Losses("queued", em.counters)
+    # a monitored item's queue comes in one piece: A's values of three scans, then B's
+    source._emit_notification(em, [_item(1, 1.0, 1), _item(1, 2.0, 2), _item(2, 10.0, 1), _item(2, 20.0, 2)],
+                              ["A", "B"], losses)
+    got = em.take()
+    assert [(r.tag, r.value) for r in got] == [("A", 1.0), ("B", 10.0), ("A", 2.0), ("B", 20.0)]
+    assert got[0].gateway_ts_ns == got[1].gateway_ts_ns and got[2].gateway_ts_ns == got[3].gateway_ts_ns
+    # B's queue starts a scan earlier than A's: by reading, B's first value would come after its second
+    source._emit_notification(em, [_item(1, 3.0, 4), _item(1, 4.0, 5), _item(2, 30.0, 3), _item(2, 40.0, 4)],
+                              ["A", "B"], losses)
+    got = em.take()
+    assert [r.value for r in got if r.tag == "A"] == [3.0, 4.0]
+    assert [r.value for r in got if r.tag == "B"] == [30.0, 40.0]
+    assert source._last_value == {"A": 4.0, "B": 40.0}

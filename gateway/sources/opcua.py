@@ -41,7 +41,7 @@ from gateway.sources.common import Emitter
 from gateway.sources.opcua_history import GapFiller, dv_ts_ns
 from gateway.sources.opcua_meta import emit_metadata
 from gateway.sources.opcua_session import connect, disconnect, resolve_nodes
-from gateway.sources.opcua_subscription import Feed, Losses, Lost, overflowed
+from gateway.sources.opcua_subscription import OVERFLOW_BIT, Feed, Losses, Lost, overflowed
 from gateway.sources.opcua_values import ValueConverter
 
 if TYPE_CHECKING:  # hints only: the config model imports this module (build, diagnose), not the reverse
@@ -50,6 +50,10 @@ if TYPE_CHECKING:  # hints only: the config model imports this module (build, di
 
 log = logging.getLogger(__name__)
 _BACKFILL, _OVERFLOW, _SERVER_TS = int(Flag.BACKFILL), int(Flag.OVERFLOW), int(Flag.SERVER_TS)  # ints: `&` stays in C
+_PLAIN = frozenset({float, int, str, bool, type(None)})  # values that are records' values as they are
+# (status, source time, flags) of a reading -> (its place in a notification, its time in ns, its (tag, value) pairs)
+_Readings = dict[tuple[int, datetime | None, int], tuple[int, int, list[tuple[str, Value]]]]
+_QUALITY = (Quality.GOOD, Quality.UNCERTAIN, Quality.BAD, Quality.BAD)  # by a StatusCode's severity bits (Part 4)
 
 # connection name -> tag -> last value read. Kept across sessions (the collector makes a source per attempt), so a
 # session that dies before its first notification marks its tags BAD with the same value as the outage's first BAD
@@ -203,9 +207,7 @@ class OpcUaSource:
             assert feed is not None
             while (notice := await feed.next()) is not None:  # None: the watchdog replaced the subscription
                 if isinstance(notice, list):
-                    for item in notice:
-                        if 0 < item.ClientHandle <= len(feed.tags):
-                            self._emit(emitter, feed.tags[item.ClientHandle - 1], item.Value, losses)
+                    self._emit_notification(emitter, notice, feed.tags, losses)
                     self._waiting = True
                     await emitter.room()  # the stream is slower: hold the server back, not memory (see Feed)
                     self._waiting = False
@@ -283,6 +285,65 @@ class OpcUaSource:
                 self._last_value[name] = value
             emitter.emit(name, value, quality if reason is None else Quality.BAD, ts, status=status, flags=flags)
 
+    def _emit_notification(self, emitter: Emitter, items: list[ua.MonitoredItemNotification], tags: list[str],
+                           losses: Losses) -> None:
+        """The values of one data change notification, as :meth:`_emit` makes them one by one, but handed to
+        :meth:`Emitter.emit_many` a reading at a time (issue 18: this is most of the collector's own work per value
+        at tens of thousands a second). A server samples its items at a scan and stamps them alike, so the plain
+        values (numbers, booleans, text) that share status, source time and flags are one reading, with one gateway
+        time, and what they share is worked out once. A monitored item's queued values come one after another, so
+        the readings interleave: they are gathered over the whole notification and emitted in the order they first
+        appear, which keeps each tag's values in order (if it would not, what was gathered is emitted first). The
+        rare cases go through :meth:`_emit` in their place."""
+        readings: _Readings = {}
+        placed: dict[str, int] = {}  # tag -> the reading its last value went into
+        overflowed_tags: list[str] = []
+        last_value, last_notified, after_loss = self._last_value, self._last_notified, self._after_loss
+        first_live = self._filler.first_live if self._filler is not None else None
+        n = len(tags)
+        for item in items:
+            handle = item.ClientHandle
+            if not 0 < handle <= n:
+                continue
+            tag, dv = tags[handle - 1], item.Value
+            variant, sc, stamp, flags = dv.Value, dv.StatusCode, dv.SourceTimestamp, _SERVER_TS
+            raw = variant.Value if variant is not None else None
+            status = sc.value if sc is not None else 0
+            if stamp is None:
+                stamp, flags = dv.ServerTimestamp, 0
+            if status & OVERFLOW_BIT == OVERFLOW_BIT:
+                flags |= _OVERFLOW
+            key = (status, stamp, flags)
+            reading = readings.get(key)
+            if reading is None:
+                reading = (len(readings), _ts_ns(stamp) or 0, [])
+            if (not reading[1] or type(raw) not in _PLAIN or (after_loss and tag in after_loss)
+                    or (first_live is not None and tag not in first_live)):
+                # no usable time, arrays and structures, the first value after a loss, a tag's first live value
+                # (which the gap filler waits for): rare, one at a time in their place
+                _emit_readings(emitter, readings)
+                readings, placed = {}, {}
+                self._emit(emitter, tag, dv, losses)
+                continue
+            if placed.get(tag, -1) > reading[0]:  # this tag's last value is in a later reading: keep them in order
+                _emit_readings(emitter, readings)
+                readings, placed = {}, {}
+                reading = (0, reading[1], [])
+            if reading[0] == len(readings):
+                readings[key] = reading
+            if flags & _OVERFLOW:  # the server dropped values of this tag before this one
+                overflowed_tags.append(tag)
+            placed[tag] = reading[0]
+            last_notified[tag] = reading[1]
+            if raw is not None and (type(raw) is not str or not oversize(raw)):
+                last_value[tag] = raw  # what a lost link marks BAD (an over-large text is not kept, as in _emit)
+            reading[2].append((tag, raw))
+        _emit_readings(emitter, readings)
+        if overflowed_tags:  # counted and noted once a notification: an overloaded server marks thousands a second
+            losses.count("values_lost", len(overflowed_tags))
+            more = f" (and {len(overflowed_tags) - 1} more values)" if len(overflowed_tags) > 1 else ""
+            losses.note(f"tag {overflowed_tags[0]}{more}: the server's queue of {self.cfg.queue_size} overflowed")
+
     def _emit_history(self, emitter: Emitter, tag: str, dv: ua.DataValue) -> None:
         """A value read from the server's history (:mod:`gateway.sources.opcua_history`): converted as a live one,
         flagged ``BACKFILL`` (its id is then over its server timestamp and value, like the live reading's), and
@@ -292,6 +353,11 @@ class OpcUaSource:
         for name, value, reason in self._values.convert(tag, dv.Value, emitter.counters):
             emitter.emit(name, value, quality if reason is None else Quality.BAD, dv_ts_ns(dv), status=status,
                          flags=_BACKFILL)
+
+
+def _emit_readings(emitter: Emitter, readings: _Readings) -> None:
+    for (status, _, flags), (_, ts, values) in readings.items():
+        emitter.emit_many(values, _QUALITY[status >> 30], ts, status=status, flags=flags)
 
 
 async def diagnose(cfg: OpcUaConnection, timeout_s: float) -> list[Finding]:
