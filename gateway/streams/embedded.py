@@ -182,8 +182,9 @@ class EmbeddedStore:
             (self._streams / stream / seg.segment_name(0)).touch()
             segs.append(0)
         last = segs[-1]
-        if tail is not None and tail.first_seq == last and os.fstat(tail.fd).st_nlink:
-            size = os.fstat(tail.fd).st_size
+        current = os.fstat(tail.fd) if tail is not None and tail.first_seq == last else None
+        if tail is not None and current is not None and current.st_nlink:
+            size = current.st_size
             if size == tail.size:
                 return tail, True
             # Shrunk under us (by hand?): walk it all again, but never hand out a number twice.
