@@ -29,7 +29,8 @@ Ours and bare run interleaved, ``PAIRS`` pairs per destination, so that the mach
   it sends), medians; ``publisher.<dest>.cpu_ratio_vs_<lib>`` is bare ÷ ours CPU per record (median of pairs);
 - ``publisher.<dest>.bare_cpu_share``: the bare run's CPU time ÷ its wall time (1.0 = one core saturated).
 
-Peers, publisher and this script share the machine's cores. Run ``python bench/bench_publisher_ratio.py``.
+Peers, publisher and this script share the machine's cores. Run ``python bench/bench_publisher_ratio.py``;
+``--only kinesis`` (or ``--only mqtt``) runs one destination's pairs and prints only its figures.
 """
 
 from __future__ import annotations
@@ -209,7 +210,8 @@ def _summary(dest: str, lib: str, ours: list[tuple[float, float]], bare: list[tu
     }
 
 
-def run() -> dict[str, float]:
+def run(only: str | None = None) -> dict[str, float]:
+    """The figures of both destinations, or of ``only`` ("mqtt" or "kinesis")."""
     with tempfile.TemporaryDirectory(prefix="bench-publisher-ratio-") as tmp:
         root = Path(tmp)
         mosquitto = start_mosquitto(root / "mosquitto")
@@ -222,16 +224,18 @@ def run() -> dict[str, float]:
             mqtt_cfg = MqttConfig.model_validate(dests["mqtt"])
             batches = _batches(backlog, mqtt_cfg.batch_messages)
             records = sum(map(len, batches))
-            messages = _mqtt_messages(mqtt_cfg, batches)
-            calls = _kinesis_calls(KinesisConfig.model_validate(dests["kinesis"]), batches)
+            messages = _mqtt_messages(mqtt_cfg, batches) if only != "kinesis" else []
+            calls = _kinesis_calls(KinesisConfig.model_validate(dests["kinesis"]), batches) if only != "mqtt" else []
             del batches
             results: dict[str, tuple[list[Any], list[Any]]] = {"mqtt": ([], []), "kinesis": ([], [])}
             defaults: list[float] = []
             for n in range(PAIRS):
-                results["mqtt"][0].append(_ours(root, backlog, dests["mqtt"], f"mqtt{n}"))
-                results["mqtt"][1].append(_bare_paho(mosquitto, messages, records, tuned=True))
-                defaults.append(_bare_paho(mosquitto, messages, records, tuned=False)[0])
-                for who in ("ours", "bare"):  # a fresh stream each run: kinesalite keeps every record in memory
+                if only != "kinesis":
+                    results["mqtt"][0].append(_ours(root, backlog, dests["mqtt"], f"mqtt{n}"))
+                    results["mqtt"][1].append(_bare_paho(mosquitto, messages, records, tuned=True))
+                    defaults.append(_bare_paho(mosquitto, messages, records, tuned=False)[0])
+                # a fresh stream each run: kinesalite keeps every record in memory
+                for who in ("ours", "bare") if only != "mqtt" else ():
                     stream = f"bench-{who}-{n}"
                     create_stream(kinesalite.endpoint_url, stream, shards=2)
                     if who == "ours":
@@ -240,11 +244,15 @@ def run() -> dict[str, float]:
                     else:
                         results["kinesis"][1].append(_bare_boto3(kinesalite.endpoint_url, stream, calls, records))
                     _delete_stream(kinesalite.endpoint_url, stream)
-            return {**_summary("mqtt", "paho", *results["mqtt"]),
-                    "publisher.mqtt.paho_defaults_records_per_s": round(statistics.median(defaults), 1),
-                    "publisher.mqtt.ratio_vs_paho_defaults": round(statistics.median(
-                        o[0] / d for o, d in zip(results["mqtt"][0], defaults, strict=True)), 3),
-                    **_summary("kinesis", "boto3", *results["kinesis"])}
+            figures: dict[str, float] = {}
+            if only != "kinesis":
+                figures |= {**_summary("mqtt", "paho", *results["mqtt"]),
+                            "publisher.mqtt.paho_defaults_records_per_s": round(statistics.median(defaults), 1),
+                            "publisher.mqtt.ratio_vs_paho_defaults": round(statistics.median(
+                                o[0] / d for o, d in zip(results["mqtt"][0], defaults, strict=True)), 3)}
+            if only != "mqtt":
+                figures |= _summary("kinesis", "boto3", *results["kinesis"])
+            return figures
         finally:
             kinesalite.stop()
             mosquitto.stop()
@@ -257,6 +265,10 @@ def _delete_stream(endpoint: str, stream: str) -> None:
 
 
 if __name__ == "__main__":
-    for key, value in run().items():
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The publisher against bare paho-mqtt and boto3 (issue 18).")
+    parser.add_argument("--only", choices=("mqtt", "kinesis"), help="run one destination's pairs only")
+    for key, value in run(parser.parse_args().only).items():
         print(f"{key} = {value}")
     print(f"load {os.getloadavg()[0]:.2f}")
