@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 import gateway.sources.common as common
-from gateway.record import Flag, Quality, Record, Value
+from gateway.record import Flag, Quality, Record, Value, normalised
 from gateway.sources.common import ConnectionBase, Counters, Deadband, DeadbandFilter, Emitter
 
 T = 1_764_633_600_000_000_000
@@ -78,3 +78,20 @@ def test_without_a_band_any_change_of_a_large_integer_is_a_change() -> None:
     assert band.accept("t", 2**60 + 1, Quality.GOOD, 1)
     assert not band.accept("t", 2**60 + 1, Quality.GOOD, 2)
     assert band.accept("t", 1.0, Quality.GOOD, 3) and not band.accept("t", 1, Quality.GOOD, 4)  # 1 == 1.0
+
+
+@pytest.mark.parametrize("quality", [Quality.GOOD, Quality.BAD])
+def test_numbers_take_the_short_path_to_what_normalised_makes_of_them(quality: Quality,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    raws: list[Value] = [1.5, -0.0, 1e308, float("inf"), float("-inf"), float("nan"), 0, -7, 2**70, True, False,
+                         np.float64("nan"), np.float64(2.5), None, "text"]
+    emitter, _ = _emitter(itertools.count(T, 1000), monkeypatch)
+    emitter.emit_many([(f"t{i}", raw) for i, raw in enumerate(raws)], quality)
+    got = [(r.value, r.quality) for r in emitter.take()]
+    want = [normalised(raw, quality) for raw in raws]
+    assert len(got) == len(want)
+    for (value, q), (want_value, want_q) in zip(got, want, strict=True):
+        assert q == want_q and type(value) is type(want_value)
+        assert value == want_value or (value != value and want_value != want_value)

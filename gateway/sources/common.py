@@ -258,9 +258,14 @@ class Emitter:
         good, kind, read_ts, server_ts = Quality.GOOD, Kind.VALUE, source_ts_ns or gw, flags & _SERVER_TS
         seq, bad = self._seq, 0
         for source_tag, raw in values:
-            if type(raw) in _SIZED and oversize(raw):  # one huge value must not stall a connection
-                self._oversize(source_tag, raw)
-            value, q = normalised(raw, quality)
+            kind_of = type(raw)
+            # a finite number (x - x is NaN for NaN and the infinities): what normalised() returns, without the call
+            if (kind_of is float and raw - raw == 0.0) or kind_of is int or kind_of is bool:  # type: ignore[operator]
+                value, q = raw, quality
+            else:
+                if kind_of in _SIZED and oversize(raw):  # one huge value must not stall a connection
+                    self._oversize(source_tag, raw)
+                value, q = normalised(raw, quality)
             if q != good:
                 bad += 1
             tag = names.get(source_tag)
