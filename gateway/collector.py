@@ -27,6 +27,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,8 @@ from gateway.status import StatusFile
 from gateway.streams import PositionStore, RecordWriter, StreamSpec, StreamStore, open_store
 
 log = logging.getLogger(__name__)
+
+_KIND = attrgetter("kind")
 
 MAX_PENDING_RECORDS = 500_000
 # The unwritten values of all connections together that wake the flusher before its interval: a fast source then
@@ -295,8 +299,12 @@ class Collector:
             conn = self.connections.get(name)
             if not conn:
                 continue
-            gaps = [r for r in records if r.kind == Kind.METRIC]  # gap records: the collector's, or the source's
-            metas = sum(r.kind == Kind.META for r in records)  # a tag's metadata is not one of its values
+            # gap records (the collector's, or the source's) and a tag's metadata are not among its values; both
+            # are rare, so the kinds are looked at in C before any record is (a pass in Python cost 4 % of a fast
+            # Modbus scan's CPU, issue 18)
+            kinds = list(map(_KIND, records))
+            gaps = [r for r in records if r.kind == Kind.METRIC] if Kind.METRIC in kinds else []
+            metas = kinds.count(Kind.META)
             conn.counters.values_written += len(records) - len(gaps) - metas
             conn.counters.append_latency_ms_last = ms
             conn.counters.append_latency_ms_max = max(conn.counters.append_latency_ms_max, ms)
@@ -310,7 +318,7 @@ class Collector:
         flush while their values waited in memory."""
         for name, records in batch.items():
             self.state.before_append(name, records[-1].seq)
-        self._writer.write([r for records in batch.values() for r in records])
+        self._writer.write(list(chain.from_iterable(batch.values())))
         for name, records in batch.items():
             self.state.after_append(name, records)
 
