@@ -74,6 +74,7 @@ class EmbeddedStore:
         self.root = Path(root)
         self.reclaim_committed = reclaim_committed
         self._streams = self.root / "streams"
+        self._streams_dir = str(self._streams)  # the append path joins strings: a Path join costs ~2 us
         try:
             self._streams.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -140,10 +141,11 @@ class EmbeddedStore:
                 tail = self._rotate(stream, tail)
                 self._segs[stream].append(tail.first_seq)
             seq = tail.next_seq
-            frame = seg.encode_frame(seq, int(time.time() * 1000), payload)
+            header = seg.frame_header(seq, int(time.time() * 1000), payload)
             try:
-                written = os.write(tail.fd, frame)
-                if written != len(frame):
+                # One writev: as atomic on O_APPEND as one write, without copying the payload behind the header.
+                written = os.writev(tail.fd, (header, payload))
+                if written != frame_len:
                     raise OSError(28, "short write")
                 if spec.flush_on_write:
                     os.fdatasync(tail.fd)
@@ -157,7 +159,7 @@ class EmbeddedStore:
                     f"append to stream {stream!r} failed: {exc.strerror or exc}",
                     fix=f"free disk space or fix permissions on {self._streams / stream}; the append can be retried",
                 ) from exc
-            tail.size += len(frame)
+            tail.size += frame_len
             tail.next_seq += 1
             return seq
 
@@ -170,7 +172,7 @@ class EmbeddedStore:
         with an up-to-date tail), and a deleted stream unlinks it. So a tail of the size this process left it,
         still linked, with no segment after it, is still the stream's tail.
         """
-        folder = str(self._streams / stream)
+        folder = os.path.join(self._streams_dir, stream)
         tail = self._tails.get(stream)
         if tail is not None and stream in self._segs:
             st = os.fstat(tail.fd)
@@ -358,7 +360,7 @@ class EmbeddedStore:
         return folder
 
     def _spec(self, stream: str) -> StreamSpec:
-        path = os.path.join(self._streams, stream, "spec.json")  # one stat per append: no Path objects
+        path = os.path.join(self._streams_dir, stream, "spec.json")  # one stat per append: no Path objects
         try:
             mtime = os.stat(path).st_mtime_ns
         except FileNotFoundError:

@@ -5,9 +5,9 @@ A stream is a folder of segment files named after the sequence number of their f
 
     u32 payload length | u32 crc32 | u64 seq | u64 ingest time (ms) | payload
 
-all big-endian; the CRC covers seq, time and payload. Frames are written with one ``write`` on an ``O_APPEND``
-descriptor while holding the stream's lock, so a crash leaves at most one incomplete frame at the very end of the
-newest segment; the next writer truncates it (it was never acknowledged).
+all big-endian; the CRC covers seq, time and payload. Frames are written with one ``writev`` (header, payload) on
+an ``O_APPEND`` descriptor while holding the stream's lock, so a crash leaves at most one incomplete frame at the very
+end of the newest segment; the next writer truncates it (it was never acknowledged).
 
 Anything else that fails its checks is damage (a flipped bit, a bad sector), not a torn write: :func:`scan` skips
 it by resynchronising on the next frame whose CRC holds and whose sequence number fits, and reports the damaged
@@ -29,6 +29,7 @@ from gateway.fsutil import atomic_write
 
 HEADER = struct.Struct(">IIQQ")
 HEADER_SIZE = HEADER.size
+_SEQ_TS = struct.Struct(">QQ")  # the part of a header the CRC covers, with the payload
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 SUFFIX = ".seg"
 _CHUNK = 1024 * 1024
@@ -50,14 +51,18 @@ def list_segments(folder: str) -> list[int]:
     return out
 
 
+def frame_header(seq: int, ts_ms: int, payload: bytes) -> bytes:
+    """The header of the frame carrying ``payload``; the frame is the header followed by the payload."""
+    crc = zlib.crc32(payload, zlib.crc32(_SEQ_TS.pack(seq, ts_ms)))
+    return HEADER.pack(len(payload), crc, seq, ts_ms)
+
+
 def encode_frame(seq: int, ts_ms: int, payload: bytes) -> bytes:
-    tail = struct.pack(">QQ", seq, ts_ms)
-    crc = zlib.crc32(payload, zlib.crc32(tail))
-    return struct.pack(">II", len(payload), crc) + tail + payload
+    return frame_header(seq, ts_ms, payload) + payload
 
 
 def frame_ok(seq: int, ts_ms: int, crc: int, payload: bytes) -> bool:
-    return zlib.crc32(payload, zlib.crc32(struct.pack(">QQ", seq, ts_ms))) == crc
+    return zlib.crc32(payload, zlib.crc32(_SEQ_TS.pack(seq, ts_ms))) == crc
 
 
 @dataclass(slots=True)
