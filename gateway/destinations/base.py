@@ -39,6 +39,7 @@ import logging
 import math
 import re
 import string
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -169,42 +170,62 @@ def _iso_seconds(secs: int) -> str:
     return datetime.fromtimestamp(secs, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-_QUALITY_NAMES = {q: q.name for q in Quality}
-_KIND_NAMES = {k: k.name.lower() for k in Kind}
-_ITEM = '{"id":"%s","source":%s,"tag":%s,"value":%s,"quality":"%s","kind":"%s","sourceTs":"%s.%09dZ",' \
-    '"gatewayTs":"%s.%09dZ","seq":%d'
+# record_items makes the pieces of a record's JSON that repeat once: the escaped source and tag, the quality and kind,
+# and a time shared by neighbouring records (the values of one reading): 3.0 -> 2.1 µs a record of such a batch.
+_QUALITY_KIND = {(q, k): f',"quality":"{q.name}","kind":"{k.name.lower()}","sourceTs":"' for q in Quality for k in Kind}
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _names(source: str, tag: str) -> str:
+    # Sources and tags repeat in every batch: each pair is escaped once.
+    return f'","source":{_json_name(source)},"tag":{_json_name(tag)},"value":'
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _json_name(name: str) -> str:
-    # Sources, tags and status names repeat in every batch: each is escaped once.
     return json.dumps(name, ensure_ascii=False)
 
 
 def record_item(r: Record) -> bytes:
-    """``dumps(record_json(r))`` byte for byte, as one formatted string: the dict and ``json.dumps`` per record were
-    more than half of the publisher's CPU (issue 18). Finite floats and ints are written by their ``repr``, as
-    ``json.dumps`` does; other values go through ``json.dumps`` (tests/destinations/test_record_item.py compares
-    the two over every kind of field and value)."""
-    value = r.value
-    kind = type(value)
-    if (kind is float and math.isfinite(value)) or kind is int:  # type: ignore[arg-type]
-        text = repr(value)
-    elif kind is bool:
-        text = "true" if value else "false"
-    elif value is None:
-        text = "null"
-    else:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    src_s, src_ns = divmod(r.source_ts_ns, 1_000_000_000)
-    gw_s, gw_ns = divmod(r.gateway_ts_ns, 1_000_000_000)
-    item = _ITEM % (r.id, _json_name(r.source), _json_name(r.tag), text, _QUALITY_NAMES[r.quality],
-                    _KIND_NAMES[r.kind], _iso_seconds(src_s), src_ns, _iso_seconds(gw_s), gw_ns, r.seq)
-    if r.status:
-        item += f',"status":{r.status},"statusName":{_json_name(status_name(r.status))}'
-    if r.flags:
-        item += ',"flags":' + json.dumps(flag_names(r.flags), separators=(",", ":"), ensure_ascii=False)
-    return (item + "}").encode()
+    """``dumps(record_json(r))`` byte for byte: the JSON item of one record (:func:`record_items` of one)."""
+    return record_items([r])[0]
+
+
+def record_items(records: list[Record]) -> list[bytes]:
+    """``dumps(record_json(r))`` of each record, byte for byte, built from string pieces: the dict and
+    ``json.dumps`` per record were more than half of the publisher's CPU (issue 18). Finite floats and ints are
+    written by their ``repr``, as ``json.dumps`` does; other values go through ``json.dumps``
+    (tests/destinations/test_record_item.py compares the two over every kind of field and value)."""
+    out: list[bytes] = []
+    last_src: int | None = None
+    last_gw: int | None = None
+    src_text = gw_text = ""
+    for r in records:
+        value = r.value
+        kind = type(value)
+        if (kind is float and math.isfinite(value)) or kind is int:  # type: ignore[arg-type]
+            text = repr(value)
+        elif kind is bool:
+            text = "true" if value else "false"
+        elif value is None:
+            text = "null"
+        else:
+            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        # The values of one reading (a Modbus answer, an OPC UA notification) share their times: formatted once.
+        if r.source_ts_ns != last_src:
+            last_src = r.source_ts_ns
+            src_text = iso_ns(last_src)
+        if r.gateway_ts_ns != last_gw:
+            last_gw = r.gateway_ts_ns
+            gw_text = iso_ns(last_gw)
+        item = f'{{"id":"{r.id}{_names(r.source, r.tag)}{text}{_QUALITY_KIND[r.quality, r.kind]}{src_text}' \
+            f'","gatewayTs":"{gw_text}","seq":{r.seq}'
+        if r.status:
+            item += f',"status":{r.status},"statusName":{_json_name(status_name(r.status))}'
+        if r.flags:
+            item += ',"flags":' + json.dumps(flag_names(r.flags), separators=(",", ":"), ensure_ascii=False)
+        out.append((item + "}").encode())
+    return out
 
 
 def record_json(r: Record) -> dict[str, Any]:
@@ -243,6 +264,10 @@ class MetaCache:
     def __init__(self, limit: int = 100_000) -> None:
         self._meta: dict[tuple[str, str], bytes] = {}
         self._limit = limit
+
+    def __len__(self) -> int:
+        """How many tags have metadata (a packer skips the look-ups while none has)."""
+        return len(self._meta)
 
     def observe(self, records: Iterable[Record]) -> None:
         """Remember the META records among ``records`` (in order: the last one of a tag wins)."""
@@ -308,51 +333,39 @@ ENVELOPE_OVERHEAD = b'{"records":[]}'
 META_OVERHEAD = len(b'"meta":[],')
 
 
-class Chunk:
-    """One message being packed: its record items and the ``meta`` header entries they need, sized as it grows."""
-
-    def __init__(self) -> None:
-        self.items: list[bytes] = []
-        self.records: list[Record] = []
-        self.meta: dict[tuple[str, str], bytes] = {}
-        self.size = len(ENVELOPE_OVERHEAD)
-
-    def cost(self, item: bytes, meta: tuple[tuple[str, str], bytes] | None) -> int:
-        """Bytes ``item`` (and its header entry when this chunk has none for its tag yet) would add."""
-        extra = 0
-        if meta is not None and meta[0] not in self.meta:
-            extra = len(meta[1]) + 1 + (META_OVERHEAD if not self.meta else 0)
-        return len(item) + 1 + extra
-
-    def add(self, item: bytes, r: Record, meta: tuple[tuple[str, str], bytes] | None) -> None:
-        self.size += self.cost(item, meta)
-        self.items.append(item)
-        self.records.append(r)
-        if meta is not None:
-            self.meta.setdefault(*meta)
-
-    def payload(self) -> bytes:
-        return envelope(self.items, list(self.meta.values()))
-
-
 def pack_with_meta(pairs: list[tuple[bytes, Record]], limit: int, cache: MetaCache | None,
                    max_records: int | None = None) -> list[tuple[bytes, list[Record]]]:
     """Pack (JSON item, record) pairs in order into envelopes of at most ``limit`` bytes (and ``max_records``),
     each with the ``meta`` header of its records' tags. A header entry that would not fit even beside its record
     alone is left out of that message (the record is never refused for its metadata)."""
     out: list[tuple[bytes, list[Record]]] = []
-    chunk = Chunk()
+    # The message being packed, in local variables: a Chunk object with methods cost ~0.3 µs a record (issue 18).
+    items: list[bytes] = []
+    records: list[Record] = []
+    header: dict[tuple[str, str], bytes] = {}  # the meta entries of its records' tags
+    size = len(ENVELOPE_OVERHEAD)
+    most = sys.maxsize if max_records is None else max_records
+    lookup = cache.entry if cache else None
     for item, r in pairs:
-        meta = cache.entry(r) if cache is not None else None
-        full = max_records is not None and len(chunk.items) >= max_records
-        if chunk.items and (full or chunk.size + chunk.cost(item, meta) > limit):
-            out.append((chunk.payload(), chunk.records))
-            chunk = Chunk()
-        if meta is not None and chunk.size + chunk.cost(item, meta) > limit:
-            meta = None
-        chunk.add(item, r, meta)
-    if chunk.items:
-        out.append((chunk.payload(), chunk.records))
+        meta = lookup(r) if lookup is not None else None
+        cost = len(item) + 1
+        extra = 0  # what its header entry adds, when this message has none for its tag yet
+        if meta is not None and meta[0] not in header:
+            extra = len(meta[1]) + 1 + (0 if header else META_OVERHEAD)
+        if items and (len(items) >= most or size + cost + extra > limit):
+            out.append((envelope(items, list(header.values())), records))
+            items, records, header = [], [], {}
+            size = len(ENVELOPE_OVERHEAD)
+            extra = 0 if meta is None else len(meta[1]) + 1 + META_OVERHEAD
+        if extra and size + cost + extra > limit:
+            extra = 0  # the record alone fits, not with its header entry
+        elif extra and meta is not None:
+            header[meta[0]] = meta[1]
+        size += cost + extra
+        items.append(item)
+        records.append(r)
+    if items:
+        out.append((envelope(items, list(header.values())), records))
     return out
 
 
@@ -390,8 +403,7 @@ def pack_by_topic(
     room = limit - len(ENVELOPE_OVERHEAD)
     # A batch holds many records of each tag: its topic is filled and checked once per batch, not per record.
     topics: dict[tuple[str, Kind, str], tuple[str, str | None]] = {}
-    for r in records:
-        item = record_item(r)
+    for r, item in zip(records, record_items(records), strict=True):
         if len(item) > room:
             refused.append((r, f"record of {len(item)} bytes does not fit a message of {limit} bytes "
                                "(max_message_bytes): shorten the value or raise max_message_bytes"))

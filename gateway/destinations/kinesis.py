@@ -35,7 +35,7 @@ from gateway.destinations.base import (
     MetaCache,
     SendResult,
     pack_with_meta,
-    record_item,
+    record_items,
 )
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
@@ -103,16 +103,20 @@ class KinesisDestination:
         keyed: dict[str, list[tuple[bytes, Record]]] = {}
         refused: list[tuple[Record, str]] = []
         self._meta.observe(records)
-        for r in records:
-            key = (r.tag if self.cfg.partition_key == "tag" else r.source)[:256] or "-"
-            item = record_item(r)
-            if len(item) + len(ENVELOPE_OVERHEAD) + len(key.encode()) > self.cfg.max_record_bytes:
+        by_tag = self.cfg.partition_key == "tag"
+        limit = self.cfg.max_record_bytes
+        room: dict[str, int] = {}  # per key: the largest item a Kinesis record of that key holds
+        for r, item in zip(records, record_items(records), strict=True):
+            key = (r.tag if by_tag else r.source)[:256] or "-"
+            most = room.get(key)
+            if most is None:
+                most = room[key] = limit - len(ENVELOPE_OVERHEAD) - len(key.encode())
+            if len(item) > most:
                 refused.append((r, f"record of {len(item)} bytes exceeds the Kinesis record limit of "
-                                   f"{self.cfg.max_record_bytes} bytes: shorten the value at the source"))
+                                   f"{limit} bytes: shorten the value at the source"))
                 continue
             keyed.setdefault(key, []).append((item, r))
-        return {key: pack_with_meta(items, self.cfg.max_record_bytes - len(key.encode()), self._meta,
-                                    self.cfg.records_per_kinesis_record)
+        return {key: pack_with_meta(items, limit - len(key.encode()), self._meta, self.cfg.records_per_kinesis_record)
                 for key, items in keyed.items()}, refused
 
     async def send(self, records: list[Record]) -> SendResult:
