@@ -140,6 +140,9 @@ class EmbeddedStore:
             if tail.size > 0 and tail.size + frame_len > spec.segment_size_bytes:
                 tail = self._rotate(stream, tail)
                 self._segs[stream].append(tail.first_seq)
+            if spec.flush_on_write and tail.size + frame_len > tail.reserved:
+                # The rest of the segment's disk blocks at once: each fdatasync then commits less (seg.reserve).
+                tail.reserved = seg.reserve(tail.fd, tail.size, max(frame_len, spec.segment_size_bytes - tail.size))
             seq = tail.next_seq
             header = seg.frame_header(seq, int(time.time() * 1000), payload)
             try:
@@ -215,6 +218,8 @@ class EmbeddedStore:
         path = self._streams / stream / seg.segment_name(tail.next_seq)
         fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         self._retention.sealed(stream, tail.first_seq, tail.size)
+        if tail.reserved > tail.size:
+            seg.release(tail.fd)
         os.close(tail.fd)
         new = Tail(tail.next_seq, fd, 0, tail.next_seq)
         self._tails[stream] = new

@@ -36,6 +36,7 @@ class Tail:
     fd: int
     size: int
     next_seq: int
+    reserved: int = 0  # the end of the disk blocks this process reserved for it (segments.reserve)
 
 
 Rotate = Callable[[str, Tail], Tail]

@@ -16,11 +16,14 @@ bytes and the messages they held as a :class:`Damage`. Damage never moves the se
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import struct
+import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -49,6 +52,57 @@ def list_segments(folder: str) -> list[int]:
             out.append(int(name[:20]))
     out.sort()
     return out
+
+
+def _fallocate() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    fn = getattr(libc, "fallocate64", None)  # the 64-bit offset variant: off_t is 32 bits on 32-bit ARM
+    if fn is None and ctypes.sizeof(ctypes.c_long) == 8:
+        fn = getattr(libc, "fallocate", None)
+    if fn is None:
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn  # type: ignore[no-any-return]
+
+
+_FALLOCATE = _fallocate()
+_KEEP_SIZE = 1  # FALLOC_FL_KEEP_SIZE
+RESERVE_MAX = 64 * 1024 * 1024  # reserved at once at most (a stream may have large segments)
+
+
+def reserve(fd: int, offset: int, length: int) -> int:
+    """Allocate disk blocks for bytes ``[offset, offset + length)`` of a segment (at most ``RESERVE_MAX``) without
+    changing its size; returns the end of the range tried, whether it could be reserved or not.
+
+    An fdatasync after an append into reserved blocks commits less to the file system's journal than one after an
+    append that needs new blocks (ext4: 58-86 us of a 330-500 us durable 5 KB append, issue 18); reserving a whole
+    segment at once measured faster than in 256 KiB-4 MiB steps. The file's size, so what readers see, does not
+    change. Where it is not possible (not Linux, a file system without fallocate, a full disk) appends allocate as
+    they go, as before: the caller does not try again before the returned end.
+    """
+    length = min(length, RESERVE_MAX)
+    if _FALLOCATE is not None:
+        _FALLOCATE(fd, _KEEP_SIZE, offset, length)
+    return offset + length
+
+
+def release(fd: int) -> None:
+    """Free what :func:`reserve` allocated beyond a sealed segment's end, keeping its time of last write.
+
+    Truncating a file to its own size frees the blocks past its end but sets its modification time, which time to
+    live reads as the age of the newest message: it is put back. Best effort: blocks left (a file system that keeps
+    them, a store folder of another owner) cost disk space, never data.
+    """
+    with contextlib.suppress(OSError):
+        st = os.fstat(fd)
+        os.ftruncate(fd, st.st_size)
+        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def frame_header(seq: int, ts_ms: int, payload: bytes) -> bytes:
