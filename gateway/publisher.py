@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.aio import Backoff, Offload, wait
-from gateway.destinations.base import CLOSE_TIMEOUT_S, Destination, DestinationConfigBase, Router, SendResult
+from gateway.destinations.base import (
+    CLOSE_TIMEOUT_S,
+    Destination,
+    DestinationConfigBase,
+    Prepared,
+    Preparing,
+    Router,
+    SendResult,
+)
 from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
 from gateway.publisher_counters import (
     DIGITS,
@@ -53,6 +61,22 @@ async def _settled(future: asyncio.Future[Any] | None) -> None:
         await asyncio.wait([future])
         if not future.cancelled():
             future.exception()  # retrieved, so that a failed read ahead is not logged as never retrieved
+
+
+def _read_ahead(reader: RecordReader, router: Router, max_messages: int, preparing: Preparing | None
+                ) -> tuple[ReadBatch, list[Record], Prepared | None]:
+    """The next batch (read in the pump's read thread), the records its route wants and, with ``preparing``, their
+    requests ready to send."""
+    batch = reader.poll(max_messages=max_messages, timeout_s=0.5)
+    wanted = router.select(batch.records)
+    return batch, wanted, _prepare(preparing, wanted) if preparing is not None and wanted else None
+
+
+def _prepare(preparing: Preparing, records: list[Record]) -> Prepared | None:
+    try:
+        return preparing.prepare(records)
+    except Exception:  # noqa: BLE001 - a bug: send meets it again and it is logged and retried as a failed delivery
+        return None
 
 
 class Settling(Protocol):
@@ -158,15 +182,21 @@ class Publisher:
         router = Router(cfg.route)
         backoff = Backoff(cfg.retry_min_s, cfg.retry_max_s)
         settling: Settling | None = sink if hasattr(sink, "settle") else None  # type: ignore[assignment]
+        preparing: Preparing | None = sink if hasattr(sink, "prepare") else None  # type: ignore[assignment]
         checked_reset = time.monotonic()
-        ahead: asyncio.Future[ReadBatch] | None = None
+        ahead: asyncio.Future[tuple[ReadBatch, list[Record], Prepared | None]] | None = None
+        ahead_prepares = False
         try:
             while not stop.is_set():
+                prepared: Prepared | None = None
+                tried = False  # prepare was asked for this batch (and may have declined)
                 try:
                     if ahead is not None:
-                        batch, ahead = await ahead, None
+                        (batch, wanted, prepared), ahead = await ahead, None
+                        tried = ahead_prepares
                     else:
                         batch = await offload(reader.poll, max_messages=cfg.batch_messages, timeout_s=0.5)
+                        wanted = router.select(batch.records)
                 except StreamError as exc:  # stream manager restarting, a stream deleted: wait, never crash
                     if str(exc) != counters.last_error:
                         log.warning("destination %s: reading %s failed: %s", name, stream, exc)
@@ -186,14 +216,17 @@ class Publisher:
                 if batch.poison and not await self._dead_letter(
                         name, [poison_record(stream, *p) for p in batch.poison], stop):
                     return
-                wanted = router.select(batch.records)
+                if preparing is not None and not tried and wanted:
+                    prepared = await offload(_prepare, preparing, wanted)  # nothing in flight: this is its turn
                 if settling is None:
-                    # Read and decode the next batch while this one is in flight; it is committed in its turn. A
-                    # settling destination may rewind the reader at any time: it reads one batch at a time.
-                    ahead = asyncio.ensure_future(offload(reader.poll, max_messages=cfg.batch_messages,
-                                                          timeout_s=0.5))
+                    # Read and decode the next batch while this one is in flight, and prepare its requests when this
+                    # one was prepared; it is committed in its turn. A settling destination may rewind the reader at
+                    # any time: it reads one batch at a time.
+                    ahead_prepares = prepared is not None
+                    ahead = asyncio.ensure_future(offload(_read_ahead, reader, router, cfg.batch_messages,
+                                                          preparing if ahead_prepares else None))
                 t0 = time.monotonic()
-                if not await self._deliver_all(name, sink, wanted, backoff, stop):
+                if not await self._deliver_all(name, sink, wanted, backoff, stop, prepared):
                     await _settled(ahead)  # the read ahead must not move the position after the rewind
                     reader.rewind()  # not all delivered: read again after a restart
                     return
@@ -270,17 +303,20 @@ class Publisher:
             return True
 
     async def _deliver_all(
-        self, name: str, sink: Destination, records: list[Record], backoff: Backoff, stop: asyncio.Event
+        self, name: str, sink: Destination, records: list[Record], backoff: Backoff, stop: asyncio.Event,
+        prepared: Prepared | None = None,
     ) -> bool:
         """Deliver until every record was accepted or dead-lettered; resend only what the service refused for now.
+        ``prepared`` (see :class:`~gateway.destinations.base.Preparing`) makes the first attempt.
 
         Returns False when stopped first (the caller must not commit).
         """
         counters = self.counters[name]
         pending = records
         while pending:
+            attempt, prepared = prepared, None
             try:
-                result = await self._deliver(sink, pending)
+                result = await self._deliver(sink, pending, attempt)
             except GatewayError as exc:  # a DestinationError, or e.g. IPC refused: retry, never crash the pump
                 self._retrying(name, str(exc))
                 if await wait(stop, backoff.next_delay()):
@@ -334,12 +370,14 @@ class Publisher:
                     return None
         return None
 
-    async def _deliver(self, sink: Destination, records: list[Record]) -> SendResult:
-        """Send; on a non-retryable failure split the batch to isolate the records that cause it."""
+    async def _deliver(self, sink: Destination, records: list[Record], prepared: Prepared | None = None
+                       ) -> SendResult:
+        """Send (``prepared``, when given, is ``records`` ready to go); on a non-retryable failure split the batch
+        to isolate the records that cause it."""
         if not records:
             return SendResult()
         try:
-            return await sink.send(records)
+            return await (prepared() if prepared is not None else sink.send(records))
         except DestinationError as exc:
             if exc.retryable:
                 raise

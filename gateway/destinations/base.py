@@ -18,6 +18,12 @@ Contract (the publisher calls; a destination implements). The configuration mode
 - ``send`` is never called concurrently for one destination instance by one pump; a destination reading several
   streams gets one call per stream at a time, so its client must tolerate that (they all do: calls run on one
   worker thread or are awaited on the loop).
+- ``prepare(records)``, optional (:class:`Preparing`; Kinesis has it): builds what ``send(records)`` would send,
+  off the event loop, and returns a coroutine function that sends it, or None. The pump calls it once per batch, in
+  stream order: while the batch before is being delivered if that one was prepared, else at the batch's turn. A
+  destination returns None for a batch whose delivery changes what later batches send (Kinesis: metadata records,
+  which fill the headers); such a batch is sent by ``send``. The prepared send is the first attempt only; retries
+  and halves of a batch go through ``send``.
 
 Payloads (:func:`record_json`; :func:`record_item` writes its JSON bytes): a record's ``status`` (number, and
 ``statusName`` from :mod:`gateway.statuscodes`) appears only when it is not 0, its ``flags`` (names, e.g.
@@ -40,7 +46,7 @@ import math
 import re
 import string
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
@@ -144,6 +150,17 @@ class SendResult:
     bytes_sent: int = 0
     retry: list[Record] = field(default_factory=list)
     retry_reason: str = ""
+
+
+#: A batch prepared by :meth:`Preparing.prepare`: sends it, as ``send`` of its records would.
+Prepared = Callable[[], Coroutine[Any, Any, SendResult]]
+
+
+class Preparing(Protocol):
+    """A destination that builds a batch's requests ahead, while the batch before it is in flight (the contract is
+    the module docstring)."""
+
+    def prepare(self, records: list[Record]) -> Prepared | None: ...
 
 
 class Destination(Protocol):

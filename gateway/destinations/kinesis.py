@@ -15,7 +15,9 @@ dead-lettered. Each Kinesis record carries the ``meta`` header of its tags (unit
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import Field
@@ -33,13 +35,14 @@ from gateway.destinations.base import (
     ENVELOPE_OVERHEAD,
     DestinationConfigBase,
     MetaCache,
+    Prepared,
     SendResult,
     pack_with_meta,
     record_items,
 )
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
-from gateway.record import Record
+from gateway.record import Kind, Record
 
 MAX_RECORD_BYTES = 1024 * 1024  # data + partition key
 MAX_CALL_BYTES = 5 * 1024 * 1024
@@ -91,6 +94,9 @@ class KinesisDestination:
         self._client: Any = None
         self._pool = ThreadPoolExecutor(cfg.concurrent_calls, thread_name_prefix=f"kinesis-{cfg.name}")
         self._meta = MetaCache()  # the latest metadata per tag: the header of each Kinesis record
+        # An aggregation sees the metadata cache between two batches' updates, never during one: a batch prepared in a
+        # pump's read thread while another stream's batch is aggregated on the loop (one destination, two streams).
+        self._aggregating = threading.Lock()
 
     async def start(self) -> None:
         """Only a warning: the client is made by the first send, so a missing region or credential is a retry."""
@@ -119,8 +125,23 @@ class KinesisDestination:
         return {key: pack_with_meta(items, limit - len(key.encode()), self._meta, self.cfg.records_per_kinesis_record)
                 for key, items in keyed.items()}, refused
 
+    def prepare(self, records: list[Record]) -> Prepared | None:
+        """``send(records)`` with its Kinesis records built now, off the event loop, while the previous batch is in
+        flight (:class:`~gateway.destinations.base.Preparing`). None when ``records`` hold metadata: it changes the
+        headers of what follows, so such a batch is aggregated at its turn."""
+        if any(r.kind == Kind.META for r in records):
+            return None
+        with self._aggregating:
+            queues, refused = self.aggregates(records)
+        return partial(self._send, queues, refused)
+
     async def send(self, records: list[Record]) -> SendResult:
-        queues, refused = self.aggregates(records)
+        with self._aggregating:
+            queues, refused = self.aggregates(records)
+        return await self._send(queues, refused)
+
+    async def _send(self, queues: dict[str, list[tuple[bytes, list[Record]]]], refused: list[tuple[Record, str]]
+                    ) -> SendResult:
         result = SendResult(rejected=refused)
         if not queues:
             return result
