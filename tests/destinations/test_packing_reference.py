@@ -66,7 +66,7 @@ def _reference_pack(pairs: list[tuple[bytes, Record]], limit: int, cache: MetaCa
     return out
 
 
-def _batch(rng: random.Random, n: int, sources: list[str], tags: list[str]) -> list[Record]:
+def _batch(rng: random.Random, n: int, sources: list[str], tags: list[str], longest: int = 300) -> list[Record]:
     """Records of random readings: the values of one reading share their times, as a collector writes them."""
     out: list[Record] = []
     ts = T0
@@ -75,7 +75,7 @@ def _batch(rng: random.Random, n: int, sources: list[str], tags: list[str]) -> l
         gw = ts + rng.randrange(0, 2 * 10**9)
         for _ in range(rng.randrange(1, 8)):
             values: list[Value] = [rng.uniform(-1e6, 1e6), rng.randrange(-(2**40), 2**40), True, None, "text é",
-                                   [1.5, 2], {"a": 1}, "x" * rng.randrange(0, 300)]
+                                   [1.5, 2], {"a": 1}, "x" * rng.randrange(0, longest)]
             value = rng.choice(values)
             kind = rng.choice([Kind.VALUE] * 6 + [Kind.META, Kind.SCORE])
             if kind == Kind.META:
@@ -112,7 +112,7 @@ def test_pack_with_meta_packs_as_before(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(10))
 def test_kinesis_aggregates_as_before(seed: int) -> None:
     rng = random.Random(seed)
-    records = _batch(rng, 500, ["plc-1", "plc-2", ""], ["a", "b", "c" * 300, ""])
+    records = _batch(rng, 500, ["plc-1", "plc-2", ""], ["a", "b", "c" * 300, ""], longest=5000)
     cfg = KinesisConfig(name="k", stream_name="s", aws={"region": "us-east-1"},
                         partition_key=rng.choice(["tag", "source"]), max_record_bytes=rng.choice([1024, 4096]),
                         records_per_kinesis_record=rng.choice([1, 10, 500]))
@@ -129,6 +129,20 @@ def test_kinesis_aggregates_as_before(seed: int) -> None:
             expected_refused.append(r)
             continue
         keyed.setdefault(key, []).append((item, r))
+    assert expected_refused, "no record too large for a Kinesis record: the refusal path is not exercised"
     assert [r for r, _ in refused] == expected_refused
-    assert queues == {key: _reference_pack(pairs, cfg.max_record_bytes - len(key.encode()), cache,
-                                           cfg.records_per_kinesis_record) for key, pairs in keyed.items()}
+    # in order too: the keys' order is the order of a call's entries
+    assert list(queues.items()) == [(key, _reference_pack(pairs, cfg.max_record_bytes - len(key.encode()), cache,
+                                                          cfg.records_per_kinesis_record))
+                                    for key, pairs in keyed.items()]
+
+
+def test_kinesis_keys_in_the_order_of_their_first_record_sent() -> None:
+    # a key whose first record is refused comes after a key whose record was sent before its next one: the order of
+    # the keys is the order of a call's entries
+    sink = KinesisConfig(name="k", stream_name="s", aws={"region": "us-east-1"}, max_record_bytes=1024).build()
+    records = [Record("p", "K1", "x" * 2000, Quality.GOOD, T0, T0, 1), Record("p", "K2", 1.0, Quality.GOOD, T0, T0, 2),
+               Record("p", "K1", 2.0, Quality.GOOD, T0, T0, 3)]
+    queues, refused = sink.aggregates(records)
+    assert [r.seq for r, _ in refused] == [1]
+    assert list(queues) == ["K2", "K1"]
