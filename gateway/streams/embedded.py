@@ -179,8 +179,9 @@ class EmbeddedStore:
         tail = self._tails.get(stream)
         if tail is not None and stream in self._segs:
             st = os.fstat(tail.fd)
+            # os.access, not os.path.exists: the usual answer (no such file) then costs no exception (~10 us).
             if st.st_size == tail.size and st.st_nlink and tail.next_seq != tail.first_seq and \
-                    not os.path.exists(os.path.join(folder, seg.segment_name(tail.next_seq))):
+                    not os.access(os.path.join(folder, seg.segment_name(tail.next_seq)), os.F_OK):
                 return tail, False
         segs = self._segs[stream] = seg.list_segments(folder)
         if not segs:
