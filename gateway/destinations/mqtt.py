@@ -176,7 +176,7 @@ class MqttDestination:
         self._client.reconnect_delay_set(max(1, round(cfg.retry_min_s)), max(1, round(min(cfg.retry_max_s, 30))))
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
-        self._client.on_connect_fail = lambda client, userdata: self._settled.set()
+        self._client.on_connect_fail = self._on_connect_fail
         if cfg.username:
             self._client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
         self._tls_loaded = False
@@ -213,23 +213,29 @@ class MqttDestination:
         self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive_s)
         self._client.loop_start()
 
+    # Both callbacks record the outcome before they set _settled: a send waiting for the first attempt wakes on it
+    # and reads _connected at once (setting it first made a first send fail with "not connected" under load).
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        self._settled.set()
         if reason.is_failure:
             self._set_error(f"broker refused the connection: {reason}")
-            return
-        log.info("mqtt destination %s: connected to %s:%d", self.name, self.cfg.host, self.cfg.port)
-        self._last_error = ""
-        self._connected.set()
+        else:
+            log.info("mqtt destination %s: connected to %s:%d", self.name, self.cfg.host, self.cfg.port)
+            self._last_error = ""
+            self._connected.set()
+        self._settled.set()
+
+    def _on_connect_fail(self, client: Any, userdata: Any) -> None:
+        # paho passes no cause: the TCP connect or the TLS handshake failed (its log callback has the details)
+        self._set_error("cannot connect: refused, unreachable or the TLS handshake failed")
+        self._settled.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if not self._closing:
+            if self._connected.is_set():
+                log.warning("mqtt destination %s: disconnected (%s)", self.name, reason)
+            self._connected.clear()
+            self._set_error(f"disconnected: {reason}")
         self._settled.set()
-        if self._closing:
-            return
-        if self._connected.is_set():
-            log.warning("mqtt destination %s: disconnected (%s)", self.name, reason)
-        self._connected.clear()
-        self._set_error(f"disconnected: {reason}")
 
     def _set_error(self, text: str) -> None:
         if text != self._last_error:
