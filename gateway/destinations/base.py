@@ -177,8 +177,16 @@ class Destination(Protocol):
 
 def iso_ns(ts_ns: int) -> str:
     """RFC 3339 UTC with nanoseconds (datetime keeps microseconds only)."""
+    if ts_ns >= 1_000_000_000:  # its decimal digits are the seconds, then the nanoseconds zero-padded: no arithmetic
+        digits = str(ts_ns)
+        return f"{_iso_second(digits[:-9])}.{digits[-9:]}Z"
     secs, ns = divmod(ts_ns, 1_000_000_000)
     return f"{_iso_seconds(secs)}.{ns:09d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(secs: str) -> str:
+    return _iso_seconds(int(secs))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -288,8 +296,9 @@ class MetaCache:
 
     def observe(self, records: Iterable[Record]) -> None:
         """Remember the META records among ``records`` (in order: the last one of a tag wins)."""
+        meta = Kind.META
         for r in records:
-            if r.kind == Kind.META:
+            if r.kind == meta:
                 key = (r.source, r.tag)
                 if key in self._meta or len(self._meta) < self._limit:
                     self._meta[key] = dumps({"source": r.source, "tag": r.tag, "meta": r.value})

@@ -121,7 +121,10 @@ class KinesisDestination:
                 refused.append((r, f"record of {len(item)} bytes exceeds the Kinesis record limit of "
                                    f"{limit} bytes: shorten the value at the source"))
                 continue
-            keyed.setdefault(key, []).append((item, r))
+            group = keyed.get(key)
+            if group is None:
+                group = keyed[key] = []
+            group.append((item, r))
         return {key: pack_with_meta(items, limit - len(key.encode()), self._meta, self.cfg.records_per_kinesis_record)
                 for key, items in keyed.items()}, refused
 
