@@ -132,7 +132,8 @@ class EmbeddedStore:
                 fix="write smaller batches",
             )
         spec = self._spec(stream)
-        with self._locked(stream):
+        self._lock(stream)  # not ``with self._locked``: see _lock
+        try:
             tail, listed = self._refresh_tail(stream)
             frame_len = seg.HEADER_SIZE + len(payload)
             tail = self._retention.make_room(stream, spec, tail, frame_len, self._segs[stream], listed=listed,
@@ -165,6 +166,8 @@ class EmbeddedStore:
             tail.size += frame_len
             tail.next_seq += 1
             return seq
+        finally:
+            self._unlock(stream)
 
     def _refresh_tail(self, stream: str) -> tuple[Tail, bool]:
         """Bring the cached tail up to date with what other processes appended (called under the lock); True when
@@ -398,22 +401,44 @@ class EmbeddedStore:
 
     @contextmanager
     def _locked(self, stream: str) -> Iterator[None]:
-        with self._mutex:
+        self._lock(stream)
+        try:
+            yield
+        finally:
+            self._unlock(stream)
+
+    def _lock(self, stream: str) -> None:
+        """Take the stream's lock, for this process's threads and then other processes; :meth:`_unlock` frees it.
+
+        ``append`` calls the pair directly: between two fdatasyncs (cold caches) the generator-based ``_locked``
+        cost ~12 us more of a ~300 us durable append.
+        """
+        self._mutex.acquire()
+        try:
             depth = self._lock_depth.get(stream, 0)
-            fd = self._lock_fds.get(stream)
-            if fd is None:
-                path = self._streams / stream / "lock"
-                try:
-                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-                except PermissionError:  # a reader without write access (flock needs none): gatewayctl as a user
-                    fd = os.open(path, os.O_RDONLY)
-                self._lock_fds[stream] = fd
             if not depth:  # flock does not nest: an inner unlock would free the outer holder's lock
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.flock(self._lock_fd(stream), fcntl.LOCK_EX)
             self._lock_depth[stream] = depth + 1
+        except BaseException:
+            self._mutex.release()
+            raise
+
+    def _unlock(self, stream: str) -> None:
+        depth = self._lock_depth[stream] - 1
+        self._lock_depth[stream] = depth
+        try:
+            if not depth:
+                fcntl.flock(self._lock_fds[stream], fcntl.LOCK_UN)
+        finally:
+            self._mutex.release()
+
+    def _lock_fd(self, stream: str) -> int:
+        fd = self._lock_fds.get(stream)
+        if fd is None:
+            path = self._streams / stream / "lock"
             try:
-                yield
-            finally:
-                self._lock_depth[stream] = depth
-                if not depth:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except PermissionError:  # a reader without write access (flock needs none): gatewayctl as a user
+                fd = os.open(path, os.O_RDONLY)
+            self._lock_fds[stream] = fd
+        return fd
