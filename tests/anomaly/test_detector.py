@@ -46,6 +46,7 @@ def test_learns_from_the_stream_then_emits_scores_alarms_and_attribution(tmp_pat
 
 
 @pytest.mark.parametrize("backend_name", ["krcf", "rrcf"])
+@pytest.mark.usefixtures("small_probe")  # rrcf's fit is mostly its probe of the score scale (conftest)
 def test_restart_restores_the_model_and_continues_scoring_identically(tmp_path: Path, backend_name: str) -> None:
     cfg = config(training_points=300, forest={"backend": backend_name, "trees": 15, "samples_per_tree": 64})
     first = Detector(cfg, tmp_path)

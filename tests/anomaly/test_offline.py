@@ -14,6 +14,8 @@ from gateway.anomaly import AnomalyConfig, offline
 from gateway.anomaly.cli import register
 from tests.support.anomaly import TAGS, synthetic
 
+pytestmark = pytest.mark.usefixtures("small_probe")  # these fit rrcf models: its fit is mostly the probe (conftest)
+
 GROUPS = {
     "groups": [
         {
