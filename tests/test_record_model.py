@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
+import random
 import re
 from dataclasses import MISSING, FrozenInstanceError, fields, replace
 from pathlib import Path
@@ -23,6 +25,7 @@ from gateway.record import (
     flag_names,
     json_problem,
     make_record,
+    record_id,
 )
 from gateway.sources.common import ConnectionBase, Counters, Deadband, Emitter
 
@@ -217,3 +220,16 @@ def test_the_fast_constructor_is_the_dataclass_one() -> None:
     with pytest.raises(FrozenInstanceError):
         r.value = 2.0  # type: ignore[misc]
     assert replace(r, value=None).value is None and r == replace(r) and hash(r) == hash(replace(r))
+
+
+def test_ids_are_the_documented_blake2b_of_the_identifying_fields() -> None:
+    # ids are stored by consumers to drop duplicates: a change of how they are computed would be a change of every id
+    rng = random.Random(18)
+    for _ in range(500):
+        source = "".join(rng.choice("abcé/\x1f ") for _ in range(rng.randint(0, 12)))
+        tag = "".join(rng.choice("xyz/Ω-._") for _ in range(rng.randint(0, 40)))
+        ts = rng.randint(0, 2**63 - 1)
+        keys: list[int | str] = [rng.randint(0, 2**63 - 1), "f:1.5", "s:text"]
+        seq = rng.choice(keys)
+        key = f"{source}\x1f{tag}\x1f{ts}\x1f{seq}".encode()
+        assert record_id(source, tag, ts, seq) == hashlib.blake2b(key, digest_size=12).hexdigest()
