@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from gateway.aio import Offload, finish_within
-from gateway.destinations.base import DestinationConfigBase, SendResult, record_item
+from gateway.destinations.base import DestinationConfigBase, SendResult, record_items
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import DestinationError
 from gateway.record import Record
@@ -56,7 +56,7 @@ class FileDestination:
                                    fix="set path to a writable location", retryable=True) from exc
 
     async def send(self, records: list[Record]) -> SendResult:
-        data = b"".join(record_item(r) + b"\n" for r in records)
+        data = b"".join(item + b"\n" for item in record_items(records))
         await self._offload(self._write, data)
         return SendResult(bytes_sent=len(data))
 
