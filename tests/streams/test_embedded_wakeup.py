@@ -38,7 +38,9 @@ def test_a_waiting_reader_is_woken_by_an_append_from_another_store(tmp_path: Pat
     writer_store.append("s", b"new")
     reader.join(30)
     assert [m.payload for m in got] == [b"new"]
-    assert woken == [True]
+    # Every wait ended by the kernel's word, none by its timeout. The append's reservation of the segment's blocks
+    # (fallocate, a modification too) may wake the reader once before the write: it then looks again and waits.
+    assert woken and all(woken)
     reader_store.close()
     writer_store.close()
 
