@@ -59,7 +59,9 @@ class StreamSpec(BaseModel):
     segment_size_bytes: int = Field(
         default=16 * MiB,
         ge=1024,
-        description="Size of one segment file; data is dropped (overwrite, time to live) a whole segment at a time.",
+        description="Size of one segment file; data is dropped (overwrite, time to live) a whole segment at a time. "
+        "With flush_on_write the embedded store reserves the newest segment's disk blocks ahead, so allow one "
+        "segment of disk beyond max_size_bytes per stream.",
     )
     ttl_s: float | None = Field(
         default=None,
