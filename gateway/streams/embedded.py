@@ -417,11 +417,26 @@ class EmbeddedStore:
         try:
             depth = self._lock_depth.get(stream, 0)
             if not depth:  # flock does not nest: an inner unlock would free the outer holder's lock
-                fcntl.flock(self._lock_fd(stream), fcntl.LOCK_EX)
+                self._flock(stream)
             self._lock_depth[stream] = depth + 1
         except BaseException:
             self._mutex.release()
             raise
+
+    def _flock(self, stream: str) -> None:
+        """flock the stream's lock file as it is now: the descriptor kept open may be of a file that another process
+        deleted with the stream (and made again), and an flock on that one excludes no writer of the new stream."""
+        while True:
+            try:
+                fd = self._lock_fd(stream)
+            except FileNotFoundError:  # the stream's folder is gone
+                self._folder(stream)  # raises StreamNotFound, naming the streams there (unless made again since)
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink:
+                return
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(self._lock_fds.pop(stream))
 
     def _unlock(self, stream: str) -> None:
         depth = self._lock_depth[stream] - 1
