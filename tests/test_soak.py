@@ -1,7 +1,9 @@
-"""The soak (bench/soak.py) in its short version: two minutes of kills, link faults, a broker restart, full streams
+"""The soak (bench/soak.py) in its short version: one minute of kills, link faults, a broker restart, full streams
 and a full disk against the whole gateway, then every stored record must have reached every destination.
 
-This is the suite's slow test (about 2.5 minutes); `make soak` runs the 20-minute version.
+This is the suite's slow test (about a minute and a half); `make soak` runs the 20-minute version. The plan keeps
+every kind of fault and at least 6 kills whatever the length, so the minute is denser, not thinner: it was two
+minutes until make test came to 14.6 of its 15 minutes (two 1-minute runs: 10 kills each, nothing lost).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from bench.soak import run
 pytestmark = pytest.mark.slow
 
 
-def test_soak_two_minutes_loses_nothing(tmp_path: Path) -> None:
-    metrics = run(2, tmp_path / "soak.json", tmp_path / "run")
+def test_soak_one_minute_loses_nothing(tmp_path: Path) -> None:
+    metrics = run(1, tmp_path / "soak.json", tmp_path / "run")
     report = json.loads((tmp_path / "run" / "soak-report.json").read_text())
     evidence = json.dumps({k: report[k] for k in ("lost_ids", "file_torn_lines", "crash_loops", "notes")})
     for destination in ("file", "mqtt", "kinesis"):
