@@ -105,10 +105,13 @@ def release(fd: int) -> None:
         os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def _crc(seq: int, ts_ms: int, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(_SEQ_TS.pack(seq, ts_ms)))
+
+
 def frame_header(seq: int, ts_ms: int, payload: bytes) -> bytes:
     """The header of the frame carrying ``payload``; the frame is the header followed by the payload."""
-    crc = zlib.crc32(payload, zlib.crc32(_SEQ_TS.pack(seq, ts_ms)))
-    return HEADER.pack(len(payload), crc, seq, ts_ms)
+    return HEADER.pack(len(payload), _crc(seq, ts_ms, payload), seq, ts_ms)
 
 
 def encode_frame(seq: int, ts_ms: int, payload: bytes) -> bytes:
@@ -116,7 +119,7 @@ def encode_frame(seq: int, ts_ms: int, payload: bytes) -> bytes:
 
 
 def frame_ok(seq: int, ts_ms: int, crc: int, payload: bytes) -> bool:
-    return zlib.crc32(payload, zlib.crc32(_SEQ_TS.pack(seq, ts_ms))) == crc
+    return _crc(seq, ts_ms, payload) == crc
 
 
 @dataclass(slots=True)
