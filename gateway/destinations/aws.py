@@ -103,8 +103,12 @@ _CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TO
                    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_AUTHORIZATION_TOKEN")
 
 
-def make_client(service: str, aws: AwsSettings, what: str, pool: int = 4) -> Any:
-    """A botocore client with our timeouts and no SDK retries. Raises a retryable DestinationError without region."""
+def make_client(service: str, aws: AwsSettings, what: str, pool: int = 4, *, validate: bool = True) -> Any:
+    """A botocore client with our timeouts and no SDK retries. Raises a retryable DestinationError without region.
+
+    ``validate=False`` turns off botocore's client-side parameter validation, for a caller whose every parameter is
+    built by our code from checked settings (the service validates again either way).
+    """
     import botocore.config
     import botocore.session
 
@@ -114,7 +118,7 @@ def make_client(service: str, aws: AwsSettings, what: str, pool: int = 4) -> Any
                                retryable=True)
     config = botocore.config.Config(
         connect_timeout=aws.connect_timeout_s, read_timeout=aws.read_timeout_s,
-        retries={"total_max_attempts": 1}, max_pool_connections=pool,
+        retries={"total_max_attempts": 1}, max_pool_connections=pool, parameter_validation=validate,
         # Data-plane calls (SiteWise) prefix the host with "data."; a local endpoint has no such name.
         inject_host_prefix=aws.endpoint_url is None,
     )
