@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from itertools import chain
 from typing import Any
 
 import cbor2
@@ -110,7 +111,7 @@ def _records(doc: Any, message: bytes, version: int) -> list[Record]:
     si, ti, values, q, sts, gts, seq, kind = columns[:8]
     status: tuple[Any, ...] = columns[8] if version >= 2 else ()
     flags: tuple[Any, ...] = columns[9] if version >= 2 else ()
-    if set(map(type, si + ti + q + kind + sts + gts + seq + status + flags)) != {int}:
+    if set(map(type, chain(si, ti, q, kind, sts, gts, seq, status, flags))) != {int}:  # chain: no joined copy
         raise _corrupt(message, "a name index, quality, kind, timestamp, sequence number, status or flag set is not "
                        "an integer")
     checks = [(si, len(strings), "a name index"), (ti, len(strings), "a name index"),

@@ -225,6 +225,7 @@ def record_items(records: list[Record]) -> list[bytes]:
     last_src: int | None = None
     last_gw: int | None = None
     src_text = gw_text = ""
+    src_second, src_head = "", ""  # the decimal seconds of the last source time, and their RFC 3339 text
     for r in records:
         value = r.value
         kind = type(value)
@@ -239,7 +240,16 @@ def record_items(records: list[Record]) -> list[bytes]:
         # The values of one reading (a Modbus answer, an OPC UA notification) share their times: formatted once.
         if r.source_ts_ns != last_src:
             last_src = r.source_ts_ns
-            src_text = iso_ns(last_src)
+            # Server timestamps differ per value but mostly share their second: iso_ns's steps, with the second's
+            # text kept here (0.39 -> 0.29 µs a record of such a batch, issue 18).
+            digits = str(last_src)
+            if last_src < 1_000_000_000:
+                src_text = iso_ns(last_src)
+            else:
+                if digits[:-9] != src_second:
+                    src_second = digits[:-9]
+                    src_head = _iso_second(src_second)
+                src_text = f"{src_head}.{digits[-9:]}Z"
         if r.gateway_ts_ns != last_gw:
             last_gw = r.gateway_ts_ns
             gw_text = iso_ns(last_gw)

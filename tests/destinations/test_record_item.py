@@ -12,7 +12,7 @@ import struct
 
 import pytest
 
-from gateway.destinations.base import dumps, pack_by_topic, record_item, record_json
+from gateway.destinations.base import dumps, pack_by_topic, record_item, record_items, record_json
 from gateway.destinations.kinesis import KinesisConfig
 from gateway.record import Flag, Kind, Quality, Record, Value
 
@@ -65,6 +65,18 @@ def test_random_floats_and_timestamps() -> None:
         ts = rng.randrange(0, 2**63)
         record = Record("plc", "tag", value, Quality.GOOD, ts, rng.randrange(0, 2**63), rng.randrange(0, 2**63))
         assert record_item(record) == dumps(record_json(record))
+
+
+def test_a_batch_whose_times_share_seconds_or_jump_between_them() -> None:
+    # record_items keeps the text of the last second across records: neighbours in one second, in the next one,
+    # back again, under one second and at the largest int64 must each get their own time
+    second = 1_000_000_000
+    times = [T0, T0 + 1, T0 + 1, T0 + second, T0 + 1, 0, 999_999_999, second, second - 1, 2 * second, 2**63 - 1, T0,
+             T0 - T0 % second, T0 - T0 % second - 1]
+    rng = random.Random(7)
+    times += [T0 + rng.randrange(-3 * second, 3 * second) for _ in range(500)]
+    records = [Record("plc", "tag", 1.5, Quality.GOOD, ts, T0, i) for i, ts in enumerate(times)]
+    assert record_items(records) == [dumps(record_json(r)) for r in records]
 
 
 def test_mqtt_and_kinesis_payloads_are_made_of_record_items() -> None:
