@@ -87,7 +87,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from gateway.destinations.base import record_json
+    from gateway.destinations.payload import record_json
     from gateway.errors import CodecError
 
     store = open_store(args)

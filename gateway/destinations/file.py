@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import Field
 
 from gateway.aio import Offload, finish_within
-from gateway.destinations.base import DestinationConfigBase, SendResult, record_items
+from gateway.destinations.base import DestinationConfigBase, SendResult
+from gateway.destinations.payload import record_items
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import DestinationError
 from gateway.record import Record

@@ -39,14 +39,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from gateway.destinations.base import (
-    RECORD_FIELDS,
-    DestinationConfigBase,
-    MetaCache,
-    SendResult,
-    pack_by_topic,
-    template_problem,
-)
+from gateway.destinations.base import DestinationConfigBase, SendResult
+from gateway.destinations.payload import RECORD_FIELDS, MetaCache, pack_by_topic, template_problem
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import ConfigError, DestinationError, GatewayError
 from gateway.record import Record
@@ -195,7 +189,7 @@ class IotCoreDestination:
         self._fields = {"thing": thing_name(), **cfg.topic_vars}
         self.ledger = SpoolLedger(cfg.spool_bytes or NUCLEUS_SPOOL_BYTES, NUCLEUS_IN_FLIGHT * cfg.max_message_bytes)
         self._ever_connected = False
-        self._meta = MetaCache()  # the latest metadata per tag: each message's header (gateway.destinations.base)
+        self._meta = MetaCache()  # the latest metadata per tag: each message's header (gateway.destinations.payload)
 
     def settle(self, stream: str, next_seq: int | None) -> tuple[int | None, bool]:
         """See :meth:`SpoolLedger.settle`: which position of ``stream`` may be committed, or rewind."""

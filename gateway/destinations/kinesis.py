@@ -9,7 +9,7 @@ key's next aggregate goes in a later round, after the previous one was accepted,
 sends nothing more in this batch (its records are resent, in order, after the backoff). Throughput comes from
 aggregation, so this costs nothing in practice. A gateway record larger than a Kinesis record can hold is
 dead-lettered. Each Kinesis record carries the ``meta`` header of its tags (units, range: see
-:mod:`gateway.destinations.base`).
+:mod:`gateway.destinations.payload`).
 """
 
 from __future__ import annotations
@@ -31,15 +31,8 @@ from gateway.destinations.aws import (
     make_client,
     warn_insecure_endpoint,
 )
-from gateway.destinations.base import (
-    ENVELOPE_OVERHEAD,
-    DestinationConfigBase,
-    MetaCache,
-    Prepared,
-    SendResult,
-    pack_with_meta,
-    record_items,
-)
+from gateway.destinations.base import DestinationConfigBase, Prepared, SendResult
+from gateway.destinations.payload import ENVELOPE_OVERHEAD, MetaCache, pack_with_meta, record_items
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
 from gateway.record import Kind, Record

@@ -3,7 +3,7 @@
 Records are batched into JSON messages up to ``max_message_bytes`` (IoT Core's limit is 128 KB) on topics from a
 template, published with QoS 1, and a send returns only when every message was acknowledged (PUBACK). While the
 broker is unreachable a send fails fast and the stream keeps the data; paho's own queue is memory only and is not
-relied on. Each message carries the ``meta`` header of its tags (units, range: see :mod:`gateway.destinations.base`).
+relied on. Each message carries the ``meta`` header of its tags (units, range: see :mod:`gateway.destinations.payload`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from gateway.aio import Offload, finish_within
-from gateway.destinations.base import (
-    RECORD_FIELDS,
-    DestinationConfigBase,
-    MetaCache,
-    SendResult,
-    pack_by_topic,
-    template_problem,
-)
+from gateway.destinations.base import DestinationConfigBase, SendResult
+from gateway.destinations.payload import RECORD_FIELDS, MetaCache, pack_by_topic, template_problem
 from gateway.diagnostics import Finding, failed, passed
 from gateway.errors import DestinationError
 from gateway.record import Record
@@ -180,7 +174,7 @@ class MqttDestination:
         if cfg.username:
             self._client.username_pw_set(cfg.username, cfg.password.get_secret_value() if cfg.password else None)
         self._tls_loaded = False
-        self._meta = MetaCache()  # the latest metadata per tag: each message's header (gateway.destinations.base)
+        self._meta = MetaCache()  # the latest metadata per tag: each message's header (gateway.destinations.payload)
 
     def _tls_context(self, tls: MqttTls) -> ssl.SSLContext:
         for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file), ("key_file", tls.key_file)):

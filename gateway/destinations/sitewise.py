@@ -38,7 +38,8 @@ from gateway.destinations.aws import (
     make_client,
     warn_insecure_endpoint,
 )
-from gateway.destinations.base import DestinationConfigBase, SendResult, topic_fields
+from gateway.destinations.base import DestinationConfigBase, SendResult
+from gateway.destinations.payload import topic_fields
 from gateway.diagnostics import Finding
 from gateway.errors import DestinationError
 from gateway.record import Kind, Record

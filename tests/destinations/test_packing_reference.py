@@ -9,7 +9,8 @@ import random
 
 import pytest
 
-from gateway.destinations.base import (
+from gateway.destinations.kinesis import KinesisConfig
+from gateway.destinations.payload import (
     ENVELOPE_OVERHEAD,
     META_OVERHEAD,
     MetaCache,
@@ -19,7 +20,6 @@ from gateway.destinations.base import (
     record_items,
     record_json,
 )
-from gateway.destinations.kinesis import KinesisConfig
 from gateway.record import Flag, Kind, Quality, Record, Value
 
 T0 = 1_764_756_000_123_456_789

@@ -12,8 +12,8 @@ import struct
 
 import pytest
 
-from gateway.destinations.base import dumps, pack_by_topic, record_item, record_items, record_json
 from gateway.destinations.kinesis import KinesisConfig
+from gateway.destinations.payload import dumps, pack_by_topic, record_item, record_items, record_json
 from gateway.record import Flag, Kind, Quality, Record, Value
 
 T0 = 1_764_756_000_123_456_789  # 2025-12-03, with nanoseconds

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.destinations.base import dumps, record_json
+from gateway.destinations.payload import dumps, record_json
 from gateway.record import Flag, Kind, Quality, Record, Value, make_record
 from tests.support.destination_harness import HARNESSES, TAGS, TEXT_TAG, Harness, SiteWiseHarness, send_retrying, until
 
