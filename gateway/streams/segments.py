@@ -167,13 +167,13 @@ def scan(
     while count < limit and offset < size:
         rel = offset - buf_start
         if rel + HEADER_SIZE > len(buf) and offset + HEADER_SIZE <= size:
-            buf, buf_start, rel = os.pread(fd, min(_CHUNK, size - offset), offset), offset, 0
+            buf, buf_start, rel = os.pread(fd, _first_read(fd, offset, size, limit - count), offset), offset, 0
         if rel + HEADER_SIZE <= len(buf):
             length, crc, seq, ts = HEADER.unpack_from(buf, rel)
             end = offset + HEADER_SIZE + length
             if length <= MAX_MESSAGE_BYTES and end <= size and seq >= expected:
                 if rel + HEADER_SIZE + length > len(buf):
-                    want = min(max(_CHUNK, HEADER_SIZE + length), size - offset)
+                    want = min(max(HEADER_SIZE + length, _read_size(length, limit - count)), size - offset)
                     buf, buf_start, rel = os.pread(fd, want, offset), offset, 0
                 payload = buf[rel + HEADER_SIZE : rel + HEADER_SIZE + length]
                 if frame_ok(seq, ts, crc, payload):
@@ -189,6 +189,26 @@ def scan(
         buf, buf_start = b"", offset
     if count < limit and offset < size and sealed_next is not None:
         yield Damage(offset, size, expected, max(expected, sealed_next))
+
+
+def _read_size(length: int, frames: int) -> int:
+    """Bytes to read for the next ``frames`` frames when the next is ``length`` long: as many frames of its size and
+    a header, at most a chunk.
+
+    A reader's poll asks for 100 messages: read by the chunk (1 MiB), it copied twice the 0.5 MiB that 100 batches
+    of 100 values take, ~10 % of the store's part of a read (issue 18). The messages of a stream are mostly alike in
+    size; when they are not, the buffer runs out sooner and the next read is sized the same way.
+    """
+    return min(_CHUNK, frames * (HEADER_SIZE + length) + HEADER_SIZE)
+
+
+def _first_read(fd: int, offset: int, size: int, frames: int) -> int:
+    """:func:`_read_size` at ``offset``, which costs reading the header there first (unless the chunk is small)."""
+    rest = min(_CHUNK, size - offset)
+    if frames * HEADER_SIZE >= rest:
+        return rest
+    length = HEADER.unpack(os.pread(fd, HEADER_SIZE, offset))[0]
+    return rest if length > MAX_MESSAGE_BYTES else min(rest, _read_size(length, frames))
 
 
 def resync(fd: int, start: int, size: int, expected: int) -> tuple[int, int] | None:
