@@ -128,12 +128,14 @@ class StreamStore(Protocol):
         """Append one message durably and return its sequence number."""
 
     def read(
-        self, stream: str, start_seq: int, *, min_count: int = 1, max_count: int = 100, timeout_s: float = 0.0
+        self, stream: str, start_seq: int, *, min_count: int = 1, max_count: int = 100, timeout_s: float = 0.0,
+        max_bytes: int | None = None,
     ) -> list[StoredMessage]:
-        """Read up to ``max_count`` messages from ``start_seq`` on (or the oldest retained, if later).
+        """Read up to ``max_count`` messages from ``start_seq`` on (or the oldest retained, if later), and with
+        ``max_bytes`` no more than their payloads fit in (but always the first: one message may be larger).
 
-        Waits up to ``timeout_s`` for ``min_count`` messages; after the timeout returns what there is, possibly
-        nothing. Never consumes.
+        Waits up to ``timeout_s`` for ``min_count`` messages; after the timeout, or once ``max_bytes`` is reached,
+        returns what there is, possibly nothing. Never consumes.
         """
 
     def describe(self, stream: str) -> StreamInfo:

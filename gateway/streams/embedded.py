@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import fcntl
 import logging
+import math
 import os
 import shutil
 import threading
@@ -231,17 +232,20 @@ class EmbeddedStore:
 
     # --- read -----------------------------------------------------------------------------------------------
     def read(
-        self, stream: str, start_seq: int, *, min_count: int = 1, max_count: int = 100, timeout_s: float = 0.0
+        self, stream: str, start_seq: int, *, min_count: int = 1, max_count: int = 100, timeout_s: float = 0.0,
+        max_bytes: int | None = None,
     ) -> list[StoredMessage]:
         folder = self._folder(stream)
         deadline = time.monotonic() + timeout_s
         pause = notify.Pause(str(folder))  # other processes append: the kernel says when (or we poll)
         out: list[StoredMessage] = []
+        room = math.inf if max_bytes is None else max_bytes
         try:
             while True:
                 nxt = out[-1].seq + 1 if out else start_seq
-                out.extend(self._read_once(stream, str(folder), nxt, max_count - len(out)))
-                if len(out) >= min_count or len(out) >= max_count:
+                got, room = self._read_once(stream, str(folder), nxt, max_count - len(out), room, not out)
+                out.extend(got)
+                if len(out) >= min_count or len(out) >= max_count or room < 0:
                     return out
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -250,10 +254,13 @@ class EmbeddedStore:
         finally:
             pause.close()
 
-    def _read_once(self, stream: str, folder: str, start_seq: int, max_count: int) -> list[StoredMessage]:
+    def _read_once(self, stream: str, folder: str, start_seq: int, max_count: int, room: float, take_one: bool
+                   ) -> tuple[list[StoredMessage], float]:
+        """Messages from ``start_seq`` while their payloads fit in ``room`` bytes (the first of a read always), and
+        the room left: below 0 once a message did not fit."""
         segs = seg.list_segments(folder)
         if not segs or max_count <= 0:
-            return []
+            return [], room
         start_seq = max(start_seq, segs[0])
         idx = bisect.bisect_right(segs, start_seq) - 1
         out: list[StoredMessage] = []
@@ -275,9 +282,10 @@ class EmbeddedStore:
                     at = seg.locate(fd, first, max(start_seq, first), size, sealed_next)
                     if at is None:
                         break
-                got, at = self._scan(stream, fd, first, at, size, max_count - len(out), sealed_next)
+                got, at, room = self._scan(stream, fd, first, at, size, max_count - len(out), sealed_next,
+                                           room=room, take_one=take_one and not out, from_seq=start_seq)
                 out.extend(m for m in got if m.seq >= start_seq)
-                whole = at[0] >= size
+                whole = at[0] >= size and room >= 0
             finally:
                 os.close(fd)
             if len(out) >= max_count or sealed_next is None or not whole:
@@ -286,14 +294,17 @@ class EmbeddedStore:
         if at is not None and idx < len(segs):
             asked = out[-1].seq + 1 if out else start_seq
             self._cursors[stream] = _Cursor(at[1], segs[idx], at[0], asked)
-        return out
+        return out, room
 
     def _scan(
         self, stream: str, fd: int, first: int, at: tuple[int, int], size: int, limit: int, sealed_next: int | None,
-        *, locked: bool = False,
-    ) -> tuple[list[StoredMessage], tuple[int, int]]:
-        """Messages of one segment from ``at`` (offset, expected seq), and where the next read goes on."""
+        *, room: float = math.inf, take_one: bool = True, from_seq: int = 0, locked: bool = False,
+    ) -> tuple[list[StoredMessage], tuple[int, int], float]:
+        """Messages of one segment from ``at`` (offset, expected seq), where the next read goes on, and the room
+        left of ``room`` bytes: a message from ``from_seq`` on that does not fit stops the scan before it (room
+        below 0), unless it is the first one and ``take_one``."""
         out: list[StoredMessage] = []
+        taken = 0  # of them from from_seq on
         offset, expected = at
         for item in seg.scan(fd, offset, size, expected, limit, sealed_next):
             if isinstance(item, seg.Damage):
@@ -301,14 +312,20 @@ class EmbeddedStore:
                     # The newest segment may be mid-write (or a torn write mid-truncation): look again with the
                     # writers held off before calling anything damage.
                     with self._locked(stream):
-                        more, where = self._scan(stream, fd, first, (offset, expected), os.fstat(fd).st_size,
-                                                 limit - len(out), None, locked=True)
-                    return out + more, where
+                        more, where, room = self._scan(
+                            stream, fd, first, (offset, expected), os.fstat(fd).st_size, limit - len(out), None,
+                            room=room, take_one=take_one and not taken, from_seq=from_seq, locked=True)
+                    return out + more, where, room
                 self._record_damage(stream, first, fd, item)
             else:
+                if item.seq >= from_seq:
+                    if len(item.payload) > room and not (take_one and not taken):
+                        return out, (offset, expected), -1.0
+                    room -= len(item.payload)
+                    taken += 1
                 out.append(StoredMessage(item.seq, item.ts_ms, item.payload))
             offset, expected = item.end, item.next_seq
-        return out, (offset, expected)
+        return out, (offset, expected), room
 
     def _record_damage(self, stream: str, segment: int, fd: int, damage: seg.Damage) -> None:
         """Set a damaged run's bytes aside and count its messages lost, once for all processes and restarts."""

@@ -87,10 +87,11 @@ class RecordReader:
         self.corrupt_messages_read = 0
         self.messages_lost = 0
 
-    def poll(self, *, max_messages: int = 100, timeout_s: float = 1.0) -> ReadBatch:
-        """Read up to ``max_messages`` messages after the current read position (not committed)."""
+    def poll(self, *, max_messages: int = 100, timeout_s: float = 1.0, max_bytes: int | None = None) -> ReadBatch:
+        """Read up to ``max_messages`` messages after the current read position (not committed), and with
+        ``max_bytes`` only as many as their encoded size fits in (at least one: see ``StreamStore.read``)."""
         messages = self.store.read(
-            self.stream, self.position, min_count=1, max_count=max_messages, timeout_s=timeout_s
+            self.stream, self.position, min_count=1, max_count=max_messages, timeout_s=timeout_s, max_bytes=max_bytes
         )
         batch = ReadBatch([], self.position, self.position)
         expected = self.position

@@ -157,6 +157,7 @@ class StreamManagerStore:
         self._where = f"stream manager at {host}:{port}"
         self._lock = threading.Lock()
         self._rejected: dict[str, int] = {}
+        self._message_bytes: dict[str, int] = {}  # per stream: the mean size of the messages last read
         self._closed = False
         self._client: Client | None = Client(connect_with_backoff(host, port, request_timeout_s, connect_timeout_s))
 
@@ -188,8 +189,28 @@ class StreamManagerStore:
             ) from exc
 
     def read(
-        self, stream: str, start_seq: int, *, min_count: int = 1, max_count: int = 100, timeout_s: float = 0.0
+        self, stream: str, start_seq: int, *, min_count: int = 1, max_count: int = 100, timeout_s: float = 0.0,
+        max_bytes: int | None = None,
     ) -> list[StoredMessage]:
+        if max_bytes is None:
+            return self._read(stream, start_seq, min_count, max_count, timeout_s)
+        # Stream manager's read has no byte limit: ask for twice as many messages as fit at the mean size of the
+        # stream's last ones (at least 8), and keep those that fit (the first always); the rest is read again next.
+        seen = self._message_bytes.get(stream)
+        if seen:
+            max_count = min(max_count, max(8, 2 * max_bytes // seen))
+        got = self._read(stream, start_seq, min_count, max_count, timeout_s)
+        if got:
+            self._message_bytes[stream] = max(1, sum(len(m.payload) for m in got) // len(got))
+        room = max_bytes
+        for i, m in enumerate(got):
+            room -= len(m.payload)
+            if room < 0 and i:
+                return got[:i]
+        return got
+
+    def _read(self, stream: str, start_seq: int, min_count: int, max_count: int, timeout_s: float
+              ) -> list[StoredMessage]:
         if max_count <= 0:
             return []
         if min_count <= 0:  # satisfied by nothing: return what there is now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from pathlib import Path
@@ -163,3 +164,39 @@ def test_record_batches_roundtrip_every_field(store: StreamStore, tmp_path: Path
     assert got == records
     assert got[4].quality == Quality.BAD and got[4].value is None
     assert [r.id for r in got] == [r.id for r in records]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_byte_bounded_read_returns_what_fits_and_the_next_read_goes_on_from_there(
+    store: StreamStore, seed: int
+) -> None:
+    # small segments, so that the embedded store's reads cross segment boundaries
+    store.create_stream(spec(segment_size_bytes=64 * KB))
+    rng = random.Random(seed)
+    payloads = [rng.randbytes(rng.choice([1, 10, 3 * KB, 20 * KB, 70 * KB])) for _ in range(120)]  # SDK: >= 1 byte
+    for p in payloads:
+        store.append("s", p)
+    got: list[bytes] = []
+    start = 0
+    while start < len(payloads):
+        budget = rng.choice([1, 5 * KB, 30 * KB, 100 * KB])
+        batch = store.read("s", start, max_count=rng.choice([1, 7, 100]), max_bytes=budget)
+        sizes = [len(m.payload) for m in batch]
+        assert batch and [m.seq for m in batch] == list(range(start, start + len(batch)))
+        # the first always; then only what fits; and no more would have fitted unless max_count stopped it
+        assert len(batch) == 1 or sum(sizes) <= budget
+        got += [m.payload for m in batch]
+        start += len(batch)
+    assert got == payloads  # every message once, in order
+
+
+def test_a_poll_with_max_bytes_reads_a_large_message_alone(store: StreamStore, tmp_path: Path) -> None:
+    store.create_stream(spec())
+    for p in (b"a" * 10, b"b" * 50 * KB, b"c" * 10):
+        store.append("s", p)
+    reader = RecordReader(store, "s", "r", PositionStore(tmp_path / "pos"))
+    assert [m.seq for m in store.read("s", 0, max_bytes=1 * KB)] == [0]
+    assert [m.seq for m in store.read("s", 1, max_bytes=1 * KB)] == [1]  # larger than the bound: alone
+    assert [m.seq for m in store.read("s", 1, max_bytes=60 * KB)] == [1, 2]
+    batch = reader.poll(max_messages=100, timeout_s=0, max_bytes=1 * KB)
+    assert (batch.first_seq, batch.next_seq) == (0, 1)
