@@ -63,11 +63,11 @@ async def _settled(future: asyncio.Future[Any] | None) -> None:
             future.exception()  # retrieved, so that a failed read ahead is not logged as never retrieved
 
 
-def _read_ahead(reader: RecordReader, router: Router, max_messages: int, preparing: Preparing | None
+def _read_ahead(reader: RecordReader, router: Router, cfg: DestinationConfigBase, preparing: Preparing | None
                 ) -> tuple[ReadBatch, list[Record], Prepared | None]:
     """The next batch (read in the pump's read thread), the records its route wants and, with ``preparing``, their
     requests ready to send."""
-    batch = reader.poll(max_messages=max_messages, timeout_s=0.5)
+    batch = reader.poll(max_messages=cfg.batch_messages, timeout_s=0.5, max_bytes=cfg.batch_bytes)
     wanted = router.select(batch.records)
     return batch, wanted, _prepare(preparing, wanted) if preparing is not None and wanted else None
 
@@ -195,7 +195,8 @@ class Publisher:
                         (batch, wanted, prepared), ahead = await ahead, None
                         tried = ahead_prepares
                     else:
-                        batch = await offload(reader.poll, max_messages=cfg.batch_messages, timeout_s=0.5)
+                        batch = await offload(reader.poll, max_messages=cfg.batch_messages, timeout_s=0.5,
+                                              max_bytes=cfg.batch_bytes)
                         wanted = router.select(batch.records)
                 except StreamError as exc:  # stream manager restarting, a stream deleted: wait, never crash
                     if str(exc) != counters.last_error:
@@ -223,7 +224,7 @@ class Publisher:
                     # one was prepared; it is committed in its turn. A settling destination may rewind the reader at
                     # any time: it reads one batch at a time.
                     ahead_prepares = prepared is not None
-                    ahead = asyncio.ensure_future(offload(_read_ahead, reader, router, cfg.batch_messages,
+                    ahead = asyncio.ensure_future(offload(_read_ahead, reader, router, cfg,
                                                           preparing if ahead_prepares else None))
                 t0 = time.monotonic()
                 if not await self._deliver_all(name, sink, wanted, backoff, stop, prepared):

@@ -149,7 +149,7 @@ def destination_counters(name: str, d: dict[str, Any] | None, max_age_s: float, 
                           "stream holds the backlog (gatewayctl buffer shows how much room is left)"))
     elif oldest > max_age_s:
         out.append(failed(check, f"backlog growing: {detail}",
-                          "the destination is slower than the data arrives: raise batch_messages or "
+                          "the destination is slower than the data arrives: raise batch_messages (and batch_bytes) or "
                           "max_records_per_s, check the link's bandwidth, or route fewer tags here"))
     else:
         out.append(passed(check, detail))

@@ -80,7 +80,12 @@ class DestinationConfigBase(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$", description="Destination name; names its stream positions.")
     enabled: bool = Field(default=True, description="Set false to stop sending (positions are kept).")
     route: Route = Field(default_factory=Route, description="Which streams, tags and kinds go here.")
-    batch_messages: int = Field(default=100, ge=1, description="Stream messages read per delivery attempt.")
+    batch_messages: int = Field(default=300, ge=1, description="Stream messages read per delivery attempt.")
+    batch_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024,
+        description="At most this many bytes of stream messages per delivery attempt (at least one message): "
+                    "bounds the publisher's memory when messages are large; decoded records take ~5x the bytes.",
+    )
     retry_min_s: float = Field(default=1.0, gt=0, description="First retry delay (doubles, with jitter).")
     retry_max_s: float = Field(default=60.0, gt=0, description="Longest retry delay; retries never stop.")
     max_records_per_s: float | None = Field(
