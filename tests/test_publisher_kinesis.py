@@ -72,7 +72,7 @@ def test_records_arrive_once_in_order_per_tag_read_back_with_get_records(
     dest = KinesisDestination(cfg)
     pub = make_publisher(store, tmp_path, {"k": (cfg, dest)})
     asyncio.run(run_until(pub, lambda: pub.counters["k"].records_sent >= 5000))
-    # the calls go out without botocore's own parameter checks (issue 18: ~6 % of the CPU per record): a call it
+    # the calls go out without botocore's own parameter checks (issue 18): a call it
     # would refuse locally (ParamValidationError) reaches the service, which refuses it
     with pytest.raises(botocore.exceptions.ClientError, match="ValidationException"):
         dest._client.put_records(StreamName=stream, Records=[])
