@@ -13,7 +13,7 @@ setup-demo:
 	@bash scripts/setup.sh demo
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider -m "not index" tests
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m "not index" tests
 
 # The long checks: the exhaustive bit-flip sweep of the embedded store, then the chaos soak of the whole gateway
 # (SOAK_MINUTES, default 20), which writes bench/soak.json and fails on any loss or crash loop.
