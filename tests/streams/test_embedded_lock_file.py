@@ -35,11 +35,11 @@ def test_the_lock_taken_after_another_process_made_the_stream_again_is_the_new_s
     a.append("s", b"old")  # a keeps the lock file open from here
     b.delete_stream("s")
     b.create_stream(SPEC)
-    a._lock("s")
+    a._locks.lock("s")
     try:
         assert _held_by_someone(tmp_path / "streams" / "s" / "lock")
     finally:
-        a._unlock("s")
+        a._locks.unlock("s")
     assert not _held_by_someone(tmp_path / "streams" / "s" / "lock")
     assert a.append("s", b"new") == 0
     assert b.append("s", b"next") == 1
@@ -66,8 +66,8 @@ def test_a_lock_asked_for_after_the_folder_went_says_which_streams_there_are(tmp
     a.append("s", b"old")
     b.delete_stream("s")
     with pytest.raises(StreamNotFound, match="streams: other"):
-        a._lock("s")
-    a._lock("other")  # the store's own mutex was given back
-    a._unlock("other")
+        a._locks.lock("s")
+    a._locks.lock("other")  # the store's own mutex was given back
+    a._locks.unlock("other")
     a.close()
     b.close()
