@@ -9,7 +9,7 @@ from pathlib import Path
 from devkit.peers import free_port
 from gateway.collector import Collector
 from gateway.record import Kind, Quality, Record
-from gateway.sources.common import Deadband, DeadbandFilter
+from gateway.sources.deadband import Deadband, DeadbandFilter
 from gateway.sources.opcua import OpcUaSource
 from gateway.sources.opcua_config import OpcUaConnection
 from gateway.streams import PositionStore, RecordReader, StreamSpec
