@@ -10,6 +10,7 @@ Each subcommand lists, with ``common_options``, which of gatewayctl's options co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -56,7 +57,7 @@ def register(subparsers: Any) -> None:
     _add_fit(sub)
     _add_score(sub)
     _add_status(sub)
-    suggest.add_subcommand(sub)
+    _add_suggest(sub)
 
 
 def _add_fit(sub: Any) -> None:
@@ -289,3 +290,63 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _add_suggest(sub: Any) -> None:
+    p = sub.add_parser(
+        "suggest",
+        help="propose tag groups from normal history (correlation clusters plus plant-wide groups) and write a "
+        "commented groups YAML for fit",
+        description="Propose tag groups from normal history: columns that are not numeric or do not vary are left "
+        "out (with the reason), the sample period becomes cadence_s, tags are clustered on their correlation, and "
+        "plant-wide groups of every tag are added. The defaults were chosen on tuning runs (docs/anomaly.md, "
+        "'Choosing groups'). Writes YAML with comments that gatewayctl anomaly fit --config accepts.",
+    )
+    p.add_argument(
+        "--data", required=True, type=Path, action="extend", nargs="+", metavar="CSV", help="normal history CSV file(s)"
+    )
+    p.add_argument("--out", type=Path, metavar="YAML", help="groups YAML to write (default: print it)")
+    p.add_argument(
+        "--max-group-size",
+        type=int,
+        default=suggest.DEFAULTS["max_group_size"],
+        metavar="N",
+        help=f"most tags in one correlation group (default {suggest.DEFAULTS['max_group_size']})",
+    )
+    p.add_argument(
+        "--interval-s", type=float, metavar="S", help="seconds between rows when the CSV has no timestamp column"
+    )
+    p.add_argument("--json", action="store_true", help="print the configuration and the notes as JSON")
+    p.set_defaults(func=_suggest, common_options=())
+
+
+def _suggest(args: Any) -> int:
+    """``gatewayctl anomaly suggest``: exit 0 with the configuration written, 2 with the problem and fix on stderr."""
+    if args.max_group_size < 1:
+        print(f"error: --max-group-size {args.max_group_size}. Fix: use 1 or more", file=sys.stderr)
+        return 2
+    try:
+        s = suggest.suggest(list(args.data), interval_s=args.interval_s, max_group_size=args.max_group_size)
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = suggest.render_yaml(s.config, s.notes)
+    if args.out is not None:
+        try:
+            args.out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"error: cannot write {args.out}: {exc}. Fix: check the path", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps({"config": s.config, "notes": dataclasses.asdict(s.notes)}))
+    elif args.out is None:
+        print(text, end="")
+    else:
+        names = ", ".join(f"{g['name']} ({len(g['tags'])})" for g in s.config["groups"])
+        print(f"{len(s.config['groups'])} groups: {names}; {len(s.notes.dropped)} column(s) left out")
+        named = {g["name"] for g in s.config["groups"]}
+        for n in s.notes.groups:
+            if n.name not in named:
+                print(f"{n.name} left out: {n.why}")
+        print(f"written to {args.out}; next: gatewayctl anomaly fit --config {args.out} --data ... --model DIR")
+    return 0

@@ -20,12 +20,10 @@ to suggest and fit, normal seeds 11-12 and the IDV 1-20 runs of seeds 1001-1020 
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import sys
 import textwrap
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +34,7 @@ from numpy.typing import NDArray
 from gateway.anomaly.assembler import NS
 from gateway.anomaly.config import AnomalyConfig, TagGroup, min_training_vectors
 from gateway.anomaly.offline import read_rows
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError
 
 Array = NDArray[np.float64]
 
@@ -392,64 +390,3 @@ def render_yaml(config: dict[str, Any], notes: Notes) -> str:
         lines.append(f"# {g['name']}: {why.get(g['name'], '')}")
         lines.append(yaml.safe_dump([g], sort_keys=False, default_flow_style=None, width=112).rstrip())
     return "\n".join(lines) + "\n"
-
-
-def add_subcommand(sub: Any) -> None:
-    """Add ``suggest`` to ``gatewayctl anomaly``'s subparsers (its parser and handler live with the code they run)."""
-    p = sub.add_parser(
-        "suggest",
-        help="propose tag groups from normal history (correlation clusters plus plant-wide groups) and write a "
-        "commented groups YAML for fit",
-        description="Propose tag groups from normal history: columns that are not numeric or do not vary are left "
-        "out (with the reason), the sample period becomes cadence_s, tags are clustered on their correlation, and "
-        "plant-wide groups of every tag are added. The defaults were chosen on tuning runs (docs/anomaly.md, "
-        "'Choosing groups'). Writes YAML with comments that gatewayctl anomaly fit --config accepts.",
-    )
-    p.add_argument(
-        "--data", required=True, type=Path, action="extend", nargs="+", metavar="CSV", help="normal history CSV file(s)"
-    )
-    p.add_argument("--out", type=Path, metavar="YAML", help="groups YAML to write (default: print it)")
-    p.add_argument(
-        "--max-group-size",
-        type=int,
-        default=DEFAULTS["max_group_size"],
-        metavar="N",
-        help=f"most tags in one correlation group (default {DEFAULTS['max_group_size']})",
-    )
-    p.add_argument(
-        "--interval-s", type=float, metavar="S", help="seconds between rows when the CSV has no timestamp column"
-    )
-    p.add_argument("--json", action="store_true", help="print the configuration and the notes as JSON")
-    p.set_defaults(func=run, common_options=())
-
-
-def run(args: Any) -> int:
-    """``gatewayctl anomaly suggest``: exit 0 with the configuration written, 2 with the problem and fix on stderr."""
-    if args.max_group_size < 1:
-        print(f"error: --max-group-size {args.max_group_size}. Fix: use 1 or more", file=sys.stderr)
-        return 2
-    try:
-        s = suggest(list(args.data), interval_s=args.interval_s, max_group_size=args.max_group_size)
-    except GatewayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    text = render_yaml(s.config, s.notes)
-    if args.out is not None:
-        try:
-            args.out.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            print(f"error: cannot write {args.out}: {exc}. Fix: check the path", file=sys.stderr)
-            return 2
-    if args.json:
-        print(json.dumps({"config": s.config, "notes": asdict(s.notes)}))
-    elif args.out is None:
-        print(text, end="")
-    else:
-        names = ", ".join(f"{g['name']} ({len(g['tags'])})" for g in s.config["groups"])
-        print(f"{len(s.config['groups'])} groups: {names}; {len(s.notes.dropped)} column(s) left out")
-        named = {g["name"] for g in s.config["groups"]}
-        for n in s.notes.groups:
-            if n.name not in named:
-                print(f"{n.name} left out: {n.why}")
-        print(f"written to {args.out}; next: gatewayctl anomaly fit --config {args.out} --data ... --model DIR")
-    return 0
