@@ -28,7 +28,11 @@ Ours and bare run interleaved, ``PAIRS`` pairs per destination, so that the mach
 - ``publisher.<dest>.cpu_us_per_record`` (the publisher process: all its threads, process start excluded) and
   ``publisher.mqtt.paho_cpu_us_per_record`` / ``publisher.kinesis.boto3_cpu_us_per_record`` (this process while
   it sends), medians; ``publisher.<dest>.cpu_ratio_vs_<lib>`` is bare ÷ ours CPU per record (median of pairs);
-- ``publisher.<dest>.bare_cpu_share``: the bare run's CPU time ÷ its wall time (1.0 = one core saturated).
+- ``publisher.<dest>.bare_cpu_share``: the bare run's CPU time ÷ its wall time (1.0 = one core saturated);
+- ``publisher.mqtt.floor_us_per_record``: the least CPU per record any Python destination spends before paho gets
+  the bytes (decode the stream message, the id, one JSON text: bench/mqtt_floor.py), and
+  ``publisher.mqtt.cpu_ratio_vs_paho_at_floor``: paho's CPU per record ÷ (paho's + that floor), the highest CPU
+  ratio reachable on this stream format and payload.
 
 Peers, publisher and this script share the machine's cores. Run ``python bench/bench_publisher_ratio.py``;
 ``--only kinesis`` (or ``--only mqtt``) runs one destination's pairs and prints only its figures.
@@ -52,6 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_publisher import STREAM, _backlog, _destinations, _publisher  # noqa: E402
+from bench.mqtt_floor import floor_us_per_record  # noqa: E402
 from devkit.kinesis_peer import TEST_CREDENTIALS, create_stream, start_kinesalite  # noqa: E402
 from devkit.peers import Proc, start_mosquitto  # noqa: E402
 from gateway.destinations.kinesis import KinesisConfig, _calls  # noqa: E402
@@ -73,6 +78,18 @@ def _batches(data: Path, batch_messages: int) -> list[list[Record]]:
         out = []
         while batch := reader.poll(max_messages=batch_messages, timeout_s=0).records:
             out.append(batch)
+        return out
+    finally:
+        store.close()
+
+
+def _payloads(data: Path) -> list[bytes]:
+    """The backlog's stream messages as stored (for bench/mqtt_floor.py)."""
+    store = EmbeddedStore(data)
+    try:
+        out: list[bytes] = []
+        while got := store.read(STREAM, len(out), max_count=1000):
+            out += [m.payload for m in got]
         return out
     finally:
         store.close()
@@ -256,6 +273,10 @@ def run(only: str | None = None) -> dict[str, float]:
                             "publisher.mqtt.paho_defaults_records_per_s": round(statistics.median(defaults), 1),
                             "publisher.mqtt.ratio_vs_paho_defaults": round(statistics.median(
                                 o[0] / d for o, d in zip(results["mqtt"][0], defaults, strict=True)), 3)}
+                floor = floor_us_per_record(_payloads(backlog))
+                paho = figures["publisher.mqtt.paho_cpu_us_per_record"]
+                figures["publisher.mqtt.floor_us_per_record"] = round(floor, 2)
+                figures["publisher.mqtt.cpu_ratio_vs_paho_at_floor"] = round(paho / (paho + floor), 3)
             if only != "mqtt":
                 figures |= _summary("kinesis", "boto3", *results["kinesis"])
             return figures
