@@ -25,7 +25,7 @@ soak: setup
 check: setup
 	.venv/bin/ruff check gateway devkit simulator components tests bench tools
 	.venv/bin/mypy
-	$(PY) -m pytest -q -p no:cacheprovider -m index tests/security/test_lock.py
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 -m index tests/security/test_lock.py
 
 demo: setup-demo
 	$(PY) -m devkit.demo
