@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.aio import Backoff, Offload, wait
 from gateway.destinations.base import (
@@ -34,9 +34,8 @@ from gateway.destinations.base import (
     Prepared,
     Preparing,
     Router,
-    SendResult,
 )
-from gateway.errors import DestinationError, GatewayError, StreamError, StreamNotFound
+from gateway.errors import GatewayError, StreamError, StreamNotFound
 from gateway.publisher_counters import (
     DIGITS,
     DestinationCounters,
@@ -45,6 +44,7 @@ from gateway.publisher_counters import (
     poison_record,
     refresh_backlog,
 )
+from gateway.publisher_send import Settling, deliver, prepare, read_ahead, settled
 from gateway.record import Record, now_ns, start_seq
 from gateway.status import StatusFile
 from gateway.streams import PositionStore, ReadBatch, RecordReader, RecordWriter, StreamSpec, StreamStore
@@ -53,40 +53,6 @@ from gateway.supervise import Supervisor, describe
 log = logging.getLogger(__name__)
 COMPONENT = "factoryedge.Publisher"
 _RESET_CHECK_S = 2.0  # how often an idle pump asks whether its stream restarted at lower sequence numbers
-
-
-async def _settled(future: asyncio.Future[Any] | None) -> None:
-    """Wait for a read ahead to finish, whatever its outcome; its batch is dropped."""
-    if future is not None:
-        await asyncio.wait([future])
-        if not future.cancelled():
-            future.exception()  # retrieved, so that a failed read ahead is not logged as never retrieved
-
-
-def _read_ahead(reader: RecordReader, router: Router, cfg: DestinationConfigBase, preparing: Preparing | None
-                ) -> tuple[ReadBatch, list[Record], Prepared | None]:
-    """The next batch (read in the pump's read thread), the records its route wants and, with ``preparing``, their
-    requests ready to send."""
-    batch = reader.poll(max_messages=cfg.batch_messages, timeout_s=0.5, max_bytes=cfg.batch_bytes)
-    wanted = router.select(batch.records)
-    return batch, wanted, _prepare(preparing, wanted) if preparing is not None and wanted else None
-
-
-def _prepare(preparing: Preparing, records: list[Record]) -> Prepared | None:
-    try:
-        return preparing.prepare(records)
-    except Exception:  # noqa: BLE001 - a bug: send meets it again and it is logged and retried as a failed delivery
-        return None
-
-
-class Settling(Protocol):
-    """A destination whose service's answer does not yet make a record safe (``iotcore``: the nucleus' spooler).
-
-    ``settle(stream, next_seq)`` notes a delivered batch (``None``: nothing new) and returns the position that may
-    be committed now (None: none yet) and whether the stream must be read again from its committed position.
-    """
-
-    def settle(self, stream: str, next_seq: int | None) -> tuple[int | None, bool]: ...
 
 
 class Publisher:
@@ -218,17 +184,17 @@ class Publisher:
                         name, [poison_record(stream, *p) for p in batch.poison], stop):
                     return
                 if preparing is not None and not tried and wanted:
-                    prepared = await offload(_prepare, preparing, wanted)  # nothing in flight: this is its turn
+                    prepared = await offload(prepare, preparing, wanted)  # nothing in flight: this is its turn
                 if settling is None:
                     # Read and decode the next batch while this one is in flight, and prepare its requests when this
                     # one was prepared; it is committed in its turn. A settling destination may rewind the reader at
                     # any time: it reads one batch at a time.
                     ahead_prepares = prepared is not None
-                    ahead = asyncio.ensure_future(offload(_read_ahead, reader, router, cfg,
+                    ahead = asyncio.ensure_future(offload(read_ahead, reader, router, cfg,
                                                           preparing if ahead_prepares else None))
                 t0 = time.monotonic()
                 if not await self._deliver_all(name, sink, wanted, backoff, stop, prepared):
-                    await _settled(ahead)  # the read ahead must not move the position after the rewind
+                    await settled(ahead)  # the read ahead must not move the position after the rewind
                     reader.rewind()  # not all delivered: read again after a restart
                     return
                 if settling is not None:
@@ -239,7 +205,7 @@ class Publisher:
                 if cfg.max_records_per_s and wanted:
                     await wait(stop, len(wanted) / cfg.max_records_per_s - (time.monotonic() - t0))
         finally:
-            await _settled(ahead)
+            await settled(ahead)
             offload.close()
             commits.close()
 
@@ -317,7 +283,7 @@ class Publisher:
         while pending:
             attempt, prepared = prepared, None
             try:
-                result = await self._deliver(sink, pending, attempt)
+                result = await deliver(sink, pending, attempt)
             except GatewayError as exc:  # a DestinationError, or e.g. IPC refused: retry, never crash the pump
                 self._retrying(name, str(exc))
                 if await wait(stop, backoff.next_delay()):
@@ -370,28 +336,6 @@ class Publisher:
                 if await wait(stop, 2.0):
                     return None
         return None
-
-    async def _deliver(self, sink: Destination, records: list[Record], prepared: Prepared | None = None
-                       ) -> SendResult:
-        """Send (``prepared``, when given, is ``records`` ready to go); on a non-retryable failure split the batch
-        to isolate the records that cause it."""
-        if not records:
-            return SendResult()
-        try:
-            return await (prepared() if prepared is not None else sink.send(records))
-        except DestinationError as exc:
-            if exc.retryable:
-                raise
-            if len(records) == 1:
-                return SendResult(rejected=[(records[0], str(exc))])
-        mid = len(records) // 2
-        first = await self._deliver(sink, records[:mid])
-        try:
-            second = await self._deliver(sink, records[mid:])
-        except DestinationError as exc:  # retryable: keep what the first half achieved, resend only the rest
-            second = SendResult(retry=records[mid:], retry_reason=str(exc))
-        return SendResult(first.rejected + second.rejected, first.bytes_sent + second.bytes_sent,
-                          first.retry + second.retry, first.retry_reason or second.retry_reason)
 
     async def _ensure_stream(self, stream: str) -> None:
         if stream not in self._created:
