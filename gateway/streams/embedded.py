@@ -50,12 +50,22 @@ from gateway.streams.retention import Retention, Tail, read_counters
 log = logging.getLogger(__name__)
 
 
+# Where reads of a stream ended, most recent first: a fact about the files (message seq is at this offset), true for
+# every reader, so a read that goes on from any of them skips seg.locate's walk of the segment. One per reader of
+# the stream in this process is enough (a publisher's destinations each read at their own position); one in all
+# made two readers take it from each other at every poll (tests/streams/test_read_cursors.py).
+_CURSORS_PER_STREAM = 16
+
+
 @dataclass(slots=True)
 class _Cursor:
     seq: int  # the sequence number expected at offset
     segment: int
     offset: int
     asked: int  # reads from any sequence number in asked..seq start at offset (damage lost the ones between)
+
+    def serves(self, segment: int, start_seq: int) -> bool:
+        return self.segment == segment and self.asked <= start_seq <= self.seq
 
 
 class EmbeddedStore:
@@ -85,7 +95,7 @@ class EmbeddedStore:
         self._tails: dict[str, Tail] = {}
         self._segs: dict[str, list[int]] = {}  # per stream, its segments as this process last listed or made them
         self._specs: dict[str, tuple[int, StreamSpec]] = {}
-        self._cursors: dict[str, _Cursor] = {}
+        self._cursors: dict[str, list[_Cursor]] = {}
         self._retention = Retention(self._streams, self.root / "positions")
         self._damage_known: set[tuple[str, int, int]] = set()
         self.corrupt_frames = 0  # damaged runs this process skipped
@@ -259,8 +269,9 @@ class EmbeddedStore:
         start_seq = max(start_seq, segs[0])
         idx = bisect.bisect_right(segs, start_seq) - 1
         out: list[StoredMessage] = []
-        cur = self._cursors.get(stream)
-        at = (cur.offset, cur.seq) if cur and cur.segment == segs[idx] and cur.asked <= start_seq <= cur.seq else None
+        cursors = self._cursors.setdefault(stream, [])
+        cur = next((c for c in cursors if c.serves(segs[idx], start_seq)), None)
+        at = (cur.offset, cur.seq) if cur else None
         while idx < len(segs) and len(out) < max_count:
             first = segs[idx]
             sealed_next = segs[idx + 1] if idx + 1 < len(segs) else None
@@ -288,7 +299,9 @@ class EmbeddedStore:
             idx, at = idx + 1, (0, sealed_next)
         if at is not None and idx < len(segs):
             asked = out[-1].seq + 1 if out else start_seq
-            self._cursors[stream] = _Cursor(at[1], segs[idx], at[0], asked)
+            # the newest first, one per place (readers caught up at the same message share one), the oldest goes
+            cursors[:] = [_Cursor(at[1], segs[idx], at[0], asked),
+                          *(c for c in cursors if (c.segment, c.offset) != (segs[idx], at[0]))][:_CURSORS_PER_STREAM]
         return out, room
 
     def _scan(
