@@ -8,7 +8,8 @@ import pytest
 
 import gateway.sources.common as common
 from gateway.record import Flag, Quality, Record, Value, normalised
-from gateway.sources.common import ConnectionBase, Counters, Deadband, DeadbandFilter, Emitter
+from gateway.sources.common import ConnectionBase, Counters, Emitter
+from gateway.sources.deadband import Deadband, DeadbandFilter
 
 T = 1_764_633_600_000_000_000
 READINGS: list[list[tuple[str, Value]]] = [

@@ -11,7 +11,8 @@ from typing import Any
 from asyncua import ua
 
 from gateway.record import Flag, Quality
-from gateway.sources.common import ConnectionBase, Counters, Deadband, Emitter
+from gateway.sources.common import ConnectionBase, Counters, Emitter
+from gateway.sources.deadband import Deadband
 from gateway.sources.opcua import OpcUaSource
 from gateway.sources.opcua_config import OpcUaConnection
 from gateway.sources.opcua_subscription import Feed, Losses, Lost, missing_messages, overflowed

@@ -27,7 +27,8 @@ from gateway.record import (
     make_record,
     record_id,
 )
-from gateway.sources.common import ConnectionBase, Counters, Deadband, Emitter
+from gateway.sources.common import ConnectionBase, Counters, Emitter
+from gateway.sources.deadband import Deadband
 
 T = 1_764_633_600_123_456_789
 BAD_SENSOR = 0x808C0000
