@@ -34,7 +34,6 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -45,27 +44,10 @@ from gateway.streams import notify
 from gateway.streams import segments as seg
 from gateway.streams.base import Persistence, StoredMessage, StreamInfo, StreamSpec
 from gateway.streams.locks import StreamLocks
+from gateway.streams.places import Place, Places
 from gateway.streams.retention import Retention, Tail, read_counters
 
 log = logging.getLogger(__name__)
-
-
-# Where reads of a stream ended, most recent first: a fact about the files (message seq is at this offset), true for
-# every reader, so a read that goes on from any of them skips seg.locate's walk of the segment. One per reader of
-# the stream in this process is enough (a publisher's destinations each read at their own position); one in all
-# made two readers take it from each other at every poll (tests/streams/test_read_cursors.py).
-_CURSORS_PER_STREAM = 16
-
-
-@dataclass(slots=True)
-class _Cursor:
-    seq: int  # the sequence number expected at offset
-    segment: int
-    offset: int
-    asked: int  # reads from any sequence number in asked..seq start at offset (damage lost the ones between)
-
-    def serves(self, segment: int, start_seq: int) -> bool:
-        return self.segment == segment and self.asked <= start_seq <= self.seq
 
 
 class EmbeddedStore:
@@ -95,7 +77,7 @@ class EmbeddedStore:
         self._tails: dict[str, Tail] = {}
         self._segs: dict[str, list[int]] = {}  # per stream, its segments as this process last listed or made them
         self._specs: dict[str, tuple[int, StreamSpec]] = {}
-        self._cursors: dict[str, list[_Cursor]] = {}
+        self._places = Places()
         self._retention = Retention(self._streams, self.root / "positions")
         self._damage_known: set[tuple[str, int, int]] = set()
         self.corrupt_frames = 0  # damaged runs this process skipped
@@ -269,9 +251,9 @@ class EmbeddedStore:
         start_seq = max(start_seq, segs[0])
         idx = bisect.bisect_right(segs, start_seq) - 1
         out: list[StoredMessage] = []
-        cursors = self._cursors.setdefault(stream, [])
-        cur = next((c for c in cursors if c.serves(segs[idx], start_seq)), None)
+        cur = self._places.find(stream, segs[idx], start_seq)
         at = (cur.offset, cur.seq) if cur else None
+        inode = -1  # of the file of segs[idx] once opened
         while idx < len(segs) and len(out) < max_count:
             first = segs[idx]
             sealed_next = segs[idx + 1] if idx + 1 < len(segs) else None
@@ -280,10 +262,14 @@ class EmbeddedStore:
             except FileNotFoundError:  # dropped by a writer between listing and opening: go on with the next
                 if sealed_next is None:
                     break
-                idx, at = idx + 1, (0, sealed_next)
+                idx, at, cur = idx + 1, (0, sealed_next), None
                 continue
             try:
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                size, inode = st.st_size, st.st_ino
+                if cur is not None and cur.inode != inode:  # a place in a file deleted since: not this one's
+                    at = None
+                cur = None
                 if at is None:
                     at = seg.locate(fd, first, max(start_seq, first), size, sealed_next)
                     if at is None:
@@ -296,12 +282,10 @@ class EmbeddedStore:
                 os.close(fd)
             if len(out) >= max_count or sealed_next is None or not whole:
                 break
-            idx, at = idx + 1, (0, sealed_next)
-        if at is not None and idx < len(segs):
+            idx, at, inode = idx + 1, (0, sealed_next), -1
+        if at is not None and idx < len(segs) and inode >= 0:
             asked = out[-1].seq + 1 if out else start_seq
-            # the newest first, one per place (readers caught up at the same message share one), the oldest goes
-            cursors[:] = [_Cursor(at[1], segs[idx], at[0], asked),
-                          *(c for c in cursors if (c.segment, c.offset) != (segs[idx], at[0]))][:_CURSORS_PER_STREAM]
+            self._places.remember(stream, Place(at[1], segs[idx], at[0], asked, inode))
         return out, room
 
     def _scan(
@@ -415,7 +399,7 @@ class EmbeddedStore:
     def _forget(self, stream: str) -> None:
         self._specs.pop(stream, None)
         self._segs.pop(stream, None)
-        self._cursors.pop(stream, None)
+        self._places.forget(stream)
         self._locks.forget(stream)
         self._retention.forget(stream)
         self._damage_known = {k for k in self._damage_known if k[0] != stream}
