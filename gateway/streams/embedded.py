@@ -267,7 +267,7 @@ class EmbeddedStore:
             try:
                 st = os.fstat(fd)
                 size, inode = st.st_size, st.st_ino
-                if cur is not None and cur.inode != inode:  # a place in a file deleted since: not this one's
+                if cur is not None and not cur.holds(fd, inode, size):
                     at = None
                 cur = None
                 if at is None:

@@ -5,12 +5,16 @@ from any of them starts there instead of walking the segment's headers from its 
 stream keeps the last ``PER_STREAM`` places, most recent first: one per reader of it in this process is enough (a
 publisher's destinations each read at their own position), where a single place made two readers take it from each
 other at every poll (tests/streams/test_read_cursors.py). A place names its file's inode, so a stream that another
-process deleted and made again is never read from the old file's offsets.
+process deleted and made again is never read from the old file's offsets, and a place is used only when the
+frame at its offset is its message (a new file may get the old one's inode number).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+from gateway.streams.segments import HEADER, HEADER_SIZE
 
 PER_STREAM = 16
 
@@ -22,6 +26,16 @@ class Place:
     offset: int
     asked: int  # reads from any sequence number in asked..seq start at offset (damage lost the ones between)
     inode: int  # of the segment's file: one made again by another process (the stream deleted) is another file
+
+    def holds(self, fd: int, inode: int, size: int) -> bool:
+        """Is this a place of the open segment file ``fd`` (``inode``, ``size`` bytes), with its message's frame at
+        its offset, or the end of the data there? The file of a stream that another process deleted and made again
+        may get the old file's inode number, so the frame is looked at too (one header read)."""
+        if self.inode != inode:
+            return False
+        if self.offset + HEADER_SIZE > size:
+            return self.offset <= size  # at the end (or a frame still being written): the next one goes there
+        return bool(HEADER.unpack(os.pread(fd, HEADER_SIZE, self.offset))[2] == self.seq)
 
 
 class Places:

@@ -16,6 +16,7 @@ import pytest
 from gateway.streams import PositionStore, RecordReader, StreamSpec
 from gateway.streams import segments as seg
 from gateway.streams.embedded import EmbeddedStore
+from gateway.streams.places import Place
 
 SPEC = StreamSpec(name="s", flush_on_write=False)
 MESSAGES = 600
@@ -93,3 +94,18 @@ def test_a_stream_made_again_by_another_process_is_read_from_its_own_frames(tmp_
     assert a.describe("s").lost_messages == 0
     a.close()
     b.close()
+
+
+def test_a_place_whose_frame_does_not_carry_its_message_is_not_used(tmp_path: Path) -> None:
+    """The file system may give the made-again segment the deleted one's inode number: a place is used only when
+    the frame at its offset is the message it names."""
+    store = EmbeddedStore(tmp_path)
+    store.create_stream(SPEC)
+    for i in range(200):
+        store.append("s", f"message {i}".encode())
+    segment = tmp_path / "streams" / "s" / seg.segment_name(0)
+    store._places.remember("s", Place(seq=100, segment=0, offset=1000, asked=100, inode=segment.stat().st_ino))
+    got = store.read("s", 100, max_count=5)
+    assert [m.payload for m in got] == [f"message {n}".encode() for n in range(100, 105)]
+    assert store.corrupt_frames == 0
+    store.close()
