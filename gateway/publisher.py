@@ -161,9 +161,7 @@ class Publisher:
                         (batch, wanted, prepared), ahead = await ahead, None
                         tried = ahead_prepares
                     else:
-                        batch = await offload(reader.poll, max_messages=cfg.batch_messages, timeout_s=0.5,
-                                              max_bytes=cfg.batch_bytes)
-                        wanted = router.select(batch.records)
+                        batch, wanted, _ = await offload(read_ahead, reader, router, cfg, None)
                 except StreamError as exc:  # stream manager restarting, a stream deleted: wait, never crash
                     if str(exc) != counters.last_error:
                         log.warning("destination %s: reading %s failed: %s", name, stream, exc)

@@ -25,7 +25,7 @@ async def settled(future: asyncio.Future[Any] | None) -> None:
 def read_ahead(reader: RecordReader, router: Router, cfg: DestinationConfigBase, preparing: Preparing | None
                ) -> tuple[ReadBatch, list[Record], Prepared | None]:
     """The next batch (read in the pump's read thread), the records its route wants and, with ``preparing``, their
-    requests ready to send."""
+    requests ready to send: the one way a pump reads, ahead or not."""
     batch = reader.poll(max_messages=cfg.batch_messages, timeout_s=0.5, max_bytes=cfg.batch_bytes)
     wanted = router.select(batch.records)
     return batch, wanted, prepare(preparing, wanted) if preparing is not None and wanted else None
