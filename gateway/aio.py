@@ -14,7 +14,7 @@ import random
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -37,6 +37,42 @@ class Backoff:
 
     def reset(self) -> None:
         self._attempt = 0
+
+
+def cancel_requested() -> bool:
+    """True when the current task was cancelled but the cancellation got lost on the way.
+
+    Python 3.11's ``asyncio.wait_for`` returns the result (or raises the inner call's error) instead of raising
+    ``CancelledError`` when the cancel arrives just as the awaited call finishes (CPython gh-86296, fixed in 3.12).
+    asyncua connects and pymodbus awaits every answer under it, so a loop that retries or scans must ask this
+    before going round again, or a stop or a reconfiguration hangs. ``Task.cancelling()`` (3.11+) still counts the
+    request; on 3.10 there is nothing to ask and this is False.
+    """
+    task = asyncio.current_task()
+    return bool(task is not None and getattr(task, "cancelling", lambda: 0)())
+
+
+# longer than a task's own clean ending (an OPC UA session waits 2 s for CloseSession), short enough that a stop
+# whose cancel was lost still ends in seconds
+RECANCEL_S = 5.0
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any], recancel_s: float | None = None) -> None:
+    """Cancel ``tasks`` and wait until every one has ended (their results and errors are dropped).
+
+    A cancel can be lost inside a task's own loop (:func:`cancel_requested`; a plugin's code may not ask), so a task
+    still running ``recancel_s`` (default ``RECANCEL_S``) later is cancelled again: a stop must end. The wait leaves
+    a task that cleans up on cancellation the time to do it.
+    """
+    running = {t for t in tasks if not t.done()}
+    while running:
+        for task in running:
+            task.cancel()
+        await asyncio.wait(running, timeout=RECANCEL_S if recancel_s is None else recancel_s)
+        running = {t for t in running if not t.done()}
+    for task in tasks:  # retrieved, so that asyncio does not log "exception was never retrieved"
+        if not task.cancelled():
+            task.exception()
 
 
 async def wait(stop: asyncio.Event, seconds: float) -> bool:

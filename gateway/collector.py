@@ -32,7 +32,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
-from gateway.aio import Backoff, Offload
+from gateway.aio import Backoff, Offload, cancel_and_wait, cancel_requested
 from gateway.collector_state import ConnectionState, fills_gaps
 from gateway.errors import GatewayError, StreamError
 from gateway.record import Kind, Quality, Record, metric_records, start_seq
@@ -99,12 +99,19 @@ class _Connection:
                 reason = str(exc)
             except Exception as exc:  # noqa: BLE001 - the boundary: any peer failure must lead to a reconnect
                 reason = f"{type(exc).__name__}: {exc}"
+            if cancel_requested():  # the source lost our cancel (3.11 wait_for): going round again would never end
+                raise asyncio.CancelledError
             self.counters.read_errors += 1
             if self.counters.connected or self.counters.last_error != reason:
                 log.warning("connection %s: disconnected: %s (retrying with backoff)", self.cfg.name, reason)
             self.counters.connected = False
             self.counters.last_error = reason
             await asyncio.sleep(backoff.next_delay())
+
+    async def stop(self) -> None:
+        """Cancel the connection and wait for its end, cancelling again if the source lost the cancel."""
+        if self.task is not None:
+            await cancel_and_wait(self.task)
 
 
 class Collector:
@@ -153,10 +160,7 @@ class Collector:
         if self.metrics_interval_s:
             loops.append(asyncio.create_task(self._metrics_loop(stop, self.metrics_interval_s)))
         await stop.wait()
-        for conn in self.connections.values():
-            if conn.task:
-                conn.task.cancel()
-        await asyncio.gather(*(c.task for c in self.connections.values() if c.task), return_exceptions=True)
+        await asyncio.gather(*(c.stop() for c in self.connections.values()))
         await asyncio.gather(*loops)
         await self._flush()  # what was read before the stop still goes into the stream
         await self._offload(self.state.sync)  # the markers held back: a clean stop leaves them exact
@@ -191,9 +195,7 @@ class Collector:
         for name in list(self.connections):
             old = self.connections[name]
             if name not in wanted or wanted[name] != old.cfg:
-                if old.task:
-                    old.task.cancel()
-                    await asyncio.gather(old.task, return_exceptions=True)
+                await old.stop()
                 pending = old.backlog + old.emitter.take()
                 if pending:  # keep what the old connection read
                     refused = await self._write({name: pending})

@@ -11,14 +11,13 @@ without failing counts as recovered: its ``last_error`` is cleared and its backo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gateway.aio import Backoff, wait
+from gateway.aio import Backoff, cancel_and_wait, wait
 from gateway.errors import GatewayError
 
 log = logging.getLogger(__name__)
@@ -85,9 +84,7 @@ class Supervisor:
                 await task
                 return
             except asyncio.CancelledError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                await cancel_and_wait(task)
                 raise
             except Exception as exc:  # noqa: BLE001 - the point of a supervisor: log, show, restart
                 self._failed(name, exc, health, on_error)

@@ -20,6 +20,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
+from gateway.aio import cancel_requested
 from gateway.diagnostics import Finding, failed, passed, warning
 from gateway.errors import SourceError
 from gateway.record import Quality, Value
@@ -111,7 +112,7 @@ class ModbusSource:
             for dec in self.decoders:
                 await emitter.room()
                 answered += await self._read_one(client, dec, emitter)
-                if _cancel_requested():
+                if cancel_requested():  # 3.11 wait_for can lose the cancel (gateway.aio)
                     raise asyncio.CancelledError
             if not answered:
                 # One silent request may be a unit behind a gateway that is down; a scan with no answer at all is
@@ -174,17 +175,6 @@ def warn_if_plain(cfg: ModbusConnection) -> None:
         log.warning("connection %s: Modbus TCP to %s:%d is unauthenticated and unencrypted (the protocol has "
                     "neither; the collector only reads, function codes 1-4): network segmentation is the control "
                     "(docs/collectors.md, Modbus TCP)", cfg.name, cfg.host, cfg.port)
-
-
-def _cancel_requested() -> bool:
-    """True when this task was cancelled but the cancellation got lost.
-
-    Python 3.11's ``asyncio.wait_for`` (which pymodbus awaits every answer with) returns the result instead of
-    raising when the cancel arrives just as the answer does; a continuous scan hits that race often enough to
-    make a stop or a reconfiguration hang. ``Task.cancelling()`` still counts the request.
-    """
-    task = asyncio.current_task()
-    return bool(task is not None and getattr(task, "cancelling", lambda: 0)())
 
 
 def _hint(reason: str) -> str:

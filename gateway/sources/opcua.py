@@ -34,6 +34,7 @@ from asyncua.common.node import Node
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.uaerrors import UaError
 
+from gateway.aio import cancel_and_wait
 from gateway.errors import SourceError
 from gateway.record import Flag, Quality, Value, now_ns, oversize
 from gateway.redact import redact_text, redact_url
@@ -195,9 +196,7 @@ class OpcUaSource:
             for task in done:
                 task.result()  # the failure that ends the session
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)  # asyncua's requests go through wait_for, which can lose the cancel
 
     async def _consume(self, emitter: Emitter) -> None:
         # one loop over whole notification messages: no task or timer per notification (tens of thousands a second)

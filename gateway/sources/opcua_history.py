@@ -33,6 +33,7 @@ from asyncua.client.client import Client
 from asyncua.common.node import Node
 from asyncua.ua.attribute_ids import AttributeIds
 
+from gateway.aio import cancel_and_wait
 from gateway.record import Flag, Kind
 from gateway.sources.common import Emitter
 
@@ -257,8 +258,7 @@ class GapFiller:
     async def stop(self) -> None:
         """Cancel the task (the session ends); what it emitted stays, its tags stay held where it got to."""
         if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            await cancel_and_wait(self.task)  # history reads go through wait_for, which can lose the cancel
 
     def live(self, tag: str, ts_ns: int | None) -> None:
         """A live value of ``tag`` arrived (call for every one: only the first counts)."""
